@@ -1,0 +1,2 @@
+//! nftables backend: renders the policy as an `inet nodewall` table and installs it through
+//! netlink as one atomic batch.

@@ -1,0 +1,140 @@
+//! The validated configuration: what a user wrote, with every value checked and typed.
+//!
+//! Parsing and validation (with `line:column` locations) live in `parse.rs`; this file is only
+//! the shape that the rest of nodewall consumes.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+/// Which datapath enforces the policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Nft,
+    Xdp,
+    /// XDP where the kernel and driver support it, nft otherwise.
+    Auto,
+}
+
+/// `audit` counts would-be drops but accepts the packets: a safe first rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+/// Protocol as written in a rule. `Icmp` is ICMP for IPv4, `Icmpv6` is ICMPv6; `All` is any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+    Icmpv6,
+    All,
+}
+
+impl Protocol {
+    pub fn has_ports(self) -> bool {
+        matches!(self, Protocol::Tcp | Protocol::Udp)
+    }
+}
+
+/// An inclusive destination port range; `start <= end`, both in 1..=65535.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+impl PortRange {
+    pub const fn new(start: u16, end: u16) -> Self {
+        Self { start, end }
+    }
+    pub const fn single(port: u16) -> Self {
+        Self { start: port, end: port }
+    }
+}
+
+/// A rule source: a literal prefix or the name of an entry of `networks`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Source {
+    Cidr(IpNet),
+    Network(String),
+}
+
+/// One allow/deny rule (user rules and failsafe entries share this shape).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuleConfig {
+    pub name: String,
+    pub action: Action,
+    pub protocol: Protocol,
+    /// Empty means every port (and is the only value allowed for icmp/icmpv6/all).
+    pub ports: Vec<PortRange>,
+    /// Empty is rejected by validation: a rule must say where traffic comes from.
+    pub from: Vec<Source>,
+}
+
+/// The implicit allowances of a stateful security group, each switchable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Implicit {
+    /// Return traffic of connections the node opened (`ct state established,related`).
+    pub established: bool,
+    /// ICMP errors (fragmentation needed, packet too big, unreachable, time exceeded) that
+    /// belong to tracked flows: path MTU discovery breaks without them.
+    pub icmp_errors: bool,
+    /// ICMPv6 neighbour discovery, types 133-137: IPv6 does not work without it.
+    pub neighbour_discovery: bool,
+    /// DHCP replies to the node's client (udp 67 -> 68), so leases renew.
+    pub dhcp_client: bool,
+}
+
+impl Default for Implicit {
+    fn default() -> Self {
+        Self { established: true, icmp_errors: true, neighbour_discovery: true, dhcp_client: true }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Config {
+    pub backend: BackendKind,
+    pub mode: Mode,
+    /// Uplinks to filter. Empty means "the interfaces that carry default routes", resolved at
+    /// apply time (`render`/`explain` do not need it).
+    pub interfaces: Vec<String>,
+    pub profile: Option<String>,
+    pub networks: BTreeMap<String, Vec<IpNet>>,
+    pub rules: Vec<RuleConfig>,
+    /// Accepted before everything else. Default: tcp/22 from anywhere; `[]` disables.
+    pub failsafe: Vec<RuleConfig>,
+    pub implicit: Implicit,
+}
+
+impl Config {
+    /// The default failsafe: SSH from anywhere, like Calico's failsafe inbound ports.
+    pub fn default_failsafe() -> Vec<RuleConfig> {
+        vec![RuleConfig {
+            name: "failsafe-ssh".into(),
+            action: Action::Allow,
+            protocol: Protocol::Tcp,
+            ports: vec![PortRange::single(22)],
+            from: vec![
+                Source::Cidr("0.0.0.0/0".parse().unwrap()),
+                Source::Cidr("::/0".parse().unwrap()),
+            ],
+        }]
+    }
+}

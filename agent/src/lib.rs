@@ -1,0 +1,11 @@
+//! nodewall: a node-local firewall that enforces cloud security-group baselines.
+//!
+//! The modules follow the flow of data:
+//! `config` (YAML, validated) -> `profiles` (built-in baselines) -> `policy` (one normalised,
+//! backend-neutral model, and its evaluator) -> `backend::{nft, xdp}` (kernel) -> `metrics`
+//! (counters read back from the kernel).
+
+pub mod backend;
+pub mod config;
+pub mod policy;
+pub mod profiles;

@@ -1,0 +1,93 @@
+//! Config (+ built-in profile) -> normalised [`Policy`].
+
+use ipnet::IpNet;
+
+use super::model::{AddrSet, Origin, Policy, PortSet, Rule};
+use crate::config::{Config, Protocol, RuleConfig, Source};
+use crate::profiles::{self, From, Profile};
+
+/// Compilation only fails on inputs that validation should already have rejected; the message
+/// still names the field so a library user who skipped validation gets a useful error.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CompileError {
+    #[error("profile: unknown profile {0:?}")]
+    UnknownProfile(String),
+    #[error("{field}: unknown network {name:?}")]
+    UnknownNetwork { field: String, name: String },
+}
+
+pub fn compile(config: &Config) -> Result<Policy, CompileError> {
+    let mut rules = Vec::new();
+    for (i, r) in config.failsafe.iter().enumerate() {
+        rules.push(user_rule(config, r, &format!("failsafe[{i}]"), Origin::Failsafe)?);
+    }
+    if let Some(name) = &config.profile {
+        let profile = profiles::find(name).ok_or_else(|| CompileError::UnknownProfile(name.clone()))?;
+        for r in profile.rules {
+            rules.push(profile_rule(config, profile, r)?);
+        }
+    }
+    for (i, r) in config.rules.iter().enumerate() {
+        rules.push(user_rule(config, r, &format!("rules[{i}]"), Origin::User)?);
+    }
+    Ok(Policy {
+        mode: config.mode,
+        implicit: config.implicit,
+        rules,
+        interfaces: config.interfaces.clone(),
+        profile: config.profile.clone(),
+    })
+}
+
+fn network<'c>(config: &'c Config, field: &str, name: &str) -> Result<&'c [IpNet], CompileError> {
+    config
+        .networks
+        .get(name)
+        .map(Vec::as_slice)
+        .ok_or_else(|| CompileError::UnknownNetwork { field: field.into(), name: name.into() })
+}
+
+fn user_rule(config: &Config, r: &RuleConfig, field: &str, origin: Origin) -> Result<Rule, CompileError> {
+    let mut nets: Vec<IpNet> = Vec::new();
+    for src in &r.from {
+        match src {
+            Source::Cidr(net) => nets.push(*net),
+            Source::Network(name) => nets.extend_from_slice(network(config, &format!("{field}.from"), name)?),
+        }
+    }
+    Ok(Rule {
+        name: r.name.clone(),
+        action: r.action,
+        protocol: r.protocol,
+        ports: ports_of(r.protocol, r.ports.clone()),
+        sources: AddrSet::from_nets(&nets),
+        origin,
+    })
+}
+
+fn profile_rule(config: &Config, profile: &Profile, r: &profiles::ProfileRule) -> Result<Rule, CompileError> {
+    let mut sources = AddrSet::default();
+    for from in r.from {
+        let set = match from {
+            From::Anywhere => AddrSet::any(),
+            From::Network(name) => AddrSet::from_nets(network(config, "profile", name)?),
+        };
+        sources = sources.union(&set);
+    }
+    Ok(Rule {
+        name: format!("{}/{}", profile.name, r.name),
+        action: crate::config::Action::Allow,
+        protocol: r.protocol,
+        ports: ports_of(r.protocol, r.ports.to_vec()),
+        sources,
+        origin: Origin::Profile { profile: profile.name.into(), provenance: r.provenance },
+    })
+}
+
+fn ports_of(protocol: Protocol, ports: Vec<crate::config::PortRange>) -> PortSet {
+    if protocol.has_ports() {
+        PortSet::new(ports)
+    } else {
+        PortSet::any()
+    }
+}

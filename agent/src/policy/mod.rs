@@ -1,0 +1,11 @@
+//! One policy model that every backend compiles from, and its reference evaluator.
+
+mod addrset;
+mod compile;
+mod evaluate;
+mod model;
+
+pub use addrset::AddrSet;
+pub use compile::{compile, CompileError};
+pub use evaluate::evaluate;
+pub use model::*;
