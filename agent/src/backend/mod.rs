@@ -1,4 +1,83 @@
 //! Datapaths that enforce a [`crate::policy::Policy`]. Each backend is one folder and knows
-//! nothing of the other; both compile from the same policy and report the same counters.
+//! nothing of the other; both compile from the same policy and report the same counters, so
+//! the CLI, the daemon and the metrics speak only to the [`Backend`] trait.
 
 pub mod nft;
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::Action;
+use crate::policy::Policy;
+
+/// Packets and bytes seen by one rule (allow or deny), monotonic for the life of the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuleCounter {
+    pub rule: String,
+    pub action: Action,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Drops (or, in audit mode, would-be drops) for one label set. `rule` is empty unless
+/// `reason` is `rule`. `family` is `ipv4`/`ipv6`; `protocol` is `tcp`, `udp`, `icmp`, `icmpv6`
+/// or `other`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DropCounter {
+    pub reason: &'static str,
+    pub rule: String,
+    pub family: &'static str,
+    pub protocol: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    pub rules: Vec<RuleCounter>,
+    pub drops: Vec<DropCounter>,
+}
+
+/// What is installed in the kernel right now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Status {
+    pub backend: &'static str,
+    pub installed: bool,
+    /// Increases by one on every apply that changed something.
+    pub generation: u64,
+    pub interfaces: Vec<String>,
+    /// Rule names in evaluation order.
+    pub rules: Vec<String>,
+    pub counters: Counters,
+}
+
+/// The outcome of one apply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ApplyReport {
+    pub generation: u64,
+    /// False when the kernel already held this policy and nothing was sent.
+    pub changed: bool,
+    /// Set elements / map entries / rules added and removed by this apply.
+    pub added: usize,
+    pub removed: usize,
+    #[serde(with = "secs")]
+    pub duration: Duration,
+}
+
+/// A datapath. Every call works on the current network namespace.
+pub trait Backend {
+    fn name(&self) -> &'static str;
+    /// Installs `policy` atomically: on error the previous policy stays fully in place.
+    fn apply(&mut self, policy: &Policy) -> anyhow::Result<ApplyReport>;
+    fn status(&self) -> anyhow::Result<Status>;
+    /// Removes everything this backend installed, and nothing else.
+    fn flush(&mut self) -> anyhow::Result<()>;
+    fn counters(&self) -> anyhow::Result<Counters>;
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
