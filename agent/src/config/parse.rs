@@ -29,7 +29,11 @@ impl std::fmt::Display for ConfigErrors {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}:{}:{}: {}: {}", self.file, e.line, e.column, e.path, e.message)?;
+            write!(
+                f,
+                "{}:{}:{}: {}: {}",
+                self.file, e.line, e.column, e.path, e.message
+            )?;
         }
         Ok(())
     }
@@ -42,7 +46,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
         file: file.clone(),
-        errors: vec![ConfigError { path: "(file)".into(), line: 0, column: 0, message: e.to_string() }],
+        errors: vec![ConfigError {
+            path: "(file)".into(),
+            line: 0,
+            column: 0,
+            message: e.to_string(),
+        }],
     })?;
     parse(&text, &file)
 }
