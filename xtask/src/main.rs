@@ -3,19 +3,22 @@
 //! - `setup`: install what building and testing need (idempotent; apt, rustup, cargo install).
 //! - `test`:  setup, then every test (unit, property, netns integration, deploy checks).
 //! - `demo`:  setup, then the sandbox demo in network namespaces.
+//! - `bench`: benchmarks against peers and baselines, written to docs/benchmarks.md.
 
+mod bench;
 mod setup;
 mod shell;
 mod test;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo xtask <setup|test|demo> [args]
+const USAGE: &str = "usage: cargo xtask <setup|test|demo|bench> [args]
 
   setup   install the system packages and toolchains nodewall needs (idempotent)
   test    setup, build, then run every test (needs root for the netns suites; CI=true makes a
           missing prerequisite a failure instead of a skip)
-  demo    setup, build, then run the sandbox demo in throwaway network namespaces";
+  demo    setup, build, then run the sandbox demo in throwaway network namespaces
+  bench   measure nodewall against peers and baselines; writes docs/benchmarks.md (--quick: < 2 min)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -23,6 +26,7 @@ fn main() -> ExitCode {
         Some("setup") => setup::run(),
         Some("test") => test::run(&args[1..]),
         Some("demo") => test::demo(),
+        Some("bench") => bench::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -1,0 +1,168 @@
+//! Section 3: how long installing a policy takes, nodewall's backends against loading the same
+//! policy with the usual tools, and re-applying after one CIDR changed against a full apply.
+
+use std::time::Duration;
+
+use super::netns::Pair;
+use super::nodewall::Backend;
+use super::peers;
+use super::report::{count, ms, opt_ratio, Section, Table};
+use super::workload::Workload;
+use super::Ctx;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Method {
+    Nodewall(Backend),
+    /// nodewall re-applying a policy that differs from the installed one by one CIDR.
+    Incremental(Backend),
+    NftF,
+    IptablesIpset,
+    IptablesLinear,
+}
+
+impl Method {
+    pub fn label(self) -> String {
+        match self {
+            Method::Nodewall(b) => format!("{} apply", b.label()),
+            Method::Incremental(b) => format!("{} re-apply, 1 CIDR changed", b.label()),
+            Method::NftF => "`nft -f` of the rendered script".into(),
+            Method::IptablesIpset => "`ipset restore` + `ip(6)tables-restore`".into(),
+            Method::IptablesLinear => "`ip(6)tables-restore`, 1 rule per CIDR".into(),
+        }
+    }
+}
+
+pub struct Row {
+    pub method: Method,
+    pub cidrs: usize,
+    pub wall: Duration,
+    pub reported: Option<Duration>,
+}
+
+/// Rules in every apply policy.
+const RULES: usize = 8;
+
+/// One timed install of `w` by `method` into a fresh pair of namespaces.
+fn once(ctx: &Ctx, method: Method, w: &Workload) -> anyhow::Result<(Duration, Option<Duration>)> {
+    let pair = Pair::new("ap")?;
+    let cfg = ctx.dir.join("apply.yaml");
+    match method {
+        Method::Nodewall(b) => {
+            std::fs::write(&cfg, ctx.nw.config(w, b, ""))?;
+            let a = ctx.nw.apply(&pair.node, &cfg, b)?;
+            Ok((a.wall, a.reported))
+        }
+        Method::Incremental(b) => {
+            std::fs::write(&cfg, ctx.nw.config(w, b, ""))?;
+            ctx.nw.apply(&pair.node, &cfg, b)?;
+            std::fs::write(&cfg, ctx.nw.config(&w.with_one_changed(), b, ""))?;
+            let a = ctx.nw.apply(&pair.node, &cfg, b)?;
+            Ok((a.wall, a.reported))
+        }
+        Method::NftF => {
+            std::fs::write(&cfg, ctx.nw.config(w, Backend::Nft, ""))?;
+            let script = ctx.nw.render_script(&cfg)?;
+            Ok((peers::load_nft(&pair.node, &script)?, None))
+        }
+        Method::IptablesIpset => Ok((peers::load_ipset(&pair.node, w)?, None)),
+        Method::IptablesLinear => Ok((peers::load_linear(&pair.node, w)?, None)),
+    }
+}
+
+pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Row>)> {
+    let mut sec = Section::new(
+        "Apply latency",
+        "Wall time of installing a policy of 8 UDP allow rules over the given CIDRs (half IPv4, half \
+         IPv6) into an empty network namespace, each command run as a user would run it (process start, \
+         parsing and kernel round trips included). nodewall's own figure from `apply --json` (the kernel \
+         part) is shown beside it. The peers load the same policy: `nft -f` of the script \
+         `nodewall render` prints, iptables with one ipset per rule and family, and linear iptables with \
+         one rule per CIDR. Incremental: the policy is applied, then applied again with one CIDR \
+         replaced; only the second apply is timed. Best of several runs (one at 100k).",
+    );
+    let sizes: &[usize] = if ctx.quick { &[10, 1_000] } else { &[10, 1_000, 10_000, 100_000] };
+    let mut methods = Vec::new();
+    if ctx.nw.render {
+        methods.push(Method::NftF);
+    } else {
+        sec.missing(format!("`nft -f` of the rendered script: `nodewall render` not available yet ({})", ctx.nw.why("render")));
+    }
+    for b in [Backend::Nft, Backend::Xdp { generic: false }] {
+        if ctx.nw.has(b) {
+            methods.extend([Method::Nodewall(b), Method::Incremental(b)]);
+        } else {
+            sec.missing(format!("{}: not available yet ({})", b.label(), ctx.nw.why(b.label())));
+        }
+    }
+    methods.extend([Method::IptablesIpset, Method::IptablesLinear]);
+    let mut rows = Vec::new();
+    'all: for &cidrs in sizes {
+        let w = Workload::mixed(RULES, cidrs);
+        let rounds = if cidrs >= 100_000 { 1 } else if ctx.quick { 2 } else { 3 };
+        for &m in &methods {
+            if ctx.over() {
+                sec.missing(format!("{} CIDRs and larger ({} onwards): section time box reached", count(cidrs), m.label()));
+                break 'all;
+            }
+            eprintln!("bench:   {} at {} CIDRs", m.label(), count(cidrs));
+            let mut best: Option<(Duration, Option<Duration>)> = None;
+            for _ in 0..rounds {
+                match once(ctx, m, &w) {
+                    Ok(t) if best.is_none_or(|b| t.0 < b.0) => best = Some(t),
+                    Ok(_) => {}
+                    Err(e) => {
+                        sec.missing(format!("{} at {} CIDRs: {e:#}", m.label(), count(cidrs)));
+                        break;
+                    }
+                }
+            }
+            if let Some((wall, reported)) = best {
+                rows.push(Row { method: m, cidrs: w.distinct, wall, reported });
+            }
+        }
+    }
+    let baseline = if ctx.nw.render { Method::NftF } else { Method::IptablesIpset };
+    let wall = |m: Method, c: usize| rows.iter().find(|r| r.method == m && r.cidrs == c).map(|r| r.wall.as_secs_f64());
+    let mut table = Table::new(
+        &format!("Ratios are against {} at the same size, in this run.", baseline.label()),
+        &["ratio", "method", "CIDRs", "wall ms", "nodewall-reported ms"],
+    );
+    for r in &rows {
+        let base = wall(baseline, r.cidrs);
+        table.row(vec![
+            opt_ratio(base.map(|b| r.wall.as_secs_f64() / b)),
+            r.method.label(),
+            count(r.cidrs),
+            ms(r.wall.as_secs_f64()),
+            r.reported.map(|d| ms(d.as_secs_f64())).unwrap_or_else(|| "–".into()),
+        ]);
+    }
+    sec.tables.push(table);
+    let big = if ctx.quick { 1_000 } else { 10_000 };
+    let nft = Backend::Nft;
+    sec.headline(
+        &format!("nodewall-nft apply vs `nft -f`, {} CIDRs", count(big)),
+        wall(Method::Nodewall(nft), big).zip(wall(Method::NftF, big)).map(|(a, b)| a / b),
+        "≤ 0.5×",
+        |r| r <= 0.5,
+    );
+    // The backend's own time when it reports one: process start and YAML parsing are the same
+    // for both applies and are shown in the table.
+    let backend_time = |m: Method, c: usize| {
+        rows.iter().find(|r| r.method == m && r.cidrs == c).and_then(|r| r.reported).map(|d| d.as_secs_f64())
+    };
+    for b in [nft, Backend::Xdp { generic: false }] {
+        let (inc, full) = (Method::Incremental(b), Method::Nodewall(b));
+        let (ratio, basis) = match backend_time(inc, big).zip(backend_time(full, big)) {
+            Some((a, f)) => (Some(a / f), "backend time"),
+            None => (wall(inc, big).zip(wall(full, big)).map(|(a, f)| a / f), "wall time"),
+        };
+        sec.headline(
+            &format!("{} incremental re-apply vs full apply, {} CIDRs ({basis})", b.label(), count(big)),
+            ratio,
+            "≤ 0.1×",
+            |r| r <= 0.1,
+        );
+    }
+    Ok((sec, rows))
+}

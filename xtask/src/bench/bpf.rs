@@ -1,0 +1,100 @@
+//! The few bpf(2) commands the classifier benchmark needs, called directly: loading the bare
+//! `XDP_PASS` baseline (two instructions), opening nodewall's attached program by id, and
+//! `BPF_PROG_TEST_RUN`. No loader library, so the baseline costs exactly what the kernel charges
+//! for running any XDP program.
+
+use std::os::fd::{FromRawFd, OwnedFd, AsRawFd};
+
+use anyhow::bail;
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_XDP: u32 = 37;
+/// Large enough for every `union bpf_attr` layout used here.
+const ATTR_SIZE: usize = 128;
+
+struct Attr([u8; ATTR_SIZE]);
+
+impl Attr {
+    fn new() -> Self {
+        Self([0; ATTR_SIZE])
+    }
+    fn u32(&mut self, offset: usize, v: u32) -> &mut Self {
+        self.0[offset..offset + 4].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn u64(&mut self, offset: usize, v: u64) -> &mut Self {
+        self.0[offset..offset + 8].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn get_u32(&self, offset: usize) -> u32 {
+        u32::from_ne_bytes(self.0[offset..offset + 4].try_into().expect("4 bytes"))
+    }
+    fn call(&mut self, cmd: libc::c_long) -> std::io::Result<i64> {
+        // SAFETY: the attr buffer is valid for ATTR_SIZE bytes and every pointer stored in it
+        // outlives the call (the callers keep their buffers alive across it).
+        let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, self.0.as_mut_ptr(), ATTR_SIZE as u32) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(r)
+    }
+}
+
+/// Loads `r0 = XDP_PASS; exit`: the cheapest XDP program the kernel can run.
+pub fn load_xdp_pass() -> anyhow::Result<OwnedFd> {
+    // mov64 r0, 2 (BPF_ALU64 | BPF_MOV | BPF_K), then exit (BPF_JMP | BPF_EXIT).
+    let insns: [u64; 2] = [u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]), u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0])];
+    let license = b"GPL\0";
+    let mut name = [0u8; 16];
+    name[..8].copy_from_slice(b"nwb_pass");
+    let mut attr = Attr::new();
+    attr.u32(0, BPF_PROG_TYPE_XDP)
+        .u32(4, insns.len() as u32)
+        .u64(8, insns.as_ptr() as u64)
+        .u64(16, license.as_ptr() as u64)
+        .u32(68, BPF_XDP);
+    attr.0[48..64].copy_from_slice(&name);
+    let fd = attr.call(BPF_PROG_LOAD).map_err(|e| anyhow::anyhow!("loading the bare XDP_PASS program: {e}"))?;
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// An fd for a loaded program, by the id `ip link` / bpftool show.
+pub fn prog_fd_by_id(id: u32) -> anyhow::Result<OwnedFd> {
+    let mut attr = Attr::new();
+    attr.u32(0, id);
+    let fd = attr.call(BPF_PROG_GET_FD_BY_ID).map_err(|e| anyhow::anyhow!("opening BPF program {id}: {e}"))?;
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `struct xdp_md` as test-run input: the frame spans the whole buffer and arrived on `ifindex`
+/// (which the kernel resolves in the calling thread's network namespace).
+fn xdp_md(len: usize, ifindex: u32) -> [u32; 6] {
+    [0, len as u32, 0, ifindex, 0, 0]
+}
+
+/// One `BPF_PROG_TEST_RUN`: the program's verdict and the kernel's mean ns per run.
+pub fn test_run(prog: &OwnedFd, frame: &[u8], ifindex: u32, repeat: u32) -> anyhow::Result<(u32, u32)> {
+    let ctx = xdp_md(frame.len(), ifindex);
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut attr = Attr::new();
+    attr.u32(0, prog.as_raw_fd() as u32)
+        .u32(8, frame.len() as u32)
+        .u32(12, out.len() as u32)
+        .u64(16, frame.as_ptr() as u64)
+        .u64(24, out.as_mut_ptr() as u64)
+        .u32(32, repeat)
+        .u32(40, std::mem::size_of_val(&ctx) as u32)
+        .u64(48, ctx.as_ptr() as u64);
+    if let Err(e) = attr.call(BPF_PROG_TEST_RUN) {
+        bail!("BPF_PROG_TEST_RUN: {e}");
+    }
+    Ok((attr.get_u32(4), attr.get_u32(36)))
+}
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;

@@ -1,0 +1,289 @@
+//! Section 5: re-applying the policy under load must not cost established flows a packet. A TCP
+//! download the node opened (inbound data is return traffic) and a rule-allowed UDP stream with
+//! sequence numbers run through the node's uplink while the policy is re-applied, alternating
+//! between two versions that differ by one CIDR; then the same streams run as long again with
+//! no re-apply, as the baseline.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::netns::{Netns, Pair, CLIENT_V4, NODE_V4};
+use super::nodewall::Backend;
+use super::report::{Section, Table};
+use super::traffic::snmp_sum;
+use super::workload::Workload;
+use super::Ctx;
+
+const TCP_PORT: u16 = 5001;
+const UDP_PORT: u16 = 5002;
+/// The TCP sender is paced so the streams do not starve the re-applies on two shared cores.
+const TCP_BYTES_PER_SEC: f64 = 20e6;
+const UDP_PPS: u64 = 10_000;
+
+/// The stream allowance that both policy versions carry in front of the workload's rules.
+fn stream_rules() -> String {
+    format!(
+        "  - name: udp-stream\n    action: allow\n    protocol: udp\n    ports: [\"{UDP_PORT}\"]\n    from: [\"{CLIENT_V4}/32\"]\n"
+    )
+}
+
+#[derive(Default, Debug)]
+struct Phase {
+    secs: f64,
+    applies: usize,
+    apply_ms_mean: f64,
+    tcp_bytes: u64,
+    tcp_segs: u64,
+    tcp_retrans: u64,
+    udp_sent: u64,
+    udp_lost: u64,
+    udp_rcvbuf_errors: u64,
+}
+
+impl Phase {
+    fn lost(&self) -> u64 {
+        self.tcp_retrans + self.udp_lost
+    }
+    fn packets(&self) -> u64 {
+        self.tcp_segs + self.udp_sent
+    }
+}
+
+/// The two streams, running until `stop`.
+struct Streams {
+    stop: Arc<AtomicBool>,
+    tcp_received: Arc<AtomicU64>,
+    udp_sent: Arc<AtomicU64>,
+    udp_received: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+fn start_streams(pair: &Pair) -> anyhow::Result<Streams> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tcp_received, udp_sent, udp_received) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut threads = Vec::new();
+    // Client side: TCP server that streams to whoever connects (the node), paced.
+    let listener = pair.client.spawn(|| Ok(TcpListener::bind((CLIENT_V4, TCP_PORT))?)).join().expect("bind")?;
+    {
+        let stop = Arc::clone(&stop);
+        threads.push(pair.client.spawn(move || {
+            let mut s = accept_within(&listener, Duration::from_secs(5))?;
+            // A filter that stalls the flow makes the run fail instead of hang.
+            s.set_write_timeout(Some(Duration::from_secs(5)))?;
+            let chunk = vec![0x5au8; 64 * 1024];
+            let (start, mut sent) = (Instant::now(), 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                if sent as f64 > start.elapsed().as_secs_f64() * TCP_BYTES_PER_SEC {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
+                s.write_all(&chunk)?;
+                sent += chunk.len() as u64;
+            }
+            Ok(())
+        }));
+    }
+    // Node side: the download (established inbound traffic), and the UDP sink.
+    {
+        let received = Arc::clone(&tcp_received);
+        threads.push(pair.node.spawn(move || {
+            let mut s = TcpStream::connect_timeout(&format!("{CLIENT_V4}:{TCP_PORT}").parse()?, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = s.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                received.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }));
+    }
+    let sink = pair.node.spawn(|| Ok(UdpSocket::bind((NODE_V4, UDP_PORT))?)).join().expect("bind")?;
+    sink.set_read_timeout(Some(Duration::from_millis(200)))?;
+    {
+        let (stop, received) = (Arc::clone(&stop), Arc::clone(&udp_received));
+        threads.push(pair.node.spawn(move || {
+            let mut buf = [0u8; 64];
+            // Keep receiving a little after the stop so datagrams in flight are counted.
+            let mut quiet_since: Option<Instant> = None;
+            loop {
+                match sink.recv(&mut buf) {
+                    Ok(_) => {
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) if stop.load(Ordering::Relaxed) => {
+                        if quiet_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_millis(300) {
+                            return Ok(());
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        }));
+    }
+    {
+        let (stop, sent) = (Arc::clone(&stop), Arc::clone(&udp_sent));
+        threads.push(pair.client.spawn(move || {
+            let s = UdpSocket::bind((CLIENT_V4, 0))?;
+            s.connect((NODE_V4, UDP_PORT))?;
+            let start = Instant::now();
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let due = (start.elapsed().as_secs_f64() * UDP_PPS as f64) as u64;
+                while seq < due {
+                    s.send(&seq.to_be_bytes())?;
+                    seq += 1;
+                }
+                sent.store(seq, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(())
+        }));
+    }
+    Ok(Streams { stop, tcp_received, udp_sent, udp_received, threads })
+}
+
+fn accept_within(listener: &TcpListener, limit: Duration) -> anyhow::Result<TcpStream> {
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + limit;
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false)?;
+                return Ok(s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => anyhow::bail!("the node's TCP connection never arrived: {e}"),
+        }
+    }
+}
+
+fn counters(ns: &Netns) -> anyhow::Result<String> {
+    ns.proc_net("snmp")
+}
+
+/// Runs the streams while `during` runs; fills in the traffic part of a phase.
+fn phase(pair: &Pair, during: impl FnOnce() -> anyhow::Result<(usize, f64)>) -> anyhow::Result<Phase> {
+    let (c0, n0) = (counters(&pair.client)?, counters(&pair.node)?);
+    let streams = start_streams(pair)?;
+    // Let the TCP stream leave slow start before the measured work begins.
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let work = during();
+    let secs = start.elapsed().as_secs_f64();
+    streams.stop.store(true, Ordering::Relaxed);
+    for t in streams.threads {
+        t.join().expect("stream thread")?;
+    }
+    let (applies, apply_ms_mean) = work?;
+    let (c1, n1) = (counters(&pair.client)?, counters(&pair.node)?);
+    let delta = |a: &str, b: &str, p: &str, f: &[&str]| snmp_sum(b, p, f).saturating_sub(snmp_sum(a, p, f));
+    let udp_sent = streams.udp_sent.load(Ordering::Relaxed);
+    Ok(Phase {
+        secs,
+        applies,
+        apply_ms_mean,
+        tcp_bytes: streams.tcp_received.load(Ordering::Relaxed),
+        tcp_segs: delta(&c0, &c1, "Tcp", &["OutSegs"]),
+        tcp_retrans: delta(&c0, &c1, "Tcp", &["RetransSegs"]),
+        udp_sent,
+        udp_lost: udp_sent.saturating_sub(streams.udp_received.load(Ordering::Relaxed)),
+        udp_rcvbuf_errors: delta(&n0, &n1, "Udp", &["RcvbufErrors"]),
+    })
+}
+
+fn measure(ctx: &Ctx, b: Backend, applies: usize) -> anyhow::Result<(Phase, Phase)> {
+    let pair = Pair::new("rl")?;
+    let w = Workload::mixed(8, 1_000);
+    let (cfg_a, cfg_b) = (ctx.dir.join("reload-a.yaml"), ctx.dir.join("reload-b.yaml"));
+    std::fs::write(&cfg_a, ctx.nw.config(&w, b, &stream_rules()))?;
+    std::fs::write(&cfg_b, ctx.nw.config(&w.with_one_changed(), b, &stream_rules()))?;
+    ctx.nw.apply(&pair.node, &cfg_a, b)?;
+    let reloading = phase(&pair, || {
+        let mut total = 0.0;
+        let mut done = 0;
+        for i in 0..applies {
+            if ctx.over() {
+                break;
+            }
+            let cfg = if i % 2 == 0 { &cfg_b } else { &cfg_a };
+            total += ctx.nw.apply(&pair.node, cfg, b)?.wall.as_secs_f64();
+            done += 1;
+        }
+        Ok((done, total * 1e3 / done.max(1) as f64))
+    })?;
+    let quiet_for = Duration::from_secs_f64(reloading.secs.clamp(1.0, 10.0));
+    let quiet = phase(&pair, || {
+        std::thread::sleep(quiet_for);
+        Ok((0, 0.0))
+    })?;
+    Ok((reloading, quiet))
+}
+
+pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
+    let applies = if ctx.quick { 20 } else { 100 };
+    let mut sec = Section::new(
+        "Reload under load",
+        &format!(
+            "A TCP download opened by the node (paced at {:.0} MB/s; its inbound data is established \
+             return traffic) and a rule-allowed UDP stream ({UDP_PPS} datagrams/s, counted at the receiver) \
+             cross the node's filtered uplink while the policy (8 rules, 1k CIDRs) is re-applied {applies} \
+             times, alternating between two versions that differ by one CIDR. Lost = TCP segments the \
+             sender had to retransmit + UDP datagrams that never arrived. The same streams then run as long \
+             again with no re-apply (baseline).",
+            TCP_BYTES_PER_SEC / 1e6
+        ),
+    );
+    let mut table = Table::new(
+        "Lost share = lost / (TCP segments sent + UDP datagrams sent).",
+        &["lost share", "backend", "phase", "s", "re-applies (mean ms)", "TCP MB", "TCP retransmits", "UDP sent", "UDP lost (rcvbuf drops)"],
+    );
+    for b in [Backend::Nft, Backend::Xdp { generic: false }] {
+        if !ctx.nw.has(b) {
+            sec.missing(format!("{}: not available yet ({})", b.label(), ctx.nw.why(b.label())));
+            continue;
+        }
+        if ctx.over() {
+            sec.missing(format!("{}: section time box reached", b.label()));
+            continue;
+        }
+        eprintln!("bench:   {} with {applies} re-applies under load", b.label());
+        let (reloading, quiet) = match measure(ctx, b, applies) {
+            Ok(v) => v,
+            Err(e) => {
+                sec.missing(format!("{}: {e:#}", b.label()));
+                continue;
+            }
+        };
+        for (name, p) in [("re-applying", &reloading), ("quiet", &quiet)] {
+            table.row(vec![
+                format!("{:.5}", p.lost() as f64 / p.packets().max(1) as f64),
+                b.label().into(),
+                name.into(),
+                format!("{:.1}", p.secs),
+                if p.applies > 0 { format!("{} ({:.1})", p.applies, p.apply_ms_mean) } else { "–".into() },
+                format!("{:.0}", p.tcp_bytes as f64 / 1e6),
+                p.tcp_retrans.to_string(),
+                p.udp_sent.to_string(),
+                format!("{} ({})", p.udp_lost, p.udp_rcvbuf_errors),
+            ]);
+        }
+        if reloading.applies < applies {
+            sec.notes.push(format!("{}: only {} of {applies} re-applies fitted in the time box.", b.label(), reloading.applies));
+        }
+        sec.headline(
+            &format!("{}: established-flow packets lost during {} re-applies (share of sent)", b.label(), reloading.applies),
+            Some(reloading.lost() as f64 / reloading.packets().max(1) as f64),
+            "0",
+            |r| r == 0.0,
+        );
+    }
+    sec.tables.push(table);
+    Ok(sec)
+}
