@@ -166,11 +166,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             4 => footprint::run(&ctx),
             _ => reload::run(&ctx),
         };
-        let sec = sec.unwrap_or_else(|e| {
+        let mut sec = sec.unwrap_or_else(|e| {
             let mut failed = Section::new(&format!("section {s}"), "");
             failed.missing(format!("section {s} failed: {e:#}"));
             failed
         });
+        sec.number = s;
         eprintln!("bench: section {s} done in {:.0} s", t.elapsed().as_secs_f64());
         sections.push(sec);
         netns::sweep();

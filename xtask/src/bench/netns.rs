@@ -201,15 +201,15 @@ pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
 
 fn check(program: &str, args: &[&str], out: std::process::Output) -> anyhow::Result<String> {
     if !out.status.success() {
-        let mut shown = args.iter().take(8).copied().collect::<Vec<_>>().join(" ");
-        if args.len() > 8 {
-            shown.push_str(" ...");
-        }
-        bail!(
-            "`{program} {shown}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        // nsenter's own arguments say nothing; name the program it ran.
+        let (name, rest): (&str, &[&str]) = match program {
+            "nsenter" if args.len() > 1 => (args[1], &args[2..]),
+            _ => (program, args),
+        };
+        let name = name.rsplit('/').next().unwrap_or(name);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = stderr.lines().filter(|l| !l.trim().is_empty()).take(3).collect::<Vec<_>>().join(" / ");
+        bail!("`{program_args}` failed ({}): {stderr}", out.status, program_args = [name].iter().chain(rest.iter().take(3)).copied().collect::<Vec<_>>().join(" "));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -88,7 +88,7 @@ impl Nodewall {
         note(&mut nw, "render", &r);
         let r = nw.apply(&pair.node, &cfg, Backend::Nft).and_then(|_| nw.flush(&pair.node, Backend::Nft));
         nw.nft = r.is_ok();
-        note(&mut nw, "nft", &r);
+        note(&mut nw, Backend::Nft.label(), &r);
         for generic in [false, true] {
             let b = Backend::Xdp { generic };
             let r = std::fs::write(&cfg, nw.config(&w, b, ""))

@@ -13,7 +13,17 @@ const ESTABLISHED: &str = "-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
 
 /// iptables-restore input for one family: one ACCEPT rule per (rule, CIDR), then DROP.
 pub fn iptables_linear(w: &Workload, v6: bool) -> String {
+    iptables_linear_with(w, v6, &[])
+}
+
+/// As [`iptables_linear`], with `extra` rule specs (`-A INPUT ...` lines) right after the
+/// conntrack allowance.
+pub fn iptables_linear_with(w: &Workload, v6: bool, extra: &[String]) -> String {
     let mut s = format!("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -i {NODE_IF} {ESTABLISHED}\n");
+    for e in extra {
+        s.push_str(e);
+        s.push('\n');
+    }
     for (i, cidrs) in w.per_rule.iter().enumerate() {
         for c in cidrs.iter().filter(|c| c.addr.is_ipv6() == v6) {
             let _ = writeln!(s, "-A INPUT -i {NODE_IF} -s {c} -p udp --dport {} -j ACCEPT", BASE_PORT + i as u16);

@@ -72,7 +72,8 @@ fn chart(path: &Path, title: &str, y_label: &str, lines: &[Line]) -> anyhow::Res
         .label_style(("sans-serif", 15))
         .axis_desc_style(("sans-serif", 17))
         .x_label_formatter(&|x| super::report::count(x.round() as usize))
-        .y_label_formatter(&|y| if *y >= 10.0 { format!("{y:.0}") } else { format!("{y:.2}") })
+        .y_labels(8)
+        .y_label_formatter(&|y| human(*y))
         .draw()?;
     for (i, (label, points)) in lines.iter().map(|l| (&l.0, &l.1)).enumerate() {
         let color = COLORS[i % COLORS.len()];
@@ -89,6 +90,17 @@ fn chart(path: &Path, title: &str, y_label: &str, lines: &[Line]) -> anyhow::Res
         .draw()?;
     root.present()?;
     Ok(true)
+}
+
+/// 1.5k, 20k, 3M: short tick labels for log axes.
+fn human(v: f64) -> String {
+    let (v, unit) = match v {
+        v if v >= 1e6 => (v / 1e6, "M"),
+        v if v >= 1e3 => (v / 1e3, "k"),
+        v => (v, ""),
+    };
+    let digits = if v >= 10.0 || v.fract().abs() < 1e-9 { 0 } else if v >= 1.0 { 1 } else { 2 };
+    format!("{v:.digits$}{unit}")
 }
 
 fn throughput_lines(rows: &[throughput::Row]) -> Vec<Line> {

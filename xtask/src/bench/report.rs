@@ -43,6 +43,8 @@ pub struct Headline {
 
 #[derive(Default)]
 pub struct Section {
+    /// The section's number in the issue (1..=5), kept when only some sections run.
+    pub number: u8,
     pub title: String,
     pub intro: String,
     pub tables: Vec<Table>,
@@ -148,8 +150,8 @@ impl Page {
             let _ = writeln!(s, "| {k} | {} |", v.replace('|', "\\|"));
         }
         let _ = writeln!(s, "| bench wall time | {:.0} s |", self.elapsed_s);
-        for (i, sec) in self.sections.iter().enumerate() {
-            let _ = write!(s, "\n## {}. {}\n\n{}\n\n", i + 1, sec.title, sec.intro);
+        for sec in &self.sections {
+            let _ = write!(s, "\n## {}. {}\n\n{}\n\n", sec.number, sec.title, sec.intro);
             for t in &sec.tables {
                 t.markdown(&mut s);
             }

@@ -6,6 +6,7 @@
 //! context, so the sending rate is bounded by the receive path's cost, filter included.
 
 use std::fmt::Write as _;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -86,9 +87,11 @@ struct Generator(Child);
 
 impl Drop for Generator {
     fn drop(&mut self) {
-        // SIGINT: trafgen's own clean stop (ring torn down); then reap it.
-        // SAFETY: kill(2) of our own child by pid.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        // SIGINT to trafgen's process group: the parent ignores it and waits for its forked
+        // sender, which stops cleanly on it (as on ^C); SIGKILL to the group if it lingers.
+        let group = -(self.0.id() as i32);
+        // SAFETY: kill(2) of the process group our own child leads.
+        unsafe { libc::kill(group, libc::SIGINT) };
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {
@@ -96,7 +99,8 @@ impl Drop for Generator {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.0.kill();
+        // SAFETY: as above.
+        unsafe { libc::kill(group, libc::SIGKILL) };
         let _ = self.0.wait();
     }
 }
@@ -106,16 +110,18 @@ pub fn blast(pair: &Pair, frame: &[u8], window: Duration, rounds: usize, cfg: &s
     std::fs::write(cfg, trafgen_config(frame))?;
     let mut best = Rate { pps: 0.0, delivered: 0.0 };
     for _ in 0..rounds {
-        // -A/-Q: leave the machine's socket-memory sysctls and IRQ affinities alone; -C: no stats.
+        // Leave the machine's socket-memory sysctls and IRQ affinities alone (`--no-sock-mem`, -Q;
+        // 0.6.8 rejects the short -A), no CPU stats (-C), no packet limit (-n 0).
         let child = pair
             .client
             .cmd("trafgen")
             .args(["-o", CLIENT_IF, "-i"])
             .arg(cfg)
-            .args(["-P", "1", "-A", "-Q", "-C", "-n", "0"])
+            .args(["-P", "1", "--no-sock-mem", "-Q", "-C", "-n", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
+            .process_group(0)
             .spawn()
             .context("starting trafgen")?;
         let mut gen = Generator(child);
