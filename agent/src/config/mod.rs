@@ -1,7 +1,13 @@
 //! The configuration file: typed model, YAML parsing with located errors, JSON Schema.
 
+mod document;
+mod fields;
 mod model;
 mod parse;
+mod rules;
+mod suggest;
+mod walk;
+mod yaml;
 
 pub use model::*;
 pub use parse::{load, parse, ConfigError, ConfigErrors};
