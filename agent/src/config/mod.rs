@@ -5,9 +5,11 @@ mod fields;
 mod model;
 mod parse;
 mod rules;
+mod schema;
 mod suggest;
 mod walk;
 mod yaml;
 
 pub use model::*;
 pub use parse::{load, parse, ConfigError, ConfigErrors};
+pub use schema::json_schema;
