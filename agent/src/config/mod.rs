@@ -3,6 +3,8 @@
 mod document;
 mod fields;
 mod model;
+mod naming;
+mod networks;
 mod parse;
 mod rules;
 mod schema;

@@ -2,7 +2,7 @@
 
 use super::fields;
 use super::model::{Action, PortRange, Protocol, RuleConfig, Source};
-use super::suggest::suggest;
+use super::suggest::did_you_mean;
 use super::walk::{index, Ctx, Fields};
 use super::yaml::{Node, Pos};
 
@@ -126,6 +126,24 @@ pub fn rule(
     }
 }
 
+/// The entries of `rules` or `failsafe`; `None` when the section is not a list.
+pub fn list(
+    ctx: &mut Ctx,
+    node: &Node,
+    path: &str,
+    section: Section,
+    networks: NetworkNames,
+) -> Option<Vec<Parsed>> {
+    let items = ctx.seq(node, path)?;
+    Some(
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| rule(ctx, item, &index(path, i), section, networks))
+            .collect(),
+    )
+}
+
 /// `ports`: only for tcp/udp; absent means every port.
 fn ports(ctx: &mut Ctx, f: &Fields, protocol: Option<Protocol>) -> Option<Vec<PortRange>> {
     let path = f.path_of("ports");
@@ -207,10 +225,7 @@ fn source(s: &str, networks: NetworkNames) -> Result<Source, String> {
         Some(names) if !names.contains(&s) => names,
         _ => return Ok(Source::Network(s.to_string())),
     };
-    let hint = match suggest(s, networks) {
-        Some(g) => format!("did you mean `{g}`? "),
-        None => String::new(),
-    };
+    let hint = did_you_mean(s, networks);
     let defined = if networks.is_empty() {
         "no networks are defined; add it under `networks:` or write a CIDR".to_string()
     } else {

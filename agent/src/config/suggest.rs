@@ -14,6 +14,14 @@ pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
         .map(|(_, c)| c)
 }
 
+/// `"did you mean `x`? "` when [`suggest`] finds a candidate, else empty: a message prefix.
+pub fn did_you_mean(word: &str, candidates: &[&str]) -> String {
+    match suggest(word, candidates) {
+        Some(s) => format!("did you mean `{s}`? "),
+        None => String::new(),
+    }
+}
+
 /// `one of a, b, c` (or `a` when there is a single choice).
 pub fn one_of(names: &[&str]) -> String {
     match names {

@@ -6,7 +6,7 @@
 //! carries on with the next field.
 
 use super::parse::ConfigError;
-use super::suggest::{one_of, suggest};
+use super::suggest::{did_you_mean, one_of};
 use super::yaml::{Kind, Node, Pos};
 
 /// `parent.key`, or `key` at the top level.
@@ -33,20 +33,34 @@ pub struct Ctx {
 pub struct Fields<'n> {
     pub pos: Pos,
     pub path: String,
-    entries: Vec<(&'n str, &'n Node)>,
+    /// Key, key position, value.
+    entries: Vec<(&'n str, Pos, &'n Node)>,
 }
 
 impl<'n> Fields<'n> {
     pub fn get(&self, key: &str) -> Option<&'n Node> {
         self.entries
             .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| *v)
+            .find(|(k, _, _)| *k == key)
+            .map(|(_, _, v)| *v)
     }
 
-    /// Entries in document order.
-    pub fn iter(&self) -> impl Iterator<Item = (&'n str, &'n Node)> + '_ {
+    /// Entries in document order, with the position of each key.
+    pub fn iter(&self) -> impl Iterator<Item = (&'n str, Pos, &'n Node)> + '_ {
         self.entries.iter().copied()
+    }
+
+    /// The value of an optional key: `default` when absent, `None` when present but invalid.
+    pub fn optional<T>(
+        &self,
+        key: &str,
+        default: T,
+        read: impl FnOnce(&'n Node, &str) -> Option<T>,
+    ) -> Option<T> {
+        match self.get(key) {
+            Some(node) => read(node, &self.path_of(key)),
+            None => Some(default),
+        }
     }
 
     /// Path of the value of `key`.
@@ -116,10 +130,7 @@ impl Ctx {
             seen.push((name, key.pos));
             if let Some(known) = known {
                 if !known.contains(&name.as_str()) {
-                    let hint = match suggest(name, known) {
-                        Some(s) => format!("did you mean `{s}`? "),
-                        None => String::new(),
-                    };
+                    let hint = did_you_mean(name, known);
                     self.error(
                         key_path,
                         key.pos,
@@ -131,7 +142,7 @@ impl Ctx {
                     continue;
                 }
             }
-            fields.entries.push((name, value));
+            fields.entries.push((name, key.pos, value));
         }
         Some(fields)
     }
@@ -144,6 +155,23 @@ impl Ctx {
                 None
             }
         }
+    }
+
+    /// Reads each item of a list with `read`; `None` if the list or any item was invalid
+    /// (every item is still read, so that all their errors are reported).
+    pub fn each<'n, T>(
+        &mut self,
+        node: &'n Node,
+        path: &str,
+        mut read: impl FnMut(&mut Ctx, &'n Node, String) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        let items = self.seq(node, path)?;
+        let out: Vec<Option<T>> = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| read(self, item, index(path, i)))
+            .collect();
+        out.into_iter().collect()
     }
 
     pub fn str<'n>(&mut self, node: &'n Node, path: &str) -> Option<&'n str> {
@@ -193,10 +221,7 @@ impl Ctx {
         if let Some((_, v)) = choices.iter().find(|(n, _)| n == s) {
             return Some(*v);
         }
-        let hint = match suggest(s, &names) {
-            Some(g) => format!("did you mean `{g}`? "),
-            None => String::new(),
-        };
+        let hint = did_you_mean(s, &names);
         self.error(
             path,
             node.pos,
