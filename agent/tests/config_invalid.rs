@@ -596,3 +596,38 @@ fn load_reports_unreadable_files() {
         "{e}"
     );
 }
+
+mod mangled {
+    use proptest::prelude::*;
+
+    const BASE: &str = include_str!("../../deploy/examples/standalone.yaml");
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// Damaging a valid file anywhere never panics, and a rejected file always gets at
+        /// least one located error, sorted by position, with a path and a message.
+        #[test]
+        fn damaged_files_are_reported_not_panicked_on(
+            at in 0usize..BASE.len(),
+            len in 0usize..12,
+            insert in "[ a-z0-9:\\[\\]{}\\-/.,\"\n]{0,6}",
+        ) {
+            let at = (0..=at).rev().find(|i| BASE.is_char_boundary(*i)).unwrap();
+            let end = (at + len..=BASE.len()).find(|i| BASE.is_char_boundary(*i)).unwrap();
+            let text = format!("{}{insert}{}", &BASE[..at], &BASE[end..]);
+            if let Err(e) = nodewall::config::parse(&text, "x.yaml") {
+                prop_assert!(!e.errors.is_empty());
+                let lines = text.lines().count().max(1);
+                for err in &e.errors {
+                    prop_assert!(err.line >= 1 && err.line <= lines + 1, "{err:?}");
+                    prop_assert!(err.column >= 1 && !err.path.is_empty() && !err.message.is_empty(), "{err:?}");
+                }
+                let pos: Vec<(usize, usize)> = e.errors.iter().map(|e| (e.line, e.column)).collect();
+                let mut sorted = pos.clone();
+                sorted.sort();
+                prop_assert_eq!(pos, sorted);
+            }
+        }
+    }
+}
