@@ -188,7 +188,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     eprintln!("bench: wrote {} in {:.0} s", opts.out.display(), started.elapsed().as_secs_f64());
     for sec in &page.sections {
         for h in &sec.headlines {
-            eprintln!("bench: {:>8}  {}  (target {})", report::opt_ratio(h.ratio), h.what, h.target);
+            let figure = h.shown.clone().unwrap_or_else(|| report::opt_ratio(h.ratio));
+            eprintln!("bench: {figure:>12}  {}  (target {})", h.what, h.target);
         }
     }
     Ok(())

@@ -1,6 +1,10 @@
 //! Throwaway network namespaces for every measurement, so nothing the bench installs ever
 //! reaches the machine's own namespace. Names are `nwb-<pid>-<tag>`: a later run removes the
 //! leftovers of a run that died (its pid is gone) without touching a concurrent one.
+//!
+//! Each network namespace comes with its own persistent mount namespace holding a private
+//! bpffs on /sys/fs/bpf, so the XDP backend's pins of one namespace never meet another's (or
+//! the machine's), whatever pin path the agent uses.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -10,6 +14,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use anyhow::{bail, Context};
 
 const PREFIX: &str = "nwb-";
+/// Where the mount namespaces are held (bind-mounted nsfs files), as /run/netns holds netns.
+const MNT_DIR: &str = "/run/nwb-mnt";
 
 /// Interface names inside the pair: the "client" side and the node's uplink.
 pub const CLIENT_IF: &str = "nwa";
@@ -33,6 +39,7 @@ impl Netns {
         ip(&["netns", "add", &name])?;
         let ns = Self { name };
         ns.ip(&["link", "set", "lo", "up"])?;
+        mount_namespace(&ns.name)?;
         Ok(ns)
     }
 
@@ -40,11 +47,11 @@ impl Netns {
         &self.name
     }
 
-    /// `program` run inside the namespace. nsenter (not `ip netns exec`) keeps the root mount
-    /// namespace, so bpffs at /sys/fs/bpf stays where the agent expects it.
+    /// `program` run inside the namespace and its mount namespace (nsenter, not `ip netns exec`,
+    /// which would remount /sys and hide the bpffs).
     pub fn cmd(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.name)).arg(program);
+        c.arg(format!("--net=/run/netns/{}", self.name)).arg(format!("--mount={MNT_DIR}/{}", self.name)).arg(program);
         c
     }
 
@@ -109,9 +116,31 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        kill_members(&self.name);
-        let _ = ip(&["netns", "del", &self.name]);
+        remove(&self.name);
     }
+}
+
+fn remove(name: &str) {
+    kill_members(name);
+    let _ = ip(&["netns", "del", name]);
+    let held = format!("{MNT_DIR}/{name}");
+    let _ = output(Command::new("umount").args(["-l", &held]));
+    let _ = std::fs::remove_file(held);
+}
+
+/// A persistent mount namespace for `name` with a fresh bpffs on /sys/fs/bpf, private so the
+/// mount never propagates back to the machine's namespace.
+fn mount_namespace(name: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(MNT_DIR)?;
+    // Holding a mount namespace by bind-mounting its nsfs file needs a private parent mount.
+    if !crate::shell::succeeds(Command::new("mountpoint").args(["-q", MNT_DIR])) {
+        output(Command::new("mount").args(["--bind", MNT_DIR, MNT_DIR]))?;
+        output(Command::new("mount").args(["--make-private", MNT_DIR]))?;
+    }
+    let held = format!("{MNT_DIR}/{name}");
+    std::fs::write(&held, b"")?;
+    output(Command::new("unshare").arg(format!("--mount={held}")).args(["--propagation", "private", "mount", "-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    Ok(())
 }
 
 /// Two namespaces joined by a veth pair: `client` (traffic source) and `node` (the filtered host,
@@ -170,8 +199,7 @@ pub fn sweep() {
         let pid = rest.split('-').next().unwrap_or("");
         if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             eprintln!("bench: removing leftover namespace {name}");
-            kill_members(name);
-            let _ = ip(&["netns", "del", name]);
+            remove(name);
         }
     }
 }

@@ -346,11 +346,12 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
         if reloading.applies < applies {
             sec.notes.push(format!("{}: only {} of {applies} re-applies fitted in the time box.", r.label(), reloading.applies));
         }
-        let lost = Some(reloading.lost() as f64 / reloading.packets().max(1) as f64);
-        let what = format!("{}: established-flow packets lost during {} re-applies (share of sent)", r.label(), reloading.applies);
+        let lost = Some(reloading.lost() as f64);
+        let shown = format!("{} of {}", reloading.lost(), reloading.packets());
+        let what = format!("{}: established-flow packets lost during {} re-applies", r.label(), reloading.applies);
         match r {
-            Reloader::Nodewall(_) => sec.headline(&what, lost, "0", |x| x == 0.0),
-            Reloader::IptablesRestore => sec.headline(&what, lost, INFO, |_| true),
+            Reloader::Nodewall(_) => sec.headline_shown(&what, lost, shown, "0 lost", |x| x == 0.0),
+            Reloader::IptablesRestore => sec.headline_shown(&what, lost, shown, INFO, |_| true),
         }
     }
     sec.tables.push(table);

@@ -37,6 +37,8 @@ pub const INFO: &str = "– (contrast)";
 pub struct Headline {
     pub what: String,
     pub ratio: Option<f64>,
+    /// Shown instead of the ratio when the figure is not a multiple (a count, a share).
+    pub shown: Option<String>,
     pub target: String,
     pub met: Option<bool>,
 }
@@ -62,7 +64,13 @@ impl Section {
 
     pub fn headline(&mut self, what: &str, ratio: Option<f64>, target: &str, met: impl Fn(f64) -> bool) {
         let met_v = ratio.map(&met);
-        self.headlines.push(Headline { what: what.into(), ratio, target: target.into(), met: met_v });
+        self.headlines.push(Headline { what: what.into(), ratio, shown: None, target: target.into(), met: met_v });
+    }
+
+    /// A headline whose figure is shown as `shown` (e.g. "0 of 120k") rather than as a ratio.
+    pub fn headline_shown(&mut self, what: &str, value: Option<f64>, shown: String, target: &str, met: impl Fn(f64) -> bool) {
+        self.headline(what, value, target, met);
+        self.headlines.last_mut().expect("just pushed").shown = Some(shown);
     }
 
     pub fn missing(&mut self, what: impl Into<String>) {
@@ -133,7 +141,7 @@ impl Page {
         if self.quick {
             s.push_str("> **Quick run** (`--quick`): fewer sizes, shorter windows, fewer repetitions; smoke-test numbers only.\n\n");
         }
-        s.push_str("## Headlines\n\n| ratio | what | target | met |\n| ---: | --- | --- | --- |\n");
+        s.push_str("## Headlines\n\n| figure | what | target | met |\n| ---: | --- | --- | --- |\n");
         for sec in &self.sections {
             for h in &sec.headlines {
                 let met = match h.met {
@@ -142,7 +150,8 @@ impl Page {
                     Some(false) => "**no**",
                     None => "not measured",
                 };
-                let _ = writeln!(s, "| {} | {} | {} | {met} |", opt_ratio(h.ratio), h.what, h.target);
+                let figure = h.shown.clone().unwrap_or_else(|| opt_ratio(h.ratio));
+                let _ = writeln!(s, "| {figure} | {} | {} | {met} |", h.what, h.target);
             }
         }
         s.push_str("\n## Machine and versions\n\n| | |\n| --- | --- |\n");
