@@ -58,6 +58,7 @@ fn start(ctx: &Ctx, backend: Backend, cidrs: usize) -> anyhow::Result<Daemon> {
         .args(["run", "-c"])
         .arg(&cfg)
         .args(["--metrics-addr", METRICS_ADDR])
+        .args(ctx.nw.state_args(&pair.node, "run")?)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

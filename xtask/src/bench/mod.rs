@@ -46,7 +46,13 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     (plot::FONT, "fonts-dejavu-core"),
 ];
 
-const USAGE: &str = "usage: cargo xtask bench [--quick] [--only 1,2,..] [--out FILE] [--no-build]";
+const USAGE: &str = "usage: cargo xtask bench [--quick] [--only 1,2,..] [--out FILE] [--no-build] [--nodewall BIN]
+
+  --quick          smoke run (< 2 min): fewer sizes, shorter windows
+  --only 1,3       run only these sections (1 classifier, 2 throughput, 3 apply, 4 footprint, 5 reload)
+  --out FILE       write the page there (default docs/benchmarks.md; plots go to img/ beside it)
+  --no-build       use target/release/nodewall as it is
+  --nodewall BIN   measure this nodewall binary instead of building one";
 
 /// What every section gets: the options, nodewall's build and features, a scratch directory and
 /// the section's deadline.
@@ -73,10 +79,11 @@ struct Opts {
     only: Vec<u8>,
     out: PathBuf,
     no_build: bool,
+    nodewall: Option<PathBuf>,
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Opts> {
-    let mut o = Opts { quick: false, only: vec![1, 2, 3, 4, 5], out: root().join("docs/benchmarks.md"), no_build: false };
+    let mut o = Opts { quick: false, only: vec![1, 2, 3, 4, 5], out: root().join("docs/benchmarks.md"), no_build: false, nodewall: None };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -90,6 +97,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
                 }
             }
             "--out" => o.out = PathBuf::from(it.next().context("--out needs a file")?),
+            "--nodewall" => o.nodewall = Some(std::fs::canonicalize(it.next().context("--nodewall needs a path")?)?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -134,7 +142,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let started = Instant::now();
     ensure_packages()?;
     netns::sweep();
-    let bin = Nodewall::build(opts.no_build)?;
+    let bin = match &opts.nodewall {
+        Some(bin) => bin.clone(),
+        None => Nodewall::build(opts.no_build)?,
+    };
     let nw = Nodewall::probe(bin)?;
     for (what, why) in &nw.why {
         eprintln!("bench: {what}: not available ({why})");

@@ -230,8 +230,9 @@ pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
 fn check(program: &str, args: &[&str], out: std::process::Output) -> anyhow::Result<String> {
     if !out.status.success() {
         // nsenter's own arguments say nothing; name the program it ran.
-        let (name, rest): (&str, &[&str]) = match program {
-            "nsenter" if args.len() > 1 => (args[1], &args[2..]),
+        let skip = if program == "nsenter" { args.iter().take_while(|a| a.starts_with("--")).count() } else { 0 };
+        let (name, rest): (&str, &[&str]) = match args.get(skip) {
+            Some(p) if skip > 0 => (p, &args[skip + 1..]),
             _ => (program, args),
         };
         let name = name.rsplit('/').next().unwrap_or(name);

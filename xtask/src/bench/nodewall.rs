@@ -43,6 +43,9 @@ pub struct Nodewall {
     pub xdp_native: bool,
     pub xdp_generic: bool,
     pub daemon: bool,
+    /// Subcommands that take `--state-dir` (lock and state files, one per node): each bench
+    /// namespace gets its own, so concurrent namespaces never share a lock.
+    state_dir_in: Vec<&'static str>,
     /// Why each unavailable feature is unavailable (first line of its error).
     pub why: Vec<(String, String)>,
 }
@@ -71,7 +74,26 @@ impl Nodewall {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default();
-        let mut nw = Self { bin, version, render: false, nft: false, xdp_native: false, xdp_generic: false, daemon: false, why: Vec::new() };
+        let state_dir_in = ["apply", "flush", "run"]
+            .into_iter()
+            .filter(|sub| {
+                std::process::Command::new(&bin)
+                    .args([sub, "--help"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--state-dir"))
+            })
+            .collect();
+        let mut nw = Self {
+            bin,
+            version,
+            render: false,
+            nft: false,
+            xdp_native: false,
+            xdp_generic: false,
+            daemon: false,
+            state_dir_in,
+            why: Vec::new(),
+        };
         let pair = Pair::new("probe")?;
         let dir = scratch_dir()?;
         let w = Workload::mixed(1, 10);
@@ -126,16 +148,30 @@ impl Nodewall {
     /// The config for `w` on `b`, with `extra_rules` in front of the workload's rules.
     pub fn config(&self, w: &Workload, b: Backend, extra_rules: &str) -> String {
         let mut yaml = w.config_yaml(b.arg(), NODE_IF, extra_rules);
-        if let Backend::Xdp { generic } = b {
-            yaml.push_str(&format!("xdp:\n  mode: {}\n", if generic { "generic" } else { "native" }));
+        // Native is what the agent tries first (and gets, on veth); generic must be asked for.
+        if let Backend::Xdp { generic: true } = b {
+            yaml.push_str("xdp:\n  attach: generic\n");
         }
         yaml
     }
 
+    /// `--state-dir DIR` for `sub` in `ns`, if `sub` takes it.
+    pub fn state_args(&self, ns: &Netns, sub: &str) -> anyhow::Result<Vec<String>> {
+        if !self.state_dir_in.contains(&sub) {
+            return Ok(Vec::new());
+        }
+        let dir = scratch_dir()?.join("state").join(ns.name());
+        std::fs::create_dir_all(&dir)?;
+        Ok(vec!["--state-dir".into(), dir.to_str().context("state dir")?.into()])
+    }
+
     pub fn apply(&self, ns: &Netns, cfg: &Path, b: Backend) -> anyhow::Result<Applied> {
         let cfg = cfg.to_str().context("config path")?;
+        let mut args = vec!["apply", "-c", cfg, "--backend", b.arg(), "--json"];
+        let state = self.state_args(ns, "apply")?;
+        args.extend(state.iter().map(String::as_str));
         let start = Instant::now();
-        let out = ns.run(self.bin.to_str().context("bin path")?, &["apply", "-c", cfg, "--backend", b.arg(), "--json"])?;
+        let out = ns.run(self.bin.to_str().context("bin path")?, &args)?;
         let wall = start.elapsed();
         let reported = serde_json::from_str::<serde_json::Value>(&out)
             .ok()
@@ -145,7 +181,10 @@ impl Nodewall {
     }
 
     pub fn flush(&self, ns: &Netns, b: Backend) -> anyhow::Result<()> {
-        ns.run(self.bin.to_str().context("bin path")?, &["flush", "--backend", b.arg()]).map(drop)
+        let state = self.state_args(ns, "flush")?;
+        let mut args = vec!["flush", "--backend", b.arg()];
+        args.extend(state.iter().map(String::as_str));
+        ns.run(self.bin.to_str().context("bin path")?, &args).map(drop)
     }
 
     /// `nodewall render` of a config: the nft script the nft backend installs.

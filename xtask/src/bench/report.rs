@@ -22,7 +22,12 @@ impl Table {
     fn markdown(&self, out: &mut String) {
         let _ = writeln!(out, "{}\n", self.caption);
         let _ = writeln!(out, "| {} |", self.headers.join(" | "));
-        let _ = writeln!(out, "|{}", self.headers.iter().map(|_| " ---: |").collect::<String>());
+        // Numbers right-aligned, words left-aligned.
+        let numeric = |col: usize| {
+            self.rows.iter().all(|r| r[col].starts_with(|c: char| c.is_ascii_digit() || c == '–' || c == '-') || r[col] == "n/a")
+        };
+        let align: String = (0..self.headers.len()).map(|c| if numeric(c) { " ---: |" } else { " --- |" }).collect();
+        let _ = writeln!(out, "|{align}");
         for r in &self.rows {
             let _ = writeln!(out, "| {} |", r.join(" | "));
         }
