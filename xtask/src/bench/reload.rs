@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::netns::{Netns, Pair, CLIENT_V4, NODE_IF, NODE_V4};
+use super::netns::{Netns, Pair, CLIENT_IF, CLIENT_V4, NODE_IF, NODE_V4};
 use super::nodewall::Backend;
 use super::peers;
 use super::report::{Section, Table, INFO};
@@ -37,21 +37,27 @@ struct Phase {
     applies: usize,
     apply_ms_mean: f64,
     tcp_bytes: u64,
-    tcp_segs: u64,
+    /// Segments the client's TCP sent (retransmissions included) and the node's TCP received.
+    tcp_sent: u64,
+    tcp_arrived: u64,
+    /// Retransmissions, shown for context: tail-loss probes and spurious timeouts on a busy
+    /// machine retransmit without any loss, so they are not the loss figure.
     tcp_retrans: u64,
     udp_sent: u64,
-    udp_lost: u64,
+    /// Datagrams that reached the node's UDP layer (delivered, or dropped at a full socket
+    /// buffer, which is the receiver's doing, not the datapath's).
+    udp_arrived: u64,
     udp_rcvbuf_errors: u64,
 }
 
 impl Phase {
-    /// Packets the datapath lost: retransmitted TCP segments and datagrams that never reached
-    /// the socket (overflows of the receiver's own buffer are counted apart).
+    /// Packets the datapath lost between the two namespaces: sent by one side's transport
+    /// layer and never seen by the other's.
     fn lost(&self) -> u64 {
-        self.tcp_retrans + self.udp_lost.saturating_sub(self.udp_rcvbuf_errors)
+        self.tcp_sent.saturating_sub(self.tcp_arrived) + self.udp_sent.saturating_sub(self.udp_arrived)
     }
     fn packets(&self) -> u64 {
-        self.tcp_segs + self.udp_sent
+        self.tcp_sent + self.udp_sent
     }
 }
 
@@ -60,13 +66,12 @@ struct Streams {
     stop: Arc<AtomicBool>,
     tcp_received: Arc<AtomicU64>,
     udp_sent: Arc<AtomicU64>,
-    udp_received: Arc<AtomicU64>,
     threads: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
 
 fn start_streams(pair: &Pair) -> anyhow::Result<Streams> {
     let stop = Arc::new(AtomicBool::new(false));
-    let (tcp_received, udp_sent, udp_received) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (tcp_received, udp_sent) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut threads = Vec::new();
     // Client side: TCP server that streams to whoever connects (the node), paced.
     let listener = pair.client.spawn(|| Ok(TcpListener::bind((CLIENT_V4, TCP_PORT))?)).join().expect("bind")?;
@@ -109,16 +114,15 @@ fn start_streams(pair: &Pair) -> anyhow::Result<Streams> {
     sink.set_read_timeout(Some(Duration::from_millis(200)))?;
     grow_receive_buffer(&sink)?;
     {
-        let (stop, received) = (Arc::clone(&stop), Arc::clone(&udp_received));
+        let stop = Arc::clone(&stop);
         threads.push(pair.node.spawn(move || {
             let mut buf = [0u8; 64];
             // Keep receiving a little after the stop so datagrams in flight are counted.
             let mut quiet_since: Option<Instant> = None;
             loop {
+                // The kernel counts arrivals; the sink only keeps the buffer drained.
                 match sink.recv(&mut buf) {
-                    Ok(_) => {
-                        received.fetch_add(1, Ordering::Relaxed);
-                    }
+                    Ok(_) => {}
                     Err(_) if stop.load(Ordering::Relaxed) => {
                         if quiet_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_millis(300) {
                             return Ok(());
@@ -148,7 +152,7 @@ fn start_streams(pair: &Pair) -> anyhow::Result<Streams> {
             Ok(())
         }));
     }
-    Ok(Streams { stop, tcp_received, udp_sent, udp_received, threads })
+    Ok(Streams { stop, tcp_received, udp_sent, threads })
 }
 
 /// 16 MiB of receive buffer (SO_RCVBUFFORCE: past rmem_max, as root), so the sink thread losing
@@ -207,6 +211,8 @@ fn phase(pair: &Pair, during: impl FnOnce() -> anyhow::Result<(usize, f64)>) -> 
         t.join().expect("stream thread")?;
     }
     let (applies, apply_ms_mean) = work?;
+    // The last FIN/ACK exchange is in flight for a moment after the sockets close.
+    std::thread::sleep(Duration::from_millis(200));
     let (c1, n1) = (counters(&pair.client)?, counters(&pair.node)?);
     let delta = |a: &str, b: &str, p: &str, f: &[&str]| snmp_sum(b, p, f).saturating_sub(snmp_sum(a, p, f));
     let udp_sent = streams.udp_sent.load(Ordering::Relaxed);
@@ -215,10 +221,11 @@ fn phase(pair: &Pair, during: impl FnOnce() -> anyhow::Result<(usize, f64)>) -> 
         applies,
         apply_ms_mean,
         tcp_bytes: streams.tcp_received.load(Ordering::Relaxed),
-        tcp_segs: delta(&c0, &c1, "Tcp", &["OutSegs"]),
+        tcp_sent: delta(&c0, &c1, "Tcp", &["OutSegs"]),
+        tcp_arrived: delta(&n0, &n1, "Tcp", &["InSegs"]),
         tcp_retrans: delta(&c0, &c1, "Tcp", &["RetransSegs"]),
         udp_sent,
-        udp_lost: udp_sent.saturating_sub(streams.udp_received.load(Ordering::Relaxed)),
+        udp_arrived: delta(&n0, &n1, "Udp", &["InDatagrams", "RcvbufErrors"]),
         udp_rcvbuf_errors: delta(&n0, &n1, "Udp", &["RcvbufErrors"]),
     })
 }
@@ -262,6 +269,10 @@ fn install(ctx: &Ctx, pair: &Pair, r: Reloader, w: &Workload, a: bool) -> anyhow
 
 fn measure(ctx: &Ctx, r: Reloader, applies: usize) -> anyhow::Result<(Phase, Phase)> {
     let pair = Pair::new("rl")?;
+    // One skb per segment on the wire, so the sender's OutSegs (counted per MSS) and the
+    // receiver's InSegs (counted per skb) count the same thing.
+    pair.client.run("ethtool", &["-K", CLIENT_IF, "tso", "off", "gso", "off"])?;
+    pair.node.run("ethtool", &["-K", NODE_IF, "gro", "off"])?;
     let (wa, wb) = (Workload::mixed(8, 1_000), Workload::mixed(8, 1_000).with_one_changed());
     for f in ["reload-a.yaml", "reload-b.yaml"] {
         let _ = std::fs::remove_file(ctx.dir.join(f));
@@ -294,19 +305,21 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
         "Reload under load",
         &format!(
             "A TCP download opened by the node (paced at {:.0} MB/s; its inbound data is established \
-             return traffic) and a rule-allowed UDP stream ({UDP_PPS} datagrams/s, counted at the receiver) \
-             cross the node's filtered uplink while the policy (8 rules, 1k CIDRs) is re-applied {applies} \
-             times, alternating between two versions that differ by one CIDR. Lost = TCP segments the \
-             sender had to retransmit + UDP datagrams that never reached the receiving socket (drops \
-             at a full socket buffer are the receiver's, not the filter's, and are shown apart). The same streams then run as long \
-             again with no re-apply (baseline). The peer re-applies the same policy as linear iptables \
-             rules with `iptables-restore`, which swaps the table atomically.",
+             return traffic) and a rule-allowed UDP stream ({UDP_PPS} datagrams/s) cross the node's \
+             filtered uplink while the policy (8 rules, 1k CIDRs) is re-applied {applies} times, \
+             alternating between two versions that differ by one CIDR. Lost = segments and datagrams \
+             the client's transport layer sent that the node's never received (kernel SNMP counters on \
+             both sides; datagrams dropped at a full socket buffer did reach the node and are shown \
+             apart). TCP retransmissions are shown for context only: tail-loss probes and spurious \
+             timeouts on a busy machine retransmit without loss. The same streams then run as long again \
+             with no re-apply (baseline). The peer re-applies the same policy as linear iptables rules \
+             with `iptables-restore`, which swaps the table atomically.",
             TCP_BYTES_PER_SEC / 1e6
         ),
     );
     let mut table = Table::new(
-        "Lost share = lost / (TCP segments sent + UDP datagrams sent).",
-        &["lost share", "backend", "phase", "s", "re-applies (mean ms)", "TCP MB", "TCP retransmits", "UDP sent", "UDP lost (of which socket-buffer drops)"],
+        "Lost share = lost / (TCP segments + UDP datagrams sent).",
+        &["lost share", "backend", "phase", "s", "re-applies (mean ms)", "TCP MB", "TCP lost / sent", "TCP retransmits", "UDP lost / sent", "socket-buffer drops"],
     );
     let mut reloaders = Vec::new();
     for b in [Backend::Nft, Backend::Xdp { generic: false }] {
@@ -338,9 +351,10 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
                 format!("{:.1}", p.secs),
                 if p.applies > 0 { format!("{} ({:.1})", p.applies, p.apply_ms_mean) } else { "–".into() },
                 format!("{:.0}", p.tcp_bytes as f64 / 1e6),
+                format!("{} / {}", p.tcp_sent.saturating_sub(p.tcp_arrived), p.tcp_sent),
                 p.tcp_retrans.to_string(),
-                p.udp_sent.to_string(),
-                format!("{} ({})", p.udp_lost, p.udp_rcvbuf_errors),
+                format!("{} / {}", p.udp_sent.saturating_sub(p.udp_arrived), p.udp_sent),
+                p.udp_rcvbuf_errors.to_string(),
             ]);
         }
         if reloading.applies < applies {
