@@ -3,6 +3,7 @@
 //! the CLI, the daemon and the metrics speak only to the [`Backend`] trait.
 
 pub mod nft;
+pub mod xdp;
 
 use std::time::Duration;
 
