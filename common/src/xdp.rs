@@ -38,6 +38,8 @@ pub mod map_names {
 /// Names of the programs in the eBPF object.
 pub const XDP_PROGRAM: &str = "nodewall_xdp";
 pub const TC_EGRESS_PROGRAM: &str = "nodewall_egress";
+/// A bare `XDP_PASS`, only loaded by the benchmark as its baseline.
+pub const BENCH_PASS_PROGRAM: &str = "nodewall_bench_pass";
 
 /// One bit per rule position: bit `i` is rule `i` of the policy (first match wins, so the
 /// lowest set bit of an intersection is the verdict).

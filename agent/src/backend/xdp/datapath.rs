@@ -12,7 +12,7 @@ use aya::programs::{SchedClassifier, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use nodewall_common::xdp::{
     drop_index, map_names, GenConfig, PassReason, RuleRef, Stat, Switch, ACTION_ALLOW, ACTION_DENY, DROP_CAUSE_RULE_BASE,
-    LAYOUT_VERSION, TC_EGRESS_PROGRAM, XDP_PROGRAM,
+    LAYOUT_VERSION, TC_EGRESS_PROGRAM, XDP_PROGRAM, BENCH_PASS_PROGRAM,
 };
 
 use super::image::Image;
@@ -148,6 +148,16 @@ impl Datapath {
 
     pub fn egress(&mut self) -> Result<&mut SchedClassifier> {
         Ok(program(&mut self.ebpf, TC_EGRESS_PROGRAM)?.try_into()?)
+    }
+
+    /// A bare `XDP_PASS` program from the same object (loaded on first use): the baseline
+    /// of the per-packet cost measurements.
+    pub fn baseline(&mut self) -> Result<&mut Xdp> {
+        let prog: &mut Xdp = program(&mut self.ebpf, BENCH_PASS_PROGRAM)?.try_into()?;
+        if prog.fd().is_err() {
+            prog.load()?;
+        }
+        Ok(prog)
     }
 
     pub fn maps(&self) -> &Maps {
