@@ -279,3 +279,31 @@ pub fn family_of(ip: IpAddr) -> u32 {
         1
     }
 }
+
+/// The frame an evaluator packet describes, sent to ME (198.18.0.1 / fd00::1).
+pub fn frame_of(pkt: &nodewall::policy::Packet) -> Vec<u8> {
+    use nodewall::policy::L4;
+    let is_v6 = pkt.src.is_ipv6();
+    let (proto, payload) = match pkt.l4 {
+        L4::Tcp { sport, dport } => (6, tcp(sport, dport)),
+        L4::Udp { sport, dport } => (17, udp(sport, dport, b"")),
+        L4::Icmp { icmp_type, code } => (if is_v6 { 58 } else { 1 }, icmp(icmp_type, code, 0, b"")),
+        L4::Other { number } => (number, vec![0u8; 8]),
+    };
+    match pkt.src {
+        IpAddr::V4(a) => eth(ETH_IP, &[], &ipv4(a.octets(), [198, 18, 0, 1], proto, &payload)),
+        IpAddr::V6(a) => eth(ETH_IPV6, &[], &ipv6(a.octets(), v6("fd00::1"), proto, &payload)),
+    }
+}
+
+/// The `protocol` label index of an evaluator packet.
+pub fn proto_label(pkt: &nodewall::policy::Packet) -> u32 {
+    use nodewall::policy::L4;
+    match pkt.l4 {
+        L4::Tcp { .. } => 0,
+        L4::Udp { .. } => 1,
+        L4::Icmp { .. } if pkt.src.is_ipv4() => 2,
+        L4::Icmp { .. } => 3,
+        L4::Other { .. } => 4,
+    }
+}

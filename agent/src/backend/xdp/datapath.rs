@@ -172,6 +172,12 @@ impl Datapath {
         super::counters::passes(&self.maps, reason)
     }
 
+    /// Counter slots of the active generation's rules, in evaluation order.
+    pub fn rule_slots(&self) -> Vec<u16> {
+        let cfg = &self.shadow[(self.switch.active & 1) as usize].config;
+        cfg.rules[..cfg.nrules as usize].iter().map(|r| r.slot).collect()
+    }
+
     /// Rule names of the active generation, in evaluation order.
     pub fn rule_names(&self) -> Vec<String> {
         let cfg = &self.shadow[(self.switch.active & 1) as usize].config;
