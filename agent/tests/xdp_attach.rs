@@ -17,12 +17,19 @@ use xdp_support::*;
 const PREFIX: &str = "nwt-xdpa";
 
 fn sh(args: &[&str]) -> std::process::Output {
-    Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
 }
 
 fn must(args: &[&str]) {
     let o = sh(args);
-    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// Two namespaces joined by a veth pair: `node` (198.18.0.1, fd00::1 on `dev`) runs the
@@ -52,11 +59,52 @@ impl Lab {
             for args in [
                 vec!["ip", "netns", "add", &lab.node],
                 vec!["ip", "netns", "add", &lab.peer],
-                vec!["ip", "link", "add", &lab.dev, "netns", &lab.node, "type", "veth", "peer", "name", &peer_dev, "netns", &lab.peer],
-                vec!["ip", "-n", &lab.node, "addr", "add", "198.18.0.1/24", "dev", &lab.dev],
-                vec!["ip", "-n", &lab.peer, "addr", "add", "198.18.0.2/24", "dev", &peer_dev],
-                vec!["ip", "-n", &lab.node, "addr", "add", "fd00::1/64", "dev", &lab.dev, "nodad"],
-                vec!["ip", "-n", &lab.peer, "addr", "add", "fd00::2/64", "dev", &peer_dev, "nodad"],
+                vec![
+                    "ip", "link", "add", &lab.dev, "netns", &lab.node, "type", "veth", "peer",
+                    "name", &peer_dev, "netns", &lab.peer,
+                ],
+                vec![
+                    "ip",
+                    "-n",
+                    &lab.node,
+                    "addr",
+                    "add",
+                    "198.18.0.1/24",
+                    "dev",
+                    &lab.dev,
+                ],
+                vec![
+                    "ip",
+                    "-n",
+                    &lab.peer,
+                    "addr",
+                    "add",
+                    "198.18.0.2/24",
+                    "dev",
+                    &peer_dev,
+                ],
+                vec![
+                    "ip",
+                    "-n",
+                    &lab.node,
+                    "addr",
+                    "add",
+                    "fd00::1/64",
+                    "dev",
+                    &lab.dev,
+                    "nodad",
+                ],
+                vec![
+                    "ip",
+                    "-n",
+                    &lab.peer,
+                    "addr",
+                    "add",
+                    "fd00::2/64",
+                    "dev",
+                    &peer_dev,
+                    "nodad",
+                ],
                 vec!["ip", "-n", &lab.node, "link", "set", &lab.dev, "up"],
                 vec!["ip", "-n", &lab.peer, "link", "set", &peer_dev, "up"],
                 vec!["ip", "-n", &lab.node, "link", "set", "lo", "up"],
@@ -85,10 +133,16 @@ impl Lab {
                 let file = std::fs::File::open(&path).unwrap();
                 let target = file.metadata().unwrap();
                 // SAFETY: setns on this thread only, with a namespace fd we opened.
-                let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+                let rc = unsafe {
+                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET)
+                };
                 assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
                 // The backend must run in the test namespace, never in the one the tests started in.
-                assert_eq!(current_netns().unwrap(), (target.dev(), target.ino()), "setns did not take effect");
+                assert_eq!(
+                    current_netns().unwrap(),
+                    (target.dev(), target.ino()),
+                    "setns did not take effect"
+                );
                 let start = std::fs::metadata("/proc/self/ns/net").unwrap();
                 assert_ne!((start.dev(), start.ino()), (target.dev(), target.ino()));
                 f()
@@ -99,18 +153,39 @@ impl Lab {
     }
 
     fn backend(&self, attach: XdpAttach) -> XdpBackend {
-        XdpBackend::new(XdpOptions { bpffs: self.bpffs.clone(), name: "nodewall".into(), attach })
+        XdpBackend::new(XdpOptions {
+            bpffs: self.bpffs.clone(),
+            name: "nodewall".into(),
+            attach,
+        })
     }
 
     /// One ping from the peer to the node; true if answered.
     fn ping_node(&self, v6: bool) -> bool {
         let dst = if v6 { "fd00::1" } else { "198.18.0.1" };
-        sh(&["ip", "netns", "exec", &self.peer, "ping", "-c", "1", "-W", "1", dst]).status.success()
+        sh(&[
+            "ip", "netns", "exec", &self.peer, "ping", "-c", "1", "-W", "1", dst,
+        ])
+        .status
+        .success()
     }
 
     /// One ping from the node to the peer: the reply is return traffic.
     fn ping_peer(&self) -> bool {
-        sh(&["ip", "netns", "exec", &self.node, "ping", "-c", "1", "-W", "1", "198.18.0.2"]).status.success()
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.node,
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "198.18.0.2",
+        ])
+        .status
+        .success()
     }
 
     fn xdp_mode(&self) -> String {
@@ -146,7 +221,8 @@ fn sweep() {
     let out = sh(&["ip", "netns", "list"]);
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
-        if name.starts_with(PREFIX) && !name.contains(&format!("-{}", std::process::id() % 100000)) {
+        if name.starts_with(PREFIX) && !name.contains(&format!("-{}", std::process::id() % 100000))
+        {
             let _ = sh(&["ip", "netns", "del", name]);
         }
     }
@@ -154,8 +230,20 @@ fn sweep() {
 
 fn allow_icmp_from_peer() -> nodewall::policy::Policy {
     policy(vec![
-        rule("deny-peer-v6", Action::Deny, Protocol::Icmpv6, &[], &["fd00::2/128"]),
-        rule("icmp-peer", Action::Allow, Protocol::Icmp, &[], &["198.18.0.2/32"]),
+        rule(
+            "deny-peer-v6",
+            Action::Deny,
+            Protocol::Icmpv6,
+            &[],
+            &["fd00::2/128"],
+        ),
+        rule(
+            "icmp-peer",
+            Action::Allow,
+            Protocol::Icmp,
+            &[],
+            &["198.18.0.2/32"],
+        ),
     ])
 }
 
@@ -163,25 +251,57 @@ fn lifecycle(tag: &str, attach: XdpAttach, expect_mode: &str) {
     let Some(lab) = Lab::new(tag) else { return };
     let mut pol = allow_icmp_from_peer();
     pol.interfaces = vec![lab.dev.clone()];
-    assert!(lab.ping_node(false) && lab.ping_node(true), "the lab works without a filter");
+    assert!(
+        lab.ping_node(false) && lab.ping_node(true),
+        "the lab works without a filter"
+    );
 
     let report = lab.in_node(|| lab.backend(attach).apply(&pol).unwrap());
     assert!(report.changed);
     assert_eq!(lab.xdp_mode(), expect_mode);
+    let pins = lab.bpffs.join("nodewall");
+    for name in [
+        "NW_SWITCH",
+        "NW_PORTS",
+        "NW_FLOWS",
+        "prog-xdp",
+        "prog-egress",
+        "links",
+    ] {
+        assert!(pins.join(name).exists(), "{name} is pinned");
+    }
     // The backend is gone (like an agent that exited): its pins keep enforcing.
     assert!(lab.ping_node(false), "allowed by icmp-peer");
     assert!(!lab.ping_node(true), "denied by deny-peer-v6");
-    assert!(lab.ping_peer(), "echo replies to the node's own ping are return traffic");
+    assert!(
+        lab.ping_peer(),
+        "echo replies to the node's own ping are return traffic"
+    );
 
     let status = lab.in_node(|| lab.backend(attach).status().unwrap());
     assert!(status.installed);
     assert_eq!(status.interfaces, vec![lab.dev.clone()]);
     assert_eq!(status.rules, vec!["deny-peer-v6", "icmp-peer"]);
-    let allowed = status.counters.rules.iter().find(|r| r.rule == "icmp-peer").unwrap();
+    let allowed = status
+        .counters
+        .rules
+        .iter()
+        .find(|r| r.rule == "icmp-peer")
+        .unwrap();
     assert!(allowed.packets >= 1, "{status:?}");
-    let denied: u64 = status.counters.drops.iter().filter(|d| d.rule == "deny-peer-v6").map(|d| d.packets).sum();
+    let denied: u64 = status
+        .counters
+        .drops
+        .iter()
+        .filter(|d| d.rule == "deny-peer-v6")
+        .map(|d| d.packets)
+        .sum();
     assert!(denied >= 1, "{status:?}");
-    assert!(status.counters.drops.iter().all(|d| d.reason != "rule" || (d.family, d.protocol) == ("ipv6", "icmpv6")));
+    assert!(status
+        .counters
+        .drops
+        .iter()
+        .all(|d| d.reason != "rule" || (d.family, d.protocol) == ("ipv6", "icmpv6")));
 
     // A new backend adopts: same policy, nothing to change, generation kept; then a change.
     let (same, changed) = lab.in_node(|| {
@@ -189,7 +309,13 @@ fn lifecycle(tag: &str, attach: XdpAttach, expect_mode: &str) {
         let same = b.apply(&pol).unwrap();
         let mut open = pol.clone();
         open.rules.remove(0);
-        open.rules.push(rule("icmp6-peer", Action::Allow, Protocol::Icmpv6, &[], &["fd00::/64"]));
+        open.rules.push(rule(
+            "icmp6-peer",
+            Action::Allow,
+            Protocol::Icmpv6,
+            &[],
+            &["fd00::/64"],
+        ));
         (same, b.apply(&open).unwrap())
     });
     assert!(!same.changed);
@@ -201,7 +327,12 @@ fn lifecycle(tag: &str, attach: XdpAttach, expect_mode: &str) {
 
     // The counter of a rule that stayed keeps counting across backends.
     let kept = lab.in_node(|| lab.backend(attach).counters().unwrap());
-    let icmp_peer = kept.rules.iter().find(|r| r.rule == "icmp-peer").unwrap().packets;
+    let icmp_peer = kept
+        .rules
+        .iter()
+        .find(|r| r.rule == "icmp-peer")
+        .unwrap()
+        .packets;
     assert!(icmp_peer >= allowed.packets);
 
     lab.in_node(|| lab.backend(attach).flush().unwrap());
@@ -245,7 +376,10 @@ fn removing_an_interface_from_the_policy_detaches_it() {
     let err = lab.in_node(|| {
         let mut bad = pol.clone();
         bad.interfaces = vec!["nope0".into()];
-        lab.backend(XdpAttach::Auto).apply(&bad).unwrap_err().to_string()
+        lab.backend(XdpAttach::Auto)
+            .apply(&bad)
+            .unwrap_err()
+            .to_string()
     });
     assert!(err.contains("interfaces") && err.contains("nope0"), "{err}");
     lab.in_node(|| lab.backend(XdpAttach::Auto).flush().unwrap());

@@ -21,7 +21,13 @@ const SAMPLES: usize = 5;
 fn ns_per_packet(prog: &Xdp, frame: &[u8]) -> f64 {
     let mut v: Vec<f64> = (0..SAMPLES)
         .map(|_| {
-            let r = prog.test_run(TestRunOptions { data_in: Some(frame), repeat: REPEAT, ..Default::default() }).unwrap();
+            let r = prog
+                .test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    repeat: REPEAT,
+                    ..Default::default()
+                })
+                .unwrap();
             r.duration.as_nanos() as f64
         })
         .collect();
@@ -36,9 +42,17 @@ fn big_policy() -> (nodewall::policy::Policy, Vec<(&'static str, Vec<u8>)>) {
     let mut nets: Vec<IpNet> = Vec::new();
     while nets.len() < 10_000 {
         let net = if nets.len() % 2 == 0 {
-            IpNet::V4(Ipv4Net::new(Ipv4Addr::from(rng.gen::<u32>()), rng.gen_range(12..=32)).unwrap().trunc())
+            IpNet::V4(
+                Ipv4Net::new(Ipv4Addr::from(rng.gen::<u32>()), rng.gen_range(12..=32))
+                    .unwrap()
+                    .trunc(),
+            )
         } else {
-            IpNet::V6(Ipv6Net::new(Ipv6Addr::from(rng.gen::<u128>()), rng.gen_range(32..=128)).unwrap().trunc())
+            IpNet::V6(
+                Ipv6Net::new(Ipv6Addr::from(rng.gen::<u128>()), rng.gen_range(32..=128))
+                    .unwrap()
+                    .trunc(),
+            )
         };
         nets.push(net);
     }
@@ -48,9 +62,20 @@ fn big_policy() -> (nodewall::policy::Policy, Vec<(&'static str, Vec<u8>)>) {
         .enumerate()
         .map(|(i, c)| Rule {
             name: format!("rule-{i}"),
-            action: if i % 5 == 4 { Action::Deny } else { Action::Allow },
-            protocol: if i % 2 == 0 { Protocol::Tcp } else { Protocol::Udp },
-            ports: PortSet::new(vec![nodewall::config::PortRange::new(1000 + i as u16 * 10, 1005 + i as u16 * 10)]),
+            action: if i % 5 == 4 {
+                Action::Deny
+            } else {
+                Action::Allow
+            },
+            protocol: if i % 2 == 0 {
+                Protocol::Tcp
+            } else {
+                Protocol::Udp
+            },
+            ports: PortSet::new(vec![nodewall::config::PortRange::new(
+                1000 + i as u16 * 10,
+                1005 + i as u16 * 10,
+            )]),
             sources: AddrSet::from_nets(c),
             origin: Origin::User,
         })
@@ -65,10 +90,43 @@ fn big_policy() -> (nodewall::policy::Policy, Vec<(&'static str, Vec<u8>)>) {
         _ => unreachable!(),
     };
     let frames = vec![
-        ("v4 udp, last rule", eth(ETH_IP, &[], &ipv4(last_v4, [198, 18, 0, 1], 17, &udp(5, 1630, b"x")))),
-        ("v4 tcp, default-deny", eth(ETH_IP, &[], &ipv4([198, 19, 7, 7], [198, 18, 0, 1], 6, &tcp(40000, 22)))),
-        ("v6 udp, last rule", eth(ETH_IPV6, &[], &ipv6(last_v6, v6("fd00::1"), 17, &udp(5, 1635, b"x")))),
-        ("v6 tcp +2 ext hdrs", eth(ETH_IPV6, &[], &ipv6(v6("fd00:5::1"), v6("fd00::1"), 0, &[ext(60, 1), ext(6, 1), tcp(1, 1000)].concat()))),
+        (
+            "v4 udp, last rule",
+            eth(
+                ETH_IP,
+                &[],
+                &ipv4(last_v4, [198, 18, 0, 1], 17, &udp(5, 1630, b"x")),
+            ),
+        ),
+        (
+            "v4 tcp, default-deny",
+            eth(
+                ETH_IP,
+                &[],
+                &ipv4([198, 19, 7, 7], [198, 18, 0, 1], 6, &tcp(40000, 22)),
+            ),
+        ),
+        (
+            "v6 udp, last rule",
+            eth(
+                ETH_IPV6,
+                &[],
+                &ipv6(last_v6, v6("fd00::1"), 17, &udp(5, 1635, b"x")),
+            ),
+        ),
+        (
+            "v6 tcp +2 ext hdrs",
+            eth(
+                ETH_IPV6,
+                &[],
+                &ipv6(
+                    v6("fd00:5::1"),
+                    v6("fd00::1"),
+                    0,
+                    &[ext(60, 1), ext(6, 1), tcp(1, 1000)].concat(),
+                ),
+            ),
+        ),
     ];
     (policy(rules), frames)
 }
@@ -79,7 +137,13 @@ fn classifier_cost_does_not_grow_with_the_policy() {
         return;
     }
     let (big, frames) = big_policy();
-    let small = policy(vec![rule("one", Action::Allow, Protocol::Tcp, &[(22, 22)], &["198.19.0.0/16"])]);
+    let small = policy(vec![rule(
+        "one",
+        Action::Allow,
+        Protocol::Tcp,
+        &[(22, 22)],
+        &["198.19.0.0/16"],
+    )]);
     let mut p = Probe::new();
     let mut rows = Vec::new();
     for (label, frame) in &frames {
@@ -90,15 +154,22 @@ fn classifier_cost_does_not_grow_with_the_policy() {
         let many = ns_per_packet(p.dp.xdp().unwrap(), frame);
         rows.push((label, base, one, many));
     }
-    println!("{:<22} {:>12} {:>14} {:>18}", "frame", "XDP_PASS ns", "1 rule x 1 ns", "64 x 10k CIDRs ns");
+    println!(
+        "{:<22} {:>12} {:>14} {:>18}",
+        "frame", "XDP_PASS ns", "1 rule x 1 ns", "64 x 10k CIDRs ns"
+    );
     for (label, base, one, many) in &rows {
         println!("{label:<22} {base:>12.1} {one:>14.1} {many:>18.1}");
     }
-    let avg = |f: fn(&(&&str, f64, f64, f64)) -> f64| rows.iter().map(f).sum::<f64>() / rows.len() as f64;
+    let avg =
+        |f: fn(&(&&str, f64, f64, f64)) -> f64| rows.iter().map(f).sum::<f64>() / rows.len() as f64;
     let (base, one, many) = (avg(|r| r.1), avg(|r| r.2), avg(|r| r.3));
     println!("{:<22} {base:>12.1} {one:>14.1} {many:>18.1}", "mean");
     // Sanity of the measurement itself, then the property: a large policy costs about what a
     // one-rule policy does (an LPM walk a few levels deeper), not 64x or 10,000x more.
     assert!(base > 0.0 && one > 0.0, "the kernel reported no duration");
-    assert!(many < one * 3.0 + 100.0, "64 rules x 10k CIDRs cost {many:.0} ns/packet vs {one:.0} for one rule");
+    assert!(
+        many < one * 3.0 + 100.0,
+        "64 rules x 10k CIDRs cost {many:.0} ns/packet vs {one:.0} for one rule"
+    );
 }

@@ -22,7 +22,9 @@ fn total(map: &PerCpuArray<MapData, Stat>, n: u32) -> u64 {
 
 fn totals(dp: &Datapath) -> u64 {
     let m = dp.maps();
-    total(&m.rule_stats, MAX_SLOTS) + total(&m.drop_stats, DROP_STATS_ENTRIES) + total(&m.pass_stats, PASS_STATS_ENTRIES)
+    total(&m.rule_stats, MAX_SLOTS)
+        + total(&m.drop_stats, DROP_STATS_ENTRIES)
+        + total(&m.pass_stats, PASS_STATS_ENTRIES)
 }
 
 #[test]
@@ -30,8 +32,14 @@ fn one_million_random_packets_agree_with_evaluate() {
     if !privileged() {
         return;
     }
-    let packets: usize = std::env::var("NODEWALL_DIFF_PACKETS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let seed: u64 = std::env::var("NODEWALL_DIFF_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x6e6f_6465);
+    let packets: usize = std::env::var("NODEWALL_DIFF_PACKETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let seed: u64 = std::env::var("NODEWALL_DIFF_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x6e6f_6465);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut dp = Datapath::load(None).unwrap();
     let rounds = 25;
@@ -59,13 +67,25 @@ fn one_million_random_packets_agree_with_evaluate() {
             let m = dp.maps();
             let (map, index) = match want.reason {
                 Reason::Rule => (&m.rule_stats, slots[want.rule.unwrap()] as u32),
-                Reason::DefaultDeny => (&m.drop_stats, drop_cause_index("default-deny", None, family, proto)),
-                Reason::NeighbourDiscovery => (&m.pass_stats, PassReason::NeighbourDiscovery as u32),
+                Reason::DefaultDeny => (
+                    &m.drop_stats,
+                    drop_cause_index("default-deny", None, family, proto),
+                ),
+                Reason::NeighbourDiscovery => {
+                    (&m.pass_stats, PassReason::NeighbourDiscovery as u32)
+                }
                 Reason::DhcpClient => (&m.pass_stats, PassReason::DhcpClient as u32),
                 other => panic!("ct=new packets never get {other:?}"),
             };
             let deny_rule = want.reason == Reason::Rule && want.action == Action::Deny;
-            *kinds.entry(format!("{:?}/{:?}/{}", want.reason, want.action, if want.enforced { "enforce" } else { "audit" })).or_default() += 1;
+            *kinds
+                .entry(format!(
+                    "{:?}/{:?}/{}",
+                    want.reason,
+                    want.action,
+                    if want.enforced { "enforce" } else { "audit" }
+                ))
+                .or_default() += 1;
             let old = Maps::stat(map, index).unwrap().packets;
             let frame = frame_of(&pkt);
             let ret = run(dp.xdp().unwrap(), &frame);
@@ -84,12 +104,23 @@ fn one_million_random_packets_agree_with_evaluate() {
             checked += 1;
         }
         let moved = totals(&dp) - before;
-        assert_eq!(moved, expected_moves, "round {round}: counters moved {moved} times for {expected_moves} expected moves");
+        assert_eq!(
+            moved, expected_moves,
+            "round {round}: counters moved {moved} times for {expected_moves} expected moves"
+        );
     }
-    println!("differential: {checked} packets, {} mismatches (seed {seed:#x})", mismatches.len());
+    println!(
+        "differential: {checked} packets, {} mismatches (seed {seed:#x})",
+        mismatches.len()
+    );
     for (kind, n) in &kinds {
         println!("  {kind:<40} {n:>8}");
     }
     assert!(checked >= packets);
-    assert!(mismatches.is_empty(), "{} mismatches, first ones:\n{}", mismatches.len(), mismatches[..mismatches.len().min(20)].join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches, first ones:\n{}",
+        mismatches.len(),
+        mismatches[..mismatches.len().min(20)].join("\n")
+    );
 }

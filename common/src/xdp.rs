@@ -31,8 +31,9 @@ pub mod map_names {
     pub const DROP_STATS: &str = "NW_DROP_STATS";
     pub const PASS_STATS: &str = "NW_PASS_STATS";
     pub const SLOT_NAMES: &str = "NW_SLOT_NAMES";
-    pub const ALL: [&str; 10] =
-        [SWITCH, CONFIG, SRC4, SRC6, PORTS, FLOWS, RULE_STATS, DROP_STATS, PASS_STATS, SLOT_NAMES];
+    pub const ALL: [&str; 10] = [
+        SWITCH, CONFIG, SRC4, SRC6, PORTS, FLOWS, RULE_STATS, DROP_STATS, PASS_STATS, SLOT_NAMES,
+    ];
 }
 
 /// Names of the programs in the eBPF object.
@@ -168,7 +169,11 @@ impl GenConfig {
         icmp4: RuleBits::EMPTY,
         icmp6: RuleBits::EMPTY,
         other: RuleBits::EMPTY,
-        rules: [RuleRef { slot: 0, action: 0, _pad: 0 }; MAX_RULES],
+        rules: [RuleRef {
+            slot: 0,
+            action: 0,
+            _pad: 0,
+        }; MAX_RULES],
     };
 }
 
@@ -267,7 +272,13 @@ pub struct SlotName {
 }
 
 impl SlotName {
-    pub const EMPTY: SlotName = SlotName { len: 0, action: 0, used: 0, _pad: 0, name: [0; MAX_NAME_LEN] };
+    pub const EMPTY: SlotName = SlotName {
+        len: 0,
+        action: 0,
+        used: 0,
+        _pad: 0,
+        name: [0; MAX_NAME_LEN],
+    };
 }
 
 /// A connection the node takes part in, keyed as its *inbound* packets look: `remote` sent
@@ -341,7 +352,11 @@ mod tests {
 
     #[test]
     fn drop_index_round_trips() {
-        for cause in [DROP_CAUSE_DEFAULT, DROP_CAUSE_INVALID, DROP_CAUSE_RULE_BASE + MAX_SLOTS - 1] {
+        for cause in [
+            DROP_CAUSE_DEFAULT,
+            DROP_CAUSE_INVALID,
+            DROP_CAUSE_RULE_BASE + MAX_SLOTS - 1,
+        ] {
             for fam in 0..2 {
                 for proto in 0..5 {
                     let i = drop_index(cause, fam, proto);

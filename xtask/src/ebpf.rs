@@ -13,10 +13,18 @@ pub const BIN: &str = "nodewall-ebpf";
 
 /// Files whose change must rebuild the object.
 pub fn inputs(root: &Path) -> Vec<PathBuf> {
-    ["ebpf/src", "ebpf/Cargo.toml", "ebpf/Cargo.lock", "ebpf/rust-toolchain.toml", "ebpf/.cargo", "common/src", "common/Cargo.toml"]
-        .iter()
-        .map(|p| root.join(p))
-        .collect()
+    [
+        "ebpf/src",
+        "ebpf/Cargo.toml",
+        "ebpf/Cargo.lock",
+        "ebpf/rust-toolchain.toml",
+        "ebpf/.cargo",
+        "common/src",
+        "common/Cargo.toml",
+    ]
+    .iter()
+    .map(|p| root.join(p))
+    .collect()
 }
 
 /// The `channel` of `ebpf/rust-toolchain.toml`.
@@ -48,8 +56,18 @@ pub fn build(root: &Path) -> Result<PathBuf, String> {
     }
     let ebpf = root.join("ebpf");
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", &toolchain, "cargo", "build", "--release", "--target", TARGET, "-Z", "build-std=core"])
-        .current_dir(&ebpf);
+    cmd.args([
+        "run",
+        &toolchain,
+        "cargo",
+        "build",
+        "--release",
+        "--target",
+        TARGET,
+        "-Z",
+        "build-std=core",
+    ])
+    .current_dir(&ebpf);
     // Everything the outer cargo sets for its own (host, stable) build must not reach this one.
     for (key, _) in std::env::vars_os() {
         let Some(key) = key.to_str() else { continue };
@@ -62,7 +80,10 @@ pub fn build(root: &Path) -> Result<PathBuf, String> {
             cmd.env_remove(key);
         }
     }
-    cmd.env("CARGO_ENCODED_RUSTFLAGS", ["-C", "debuginfo=2", "-C", "link-arg=--btf"].join("\x1f"));
+    cmd.env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        ["-C", "debuginfo=2", "-C", "link-arg=--btf"].join("\x1f"),
+    );
     let status = cmd.status().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => missing("rustup on PATH"),
         _ => format!("running rustup: {e}"),
@@ -71,7 +92,9 @@ pub fn build(root: &Path) -> Result<PathBuf, String> {
         return Err(format!(
             "building the XDP program in {} failed ({status}); see the cargo output above.\n{}",
             ebpf.display(),
-            missing(&format!("the {toolchain} toolchain with rust-src, and bpf-linker"))
+            missing(&format!(
+                "the {toolchain} toolchain with rust-src, and bpf-linker"
+            ))
         ));
     }
     Ok(ebpf.join("target").join(TARGET).join("release").join(BIN))

@@ -21,15 +21,25 @@ const V4_BASE: u32 = 0xc612_0000; // 198.18.0.0/15
 const V6_BASE: u128 = 0xfd00 << 112;
 
 fn v4_net(rng: &mut StdRng) -> IpNet {
-    let len = *[0u8, 1, 8, 15, 16, 17, 20, 24, 24, 27, 30, 31, 32].choose(rng).unwrap();
-    let addr = if len >= 15 { V4_BASE | (rng.gen::<u32>() & 0x1_ffff) } else { rng.gen() };
+    let len = *[0u8, 1, 8, 15, 16, 17, 20, 24, 24, 27, 30, 31, 32]
+        .choose(rng)
+        .unwrap();
+    let addr = if len >= 15 {
+        V4_BASE | (rng.gen::<u32>() & 0x1_ffff)
+    } else {
+        rng.gen()
+    };
     IpNet::V4(Ipv4Net::new(Ipv4Addr::from(addr), len).unwrap().trunc())
 }
 
 fn v6_net(rng: &mut StdRng) -> IpNet {
-    let len = *[0u8, 8, 16, 32, 48, 56, 64, 64, 96, 120, 127, 128].choose(rng).unwrap();
+    let len = *[0u8, 8, 16, 32, 48, 56, 64, 64, 96, 120, 127, 128]
+        .choose(rng)
+        .unwrap();
     // Few distinct bits below the /8 so that prefixes nest often.
-    let low: u128 = ((rng.gen::<u128>() & 0x3) << 110) | ((rng.gen::<u128>() & 0x3) << 64) | (rng.gen::<u128>() & 0xff);
+    let low: u128 = ((rng.gen::<u128>() & 0x3) << 110)
+        | ((rng.gen::<u128>() & 0x3) << 64)
+        | (rng.gen::<u128>() & 0xff);
     let addr = if len >= 8 { V6_BASE | low } else { rng.gen() };
     IpNet::V6(Ipv6Net::new(Ipv6Addr::from(addr), len).unwrap().trunc())
 }
@@ -37,9 +47,16 @@ fn v6_net(rng: &mut StdRng) -> IpNet {
 pub fn pool(rng: &mut StdRng, size: usize) -> Pool {
     let mut nets = Vec::with_capacity(size);
     for _ in 0..size {
-        nets.push(if rng.gen_bool(0.5) { v4_net(rng) } else { v6_net(rng) });
+        nets.push(if rng.gen_bool(0.5) {
+            v4_net(rng)
+        } else {
+            v6_net(rng)
+        });
     }
-    Pool { nets, ports: Vec::new() }
+    Pool {
+        nets,
+        ports: Vec::new(),
+    }
 }
 
 fn port_ranges(rng: &mut StdRng) -> Vec<PortRange> {
@@ -47,7 +64,9 @@ fn port_ranges(rng: &mut StdRng) -> Vec<PortRange> {
     (0..n)
         .map(|_| {
             let start: u16 = if rng.gen_bool(0.5) {
-                *[1u16, 22, 53, 67, 68, 80, 443, 1024, 8080, 30000, 65535].choose(rng).unwrap()
+                *[1u16, 22, 53, 67, 68, 80, 443, 1024, 8080, 30000, 65535]
+                    .choose(rng)
+                    .unwrap()
             } else {
                 rng.gen_range(1..=65535)
             };
@@ -61,12 +80,29 @@ pub fn random_policy(rng: &mut StdRng, pool: &mut Pool, rules: usize) -> Policy 
     let mut out = Vec::with_capacity(rules);
     pool.ports.clear();
     for i in 0..rules {
-        let protocol = *[Protocol::Tcp, Protocol::Tcp, Protocol::Udp, Protocol::Udp, Protocol::Icmp, Protocol::Icmpv6, Protocol::All]
-            .choose(rng)
-            .unwrap();
-        let ports = if protocol.has_ports() && rng.gen_bool(0.8) { PortSet::new(port_ranges(rng)) } else { PortSet::any() };
+        let protocol = *[
+            Protocol::Tcp,
+            Protocol::Tcp,
+            Protocol::Udp,
+            Protocol::Udp,
+            Protocol::Icmp,
+            Protocol::Icmpv6,
+            Protocol::All,
+        ]
+        .choose(rng)
+        .unwrap();
+        let ports = if protocol.has_ports() && rng.gen_bool(0.8) {
+            PortSet::new(port_ranges(rng))
+        } else {
+            PortSet::any()
+        };
         for r in ports.ranges() {
-            pool.ports.extend([r.start.saturating_sub(1), r.start, r.end, r.end.saturating_add(1)]);
+            pool.ports.extend([
+                r.start.saturating_sub(1),
+                r.start,
+                r.end,
+                r.end.saturating_add(1),
+            ]);
         }
         let sources = if rng.gen_bool(0.1) {
             AddrSet::any()
@@ -77,7 +113,11 @@ pub fn random_policy(rng: &mut StdRng, pool: &mut Pool, rules: usize) -> Policy 
         };
         out.push(Rule {
             name: format!("r{i}-{}", rng.gen::<u16>()),
-            action: if rng.gen_bool(0.25) { Action::Deny } else { Action::Allow },
+            action: if rng.gen_bool(0.25) {
+                Action::Deny
+            } else {
+                Action::Allow
+            },
             protocol,
             ports,
             sources,
@@ -85,7 +125,11 @@ pub fn random_policy(rng: &mut StdRng, pool: &mut Pool, rules: usize) -> Policy 
         });
     }
     Policy {
-        mode: if rng.gen_bool(0.2) { Mode::Audit } else { Mode::Enforce },
+        mode: if rng.gen_bool(0.2) {
+            Mode::Audit
+        } else {
+            Mode::Enforce
+        },
         implicit: Implicit {
             established: rng.gen_bool(0.7),
             icmp_errors: rng.gen_bool(0.7),
@@ -126,7 +170,12 @@ fn addr_in(rng: &mut StdRng, net: &IpNet) -> IpAddr {
 /// IP protocol numbers that the XDP parser treats as something else than "other" in the
 /// given family (the transport protocols it reads, and IPv6 extension headers).
 fn parsed_specially(v6: bool, n: u8) -> bool {
-    matches!(n, 6 | 17) || if v6 { matches!(n, 58 | 0 | 43 | 44 | 51 | 60) } else { n == 1 }
+    matches!(n, 6 | 17)
+        || if v6 {
+            matches!(n, 58 | 0 | 43 | 44 | 51 | 60)
+        } else {
+            n == 1
+        }
 }
 
 pub fn random_packet(rng: &mut StdRng, pool: &Pool) -> Packet {
@@ -148,21 +197,37 @@ pub fn random_packet(rng: &mut StdRng, pool: &Pool) -> Packet {
         }
     };
     let l4 = match rng.gen_range(0..20) {
-        0..=6 => L4::Tcp { sport: port(rng), dport: port(rng) },
+        0..=6 => L4::Tcp {
+            sport: port(rng),
+            dport: port(rng),
+        },
         7..=12 => {
             if rng.gen_bool(0.1) {
-                L4::Udp { sport: 67, dport: 68 }
+                L4::Udp {
+                    sport: 67,
+                    dport: 68,
+                }
             } else {
-                L4::Udp { sport: port(rng), dport: port(rng) }
+                L4::Udp {
+                    sport: port(rng),
+                    dport: port(rng),
+                }
             }
         }
         13..=16 => {
             let icmp_type = if rng.gen_bool(0.6) {
-                *[0u8, 1, 2, 3, 4, 8, 11, 12, 128, 129, 133, 134, 135, 136, 137, 138].choose(rng).unwrap()
+                *[
+                    0u8, 1, 2, 3, 4, 8, 11, 12, 128, 129, 133, 134, 135, 136, 137, 138,
+                ]
+                .choose(rng)
+                .unwrap()
             } else {
                 rng.gen()
             };
-            L4::Icmp { icmp_type, code: rng.gen_range(0..4) }
+            L4::Icmp {
+                icmp_type,
+                code: rng.gen_range(0..4),
+            }
         }
         _ => loop {
             let n: u8 = rng.gen();
@@ -171,5 +236,9 @@ pub fn random_packet(rng: &mut StdRng, pool: &Pool) -> Packet {
             }
         },
     };
-    Packet { src, l4, ct: CtState::New }
+    Packet {
+        src,
+        l4,
+        ct: CtState::New,
+    }
 }

@@ -8,7 +8,9 @@ use aya::programs::{TestRun, TestRunOptions};
 use nodewall::backend::xdp::Datapath;
 use nodewall::config::{Action, Implicit, Mode, PortRange, Protocol};
 use nodewall::policy::{AddrSet, Origin, Policy, PortSet, Rule};
-use nodewall_common::xdp::{drop_index, PassReason, DROP_CAUSE_DEFAULT, DROP_CAUSE_INVALID, DROP_CAUSE_RULE_BASE};
+use nodewall_common::xdp::{
+    drop_index, PassReason, DROP_CAUSE_DEFAULT, DROP_CAUSE_INVALID, DROP_CAUSE_RULE_BASE,
+};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -36,7 +38,14 @@ pub const ETH_ARP: u16 = 0x0806;
 pub fn eth(ethertype: u16, vlans: &[u16], l3: &[u8]) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
     for (i, vid) in vlans.iter().enumerate() {
-        f.extend_from_slice(&(if i == 0 && vlans.len() > 1 { 0x88a8u16 } else { 0x8100u16 }).to_be_bytes());
+        f.extend_from_slice(
+            &(if i == 0 && vlans.len() > 1 {
+                0x88a8u16
+            } else {
+                0x8100u16
+            })
+            .to_be_bytes(),
+        );
         f.extend_from_slice(&vid.to_be_bytes());
     }
     f.extend_from_slice(&ethertype.to_be_bytes());
@@ -45,7 +54,14 @@ pub fn eth(ethertype: u16, vlans: &[u16], l3: &[u8]) -> Vec<u8> {
 }
 
 /// An IPv4 header (with `options`, a multiple of 4 bytes) followed by `payload`.
-pub fn ipv4_opts(src: [u8; 4], dst: [u8; 4], proto: u8, frag: u16, options: &[u8], payload: &[u8]) -> Vec<u8> {
+pub fn ipv4_opts(
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: u8,
+    frag: u16,
+    options: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
     let ihl = 5 + options.len() / 4;
     let total = (ihl * 4 + payload.len()) as u16;
     let mut h = vec![0x40 | ihl as u8, 0];
@@ -130,7 +146,13 @@ pub fn v6(s: &str) -> [u8; 16] {
 
 // ---- policies -------------------------------------------------------------------------
 
-pub fn rule(name: &str, action: Action, protocol: Protocol, ports: &[(u16, u16)], from: &[&str]) -> Rule {
+pub fn rule(
+    name: &str,
+    action: Action,
+    protocol: Protocol,
+    ports: &[(u16, u16)],
+    from: &[&str],
+) -> Rule {
     let nets: Vec<ipnet::IpNet> = from.iter().map(|s| s.parse().unwrap()).collect();
     Rule {
         name: name.into(),
@@ -147,7 +169,13 @@ pub fn rule(name: &str, action: Action, protocol: Protocol, ports: &[(u16, u16)]
 }
 
 pub fn policy(rules: Vec<Rule>) -> Policy {
-    Policy { mode: Mode::Enforce, implicit: Implicit::default(), rules, interfaces: Vec::new(), profile: None }
+    Policy {
+        mode: Mode::Enforce,
+        implicit: Implicit::default(),
+        rules,
+        interfaces: Vec::new(),
+        profile: None,
+    }
 }
 
 // ---- observing verdicts ---------------------------------------------------------------
@@ -195,7 +223,9 @@ struct Snapshot {
 
 impl Probe {
     pub fn new() -> Self {
-        Self { dp: Datapath::load(None).expect("loading the XDP object") }
+        Self {
+            dp: Datapath::load(None).expect("loading the XDP object"),
+        }
     }
 
     pub fn install(&mut self, p: &Policy) {
@@ -205,9 +235,29 @@ impl Probe {
     fn snapshot(&self) -> Snapshot {
         let c = self.dp.counters().unwrap();
         Snapshot {
-            rules: c.rules.iter().map(|r| (r.rule.clone(), r.packets, r.bytes)).collect(),
-            drops: c.drops.iter().map(|d| (d.reason, d.rule.clone(), d.family, d.protocol, d.packets, d.bytes)).collect(),
-            passes: PASS_REASONS.iter().map(|&r| (pass_name(r), self.dp.passes(r).unwrap().packets)).collect(),
+            rules: c
+                .rules
+                .iter()
+                .map(|r| (r.rule.clone(), r.packets, r.bytes))
+                .collect(),
+            drops: c
+                .drops
+                .iter()
+                .map(|d| {
+                    (
+                        d.reason,
+                        d.rule.clone(),
+                        d.family,
+                        d.protocol,
+                        d.packets,
+                        d.bytes,
+                    )
+                })
+                .collect(),
+            passes: PASS_REASONS
+                .iter()
+                .map(|&r| (pass_name(r), self.dp.passes(r).unwrap().packets))
+                .collect(),
         }
     }
 
@@ -224,7 +274,11 @@ impl Probe {
             }
         }
         for d in &after.drops {
-            let old = before.drops.iter().find(|o| (o.0, &o.1, o.2, o.3) == (d.0, &d.1, d.2, d.3)).map_or(0, |o| o.4);
+            let old = before
+                .drops
+                .iter()
+                .find(|o| (o.0, &o.1, o.2, o.3) == (d.0, &d.1, d.2, d.3))
+                .map_or(0, |o| o.4);
             if d.4 != old {
                 assert_eq!(d.4, old + 1);
                 if d.0 != "rule" {
@@ -237,27 +291,50 @@ impl Probe {
                 seen.push(Seen::Pass(a.0));
             }
         }
-        assert_eq!(seen.len(), 1, "one packet must move exactly one counter, moved {seen:?}");
+        assert_eq!(
+            seen.len(),
+            1,
+            "one packet must move exactly one counter, moved {seen:?}"
+        );
         (ret, seen.pop().unwrap())
     }
 
     /// Runs the TC egress program on an outbound frame (records its flow).
     pub fn egress(&mut self, frame: &[u8]) {
         let prog = self.dp.egress().unwrap();
-        let r = prog.test_run(TestRunOptions { data_in: Some(frame), ..Default::default() }).unwrap();
-        assert_eq!(r.return_value as i32, -1, "the egress program never decides");
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            r.return_value as i32, -1,
+            "the egress program never decides"
+        );
     }
 
     /// The drop counter a deny rule moved, with its labels.
     pub fn rule_drops(&self, rule: &str) -> Vec<(&'static str, &'static str, u64)> {
-        self.dp.counters().unwrap().drops.iter().filter(|d| d.rule == rule).map(|d| (d.family, d.protocol, d.packets)).collect()
+        self.dp
+            .counters()
+            .unwrap()
+            .drops
+            .iter()
+            .filter(|d| d.rule == rule)
+            .map(|d| (d.family, d.protocol, d.packets))
+            .collect()
     }
 }
 
 pub fn run(prog: &aya::programs::Xdp, frame: &[u8]) -> u32 {
     let mut out = vec![0u8; frame.len() + 256];
     let r = prog
-        .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })
         .expect("BPF_PROG_TEST_RUN");
     r.return_value
 }
@@ -291,8 +368,16 @@ pub fn frame_of(pkt: &nodewall::policy::Packet) -> Vec<u8> {
         L4::Other { number } => (number, vec![0u8; 8]),
     };
     match pkt.src {
-        IpAddr::V4(a) => eth(ETH_IP, &[], &ipv4(a.octets(), [198, 18, 0, 1], proto, &payload)),
-        IpAddr::V6(a) => eth(ETH_IPV6, &[], &ipv6(a.octets(), v6("fd00::1"), proto, &payload)),
+        IpAddr::V4(a) => eth(
+            ETH_IP,
+            &[],
+            &ipv4(a.octets(), [198, 18, 0, 1], proto, &payload),
+        ),
+        IpAddr::V6(a) => eth(
+            ETH_IPV6,
+            &[],
+            &ipv6(a.octets(), v6("fd00::1"), proto, &payload),
+        ),
     }
 }
 

@@ -39,9 +39,21 @@ pub fn ensure_bpffs(root: &Path) -> Result<()> {
     let ty = c"bpf";
     let opts = c"mode=0700";
     // SAFETY: all arguments are valid C strings.
-    let rc = unsafe { libc::mount(ty.as_ptr(), c.as_ptr(), ty.as_ptr(), 0, opts.as_ptr().cast()) };
+    let rc = unsafe {
+        libc::mount(
+            ty.as_ptr(),
+            c.as_ptr(),
+            ty.as_ptr(),
+            0,
+            opts.as_ptr().cast(),
+        )
+    };
     if rc != 0 {
-        bail!("mounting a bpffs at {}: {}", root.display(), std::io::Error::last_os_error());
+        bail!(
+            "mounting a bpffs at {}: {}",
+            root.display(),
+            std::io::Error::last_os_error()
+        );
     }
     info!(path = %root.display(), "mounted bpffs");
     Ok(())
@@ -53,7 +65,8 @@ fn cstring(p: &Path) -> Result<CString> {
 }
 
 pub fn if_index(name: &str) -> Result<u32> {
-    let c = CString::new(name).with_context(|| format!("interfaces: {name:?} is not a valid interface name"))?;
+    let c = CString::new(name)
+        .with_context(|| format!("interfaces: {name:?} is not a valid interface name"))?;
     // SAFETY: valid C string.
     match unsafe { libc::if_nametoindex(c.as_ptr()) } {
         0 => bail!("interfaces: no interface named {name:?} in this network namespace"),
@@ -68,6 +81,35 @@ pub fn if_name(index: u32) -> Option<String> {
     (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
 }
 
+/// Pin names of the programs (also held by the links; pinned so they can be inspected with
+/// `bpftool prog show pinned ...` and are removed only by `flush`).
+pub const PROGRAM_PINS: [&str; 2] = ["prog-xdp", "prog-egress"];
+
+/// Pins this agent's programs, replacing the pins of an earlier agent's.
+pub fn pin_programs(dp: &mut Datapath, pin_dir: &Path) -> Result<()> {
+    for name in PROGRAM_PINS {
+        let path = pin_dir.join(name);
+        remove_pin(&path)?;
+        let pinned = if name == PROGRAM_PINS[0] {
+            dp.xdp()?.pin(&path)
+        } else {
+            dp.egress()?.pin(&path)
+        };
+        pinned.with_context(|| format!("pinning {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Removes a pin (file on the bpffs) if it exists.
+pub fn remove_pin(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The pinned links of one pin directory: `links/xdp-<ifindex>` and `links/tc-<ifindex>`.
 pub struct Links {
     dir: PathBuf,
@@ -75,7 +117,9 @@ pub struct Links {
 
 impl Links {
     pub fn new(pin_dir: &Path) -> Self {
-        Self { dir: pin_dir.join("links") }
+        Self {
+            dir: pin_dir.join("links"),
+        }
     }
 
     fn xdp_pin(&self, ifindex: u32) -> PathBuf {
@@ -96,7 +140,11 @@ impl Links {
         };
         for entry in entries {
             let name = entry?.file_name();
-            if let Some(i) = name.to_str().and_then(|n| n.strip_prefix("xdp-")).and_then(|n| n.parse().ok()) {
+            if let Some(i) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("xdp-"))
+                .and_then(|n| n.parse().ok())
+            {
                 out.push(i);
             }
         }
@@ -107,37 +155,65 @@ impl Links {
     /// Makes both programs of `dp` run on `ifindex`: a pinned link gets the program swapped
     /// in atomically, otherwise a new link is created and pinned. Returns the XDP mode used
     /// for a new link (`None` when an existing link was reused).
-    pub fn attach(&self, dp: &mut Datapath, ifname: &str, ifindex: u32, mode: XdpAttach) -> Result<Option<XdpMode>> {
-        fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+    pub fn attach(
+        &self,
+        dp: &mut Datapath,
+        ifname: &str,
+        ifindex: u32,
+        mode: XdpAttach,
+    ) -> Result<Option<XdpMode>> {
+        fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
         let used = self.attach_xdp(dp, ifname, ifindex, mode)?;
         self.attach_tc(dp, ifname, ifindex)?;
         Ok(used)
     }
 
-    fn attach_xdp(&self, dp: &mut Datapath, ifname: &str, ifindex: u32, mode: XdpAttach) -> Result<Option<XdpMode>> {
+    fn attach_xdp(
+        &self,
+        dp: &mut Datapath,
+        ifname: &str,
+        ifindex: u32,
+        mode: XdpAttach,
+    ) -> Result<Option<XdpMode>> {
         let pin = self.xdp_pin(ifindex);
         let prog = dp.xdp()?;
         if pin.exists() {
-            let link = PinnedLink::from_pin(&pin)?.unpin().context("unpinning the XDP link")?;
+            let link = PinnedLink::from_pin(&pin)?
+                .unpin()
+                .context("unpinning the XDP link")?;
             let link = XdpLink::try_from(link)?;
-            let id = prog.attach_to_link(link).with_context(|| format!("{ifname}: replacing the XDP program"))?;
+            let id = prog
+                .attach_to_link(link)
+                .with_context(|| format!("{ifname}: replacing the XDP program"))?;
             FdLink::try_from(prog.take_link(id)?)?.pin(&pin)?;
             return Ok(None);
         }
         let (id, used) = match mode {
-            XdpAttach::Native => (prog.attach_to_if_index(ifindex, XdpMode::Driver)?, XdpMode::Driver),
-            XdpAttach::Generic => (prog.attach_to_if_index(ifindex, XdpMode::Skb)?, XdpMode::Skb),
+            XdpAttach::Native => (
+                prog.attach_to_if_index(ifindex, XdpMode::Driver)?,
+                XdpMode::Driver,
+            ),
+            XdpAttach::Generic => (
+                prog.attach_to_if_index(ifindex, XdpMode::Skb)?,
+                XdpMode::Skb,
+            ),
             XdpAttach::Auto => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
                 Ok(id) => (id, XdpMode::Driver),
                 Err(e) => {
                     warn!(interface = ifname, error = %e, "native XDP unavailable, attaching in generic mode");
-                    (prog.attach_to_if_index(ifindex, XdpMode::Skb)?, XdpMode::Skb)
+                    (
+                        prog.attach_to_if_index(ifindex, XdpMode::Skb)?,
+                        XdpMode::Skb,
+                    )
                 }
             },
         };
-        let link = FdLink::try_from(prog.take_link(id)?)
-            .with_context(|| format!("{ifname}: the kernel attached XDP without a BPF link (Linux >= 5.9 needed)"))?;
-        link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
+        let link = FdLink::try_from(prog.take_link(id)?).with_context(|| {
+            format!("{ifname}: the kernel attached XDP without a BPF link (Linux >= 5.9 needed)")
+        })?;
+        link.pin(&pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
         Ok(Some(used))
     }
 
@@ -145,16 +221,24 @@ impl Links {
         let pin = self.tc_pin(ifindex);
         let prog = dp.egress()?;
         if pin.exists() {
-            let link = PinnedLink::from_pin(&pin)?.unpin().context("unpinning the TC link")?;
+            let link = PinnedLink::from_pin(&pin)?
+                .unpin()
+                .context("unpinning the TC link")?;
             let link = SchedClassifierLink::try_from(link)?;
-            let id = prog.attach_to_link(link).with_context(|| format!("{ifname}: replacing the TC egress program"))?;
+            let id = prog
+                .attach_to_link(link)
+                .with_context(|| format!("{ifname}: replacing the TC egress program"))?;
             FdLink::try_from(prog.take_link(id)?)?.pin(&pin)?;
             return Ok(());
         }
-        let id = prog.attach(ifname, TcAttachType::Egress).with_context(|| format!("{ifname}: attaching the TC egress program"))?;
-        let link = FdLink::try_from(prog.take_link(id)?)
-            .with_context(|| format!("{ifname}: TC egress attached without a TCX link (Linux >= 6.6 needed)"))?;
-        link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
+        let id = prog
+            .attach(ifname, TcAttachType::Egress)
+            .with_context(|| format!("{ifname}: attaching the TC egress program"))?;
+        let link = FdLink::try_from(prog.take_link(id)?).with_context(|| {
+            format!("{ifname}: TC egress attached without a TCX link (Linux >= 6.6 needed)")
+        })?;
+        link.pin(&pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
         Ok(())
     }
 
@@ -162,7 +246,9 @@ impl Links {
     pub fn detach(&self, ifindex: u32) -> Result<()> {
         for pin in [self.xdp_pin(ifindex), self.tc_pin(ifindex)] {
             if pin.exists() {
-                let link = PinnedLink::from_pin(&pin)?.unpin().with_context(|| format!("unpinning {}", pin.display()))?;
+                let link = PinnedLink::from_pin(&pin)?
+                    .unpin()
+                    .with_context(|| format!("unpinning {}", pin.display()))?;
                 drop(link);
             }
         }
@@ -170,9 +256,15 @@ impl Links {
     }
 
     pub fn remove_dir(&self) -> Result<()> {
-        match fs::remove_dir(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", self.dir.display())),
-            _ => Ok(()),
+        remove_dir(&self.dir)
+    }
+}
+
+pub fn remove_dir(dir: &Path) -> Result<()> {
+    match fs::remove_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", dir.display()))
         }
+        _ => Ok(()),
     }
 }

@@ -11,8 +11,8 @@ use anyhow::{bail, Context, Result};
 use aya::programs::{SchedClassifier, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use nodewall_common::xdp::{
-    drop_index, map_names, GenConfig, PassReason, RuleRef, Stat, Switch, ACTION_ALLOW, ACTION_DENY, DROP_CAUSE_RULE_BASE,
-    LAYOUT_VERSION, TC_EGRESS_PROGRAM, XDP_PROGRAM, BENCH_PASS_PROGRAM,
+    drop_index, map_names, GenConfig, PassReason, RuleRef, Stat, Switch, ACTION_ALLOW, ACTION_DENY,
+    BENCH_PASS_PROGRAM, DROP_CAUSE_RULE_BASE, LAYOUT_VERSION, TC_EGRESS_PROGRAM, XDP_PROGRAM,
 };
 
 use super::image::Image;
@@ -58,7 +58,8 @@ impl Datapath {
         let xdp: &mut Xdp = program(&mut ebpf, XDP_PROGRAM)?.try_into()?;
         xdp.load().context("loading the XDP program (verifier)")?;
         let tc: &mut SchedClassifier = program(&mut ebpf, TC_EGRESS_PROGRAM)?.try_into()?;
-        tc.load().context("loading the TC egress program (verifier)")?;
+        tc.load()
+            .context("loading the TC egress program (verifier)")?;
         let maps = Maps::take(&mut ebpf)?;
         let switch = maps.read_switch()?;
         let netns = current_netns()?;
@@ -78,7 +79,14 @@ impl Datapath {
         } else {
             ([maps.read_gen(0)?, maps.read_gen(1)?], Slots::read(&maps)?)
         };
-        Ok(Self { ebpf, maps, shadow, slots, switch, netns })
+        Ok(Self {
+            ebpf,
+            maps,
+            shadow,
+            slots,
+            switch,
+            netns,
+        })
     }
 
     /// Whether a policy has been installed into these maps (by this or an earlier agent).
@@ -95,14 +103,25 @@ impl Datapath {
         let image = Image::build(policy)?;
         let active = self.switch.active & 1;
         if self.is_installed() {
-            let current: Option<Vec<u16>> = image.rules.iter().map(|(n, _)| self.slots.find(n)).collect();
+            let current: Option<Vec<u16>> = image
+                .rules
+                .iter()
+                .map(|(n, _)| self.slots.find(n))
+                .collect();
             if current.is_some_and(|slots| lower(&image, &slots) == self.shadow[active as usize]) {
-                return Ok(Installed { changed: false, generation: self.switch.generation, writes: Writes::default() });
+                return Ok(Installed {
+                    changed: false,
+                    generation: self.switch.generation,
+                    writes: Writes::default(),
+                });
             }
         }
         let busy: HashSet<u16> = if self.is_installed() {
             let cfg = &self.shadow[active as usize].config;
-            cfg.rules[..cfg.nrules as usize].iter().map(|r| r.slot).collect()
+            cfg.rules[..cfg.nrules as usize]
+                .iter()
+                .map(|r| r.slot)
+                .collect()
         } else {
             HashSet::new()
         };
@@ -111,11 +130,27 @@ impl Datapath {
             self.reset_slot(slot)?;
         }
         for (i, &slot) in slots.iter().enumerate() {
-            self.slots.write(&mut self.maps, slot, Some(image.rules[i].1))?;
+            self.slots
+                .write(&mut self.maps, slot, Some(image.rules[i].1))?;
         }
         let target = if self.is_installed() { active ^ 1 } else { 1 };
         let new = lower(&image, &slots);
-        let writes = self.maps.write_gen(target, &self.shadow[target as usize], &new)?;
+        let writes = match self
+            .maps
+            .write_gen(target, &self.shadow[target as usize], &new)
+        {
+            Ok(w) => w,
+            Err(e) => {
+                // The generation is half-written but inactive, so nothing reads it; learn
+                // what it holds so the next apply's diff starts from the truth.
+                if let Ok(actual) = self.maps.read_gen(target) {
+                    self.shadow[target as usize] = actual;
+                }
+                return Err(
+                    e.context("writing the inactive generation (the active policy is unchanged)")
+                );
+            }
+        };
         self.shadow[target as usize] = new;
         let switch = Switch {
             layout: LAYOUT_VERSION,
@@ -129,14 +164,21 @@ impl Datapath {
         for slot in self.slots.release_except(&slots) {
             self.slots.write(&mut self.maps, slot, None)?;
         }
-        Ok(Installed { changed: true, generation: switch.generation, writes })
+        Ok(Installed {
+            changed: true,
+            generation: switch.generation,
+            writes,
+        })
     }
 
     fn reset_slot(&mut self, slot: u16) -> Result<()> {
         Maps::zero_stat(&mut self.maps.rule_stats, slot as u32)?;
         for family in 0..2 {
             for proto in 0..5 {
-                Maps::zero_stat(&mut self.maps.drop_stats, drop_index(DROP_CAUSE_RULE_BASE + slot as u32, family, proto))?;
+                Maps::zero_stat(
+                    &mut self.maps.drop_stats,
+                    drop_index(DROP_CAUSE_RULE_BASE + slot as u32, family, proto),
+                )?;
             }
         }
         Ok(())
@@ -175,18 +217,25 @@ impl Datapath {
     /// Counter slots of the active generation's rules, in evaluation order.
     pub fn rule_slots(&self) -> Vec<u16> {
         let cfg = &self.shadow[(self.switch.active & 1) as usize].config;
-        cfg.rules[..cfg.nrules as usize].iter().map(|r| r.slot).collect()
+        cfg.rules[..cfg.nrules as usize]
+            .iter()
+            .map(|r| r.slot)
+            .collect()
     }
 
     /// Rule names of the active generation, in evaluation order.
     pub fn rule_names(&self) -> Vec<String> {
         let cfg = &self.shadow[(self.switch.active & 1) as usize].config;
-        cfg.rules[..cfg.nrules as usize].iter().map(|r| self.slots.name(r.slot).unwrap_or("?").to_string()).collect()
+        cfg.rules[..cfg.nrules as usize]
+            .iter()
+            .map(|r| self.slots.name(r.slot).unwrap_or("?").to_string())
+            .collect()
     }
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
-    ebpf.program_mut(name).with_context(|| format!("the XDP object has no program {name}"))
+    ebpf.program_mut(name)
+        .with_context(|| format!("the XDP object has no program {name}"))
 }
 
 /// An image with its rules' counter slots: exactly what the kernel generation will hold.
@@ -200,15 +249,30 @@ fn lower(image: &Image, slots: &[u16]) -> KernelGen {
         ..GenConfig::EMPTY
     };
     for (i, ((_, action), &slot)) in image.rules.iter().zip(slots).enumerate() {
-        let action = if *action == Action::Deny { ACTION_DENY } else { ACTION_ALLOW };
-        config.rules[i] = RuleRef { slot, action, _pad: 0 };
+        let action = if *action == Action::Deny {
+            ACTION_DENY
+        } else {
+            ACTION_ALLOW
+        };
+        config.rules[i] = RuleRef {
+            slot,
+            action,
+            _pad: 0,
+        };
     }
-    KernelGen { config, src4: image.src4.clone(), src6: image.src6.clone(), tcp: image.tcp.clone(), udp: image.udp.clone() }
+    KernelGen {
+        config,
+        src4: image.src4.clone(),
+        src6: image.src6.clone(),
+        tcp: image.tcp.clone(),
+        udp: image.udp.clone(),
+    }
 }
 
 /// (device, inode) of the calling thread's network namespace.
 pub fn current_netns() -> Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata("/proc/thread-self/ns/net").context("reading /proc/thread-self/ns/net")?;
+    let m = std::fs::metadata("/proc/thread-self/ns/net")
+        .context("reading /proc/thread-self/ns/net")?;
     Ok((m.dev(), m.ino()))
 }

@@ -84,7 +84,10 @@ impl Image {
 
     pub fn build(policy: &Policy) -> Result<Self> {
         if policy.rules.len() > MAX_RULES {
-            bail!("rules: the policy has {} rules; the xdp backend supports at most {MAX_RULES}", policy.rules.len());
+            bail!(
+                "rules: the policy has {} rules; the xdp backend supports at most {MAX_RULES}",
+                policy.rules.len()
+            );
         }
         for (i, rule) in policy.rules.iter().enumerate() {
             if rule.name.len() > MAX_NAME_LEN {
@@ -116,14 +119,28 @@ impl Image {
         let sources: Vec<&AddrSet> = policy.rules.iter().map(|r| &r.sources).collect();
         Ok(Self {
             flags,
-            rules: policy.rules.iter().map(|r| (r.name.clone(), r.action)).collect(),
+            rules: policy
+                .rules
+                .iter()
+                .map(|r| (r.name.clone(), r.action))
+                .collect(),
             icmp4: bits_where(&|p| matches!(p, Protocol::Icmp | Protocol::All)),
             icmp6: bits_where(&|p| matches!(p, Protocol::Icmpv6 | Protocol::All)),
             other: bits_where(&|p| p == Protocol::All),
             src4: push_down(
                 &sources,
-                |s| s.v4_prefixes().iter().map(|n| (u32::from(n.network()) as u128, n.prefix_len())).collect(),
-                |s| s.v4_ranges().iter().map(|&(a, b)| (a as u128, b as u128)).collect(),
+                |s| {
+                    s.v4_prefixes()
+                        .iter()
+                        .map(|n| (u32::from(n.network()) as u128, n.prefix_len()))
+                        .collect()
+                },
+                |s| {
+                    s.v4_ranges()
+                        .iter()
+                        .map(|&(a, b)| (a as u128, b as u128))
+                        .collect()
+                },
                 32,
             )
             .into_iter()
@@ -131,7 +148,12 @@ impl Image {
             .collect(),
             src6: push_down(
                 &sources,
-                |s| s.v6_prefixes().iter().map(|n| (u128::from(n.network()), n.prefix_len())).collect(),
+                |s| {
+                    s.v6_prefixes()
+                        .iter()
+                        .map(|n| (u128::from(n.network()), n.prefix_len()))
+                        .collect()
+                },
                 |s| s.v6_ranges().to_vec(),
                 128,
             ),

@@ -10,8 +10,8 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuValues};
 use aya::Ebpf;
 use nodewall_common::xdp::{
-    map_names as names, port_index, GenConfig, RuleBits, SlotName, Src4Key, Src6Key, Stat, Switch, GEN_PREFIX_BITS,
-    PORT_PROTO_TCP, PORT_PROTO_UDP,
+    map_names as names, port_index, GenConfig, RuleBits, SlotName, Src4Key, Src6Key, Stat, Switch,
+    GEN_PREFIX_BITS, PORT_PROTO_TCP, PORT_PROTO_UDP,
 };
 
 use super::image::PortTable;
@@ -60,14 +60,18 @@ pub struct Maps {
 impl Maps {
     /// Takes the maps out of a loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
-        Self::from_source(|name| ebpf.take_map(name).with_context(|| format!("the XDP object has no map {name}")))
+        Self::from_source(|name| {
+            ebpf.take_map(name)
+                .with_context(|| format!("the XDP object has no map {name}"))
+        })
     }
 
     /// Opens maps pinned by an agent (possibly another process) under `dir`.
     pub fn open_pinned(dir: &Path) -> Result<Self> {
         Self::from_source(|name| {
             let path = dir.join(name);
-            let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+            let data = MapData::from_pin(&path)
+                .with_context(|| format!("opening pinned map {}", path.display()))?;
             Ok(Map::from_map_data(data)?)
         })
     }
@@ -75,7 +79,9 @@ impl Maps {
     fn from_source(mut get: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
         macro_rules! typed {
             ($name:expr) => {
-                get($name)?.try_into().with_context(|| format!("map {} has an unexpected type", $name))?
+                get($name)?
+                    .try_into()
+                    .with_context(|| format!("map {} has an unexpected type", $name))?
             };
         }
         Ok(Self {
@@ -105,13 +111,17 @@ impl Maps {
 
     /// Reads a whole generation back (used once, when adopting pinned maps).
     pub fn read_gen(&self, gen: u32) -> Result<KernelGen> {
-        let mut out = KernelGen { config: self.read_config(gen)?, ..KernelGen::empty() };
+        let mut out = KernelGen {
+            config: self.read_config(gen)?,
+            ..KernelGen::empty()
+        };
         for item in self.src4.iter() {
             let (key, bits) = item?;
             let data = key.data();
             if data[0] as u32 == gen {
                 let addr = u32::from_be_bytes(data[1..5].try_into().expect("4 bytes"));
-                out.src4.insert((addr, (key.prefix_len() - GEN_PREFIX_BITS) as u8), bits);
+                out.src4
+                    .insert((addr, (key.prefix_len() - GEN_PREFIX_BITS) as u8), bits);
             }
         }
         for item in self.src6.iter() {
@@ -119,7 +129,8 @@ impl Maps {
             let data = key.data();
             if data[0] as u32 == gen {
                 let addr = u128::from_be_bytes(data[1..17].try_into().expect("16 bytes"));
-                out.src6.insert((addr, (key.prefix_len() - GEN_PREFIX_BITS) as u8), bits);
+                out.src6
+                    .insert((addr, (key.prefix_len() - GEN_PREFIX_BITS) as u8), bits);
             }
         }
         out.tcp = self.read_ports(gen, PORT_PROTO_TCP)?;
@@ -156,10 +167,14 @@ impl Maps {
         };
         sync_trie(&mut self.src4, &old.src4, &new.src4, key4, &mut w)?;
         sync_trie(&mut self.src6, &old.src6, &new.src6, key6, &mut w)?;
-        for (proto, old_t, new_t) in [(PORT_PROTO_TCP, &old.tcp, &new.tcp), (PORT_PROTO_UDP, &old.udp, &new.udp)] {
+        for (proto, old_t, new_t) in [
+            (PORT_PROTO_TCP, &old.tcp, &new.tcp),
+            (PORT_PROTO_UDP, &old.udp, &new.udp),
+        ] {
             for (first, last) in old_t.diff(new_t) {
                 for port in first..=last {
-                    self.ports.set(port_index(gen, proto, port), new_t.get(port), 0)?;
+                    self.ports
+                        .set(port_index(gen, proto, port), new_t.get(port), 0)?;
                     w.added += 1;
                 }
             }
@@ -174,7 +189,10 @@ impl Maps {
     /// Sums a per-CPU counter.
     pub fn stat(map: &PerCpuArray<MapData, Stat>, index: u32) -> Result<Stat> {
         let values = map.get(&index, 0)?;
-        Ok(values.iter().fold(Stat::default(), |acc, s| Stat { packets: acc.packets + s.packets, bytes: acc.bytes + s.bytes }))
+        Ok(values.iter().fold(Stat::default(), |acc, s| Stat {
+            packets: acc.packets + s.packets,
+            bytes: acc.bytes + s.bytes,
+        }))
     }
 
     pub fn zero_stat(map: &mut PerCpuArray<MapData, Stat>, index: u32) -> Result<()> {

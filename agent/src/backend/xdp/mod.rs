@@ -6,7 +6,7 @@
 //! - `attach`: bpffs, pinned links, native/generic XDP; `counters`: labelled counters.
 //!
 //! Everything is pinned under `<bpffs>/<name>/` (default `/sys/fs/bpf/nodewall/`): the maps,
-//! and under `links/` one XDP and one TC link per interface. The next agent adopts them
+//! the two programs, and under `links/` one XDP and one TC link per interface. The next agent adopts them
 //! (maps reused, programs swapped inside the links atomically); `flush` removes the lot.
 
 mod attach;
@@ -42,7 +42,11 @@ pub struct XdpOptions {
 
 impl Default for XdpOptions {
     fn default() -> Self {
-        Self { bpffs: PathBuf::from("/sys/fs/bpf"), name: "nodewall".into(), attach: XdpAttach::Auto }
+        Self {
+            bpffs: PathBuf::from("/sys/fs/bpf"),
+            name: "nodewall".into(),
+            attach: XdpAttach::Auto,
+        }
     }
 }
 
@@ -56,7 +60,11 @@ pub struct XdpBackend {
 
 impl XdpBackend {
     pub fn new(opts: XdpOptions) -> Self {
-        Self { opts, loaded: None, adopted: BTreeSet::new() }
+        Self {
+            opts,
+            loaded: None,
+            adopted: BTreeSet::new(),
+        }
     }
 
     pub fn pin_dir(&self) -> PathBuf {
@@ -69,11 +77,18 @@ impl XdpBackend {
 
     /// The interfaces to enforce on: the policy's, or those holding a default route.
     fn interfaces(policy: &Policy) -> Result<Vec<(String, u32)>> {
-        let names = if policy.interfaces.is_empty() { default_route_interfaces()? } else { policy.interfaces.clone() };
+        let names = if policy.interfaces.is_empty() {
+            default_route_interfaces()?
+        } else {
+            policy.interfaces.clone()
+        };
         if names.is_empty() {
             anyhow::bail!("interfaces: none configured and no interface holds a default route");
         }
-        names.into_iter().map(|n| if_index(&n).map(|i| (n, i))).collect()
+        names
+            .into_iter()
+            .map(|n| if_index(&n).map(|i| (n, i)))
+            .collect()
     }
 
     /// Maps of an installed policy, from this process or from the pins.
@@ -106,7 +121,9 @@ impl Backend for XdpBackend {
         let dir = self.pin_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         if self.loaded.is_none() {
-            self.loaded = Some(Datapath::load(Some(&dir))?);
+            let mut dp = Datapath::load(Some(&dir))?;
+            attach::pin_programs(&mut dp, &dir)?;
+            self.loaded = Some(dp);
             self.adopted.clear();
         }
         let links = self.links();
@@ -128,30 +145,50 @@ impl Backend for XdpBackend {
             }
             self.adopted.insert(*index);
         }
-        for index in before.iter().filter(|i| !wanted.iter().any(|(_, w)| w == *i)) {
+        for index in before
+            .iter()
+            .filter(|i| !wanted.iter().any(|(_, w)| w == *i))
+        {
             links.detach(*index)?;
             self.adopted.remove(index);
             changed = true;
             removed += 1;
         }
-        Ok(ApplyReport { generation: dp.generation(), changed, added, removed, duration: started.elapsed() })
+        Ok(ApplyReport {
+            generation: dp.generation(),
+            changed,
+            added,
+            removed,
+            duration: started.elapsed(),
+        })
     }
 
     fn status(&self) -> Result<Status> {
         let links = self.links();
-        let interfaces =
-            links.attached()?.into_iter().map(|i| if_name(i).unwrap_or_else(|| format!("ifindex {i}"))).collect();
+        let interfaces = links
+            .attached()?
+            .into_iter()
+            .map(|i| if_name(i).unwrap_or_else(|| format!("ifindex {i}")))
+            .collect();
         let found = self.with_maps(|maps| {
             let sw = maps.read_switch()?;
             let cfg = maps.read_config(sw.active & 1)?;
             let slots = slots::Slots::read(maps)?;
-            let rules = cfg.rules[..cfg.nrules as usize].iter().map(|r| slots.name(r.slot).unwrap_or("?").to_string()).collect();
+            let rules = cfg.rules[..cfg.nrules as usize]
+                .iter()
+                .map(|r| slots.name(r.slot).unwrap_or("?").to_string())
+                .collect();
             Ok((sw.generation, rules, counters::read(maps)?))
         })?;
         Ok(match found {
-            Some((generation, rules, counters)) => {
-                Status { backend: "xdp", installed: true, generation, interfaces, rules, counters }
-            }
+            Some((generation, rules, counters)) => Status {
+                backend: "xdp",
+                installed: true,
+                generation,
+                interfaces,
+                rules,
+                counters,
+            },
             None => Status {
                 backend: "xdp",
                 installed: false,
@@ -172,18 +209,10 @@ impl Backend for XdpBackend {
         self.loaded = None;
         self.adopted.clear();
         let dir = self.pin_dir();
-        for name in map_names::ALL {
-            match std::fs::remove_file(dir.join(name)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(e).with_context(|| format!("removing {}", dir.join(name).display()));
-                }
-                _ => {}
-            }
+        for name in map_names::ALL.iter().chain(&attach::PROGRAM_PINS) {
+            attach::remove_pin(&dir.join(name))?;
         }
-        match std::fs::remove_dir(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", dir.display())),
-            _ => Ok(()),
-        }
+        attach::remove_dir(&dir)
     }
 
     fn counters(&self) -> Result<Counters> {

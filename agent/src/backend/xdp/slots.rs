@@ -17,14 +17,18 @@ pub struct Slots {
 
 impl Slots {
     pub fn empty() -> Self {
-        Self { names: vec![None; MAX_SLOTS as usize] }
+        Self {
+            names: vec![None; MAX_SLOTS as usize],
+        }
     }
 
     pub fn read(maps: &Maps) -> Result<Self> {
         let mut names = Vec::with_capacity(MAX_SLOTS as usize);
         for slot in 0..MAX_SLOTS {
             let s = maps.slot_names.get(&slot, 0)?;
-            names.push((s.used != 0).then(|| String::from_utf8_lossy(&s.name[..(s.len as usize).min(MAX_NAME_LEN)]).into_owned()));
+            names.push((s.used != 0).then(|| {
+                String::from_utf8_lossy(&s.name[..(s.len as usize).min(MAX_NAME_LEN)]).into_owned()
+            }));
         }
         Ok(Self { names })
     }
@@ -34,13 +38,20 @@ impl Slots {
     }
 
     pub fn find(&self, name: &str) -> Option<u16> {
-        self.names.iter().position(|n| n.as_deref() == Some(name)).map(|i| i as u16)
+        self.names
+            .iter()
+            .position(|n| n.as_deref() == Some(name))
+            .map(|i| i as u16)
     }
 
     /// A slot for each rule: its own if it has one, else a free slot that `busy` (the slots
     /// the active generation counts into) does not hold. Returns the slots and the newly
     /// taken ones, whose counters must start from zero.
-    pub fn assign(&mut self, rules: &[(String, Action)], busy: &HashSet<u16>) -> Result<(Vec<u16>, Vec<u16>)> {
+    pub fn assign(
+        &mut self,
+        rules: &[(String, Action)],
+        busy: &HashSet<u16>,
+    ) -> Result<(Vec<u16>, Vec<u16>)> {
         let keep: HashSet<&str> = rules.iter().map(|(n, _)| n.as_str()).collect();
         let mut out = Vec::with_capacity(rules.len());
         let mut fresh = Vec::new();
@@ -50,7 +61,10 @@ impl Slots {
                 continue;
             }
             let free = (0..MAX_SLOTS as u16).find(|s| {
-                !busy.contains(s) && self.names[*s as usize].as_deref().is_none_or(|n| !keep.contains(n))
+                !busy.contains(s)
+                    && self.names[*s as usize]
+                        .as_deref()
+                        .is_none_or(|n| !keep.contains(n))
             });
             let Some(slot) = free else {
                 bail!("rules: no free counter slot for {name:?} (at most {MAX_SLOTS} names across two generations)");
@@ -79,7 +93,11 @@ impl Slots {
         if let Some(name) = &self.names[slot as usize] {
             entry.len = name.len() as u16;
             entry.used = 1;
-            entry.action = if action == Some(Action::Deny) { ACTION_DENY } else { ACTION_ALLOW };
+            entry.action = if action == Some(Action::Deny) {
+                ACTION_DENY
+            } else {
+                ACTION_ALLOW
+            };
             entry.name[..name.len()].copy_from_slice(name.as_bytes());
         }
         Ok(maps.slot_names.set(slot as u32, entry, 0)?)
