@@ -2,6 +2,7 @@
 //! nothing of the other; both compile from the same policy and report the same counters, so
 //! the CLI, the daemon and the metrics speak only to the [`Backend`] trait.
 
+pub mod interfaces;
 pub mod nft;
 pub mod xdp;
 
@@ -78,7 +79,10 @@ pub trait Backend {
 }
 
 mod secs {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
     }
 }

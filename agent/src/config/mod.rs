@@ -1,7 +1,17 @@
 //! The configuration file: typed model, YAML parsing with located errors, JSON Schema.
 
+mod document;
+mod fields;
 mod model;
+mod naming;
+mod networks;
 mod parse;
+mod rules;
+mod schema;
+mod suggest;
+mod walk;
+mod yaml;
 
 pub use model::*;
 pub use parse::{load, parse, ConfigError, ConfigErrors};
+pub use schema::json_schema;

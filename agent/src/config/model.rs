@@ -63,7 +63,10 @@ impl PortRange {
         Self { start, end }
     }
     pub const fn single(port: u16) -> Self {
-        Self { start: port, end: port }
+        Self {
+            start: port,
+            end: port,
+        }
     }
 }
 
@@ -104,7 +107,12 @@ pub struct Implicit {
 
 impl Default for Implicit {
     fn default() -> Self {
-        Self { established: true, icmp_errors: true, neighbour_discovery: true, dhcp_client: true }
+        Self {
+            established: true,
+            icmp_errors: true,
+            neighbour_discovery: true,
+            dhcp_client: true,
+        }
     }
 }
 

@@ -18,7 +18,10 @@ pub struct AddrSet {
 impl AddrSet {
     /// Every IPv4 and IPv6 address.
     pub fn any() -> Self {
-        Self { v4: vec![(0, u32::MAX)], v6: vec![(0, u128::MAX)] }
+        Self {
+            v4: vec![(0, u32::MAX)],
+            v6: vec![(0, u128::MAX)],
+        }
     }
 
     pub fn from_nets<'a>(nets: impl IntoIterator<Item = &'a IpNet>) -> Self {
@@ -30,13 +33,19 @@ impl AddrSet {
                 IpNet::V6(n) => v6.push((u128::from(n.network()), u128::from(n.broadcast()))),
             }
         }
-        Self { v4: merge(v4), v6: merge(v6) }
+        Self {
+            v4: merge(v4),
+            v6: merge(v6),
+        }
     }
 
     pub fn union(&self, other: &AddrSet) -> AddrSet {
         let v4 = self.v4.iter().chain(&other.v4).copied().collect();
         let v6 = self.v6.iter().chain(&other.v6).copied().collect();
-        Self { v4: merge(v4), v6: merge(v6) }
+        Self {
+            v4: merge(v4),
+            v6: merge(v6),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -104,10 +113,18 @@ fn contains<T: Copy + Ord>(ranges: &[(T, T)], x: T) -> bool {
 fn range_to_prefixes(mut start: u128, end: u128, bits: u8) -> Vec<(u128, u8)> {
     let mut out = Vec::new();
     loop {
-        let align = if start == 0 { bits as u32 } else { start.trailing_zeros().min(bits as u32) };
+        let align = if start == 0 {
+            bits as u32
+        } else {
+            start.trailing_zeros().min(bits as u32)
+        };
         let span = end - start;
         // floor(log2(span + 1)): the largest block that fits in what is left of the range.
-        let fit = if span == u128::MAX { 128 } else { 127 - (span + 1).leading_zeros() };
+        let fit = if span == u128::MAX {
+            128
+        } else {
+            127 - (span + 1).leading_zeros()
+        };
         let k = align.min(fit);
         out.push((start, bits - k as u8));
         if k == 128 {

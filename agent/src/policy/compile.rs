@@ -19,10 +19,16 @@ pub enum CompileError {
 pub fn compile(config: &Config) -> Result<Policy, CompileError> {
     let mut rules = Vec::new();
     for (i, r) in config.failsafe.iter().enumerate() {
-        rules.push(user_rule(config, r, &format!("failsafe[{i}]"), Origin::Failsafe)?);
+        rules.push(user_rule(
+            config,
+            r,
+            &format!("failsafe[{i}]"),
+            Origin::Failsafe,
+        )?);
     }
     if let Some(name) = &config.profile {
-        let profile = profiles::find(name).ok_or_else(|| CompileError::UnknownProfile(name.clone()))?;
+        let profile =
+            profiles::find(name).ok_or_else(|| CompileError::UnknownProfile(name.clone()))?;
         for r in profile.rules {
             rules.push(profile_rule(config, profile, r)?);
         }
@@ -44,15 +50,25 @@ fn network<'c>(config: &'c Config, field: &str, name: &str) -> Result<&'c [IpNet
         .networks
         .get(name)
         .map(Vec::as_slice)
-        .ok_or_else(|| CompileError::UnknownNetwork { field: field.into(), name: name.into() })
+        .ok_or_else(|| CompileError::UnknownNetwork {
+            field: field.into(),
+            name: name.into(),
+        })
 }
 
-fn user_rule(config: &Config, r: &RuleConfig, field: &str, origin: Origin) -> Result<Rule, CompileError> {
+fn user_rule(
+    config: &Config,
+    r: &RuleConfig,
+    field: &str,
+    origin: Origin,
+) -> Result<Rule, CompileError> {
     let mut nets: Vec<IpNet> = Vec::new();
     for src in &r.from {
         match src {
             Source::Cidr(net) => nets.push(*net),
-            Source::Network(name) => nets.extend_from_slice(network(config, &format!("{field}.from"), name)?),
+            Source::Network(name) => {
+                nets.extend_from_slice(network(config, &format!("{field}.from"), name)?)
+            }
         }
     }
     Ok(Rule {
@@ -65,7 +81,11 @@ fn user_rule(config: &Config, r: &RuleConfig, field: &str, origin: Origin) -> Re
     })
 }
 
-fn profile_rule(config: &Config, profile: &Profile, r: &profiles::ProfileRule) -> Result<Rule, CompileError> {
+fn profile_rule(
+    config: &Config,
+    profile: &Profile,
+    r: &profiles::ProfileRule,
+) -> Result<Rule, CompileError> {
     let mut sources = AddrSet::default();
     for from in r.from {
         let set = match from {
@@ -80,7 +100,10 @@ fn profile_rule(config: &Config, profile: &Profile, r: &profiles::ProfileRule) -
         protocol: r.protocol,
         ports: ports_of(r.protocol, r.ports.to_vec()),
         sources,
-        origin: Origin::Profile { profile: profile.name.into(), provenance: r.provenance },
+        origin: Origin::Profile {
+            profile: profile.name.into(),
+            provenance: r.provenance,
+        },
     })
 }
 

@@ -5,8 +5,18 @@ use super::model::*;
 
 pub fn evaluate(policy: &Policy, pkt: &Packet) -> Verdict {
     let enforced = policy.mode == Mode::Enforce;
-    let allow = |reason, rule| Verdict { action: Action::Allow, reason, rule, enforced };
-    let drop = |reason, rule| Verdict { action: Action::Deny, reason, rule, enforced };
+    let allow = |reason, rule| Verdict {
+        action: Action::Allow,
+        reason,
+        rule,
+        enforced,
+    };
+    let drop = |reason, rule| Verdict {
+        action: Action::Deny,
+        reason,
+        rule,
+        enforced,
+    };
     let imp = &policy.implicit;
 
     match pkt.ct {
@@ -24,10 +34,17 @@ pub fn evaluate(policy: &Policy, pkt: &Packet) -> Verdict {
         _ => {}
     }
     match pkt.l4 {
-        L4::Icmp { icmp_type, .. } if imp.neighbour_discovery && pkt.src.is_ipv6() && ICMPV6_ND_TYPES.contains(&icmp_type) => {
+        L4::Icmp { icmp_type, .. }
+            if imp.neighbour_discovery
+                && pkt.src.is_ipv6()
+                && ICMPV6_ND_TYPES.contains(&icmp_type) =>
+        {
             return allow(Reason::NeighbourDiscovery, None);
         }
-        L4::Udp { sport: DHCP_SERVER_PORT, dport: DHCP_CLIENT_PORT } if imp.dhcp_client => {
+        L4::Udp {
+            sport: DHCP_SERVER_PORT,
+            dport: DHCP_CLIENT_PORT,
+        } if imp.dhcp_client => {
             return allow(Reason::DhcpClient, None);
         }
         _ => {}

@@ -29,7 +29,9 @@ impl PortSet {
         let mut out: Vec<PortRange> = Vec::with_capacity(ranges.len());
         for r in ranges {
             match out.last_mut() {
-                Some(last) if (r.start as u32) <= last.end as u32 + 1 => last.end = last.end.max(r.end),
+                Some(last) if (r.start as u32) <= last.end as u32 + 1 => {
+                    last.end = last.end.max(r.end)
+                }
                 _ => out.push(r),
             }
         }
@@ -54,7 +56,10 @@ impl PortSet {
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Origin {
     Failsafe,
-    Profile { profile: String, provenance: Provenance },
+    Profile {
+        profile: String,
+        provenance: Provenance,
+    },
     User,
 }
 
@@ -81,7 +86,9 @@ impl Rule {
             _ => false,
         };
         let port_ok = match pkt.l4 {
-            L4::Tcp { dport, .. } | L4::Udp { dport, .. } if self.protocol.has_ports() => self.ports.contains(dport),
+            L4::Tcp { dport, .. } | L4::Udp { dport, .. } if self.protocol.has_ports() => {
+                self.ports.contains(dport)
+            }
             _ => true,
         };
         proto_ok && port_ok && self.sources.contains(pkt.src)
@@ -126,12 +133,23 @@ pub enum CtState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(tag = "protocol", rename_all = "lowercase")]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16 },
-    Udp { sport: u16, dport: u16 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
     /// ICMP for IPv4 sources, ICMPv6 for IPv6 sources.
-    Icmp { icmp_type: u8, code: u8 },
+    Icmp {
+        icmp_type: u8,
+        code: u8,
+    },
     /// Any other IP protocol number (e.g. 47 GRE, 132 SCTP).
-    Other { number: u8 },
+    Other {
+        number: u8,
+    },
 }
 
 /// An inbound packet as the evaluator sees it.

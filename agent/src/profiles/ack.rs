@@ -10,7 +10,11 @@ const SEED: &str = "004_0e57c02a51b57d6c.txt";
 const TABLE: &str = "安全组 / 最小化与推荐出入方向 (security group, minimal and recommended)";
 
 const fn row(row: u16) -> Provenance {
-    Provenance { seed: SEED, table: TABLE, row }
+    Provenance {
+        seed: SEED,
+        table: TABLE,
+        row,
+    }
 }
 
 const CLUSTER_SG: &[From] = &[From::Network(NET_CLUSTER), From::Network(NET_CONTROL_PLANE)];

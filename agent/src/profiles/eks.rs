@@ -9,7 +9,11 @@ use crate::config::{PortRange, Protocol::*};
 const SEED: &str = "003_09e96d8841d40d21.txt";
 
 const fn at(table: &'static str, row: u16) -> Provenance {
-    Provenance { seed: SEED, table, row }
+    Provenance {
+        seed: SEED,
+        table,
+        row,
+    }
 }
 
 const CLUSTER_SG: &[From] = &[From::Network(NET_CLUSTER), From::Network(NET_CONTROL_PLANE)];
@@ -24,11 +28,22 @@ const T_CLUSTER: &str = "集群安全组 / 推荐入站流量 (cluster security 
 pub const CLUSTER: Profile = Profile {
     name: "eks-cluster",
     summary: "EKS cluster security group, recommended: all traffic between its members",
-    rules: &[ProfileRule { name: "self", protocol: All, ports: &[], from: CLUSTER_SG, description: "All traffic from the cluster security group itself (nodes and control plane)", provenance: at(T_CLUSTER, 1) }],
-    notes: &["'自身' (the group itself) is read as the cluster (node) network plus the control plane.", OUTBOUND_NOTE],
+    rules: &[ProfileRule {
+        name: "self",
+        protocol: All,
+        ports: &[],
+        from: CLUSTER_SG,
+        description: "All traffic from the cluster security group itself (nodes and control plane)",
+        provenance: at(T_CLUSTER, 1),
+    }],
+    notes: &[
+        "'自身' (the group itself) is read as the cluster (node) network plus the control plane.",
+        OUTBOUND_NOTE,
+    ],
 };
 
-const T_RESTRICTED: &str = "限制集群流量 / 最小入站流量 (restricted cluster traffic, minimum inbound)";
+const T_RESTRICTED: &str =
+    "限制集群流量 / 最小入站流量 (restricted cluster traffic, minimum inbound)";
 pub const CLUSTER_RESTRICTED: Profile = Profile {
     name: "eks-cluster-restricted",
     summary: "EKS cluster security group, restricted to the minimum ports",

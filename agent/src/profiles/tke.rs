@@ -6,13 +6,22 @@ use crate::config::{PortRange, Protocol::*};
 
 const SEED: &str = "002_45cfe4d06b09d118.txt";
 const NODE_TABLE: &str = "Default security group rules for node / Inbound rules";
-const MASTER_TABLE: &str = "Default security group rules for master node in self-deployed cluster / Inbound rules";
+const MASTER_TABLE: &str =
+    "Default security group rules for master node in self-deployed cluster / Inbound rules";
 
 const fn node(row: u16) -> Provenance {
-    Provenance { seed: SEED, table: NODE_TABLE, row }
+    Provenance {
+        seed: SEED,
+        table: NODE_TABLE,
+        row,
+    }
 }
 const fn master(row: u16) -> Provenance {
-    Provenance { seed: SEED, table: MASTER_TABLE, row }
+    Provenance {
+        seed: SEED,
+        table: MASTER_TABLE,
+        row,
+    }
 }
 
 const ANY: &[From] = &[From::Anywhere];

@@ -1,0 +1,110 @@
+//! Subcommands. Exit codes: 0 success, 1 runtime failure (kernel, I/O), 2 invalid input
+//! (config errors, bad arguments; clap also uses 2 for usage errors).
+
+mod apply;
+mod check;
+mod explain;
+mod output;
+mod profiles;
+mod render;
+mod select;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub const EXIT_INVALID: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nodewall",
+    version,
+    about = "Node-local firewall enforcing cloud security-group baselines (nftables or XDP)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// More logging (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `-c FILE`, shared by every command that reads a config.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConfigArg {
+    /// Path of the YAML config file.
+    #[arg(
+        short,
+        long = "config",
+        value_name = "FILE",
+        default_value = "/etc/nodewall/config.yaml"
+    )]
+    pub config: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the built-in profiles, or show one with the provenance of each rule.
+    Profiles(profiles::Args),
+    /// Validate a config file: exit 0 if valid, 2 with every error (FILE:LINE:COL: FIELD: REASON).
+    Check(check::Args),
+    /// Print the JSON Schema of the config file (for editor validation).
+    Schema,
+    /// Print what a backend would install for a config (nft: an `nft -f` script).
+    Render(render::Args),
+    /// Evaluate the policy for one packet (or a JSON-lines batch) and say why.
+    Explain(explain::Args),
+    /// Install the policy into the kernel of the current network namespace, atomically.
+    Apply(apply::Args),
+    /// Show what nodewall has installed, with counters.
+    Status(status::Args),
+    /// Remove everything nodewall installed (and nothing else).
+    Flush(status::FlushArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Profiles(a) => profiles::run(a),
+        Command::Check(a) => check::run(a),
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&nodewall::config::json_schema())?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Render(a) => render::run(a),
+        Command::Explain(a) => explain::run(a),
+        Command::Apply(a) => apply::run(a),
+        Command::Status(a) => status::run(a),
+        Command::Flush(a) => status::flush(a),
+    }
+}
+
+pub fn init_logging(format: LogFormat, verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,99 @@
+use std::process::ExitCode;
+
+use nodewall::config::PortRange;
+use nodewall::profiles::{self, From, Profile};
+
+use super::EXIT_INVALID;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Profile to show; without it, list all.
+    name: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let Some(name) = args.name else {
+        if args.json {
+            super::output::print_json(&profiles::all())?;
+        } else {
+            for p in profiles::all() {
+                println!(
+                    "{:<24} {:<30} {}",
+                    p.name,
+                    p.networks().join(","),
+                    p.summary
+                );
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let Some(profile) = profiles::find(&name) else {
+        let names: Vec<_> = profiles::all().iter().map(|p| p.name).collect();
+        eprintln!(
+            "nodewall: unknown profile {name:?}; built-in profiles: {}",
+            names.join(", ")
+        );
+        return Ok(ExitCode::from(EXIT_INVALID));
+    };
+    if args.json {
+        super::output::print_json(profile)?;
+    } else {
+        print_profile(profile);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_profile(p: &Profile) {
+    println!("{} — {}", p.name, p.summary);
+    println!("needs networks: {}", p.networks().join(", "));
+    println!();
+    println!(
+        "{:<28} {:<7} {:<34} {:<24} SOURCE (seed, table, row)",
+        "RULE", "PROTO", "PORTS", "FROM"
+    );
+    for r in p.rules {
+        let from: Vec<_> = r
+            .from
+            .iter()
+            .map(|f| match f {
+                From::Anywhere => "anywhere".to_string(),
+                From::Network(n) => (*n).to_string(),
+            })
+            .collect();
+        println!(
+            "{:<28} {:<7} {:<34} {:<24} {}, {}, row {}",
+            format!("{}/{}", p.name, r.name),
+            format!("{:?}", r.protocol).to_lowercase(),
+            format_ports(r.ports),
+            from.join(","),
+            r.provenance.seed,
+            r.provenance.table,
+            r.provenance.row
+        );
+        println!("{:<28} {}", "", r.description);
+    }
+    println!();
+    for n in p.notes {
+        println!("note: {n}");
+    }
+}
+
+pub fn format_ports(ports: &[PortRange]) -> String {
+    if ports.is_empty() {
+        return "all".into();
+    }
+    ports
+        .iter()
+        .map(|r| {
+            if r.start == r.end {
+                r.start.to_string()
+            } else {
+                format!("{}-{}", r.start, r.end)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}

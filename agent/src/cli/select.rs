@@ -1,0 +1,38 @@
+//! Picking the backend a command talks to.
+
+use clap::ValueEnum;
+use nodewall::backend::{nft::NftBackend, Backend};
+use nodewall::config::BackendKind;
+
+#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
+pub enum BackendArg {
+    Nft,
+    Xdp,
+    /// For apply: the config's choice. For status/flush: whatever nodewall installed.
+    Auto,
+}
+
+/// The backend for `apply`: the command-line choice, else the config's.
+pub fn for_apply(arg: BackendArg, configured: BackendKind) -> anyhow::Result<Box<dyn Backend>> {
+    let kind = match arg {
+        BackendArg::Nft => BackendKind::Nft,
+        BackendArg::Xdp => BackendKind::Xdp,
+        BackendArg::Auto => configured,
+    };
+    open(kind)
+}
+
+/// The backend for `status`/`flush`.
+pub fn for_inspect(arg: BackendArg) -> anyhow::Result<Box<dyn Backend>> {
+    match arg {
+        BackendArg::Xdp => open(BackendKind::Xdp),
+        BackendArg::Nft | BackendArg::Auto => open(BackendKind::Nft),
+    }
+}
+
+fn open(kind: BackendKind) -> anyhow::Result<Box<dyn Backend>> {
+    match kind {
+        BackendKind::Nft | BackendKind::Auto => Ok(Box::new(NftBackend::new()?)),
+        BackendKind::Xdp => anyhow::bail!("backend xdp: not built into this binary yet"),
+    }
+}
