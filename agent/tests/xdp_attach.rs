@@ -23,15 +23,6 @@ fn sh(args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("{args:?}: {e}"))
 }
 
-fn must(args: &[&str]) {
-    let o = sh(args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 /// Two namespaces joined by a veth pair: `node` (198.18.0.1, fd00::1 on `dev`) runs the
 /// backend, `peer` (198.18.0.2, fd00::2) sends traffic. Deleted on drop with the bpffs.
 struct Lab {
@@ -153,7 +144,7 @@ impl Lab {
     }
 
     fn backend(&self, attach: XdpAttach) -> XdpBackend {
-        XdpBackend::new(XdpOptions {
+        XdpBackend::with_options(XdpOptions {
             bpffs: self.bpffs.clone(),
             name: "nodewall".into(),
             attach,

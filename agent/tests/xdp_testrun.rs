@@ -64,8 +64,18 @@ fn probe(p: &nodewall::policy::Policy) -> Option<Probe> {
     Some(pr)
 }
 
+/// An IPv4 packet to the node, in an untagged frame.
+fn in4(src: [u8; 4], proto: u8, payload: &[u8]) -> Vec<u8> {
+    eth(ETH_IP, &[], &ipv4(src, ME4, proto, payload))
+}
+
+/// An IPv6 packet to the node, in an untagged frame.
+fn in6(src: [u8; 16], next: u8, payload: &[u8]) -> Vec<u8> {
+    eth(ETH_IPV6, &[], &ipv6(src, me6(), next, payload))
+}
+
 fn tcp4(src: [u8; 4], dport: u16) -> Vec<u8> {
-    eth(ETH_IP, &[], &ipv4(src, ME4, 6, &tcp(40000, dport)))
+    in4(src, 6, &tcp(40000, dport))
 }
 
 fn rule_seen(name: &str) -> Seen {
@@ -90,12 +100,12 @@ fn rules_first_match_wins() {
     );
     assert_eq!(p.xdp(&tcp4(ADMIN4, 22)), (XDP_PASS, rule_seen("ssh")));
     assert_eq!(p.rule_drops("block-admin"), vec![("ipv4", "tcp", 1)]);
-    let ping = eth(ETH_IP, &[], &ipv4(PEER4, ME4, 1, &icmp(8, 0, 7, b"hi")));
+    let ping = in4(PEER4, 1, &icmp(8, 0, 7, b"hi"));
     assert_eq!(p.xdp(&ping), (XDP_PASS, rule_seen("ping")));
-    let ping_admin = eth(ETH_IP, &[], &ipv4(ADMIN4, ME4, 1, &icmp(8, 0, 7, b"hi")));
+    let ping_admin = in4(ADMIN4, 1, &icmp(8, 0, 7, b"hi"));
     assert_eq!(p.xdp(&ping_admin), (XDP_DROP, rule_seen("block-admin")));
     assert!(p.rule_drops("block-admin").contains(&("ipv4", "icmp", 1)));
-    let gre = eth(ETH_IP, &[], &ipv4(PEER4, ME4, 47, b"xxxx"));
+    let gre = in4(PEER4, 47, b"xxxx");
     assert_eq!(
         p.xdp(&gre),
         (XDP_DROP, Seen::Drop("default-deny", "ipv4", "other"))
@@ -133,7 +143,7 @@ fn ipv6_rules_and_icmp_families() {
         (XDP_DROP, Seen::Drop("default-deny", "ipv6", "icmpv6"))
     );
     // Protocol 58 inside IPv4 is not ICMP: "other".
-    let odd = eth(ETH_IP, &[], &ipv4(PEER4, ME4, 58, &icmp(128, 0, 1, b"")));
+    let odd = in4(PEER4, 58, &icmp(128, 0, 1, b""));
     assert_eq!(
         p.xdp(&odd),
         (XDP_DROP, Seen::Drop("default-deny", "ipv4", "other"))
@@ -236,33 +246,33 @@ fn truncated_transport_headers_are_invalid() {
     };
     let t = tcp(1, 22);
     assert_eq!(
-        p.xdp(&eth(ETH_IP, &[], &ipv4(PEER4, ME4, 6, &t[..19]))),
+        p.xdp(&in4(PEER4, 6, &t[..19])),
         (XDP_DROP, Seen::Drop("invalid", "ipv4", "tcp"))
     );
     let mut bad_doff = t.clone();
     bad_doff[12] = 4 << 4;
     assert_eq!(
-        p.xdp(&eth(ETH_IP, &[], &ipv4(PEER4, ME4, 6, &bad_doff))),
+        p.xdp(&in4(PEER4, 6, &bad_doff)),
         (XDP_DROP, Seen::Drop("invalid", "ipv4", "tcp"))
     );
     let mut long_doff = t.clone();
     long_doff[12] = 8 << 4; // 32 bytes claimed, 20 present
     assert_eq!(
-        p.xdp(&eth(ETH_IP, &[], &ipv4(PEER4, ME4, 6, &long_doff))),
+        p.xdp(&in4(PEER4, 6, &long_doff)),
         (XDP_DROP, Seen::Drop("invalid", "ipv4", "tcp"))
     );
     let u = udp(1, 53, b"");
     assert_eq!(
-        p.xdp(&eth(ETH_IPV6, &[], &ipv6(peer6(), me6(), 17, &u[..7]))),
+        p.xdp(&in6(peer6(), 17, &u[..7])),
         (XDP_DROP, Seen::Drop("invalid", "ipv6", "udp"))
     );
     let i = icmp(8, 0, 1, b"");
     assert_eq!(
-        p.xdp(&eth(ETH_IP, &[], &ipv4(PEER4, ME4, 1, &i[..6]))),
+        p.xdp(&in4(PEER4, 1, &i[..6])),
         (XDP_DROP, Seen::Drop("invalid", "ipv4", "icmp"))
     );
     assert_eq!(
-        p.xdp(&eth(ETH_IPV6, &[], &ipv6(peer6(), me6(), 58, &i[..4]))),
+        p.xdp(&in6(peer6(), 58, &i[..4])),
         (XDP_DROP, Seen::Drop("invalid", "ipv6", "icmpv6"))
     );
     // Truncated IPv6 header.
@@ -327,7 +337,7 @@ fn ipv6_extension_headers_and_fragments() {
     };
     let t = tcp(1, 8000);
     let chain = [ext(43, 1), ext(60, 2), ext(6, 1), t.clone()].concat();
-    let f = eth(ETH_IPV6, &[], &ipv6(peer6(), me6(), 0, &chain));
+    let f = in6(peer6(), 0, &chain);
     assert_eq!(p.xdp(&f), (XDP_PASS, rule_seen("web")));
     // Authentication header: length in 4-byte units minus 2.
     let mut ah = vec![0u8; 16];
@@ -392,7 +402,7 @@ fn ipv6_extension_headers_and_fragments() {
         (XDP_DROP, Seen::Drop("invalid", "ipv6", "other"))
     );
     // An extension header running past the payload.
-    let f = eth(ETH_IPV6, &[], &ipv6(peer6(), me6(), 60, &ext(6, 1)[..4]));
+    let f = in6(peer6(), 60, &ext(6, 1)[..4]);
     assert_eq!(
         p.xdp(&f),
         (XDP_DROP, Seen::Drop("invalid", "ipv6", "other"))
@@ -407,7 +417,7 @@ fn ipv6_extension_headers_and_fragments() {
         (XDP_DROP, Seen::Drop("invalid", "ipv6", "other"))
     );
     // No next header: "other".
-    let f = eth(ETH_IPV6, &[], &ipv6(peer6(), me6(), 59, &[]));
+    let f = in6(peer6(), 59, &[]);
     assert_eq!(
         p.xdp(&f),
         (XDP_DROP, Seen::Drop("default-deny", "ipv6", "other"))
@@ -464,7 +474,7 @@ fn return_traffic_of_our_flows() {
     let Some(mut p) = probe(&policy(vec![])) else {
         return;
     };
-    let reply = eth(ETH_IP, &[], &ipv4(PEER4, ME4, 6, &tcp(443, 40000)));
+    let reply = in4(PEER4, 6, &tcp(443, 40000));
     assert_eq!(
         p.xdp(&reply),
         (XDP_DROP, Seen::Drop("default-deny", "ipv4", "tcp"))
@@ -472,7 +482,7 @@ fn return_traffic_of_our_flows() {
     p.egress(&eth(ETH_IP, &[], &ipv4(ME4, PEER4, 6, &tcp(40000, 443))));
     assert_eq!(p.xdp(&reply), (XDP_PASS, Seen::Pass("established")));
     // Another port of the same peer is not part of the flow.
-    let other = eth(ETH_IP, &[], &ipv4(PEER4, ME4, 6, &tcp(443, 40001)));
+    let other = in4(PEER4, 6, &tcp(443, 40001));
     assert_eq!(
         p.xdp(&other),
         (XDP_DROP, Seen::Drop("default-deny", "ipv4", "tcp"))
@@ -495,9 +505,9 @@ fn return_traffic_of_our_flows() {
         &[],
         &ipv4(ME4, PEER4, 1, &icmp(8, 0, 77, b"")),
     ));
-    let pong = eth(ETH_IP, &[], &ipv4(PEER4, ME4, 1, &icmp(0, 0, 77, b"")));
+    let pong = in4(PEER4, 1, &icmp(0, 0, 77, b""));
     assert_eq!(p.xdp(&pong), (XDP_PASS, Seen::Pass("established")));
-    let stray = eth(ETH_IP, &[], &ipv4(PEER4, ME4, 1, &icmp(0, 0, 78, b"")));
+    let stray = in4(PEER4, 1, &icmp(0, 0, 78, b""));
     assert_eq!(
         p.xdp(&stray),
         (XDP_DROP, Seen::Drop("default-deny", "ipv4", "icmp"))

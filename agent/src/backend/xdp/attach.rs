@@ -178,15 +178,13 @@ impl Links {
     ) -> Result<Option<XdpMode>> {
         let pin = self.xdp_pin(ifindex);
         let prog = dp.xdp()?;
-        if pin.exists() {
-            let link = PinnedLink::from_pin(&pin)?
-                .unpin()
-                .context("unpinning the XDP link")?;
-            let link = XdpLink::try_from(link)?;
+        let swapped = swap_pinned(&pin, |link| {
             let id = prog
-                .attach_to_link(link)
+                .attach_to_link(XdpLink::try_from(link)?)
                 .with_context(|| format!("{ifname}: replacing the XDP program"))?;
-            FdLink::try_from(prog.take_link(id)?)?.pin(&pin)?;
+            Ok(FdLink::try_from(prog.take_link(id)?)?)
+        })?;
+        if swapped {
             return Ok(None);
         }
         let (id, used) = match mode {
@@ -212,23 +210,20 @@ impl Links {
         let link = FdLink::try_from(prog.take_link(id)?).with_context(|| {
             format!("{ifname}: the kernel attached XDP without a BPF link (Linux >= 5.9 needed)")
         })?;
-        link.pin(&pin)
-            .with_context(|| format!("pinning {}", pin.display()))?;
+        pin_link(link, &pin)?;
         Ok(Some(used))
     }
 
     fn attach_tc(&self, dp: &mut Datapath, ifname: &str, ifindex: u32) -> Result<()> {
         let pin = self.tc_pin(ifindex);
         let prog = dp.egress()?;
-        if pin.exists() {
-            let link = PinnedLink::from_pin(&pin)?
-                .unpin()
-                .context("unpinning the TC link")?;
-            let link = SchedClassifierLink::try_from(link)?;
+        let swapped = swap_pinned(&pin, |link| {
             let id = prog
-                .attach_to_link(link)
+                .attach_to_link(SchedClassifierLink::try_from(link)?)
                 .with_context(|| format!("{ifname}: replacing the TC egress program"))?;
-            FdLink::try_from(prog.take_link(id)?)?.pin(&pin)?;
+            Ok(FdLink::try_from(prog.take_link(id)?)?)
+        })?;
+        if swapped {
             return Ok(());
         }
         let id = prog
@@ -237,9 +232,7 @@ impl Links {
         let link = FdLink::try_from(prog.take_link(id)?).with_context(|| {
             format!("{ifname}: TC egress attached without a TCX link (Linux >= 6.6 needed)")
         })?;
-        link.pin(&pin)
-            .with_context(|| format!("pinning {}", pin.display()))?;
-        Ok(())
+        pin_link(link, &pin)
     }
 
     /// Detaches both programs from `ifindex` (unpinning drops the last reference).
@@ -258,6 +251,25 @@ impl Links {
     pub fn remove_dir(&self) -> Result<()> {
         remove_dir(&self.dir)
     }
+}
+
+/// If `pin` holds a link, hands it to `swap` (which puts this process's program in it with
+/// `bpf_link_update`: no moment without a program) and pins the result again.
+fn swap_pinned(pin: &Path, swap: impl FnOnce(FdLink) -> Result<FdLink>) -> Result<bool> {
+    if !pin.exists() {
+        return Ok(false);
+    }
+    let link = PinnedLink::from_pin(pin)?
+        .unpin()
+        .with_context(|| format!("unpinning {}", pin.display()))?;
+    pin_link(swap(link)?, pin)?;
+    Ok(true)
+}
+
+fn pin_link(link: FdLink, pin: &Path) -> Result<()> {
+    link.pin(pin)
+        .with_context(|| format!("pinning {}", pin.display()))?;
+    Ok(())
 }
 
 pub fn remove_dir(dir: &Path) -> Result<()> {

@@ -115,24 +115,12 @@ impl Maps {
             config: self.read_config(gen)?,
             ..KernelGen::empty()
         };
-        for item in self.src4.iter() {
-            let (key, bits) = item?;
-            let data = key.data();
-            if data[0] as u32 == gen {
-                let addr = u32::from_be_bytes(data[1..5].try_into().expect("4 bytes"));
-                out.src4
-                    .insert((addr, (key.prefix_len() - GEN_PREFIX_BITS) as u8), bits);
-            }
-        }
-        for item in self.src6.iter() {
-            let (key, bits) = item?;
-            let data = key.data();
-            if data[0] as u32 == gen {
-                let addr = u128::from_be_bytes(data[1..17].try_into().expect("16 bytes"));
-                out.src6
-                    .insert((addr, (key.prefix_len() - GEN_PREFIX_BITS) as u8), bits);
-            }
-        }
+        out.src4 = read_trie(&self.src4, gen, |d| {
+            u32::from_be_bytes(d[1..].try_into().expect("4 bytes"))
+        })?;
+        out.src6 = read_trie(&self.src6, gen, |d| {
+            u128::from_be_bytes(d[1..].try_into().expect("16 bytes"))
+        })?;
         out.tcp = self.read_ports(gen, PORT_PROTO_TCP)?;
         out.udp = self.read_ports(gen, PORT_PROTO_UDP)?;
         Ok(out)
@@ -200,6 +188,27 @@ impl Maps {
         let zeros = PerCpuValues::try_from(vec![Stat::default(); cpus])?;
         Ok(map.set(index, zeros, 0)?)
     }
+}
+
+/// The entries of one generation of a source trie, as (address, prefix length).
+fn read_trie<K: aya::Pod + AsRef<[u8]>, A: Ord>(
+    trie: &LpmTrie<MapData, K, RuleBits>,
+    gen: u32,
+    addr: impl Fn(&[u8]) -> A,
+) -> Result<BTreeMap<(A, u8), RuleBits>> {
+    let mut out = BTreeMap::new();
+    for item in trie.iter() {
+        let (key, bits) = item?;
+        let data = key.data();
+        let data = data.as_ref();
+        if data[0] as u32 == gen {
+            out.insert(
+                (addr(data), (key.prefix_len() - GEN_PREFIX_BITS) as u8),
+                bits,
+            );
+        }
+    }
+    Ok(out)
 }
 
 fn sync_trie<K: aya::Pod, A: Ord + Copy>(

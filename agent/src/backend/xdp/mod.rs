@@ -59,7 +59,13 @@ pub struct XdpBackend {
 }
 
 impl XdpBackend {
-    pub fn new(opts: XdpOptions) -> Self {
+    /// The backend with its defaults: pins under `/sys/fs/bpf/nodewall`, native XDP with a
+    /// generic fallback. Nothing is touched until the first call.
+    pub fn new() -> Result<Self> {
+        Ok(Self::with_options(XdpOptions::default()))
+    }
+
+    pub fn with_options(opts: XdpOptions) -> Self {
         Self {
             opts,
             loaded: None,
@@ -75,17 +81,10 @@ impl XdpBackend {
         attach::Links::new(&self.pin_dir())
     }
 
-    /// The interfaces to enforce on: the policy's, or those holding a default route.
+    /// The interfaces to enforce on (the policy's, or those holding a default route), with
+    /// their indexes.
     fn interfaces(policy: &Policy) -> Result<Vec<(String, u32)>> {
-        let names = if policy.interfaces.is_empty() {
-            default_route_interfaces()?
-        } else {
-            policy.interfaces.clone()
-        };
-        if names.is_empty() {
-            anyhow::bail!("interfaces: none configured and no interface holds a default route");
-        }
-        names
+        crate::backend::interfaces::resolve(&policy.interfaces)?
             .into_iter()
             .map(|n| if_index(&n).map(|i| (n, i)))
             .collect()
@@ -218,26 +217,4 @@ impl Backend for XdpBackend {
     fn counters(&self) -> Result<Counters> {
         Ok(self.with_maps(counters::read)?.unwrap_or_default())
     }
-}
-
-/// Interfaces of the default routes (IPv4 and IPv6) of the calling thread's namespace.
-pub fn default_route_interfaces() -> Result<Vec<String>> {
-    let mut out = BTreeSet::new();
-    if let Ok(text) = std::fs::read_to_string("/proc/thread-self/net/route") {
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() > 7 && f[1] == "00000000" && f[7] == "00000000" {
-                out.insert(f[0].to_string());
-            }
-        }
-    }
-    if let Ok(text) = std::fs::read_to_string("/proc/thread-self/net/ipv6_route") {
-        for line in text.lines() {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() == 10 && f[0].chars().all(|c| c == '0') && f[1] == "00" && f[9] != "lo" {
-                out.insert(f[9].to_string());
-            }
-        }
-    }
-    Ok(out.into_iter().collect())
 }
