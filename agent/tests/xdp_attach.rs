@@ -46,64 +46,27 @@ impl Lab {
             bpffs: std::env::temp_dir().join(format!("{PREFIX}-{id}-bpffs")),
         };
         let peer_dev = format!("nwy{id}");
+        let (node, peer, dev) = (&lab.node, &lab.peer, &lab.dev);
         let setup = || -> Result<(), String> {
-            for args in [
-                vec!["ip", "netns", "add", &lab.node],
-                vec!["ip", "netns", "add", &lab.peer],
-                vec![
-                    "ip", "link", "add", &lab.dev, "netns", &lab.node, "type", "veth", "peer",
-                    "name", &peer_dev, "netns", &lab.peer,
-                ],
-                vec![
-                    "ip",
-                    "-n",
-                    &lab.node,
-                    "addr",
-                    "add",
-                    "198.18.0.1/24",
-                    "dev",
-                    &lab.dev,
-                ],
-                vec![
-                    "ip",
-                    "-n",
-                    &lab.peer,
-                    "addr",
-                    "add",
-                    "198.18.0.2/24",
-                    "dev",
-                    &peer_dev,
-                ],
-                vec![
-                    "ip",
-                    "-n",
-                    &lab.node,
-                    "addr",
-                    "add",
-                    "fd00::1/64",
-                    "dev",
-                    &lab.dev,
-                    "nodad",
-                ],
-                vec![
-                    "ip",
-                    "-n",
-                    &lab.peer,
-                    "addr",
-                    "add",
-                    "fd00::2/64",
-                    "dev",
-                    &peer_dev,
-                    "nodad",
-                ],
-                vec!["ip", "-n", &lab.node, "link", "set", &lab.dev, "up"],
-                vec!["ip", "-n", &lab.peer, "link", "set", &peer_dev, "up"],
-                vec!["ip", "-n", &lab.node, "link", "set", "lo", "up"],
-                vec!["ip", "-n", &lab.peer, "link", "set", "lo", "up"],
+            for cmd in [
+                format!("ip netns add {node}"),
+                format!("ip netns add {peer}"),
+                format!(
+                    "ip link add {dev} netns {node} type veth peer name {peer_dev} netns {peer}"
+                ),
+                format!("ip -n {node} addr add 198.18.0.1/24 dev {dev}"),
+                format!("ip -n {peer} addr add 198.18.0.2/24 dev {peer_dev}"),
+                format!("ip -n {node} addr add fd00::1/64 dev {dev} nodad"),
+                format!("ip -n {peer} addr add fd00::2/64 dev {peer_dev} nodad"),
+                format!("ip -n {node} link set {dev} up"),
+                format!("ip -n {peer} link set {peer_dev} up"),
+                format!("ip -n {node} link set lo up"),
+                format!("ip -n {peer} link set lo up"),
             ] {
+                let args: Vec<&str> = cmd.split_whitespace().collect();
                 let o = sh(&args);
                 if !o.status.success() {
-                    return Err(format!("{args:?}: {}", String::from_utf8_lossy(&o.stderr)));
+                    return Err(format!("{cmd}: {}", String::from_utf8_lossy(&o.stderr)));
                 }
             }
             Ok(())

@@ -100,9 +100,14 @@ pub fn pin_programs(dp: &mut Datapath, pin_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Removes a pin (file on the bpffs) if it exists.
+/// Removes a pin, or an empty pin directory, if it exists.
 pub fn remove_pin(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
+    let removed = if path.is_dir() {
+        fs::remove_dir(path)
+    } else {
+        fs::remove_file(path)
+    };
+    match removed {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(e).with_context(|| format!("removing {}", path.display()))
         }
@@ -249,7 +254,7 @@ impl Links {
     }
 
     pub fn remove_dir(&self) -> Result<()> {
-        remove_dir(&self.dir)
+        remove_pin(&self.dir)
     }
 }
 
@@ -270,13 +275,4 @@ fn pin_link(link: FdLink, pin: &Path) -> Result<()> {
     link.pin(pin)
         .with_context(|| format!("pinning {}", pin.display()))?;
     Ok(())
-}
-
-pub fn remove_dir(dir: &Path) -> Result<()> {
-    match fs::remove_dir(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", dir.display()))
-        }
-        _ => Ok(()),
-    }
 }

@@ -211,7 +211,7 @@ impl Backend for XdpBackend {
         for name in map_names::ALL.iter().chain(&attach::PROGRAM_PINS) {
             attach::remove_pin(&dir.join(name))?;
         }
-        attach::remove_dir(&dir)
+        attach::remove_pin(&dir)
     }
 
     fn counters(&self) -> Result<Counters> {
