@@ -62,6 +62,7 @@ pub fn build(root: &Path) -> Result<PathBuf, String> {
         &toolchain,
         "cargo",
         "build",
+        "--locked",
         "--release",
         "--target",
         TARGET,
