@@ -51,7 +51,6 @@ impl Frame {
     }
 
     #[inline(always)]
-    #[inline(always)]
     pub fn u16be(&self, off: usize) -> Option<u16> {
         self.load::<[u8; 2]>(off).map(u16::from_be_bytes)
     }
