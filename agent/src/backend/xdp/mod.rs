@@ -8,6 +8,11 @@
 //! Everything is pinned under `<bpffs>/<name>/` (default `/sys/fs/bpf/nodewall/`): the maps,
 //! the two programs, and under `links/` one XDP and one TC link per interface. The next agent adopts them
 //! (maps reused, programs swapped inside the links atomically); `flush` removes the lot.
+//!
+//! The object is built by `agent/build.rs` from `ebpf/` (nightly of `ebpf/rust-toolchain.toml`
+//! and bpf-linker, both installed by `cargo xtask setup`) and embedded in the binary, so
+//! `cargo build -p nodewall` is the only step; NODEWALL_EBPF_OBJECT points the build at a
+//! prebuilt object instead (`cargo xtask build-ebpf` prints where it builds one).
 
 mod attach;
 mod counters;
