@@ -1,7 +1,7 @@
 //! Picking the backend a command talks to.
 
 use clap::ValueEnum;
-use nodewall::backend::{nft::NftBackend, Backend};
+use nodewall::backend::{nft::NftBackend, xdp::XdpBackend, Backend};
 use nodewall::config::BackendKind;
 
 #[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
@@ -22,17 +22,26 @@ pub fn for_apply(arg: BackendArg, configured: BackendKind) -> anyhow::Result<Box
     open(kind)
 }
 
-/// The backend for `status`/`flush`.
+/// The backend for `status`/`flush`: with `auto`, the one that has a policy installed (XDP
+/// state is found through its pins; otherwise nft, whose `status` says if nothing is there).
 pub fn for_inspect(arg: BackendArg) -> anyhow::Result<Box<dyn Backend>> {
     match arg {
         BackendArg::Xdp => open(BackendKind::Xdp),
-        BackendArg::Nft | BackendArg::Auto => open(BackendKind::Nft),
+        BackendArg::Nft => open(BackendKind::Nft),
+        BackendArg::Auto => {
+            let xdp = XdpBackend::new()?;
+            if xdp.status().is_ok_and(|s| s.installed) {
+                Ok(Box::new(xdp))
+            } else {
+                open(BackendKind::Nft)
+            }
+        }
     }
 }
 
 fn open(kind: BackendKind) -> anyhow::Result<Box<dyn Backend>> {
     match kind {
         BackendKind::Nft | BackendKind::Auto => Ok(Box::new(NftBackend::new()?)),
-        BackendKind::Xdp => anyhow::bail!("backend xdp: not built into this binary yet"),
+        BackendKind::Xdp => Ok(Box::new(XdpBackend::new()?)),
     }
 }
