@@ -41,7 +41,15 @@ pub fn for_inspect(arg: BackendArg) -> anyhow::Result<Box<dyn Backend>> {
 
 fn open(kind: BackendKind) -> anyhow::Result<Box<dyn Backend>> {
     match kind {
+        BackendKind::Auto if xdp_capable() => Ok(Box::new(XdpBackend::new()?)),
         BackendKind::Nft | BackendKind::Auto => Ok(Box::new(NftBackend::new()?)),
         BackendKind::Xdp => Ok(Box::new(XdpBackend::new()?)),
     }
+}
+
+/// `backend: auto` picks XDP on kernels that expose BTF (5.x+, the ones whose verifier and
+/// helpers the program was built for) and nft elsewhere; XDP itself falls back from native to
+/// generic mode per interface, so driver support is not a reason to choose nft.
+fn xdp_capable() -> bool {
+    std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
 }
