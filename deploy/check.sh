@@ -21,7 +21,10 @@ stamp="$venv/.requirements.sha256"
 want=$(sha256sum "$req" | cut -d' ' -f1)
 if [[ ! -x $venv/bin/python || $(cat "$stamp" 2>/dev/null) != "$want" ]]; then
   echo "deploy/check: installing pinned tools into $venv"
-  python3 -m venv "$venv"
+  python3 -m venv "$venv" || {
+    echo "deploy/check: python3 -m venv failed; on Debian: apt-get install -y python3-venv" >&2
+    exit 1
+  }
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
   echo "$want" >"$stamp"
 fi
