@@ -3,21 +3,25 @@
 //! - `setup`: install what building and testing need (idempotent; apt, rustup, cargo install).
 //! - `test`:  setup, then every test (unit, property, netns integration, deploy checks).
 //! - `demo`:  setup, then the sandbox demo in network namespaces.
+//! - `build-ebpf`: build the XDP object alone and print its path (the agent's build.rs does
+//!   the same on every `cargo build`).
 //! - `bench`: benchmarks against peers and baselines, written to docs/benchmarks.md.
 
 mod bench;
+mod ebpf;
 mod setup;
 mod shell;
 mod test;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo xtask <setup|test|demo|bench> [args]
+const USAGE: &str = "usage: cargo xtask <setup|test|demo|build-ebpf|bench> [args]
 
   setup   install the system packages and toolchains nodewall needs (idempotent)
   test    setup, build, then run every test (needs root for the netns suites; CI=true makes a
           missing prerequisite a failure instead of a skip)
   demo    setup, build, then run the sandbox demo in throwaway network namespaces
+  build-ebpf  build the XDP object (ebpf/) and print its path
   bench   measure nodewall against peers and baselines; writes docs/benchmarks.md (--quick: < 2 min)";
 
 fn main() -> ExitCode {
@@ -26,6 +30,7 @@ fn main() -> ExitCode {
         Some("setup") => setup::run(),
         Some("test") => test::run(&args[1..]),
         Some("demo") => test::demo(),
+        Some("build-ebpf") => ebpf::build(&shell::root()).map(|o| println!("{}", o.display())).map_err(anyhow::Error::msg),
         Some("bench") => bench::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
