@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 
 use super::bpf;
 use super::netns::{Pair, NODE_IF, NODE_V4, NODE_V6};
-use super::nodewall::{ifindex, xdp_prog_id, Backend};
+use super::nodewall::{check_xdp_mode, ifindex, xdp_prog_id, Backend};
 use super::report::{count, ratio, Section, Table};
 use super::workload::{parse_mac, udp_frame, Family, Workload};
 use super::Ctx;
@@ -93,6 +93,7 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
             let cfg = dir.join("classifier.yaml");
             std::fs::write(&cfg, ctx.nw.config(&w, backend, ""))?;
             ctx.nw.apply(&pair.node, &cfg, backend)?;
+            check_xdp_mode(&pair.node, false)?;
             let prog = bpf::prog_fd_by_id(xdp_prog_id(&pair.node)?)?;
             for family in [Family::V4, Family::V6] {
                 let dst = match family {

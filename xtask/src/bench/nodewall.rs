@@ -59,11 +59,17 @@ pub struct Applied {
 }
 
 impl Nodewall {
-    /// Builds `nodewall` with `--release` (measurements need it) unless `no_build`.
-    pub fn build(no_build: bool) -> anyhow::Result<PathBuf> {
-        let bin = root().join("target/release/nodewall");
+    /// Builds `nodewall` (`--release` unless `debug`, which the smoke run uses so that it reuses
+    /// the test suite's build) unless `no_build` and the binary exists.
+    pub fn build(no_build: bool, debug: bool) -> anyhow::Result<PathBuf> {
+        let bin = root().join(if debug { "target/debug/nodewall" } else { "target/release/nodewall" });
         if !no_build || !bin.exists() {
-            sh(cargo().args(["build", "--release", "--quiet", "--bin", "nodewall"]))?;
+            let mut cmd = cargo();
+            cmd.args(["build", "--quiet", "--bin", "nodewall"]);
+            if !debug {
+                cmd.arg("--release");
+            }
+            sh(&mut cmd)?;
         }
         Ok(bin)
     }
@@ -113,9 +119,11 @@ impl Nodewall {
         note(&mut nw, Backend::Nft.label(), &r);
         for generic in [false, true] {
             let b = Backend::Xdp { generic };
-            let r = std::fs::write(&cfg, nw.config(&w, b, ""))
-                .map_err(anyhow::Error::from)
+            let pair = Pair::new("probe")?;
+            let r = Self::prepare(&pair, b)
+                .and_then(|_| std::fs::write(&cfg, nw.config(&w, b, "")).map_err(anyhow::Error::from))
                 .and_then(|_| nw.apply(&pair.node, &cfg, b))
+                .and_then(|_| check_xdp_mode(&pair.node, generic))
                 .and_then(|_| nw.flush(&pair.node, b));
             if generic {
                 nw.xdp_generic = r.is_ok();
@@ -147,12 +155,7 @@ impl Nodewall {
 
     /// The config for `w` on `b`, with `extra_rules` in front of the workload's rules.
     pub fn config(&self, w: &Workload, b: Backend, extra_rules: &str) -> String {
-        let mut yaml = w.config_yaml(b.arg(), NODE_IF, extra_rules);
-        // Native is what the agent tries first (and gets, on veth); generic must be asked for.
-        if let Backend::Xdp { generic: true } = b {
-            yaml.push_str("xdp:\n  attach: generic\n");
-        }
-        yaml
+        w.config_yaml(b.arg(), NODE_IF, extra_rules)
     }
 
     /// `--state-dir DIR` for `sub` in `ns`, if `sub` takes it.
@@ -163,6 +166,17 @@ impl Nodewall {
         let dir = scratch_dir()?.join("state").join(ns.name());
         std::fs::create_dir_all(&dir)?;
         Ok(vec!["--state-dir".into(), dir.to_str().context("state dir")?.into()])
+    }
+
+    /// Readies the pair for `b`. The agent attaches XDP natively and falls back to generic mode
+    /// where the driver refuses; veth refuses native XDP while its peer's MTU exceeds a page, so
+    /// a 9000-byte MTU on the client side is how the bench gets the generic path (the same
+    /// fallback a NIC without XDP support takes).
+    pub fn prepare(pair: &Pair, b: Backend) -> anyhow::Result<()> {
+        if let Backend::Xdp { generic: true } = b {
+            pair.client.ip(&["link", "set", "dev", super::netns::CLIENT_IF, "mtu", "9000"])?;
+        }
+        Ok(())
     }
 
     pub fn apply(&self, ns: &Netns, cfg: &Path, b: Backend) -> anyhow::Result<Applied> {
@@ -219,6 +233,19 @@ pub fn xdp_prog_id(ns: &Netns) -> anyhow::Result<u32> {
         .or_else(|| xdp["attached"].as_array().and_then(|a| a.iter().find_map(|p| p["prog"]["id"].as_u64())))
         .map(|id| id as u32)
         .with_context(|| format!("no XDP program on {NODE_IF} in {}", ns.name()))
+}
+
+/// Fails unless the uplink's XDP program is attached in the expected mode.
+pub fn check_xdp_mode(ns: &Netns, generic: bool) -> anyhow::Result<()> {
+    let text = ns.ip(&["-j", "link", "show", "dev", NODE_IF])?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    // XDP_ATTACHED_DRV = 1, XDP_ATTACHED_SKB = 2 (include/uapi/linux/if_link.h).
+    let mode = v[0]["xdp"]["mode"].as_u64();
+    let want = if generic { 2 } else { 1 };
+    if mode != Some(want) {
+        anyhow::bail!("XDP on {NODE_IF} is attached in mode {mode:?}, expected {want} ({})", if generic { "generic" } else { "native" });
+    }
+    Ok(())
 }
 
 pub fn ifindex(ns: &Netns, dev: &str) -> anyhow::Result<u32> {

@@ -291,7 +291,7 @@ fn measure(ctx: &Ctx, r: Reloader, applies: usize) -> anyhow::Result<(Phase, Pha
         }
         Ok((done, total * 1e3 / done.max(1) as f64))
     })?;
-    let quiet_for = Duration::from_secs_f64(reloading.secs.clamp(1.0, 10.0));
+    let quiet_for = Duration::from_secs_f64(reloading.secs.clamp(1.0, if ctx.quick { 3.0 } else { 10.0 }));
     let quiet = phase(&pair, || {
         std::thread::sleep(quiet_for);
         Ok((0, 0.0))
@@ -300,7 +300,7 @@ fn measure(ctx: &Ctx, r: Reloader, applies: usize) -> anyhow::Result<(Phase, Pha
 }
 
 pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
-    let applies = if ctx.quick { 20 } else { 100 };
+    let applies = if ctx.quick { 10 } else { 100 };
     let mut sec = Section::new(
         "Reload under load",
         &format!(
@@ -312,7 +312,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
              both sides; datagrams dropped at a full socket buffer did reach the node and are shown \
              apart). TCP retransmissions are shown for context only: tail-loss probes and spurious \
              timeouts on a busy machine retransmit without loss. The same streams then run as long again \
-             with no re-apply (baseline). The peer re-applies the same policy as linear iptables rules \
+             (at most 10 s) with no re-apply (baseline). The peer re-applies the same policy as linear iptables rules \
              with `iptables-restore`, which swaps the table atomically.",
             TCP_BYTES_PER_SEC / 1e6
         ),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::netns::{Pair, NODE_V4};
-use super::nodewall::Backend;
+use super::nodewall::{check_xdp_mode, Backend, Nodewall};
 use super::peers;
 use super::report::{count, mpps, ratio, Section, Table, INFO};
 use super::traffic::{blast, Rate};
@@ -47,7 +47,11 @@ fn measure(ctx: &Ctx, filter: Filter, cidrs: usize, window: Duration, rounds: us
         Filter::Nodewall(b) => {
             let cfg = ctx.dir.join("throughput.yaml");
             std::fs::write(&cfg, ctx.nw.config(&w, b, ""))?;
+            Nodewall::prepare(&pair, b)?;
             ctx.nw.apply(&pair.node, &cfg, b)?;
+            if let Backend::Xdp { generic } = b {
+                check_xdp_mode(&pair.node, generic)?;
+            }
         }
         Filter::IptablesLinear => {
             peers::load_linear(&pair.node, &w)?;
@@ -76,7 +80,9 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Row>)> {
          by the receive path, filter included. Policies: 8 UDP allow rules over the given IPv4 CIDRs; \
          the passed frame matches only the last rule, the dropped one no rule. `iptables linear` is one \
          ACCEPT rule per CIDR (plus the conntrack ESTABLISHED rule first and a final DROP), what one \
-         would write by hand. Best of several windows per row; `delivered` is the share of sent frames \
+         would write by hand. nodewall-xdp (generic) is the agent's own fallback when the driver refuses \
+         native XDP, provoked by a 9000-byte MTU on the client's veth (veth refuses native XDP while its \
+         peer's MTU exceeds a page); the attach mode is checked. Best of several windows per row; `delivered` is the share of sent frames \
          that reached the node's UDP layer (≈100% passed, 0% dropped, else the row is suspect).",
     );
     let (sizes, window, rounds): (&[usize], _, _) = if ctx.quick {
