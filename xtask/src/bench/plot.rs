@@ -42,7 +42,43 @@ fn register_font() -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("{FONT} is not a usable font"))
 }
 
-/// A log-log line chart; lines with fewer than one point are skipped.
+/// Draws `lines` into a chart built on `$y` (a linear or a log range); a macro because
+/// plotters' linear and log coordinates are different types.
+macro_rules! draw {
+    ($root:expr, $title:expr, $y_label:expr, $lines:expr, $x:expr, $y:expr) => {{
+        let mut c = ChartBuilder::on(&$root)
+            .caption($title, ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(48)
+            .y_label_area_size(72)
+            .build_cartesian_2d($x, $y)?;
+        c.configure_mesh()
+            .x_desc("CIDRs in the policy")
+            .y_desc($y_label)
+            .label_style(("sans-serif", 15))
+            .axis_desc_style(("sans-serif", 17))
+            .x_label_formatter(&|x| super::report::count(x.round() as usize))
+            .y_labels(8)
+            .y_label_formatter(&|y| human(*y))
+            .draw()?;
+        for (i, (label, points)) in $lines.iter().map(|l| (&l.0, &l.1)).enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            c.draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(3)))?
+                .label(label.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3)));
+            c.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+        }
+        c.configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 15))
+            .draw()?;
+    }};
+}
+
+/// A line chart against CIDRs (log x); the y axis is logarithmic when the values span more
+/// than a factor of 20, linear from 0 otherwise. Lines without points are skipped.
 fn chart(path: &Path, title: &str, y_label: &str, lines: &[Line]) -> anyhow::Result<bool> {
     let lines: Vec<&Line> = lines.iter().filter(|l| !l.1.is_empty()).collect();
     if lines.is_empty() {
@@ -56,38 +92,15 @@ fn chart(path: &Path, title: &str, y_label: &str, lines: &[Line]) -> anyhow::Res
         y0 = y0.min(y);
         y1 = y1.max(y);
     }
-    let (x0, x1) = (x0 / 1.5, x1 * 1.5);
-    let (y0, y1) = (y0 / 1.6, y1 * 1.6);
+    let x = (x0 / 1.5..x1 * 1.5).log_scale();
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut c = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(72)
-        .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())?;
-    c.configure_mesh()
-        .x_desc("CIDRs in the policy")
-        .y_desc(y_label)
-        .label_style(("sans-serif", 15))
-        .axis_desc_style(("sans-serif", 17))
-        .x_label_formatter(&|x| super::report::count(x.round() as usize))
-        .y_labels(8)
-        .y_label_formatter(&|y| human(*y))
-        .draw()?;
-    for (i, (label, points)) in lines.iter().map(|l| (&l.0, &l.1)).enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        c.draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(3)))?
-            .label(label.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3)));
-        c.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+    if y1 / y0 > 20.0 {
+        draw!(root, title, y_label, lines, x, (y0 / 1.6..y1 * 1.6).log_scale());
+    } else {
+        // Headroom above for the legend.
+        draw!(root, title, y_label, lines, x, 0.0..y1 * 1.6);
     }
-    c.configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 15))
-        .draw()?;
     root.present()?;
     Ok(true)
 }
