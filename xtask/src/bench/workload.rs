@@ -105,7 +105,7 @@ impl Workload {
     pub fn with_one_changed(&self) -> Self {
         let mut w = self.clone();
         if let Some(c) = w.per_rule[0].first_mut() {
-            if let IpAddr::V6(_) = c.addr {
+            if c.addr.is_ipv6() {
                 *c = Cidr { addr: IpAddr::V6(Ipv6Addr::new(0xfd00, 0xeeee, 0, 0, 0, 0, 0, 0)), prefix: 64 };
             } else {
                 *c = Cidr { addr: IpAddr::V4(Ipv4Addr::new(198, 19, 240, 0)), prefix: 28 };
