@@ -92,8 +92,11 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
             let w = Workload::mixed(rules, cidrs);
             let cfg = dir.join("classifier.yaml");
             std::fs::write(&cfg, ctx.nw.config(&w, backend, ""))?;
-            ctx.nw.apply(&pair.node, &cfg, backend)?;
-            check_xdp_mode(&pair.node, false)?;
+            let installed = ctx.nw.apply(&pair.node, &cfg, backend).and_then(|_| check_xdp_mode(&pair.node, false));
+            if let Err(e) = installed {
+                sec.missing(format!("{rules} rules × {} CIDRs: {e:#}", count(cidrs)));
+                continue;
+            }
             let prog = bpf::prog_fd_by_id(xdp_prog_id(&pair.node)?)?;
             for family in [Family::V4, Family::V6] {
                 let dst = match family {

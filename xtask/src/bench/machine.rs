@@ -55,7 +55,6 @@ pub fn describe(nodewall_version: &str) -> Vec<(String, String)> {
         ("nft", first_line(Command::new("nft").arg("--version"))),
         ("iptables", first_line(Command::new("iptables").arg("-V"))),
         ("ipset", first_line(Command::new("ipset").arg("-v"))),
-        ("trafgen", first_line(Command::new("trafgen").arg("-v"))),
         ("bpftool", first_line(Command::new("bpftool").arg("version"))),
     ];
     rows.into_iter().map(|(k, v)| (k.to_string(), v)).collect()

@@ -3,7 +3,7 @@
 //!
 //! Sections (each in its own time box, all inside throwaway network namespaces):
 //! 1. XDP classifier cost (`BPF_PROG_TEST_RUN`) vs a bare `XDP_PASS` program;
-//! 2. datapath throughput on veth (trafgen) vs no filter, nft, linear iptables;
+//! 2. datapath throughput on veth (AF_PACKET generator) vs no filter, nft, linear iptables;
 //! 3. apply latency vs `nft -f` and iptables-restore + ipset, incremental vs full;
 //! 4. footprint of the daemon (RSS, idle CPU, BPF map memory, `/metrics` latency);
 //! 5. reload under load: established-flow packets lost while re-applying.
@@ -41,7 +41,6 @@ use report::{Page, Section};
 pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("/usr/sbin/iptables", "iptables"),
     ("/usr/sbin/ipset", "ipset"),
-    ("/usr/sbin/trafgen", "netsniff-ng"),
     ("/usr/sbin/ethtool", "ethtool"),
     (plot::FONT, "fonts-dejavu-core"),
 ];

@@ -14,7 +14,7 @@ use super::netns::{Netns, Pair, CLIENT_IF, CLIENT_V4, NODE_IF, NODE_V4};
 use super::nodewall::Backend;
 use super::peers;
 use super::report::{Section, Table, INFO};
-use super::traffic::snmp_sum;
+use super::traffic::{dev_field, snmp_sum};
 use super::workload::Workload;
 use super::Ctx;
 
@@ -48,6 +48,9 @@ struct Phase {
     /// buffer, which is the receiver's doing, not the datapath's).
     udp_arrived: u64,
     udp_rcvbuf_errors: u64,
+    /// Frames the veth pair itself dropped (the client side's tx drops, e.g. a full XDP ring
+    /// on the node side, plus the node side's rx drops): part of `lost`, shown to tell where.
+    veth_drops: u64,
 }
 
 impl Phase {
@@ -193,8 +196,9 @@ fn accept_within(listener: &TcpListener, limit: Duration) -> anyhow::Result<TcpS
     }
 }
 
-fn counters(ns: &Netns) -> anyhow::Result<String> {
-    ns.proc_net("snmp")
+/// /proc/net/snmp and /proc/net/dev of a namespace.
+fn counters(ns: &Netns) -> anyhow::Result<(String, String)> {
+    Ok((ns.proc_net("snmp")?, ns.proc_net("dev")?))
 }
 
 /// Runs the streams while `during` runs; fills in the traffic part of a phase.
@@ -214,7 +218,10 @@ fn phase(pair: &Pair, during: impl FnOnce() -> anyhow::Result<(usize, f64)>) -> 
     // The last FIN/ACK exchange is in flight for a moment after the sockets close.
     std::thread::sleep(Duration::from_millis(200));
     let (c1, n1) = (counters(&pair.client)?, counters(&pair.node)?);
-    let delta = |a: &str, b: &str, p: &str, f: &[&str]| snmp_sum(b, p, f).saturating_sub(snmp_sum(a, p, f));
+    let delta = |a: &(String, String), b: &(String, String), p: &str, f: &[&str]| snmp_sum(&b.0, p, f).saturating_sub(snmp_sum(&a.0, p, f));
+    let dev = |a: &(String, String), b: &(String, String), name: &str, field: usize| {
+        dev_field(&b.1, name, field).unwrap_or(0).saturating_sub(dev_field(&a.1, name, field).unwrap_or(0))
+    };
     let udp_sent = streams.udp_sent.load(Ordering::Relaxed);
     Ok(Phase {
         secs,
@@ -227,6 +234,7 @@ fn phase(pair: &Pair, during: impl FnOnce() -> anyhow::Result<(usize, f64)>) -> 
         udp_sent,
         udp_arrived: delta(&n0, &n1, "Udp", &["InDatagrams", "RcvbufErrors"]),
         udp_rcvbuf_errors: delta(&n0, &n1, "Udp", &["RcvbufErrors"]),
+        veth_drops: dev(&c0, &c1, CLIENT_IF, 11) + dev(&n0, &n1, NODE_IF, 3),
     })
 }
 
@@ -319,7 +327,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
     );
     let mut table = Table::new(
         "Lost share = lost / (TCP segments + UDP datagrams sent).",
-        &["lost share", "backend", "phase", "s", "re-applies (mean ms)", "TCP MB", "TCP lost / sent", "TCP retransmits", "UDP lost / sent", "socket-buffer drops"],
+        &["lost share", "backend", "phase", "s", "re-applies (mean ms)", "TCP MB", "TCP lost / sent", "TCP retransmits", "UDP lost / sent", "socket-buffer drops", "of lost: veth drops"],
     );
     let mut reloaders = Vec::new();
     for b in [Backend::Nft, Backend::Xdp { generic: false }] {
@@ -355,6 +363,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
                 p.tcp_retrans.to_string(),
                 format!("{} / {}", p.udp_sent.saturating_sub(p.udp_arrived), p.udp_sent),
                 p.udp_rcvbuf_errors.to_string(),
+                p.veth_drops.to_string(),
             ]);
         }
         if reloading.applies < applies {

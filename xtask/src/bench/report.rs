@@ -187,7 +187,7 @@ impl Page {
             "\n## How to reproduce\n\nAs root on a Debian/Ubuntu machine with Rust, from the repository root:\n\n\
              ```sh\n{}\n```\n\n`--quick` is a < 2 minute smoke run (fewer sizes and repetitions); \
              `--only 1,3` runs some sections; `--out FILE` writes the page elsewhere. The run installs the \
-             Debian packages it needs (iptables, ipset, netsniff-ng, ethtool, fonts-dejavu-core) if missing, \
+             Debian packages it needs (iptables, ipset, ethtool, fonts-dejavu-core) if missing, \
              builds nodewall with `--release`, and keeps every section inside its own time box.\n",
             self.command
         );

@@ -1,13 +1,15 @@
-//! Saturating the node's uplink with one frame, repeated, from the client namespace with
-//! `trafgen` (netsniff-ng: PACKET_TX_RING, qdisc bypass), and reading the interface and UDP
-//! counters on both sides to see what was sent, what reached the node's stack, and how fast.
+//! Saturating the node's uplink with one frame, repeated, from the client namespace (raw
+//! AF_PACKET socket, qdisc bypass, `sendmmsg` batches, one thread pinned to one CPU), and
+//! reading the interface and UDP counters on both sides to see what was sent, what reached the
+//! node's stack, and how fast. veth delivers to the peer in the sender's context, so the sending
+//! rate is bounded by the receive path's cost, filter included.
 //!
-//! trafgen runs as one process pinned to one CPU; veth delivers to the peer in the sender's
-//! context, so the sending rate is bounded by the receive path's cost, filter included.
+//! (netsniff-ng's trafgen was the first generator; on this kernel veth pushes back with EAGAIN
+//! when an XDP peer's ring is full, which trafgen 0.6.8 treats as fatal mid-run.)
 
-use std::fmt::Write as _;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Stdio};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -24,7 +26,9 @@ pub struct Snapshot {
     pub delivered: u64,
 }
 
-fn dev_field(text: &str, dev: &str, field: usize) -> Option<u64> {
+/// Column `field` of `dev`'s line in /proc/net/dev (0 = rx bytes, 1 = rx packets, 3 = rx drop,
+/// 8 = tx bytes, 9 = tx packets, 11 = tx drop).
+pub fn dev_field(text: &str, dev: &str, field: usize) -> Option<u64> {
     text.lines()
         .find_map(|l| l.trim_start().strip_prefix(&format!("{dev}:")))
         .and_then(|rest| rest.split_whitespace().nth(field))
@@ -71,65 +75,129 @@ pub struct Rate {
     pub delivered: f64,
 }
 
-fn trafgen_config(frame: &[u8]) -> String {
-    let mut s = String::from("{ ");
-    for (i, b) in frame.iter().enumerate() {
-        if i > 0 {
-            s.push_str(", ");
-        }
-        let _ = write!(s, "0x{b:02x}");
-    }
-    s.push_str(" }\n");
-    s
+/// Frames sent per `sendmmsg` call.
+const BATCH: usize = 64;
+
+/// A sender thread in the client namespace: a raw AF_PACKET socket with qdisc bypass, sending
+/// one frame in batches with `sendmmsg`, pinned to one CPU, until stopped. EAGAIN and ENOBUFS
+/// (veth pushing back while the peer's XDP ring is full) are retried, not fatal: that
+/// backpressure is the receive path's rate, which is what is measured.
+struct Generator {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<u64>>>,
 }
 
-struct Generator(Child);
+impl Generator {
+    fn start(pair: &Pair, frame: &[u8]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, frame) = (Arc::clone(&stop), frame.to_vec());
+        let thread = pair.client.spawn(move || send_until(&flag, &frame));
+        Self { stop, thread: Some(thread) }
+    }
+
+    fn running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Stops the sender; its error if it failed.
+    fn finish(mut self) -> anyhow::Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().expect("joined once").join().expect("sender thread")
+    }
+}
 
 impl Drop for Generator {
     fn drop(&mut self) {
-        // SIGINT to trafgen's process group: the parent ignores it and waits for its forked
-        // sender, which stops cleanly on it (as on ^C); SIGKILL to the group if it lingers.
-        let group = -(self.0.id() as i32);
-        // SAFETY: kill(2) of the process group our own child leads.
-        unsafe { libc::kill(group, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
-        // SAFETY: as above.
-        unsafe { libc::kill(group, libc::SIGKILL) };
-        let _ = self.0.wait();
+    }
+}
+
+fn os_err(what: &str) -> anyhow::Error {
+    anyhow::anyhow!("{what}: {}", std::io::Error::last_os_error())
+}
+
+/// The sender's loop (runs on a thread already inside the client namespace); frames handed to
+/// the kernel.
+fn send_until(stop: &AtomicBool, frame: &[u8]) -> anyhow::Result<u64> {
+    let ifname = std::ffi::CString::new(CLIENT_IF).expect("no NUL");
+    // SAFETY: plain libc calls on values owned here; every pointer passed stays alive for the
+    // call (the frame, the address and the message array live until the function returns).
+    unsafe {
+        pin_to_last_cpu();
+        let ifindex = libc::if_nametoindex(ifname.as_ptr());
+        if ifindex == 0 {
+            return Err(os_err("if_nametoindex"));
+        }
+        // Protocol 0: the socket receives nothing, it only sends.
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        if fd < 0 {
+            return Err(os_err("socket(AF_PACKET)"));
+        }
+        let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        if libc::setsockopt(fd.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one as *const _ as *const libc::c_void, len) != 0 {
+            return Err(os_err("PACKET_QDISC_BYPASS"));
+        }
+        let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = ethertype.to_be();
+        addr.sll_ifindex = ifindex as i32;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+        let mut iov = libc::iovec { iov_base: frame.as_ptr() as *mut libc::c_void, iov_len: frame.len() };
+        let mut msgs: Vec<libc::mmsghdr> = (0..BATCH)
+            .map(|_| {
+                let mut m: libc::mmsghdr = std::mem::zeroed();
+                m.msg_hdr.msg_name = &mut addr as *mut _ as *mut libc::c_void;
+                m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                m.msg_hdr.msg_iov = &mut iov;
+                m.msg_hdr.msg_iovlen = 1;
+                m
+            })
+            .collect();
+        let mut sent = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let n = libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0);
+            if n >= 0 {
+                sent += n as u64;
+                continue;
+            }
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::ENOBUFS) => std::thread::yield_now(),
+                _ => return Err(os_err("sendmmsg")),
+            }
+        }
+        Ok(sent)
+    }
+}
+
+/// Pins the calling thread to the machine's last CPU, so the sender and the receive work veth
+/// does in its context stay on one CPU from window to window.
+fn pin_to_last_cpu() {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    // SAFETY: a zeroed cpu_set_t with one bit set, applied to the calling thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpus - 1, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
 /// Sends `frame` as fast as one CPU can for `window`, `rounds` times; the best round.
-pub fn blast(pair: &Pair, frame: &[u8], window: Duration, rounds: usize, cfg: &std::path::Path) -> anyhow::Result<Rate> {
-    std::fs::write(cfg, trafgen_config(frame))?;
+pub fn blast(pair: &Pair, frame: &[u8], window: Duration, rounds: usize) -> anyhow::Result<Rate> {
     let mut best = Rate { pps: 0.0, delivered: 0.0 };
     for _ in 0..rounds {
-        // Leave the machine's socket-memory sysctls and IRQ affinities alone (`--no-sock-mem`, -Q;
-        // 0.6.8 rejects the short -A), no CPU stats (-C), no packet limit (-n 0).
-        let child = pair
-            .client
-            .cmd("trafgen")
-            .args(["-o", CLIENT_IF, "-i"])
-            .arg(cfg)
-            .args(["-P", "1", "--no-sock-mem", "-Q", "-C", "-n", "0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .context("starting trafgen")?;
-        let mut gen = Generator(child);
-        // Let the ring fill and the rate settle before the window opens.
-        let start = wait_for_traffic(pair, &mut gen)?;
+        let gen = Generator::start(pair, frame);
+        // Let the rate settle before the window opens.
+        let start = wait_for_traffic(pair, &gen)?;
         std::thread::sleep(window);
         let end = snapshot(pair)?;
-        drop(gen);
+        gen.finish()?;
         let secs = end.at.zip(start.at).map(|(e, s)| (e - s).as_secs_f64()).unwrap_or(1.0);
         let sent = end.tx.saturating_sub(start.tx);
         let rate = Rate { pps: sent as f64 / secs, delivered: end.delivered.saturating_sub(start.delivered) as f64 / sent.max(1) as f64 };
@@ -140,24 +208,20 @@ pub fn blast(pair: &Pair, frame: &[u8], window: Duration, rounds: usize, cfg: &s
     Ok(best)
 }
 
-fn wait_for_traffic(pair: &Pair, gen: &mut Generator) -> anyhow::Result<Snapshot> {
+fn wait_for_traffic(pair: &Pair, gen: &Generator) -> anyhow::Result<Snapshot> {
     let first = snapshot(pair)?;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         std::thread::sleep(Duration::from_millis(200));
-        if let Some(status) = gen.0.try_wait()? {
-            let mut err = String::new();
-            if let Some(mut e) = gen.0.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
-            anyhow::bail!("trafgen exited early ({status}): {}", err.trim());
+        if !gen.running() {
+            anyhow::bail!("the frame generator stopped before the window opened");
         }
         let now = snapshot(pair)?;
         if now.tx > first.tx + 1000 {
             return Ok(now);
         }
         if Instant::now() > deadline {
-            anyhow::bail!("trafgen sent nothing on {CLIENT_IF} within 5 s");
+            anyhow::bail!("nothing left {CLIENT_IF} within 5 s");
         }
     }
 }
