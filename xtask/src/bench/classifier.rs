@@ -145,7 +145,9 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
         "≤ 1.5×",
         |r| r <= 1.5,
     );
-    let (small, large) = (cidr_list[0], *cidr_list.last().expect("sizes"));
+    // The largest size that was measured (a size the agent refused is listed as missing).
+    let large = cells.iter().filter(|c| c.rules == big_rules).map(|c| c.cidrs).max().unwrap_or(*cidr_list.last().expect("sizes"));
+    let small = cidr_list[0];
     let flat = worst(big_rules, large).zip(worst(big_rules, small)).map(|(a, b)| a / b);
     sec.headline(
         &format!("XDP classifier cost at {} CIDRs vs at {} ({big_rules} rules)", count(large), count(small)),
