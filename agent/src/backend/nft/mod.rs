@@ -57,7 +57,11 @@ fn validate(policy: &Policy) -> anyhow::Result<()> {
         bail!("interfaces: no interface to filter on");
     }
     for (i, name) in policy.interfaces.iter().enumerate() {
-        if name.is_empty() || name.len() > 15 || name.contains(['\0', '/']) || name.contains(char::is_whitespace) {
+        if name.is_empty()
+            || name.len() > 15
+            || name.contains(['\0', '/'])
+            || name.contains(char::is_whitespace)
+        {
             bail!("interfaces[{i}]: {name:?} is not a valid interface name (1-15 bytes, no '/', NUL or spaces)");
         }
     }

@@ -270,16 +270,17 @@ fn compatible(rs: &Ruleset, cur: &Current) -> bool {
             c.key_type == key_type && c.key_len == key_len && interval == s.kind.interval()
         }
     });
-    let chains_ok = rs.chains.iter().all(|ch| {
-        match cur.chains.iter().find(|c| c.name == ch.name) {
-            None => true,
-            Some(c) => {
-                c.hook
-                    == ch
-                        .hook_priority
-                        .map(|p| (libc::NF_INET_PRE_ROUTING as u32, p))
-            }
-        }
-    });
+    let chains_ok =
+        rs.chains
+            .iter()
+            .all(|ch| match cur.chains.iter().find(|c| c.name == ch.name) {
+                None => true,
+                Some(c) => {
+                    c.hook
+                        == ch
+                            .hook_priority
+                            .map(|p| (libc::NF_INET_PRE_ROUTING as u32, p))
+                }
+            });
     sets_ok && chains_ok
 }

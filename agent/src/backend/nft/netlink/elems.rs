@@ -79,7 +79,10 @@ pub fn units_from_kernel(interval: bool, elems: &[(Vec<u8>, u32)]) -> Option<BTr
     }
     let mut sorted: Vec<&(Vec<u8>, u32)> = elems.iter().collect();
     // At equal keys an end element closes the previous interval before a start opens one.
-    sorted.sort_by(|a, b| a.0.cmp(&b.0).then((b.1 & INTERVAL_END).cmp(&(a.1 & INTERVAL_END))));
+    sorted.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then((b.1 & INTERVAL_END).cmp(&(a.1 & INTERVAL_END)))
+    });
     let mut out = BTreeSet::new();
     let mut i = 0;
     while i < sorted.len() {

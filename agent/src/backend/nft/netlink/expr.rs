@@ -58,7 +58,11 @@ fn match_exprs(m: &Match) -> Vec<Expr> {
                 Family::V6 => IPV6_SADDR,
             };
             let mut v = nfproto(*f);
-            v.push(payload(libc::NFT_PAYLOAD_NETWORK_HEADER as u32, offset, len));
+            v.push(payload(
+                libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
+                offset,
+                len,
+            ));
             v.push(lookup(set));
             v
         }

@@ -63,8 +63,12 @@ impl Nft {
             inject_fault(&mut d.batch);
         }
         let (batch, described) = d.batch.finish();
-        let describe =
-            |seq: u32| described.iter().find(|(s, _)| *s == seq).map(|(_, w)| w.clone());
+        let describe = |seq: u32| {
+            described
+                .iter()
+                .find(|(s, _)| *s == seq)
+                .map(|(_, w)| w.clone())
+        };
         self.sock
             .send_batch(&batch, describe)
             .context("applying table inet nodewall")?;

@@ -145,7 +145,10 @@ impl Socket {
         errors.sort_by_key(|e| e.0);
         let (seq, errno, text) = &errors[0];
         let what = describe(*seq).unwrap_or_else(|| format!("message {seq}"));
-        let detail = text.as_deref().map(|t| format!(" ({t})")).unwrap_or_default();
+        let detail = text
+            .as_deref()
+            .map(|t| format!(" ({t})"))
+            .unwrap_or_default();
         let more = if errors.len() > 1 {
             format!("; {} more message(s) failed after it", errors.len() - 1)
         } else {

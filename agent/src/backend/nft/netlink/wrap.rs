@@ -132,7 +132,12 @@ impl Table {
 
     pub fn name(&self) -> String {
         // SAFETY: the string is owned by the object, copied before it is freed.
-        unsafe { string(sys::nftnl_table_get_str(self.ptr(), sys::NFTNL_TABLE_NAME as u16)) }
+        unsafe {
+            string(sys::nftnl_table_get_str(
+                self.ptr(),
+                sys::NFTNL_TABLE_NAME as u16,
+            ))
+        }
     }
 }
 
@@ -174,12 +179,22 @@ impl Chain {
 
     pub fn name(&self) -> String {
         // SAFETY: see Table::name.
-        unsafe { string(sys::nftnl_chain_get_str(self.ptr(), sys::NFTNL_CHAIN_NAME as u16)) }
+        unsafe {
+            string(sys::nftnl_chain_get_str(
+                self.ptr(),
+                sys::NFTNL_CHAIN_NAME as u16,
+            ))
+        }
     }
 
     pub fn table(&self) -> String {
         // SAFETY: see Table::name.
-        unsafe { string(sys::nftnl_chain_get_str(self.ptr(), sys::NFTNL_CHAIN_TABLE as u16)) }
+        unsafe {
+            string(sys::nftnl_chain_get_str(
+                self.ptr(),
+                sys::NFTNL_CHAIN_TABLE as u16,
+            ))
+        }
     }
 
     /// (hook number, priority) for a base chain.
@@ -232,7 +247,12 @@ impl Set {
 
     pub fn name(&self) -> String {
         // SAFETY: see Table::name.
-        unsafe { string(sys::nftnl_set_get_str(self.ptr(), sys::NFTNL_SET_NAME as u16)) }
+        unsafe {
+            string(sys::nftnl_set_get_str(
+                self.ptr(),
+                sys::NFTNL_SET_NAME as u16,
+            ))
+        }
     }
 
     pub fn get_u32(&self, attr: u32) -> u32 {
@@ -347,7 +367,12 @@ impl Obj {
 
     pub fn name(&self) -> String {
         // SAFETY: see Table::name.
-        unsafe { string(sys::nftnl_obj_get_str(self.ptr(), sys::NFTNL_OBJ_NAME as u16)) }
+        unsafe {
+            string(sys::nftnl_obj_get_str(
+                self.ptr(),
+                sys::NFTNL_OBJ_NAME as u16,
+            ))
+        }
     }
 
     pub fn obj_type(&self) -> u32 {
@@ -415,15 +440,19 @@ impl Rule {
 
     pub fn chain(&self) -> String {
         // SAFETY: see Table::name.
-        unsafe { string(sys::nftnl_rule_get_str(self.ptr(), sys::NFTNL_RULE_CHAIN as u16)) }
+        unsafe {
+            string(sys::nftnl_rule_get_str(
+                self.ptr(),
+                sys::NFTNL_RULE_CHAIN as u16,
+            ))
+        }
     }
 
     pub fn comment(&self) -> Option<String> {
         let mut len = 0u32;
         // SAFETY: see Obj::comment.
         unsafe {
-            let p =
-                sys::nftnl_rule_get_data(self.ptr(), sys::NFTNL_RULE_USERDATA as u16, &mut len);
+            let p = sys::nftnl_rule_get_data(self.ptr(), sys::NFTNL_RULE_USERDATA as u16, &mut len);
             if p.is_null() {
                 return None;
             }
