@@ -255,3 +255,11 @@ pub fn rule_packets(status: &Value, rule: &str) -> u64 {
         .map(|r| r["packets"].as_u64().unwrap_or(0))
         .sum()
 }
+
+/// Set to `1` in `apply`'s environment to make the nft backend's next batch fail in the kernel.
+pub use ::nodewall::backend::nft::FAULT_ENV;
+
+/// Names of the built-in profiles.
+pub fn profiles_list() -> Vec<&'static str> {
+    ::nodewall::profiles::all().iter().map(|p| p.name).collect()
+}

@@ -167,7 +167,9 @@ impl Diff {
     }
 
     /// Rewrites a chain's rules when they differ from the plan (flush + add, in one batch).
+    /// The base chain's single rule changes with every generation and is not counted.
     fn rules(&mut self, ch: &ChainDef, have: &Current) {
+        let counted = ch.name != names::BASE_CHAIN;
         let built: Vec<_> = ch.rules.iter().map(|r| build_rule(&ch.name, r)).collect();
         let cur = have.chains.iter().find(|c| c.name == ch.name);
         if let Some(cur) = cur {
@@ -180,10 +182,10 @@ impl Diff {
             if same {
                 return;
             }
-            self.flush_chain(&ch.name, cur.rules.len());
+            self.flush_chain(&ch.name, cur.rules.len(), counted);
         }
         for (def, rule) in ch.rules.iter().zip(&built) {
-            self.added += 1;
+            self.added += counted as usize;
             self.batch.push(
                 libc::NFT_MSG_NEWRULE,
                 libc::NLM_F_CREATE | libc::NLM_F_APPEND,
@@ -193,11 +195,13 @@ impl Diff {
         }
     }
 
-    fn flush_chain(&mut self, chain: &str, rules: usize) {
+    fn flush_chain(&mut self, chain: &str, rules: usize, counted: bool) {
         if rules == 0 {
             return;
         }
-        self.removed += rules;
+        if counted {
+            self.removed += rules;
+        }
         self.batch.push(
             libc::NFT_MSG_DELRULE,
             0,
@@ -215,7 +219,7 @@ impl Diff {
             .filter(|c| !chains.contains(c.name.as_str()))
             .collect();
         for c in &gone {
-            self.flush_chain(&c.name, c.rules.len());
+            self.flush_chain(&c.name, c.rules.len(), true);
         }
         for c in &gone {
             self.batch.push(
