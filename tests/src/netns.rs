@@ -76,6 +76,27 @@ impl Netns {
         })
     }
 
+    /// Loads an nft script (`nft -f -`) into this namespace.
+    pub fn nft_load(&self, script: &[u8]) -> anyhow::Result<()> {
+        let mut child = self
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), script)?;
+        drop(child.stdin.take());
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "nft -f in {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// Writes a sysctl under /proc/sys/net of this namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));

@@ -125,22 +125,9 @@ pub struct Prober<'t> {
 
 impl<'t> Prober<'t> {
     pub fn new(topo: &'t Topology) -> anyhow::Result<Self> {
-        let mut child = topo
-            .node
-            .command("nft")
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?;
-        std::io::Write::write_all(child.stdin.as_mut().unwrap(), OBSERVER.as_bytes())?;
-        drop(child.stdin.take());
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "installing the observer table: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        topo.node
+            .nft_load(OBSERVER.as_bytes())
+            .context("installing the observer table")?;
         let (sock, ifindex) = topo.fabric.enter(|| -> anyhow::Result<(OwnedFd, i32)> {
             // SAFETY: plain socket(2); the fd is owned right away.
             let fd = unsafe {

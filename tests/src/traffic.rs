@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::netns::Netns;
 
 /// How long a client waits before calling a connection dropped.
-pub const DROP_TIMEOUT: Duration = Duration::from_millis(500);
+pub const DROP_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// A dual-stack server on one port (TCP: answers "ok" and closes; UDP: echoes), stopped on drop.
 pub struct Server {
@@ -108,8 +108,58 @@ pub fn udp_ok(ns: &Netns, addr: IpAddr, port: u16) -> bool {
 pub fn ping_ok(ns: &Netns, addr: IpAddr) -> bool {
     let family = if addr.is_ipv6() { "-6" } else { "-4" };
     ns.command("ping")
-        .args([family, "-c", "1", "-W", "0.5", &addr.to_string()])
+        .args([family, "-c", "1", "-W", "0.8", &addr.to_string()])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
+}
+
+/// Expected outcomes of real-traffic checks, run concurrently (a drop costs a timeout each).
+#[derive(Default)]
+pub struct Checks<'a> {
+    items: Vec<(String, Box<dyn FnOnce() -> bool + Send + 'a>, bool)>,
+}
+
+impl<'a> Checks<'a> {
+    /// Adds a check: `run` must return `want`.
+    pub fn expect(
+        &mut self,
+        what: impl Into<String>,
+        want: bool,
+        run: impl FnOnce() -> bool + Send + 'a,
+    ) {
+        self.items.push((what.into(), Box::new(run), want));
+    }
+
+    /// Runs every check at once; Err lists those that did not give the expected outcome.
+    pub fn run(self) -> anyhow::Result<()> {
+        let total = self.items.len();
+        let failures: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .items
+                .into_iter()
+                .map(|(what, run, want)| s.spawn(move || (what, run() == want, want)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("check thread"))
+                .filter(|(_, ok, _)| !ok)
+                .map(|(what, _, want)| {
+                    format!(
+                        "{what}: expected {}",
+                        if want { "to pass" } else { "to be dropped" }
+                    )
+                })
+                .collect()
+        });
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!(
+                "{} of {total} checks failed:\n{}",
+                failures.len(),
+                failures.join("\n")
+            )
+        }
+    }
 }

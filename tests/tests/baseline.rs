@@ -11,7 +11,7 @@ use nodewall::profiles::{self, From};
 use nodewall_netns_tests::nodewall::{apply, explain, Config};
 use nodewall_netns_tests::probe::{mismatches, Probe, Prober};
 use nodewall_netns_tests::topology::{node_addr, Topology};
-use nodewall_netns_tests::traffic::{ping_ok, tcp_ok, udp_ok, Server};
+use nodewall_netns_tests::traffic::{ping_ok, tcp_ok, udp_ok, Checks, Server};
 use nodewall_netns_tests::{backend_tests, Backend};
 
 /// Probes for one profile rule, from `src`: in-range cells (`true`) and neighbours (`false`).
@@ -114,113 +114,66 @@ fn seed_table_cells(backend: Backend) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Real TCP/UDP listeners and ping in the node, reached from the peers.
+/// What a real client does to the node: a TCP connection, a UDP exchange or a ping.
+#[derive(Clone, Copy, Debug)]
+enum Real {
+    Tcp(u16),
+    Udp(u16),
+    Ping,
+}
+
+const NODE_TCP: [u16; 4] = [30080, 10250, 443, 22];
+const NODE_UDP: [u16; 2] = [30053, 53];
+
+/// Real TCP/UDP listeners and ping in the node, reached from every peer in both families,
+/// under every profile; the expected outcome is `nodewall explain`'s verdict.
 fn real_connections(backend: Backend) -> anyhow::Result<()> {
     let topo = Topology::new()?;
-    let _servers = [
-        Server::tcp(&topo.node, 30080)?,
-        Server::tcp(&topo.node, 10250)?,
-        Server::tcp(&topo.node, 443)?,
-        Server::udp(&topo.node, 30053)?,
-        Server::udp(&topo.node, 53)?,
-    ];
+    let mut servers = Vec::new();
+    for p in NODE_TCP {
+        servers.push(Server::tcp(&topo.node, p)?);
+    }
+    for p in NODE_UDP {
+        servers.push(Server::udp(&topo.node, p)?);
+    }
+    let mut kinds: Vec<Real> = NODE_TCP.iter().map(|&p| Real::Tcp(p)).collect();
+    kinds.extend(NODE_UDP.iter().map(|&p| Real::Udp(p)));
+    kinds.push(Real::Ping);
     let mut failures = Vec::new();
-    let mut check = |what: String, got: bool, want: bool| {
-        if got != want {
-            failures.push(format!("{what}: got {got}, want {want}"));
+    for profile in profiles::all() {
+        let file = Config::new(backend, Some(profile.name)).write()?;
+        apply(&topo.node, &file)?;
+        let mut cases = Vec::new();
+        for (peer, network) in topo.remote_peers() {
+            for v6 in [false, true] {
+                for &kind in &kinds {
+                    let src = peer.addr(v6);
+                    let probe = match kind {
+                        Real::Tcp(p) => Probe::tcp(src, p),
+                        Real::Udp(p) => Probe::udp(src, p),
+                        Real::Ping => Probe::ping(src),
+                    };
+                    cases.push((peer, network.unwrap_or("internet"), v6, kind, probe));
+                }
+            }
         }
-    };
-    // Before any policy everything is reachable: the checks below can fail.
-    check(
-        "no policy: internet tcp/10250".into(),
-        tcp_ok(&topo.internet.ns, node_addr(false), 10250),
-        true,
-    );
-
-    let tke = Config::new(backend, Some("tke-node")).write()?;
-    apply(&topo.node, &tke)?;
-    for v6 in [false, true] {
-        let node = node_addr(v6);
-        let f = if v6 { "v6" } else { "v4" };
-        let (inet, clus, pods) = (&topo.internet.ns, &topo.cluster.ns, &topo.pods.ns);
-        check(
-            format!("tke {f}: internet tcp/30080 (NodePort)"),
-            tcp_ok(inet, node, 30080),
-            true,
-        );
-        check(
-            format!("tke {f}: internet tcp/10250"),
-            tcp_ok(inet, node, 10250),
-            false,
-        );
-        check(
-            format!("tke {f}: internet udp/30053 (NodePort)"),
-            udp_ok(inet, node, 30053),
-            true,
-        );
-        check(
-            format!("tke {f}: internet udp/53"),
-            udp_ok(inet, node, 53),
-            false,
-        );
-        check(format!("tke {f}: internet ping"), ping_ok(inet, node), true);
-        check(
-            format!("tke {f}: cluster tcp/10250"),
-            tcp_ok(clus, node, 10250),
-            true,
-        );
-        check(
-            format!("tke {f}: cluster udp/53"),
-            udp_ok(clus, node, 53),
-            true,
-        );
-        check(
-            format!("tke {f}: pods tcp/443"),
-            tcp_ok(pods, node, 443),
-            true,
-        );
+        let probes: Vec<Probe> = cases.iter().map(|c| c.4).collect();
+        let verdicts = explain(&file, &probes)?;
+        let mut checks = Checks::default();
+        for ((peer, from, v6, kind, _), v) in cases.into_iter().zip(&verdicts) {
+            let node = node_addr(v6);
+            let what = format!("{}: {from} -> node {kind:?} (v6={v6})", profile.name);
+            checks.expect(what, v["verdict"] == "accept", move || match kind {
+                Real::Tcp(p) => tcp_ok(&peer.ns, node, p),
+                Real::Udp(p) => udp_ok(&peer.ns, node, p),
+                Real::Ping => ping_ok(&peer.ns, node),
+            });
+        }
+        if let Err(e) = checks.run() {
+            failures.push(format!("{e:#}"));
+        }
     }
-    let eks = Config::new(backend, Some("eks-node")).write()?;
-    apply(&topo.node, &eks)?;
-    for v6 in [false, true] {
-        let node = node_addr(v6);
-        let f = if v6 { "v6" } else { "v4" };
-        let (inet, clus, cp) = (&topo.internet.ns, &topo.cluster.ns, &topo.control_plane.ns);
-        check(
-            format!("eks {f}: internet tcp/30080"),
-            tcp_ok(inet, node, 30080),
-            false,
-        );
-        check(
-            format!("eks {f}: internet ping"),
-            ping_ok(inet, node),
-            false,
-        );
-        check(
-            format!("eks {f}: control plane tcp/10250"),
-            tcp_ok(cp, node, 10250),
-            true,
-        );
-        check(
-            format!("eks {f}: control plane tcp/443"),
-            tcp_ok(cp, node, 443),
-            false,
-        );
-        check(
-            format!("eks {f}: control plane udp/53"),
-            udp_ok(cp, node, 53),
-            false,
-        );
-        check(
-            format!("eks {f}: cluster udp/53"),
-            udp_ok(clus, node, 53),
-            true,
-        );
-        check(format!("eks {f}: cluster ping"), ping_ok(clus, node), true);
-    }
-    if !failures.is_empty() {
-        anyhow::bail!("{}", failures.join("\n"));
-    }
+    anyhow::ensure!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }
 

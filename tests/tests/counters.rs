@@ -1,11 +1,14 @@
-//! Counters: the drops a test causes show up in `nodewall status`, by reason (`default-deny`,
-//! `rule` with the rule's name, `invalid`), family and protocol; allowed packets in their rule's
-//! counter; audit mode counts would-be drops and lets them through; re-applying a changed
+//! Counters, under every profile: the drops a test causes show up in `nodewall status`, by
+//! reason (`default-deny`, `rule` with the rule's name, `invalid`), family and protocol; allowed
+//! packets in their rule's counter; audit mode counts would-be drops and lets them through; re-applying a changed
 //! policy never resets a counter.
 
 use std::net::IpAddr;
 
-use nodewall_netns_tests::nodewall::{apply, drop_packets, rule_packets, status, Config};
+use anyhow::Context;
+use nodewall_netns_tests::nodewall::{
+    apply, drop_packets, explain, rule_packets, status, Config, ConfigFile,
+};
 use nodewall_netns_tests::packet::{L4, TCP_FIN, TCP_SYN};
 use nodewall_netns_tests::probe::{next_port, Probe, Prober};
 use nodewall_netns_tests::topology::Topology;
@@ -33,12 +36,51 @@ fn invalid_tcp(src: IpAddr) -> Probe {
     }
 }
 
+/// A probe some profile rule allows (the first that `explain` accepts by a rule), with that
+/// rule's name.
+fn allowed_probe(topo: &Topology, file: &ConfigFile) -> anyhow::Result<(Probe, String)> {
+    let mut candidates = Vec::new();
+    for (peer, _) in topo.remote_peers() {
+        for v6 in [false, true] {
+            let src = peer.addr(v6);
+            candidates.extend([
+                Probe::tcp(src, 30080),
+                Probe::tcp(src, 443),
+                Probe::tcp(src, 10250),
+                Probe::ping(src),
+            ]);
+        }
+    }
+    let verdicts = explain(file, &candidates)?;
+    candidates
+        .into_iter()
+        .zip(verdicts)
+        .find(|(_, v)| v["verdict"] == "accept" && v["reason"] == "rule")
+        .map(|(p, v)| (p, v["rule"].as_str().unwrap_or_default().to_string()))
+        .context("no probe allowed by a rule")
+}
+
 fn drops_are_counted_by_reason_and_rule(backend: Backend) -> anyhow::Result<()> {
     let topo = Topology::new()?;
     let mut prober = Prober::new(&topo)?;
-    let mut cfg = Config::new(backend, Some("tke-node"));
-    cfg.rules = vec![DENY_RULE.into()];
-    apply(&topo.node, &cfg.write()?)?;
+    for profile in nodewall::profiles::all() {
+        let mut cfg = Config::new(backend, Some(profile.name));
+        cfg.rules = vec![DENY_RULE.into()];
+        let file = cfg.write()?;
+        apply(&topo.node, &file)?;
+        counted(&topo, &mut prober, backend, &file)
+            .with_context(|| format!("profile {}", profile.name))?;
+    }
+    Ok(())
+}
+
+/// Sends known drops and allowed packets; the counters move by exactly that much.
+fn counted(
+    topo: &Topology,
+    prober: &mut Prober,
+    backend: Backend,
+    file: &ConfigFile,
+) -> anyhow::Result<()> {
     let before = status(&topo.node, backend)?;
     anyhow::ensure!(before["installed"] == true && before["backend"] == backend.cli_name());
     anyhow::ensure!(
@@ -53,24 +95,39 @@ fn drops_are_counted_by_reason_and_rule(backend: Backend) -> anyhow::Result<()> 
         .filter_map(|r| r.as_str())
         .collect();
     anyhow::ensure!(
-        rules.first() == Some(&"tke-node/container-network")
-            && rules.last() == Some(&"deny-partner-udp"),
+        rules.last() == Some(&"deny-partner-udp"),
         "rules in evaluation order: {rules:?}"
     );
+    let (allowed, allowed_rule) = allowed_probe(topo, file)?;
 
     let mut probes = Vec::new();
-    probes.extend(times(3, || Probe::tcp(inet(&topo, false), 10250))); // default-deny ipv4 tcp
-    probes.extend(times(2, || Probe::tcp(inet(&topo, true), 10250))); // default-deny ipv6 tcp
-    probes.extend(times(4, || Probe::udp(inet(&topo, false), 5353))); // rule ipv4 udp
-    probes.extend(times(5, || Probe::udp(inet(&topo, true), 5353))); // rule ipv6 udp
-    probes.extend(times(2, || invalid_tcp(inet(&topo, false)))); // invalid ipv4 tcp
-    probes.extend(times(1, || invalid_tcp(inet(&topo, true)))); // invalid ipv6 tcp
-    probes.extend(times(6, || Probe::tcp(inet(&topo, false), 30080))); // nodeport-tcp allowed
+    probes.extend(times(3, || Probe::tcp(inet(topo, false), 10250))); // default-deny ipv4 tcp
+    probes.extend(times(2, || Probe::tcp(inet(topo, true), 10250))); // default-deny ipv6 tcp
+    probes.extend(times(4, || Probe::udp(inet(topo, false), 5353))); // rule ipv4 udp
+    probes.extend(times(5, || Probe::udp(inet(topo, true), 5353))); // rule ipv6 udp
+    probes.extend(times(2, || invalid_tcp(inet(topo, false)))); // invalid ipv4 tcp
+    probes.extend(times(1, || invalid_tcp(inet(topo, true)))); // invalid ipv6 tcp
+                                                               // The same allowed packet six times, each a new flow.
+    probes.extend(times(6, || match allowed.l4 {
+        L4::Tcp { dport, .. } => Probe::tcp(allowed.src, dport),
+        _ => Probe::ping(allowed.src),
+    }));
+    // The reference agrees on what each of these is.
+    let verdicts = explain(file, &probes[..14])?;
+    for (v, (reason, rule)) in verdicts.iter().zip(
+        std::iter::repeat_n(("default-deny", None), 5)
+            .chain(std::iter::repeat_n(("rule", Some("deny-partner-udp")), 9)),
+    ) {
+        anyhow::ensure!(
+            v["reason"] == reason && v["rule"].as_str() == rule,
+            "explain: {v}"
+        );
+    }
     let seen = prober.send(&probes)?;
     let passed = seen.iter().filter(|s| **s).count();
     anyhow::ensure!(
-        passed == 6,
-        "only the 6 NodePort probes pass, got {passed}: {seen:?}"
+        passed == 6 && seen[17..].iter().all(|s| *s),
+        "only the 6 allowed probes pass: {seen:?}"
     );
 
     let after = status(&topo.node, backend)?;
@@ -78,39 +135,47 @@ fn drops_are_counted_by_reason_and_rule(backend: Backend) -> anyhow::Result<()> 
         drop_packets(&after, reason, rule, family, proto)
             - drop_packets(&before, reason, rule, family, proto)
     };
+    let rule_delta = |rule: &str| rule_packets(&after, rule) - rule_packets(&before, rule);
     let checks = [
         (
             delta("default-deny", "", "ipv4", "tcp"),
             3,
-            "default-deny ipv4 tcp",
+            "default-deny ipv4 tcp".to_string(),
         ),
         (
             delta("default-deny", "", "ipv6", "tcp"),
             2,
-            "default-deny ipv6 tcp",
+            "default-deny ipv6 tcp".into(),
         ),
         (
             delta("rule", "deny-partner-udp", "ipv4", "udp"),
             4,
-            "rule deny-partner-udp ipv4 udp",
+            "rule deny-partner-udp ipv4 udp".into(),
         ),
         (
             delta("rule", "deny-partner-udp", "ipv6", "udp"),
             5,
-            "rule deny-partner-udp ipv6 udp",
+            "rule deny-partner-udp ipv6 udp".into(),
         ),
-        (delta("invalid", "", "ipv4", "tcp"), 2, "invalid ipv4 tcp"),
-        (delta("invalid", "", "ipv6", "tcp"), 1, "invalid ipv6 tcp"),
         (
-            rule_packets(&after, "deny-partner-udp") - rule_packets(&before, "deny-partner-udp"),
+            delta("invalid", "", "ipv4", "tcp"),
+            2,
+            "invalid ipv4 tcp".into(),
+        ),
+        (
+            delta("invalid", "", "ipv6", "tcp"),
+            1,
+            "invalid ipv6 tcp".into(),
+        ),
+        (
+            rule_delta("deny-partner-udp"),
             9,
-            "rule counter deny-partner-udp",
+            "rule counter deny-partner-udp".into(),
         ),
         (
-            rule_packets(&after, "tke-node/nodeport-tcp")
-                - rule_packets(&before, "tke-node/nodeport-tcp"),
+            rule_delta(&allowed_rule),
             6,
-            "rule counter tke-node/nodeport-tcp",
+            format!("rule counter {allowed_rule}"),
         ),
     ];
     let wrong: Vec<String> = checks
@@ -128,7 +193,9 @@ fn drops_are_counted_by_reason_and_rule(backend: Backend) -> anyhow::Result<()> 
     )?;
     let text = String::from_utf8_lossy(&text.stdout);
     anyhow::ensure!(
-        text.contains("deny-partner-udp") && text.contains("default-deny"),
+        text.contains("deny-partner-udp")
+            && text.contains("default-deny")
+            && text.contains(&allowed_rule),
         "{text}"
     );
     Ok(())

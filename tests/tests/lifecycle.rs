@@ -32,18 +32,6 @@ table inet firewalld {
 }
 ";
 
-fn load(ns: &Netns, script: &str) -> anyhow::Result<()> {
-    let mut nft = ns
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()?;
-    std::io::Write::write_all(nft.stdin.as_mut().unwrap(), script.as_bytes())?;
-    drop(nft.stdin.take());
-    anyhow::ensure!(nft.wait()?.success(), "nft -f failed");
-    Ok(())
-}
-
 /// Every table but nodewall's, with handles, as `nft` lists them.
 fn foreign_tables(ns: &Netns) -> anyhow::Result<String> {
     let mut out = String::new();
@@ -59,7 +47,7 @@ fn foreign_tables(ns: &Netns) -> anyhow::Result<String> {
 
 fn foreign_tables_survive_apply_and_flush(backend: Backend) -> anyhow::Result<()> {
     let node = Netns::new("node")?;
-    load(&node, FOREIGN)?;
+    node.nft_load(FOREIGN.as_bytes())?;
     let before = foreign_tables(&node)?;
     let mut cfg = Config::new(backend, Some("tke-node"));
     let file = cfg.write()?;

@@ -55,18 +55,7 @@ fn installed_table_equals_render() {
                 .output()
                 .unwrap();
             assert!(script.status.success());
-            let mut nft = by_script
-                .command("nft")
-                .args(["-f", "-"])
-                .stdin(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            std::io::Write::write_all(nft.stdin.as_mut().unwrap(), &script.stdout).unwrap();
-            drop(nft.stdin.take());
-            assert!(
-                nft.wait().unwrap().success(),
-                "nft -f of the rendered script"
-            );
+            by_script.nft_load(&script.stdout).unwrap();
             let (a, b) = (
                 listing(&by_netlink, false).unwrap(),
                 listing(&by_script, false).unwrap(),

@@ -48,6 +48,18 @@ pub fn udata_u32(t: u8, value: u32) -> Vec<u8> {
     out
 }
 
+/// The comment in userdata that libnftnl returned as (pointer, length).
+///
+/// # Safety
+/// `p` must be NULL or point at `len` readable bytes.
+unsafe fn comment_at(p: *const c_void, len: u32) -> Option<String> {
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: guaranteed by the caller.
+    parse_udata_comment(unsafe { std::slice::from_raw_parts(p as *const u8, len as usize) })
+}
+
 /// The comment (TLV type 0) in nft userdata, if any.
 pub fn parse_udata_comment(data: &[u8]) -> Option<String> {
     let mut rest = data;
@@ -396,10 +408,7 @@ impl Obj {
         // SAFETY: the data is owned by the object and copied out before it is freed.
         unsafe {
             let p = sys::nftnl_obj_get_data(self.ptr(), sys::NFTNL_OBJ_USERDATA as u16, &mut len);
-            if p.is_null() {
-                return None;
-            }
-            parse_udata_comment(std::slice::from_raw_parts(p as *const u8, len as usize))
+            comment_at(p, len)
         }
     }
 }
@@ -453,10 +462,7 @@ impl Rule {
         // SAFETY: see Obj::comment.
         unsafe {
             let p = sys::nftnl_rule_get_data(self.ptr(), sys::NFTNL_RULE_USERDATA as u16, &mut len);
-            if p.is_null() {
-                return None;
-            }
-            parse_udata_comment(std::slice::from_raw_parts(p as *const u8, len as usize))
+            comment_at(p, len)
         }
     }
 
