@@ -280,3 +280,12 @@ fn anchors_and_aliases_are_expanded() {
     let c = parse("networks:\n  a: &nets [10.0.0.0/8]\n  b: *nets\nrules:\n  - {name: x, action: allow, protocol: all, from: [a, b]}\n");
     assert_eq!(c.networks["a"], c.networks["b"]);
 }
+
+/// No profile and no rules is a lockdown, not a mistake to reject: only the failsafe, return
+/// traffic and the other implicit allowances pass.
+#[test]
+fn a_config_without_profile_or_rules_is_a_lockdown() {
+    let cfg = nodewall::config::parse("mode: audit\n", "lockdown.yaml").unwrap();
+    let policy = nodewall::policy::compile(&cfg).unwrap();
+    assert_eq!(policy.rules.len(), 1, "only the default failsafe");
+}

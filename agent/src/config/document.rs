@@ -63,14 +63,6 @@ pub fn document(ctx: &mut Ctx, root: &Node) -> Option<Config> {
         .map(|n| rules::list(ctx, n, "failsafe", Section::Failsafe, names.as_deref()));
     let implicit = f.optional("implicit", Implicit::default(), |n, p| implicit(ctx, n, p));
 
-    if f.get("profile").is_none() && matches!(&rules, Some(r) if r.is_empty()) {
-        let pos = f.get("rules").map_or(f.pos, |n| n.pos);
-        ctx.error(
-            "rules",
-            pos,
-            "nothing to enforce: set `profile` to a built-in baseline or add `rules`",
-        );
-    }
     name_rules(
         ctx,
         rules.as_deref_mut().unwrap_or_default(),
