@@ -114,10 +114,13 @@ pub fn ping_ok(ns: &Netns, addr: IpAddr) -> bool {
         .unwrap_or(false)
 }
 
+/// A check's description, what it runs, and the outcome it must give.
+type Check<'a> = (String, Box<dyn FnOnce() -> bool + Send + 'a>, bool);
+
 /// Expected outcomes of real-traffic checks, run concurrently (a drop costs a timeout each).
 #[derive(Default)]
 pub struct Checks<'a> {
-    items: Vec<(String, Box<dyn FnOnce() -> bool + Send + 'a>, bool)>,
+    items: Vec<Check<'a>>,
 }
 
 impl<'a> Checks<'a> {

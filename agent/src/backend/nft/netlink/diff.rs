@@ -17,7 +17,8 @@ use super::batch::{Body, Builder};
 use super::elems::{self, key_spec, Unit};
 use super::expr::build_rule;
 use super::state::Current;
-use super::wrap::{udata_comment, udata_u32, Chain, Obj, Set, Table};
+use super::udata::{udata_comment, udata_u32};
+use super::wrap::{Chain, Obj, Set, Table};
 
 pub struct Diff {
     pub batch: Builder,

@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 use nftnl::nftnl_sys as sys;
 
 use super::super::plan::{Elem, SetDef, SetKind};
-use super::wrap::{udata_u32, Set};
+use super::udata::udata_u32;
+use super::wrap::Set;
 
 const INTERVAL_END: u32 = libc::NFT_SET_ELEM_INTERVAL_END as u32;
 const IFNAMSIZ: usize = 16;

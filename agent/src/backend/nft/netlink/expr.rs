@@ -4,7 +4,8 @@
 use nftnl::nftnl_sys as sys;
 
 use super::super::plan::{Family, Match, RuleDef, Verdict};
-use super::wrap::{udata_comment, Expr, Rule, NFT_OBJECT_COUNTER};
+use super::udata::udata_comment;
+use super::wrap::{Expr, Rule, NFT_OBJECT_COUNTER};
 
 const REG1: u32 = libc::NFT_REG_1 as u32;
 const REG_VERDICT: u32 = libc::NFT_REG_VERDICT as u32;

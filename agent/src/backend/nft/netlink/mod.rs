@@ -6,6 +6,7 @@ mod elems;
 mod expr;
 mod socket;
 pub mod state;
+mod udata;
 mod wrap;
 
 use anyhow::Context;

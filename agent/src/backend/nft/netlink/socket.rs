@@ -258,7 +258,7 @@ fn messages(buf: &[u8]) -> Vec<Reply> {
                 let orig = &body[4..4 + HDR];
                 let seq = u32::from_ne_bytes(orig[8..12].try_into().unwrap());
                 let text = if nlh.nlmsg_flags & NLM_F_ACK_TLVS != 0 {
-                    ext_ack_text(body, nlh.nlmsg_flags)
+                    ext_ack_text(body)
                 } else {
                     None
                 };
@@ -276,7 +276,7 @@ fn messages(buf: &[u8]) -> Vec<Reply> {
 }
 
 /// The kernel's extended-ack message string, when it sent one.
-fn ext_ack_text(body: &[u8], _flags: u16) -> Option<String> {
+fn ext_ack_text(body: &[u8]) -> Option<String> {
     const HDR: usize = std::mem::size_of::<libc::nlmsghdr>();
     // With NETLINK_CAP_ACK only the original header follows the error code.
     let mut rest = body.get(4 + HDR..)?;
