@@ -180,52 +180,58 @@ fn real_connections(backend: Backend) -> anyhow::Result<()> {
 /// Only the uplink is filtered: the local pod (on cni0) and loopback reach every port.
 fn only_uplinks_are_filtered(backend: Backend) -> anyhow::Result<()> {
     let topo = Topology::new()?;
+    let topo = &topo;
     let _s = Server::tcp(&topo.node, 10250)?;
     let _u = Server::udp(&topo.node, 53)?;
-    apply(
-        &topo.node,
-        &Config::new(backend, Some("eks-control-plane")).write()?,
-    )?;
+    let file = Config::new(backend, Some("eks-control-plane")).write()?;
+    apply(&topo.node, &file)?;
+    let mut checks = Checks::default();
     for v6 in [false, true] {
         let node = node_addr(v6);
-        anyhow::ensure!(
-            !tcp_ok(&topo.cluster.ns, node, 10250),
-            "uplink traffic is filtered (v6={v6})"
+        checks.expect(
+            format!("cluster -> node tcp/10250 on the uplink (v6={v6})"),
+            false,
+            move || tcp_ok(&topo.cluster.ns, node, 10250),
         );
-        anyhow::ensure!(
-            tcp_ok(&topo.local_pod.ns, node, 10250),
-            "local pod on cni0 passes (v6={v6})"
+        checks.expect(
+            format!("local pod on cni0 -> node tcp/10250 (v6={v6})"),
+            true,
+            move || tcp_ok(&topo.local_pod.ns, node, 10250),
         );
-        anyhow::ensure!(
-            udp_ok(&topo.local_pod.ns, node, 53),
-            "local pod udp passes (v6={v6})"
+        checks.expect(
+            format!("local pod on cni0 -> node udp/53 (v6={v6})"),
+            true,
+            move || udp_ok(&topo.local_pod.ns, node, 53),
         );
-        anyhow::ensure!(tcp_ok(&topo.node, node, 10250), "loopback passes (v6={v6})");
+        checks.expect(format!("loopback tcp/10250 (v6={v6})"), true, move || {
+            tcp_ok(&topo.node, node, 10250)
+        });
     }
-    Ok(())
+    checks.run()
 }
 
 /// Traffic forwarded to a pod on this node arrives on the uplink and meets the same baseline.
 fn forwarded_traffic_to_pods_is_filtered(backend: Backend) -> anyhow::Result<()> {
     let topo = Topology::new()?;
+    let topo = &topo;
     let _s = Server::tcp(&topo.local_pod.ns, 8080)?;
     apply(&topo.node, &Config::new(backend, Some("tke-node")).write()?)?;
+    let mut checks = Checks::default();
     for v6 in [false, true] {
         let pod = topo.local_pod.addr(v6);
-        anyhow::ensure!(
-            !tcp_ok(&topo.internet.ns, pod, 8080),
-            "internet -> pod:8080 dropped (v6={v6})"
-        );
-        anyhow::ensure!(
-            tcp_ok(&topo.cluster.ns, pod, 8080),
-            "cluster -> pod:8080 allowed (v6={v6})"
-        );
-        anyhow::ensure!(
-            tcp_ok(&topo.pods.ns, pod, 8080),
-            "remote pod -> pod:8080 allowed (v6={v6})"
-        );
+        for (peer, from, want) in [
+            (&topo.internet, "internet", false),
+            (&topo.cluster, "cluster", true),
+            (&topo.pods, "remote pod", true),
+        ] {
+            checks.expect(
+                format!("{from} -> local pod tcp/8080 (v6={v6})"),
+                want,
+                move || tcp_ok(&peer.ns, pod, 8080),
+            );
+        }
     }
-    Ok(())
+    checks.run()
 }
 
 backend_tests!(
