@@ -379,3 +379,31 @@ fn audit_mode_reports_the_drop_but_passes_the_packet() {
     cfg.mode = Mode::Enforce;
     assert!(!eval(&cfg, "203.0.113.1", TCP80, CtState::New).passes());
 }
+
+#[test]
+fn neighbour_discovery_is_decided_before_the_invalid_check() {
+    // conntrack marks ICMPv6 redirects invalid; IPv6 still needs them.
+    let cfg = config(vec![]);
+    let redirect = L4::Icmp {
+        icmp_type: 137,
+        code: 0,
+    };
+    assert_eq!(
+        eval(&cfg, "fe80::1", redirect, CtState::Invalid).reason,
+        Reason::NeighbourDiscovery
+    );
+    // Everything else that is invalid stays dropped, DHCP included.
+    assert_eq!(
+        eval(
+            &cfg,
+            "198.18.0.1",
+            L4::Udp {
+                sport: 67,
+                dport: 68
+            },
+            CtState::Invalid
+        )
+        .reason,
+        Reason::Invalid
+    );
+}

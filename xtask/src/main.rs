@@ -27,7 +27,9 @@ fn main() -> ExitCode {
         Some("setup") => setup::run(),
         Some("test") => test::run(&args[1..]),
         Some("demo") => test::demo(),
-        Some("build-ebpf") => ebpf::build(&shell::root()).map(|o| println!("{}", o.display())).map_err(anyhow::Error::msg),
+        Some("build-ebpf") => ebpf::build(&shell::root())
+            .map(|o| println!("{}", o.display()))
+            .map_err(anyhow::Error::msg),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -184,6 +184,9 @@ pub fn build(policy: &Policy, interfaces: &[String], generation: u64) -> Ruleset
         }],
     });
     let mut inbound = Vec::new();
+    // Neighbour discovery comes before the invalid check: conntrack does not track ND and marks
+    // redirects (137) invalid, yet IPv6 needs all of 133-137 (see policy::model).
+    b.neighbour_discovery(policy, &mut inbound);
     let invalid = b.drop_chain(policy.mode, DropReason::Invalid, None);
     inbound.push(RuleDef {
         matches: vec![Match::CtState(CT_INVALID)],
@@ -283,20 +286,38 @@ impl Builder {
     }
 
     /// Implicit allowances, in the evaluator's order.
+    /// An accepting rule with its own counter, for an implicit allowance.
+    fn allow(&mut self, out: &mut Vec<RuleDef>, what: &str, matches: Vec<Match>) {
+        let counter = self.counter(
+            format!("implicit.{what}"),
+            format!("implicit {what} (accepted)"),
+        );
+        out.push(RuleDef {
+            matches,
+            counter: Some(counter),
+            verdict: Verdict::Accept,
+            comment: Some(format!("implicit: {what}")),
+        });
+    }
+
+    fn neighbour_discovery(&mut self, policy: &Policy, out: &mut Vec<RuleDef>) {
+        if policy.implicit.neighbour_discovery {
+            let nd = self.set(
+                ND_SET.into(),
+                SetKind::Icmpv6Type,
+                ICMPV6_ND_TYPES.map(Elem::Icmp).collect(),
+            );
+            self.allow(
+                out,
+                "neighbour-discovery",
+                vec![Match::IcmpTypeIn(Family::V6, nd)],
+            );
+        }
+    }
+
     fn implicit(&mut self, policy: &Policy, out: &mut Vec<RuleDef>) {
         let imp = policy.implicit;
-        let mut allow = |b: &mut Self, what: &str, matches: Vec<Match>| {
-            let counter = b.counter(
-                format!("implicit.{what}"),
-                format!("implicit {what} (accepted)"),
-            );
-            out.push(RuleDef {
-                matches,
-                counter: Some(counter),
-                verdict: Verdict::Accept,
-                comment: Some(format!("implicit: {what}")),
-            });
-        };
+        let mut allow = |b: &mut Self, what: &str, matches: Vec<Match>| b.allow(out, what, matches);
         if imp.established {
             allow(self, "established", vec![Match::CtState(CT_ESTABLISHED)]);
             // Related ICMP is the `icmp-errors` allowance's business; every other related flow
@@ -339,18 +360,6 @@ impl Builder {
                     Match::CtState(CT_RELATED),
                     Match::IcmpTypeIn(Family::V6, v6),
                 ],
-            );
-        }
-        if imp.neighbour_discovery {
-            let nd = self.set(
-                ND_SET.into(),
-                SetKind::Icmpv6Type,
-                ICMPV6_ND_TYPES.map(Elem::Icmp).collect(),
-            );
-            allow(
-                self,
-                "neighbour-discovery",
-                vec![Match::IcmpTypeIn(Family::V6, nd)],
             );
         }
         if imp.dhcp_client {
