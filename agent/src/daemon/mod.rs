@@ -1,0 +1,1 @@
+//! The `nodewall run` daemon.
