@@ -270,7 +270,8 @@ impl Control {
                 policy.interfaces = ifaces;
                 let metrics = self.cx.metrics.clone();
                 let p = policy.clone();
-                self.cx.worker
+                self.cx
+                    .worker
                     .call(move |b| {
                         // Read counters on both sides of the apply: a reset by the apply is
                         // then seen as one (see `Metrics::observe_counters`).
@@ -302,7 +303,8 @@ impl Control {
                     rules_changed = %List(&diff.changed),
                     "policy applied"
                 );
-                self.cx.metrics
+                self.cx
+                    .metrics
                     .apply_succeeded(report.generation, report.duration);
                 self.cx.health.set_ready();
                 self.save_snapshot();
@@ -342,7 +344,9 @@ impl Control {
 
     pub async fn shutdown(&mut self, flush: bool) {
         if !flush {
-            tracing::info!("exiting; the policy stays installed (use --flush-on-exit to remove it)");
+            tracing::info!(
+                "exiting; the policy stays installed (use --flush-on-exit to remove it)"
+            );
             return;
         }
         match self.cx.worker.call(|b| b.flush()).await.and_then(|r| r) {

@@ -16,7 +16,10 @@ pub struct PolicyDiff {
 impl PolicyDiff {
     pub fn between(old: Option<&Policy>, new: &Policy) -> Self {
         let index = |p: &'_ Policy| -> BTreeMap<String, Rule> {
-            p.rules.iter().map(|r| (r.name.clone(), r.clone())).collect()
+            p.rules
+                .iter()
+                .map(|r| (r.name.clone(), r.clone()))
+                .collect()
         };
         let old = old.map(index).unwrap_or_default();
         let new = index(new);

@@ -130,8 +130,15 @@ fn parse_head(head: &str) -> Option<Request> {
     })
 }
 
-async fn respond(stream: &mut TcpStream, code: u16, ctype: &str, body: &str) -> std::io::Result<()> {
-    stream.write_all(head(code, ctype, body.len()).as_bytes()).await?;
+async fn respond(
+    stream: &mut TcpStream,
+    code: u16,
+    ctype: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    stream
+        .write_all(head(code, ctype, body.len()).as_bytes())
+        .await?;
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await
 }
@@ -155,7 +162,10 @@ mod tests {
     fn parses_a_prometheus_scrape_head() {
         let r = parse_head("GET /metrics HTTP/1.1\r\nHost: x\r\nACCEPT: application/openmetrics-text;version=1.0.0\r\n\r\n").unwrap();
         assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/metrics"));
-        assert_eq!(r.accept.as_deref(), Some("application/openmetrics-text;version=1.0.0"));
+        assert_eq!(
+            r.accept.as_deref(),
+            Some("application/openmetrics-text;version=1.0.0")
+        );
         assert!(parse_head("garbage\r\n\r\n").is_none());
     }
 }

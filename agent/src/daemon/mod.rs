@@ -3,13 +3,16 @@
 //! Layout: [`lock`] (one agent per node), [`source`] (file -> desired policy), [`watch`]
 //! (inotify), [`worker`] (the backend on its own thread), `control` (the loop that applies,
 //! reloads and repairs drift), `http` (metrics and probes), [`state`] (files under the state
-//! directory, shared with `apply --confirm`).
+//! directory, shared with `apply --confirm`), [`confirm`] (commit-confirmed rollback) and
+//! [`lockout`] (the SSH session check of `apply`).
 
+pub mod confirm;
 mod control;
 mod diff;
 mod health;
 mod http;
 pub mod lock;
+pub mod lockout;
 pub mod source;
 pub mod state;
 pub mod watch;

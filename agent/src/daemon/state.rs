@@ -5,7 +5,8 @@
 //! - `lock`: see [`super::lock`];
 //! - `applied.json`: the config last installed and confirmed, which a confirmed apply rolls back
 //!   to;
-//! - `pending.json`: an `apply --confirm` waiting for `nodewall confirm`.
+//! - `pending.json`: an `apply --confirm` waiting for `nodewall confirm` (see [`super::confirm`]);
+//! - `last-rollback.json`: the last unconfirmed apply that was rolled back.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,8 +31,6 @@ pub struct Snapshot {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pending {
     pub deadline_unix: u64,
-    /// The process that rolls back at the deadline.
-    pub watchdog_pid: u32,
     /// What was installed before; `None` when nothing was, and rollback means flush.
     pub previous: Option<Snapshot>,
     pub new: Snapshot,
@@ -56,34 +55,51 @@ impl StateDir {
     }
 
     pub fn applied(&self) -> anyhow::Result<Option<Snapshot>> {
-        read_json(&self.root.join("applied.json"))
+        read_json(&self.file(APPLIED))
     }
 
     pub fn save_applied(&self, snapshot: &Snapshot) -> anyhow::Result<()> {
-        write_json(&self.root.join("applied.json"), snapshot)
-    }
-
-    pub fn pending(&self) -> anyhow::Result<Option<Pending>> {
-        read_json(&self.pending_path())
+        write_json(&self.file(APPLIED), snapshot)
     }
 
     pub fn save_pending(&self, pending: &Pending) -> anyhow::Result<()> {
-        write_json(&self.pending_path(), pending)
+        write_json(&self.file(PENDING), pending)
     }
 
-    /// Removes the pending record; returns whether there was one.
-    pub fn clear_pending(&self) -> anyhow::Result<bool> {
-        match std::fs::remove_file(self.pending_path()) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(anyhow::anyhow!("{}: {e}", self.pending_path().display())),
+    pub fn pending(&self) -> anyhow::Result<Option<Pending>> {
+        read_json(&self.file(PENDING))
+    }
+
+    /// Atomically takes the pending record away (renaming it to `to`), so that of `confirm`
+    /// and the rollback watchdog exactly one wins. `None` if there was none.
+    pub fn claim_pending(&self, to: &str) -> anyhow::Result<Option<Pending>> {
+        let claimed = self.file(to);
+        match std::fs::rename(self.file(PENDING), &claimed) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => anyhow::bail!("{}: {e}", self.file(PENDING).display()),
         }
+        let pending = read_json(&claimed)?;
+        let _ = std::fs::remove_file(&claimed);
+        Ok(pending)
     }
 
-    pub fn pending_path(&self) -> PathBuf {
-        self.root.join("pending.json")
+    pub fn save_last_rollback(&self, pending: &Pending) -> anyhow::Result<()> {
+        write_json(&self.file(LAST_ROLLBACK), pending)
+    }
+
+    pub fn last_rollback(&self) -> anyhow::Result<Option<Pending>> {
+        read_json(&self.file(LAST_ROLLBACK))
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.root.join(name)
     }
 }
+
+const APPLIED: &str = "applied.json";
+const PENDING: &str = "pending.json";
+const LAST_ROLLBACK: &str = "last-rollback.json";
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Option<T>> {
     match std::fs::read(path) {

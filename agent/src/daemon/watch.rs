@@ -119,9 +119,7 @@ impl ConfigWatcher {
             let mut buf = [0u8; 4096];
             let read = guard.try_io(|fd| {
                 // SAFETY: reading into a local buffer of the given length.
-                let n = unsafe {
-                    libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
-                };
+                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
                 if n < 0 {
                     Err(std::io::Error::last_os_error())
                 } else {

@@ -136,13 +136,21 @@ impl Backend for FakeBackend {
 pub fn parse(text: &str, path: &std::path::Path) -> Result<Desired, String> {
     let mut rules = Vec::new();
     let mut backend = BackendKind::Nft;
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let err = |m: &str| format!("{}:{}:1: rules[{i}]: {m}", path.display(), i + 1);
         let mut words = line.split_whitespace();
         let name = words.next().unwrap();
         let value = words.next().ok_or_else(|| err("missing port"))?;
         if name == "backend" {
-            backend = if value == "xdp" { BackendKind::Xdp } else { BackendKind::Nft };
+            backend = if value == "xdp" {
+                BackendKind::Xdp
+            } else {
+                BackendKind::Nft
+            };
             continue;
         }
         let port: u16 = value.parse().map_err(|_| err("port must be 1-65535"))?;

@@ -2,7 +2,7 @@
 //! drift repair, retries, the lock, probes and metrics. Kernel behaviour is tested with real
 //! namespaces in `tests/tests/daemon_*.rs`.
 
-mod fake;
+pub(super) mod fake;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -90,6 +90,18 @@ impl Harness {
         sample(&body, name).unwrap_or_else(|| panic!("no {name} in\n{body}"))
     }
 
+    /// Waits (up to 2 s) for a metric to reach `want`, and returns its last value.
+    async fn metric_reaches(&self, name: &str, want: f64) -> f64 {
+        let deadline = Instant::now() + 2 * SECOND;
+        loop {
+            let v = self.metric(name).await;
+            if v >= want || Instant::now() > deadline {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn stop(self) -> FakeKernel {
         self.handle.send(Event::Shutdown);
         tokio::time::timeout(Duration::from_secs(5), self.task)
@@ -168,7 +180,10 @@ async fn adopts_a_previous_runs_policy_without_a_gap() {
     // The new run replaces the old policy in one apply: never flushed in between.
     let (applies, generation) = k.with(|k| (k.applies, k.generation));
     let second = Harness::start_with("adopt", "ssh 22\n", false, k.clone()).await;
-    assert_eq!(k.with(|k| (k.applies, k.generation)), (applies + 1, generation));
+    assert_eq!(
+        k.with(|k| (k.applies, k.generation)),
+        (applies + 1, generation)
+    );
     second.stop().await;
 }
 
@@ -185,7 +200,9 @@ async fn reloads_when_the_file_is_replaced() {
     let h = Harness::start("reload", "ssh 22\n").await;
     h.write_config("ssh 22\nweb 443\n");
     assert!(
-        eventually(2 * SECOND, || h.kernel.rule_names() == names(&["ssh", "web"])).await,
+        eventually(2 * SECOND, || h.kernel.rule_names()
+            == names(&["ssh", "web"]))
+        .await,
         "new policy applied after the file changed"
     );
     assert_eq!(h.metric("nodewall_policy_generation").await, 2.0);
@@ -220,7 +237,9 @@ async fn reloads_on_a_configmap_symlink_swap() {
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
     std::fs::remove_dir_all(&v1).unwrap();
     assert!(
-        eventually(2 * SECOND, || kernel.rule_names() == names(&["ssh", "kubelet"])).await,
+        eventually(2 * SECOND, || kernel.rule_names()
+            == names(&["ssh", "kubelet"]))
+        .await,
         "swap seen"
     );
     // And a second swap, now that the target directory changed.
@@ -244,11 +263,7 @@ async fn an_invalid_config_is_rejected_and_the_running_policy_stays() {
     let h = Harness::start("invalid", "ssh 22\n").await;
     h.write_config("ssh 22\nweb eighty\n");
     let errors = "nodewall_config_reload_errors_total";
-    let deadline = Instant::now() + 2 * SECOND;
-    while h.metric(errors).await < 1.0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(h.metric(errors).await, 1.0);
+    assert_eq!(h.metric_reaches(errors, 1.0).await, 1.0);
     assert_eq!(h.kernel.rule_names(), names(&["ssh"]));
     // Touching the same bad file again is not a new error.
     h.write_config("ssh 22\nweb eighty\n");
@@ -257,7 +272,11 @@ async fn an_invalid_config_is_rejected_and_the_running_policy_stays() {
     assert_eq!(h.get("/readyz").await.0, 200);
     // Fixing it applies.
     h.write_config("ssh 22\nweb 80\n");
-    assert!(eventually(2 * SECOND, || h.kernel.rule_names() == names(&["ssh", "web"])).await);
+    assert!(
+        eventually(2 * SECOND, || h.kernel.rule_names()
+            == names(&["ssh", "web"]))
+        .await
+    );
     h.stop().await;
 }
 
@@ -265,11 +284,11 @@ async fn an_invalid_config_is_rejected_and_the_running_policy_stays() {
 async fn a_backend_change_needs_a_restart() {
     let h = Harness::start("backend-change", "ssh 22\n").await;
     h.write_config("backend xdp\nssh 22\nweb 80\n");
-    let deadline = Instant::now() + 2 * SECOND;
-    while h.metric("nodewall_config_reload_errors_total").await < 1.0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(h.metric("nodewall_config_reload_errors_total").await, 1.0);
+    assert_eq!(
+        h.metric_reaches("nodewall_config_reload_errors_total", 1.0)
+            .await,
+        1.0
+    );
     assert_eq!(h.kernel.rule_names(), names(&["ssh"]));
     h.stop().await;
 }
@@ -296,8 +315,15 @@ async fn drift_is_repaired_and_counted() {
     h.kernel.with(|k| {
         k.installed.as_mut().unwrap().rules.pop();
     });
-    assert!(eventually(2 * SECOND, || h.kernel.rule_names() == names(&["ssh", "web"])).await);
-    assert_eq!(h.metric("nodewall_drift_repairs_total").await, 2.0);
+    assert!(
+        eventually(2 * SECOND, || h.kernel.rule_names()
+            == names(&["ssh", "web"]))
+        .await
+    );
+    assert_eq!(
+        h.metric_reaches("nodewall_drift_repairs_total", 2.0).await,
+        2.0
+    );
     h.stop().await;
 }
 
@@ -306,11 +332,18 @@ async fn a_failed_apply_is_retried_and_counted() {
     let kernel = FakeKernel::default();
     kernel.with(|k| k.fail_applies = 2);
     let h = Harness::start_with("retry", "ssh 22\n", false, kernel).await;
-    assert_eq!(h.get("/readyz").await.0, 503, "not ready before an apply succeeded");
+    assert_eq!(
+        h.get("/readyz").await.0,
+        503,
+        "not ready before an apply succeeded"
+    );
     // Retries after 1 s then 2 s.
     assert!(eventually(5 * SECOND, || h.kernel.rule_names().is_some()).await);
     assert_eq!(h.get("/readyz").await.0, 200);
-    assert_eq!(h.metric("nodewall_apply_errors_total").await, 2.0);
+    assert_eq!(
+        h.metric_reaches("nodewall_apply_errors_total", 2.0).await,
+        2.0
+    );
     assert_eq!(h.metric("nodewall_apply_duration_seconds_count").await, 3.0);
     h.stop().await;
 }
@@ -340,7 +373,11 @@ async fn a_second_agent_is_refused_by_the_lock() {
         .expect("second agent refused");
     assert_eq!(err.exit_code(), 1);
     assert!(err.to_string().contains("another nodewall (pid"), "{err}");
-    assert_eq!(other.with(|k| k.applies), 0, "the refused agent touched nothing");
+    assert_eq!(
+        other.with(|k| k.applies),
+        0,
+        "the refused agent touched nothing"
+    );
     h.stop().await;
 }
 
@@ -355,7 +392,11 @@ async fn an_invalid_config_at_start_exits_2_and_applies_nothing() {
         .err()
         .unwrap();
     assert_eq!(err.exit_code(), 2);
-    assert!(err.to_string().contains("config.yaml:1:1: rules[0]: port must be"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("config.yaml:1:1: rules[0]: port must be"),
+        "{err}"
+    );
     assert_eq!(kernel.with(|k| k.applies), 0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
