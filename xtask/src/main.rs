@@ -1,1 +1,42 @@
-fn main() {}
+//! `cargo xtask <task>`: the project's entry points, so a newcomer needs no other instructions.
+//!
+//! - `setup`: install what building and testing need (idempotent; apt, rustup, cargo install).
+//! - `test`:  setup, then every test (unit, property, netns integration, deploy checks).
+//! - `demo`:  setup, then the sandbox demo in network namespaces.
+
+mod setup;
+mod shell;
+mod test;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: cargo xtask <setup|test|demo> [args]
+
+  setup   install the system packages and toolchains nodewall needs (idempotent)
+  test    setup, build, then run every test (needs root for the netns suites; CI=true makes a
+          missing prerequisite a failure instead of a skip)
+  demo    setup, build, then run the sandbox demo in throwaway network namespaces";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup::run(),
+        Some("test") => test::run(&args[1..]),
+        Some("demo") => test::demo(),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
