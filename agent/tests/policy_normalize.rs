@@ -126,14 +126,23 @@ proptest! {
 #[test]
 fn whole_address_spaces_split_into_one_prefix_each() {
     let set = AddrSet::any();
-    assert_eq!(set.v4_prefixes(), vec!["0.0.0.0/0".parse::<Ipv4Net>().unwrap()]);
+    assert_eq!(
+        set.v4_prefixes(),
+        vec!["0.0.0.0/0".parse::<Ipv4Net>().unwrap()]
+    );
     assert_eq!(set.v6_prefixes(), vec!["::/0".parse::<Ipv6Net>().unwrap()]);
 }
 
 #[test]
 fn adjacent_prefixes_merge_into_one_range() {
-    let nets: Vec<IpNet> = ["10.0.0.0/25", "10.0.0.128/25", "10.0.1.0/24"].iter().map(|s| s.parse().unwrap()).collect();
+    let nets: Vec<IpNet> = ["10.0.0.0/25", "10.0.0.128/25", "10.0.1.0/24"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
     let set = AddrSet::from_nets(&nets);
     assert_eq!(set.v4_ranges().len(), 1);
-    assert_eq!(set.v4_prefixes(), vec!["10.0.0.0/23".parse::<Ipv4Net>().unwrap()]);
+    assert_eq!(
+        set.v4_prefixes(),
+        vec!["10.0.0.0/23".parse::<Ipv4Net>().unwrap()]
+    );
 }

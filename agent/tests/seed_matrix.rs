@@ -37,53 +37,114 @@ const NODEPORTS: &[(u16, u16)] = &[(30000, 32768)];
 const ANY_SRC: &[Src] = &[Cluster, Container, ControlPlane, Outside];
 
 fn seed_tables() -> Vec<(&'static str, Vec<Cell>)> {
-    let api7: &[(u16, u16)] = &[(60001, 60001), (60002, 60002), (10250, 10250), (2380, 2380), (2379, 2379), (53, 53), (17443, 17443)];
+    let api7: &[(u16, u16)] = &[
+        (60001, 60001),
+        (60002, 60002),
+        (10250, 10250),
+        (2380, 2380),
+        (2379, 2379),
+        (53, 53),
+        (17443, 17443),
+    ];
     let api10: &[(u16, u16)] = &[
-        (60001, 60001), (60002, 60002), (10250, 10250), (2380, 2380), (2379, 2379), (53, 53), (17443, 17443),
-        (50055, 50055), (443, 443), (61678, 61678),
+        (60001, 60001),
+        (60002, 60002),
+        (10250, 10250),
+        (2380, 2380),
+        (2379, 2379),
+        (53, 53),
+        (17443, 17443),
+        (50055, 50055),
+        (443, 443),
+        (61678, 61678),
     ];
     vec![
         // 002 "Default security group rules for node": container all, cluster all, tcp/udp
         // 30000-32768 from 0.0.0.0/0, ICMP from 0.0.0.0/0.
-        ("tke-node", vec![
-            Cell(&[Container], P::All, &[]),
-            Cell(&[Cluster], P::All, &[]),
-            Cell(ANY_SRC, P::Tcp, NODEPORTS),
-            Cell(ANY_SRC, P::Udp, NODEPORTS),
-            Cell(ANY_SRC, P::Icmp, &[]),
-        ]),
+        (
+            "tke-node",
+            vec![
+                Cell(&[Container], P::All, &[]),
+                Cell(&[Cluster], P::All, &[]),
+                Cell(ANY_SRC, P::Tcp, NODEPORTS),
+                Cell(ANY_SRC, P::Udp, NODEPORTS),
+                Cell(ANY_SRC, P::Icmp, &[]),
+            ],
+        ),
         // 002 "master node in self-deployed cluster".
-        ("tke-master", vec![
-            Cell(ANY_SRC, P::Icmp, &[]),
-            Cell(&[Cluster], P::Tcp, NODEPORTS),
-            Cell(&[Cluster], P::Udp, NODEPORTS),
-            Cell(&[Cluster], P::Tcp, api10),
-            Cell(&[Container], P::Tcp, api7),
-            Cell(&[Container], P::Tcp, NODEPORTS),
-            Cell(&[Container], P::Udp, NODEPORTS),
-            Cell(&[Container], P::Udp, &[(53, 53)]),
-            Cell(&[Cluster], P::Udp, &[(53, 53)]),
-        ]),
+        (
+            "tke-master",
+            vec![
+                Cell(ANY_SRC, P::Icmp, &[]),
+                Cell(&[Cluster], P::Tcp, NODEPORTS),
+                Cell(&[Cluster], P::Udp, NODEPORTS),
+                Cell(&[Cluster], P::Tcp, api10),
+                Cell(&[Container], P::Tcp, api7),
+                Cell(&[Container], P::Tcp, NODEPORTS),
+                Cell(&[Container], P::Udp, NODEPORTS),
+                Cell(&[Container], P::Udp, &[(53, 53)]),
+                Cell(&[Cluster], P::Udp, &[(53, 53)]),
+            ],
+        ),
         // 003 cluster security group, recommended inbound: all from itself.
-        ("eks-cluster", vec![Cell(&[Cluster, ControlPlane], P::All, &[])]),
+        (
+            "eks-cluster",
+            vec![Cell(&[Cluster, ControlPlane], P::All, &[])],
+        ),
         // 003 restricted: TCP 443 and TCP 10250 from the cluster security group.
-        ("eks-cluster-restricted", vec![Cell(&[Cluster, ControlPlane], P::Tcp, &[(443, 443), (10250, 10250)])]),
+        (
+            "eks-cluster-restricted",
+            vec![Cell(
+                &[Cluster, ControlPlane],
+                P::Tcp,
+                &[(443, 443), (10250, 10250)],
+            )],
+        ),
         // 003 node SG minimum: node-to-node (operator's protocols, read as all), TCP 10250 from CP.
-        ("eks-node", vec![Cell(&[Cluster], P::All, &[]), Cell(&[ControlPlane], P::Tcp, &[(10250, 10250)])]),
+        (
+            "eks-node",
+            vec![
+                Cell(&[Cluster], P::All, &[]),
+                Cell(&[ControlPlane], P::Tcp, &[(10250, 10250)]),
+            ],
+        ),
         // 003 node SG recommended: all from nodes, TCP 443 + 1025-65535 from CP.
-        ("eks-node-recommended", vec![
-            Cell(&[Cluster], P::All, &[]),
-            Cell(&[ControlPlane], P::Tcp, &[(443, 443), (1025, 65535)]),
-        ]),
+        (
+            "eks-node-recommended",
+            vec![
+                Cell(&[Cluster], P::All, &[]),
+                Cell(&[ControlPlane], P::Tcp, &[(443, 443), (1025, 65535)]),
+            ],
+        ),
         // 003 control-plane SG: TCP 443 from all node SGs.
-        ("eks-control-plane", vec![Cell(&[Cluster], P::Tcp, &[(443, 443)])]),
+        (
+            "eks-control-plane",
+            vec![Cell(&[Cluster], P::Tcp, &[(443, 443)])],
+        ),
         // 004 minimal: TCP 443,10250 from the cluster SG (+ node-to-node protocols).
-        ("ack-node", vec![Cell(&[Cluster, ControlPlane], P::Tcp, &[(443, 443), (10250, 10250)]), Cell(&[Cluster], P::All, &[])]),
+        (
+            "ack-node",
+            vec![
+                Cell(
+                    &[Cluster, ControlPlane],
+                    P::Tcp,
+                    &[(443, 443), (10250, 10250)],
+                ),
+                Cell(&[Cluster], P::All, &[]),
+            ],
+        ),
         // 004 recommended: ALL and TCP 443,1025-65535 from the cluster SG.
-        ("ack-node-recommended", vec![
-            Cell(&[Cluster, ControlPlane], P::All, &[]),
-            Cell(&[Cluster, ControlPlane], P::Tcp, &[(443, 443), (1025, 65535)]),
-        ]),
+        (
+            "ack-node-recommended",
+            vec![
+                Cell(&[Cluster, ControlPlane], P::All, &[]),
+                Cell(
+                    &[Cluster, ControlPlane],
+                    P::Tcp,
+                    &[(443, 443), (1025, 65535)],
+                ),
+            ],
+        ),
     ]
 }
 
@@ -93,9 +154,18 @@ fn net(s: &str) -> IpNet {
 
 fn networks() -> BTreeMap<String, Vec<IpNet>> {
     BTreeMap::from([
-        ("cluster".to_string(), vec![net("10.0.0.0/16"), net("fd00:aa::/64")]),
-        ("container".to_string(), vec![net("172.16.0.0/16"), net("fd00:bb::/64")]),
-        ("control-plane".to_string(), vec![net("10.1.0.10/32"), net("fd00:cc::10/128")]),
+        (
+            "cluster".to_string(),
+            vec![net("10.0.0.0/16"), net("fd00:aa::/64")],
+        ),
+        (
+            "container".to_string(),
+            vec![net("172.16.0.0/16"), net("fd00:bb::/64")],
+        ),
+        (
+            "control-plane".to_string(),
+            vec![net("10.1.0.10/32"), net("fd00:cc::10/128")],
+        ),
     ])
 }
 
@@ -127,7 +197,8 @@ fn expected(cells: &[Cell], src: Src, proto: P, port: Option<u16>) -> bool {
     cells.iter().any(|Cell(srcs, p, ports)| {
         srcs.contains(&src)
             && (*p == P::All || *p == proto)
-            && (ports.is_empty() || port.is_some_and(|x| ports.iter().any(|&(a, b)| a <= x && x <= b)))
+            && (ports.is_empty()
+                || port.is_some_and(|x| ports.iter().any(|&(a, b)| a <= x && x <= b)))
     })
 }
 
@@ -148,21 +219,57 @@ fn every_profile_gives_its_seed_tables_verdicts() {
             for addr in sources(src) {
                 let mut probes: Vec<(P, L4, Option<u16>)> = Vec::new();
                 for &port in &ports {
-                    probes.push((P::Tcp, L4::Tcp { sport: 40000, dport: port }, Some(port)));
-                    probes.push((P::Udp, L4::Udp { sport: 40000, dport: port }, Some(port)));
+                    probes.push((
+                        P::Tcp,
+                        L4::Tcp {
+                            sport: 40000,
+                            dport: port,
+                        },
+                        Some(port),
+                    ));
+                    probes.push((
+                        P::Udp,
+                        L4::Udp {
+                            sport: 40000,
+                            dport: port,
+                        },
+                        Some(port),
+                    ));
                 }
                 let echo = if addr.is_ipv6() { 128 } else { 8 };
-                probes.push((P::Icmp, L4::Icmp { icmp_type: echo, code: 0 }, None));
+                probes.push((
+                    P::Icmp,
+                    L4::Icmp {
+                        icmp_type: echo,
+                        code: 0,
+                    },
+                    None,
+                ));
                 // Another IP protocol (GRE) is allowed only by "all" cells.
                 probes.push((P::All, L4::Other { number: 47 }, None));
                 for (p, l4, port) in probes {
-                    let pkt = Packet { src: addr, l4, ct: CtState::New };
+                    let pkt = Packet {
+                        src: addr,
+                        l4,
+                        ct: CtState::New,
+                    };
                     let v = policy::evaluate(&policy, &pkt);
-                    let want = if p == P::All { cells.iter().any(|c| c.0.contains(&src) && c.1 == P::All) } else { expected(&cells, src, p, port) };
-                    assert_eq!(v.action == Action::Allow, want, "{profile}: {src:?} {addr} {l4:?} -> {v:?}");
+                    let want = if p == P::All {
+                        cells.iter().any(|c| c.0.contains(&src) && c.1 == P::All)
+                    } else {
+                        expected(&cells, src, p, port)
+                    };
+                    assert_eq!(
+                        v.action == Action::Allow,
+                        want,
+                        "{profile}: {src:?} {addr} {l4:?} -> {v:?}"
+                    );
                     if want {
                         let rule = &policy.rules[v.rule.expect("allowed by a rule")];
-                        assert!(matches!(&rule.origin, Origin::Profile { profile: p, .. } if p == profile), "{rule:?}");
+                        assert!(
+                            matches!(&rule.origin, Origin::Profile { profile: p, .. } if p == profile),
+                            "{rule:?}"
+                        );
                     } else {
                         assert_eq!(v.reason, Reason::DefaultDeny, "{profile}: {addr} {l4:?}");
                     }
@@ -177,14 +284,29 @@ fn every_profile_gives_its_seed_tables_verdicts() {
 #[test]
 fn verdicts_name_the_seed_row() {
     let policy = policy::compile(&config("tke-master")).unwrap();
-    let pkt = Packet { src: "10.0.3.4".parse().unwrap(), l4: L4::Tcp { sport: 1, dport: 61678 }, ct: CtState::New };
+    let pkt = Packet {
+        src: "10.0.3.4".parse().unwrap(),
+        l4: L4::Tcp {
+            sport: 1,
+            dport: 61678,
+        },
+        ct: CtState::New,
+    };
     let v = policy::evaluate(&policy, &pkt);
     let rule = &policy.rules[v.rule.unwrap()];
     assert_eq!(rule.name, "tke-master/apiserver-cluster");
-    let Origin::Profile { provenance, .. } = &rule.origin else { panic!("{rule:?}") };
-    assert_eq!((provenance.seed, provenance.row), ("002_45cfe4d06b09d118.txt", 4));
+    let Origin::Profile { provenance, .. } = &rule.origin else {
+        panic!("{rule:?}")
+    };
+    assert_eq!(
+        (provenance.seed, provenance.row),
+        ("002_45cfe4d06b09d118.txt", 4)
+    );
     // The same port from the container network is not in row 5.
-    let pkt = Packet { src: "172.16.0.1".parse().unwrap(), ..pkt };
+    let pkt = Packet {
+        src: "172.16.0.1".parse().unwrap(),
+        ..pkt
+    };
     assert_eq!(policy::evaluate(&policy, &pkt).reason, Reason::DefaultDeny);
 }
 
@@ -195,11 +317,25 @@ fn default_failsafe_allows_ssh_first_and_empty_list_disables_it() {
     let policy = policy::compile(&cfg).unwrap();
     assert!(matches!(policy.rules[0].origin, Origin::Failsafe));
     for src in ["198.51.100.1", "2001:db8::1"] {
-        let pkt = Packet { src: src.parse().unwrap(), l4: L4::Tcp { sport: 5, dport: 22 }, ct: CtState::New };
+        let pkt = Packet {
+            src: src.parse().unwrap(),
+            l4: L4::Tcp {
+                sport: 5,
+                dport: 22,
+            },
+            ct: CtState::New,
+        };
         let v = policy::evaluate(&policy, &pkt);
         assert_eq!((v.action, v.rule), (Action::Allow, Some(0)), "{src}");
     }
     let policy = policy::compile(&config("eks-control-plane")).unwrap();
-    let pkt = Packet { src: "198.51.100.1".parse().unwrap(), l4: L4::Tcp { sport: 5, dport: 22 }, ct: CtState::New };
+    let pkt = Packet {
+        src: "198.51.100.1".parse().unwrap(),
+        l4: L4::Tcp {
+            sport: 5,
+            dport: 22,
+        },
+        ct: CtState::New,
+    };
     assert_eq!(policy::evaluate(&policy, &pkt).reason, Reason::DefaultDeny);
 }

@@ -13,6 +13,7 @@ mod health;
 mod http;
 pub mod lock;
 pub mod lockout;
+pub mod nflog;
 pub mod source;
 pub mod state;
 pub mod watch;
@@ -133,6 +134,9 @@ impl Daemon {
                 health: health.clone(),
             },
         ));
+        if worker.backend_name() == "nft" {
+            nflog::spawn_sampler(metrics.clone());
+        }
         let cx = Context {
             config: opts.config,
             parser,

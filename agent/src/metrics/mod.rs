@@ -6,6 +6,7 @@
 //! remembers the last raw value it saw and adds only what is new: the difference when the raw
 //! value grew, the whole raw value when it went down (a reset happened in between).
 
+pub mod drops;
 mod reset;
 mod text;
 
