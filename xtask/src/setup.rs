@@ -10,9 +10,21 @@ use crate::shell::{output, run as sh, succeeds};
 /// the tests drive (nft, socat, bpftool, iproute2, ping, python3 for probes), Prometheus for the
 /// scrape test and promtool.
 pub const APT_PACKAGES: &[&str] = &[
-    "llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev", "libnftnl-dev", "libmnl-dev",
-    "pkg-config", "nftables", "socat", "bpftool", "iproute2", "iputils-ping", "python3",
-    "prometheus", "systemd",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    "libnftnl-dev",
+    "libmnl-dev",
+    "pkg-config",
+    "nftables",
+    "socat",
+    "bpftool",
+    "iproute2",
+    "iputils-ping",
+    "python3",
+    "prometheus",
+    "systemd",
 ];
 
 /// The eBPF program builds with this nightly; its LLVM (22) must equal bpf-linker's.
@@ -36,27 +48,54 @@ fn apt() -> anyhow::Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
         .copied()
-        .filter(|p| !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p])).contains("install ok installed"))
+        .filter(|p| {
+            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .contains("install ok installed")
+        })
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
     if !is_root() {
-        bail!("missing Debian packages {missing:?}: run as root, or `apt-get install -y {}`", missing.join(" "));
+        bail!(
+            "missing Debian packages {missing:?}: run as root, or `apt-get install -y {}`",
+            missing.join(" ")
+        );
     }
-    eprintln!("xtask setup: installing {} Debian package(s): {}", missing.len(), missing.join(" "));
+    eprintln!(
+        "xtask setup: installing {} Debian package(s): {}",
+        missing.len(),
+        missing.join(" ")
+    );
     sh(Command::new("apt-get").args(["update", "-qq"]))?;
-    sh(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+    sh(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 fn nightly() -> anyhow::Result<()> {
     let have = output(Command::new("rustup").args(["toolchain", "list"]));
-    let components = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", NIGHTLY]));
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        NIGHTLY,
+    ]));
     if have.lines().any(|l| l.starts_with(NIGHTLY)) && components.contains("rust-src") {
         return Ok(());
     }
     eprintln!("xtask setup: installing Rust {NIGHTLY} with rust-src (for the eBPF program)");
-    sh(Command::new("rustup").args(["toolchain", "install", NIGHTLY, "--profile", "minimal", "--component", "rust-src"]))
+    sh(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        NIGHTLY,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
@@ -64,9 +103,19 @@ fn bpf_linker() -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("xtask setup: building bpf-linker {BPF_LINKER} against LLVM 22 (about a minute)");
-    let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "/usr/lib/llvm-22/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
     sh(Command::new("cargo")
-        .args(["install", "--locked", &format!("bpf-linker@{BPF_LINKER}"), "--no-default-features", "--features", "llvm-22"])
+        .args([
+            "install",
+            "--locked",
+            &format!("bpf-linker@{BPF_LINKER}"),
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
         .env("PATH", path)
         .env("LLVM_PREFIX", "/usr/lib/llvm-22")
         .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"))

@@ -7,13 +7,18 @@ use anyhow::{bail, Context};
 
 /// The workspace root (xtask lives one level below it).
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is in the workspace")
+        .to_path_buf()
 }
 
 /// Runs a command, echoing it first; fails on a non-zero exit.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("+ {}", display(cmd));
-    let status = cmd.status().with_context(|| format!("starting {}", display(cmd)))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {}", display(cmd)))?;
     if !status.success() {
         bail!("{} failed ({status})", display(cmd));
     }
@@ -30,7 +35,9 @@ pub fn succeeds(cmd: &mut Command) -> bool {
 
 /// A command's stdout, or an empty string if it cannot run.
 pub fn output(cmd: &mut Command) -> String {
-    cmd.output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    cmd.output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 pub fn cargo() -> Command {

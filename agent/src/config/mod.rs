@@ -1,12 +1,17 @@
 //! The configuration file: typed model, YAML parsing with located errors, JSON Schema.
 
+mod document;
+mod fields;
 mod model;
+mod naming;
+mod networks;
 mod parse;
+mod rules;
+mod schema;
+mod suggest;
+mod walk;
+mod yaml;
 
 pub use model::*;
 pub use parse::{load, parse, ConfigError, ConfigErrors};
-
-/// JSON Schema of the config file. (Placeholder: being written.)
-pub fn json_schema() -> serde_json::Value {
-    serde_json::json!({})
-}
+pub use schema::json_schema;

@@ -1,9 +1,14 @@
 //! YAML -> [`Config`], collecting every error with its field path and `line:column`.
-//! (Placeholder: being written.)
+//!
+//! The work is split by responsibility: `yaml` builds a positioned tree, `walk` reads it with
+//! typed accessors that record errors instead of stopping, `fields` validates single values,
+//! `rules` and `document` the sections.
 
 use std::path::Path;
 
-use super::Config;
+use super::document::document;
+use super::walk::{Ctx, DOCUMENT};
+use super::{yaml, Config};
 
 /// One problem in a config file.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -57,6 +62,24 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 }
 
 /// Parses and validates config text; `file` is only used in messages.
-pub fn parse(_text: &str, _file: &str) -> Result<Config, ConfigErrors> {
-    todo!("config parsing is being written")
+/// On failure every error is returned, in document order.
+pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+    let mut ctx = Ctx::default();
+    let config = match yaml::load(text) {
+        Ok(root) => document(&mut ctx, &root),
+        Err(e) => {
+            ctx.error(DOCUMENT, e.pos, e.message);
+            None
+        }
+    };
+    // Sections are read in a fixed order (networks before the rules that use them); the
+    // stable sort restores document order and keeps same-position errors in check order.
+    ctx.errors.sort_by_key(|e| (e.line, e.column));
+    match config {
+        Some(config) if ctx.errors.is_empty() => Ok(config),
+        _ => Err(ConfigErrors {
+            file: file.to_string(),
+            errors: ctx.errors,
+        }),
+    }
 }

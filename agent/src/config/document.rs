@@ -1,0 +1,147 @@
+//! The top level of a config file: every section, defaults, and the checks that span
+//! sections (profile networks, unique rule names, "something to enforce").
+
+use std::collections::BTreeMap;
+
+use super::fields;
+use super::model::{BackendKind, Config, Implicit, Mode};
+use super::naming::{name_rules, valid};
+use super::networks::{network_names, networks, profile};
+use super::rules::{self, Section};
+use super::walk::{Ctx, DOCUMENT};
+use super::yaml::{Kind, Node, Pos};
+
+pub const TOP_KEYS: &[&str] = &[
+    "backend",
+    "mode",
+    "interfaces",
+    "profile",
+    "networks",
+    "rules",
+    "failsafe",
+    "implicit",
+];
+pub const BACKENDS: &[(&str, BackendKind)] = &[
+    ("nft", BackendKind::Nft),
+    ("xdp", BackendKind::Xdp),
+    ("auto", BackendKind::Auto),
+];
+pub const MODES: &[(&str, Mode)] = &[("enforce", Mode::Enforce), ("audit", Mode::Audit)];
+pub const IMPLICIT_KEYS: &[&str] = &[
+    "established",
+    "icmp-errors",
+    "neighbour-discovery",
+    "neighbor-discovery",
+    "dhcp-client",
+];
+
+/// Builds the config, recording every problem in `ctx`; `None` when there was any.
+pub fn document(ctx: &mut Ctx, root: &Node) -> Option<Config> {
+    if root.kind == Kind::Null {
+        ctx.error(DOCUMENT, root.pos, "the file is empty; expected a mapping with keys such as `profile`, `networks` and `rules`");
+        return None;
+    }
+    let f = ctx.map(root, "", Some(TOP_KEYS))?;
+    let backend = f.optional("backend", BackendKind::Nft, |n, p| {
+        ctx.choice(n, p, "backend", BACKENDS)
+    });
+    let mode = f.optional("mode", Mode::Enforce, |n, p| {
+        ctx.choice(n, p, "mode", MODES)
+    });
+    let interfaces = f.optional("interfaces", Vec::new(), |n, p| interfaces(ctx, n, p));
+    let networks = f.optional("networks", BTreeMap::new(), |n, p| networks(ctx, n, p));
+    let names = network_names(f.get("networks"));
+    let profile = f.optional("profile", None, |n, p| {
+        profile(ctx, n, p, names.as_deref()).map(Some)
+    });
+    let mut rules = f.optional("rules", Vec::new(), |n, p| {
+        rules::list(ctx, n, p, Section::Rules, names.as_deref())
+    });
+    // Absent: the default failsafe; `Some(None)`: present but not a list.
+    let mut failsafe = f
+        .get("failsafe")
+        .map(|n| rules::list(ctx, n, "failsafe", Section::Failsafe, names.as_deref()));
+    let implicit = f.optional("implicit", Implicit::default(), |n, p| implicit(ctx, n, p));
+
+    name_rules(
+        ctx,
+        rules.as_deref_mut().unwrap_or_default(),
+        failsafe
+            .as_mut()
+            .and_then(Option::as_deref_mut)
+            .unwrap_or_default(),
+    );
+
+    let config = Config {
+        backend: backend?,
+        mode: mode?,
+        interfaces: interfaces?,
+        profile: profile?,
+        networks: networks?,
+        rules: valid(rules)?,
+        failsafe: match failsafe {
+            None => Config::default_failsafe(),
+            Some(list) => valid(list)?,
+        },
+        implicit: implicit?,
+    };
+    ctx.errors.is_empty().then_some(config)
+}
+
+fn interfaces(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Vec<String>> {
+    let mut seen: Vec<(String, Pos)> = Vec::new();
+    let list = ctx.each(node, path, |ctx, item, p| {
+        let name = ctx.str(item, &p)?;
+        if let Err(e) = fields::interface_name(name) {
+            ctx.error(p, item.pos, e);
+            return None;
+        }
+        if let Some((_, first)) = seen.iter().find(|(n, _)| n == name) {
+            ctx.error(
+                p,
+                item.pos,
+                format!(
+                    "duplicate interface `{name}` (first listed at line {})",
+                    first.line
+                ),
+            );
+            return None;
+        }
+        seen.push((name.to_string(), item.pos));
+        Some(name.to_string())
+    });
+    list
+}
+
+fn implicit(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Implicit> {
+    let f = ctx.map(node, path, Some(IMPLICIT_KEYS))?;
+    let (british, american) = ("neighbour-discovery", "neighbor-discovery");
+    if let (Some(b), Some(a)) = (f.get(british), f.get(american)) {
+        let (key, later) = if a.pos > b.pos {
+            (american, a)
+        } else {
+            (british, b)
+        };
+        let message = format!("`{american}` is an alias of `{british}`; give only one");
+        ctx.error(f.path_of(key), later.pos, message);
+        return None;
+    }
+    let mut flag = |key: &str| match f.get(key) {
+        Some(n) => ctx.bool(n, &f.path_of(key)),
+        None => Some(true),
+    };
+    let established = flag("established");
+    let icmp_errors = flag("icmp-errors");
+    let nd = flag(if f.get(american).is_some() {
+        american
+    } else {
+        british
+    });
+    let dhcp_client = flag("dhcp-client");
+    Some(Implicit {
+        established: established?,
+        icmp_errors: icmp_errors?,
+        neighbour_discovery: nd?,
+        dhcp_client: dhcp_client?,
+    })
+}

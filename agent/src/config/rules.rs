@@ -1,0 +1,235 @@
+//! One entry of `rules` or `failsafe`.
+
+use super::fields;
+use super::model::{Action, PortRange, Protocol, RuleConfig, Source};
+use super::suggest::did_you_mean;
+use super::walk::{index, Ctx, Fields};
+use super::yaml::{Node, Pos};
+
+pub const RULE_KEYS: &[&str] = &["name", "action", "protocol", "ports", "from"];
+
+pub const ACTIONS: &[(&str, Action)] = &[("allow", Action::Allow), ("deny", Action::Deny)];
+pub const PROTOCOLS: &[(&str, Protocol)] = &[
+    ("tcp", Protocol::Tcp),
+    ("udp", Protocol::Udp),
+    ("icmp", Protocol::Icmp),
+    ("icmpv6", Protocol::Icmpv6),
+    ("all", Protocol::All),
+];
+
+/// `rules` entries need every field; `failsafe` entries may omit `name`, `action`, `from`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    Rules,
+    Failsafe,
+}
+
+/// One entry. `name` is its valid explicit name, kept even when another field is wrong so
+/// that duplicate names are still reported; `rule` is `None` when any field was wrong.
+/// A failsafe entry without a name is named later, once every explicit name is known.
+pub struct Parsed {
+    pub name: Option<(String, Pos)>,
+    pub rule: Option<RuleConfig>,
+    pub path: String,
+}
+
+/// The keys of `networks`, which `from` entries are checked against; `None` when `networks`
+/// itself is malformed, so that its error is not echoed by every rule that uses a name.
+pub type NetworkNames<'a> = Option<&'a [&'a str]>;
+
+pub fn rule(
+    ctx: &mut Ctx,
+    node: &Node,
+    path: &str,
+    section: Section,
+    networks: NetworkNames,
+) -> Parsed {
+    let Some(f) = ctx.map(node, path, Some(RULE_KEYS)) else {
+        return Parsed {
+            name: None,
+            rule: None,
+            path: path.to_string(),
+        };
+    };
+    // Called when `key` is absent: an error under `rules`, the default under `failsafe`.
+    let missing = |ctx: &mut Ctx, key: &str| match section {
+        Section::Rules => {
+            ctx.error(
+                f.path_of(key),
+                f.pos,
+                format!("missing required key `{key}`"),
+            );
+            None
+        }
+        Section::Failsafe => Some(()),
+    };
+
+    let name = match f.get("name") {
+        Some(n) => ctx
+            .str(n, &f.path_of("name"))
+            .and_then(|s| match fields::rule_name(s) {
+                Ok(()) => Some(Some((s.to_string(), n.pos))),
+                Err(e) => {
+                    ctx.error(f.path_of("name"), n.pos, e);
+                    None
+                }
+            }),
+        None => missing(ctx, "name").map(|()| None),
+    };
+    let action = match f.get("action") {
+        Some(n) => ctx.choice(n, &f.path_of("action"), "action", ACTIONS).and_then(|a| {
+            if section == Section::Failsafe && a == Action::Deny {
+                ctx.error(f.path_of("action"), n.pos, "failsafe entries can only `allow`: they are evaluated before every other rule; put deny rules under `rules`");
+                return None;
+            }
+            Some(a)
+        }),
+        None => missing(ctx, "action").map(|()| Action::Allow),
+    };
+    let protocol = match f.get("protocol") {
+        Some(n) => ctx.choice(n, &f.path_of("protocol"), "protocol", PROTOCOLS),
+        None => {
+            // Always required: a failsafe entry without a protocol is too easy to get wrong.
+            ctx.error(
+                f.path_of("protocol"),
+                f.pos,
+                "missing required key `protocol`",
+            );
+            None
+        }
+    };
+    let ports = ports(ctx, &f, protocol);
+    let from = match f.get("from") {
+        Some(n) => sources(ctx, n, &f.path_of("from"), networks),
+        None => missing(ctx, "from").map(|()| {
+            vec![
+                Source::Cidr("0.0.0.0/0".parse().unwrap()),
+                Source::Cidr("::/0".parse().unwrap()),
+            ]
+        }),
+    };
+
+    let rule = (|| {
+        Some(RuleConfig {
+            // Empty for an unnamed failsafe entry: named by the caller.
+            name: name.clone()?.map(|(n, _)| n).unwrap_or_default(),
+            action: action?,
+            protocol: protocol?,
+            ports: ports?,
+            from: from?,
+        })
+    })();
+    Parsed {
+        name: name.flatten(),
+        rule,
+        path: path.to_string(),
+    }
+}
+
+/// The entries of `rules` or `failsafe`; `None` when the section is not a list.
+pub fn list(
+    ctx: &mut Ctx,
+    node: &Node,
+    path: &str,
+    section: Section,
+    networks: NetworkNames,
+) -> Option<Vec<Parsed>> {
+    let items = ctx.seq(node, path)?;
+    Some(
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| rule(ctx, item, &index(path, i), section, networks))
+            .collect(),
+    )
+}
+
+/// `ports`: only for tcp/udp; absent means every port.
+fn ports(ctx: &mut Ctx, f: &Fields, protocol: Option<Protocol>) -> Option<Vec<PortRange>> {
+    let path = f.path_of("ports");
+    let Some(node) = f.get("ports") else {
+        return Some(Vec::new());
+    };
+    if let Some(p) = protocol.filter(|p| !p.has_ports()) {
+        let name = PROTOCOLS
+            .iter()
+            .find(|(_, v)| *v == p)
+            .map(|(n, _)| *n)
+            .unwrap_or_default();
+        ctx.error(
+            &path,
+            node.pos,
+            format!("ports only apply to tcp and udp; remove `ports` for protocol `{name}`"),
+        );
+        return None;
+    }
+    let items = ctx.seq(node, &path)?;
+    if items.is_empty() {
+        ctx.error(
+            &path,
+            node.pos,
+            "empty list; omit `ports` to match every port",
+        );
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        match fields::port_range(item) {
+            Ok(r) => out.push(r),
+            Err(e) => {
+                ctx.error(index(&path, i), item.pos, e);
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+/// `from`: CIDRs, bare addresses, or names of `networks` entries; never empty.
+pub fn sources(
+    ctx: &mut Ctx,
+    node: &Node,
+    path: &str,
+    networks: NetworkNames,
+) -> Option<Vec<Source>> {
+    let items = ctx.seq(node, path)?;
+    if items.is_empty() {
+        ctx.error(path, node.pos, "empty list: a rule must say where traffic comes from (use 0.0.0.0/0 and ::/0 for anywhere)");
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let p = index(path, i);
+        let Some(s) = ctx.str(item, &p) else {
+            ok = false;
+            continue;
+        };
+        match source(s, networks) {
+            Ok(src) => out.push(src),
+            Err(e) => {
+                ctx.error(p, item.pos, e);
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+fn source(s: &str, networks: NetworkNames) -> Result<Source, String> {
+    if fields::looks_like_address(s) {
+        return fields::cidr(s).map(Source::Cidr);
+    }
+    let networks = match networks {
+        Some(names) if !names.contains(&s) => names,
+        _ => return Ok(Source::Network(s.to_string())),
+    };
+    let hint = did_you_mean(s, networks);
+    let defined = if networks.is_empty() {
+        "no networks are defined; add it under `networks:` or write a CIDR".to_string()
+    } else {
+        format!("defined networks: {}", networks.join(", "))
+    };
+    Err(format!("unknown network `{s}`; {hint}{defined}"))
+}

@@ -1,0 +1,347 @@
+//! A small positioned YAML tree built from `saphyr-parser` events.
+//!
+//! Why not `saphyr::MarkedYaml`: its mappings are hash maps, so a duplicated key silently
+//! replaces the first one, and we want to report it. Here a mapping keeps every entry in
+//! document order, and each node carries the 1-based `line:column` where it starts.
+//! Scalars are resolved with the YAML 1.2 core schema (`saphyr::Scalar`), so `yes` is a
+//! string and `true` a boolean.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use saphyr::{Scalar, ScalarStyle, Tag};
+use saphyr_parser::{Event, Parser, Span};
+
+/// 1-based position of a node in the source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pos {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Pos {
+    fn of(span: Span) -> Self {
+        Self {
+            line: span.start.line(),
+            column: span.start.col() + 1,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kind {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Node>),
+    /// Entries in document order, duplicates kept.
+    Map(Vec<(Node, Node)>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub kind: Kind,
+    pub pos: Pos,
+}
+
+impl Node {
+    /// What the node is, for "expected X, found Y" messages.
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            Kind::Null => "nothing (null)".into(),
+            Kind::Bool(b) => format!("boolean {b}"),
+            Kind::Int(i) => format!("integer {i}"),
+            Kind::Float(f) => format!("number {f}"),
+            Kind::Str(s) => format!("string {s:?}"),
+            Kind::Seq(_) => "a list".into(),
+            Kind::Map(_) => "a mapping".into(),
+        }
+    }
+}
+
+/// A YAML syntax problem: the parser stops at the first one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyntaxError {
+    pub pos: Pos,
+    pub message: String,
+}
+
+/// Aliases are expanded by copying; this bounds the copies so that a "billion laughs"
+/// document fails fast instead of exhausting memory.
+const MAX_NODES: usize = 100_000;
+
+/// A collection being built; `size` counts the nodes of its subtree so far.
+enum Frame {
+    Seq {
+        pos: Pos,
+        anchor: usize,
+        size: usize,
+        items: Vec<Node>,
+    },
+    Map {
+        pos: Pos,
+        anchor: usize,
+        size: usize,
+        entries: Vec<(Node, Node)>,
+        key: Option<Node>,
+    },
+}
+
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    anchors: HashMap<usize, (Node, usize)>,
+    nodes: usize,
+    root: Option<Node>,
+}
+
+impl Builder {
+    /// Attaches a finished node to its parent (or makes it the document root). `size` is the
+    /// node count of its subtree, `new` how many of those were not counted yet.
+    fn finish(
+        &mut self,
+        node: Node,
+        anchor: usize,
+        size: usize,
+        new: usize,
+    ) -> Result<(), SyntaxError> {
+        self.nodes += new;
+        if self.nodes > MAX_NODES {
+            return Err(SyntaxError {
+                pos: node.pos,
+                message: format!(
+                    "document too large: more than {MAX_NODES} nodes after expanding aliases"
+                ),
+            });
+        }
+        if anchor != 0 {
+            self.anchors.insert(anchor, (node.clone(), size));
+        }
+        match self.stack.last_mut() {
+            None => self.root = Some(node),
+            Some(Frame::Seq {
+                items, size: total, ..
+            }) => {
+                *total += size;
+                items.push(node);
+            }
+            Some(Frame::Map {
+                entries,
+                key,
+                size: total,
+                ..
+            }) => {
+                *total += size;
+                match key.take() {
+                    None => *key = Some(node),
+                    Some(k) => entries.push((k, node)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn scalar(
+        &mut self,
+        text: Cow<'_, str>,
+        style: ScalarStyle,
+        anchor: usize,
+        tag: Option<Cow<'_, Tag>>,
+        pos: Pos,
+    ) -> Result<(), SyntaxError> {
+        let kind = match Scalar::parse_from_cow_and_metadata(text.clone(), style, tag.as_ref()) {
+            Some(Scalar::Null) => Kind::Null,
+            Some(Scalar::Boolean(b)) => Kind::Bool(b),
+            Some(Scalar::Integer(i)) => Kind::Int(i),
+            Some(Scalar::FloatingPoint(f)) => Kind::Float(f.into_inner()),
+            Some(Scalar::String(s)) => Kind::Str(s.into_owned()),
+            None => {
+                let tag = tag.map(|t| t.to_string()).unwrap_or_default();
+                return Err(SyntaxError {
+                    pos,
+                    message: format!("value {text:?} does not match its tag {tag}"),
+                });
+            }
+        };
+        self.finish(Node { kind, pos }, anchor, 1, 1)
+    }
+
+    fn event(&mut self, ev: Event<'_>, span: Span) -> Result<(), SyntaxError> {
+        let pos = Pos::of(span);
+        match ev {
+            Event::Scalar(text, style, anchor, tag) => {
+                self.scalar(text, style, anchor, tag, pos)?
+            }
+            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq {
+                pos,
+                anchor,
+                size: 1,
+                items: Vec::new(),
+            }),
+            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map {
+                pos,
+                anchor,
+                size: 1,
+                entries: Vec::new(),
+                key: None,
+            }),
+            Event::SequenceEnd | Event::MappingEnd => {
+                let (node, anchor, size) = match self.stack.pop() {
+                    Some(Frame::Seq {
+                        pos,
+                        anchor,
+                        size,
+                        items,
+                    }) => (
+                        Node {
+                            kind: Kind::Seq(items),
+                            pos,
+                        },
+                        anchor,
+                        size,
+                    ),
+                    Some(Frame::Map {
+                        pos,
+                        anchor,
+                        size,
+                        entries,
+                        ..
+                    }) => (
+                        Node {
+                            kind: Kind::Map(entries),
+                            pos,
+                        },
+                        anchor,
+                        size,
+                    ),
+                    None => unreachable!("the parser balances collection events"),
+                };
+                self.finish(node, anchor, size, 1)?;
+            }
+            Event::Alias(id) => {
+                // The parser rejects undefined aliases, so the anchor exists.
+                let (mut node, size) = self
+                    .anchors
+                    .get(&id)
+                    .cloned()
+                    .expect("alias of a known anchor");
+                node.pos = pos;
+                self.finish(node, 0, size, size)?;
+            }
+            Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => {}
+            Event::DocumentStart(_) => {
+                if self.root.is_some() {
+                    return Err(SyntaxError {
+                        pos,
+                        message: "only one YAML document is allowed in a config file".into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses one YAML document. An empty document is `Null` at 1:1.
+pub fn load(text: &str) -> Result<Node, SyntaxError> {
+    let mut builder = Builder::default();
+    for item in Parser::new_from_str(text) {
+        let (ev, span) = item.map_err(|e| SyntaxError {
+            pos: Pos {
+                line: e.marker().line(),
+                column: e.marker().col() + 1,
+            },
+            message: format!("YAML syntax error: {}", e.info()),
+        })?;
+        builder.event(ev, span)?;
+    }
+    Ok(builder.root.unwrap_or(Node {
+        kind: Kind::Null,
+        pos: Pos { line: 1, column: 1 },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(line: usize, column: usize) -> Pos {
+        Pos { line, column }
+    }
+
+    #[test]
+    fn positions_and_types() {
+        let doc = load("a: 1\nb:\n  - \"x\"\n  - yes\n  - true\n").unwrap();
+        let Kind::Map(entries) = &doc.kind else {
+            panic!("{doc:?}")
+        };
+        assert_eq!(entries[0].0.pos, at(1, 1));
+        assert_eq!(
+            entries[0].1,
+            Node {
+                kind: Kind::Int(1),
+                pos: at(1, 4)
+            }
+        );
+        let Kind::Seq(items) = &entries[1].1.kind else {
+            panic!()
+        };
+        assert_eq!(
+            items[0],
+            Node {
+                kind: Kind::Str("x".into()),
+                pos: at(3, 5)
+            }
+        );
+        assert_eq!(items[1].kind, Kind::Str("yes".into()));
+        assert_eq!(items[2].kind, Kind::Bool(true));
+    }
+
+    #[test]
+    fn duplicate_keys_are_kept() {
+        let doc = load("a: 1\na: 2\n").unwrap();
+        let Kind::Map(entries) = &doc.kind else {
+            panic!()
+        };
+        assert_eq!(entries.len(), 2);
+    }
+
+    #[test]
+    fn aliases_expand_at_the_alias_position() {
+        let doc = load("a: &x [1]\nb: *x\n").unwrap();
+        let Kind::Map(entries) = &doc.kind else {
+            panic!()
+        };
+        assert_eq!(entries[1].1.pos, at(2, 4));
+        assert_eq!(
+            entries[1].1.kind,
+            Kind::Seq(vec![Node {
+                kind: Kind::Int(1),
+                pos: at(1, 8)
+            }])
+        );
+    }
+
+    #[test]
+    fn syntax_errors_and_extra_documents() {
+        assert!(load("a: [1\n").is_err());
+        let e = load("a: 1\n---\nb: 2\n").unwrap_err();
+        assert_eq!(e.pos.line, 2);
+        assert_eq!(load("").unwrap().kind, Kind::Null);
+    }
+
+    #[test]
+    fn alias_bombs_are_bounded() {
+        let mut doc = String::from("a0: &a0 [1,1,1,1,1,1,1,1,1,1]\n");
+        for i in 1..8 {
+            let p = i - 1;
+            doc += &format!(
+                "a{i}: &a{i} [*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p}]\n"
+            );
+        }
+        // Never Debug-print the expanded tree: it is what this test guards against.
+        assert!(matches!(load(&doc), Err(e) if e.message.contains("too large")));
+    }
+}

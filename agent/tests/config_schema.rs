@@ -1,0 +1,128 @@
+//! The JSON Schema accepts every shipped example and rejects malformed documents.
+
+use std::path::Path;
+
+use saphyr::{LoadableYamlNode, Scalar, Yaml};
+use serde_json::{json, Value};
+
+/// YAML -> JSON, the way an editor's YAML language server feeds a schema.
+fn to_json(y: &Yaml) -> Value {
+    match y {
+        Yaml::Value(Scalar::Null) => Value::Null,
+        Yaml::Value(Scalar::Boolean(b)) => json!(b),
+        Yaml::Value(Scalar::Integer(i)) => json!(i),
+        Yaml::Value(Scalar::FloatingPoint(f)) => json!(f.into_inner()),
+        Yaml::Value(Scalar::String(s)) => json!(s),
+        Yaml::Sequence(items) => Value::Array(items.iter().map(to_json).collect()),
+        Yaml::Mapping(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let key = match to_json(k) {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    (key, to_json(v))
+                })
+                .collect(),
+        ),
+        other => panic!("unexpected YAML node {other:?}"),
+    }
+}
+
+fn yaml(text: &str) -> Value {
+    let docs = Yaml::load_from_str(text).unwrap();
+    to_json(&docs[0])
+}
+
+fn validator() -> jsonschema::Validator {
+    let schema = nodewall::config::json_schema();
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+    jsonschema::draft202012::new(&schema).expect("the schema itself is valid")
+}
+
+#[test]
+fn every_example_validates() {
+    let v = validator();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let doc = yaml(&std::fs::read_to_string(&path).unwrap());
+        let errors: Vec<String> = v
+            .iter_errors(&doc)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
+        n += 1;
+    }
+    assert!(n >= 7, "only {n} examples");
+}
+
+#[test]
+fn defaults_and_aliases_validate() {
+    let v = validator();
+    for ok in [
+        "profile: tke-node\nnetworks: {cluster: [10.0.0.0/16], container: [172.16.0.0/16]}\n",
+        "rules:\n  - {name: a, action: deny, protocol: all, from: [10.0.0.1, \"fd00::/8\"]}\nfailsafe: []\n",
+        "rules: [{name: a, action: allow, protocol: tcp, ports: [22, \"80-90\"], from: [x]}]\nimplicit: {neighbor-discovery: false}\n",
+        "rules: []\nfailsafe:\n  - protocol: tcp\n    ports: [\"22\"]\n",
+    ] {
+        let doc = yaml(ok);
+        assert!(v.is_valid(&doc), "{ok}: {:?}", v.iter_errors(&doc).map(|e| e.to_string()).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn invalid_documents_are_rejected() {
+    let v = validator();
+    let rule = "{name: a, action: allow, protocol: tcp, from: [0.0.0.0/0]}";
+    for bad in [
+        "backend: ebpf\n".to_string(),
+        "mode: strict\n".to_string(),
+        "backedn: nft\n".to_string(),
+        "profile: gke-node\n".to_string(),
+        "interfaces: [eth0, eth0]\n".to_string(),
+        "interfaces: [\"a/b\"]\n".to_string(),
+        "networks: {Pods: [10.0.0.0/8]}\n".to_string(),
+        "networks: {pods: []}\n".to_string(),
+        "networks: {pods: [not-an-address]}\n".to_string(),
+        "rules: [{name: a, action: allow, protocol: tcp}]\n".to_string(),
+        "rules: [{name: a, action: permit, protocol: tcp, from: [x]}]\n".to_string(),
+        "rules: [{name: a, action: allow, protocol: sctp, from: [x]}]\n".to_string(),
+        "rules: [{name: a, action: allow, protocol: icmp, ports: [22], from: [x]}]\n".to_string(),
+        "rules: [{name: a, action: allow, protocol: tcp, ports: [0], from: [x]}]\n".to_string(),
+        "rules: [{name: a, action: allow, protocol: tcp, ports: [\"ssh\"], from: [x]}]\n"
+            .to_string(),
+        "rules: [{name: a, action: allow, protocol: tcp, ports: [], from: [x]}]\n".to_string(),
+        "rules: [{name: a, action: allow, protocol: tcp, from: []}]\n".to_string(),
+        "rules: [{name: Bad/Name, action: allow, protocol: tcp, from: [x]}]\n".to_string(),
+        format!("rules: [{rule}]\nfailsafe: [{{protocol: tcp, action: deny}}]\n"),
+        format!("rules: [{rule}]\nfailsafe: [{{ports: [22]}}]\n"),
+        format!("rules: [{rule}]\nimplicit: {{established: \"yes\"}}\n"),
+        format!("rules: [{rule}]\nimplicit: {{stateful: true}}\n"),
+        "- a\n".to_string(),
+    ] {
+        assert!(!v.is_valid(&yaml(&bad)), "schema accepted {bad}");
+    }
+}
+
+#[test]
+fn enums_match_the_parser() {
+    let schema = nodewall::config::json_schema();
+    let profiles: Vec<&str> = nodewall::profiles::all().iter().map(|p| p.name).collect();
+    assert_eq!(schema["properties"]["profile"]["enum"], json!(profiles));
+    assert_eq!(
+        schema["properties"]["backend"]["enum"],
+        json!(["nft", "xdp", "auto"])
+    );
+    assert_eq!(
+        schema["$defs"]["common"]["properties"]["protocol"]["enum"],
+        json!(["tcp", "udp", "icmp", "icmpv6", "all"])
+    );
+}
