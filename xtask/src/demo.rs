@@ -155,21 +155,26 @@ fn run_demo(sb: &mut Sandbox, bin: &Path) -> anyhow::Result<()> {
     println!("\n== Live reload: allow tcp/8080 from the internet by editing the config file\n");
     let web = &probes[probes.len() - 1];
     let before = sb.probe(web);
+    let generation = sb.generation().unwrap_or(0);
     let edited = CONFIG.replace("failsafe:", &format!("{RELOAD_RULE}failsafe:"));
     let tmp = sb.dir.join("config.yaml.new");
     fs::write(&tmp, edited)?;
     fs::rename(&tmp, &config)?;
     let t = Instant::now();
-    let reloaded = wait_for(Duration::from_secs(5), || sb.probe(web));
+    let applied = wait_for(Duration::from_secs(5), || {
+        sb.generation().is_some_and(|g| g > generation)
+    });
+    let took = t.elapsed().as_millis();
+    let after = sb.probe(web);
     println!(
-        "internet -> tcp/8080: {} before, {} {} ms after the file changed",
+        "internet -> tcp/8080: {} before; new policy {} {took} ms after the file changed; {} now",
         if before { "passed" } else { "dropped" },
-        if reloaded.is_ok() {
-            "passes"
+        if applied.is_ok() {
+            "applied"
         } else {
-            "STILL DROPPED"
+            "NOT applied"
         },
-        t.elapsed().as_millis()
+        if after { "passes" } else { "STILL DROPPED" },
     );
     print_log_lines(&log, "policy applied", 1);
 
@@ -312,7 +317,10 @@ fn print_log_lines(log: &Path, needle: &str, max: usize) {
     let text = fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| l.contains(needle)).collect();
     for l in lines.iter().rev().take(max).rev() {
-        println!("  log: {}", l.trim());
+        // `TIMESTAMP LEVEL TARGET: MESSAGE FIELDS`: keep the level and what follows the target.
+        let level = l.split_whitespace().nth(1).unwrap_or("");
+        let rest = l.split_once(": ").map_or(*l, |(_, r)| r);
+        println!("  log {level:<5} {rest}");
     }
 }
 
@@ -423,6 +431,7 @@ impl Sandbox {
         let mut cmd = self.netns(short);
         cmd.arg(prog)
             .args(args)
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         match log {
@@ -464,6 +473,15 @@ impl Sandbox {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
+    }
+
+    /// `nodewall_policy_generation`, from the agent's metrics.
+    fn generation(&self) -> Option<u64> {
+        let metrics = self.http_get("/metrics")?;
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("nodewall_policy_generation "))?;
+        line.rsplit(' ').next()?.parse().ok()
     }
 
     /// A plain HTTP/1.0 GET to the agent, from inside the node namespace.

@@ -191,7 +191,14 @@ impl Control {
         let Some(policy) = self.applied.clone() else {
             return;
         };
-        match self.cx.worker.call(move |b| b.verify(&policy)).await {
+        let metrics = self.cx.metrics.clone();
+        let verified = self.cx.worker.call(move |b| {
+            // Reading counters here too bounds what a deleted table takes with it to one
+            // check interval of counts.
+            super::observe_counters(b, &metrics);
+            b.verify(&policy)
+        });
+        match verified.await {
             Ok(Ok(true)) => self.repair_streak = 0,
             Ok(Ok(false)) => {
                 tracing::warn!("drift: the installed policy was altered or removed; restoring it");
@@ -294,7 +301,7 @@ impl Control {
                     generation = report.generation,
                     rules = policy.rules.len(),
                     interfaces = %policy.interfaces.join(","),
-                    duration_ms = report.duration.as_secs_f64() * 1e3,
+                    duration_ms = report.duration.as_micros() as f64 / 1e3,
                     changed = report.changed,
                     entries_added = report.added,
                     entries_removed = report.removed,
