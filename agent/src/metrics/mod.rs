@@ -98,47 +98,60 @@ impl Metrics {
     fn register_all(mut self, backend: &str) -> Self {
         let m = &self;
         let mut registry = Registry::with_prefix("nodewall");
-        registry.register(
-            "dropped_packets",
-            "Packets dropped by the node firewall (in audit mode: would have been dropped)",
-            m.dropped_packets.clone(),
-        );
-        registry.register(
-            "dropped_bytes",
-            "Bytes of the packets counted by nodewall_dropped_packets_total",
-            m.dropped_bytes.clone(),
-        );
-        registry.register(
-            "rule_packets",
-            "Packets matched by each policy rule",
-            m.rule_packets.clone(),
-        );
-        registry.register(
-            "rule_bytes",
-            "Bytes of the packets matched by each policy rule",
-            m.rule_bytes.clone(),
-        );
+        for (name, help, family) in [
+            (
+                "dropped_packets",
+                "Packets dropped by the node firewall (in audit mode: would have been dropped)",
+                &m.dropped_packets,
+            ),
+            (
+                "dropped_bytes",
+                "Bytes of the packets counted by nodewall_dropped_packets_total",
+                &m.dropped_bytes,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
+        for (name, help, family) in [
+            (
+                "rule_packets",
+                "Packets matched by each policy rule",
+                &m.rule_packets,
+            ),
+            (
+                "rule_bytes",
+                "Bytes of the packets matched by each policy rule",
+                &m.rule_bytes,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
         registry.register_with_unit(
             "apply_duration",
             "Time taken to install a policy into the kernel",
             Unit::Seconds,
             m.apply_duration.clone(),
         );
-        registry.register(
-            "apply_errors",
-            "Policy installations the kernel refused or that failed",
-            m.apply_errors.clone(),
-        );
-        registry.register(
-            "config_reload_errors",
-            "Config reloads rejected because the new file was invalid",
-            m.config_reload_errors.clone(),
-        );
-        registry.register(
-            "drift_repairs",
-            "Times the installed policy was found altered or missing and was restored",
-            m.drift_repairs.clone(),
-        );
+        let plain_counters = [
+            (
+                "apply_errors",
+                "Policy installations the kernel refused or that failed",
+                &m.apply_errors,
+            ),
+            (
+                "config_reload_errors",
+                "Config reloads rejected because the new file was invalid",
+                &m.config_reload_errors,
+            ),
+            (
+                "drift_repairs",
+                "Times the installed policy was found altered or missing and was restored",
+                &m.drift_repairs,
+            ),
+        ];
+        for (name, help, counter) in plain_counters {
+            registry.register(name, help, counter.clone());
+        }
         registry.register(
             "policy_generation",
             "Generation of the installed policy, as reported by the backend",

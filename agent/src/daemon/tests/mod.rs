@@ -209,6 +209,16 @@ async fn reloads_when_the_file_is_replaced() {
     h.stop().await;
 }
 
+/// The kubelet's atomic ConfigMap update: new dir, new symlink renamed over `..data`, old dir
+/// removed.
+fn configmap_swap(dir: &Path, old: &str, new: &str, text: &str) {
+    std::fs::create_dir(dir.join(new)).unwrap();
+    std::fs::write(dir.join(new).join("config.yaml"), text).unwrap();
+    std::os::unix::fs::symlink(new, dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    std::fs::remove_dir_all(dir.join(old)).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_on_a_configmap_symlink_swap() {
     // Kubernetes' layout: config.yaml -> ..data/config.yaml, ..data -> ..<timestamp>/
@@ -229,13 +239,7 @@ async fn reloads_on_a_configmap_symlink_swap() {
     let task = tokio::spawn(daemon.run());
     assert_eq!(kernel.rule_names(), names(&["ssh"]));
 
-    // The kubelet's atomic update: new dir, new symlink, rename over ..data, old dir removed.
-    let v2 = dir.join("..2024_02");
-    std::fs::create_dir(&v2).unwrap();
-    std::fs::write(v2.join("config.yaml"), "ssh 22\nkubelet 10250\n").unwrap();
-    std::os::unix::fs::symlink("..2024_02", dir.join("..data_tmp")).unwrap();
-    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
-    std::fs::remove_dir_all(&v1).unwrap();
+    configmap_swap(&dir, "..2024_01", "..2024_02", "ssh 22\nkubelet 10250\n");
     assert!(
         eventually(2 * SECOND, || kernel.rule_names()
             == names(&["ssh", "kubelet"]))
@@ -243,12 +247,7 @@ async fn reloads_on_a_configmap_symlink_swap() {
         "swap seen"
     );
     // And a second swap, now that the target directory changed.
-    let v3 = dir.join("..2024_03");
-    std::fs::create_dir(&v3).unwrap();
-    std::fs::write(v3.join("config.yaml"), "ssh 22\n").unwrap();
-    std::os::unix::fs::symlink("..2024_03", dir.join("..data_tmp")).unwrap();
-    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
-    std::fs::remove_dir_all(&v2).unwrap();
+    configmap_swap(&dir, "..2024_02", "..2024_03", "ssh 22\n");
     assert!(
         eventually(2 * SECOND, || kernel.rule_names() == names(&["ssh"])).await,
         "second swap seen"
