@@ -3,19 +3,23 @@
 //! - `setup`: install what building and testing need (idempotent; apt, rustup, cargo install).
 //! - `test`:  setup, then every test (unit, property, netns integration, deploy checks).
 //! - `demo`:  setup, then the sandbox demo in network namespaces.
+//! - `build-ebpf`: build the XDP object alone and print its path (the agent's build.rs does
+//!   the same on every `cargo build`).
 
+mod ebpf;
 mod setup;
 mod shell;
 mod test;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo xtask <setup|test|demo> [args]
+const USAGE: &str = "usage: cargo xtask <setup|test|demo|build-ebpf> [args]
 
   setup   install the system packages and toolchains nodewall needs (idempotent)
   test    setup, build, then run every test (needs root for the netns suites; CI=true makes a
           missing prerequisite a failure instead of a skip)
-  demo    setup, build, then run the sandbox demo in throwaway network namespaces";
+  demo    setup, build, then run the sandbox demo in throwaway network namespaces
+  build-ebpf  build the XDP object (ebpf/) and print its path";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -23,6 +27,7 @@ fn main() -> ExitCode {
         Some("setup") => setup::run(),
         Some("test") => test::run(&args[1..]),
         Some("demo") => test::demo(),
+        Some("build-ebpf") => ebpf::build(&shell::root()).map(|o| println!("{}", o.display())).map_err(anyhow::Error::msg),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

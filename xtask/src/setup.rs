@@ -23,6 +23,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
     "python3",
+    "python3-venv",
     "prometheus",
     "systemd",
 ];

@@ -4,6 +4,7 @@
 
 pub mod interfaces;
 pub mod nft;
+pub mod xdp;
 
 use std::time::Duration;
 

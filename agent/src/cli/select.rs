@@ -1,7 +1,7 @@
 //! Picking the backend a command talks to.
 
 use clap::ValueEnum;
-use nodewall::backend::{nft::NftBackend, Backend};
+use nodewall::backend::{nft::NftBackend, xdp::XdpBackend, Backend};
 use nodewall::config::BackendKind;
 
 #[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
@@ -22,17 +22,34 @@ pub fn for_apply(arg: BackendArg, configured: BackendKind) -> anyhow::Result<Box
     open(kind)
 }
 
-/// The backend for `status`/`flush`.
+/// The backend for `status`/`flush`: with `auto`, the one that has a policy installed (XDP
+/// state is found through its pins; otherwise nft, whose `status` says if nothing is there).
 pub fn for_inspect(arg: BackendArg) -> anyhow::Result<Box<dyn Backend>> {
     match arg {
         BackendArg::Xdp => open(BackendKind::Xdp),
-        BackendArg::Nft | BackendArg::Auto => open(BackendKind::Nft),
+        BackendArg::Nft => open(BackendKind::Nft),
+        BackendArg::Auto => {
+            let xdp = XdpBackend::new()?;
+            if xdp.status().is_ok_and(|s| s.installed) {
+                Ok(Box::new(xdp))
+            } else {
+                open(BackendKind::Nft)
+            }
+        }
     }
 }
 
 fn open(kind: BackendKind) -> anyhow::Result<Box<dyn Backend>> {
     match kind {
+        BackendKind::Auto if xdp_capable() => Ok(Box::new(XdpBackend::new()?)),
         BackendKind::Nft | BackendKind::Auto => Ok(Box::new(NftBackend::new()?)),
-        BackendKind::Xdp => anyhow::bail!("backend xdp: not built into this binary yet"),
+        BackendKind::Xdp => Ok(Box::new(XdpBackend::new()?)),
     }
+}
+
+/// `backend: auto` picks XDP on kernels that expose BTF (5.x+, the ones whose verifier and
+/// helpers the program was built for) and nft elsewhere; XDP itself falls back from native to
+/// generic mode per interface, so driver support is not a reason to choose nft.
+fn xdp_capable() -> bool {
+    std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
 }

@@ -1,0 +1,278 @@
+//! The loaded XDP object (programs and maps, attached or not) and policy installation into
+//! its maps: write the inactive generation, then flip the switch.
+//!
+//! Tests drive this directly through BPF_PROG_TEST_RUN; [`super::XdpBackend`] adds attaching
+//! to interfaces and pinning.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use aya::programs::{SchedClassifier, Xdp};
+use aya::{Ebpf, EbpfLoader};
+use nodewall_common::xdp::{
+    drop_index, map_names, GenConfig, PassReason, RuleRef, Stat, Switch, ACTION_ALLOW, ACTION_DENY,
+    BENCH_PASS_PROGRAM, DROP_CAUSE_RULE_BASE, LAYOUT_VERSION, TC_EGRESS_PROGRAM, XDP_PROGRAM,
+};
+
+use super::image::Image;
+use super::maps::{KernelGen, Maps, Writes};
+use super::slots::Slots;
+use crate::backend::Counters;
+use crate::config::Action;
+use crate::policy::Policy;
+
+/// The eBPF object built by `build.rs` from the `ebpf/` crate.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nodewall-ebpf.o"));
+
+/// Result of one [`Datapath::install`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Installed {
+    pub changed: bool,
+    pub generation: u64,
+    pub writes: Writes,
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    maps: Maps,
+    /// What each generation holds, so an apply writes only differences.
+    shadow: [KernelGen; 2],
+    slots: Slots,
+    switch: Switch,
+    netns: (u64, u64),
+}
+
+impl Datapath {
+    /// Loads the programs. With `pin_dir`, maps pinned there are reused (adopting what a
+    /// previous agent installed) and missing ones are created and pinned; without, the maps
+    /// are private to this object.
+    pub fn load(pin_dir: Option<&Path>) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        if let Some(dir) = pin_dir {
+            for name in map_names::ALL {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
+        let xdp: &mut Xdp = program(&mut ebpf, XDP_PROGRAM)?.try_into()?;
+        xdp.load().context("loading the XDP program (verifier)")?;
+        let tc: &mut SchedClassifier = program(&mut ebpf, TC_EGRESS_PROGRAM)?.try_into()?;
+        tc.load()
+            .context("loading the TC egress program (verifier)")?;
+        let maps = Maps::take(&mut ebpf)?;
+        let switch = maps.read_switch()?;
+        let netns = current_netns()?;
+        let (shadow, slots) = if switch.layout == 0 {
+            ([KernelGen::empty(), KernelGen::empty()], Slots::empty())
+        } else if switch.layout != LAYOUT_VERSION {
+            bail!(
+                "the maps pinned under {} have layout {}, this agent writes layout {LAYOUT_VERSION}: run `nodewall flush` first",
+                pin_dir.map_or("(none)".into(), |d| d.display().to_string()),
+                switch.layout
+            );
+        } else if (switch.netns_dev, switch.netns_ino) != netns {
+            bail!(
+                "the maps pinned under {} belong to another network namespace",
+                pin_dir.map_or("(none)".into(), |d| d.display().to_string())
+            );
+        } else {
+            ([maps.read_gen(0)?, maps.read_gen(1)?], Slots::read(&maps)?)
+        };
+        Ok(Self {
+            ebpf,
+            maps,
+            shadow,
+            slots,
+            switch,
+            netns,
+        })
+    }
+
+    /// Whether a policy has been installed into these maps (by this or an earlier agent).
+    pub fn is_installed(&self) -> bool {
+        self.switch.layout != 0
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.switch.generation
+    }
+
+    /// Installs `policy` into the inactive generation and publishes it with one write.
+    pub fn install(&mut self, policy: &Policy) -> Result<Installed> {
+        let image = Image::build(policy)?;
+        let active = self.switch.active & 1;
+        if self.is_installed() {
+            let current: Option<Vec<u16>> = image
+                .rules
+                .iter()
+                .map(|(n, _)| self.slots.find(n))
+                .collect();
+            if current.is_some_and(|slots| lower(&image, &slots) == self.shadow[active as usize]) {
+                return Ok(Installed {
+                    changed: false,
+                    generation: self.switch.generation,
+                    writes: Writes::default(),
+                });
+            }
+        }
+        let busy: HashSet<u16> = if self.is_installed() {
+            let cfg = &self.shadow[active as usize].config;
+            cfg.rules[..cfg.nrules as usize]
+                .iter()
+                .map(|r| r.slot)
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        let (slots, fresh) = self.slots.assign(&image.rules, &busy)?;
+        for &slot in &fresh {
+            self.reset_slot(slot)?;
+        }
+        for (i, &slot) in slots.iter().enumerate() {
+            self.slots
+                .write(&mut self.maps, slot, Some(image.rules[i].1))?;
+        }
+        let target = if self.is_installed() { active ^ 1 } else { 1 };
+        let new = lower(&image, &slots);
+        let writes = match self
+            .maps
+            .write_gen(target, &self.shadow[target as usize], &new)
+        {
+            Ok(w) => w,
+            Err(e) => {
+                // The generation is half-written but inactive, so nothing reads it; learn
+                // what it holds so the next apply's diff starts from the truth.
+                if let Ok(actual) = self.maps.read_gen(target) {
+                    self.shadow[target as usize] = actual;
+                }
+                return Err(
+                    e.context("writing the inactive generation (the active policy is unchanged)")
+                );
+            }
+        };
+        self.shadow[target as usize] = new;
+        let switch = Switch {
+            layout: LAYOUT_VERSION,
+            active: target,
+            generation: self.switch.generation + 1,
+            netns_dev: self.netns.0,
+            netns_ino: self.netns.1,
+        };
+        self.maps.write_switch(switch)?;
+        self.switch = switch;
+        for slot in self.slots.release_except(&slots) {
+            self.slots.write(&mut self.maps, slot, None)?;
+        }
+        Ok(Installed {
+            changed: true,
+            generation: switch.generation,
+            writes,
+        })
+    }
+
+    fn reset_slot(&mut self, slot: u16) -> Result<()> {
+        Maps::zero_stat(&mut self.maps.rule_stats, slot as u32)?;
+        for family in 0..2 {
+            for proto in 0..5 {
+                Maps::zero_stat(
+                    &mut self.maps.drop_stats,
+                    drop_index(DROP_CAUSE_RULE_BASE + slot as u32, family, proto),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn xdp(&mut self) -> Result<&mut Xdp> {
+        Ok(program(&mut self.ebpf, XDP_PROGRAM)?.try_into()?)
+    }
+
+    pub fn egress(&mut self) -> Result<&mut SchedClassifier> {
+        Ok(program(&mut self.ebpf, TC_EGRESS_PROGRAM)?.try_into()?)
+    }
+
+    /// A bare `XDP_PASS` program from the same object (loaded on first use): the baseline
+    /// of the per-packet cost measurements.
+    pub fn baseline(&mut self) -> Result<&mut Xdp> {
+        let prog: &mut Xdp = program(&mut self.ebpf, BENCH_PASS_PROGRAM)?.try_into()?;
+        if prog.fd().is_err() {
+            prog.load()?;
+        }
+        Ok(prog)
+    }
+
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+
+    pub fn counters(&self) -> Result<Counters> {
+        super::counters::read(&self.maps)
+    }
+
+    pub fn passes(&self, reason: PassReason) -> Result<Stat> {
+        super::counters::passes(&self.maps, reason)
+    }
+
+    /// Counter slots of the active generation's rules, in evaluation order.
+    pub fn rule_slots(&self) -> Vec<u16> {
+        let cfg = &self.shadow[(self.switch.active & 1) as usize].config;
+        cfg.rules[..cfg.nrules as usize]
+            .iter()
+            .map(|r| r.slot)
+            .collect()
+    }
+
+    /// Rule names of the active generation, in evaluation order.
+    pub fn rule_names(&self) -> Vec<String> {
+        let cfg = &self.shadow[(self.switch.active & 1) as usize].config;
+        cfg.rules[..cfg.nrules as usize]
+            .iter()
+            .map(|r| self.slots.name(r.slot).unwrap_or("?").to_string())
+            .collect()
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("the XDP object has no program {name}"))
+}
+
+/// An image with its rules' counter slots: exactly what the kernel generation will hold.
+fn lower(image: &Image, slots: &[u16]) -> KernelGen {
+    let mut config = GenConfig {
+        flags: image.flags,
+        nrules: image.rules.len() as u32,
+        icmp4: image.icmp4,
+        icmp6: image.icmp6,
+        other: image.other,
+        ..GenConfig::EMPTY
+    };
+    for (i, ((_, action), &slot)) in image.rules.iter().zip(slots).enumerate() {
+        let action = if *action == Action::Deny {
+            ACTION_DENY
+        } else {
+            ACTION_ALLOW
+        };
+        config.rules[i] = RuleRef {
+            slot,
+            action,
+            _pad: 0,
+        };
+    }
+    KernelGen {
+        config,
+        src4: image.src4.clone(),
+        src6: image.src6.clone(),
+        tcp: image.tcp.clone(),
+        udp: image.udp.clone(),
+    }
+}
+
+/// (device, inode) of the calling thread's network namespace.
+pub fn current_netns() -> Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata("/proc/thread-self/ns/net")
+        .context("reading /proc/thread-self/ns/net")?;
+    Ok((m.dev(), m.ino()))
+}

@@ -1,0 +1,234 @@
+//! The datapath's maps, typed, and the few operations the agent performs on them: read a
+//! generation back, write the difference between two generations, flip the switch, read
+//! counters.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuValues};
+use aya::Ebpf;
+use nodewall_common::xdp::{
+    map_names as names, port_index, GenConfig, RuleBits, SlotName, Src4Key, Src6Key, Stat, Switch,
+    GEN_PREFIX_BITS, PORT_PROTO_TCP, PORT_PROTO_UDP,
+};
+
+use super::image::PortTable;
+
+/// What one generation holds in the kernel, with rule names already turned into slots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelGen {
+    pub config: GenConfig,
+    pub src4: BTreeMap<(u32, u8), RuleBits>,
+    pub src6: BTreeMap<(u128, u8), RuleBits>,
+    pub tcp: PortTable,
+    pub udp: PortTable,
+}
+
+impl KernelGen {
+    pub fn empty() -> Self {
+        Self {
+            config: GenConfig::EMPTY,
+            src4: BTreeMap::new(),
+            src6: BTreeMap::new(),
+            tcp: PortTable::empty(),
+            udp: PortTable::empty(),
+        }
+    }
+}
+
+/// Map entries written (inserted or changed) and removed by one generation update.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Writes {
+    pub added: usize,
+    pub removed: usize,
+}
+
+pub struct Maps {
+    pub switch: Array<MapData, Switch>,
+    pub config: Array<MapData, GenConfig>,
+    pub src4: LpmTrie<MapData, Src4Key, RuleBits>,
+    pub src6: LpmTrie<MapData, Src6Key, RuleBits>,
+    pub ports: Array<MapData, RuleBits>,
+    pub rule_stats: PerCpuArray<MapData, Stat>,
+    pub drop_stats: PerCpuArray<MapData, Stat>,
+    pub pass_stats: PerCpuArray<MapData, Stat>,
+    pub slot_names: Array<MapData, SlotName>,
+}
+
+impl Maps {
+    /// Takes the maps out of a loaded object.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Self::from_source(|name| {
+            ebpf.take_map(name)
+                .with_context(|| format!("the XDP object has no map {name}"))
+        })
+    }
+
+    /// Opens maps pinned by an agent (possibly another process) under `dir`.
+    pub fn open_pinned(dir: &Path) -> Result<Self> {
+        Self::from_source(|name| {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path)
+                .with_context(|| format!("opening pinned map {}", path.display()))?;
+            Ok(Map::from_map_data(data)?)
+        })
+    }
+
+    fn from_source(mut get: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
+        macro_rules! typed {
+            ($name:expr) => {
+                get($name)?
+                    .try_into()
+                    .with_context(|| format!("map {} has an unexpected type", $name))?
+            };
+        }
+        Ok(Self {
+            switch: typed!(names::SWITCH),
+            config: typed!(names::CONFIG),
+            src4: typed!(names::SRC4),
+            src6: typed!(names::SRC6),
+            ports: typed!(names::PORTS),
+            rule_stats: typed!(names::RULE_STATS),
+            drop_stats: typed!(names::DROP_STATS),
+            pass_stats: typed!(names::PASS_STATS),
+            slot_names: typed!(names::SLOT_NAMES),
+        })
+    }
+
+    pub fn read_switch(&self) -> Result<Switch> {
+        Ok(self.switch.get(&0, 0)?)
+    }
+
+    pub fn write_switch(&mut self, sw: Switch) -> Result<()> {
+        Ok(self.switch.set(0, sw, 0)?)
+    }
+
+    pub fn read_config(&self, gen: u32) -> Result<GenConfig> {
+        Ok(self.config.get(&gen, 0)?)
+    }
+
+    /// Reads a whole generation back (used once, when adopting pinned maps).
+    pub fn read_gen(&self, gen: u32) -> Result<KernelGen> {
+        let mut out = KernelGen {
+            config: self.read_config(gen)?,
+            ..KernelGen::empty()
+        };
+        out.src4 = read_trie(&self.src4, gen, |d| {
+            u32::from_be_bytes(d[1..].try_into().expect("4 bytes"))
+        })?;
+        out.src6 = read_trie(&self.src6, gen, |d| {
+            u128::from_be_bytes(d[1..].try_into().expect("16 bytes"))
+        })?;
+        out.tcp = self.read_ports(gen, PORT_PROTO_TCP)?;
+        out.udp = self.read_ports(gen, PORT_PROTO_UDP)?;
+        Ok(out)
+    }
+
+    fn read_ports(&self, gen: u32, proto: u32) -> Result<PortTable> {
+        let mut segments: Vec<(u16, RuleBits)> = Vec::new();
+        for port in 0..=u16::MAX {
+            let bits = self.ports.get(&port_index(gen, proto, port), 0)?;
+            if segments.last().is_none_or(|&(_, last)| last != bits) {
+                segments.push((port, bits));
+            }
+        }
+        Ok(PortTable(segments))
+    }
+
+    /// Brings generation `gen` from `old` (what it holds) to `new`, touching only entries
+    /// that differ. The generation must not be the active one.
+    pub fn write_gen(&mut self, gen: u32, old: &KernelGen, new: &KernelGen) -> Result<Writes> {
+        let mut w = Writes::default();
+        let key4 = |&(addr, len): &(u32, u8)| {
+            let mut d = [0u8; 5];
+            d[0] = gen as u8;
+            d[1..].copy_from_slice(&addr.to_be_bytes());
+            Key::new(GEN_PREFIX_BITS + len as u32, d)
+        };
+        let key6 = |&(addr, len): &(u128, u8)| {
+            let mut d = [0u8; 17];
+            d[0] = gen as u8;
+            d[1..].copy_from_slice(&addr.to_be_bytes());
+            Key::new(GEN_PREFIX_BITS + len as u32, d)
+        };
+        sync_trie(&mut self.src4, &old.src4, &new.src4, key4, &mut w)?;
+        sync_trie(&mut self.src6, &old.src6, &new.src6, key6, &mut w)?;
+        for (proto, old_t, new_t) in [
+            (PORT_PROTO_TCP, &old.tcp, &new.tcp),
+            (PORT_PROTO_UDP, &old.udp, &new.udp),
+        ] {
+            for (first, last) in old_t.diff(new_t) {
+                for port in first..=last {
+                    self.ports
+                        .set(port_index(gen, proto, port), new_t.get(port), 0)?;
+                    w.added += 1;
+                }
+            }
+        }
+        if old.config != new.config {
+            self.config.set(gen, new.config, 0)?;
+            w.added += 1;
+        }
+        Ok(w)
+    }
+
+    /// Sums a per-CPU counter.
+    pub fn stat(map: &PerCpuArray<MapData, Stat>, index: u32) -> Result<Stat> {
+        let values = map.get(&index, 0)?;
+        Ok(values.iter().fold(Stat::default(), |acc, s| Stat {
+            packets: acc.packets + s.packets,
+            bytes: acc.bytes + s.bytes,
+        }))
+    }
+
+    pub fn zero_stat(map: &mut PerCpuArray<MapData, Stat>, index: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        let zeros = PerCpuValues::try_from(vec![Stat::default(); cpus])?;
+        Ok(map.set(index, zeros, 0)?)
+    }
+}
+
+/// The entries of one generation of a source trie, as (address, prefix length).
+fn read_trie<K: aya::Pod + AsRef<[u8]>, A: Ord>(
+    trie: &LpmTrie<MapData, K, RuleBits>,
+    gen: u32,
+    addr: impl Fn(&[u8]) -> A,
+) -> Result<BTreeMap<(A, u8), RuleBits>> {
+    let mut out = BTreeMap::new();
+    for item in trie.iter() {
+        let (key, bits) = item?;
+        let data = key.data();
+        let data = data.as_ref();
+        if data[0] as u32 == gen {
+            out.insert(
+                (addr(data), (key.prefix_len() - GEN_PREFIX_BITS) as u8),
+                bits,
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn sync_trie<K: aya::Pod, A: Ord + Copy>(
+    trie: &mut LpmTrie<MapData, K, RuleBits>,
+    old: &BTreeMap<A, RuleBits>,
+    new: &BTreeMap<A, RuleBits>,
+    key: impl Fn(&A) -> Key<K>,
+    w: &mut Writes,
+) -> Result<()> {
+    // Inserts first, then removals: while the generation is inactive the order does not
+    // matter, but it keeps the trie from ever holding less than needed.
+    for (prefix, bits) in new {
+        if old.get(prefix) != Some(bits) {
+            trie.insert(&key(prefix), *bits, 0)?;
+            w.added += 1;
+        }
+    }
+    for prefix in old.keys().filter(|p| !new.contains_key(p)) {
+        trie.remove(&key(prefix))?;
+        w.removed += 1;
+    }
+    Ok(())
+}

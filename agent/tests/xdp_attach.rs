@@ -1,0 +1,340 @@
+//! The XDP backend end to end in network namespaces it creates: attach (native and generic),
+//! real pings across a veth pair, pinning that survives the backend (the agent's exit),
+//! adoption by a new backend, status, counters, detaching on interface removal from the
+//! policy, and flush. Never touches the root namespace: the backend runs on a thread that
+//! entered the test namespace, and its bpffs is a private mount in a temporary directory.
+
+mod xdp_support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nodewall::backend::xdp::{current_netns, XdpAttach, XdpBackend, XdpOptions};
+use nodewall::backend::Backend;
+use nodewall::config::{Action, Protocol};
+use xdp_support::*;
+
+const PREFIX: &str = "nwt-xdpa";
+
+fn sh(args: &[&str]) -> std::process::Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+/// Two namespaces joined by a veth pair: `node` (198.18.0.1, fd00::1 on `dev`) runs the
+/// backend, `peer` (198.18.0.2, fd00::2) sends traffic. Deleted on drop with the bpffs.
+struct Lab {
+    node: String,
+    peer: String,
+    dev: String,
+    bpffs: PathBuf,
+}
+
+impl Lab {
+    fn new(tag: &str) -> Option<Self> {
+        if !privileged() {
+            return None;
+        }
+        sweep();
+        let id = format!("{}{tag}", std::process::id() % 100000);
+        let lab = Lab {
+            node: format!("{PREFIX}-{id}-n"),
+            peer: format!("{PREFIX}-{id}-p"),
+            dev: format!("nwx{id}"),
+            bpffs: std::env::temp_dir().join(format!("{PREFIX}-{id}-bpffs")),
+        };
+        let peer_dev = format!("nwy{id}");
+        let (node, peer, dev) = (&lab.node, &lab.peer, &lab.dev);
+        let setup = || -> Result<(), String> {
+            for cmd in [
+                format!("ip netns add {node}"),
+                format!("ip netns add {peer}"),
+                format!(
+                    "ip link add {dev} netns {node} type veth peer name {peer_dev} netns {peer}"
+                ),
+                format!("ip -n {node} addr add 198.18.0.1/24 dev {dev}"),
+                format!("ip -n {peer} addr add 198.18.0.2/24 dev {peer_dev}"),
+                format!("ip -n {node} addr add fd00::1/64 dev {dev} nodad"),
+                format!("ip -n {peer} addr add fd00::2/64 dev {peer_dev} nodad"),
+                format!("ip -n {node} link set {dev} up"),
+                format!("ip -n {peer} link set {peer_dev} up"),
+                format!("ip -n {node} link set lo up"),
+                format!("ip -n {peer} link set lo up"),
+            ] {
+                let args: Vec<&str> = cmd.split_whitespace().collect();
+                let o = sh(&args);
+                if !o.status.success() {
+                    return Err(format!("{cmd}: {}", String::from_utf8_lossy(&o.stderr)));
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = setup() {
+            // `lab` is dropped here, deleting what was made.
+            panic!("cannot set up the test namespaces: {e}");
+        }
+        Some(lab)
+    }
+
+    /// Runs `f` on a thread inside the node namespace (what the agent would be in).
+    fn in_node<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.node);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                use std::os::unix::fs::MetadataExt;
+                let file = std::fs::File::open(&path).unwrap();
+                let target = file.metadata().unwrap();
+                // SAFETY: setns on this thread only, with a namespace fd we opened.
+                let rc = unsafe {
+                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET)
+                };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                // The backend must run in the test namespace, never in the one the tests started in.
+                assert_eq!(
+                    current_netns().unwrap(),
+                    (target.dev(), target.ino()),
+                    "setns did not take effect"
+                );
+                let start = std::fs::metadata("/proc/self/ns/net").unwrap();
+                assert_ne!((start.dev(), start.ino()), (target.dev(), target.ino()));
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    fn backend(&self, attach: XdpAttach) -> XdpBackend {
+        XdpBackend::with_options(XdpOptions {
+            bpffs: self.bpffs.clone(),
+            name: "nodewall".into(),
+            attach,
+        })
+    }
+
+    /// One ping from the peer to the node; true if answered.
+    fn ping_node(&self, v6: bool) -> bool {
+        let dst = if v6 { "fd00::1" } else { "198.18.0.1" };
+        sh(&[
+            "ip", "netns", "exec", &self.peer, "ping", "-c", "1", "-W", "1", dst,
+        ])
+        .status
+        .success()
+    }
+
+    /// One ping from the node to the peer: the reply is return traffic.
+    fn ping_peer(&self) -> bool {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.node,
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "198.18.0.2",
+        ])
+        .status
+        .success()
+    }
+
+    fn xdp_mode(&self) -> String {
+        let o = sh(&["ip", "-n", &self.node, "-d", "link", "show", &self.dev]);
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        if !text.contains("prog/xdp") {
+            "none".into()
+        } else if text.contains(" xdpgeneric ") {
+            "generic".into()
+        } else {
+            "native".into()
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = sh(&["ip", "netns", "del", &self.node]);
+        let _ = sh(&["ip", "netns", "del", &self.peer]);
+        unmount(&self.bpffs);
+    }
+}
+
+fn unmount(p: &Path) {
+    if p.exists() {
+        let _ = sh(&["umount", &p.to_string_lossy()]);
+        let _ = std::fs::remove_dir_all(p);
+    }
+}
+
+/// Leftovers of earlier runs that died: namespaces and bpffs mounts with our prefix.
+fn sweep() {
+    let out = sh(&["ip", "netns", "list"]);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        if name.starts_with(PREFIX) && !name.contains(&format!("-{}", std::process::id() % 100000))
+        {
+            let _ = sh(&["ip", "netns", "del", name]);
+        }
+    }
+}
+
+fn allow_icmp_from_peer() -> nodewall::policy::Policy {
+    policy(vec![
+        rule(
+            "deny-peer-v6",
+            Action::Deny,
+            Protocol::Icmpv6,
+            &[],
+            &["fd00::2/128"],
+        ),
+        rule(
+            "icmp-peer",
+            Action::Allow,
+            Protocol::Icmp,
+            &[],
+            &["198.18.0.2/32"],
+        ),
+    ])
+}
+
+fn lifecycle(tag: &str, attach: XdpAttach, expect_mode: &str) {
+    let Some(lab) = Lab::new(tag) else { return };
+    let mut pol = allow_icmp_from_peer();
+    pol.interfaces = vec![lab.dev.clone()];
+    assert!(
+        lab.ping_node(false) && lab.ping_node(true),
+        "the lab works without a filter"
+    );
+
+    let report = lab.in_node(|| lab.backend(attach).apply(&pol).unwrap());
+    assert!(report.changed);
+    assert_eq!(lab.xdp_mode(), expect_mode);
+    let pins = lab.bpffs.join("nodewall");
+    for name in [
+        "NW_SWITCH",
+        "NW_PORTS",
+        "NW_FLOWS",
+        "prog-xdp",
+        "prog-egress",
+        "links",
+    ] {
+        assert!(pins.join(name).exists(), "{name} is pinned");
+    }
+    // The backend is gone (like an agent that exited): its pins keep enforcing.
+    assert!(lab.ping_node(false), "allowed by icmp-peer");
+    assert!(!lab.ping_node(true), "denied by deny-peer-v6");
+    assert!(
+        lab.ping_peer(),
+        "echo replies to the node's own ping are return traffic"
+    );
+
+    let status = lab.in_node(|| lab.backend(attach).status().unwrap());
+    assert!(status.installed);
+    assert_eq!(status.interfaces, vec![lab.dev.clone()]);
+    assert_eq!(status.rules, vec!["deny-peer-v6", "icmp-peer"]);
+    let allowed = status
+        .counters
+        .rules
+        .iter()
+        .find(|r| r.rule == "icmp-peer")
+        .unwrap();
+    assert!(allowed.packets >= 1, "{status:?}");
+    let denied: u64 = status
+        .counters
+        .drops
+        .iter()
+        .filter(|d| d.rule == "deny-peer-v6")
+        .map(|d| d.packets)
+        .sum();
+    assert!(denied >= 1, "{status:?}");
+    assert!(status
+        .counters
+        .drops
+        .iter()
+        .all(|d| d.reason != "rule" || (d.family, d.protocol) == ("ipv6", "icmpv6")));
+
+    // A new backend adopts: same policy, nothing to change, generation kept; then a change.
+    let (same, changed) = lab.in_node(|| {
+        let mut b = lab.backend(attach);
+        let same = b.apply(&pol).unwrap();
+        let mut open = pol.clone();
+        open.rules.remove(0);
+        open.rules.push(rule(
+            "icmp6-peer",
+            Action::Allow,
+            Protocol::Icmpv6,
+            &[],
+            &["fd00::/64"],
+        ));
+        (same, b.apply(&open).unwrap())
+    });
+    assert!(!same.changed);
+    assert_eq!(same.generation, report.generation);
+    assert!(changed.changed);
+    assert_eq!(changed.generation, report.generation + 1);
+    assert!(lab.ping_node(true), "now allowed by icmp6-peer");
+    assert_eq!(lab.xdp_mode(), expect_mode, "adoption keeps the attachment");
+
+    // The counter of a rule that stayed keeps counting across backends.
+    let kept = lab.in_node(|| lab.backend(attach).counters().unwrap());
+    let icmp_peer = kept
+        .rules
+        .iter()
+        .find(|r| r.rule == "icmp-peer")
+        .unwrap()
+        .packets;
+    assert!(icmp_peer >= allowed.packets);
+
+    lab.in_node(|| lab.backend(attach).flush().unwrap());
+    assert_eq!(lab.xdp_mode(), "none");
+    let status = lab.in_node(|| lab.backend(attach).status().unwrap());
+    assert!(!status.installed && status.interfaces.is_empty());
+    // A fresh bpffs holds the kernel's own `maps.debug` and `progs.debug`; ours is `nodewall/`.
+    let left: Vec<_> = std::fs::read_dir(&lab.bpffs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| !n.to_string_lossy().ends_with(".debug"))
+        .collect();
+    assert!(left.is_empty(), "flush leaves nothing pinned: {left:?}");
+    assert!(lab.ping_node(true) && lab.ping_node(false));
+}
+
+#[test]
+fn lifecycle_native() {
+    lifecycle("n", XdpAttach::Native, "native");
+}
+
+#[test]
+fn lifecycle_generic() {
+    lifecycle("g", XdpAttach::Generic, "generic");
+}
+
+#[test]
+fn removing_an_interface_from_the_policy_detaches_it() {
+    let Some(lab) = Lab::new("d") else { return };
+    let mut pol = policy(vec![]);
+    pol.interfaces = vec![lab.dev.clone()];
+    lab.in_node(|| lab.backend(XdpAttach::Auto).apply(&pol).unwrap());
+    assert!(!lab.ping_node(false), "default deny");
+    assert_ne!(lab.xdp_mode(), "none");
+    let mut lo_only = pol.clone();
+    lo_only.interfaces = vec!["lo".into()];
+    let r = lab.in_node(|| lab.backend(XdpAttach::Auto).apply(&lo_only).unwrap());
+    assert!(r.changed && r.removed >= 1);
+    assert_eq!(lab.xdp_mode(), "none");
+    assert!(lab.ping_node(false));
+    let err = lab.in_node(|| {
+        let mut bad = pol.clone();
+        bad.interfaces = vec!["nope0".into()];
+        lab.backend(XdpAttach::Auto)
+            .apply(&bad)
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(err.contains("interfaces") && err.contains("nope0"), "{err}");
+    lab.in_node(|| lab.backend(XdpAttach::Auto).flush().unwrap());
+}

@@ -1,0 +1,369 @@
+//! Layout of the XDP datapath's maps: keys, values, indexes and flags.
+//!
+//! The agent compiles a policy into these maps and the XDP program reads them. Everything the
+//! policy says lives in two *generations*: the program reads [`Switch::active`] once per packet
+//! and looks only at that generation, so the agent can rewrite the other one at leisure and
+//! publish it with a single 4-byte write. Counters are indexed by a *slot* that stays with a
+//! rule name across applies, so inserting a rule does not shift other rules' counters.
+
+/// Bumped whenever a map's key, value or size changes; pinned maps of another layout are not
+/// adopted.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Rules per policy: the width of [`RuleBits`].
+pub const MAX_RULES: usize = 256;
+pub const RULE_WORDS: usize = MAX_RULES / 64;
+/// Counter slots: enough for two generations whose rule names are all different.
+pub const MAX_SLOTS: u32 = 2 * MAX_RULES as u32;
+pub const GENERATIONS: u32 = 2;
+/// Longest rule name a counter slot can hold.
+pub const MAX_NAME_LEN: usize = 248;
+
+/// Pin names of the maps (the symbol names in the eBPF object).
+pub mod map_names {
+    pub const SWITCH: &str = "NW_SWITCH";
+    pub const CONFIG: &str = "NW_CONFIG";
+    pub const SRC4: &str = "NW_SRC4";
+    pub const SRC6: &str = "NW_SRC6";
+    pub const PORTS: &str = "NW_PORTS";
+    pub const FLOWS: &str = "NW_FLOWS";
+    pub const RULE_STATS: &str = "NW_RULE_STATS";
+    pub const DROP_STATS: &str = "NW_DROP_STATS";
+    pub const PASS_STATS: &str = "NW_PASS_STATS";
+    pub const SLOT_NAMES: &str = "NW_SLOT_NAMES";
+    pub const ALL: [&str; 10] = [
+        SWITCH, CONFIG, SRC4, SRC6, PORTS, FLOWS, RULE_STATS, DROP_STATS, PASS_STATS, SLOT_NAMES,
+    ];
+}
+
+/// Names of the programs in the eBPF object.
+pub const XDP_PROGRAM: &str = "nodewall_xdp";
+pub const TC_EGRESS_PROGRAM: &str = "nodewall_egress";
+/// A bare `XDP_PASS`, only loaded by the benchmark as its baseline.
+pub const BENCH_PASS_PROGRAM: &str = "nodewall_bench_pass";
+
+/// One bit per rule position: bit `i` is rule `i` of the policy (first match wins, so the
+/// lowest set bit of an intersection is the verdict).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RuleBits(pub [u64; RULE_WORDS]);
+
+impl RuleBits {
+    pub const EMPTY: RuleBits = RuleBits([0; RULE_WORDS]);
+
+    pub fn set(&mut self, i: usize) {
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+
+    pub fn contains(&self, i: usize) -> bool {
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    pub fn union_with(&mut self, other: &RuleBits) {
+        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
+            *a |= *b;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+
+    /// Position of the first rule present in both sets: the rule that decides.
+    #[inline(always)]
+    pub fn first_common(&self, other: &RuleBits) -> Option<u32> {
+        // Unrolled: the eBPF verifier and the per-packet cost both prefer straight-line code.
+        let w0 = self.0[0] & other.0[0];
+        if w0 != 0 {
+            return Some(lowest_bit(w0));
+        }
+        let w1 = self.0[1] & other.0[1];
+        if w1 != 0 {
+            return Some(64 + lowest_bit(w1));
+        }
+        let w2 = self.0[2] & other.0[2];
+        if w2 != 0 {
+            return Some(128 + lowest_bit(w2));
+        }
+        let w3 = self.0[3] & other.0[3];
+        if w3 != 0 {
+            return Some(192 + lowest_bit(w3));
+        }
+        None
+    }
+}
+
+/// Index of the lowest set bit of a non-zero word. A branchy binary search rather than
+/// `trailing_zeros`, which the BPF backend lowers to a lookup table in `.rodata`.
+#[inline(always)]
+pub fn lowest_bit(x: u64) -> u32 {
+    let mut x = x & x.wrapping_neg();
+    let mut n = 0;
+    if x & 0xffff_ffff == 0 {
+        n += 32;
+        x >>= 32;
+    }
+    if x & 0xffff == 0 {
+        n += 16;
+        x >>= 16;
+    }
+    if x & 0xff == 0 {
+        n += 8;
+        x >>= 8;
+    }
+    if x & 0xf == 0 {
+        n += 4;
+        x >>= 4;
+    }
+    if x & 0x3 == 0 {
+        n += 2;
+        x >>= 2;
+    }
+    if x & 0x1 == 0 {
+        n += 1;
+    }
+    n
+}
+
+/// Bits of [`GenConfig::flags`].
+pub mod flags {
+    pub const ESTABLISHED: u32 = 1 << 0;
+    pub const ICMP_ERRORS: u32 = 1 << 1;
+    pub const NEIGHBOUR_DISCOVERY: u32 = 1 << 2;
+    pub const DHCP_CLIENT: u32 = 1 << 3;
+    /// Count drops but pass the packets.
+    pub const AUDIT: u32 = 1 << 4;
+}
+
+pub const ACTION_ALLOW: u8 = 0;
+pub const ACTION_DENY: u8 = 1;
+
+/// Rule position -> counter slot and action.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RuleRef {
+    pub slot: u16,
+    pub action: u8,
+    pub _pad: u8,
+}
+
+/// Everything of one generation that is not keyed by address or port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GenConfig {
+    pub flags: u32,
+    pub nrules: u32,
+    /// Rules matching an ICMP packet from an IPv4 source (`icmp` and `all` rules).
+    pub icmp4: RuleBits,
+    /// Rules matching an ICMPv6 packet from an IPv6 source (`icmpv6` and `all` rules).
+    pub icmp6: RuleBits,
+    /// Rules matching any other protocol (`all` rules).
+    pub other: RuleBits,
+    pub rules: [RuleRef; MAX_RULES],
+}
+
+impl GenConfig {
+    pub const EMPTY: GenConfig = GenConfig {
+        flags: 0,
+        nrules: 0,
+        icmp4: RuleBits::EMPTY,
+        icmp6: RuleBits::EMPTY,
+        other: RuleBits::EMPTY,
+        rules: [RuleRef {
+            slot: 0,
+            action: 0,
+            _pad: 0,
+        }; MAX_RULES],
+    };
+}
+
+/// The one value the agent flips to publish a generation (index 0 of `NW_SWITCH`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Switch {
+    pub layout: u32,
+    /// Generation the program reads: 0 or 1.
+    pub active: u32,
+    /// Number of applies that changed something, for `status`.
+    pub generation: u64,
+    /// Network namespace (device, inode) the pins belong to, so an agent in another
+    /// namespace never adopts them.
+    pub netns_dev: u64,
+    pub netns_ino: u64,
+}
+
+/// LPM trie key data: generation byte, then the address in network order. The prefix length
+/// of a key is `GEN_PREFIX_BITS +` the address prefix length.
+pub type Src4Key = [u8; 5];
+pub type Src6Key = [u8; 17];
+pub const GEN_PREFIX_BITS: u32 = 8;
+
+/// The destination-port tables: one `RuleBits` per (generation, protocol, port).
+pub const PORT_PROTO_TCP: u32 = 0;
+pub const PORT_PROTO_UDP: u32 = 1;
+pub const PORT_TABLE_ENTRIES: u32 = GENERATIONS * 2 * 65536;
+
+#[inline(always)]
+pub const fn port_index(gen: u32, proto: u32, port: u16) -> u32 {
+    ((gen * 2 + proto) << 16) | port as u32
+}
+
+/// Packets and bytes (of the IP packet, as nft counts them) in a per-CPU counter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Stat {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Accepted without consulting the rules; `NW_PASS_STATS` is indexed by these.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PassReason {
+    Established = 0,
+    IcmpError = 1,
+    NeighbourDiscovery = 2,
+    DhcpClient = 3,
+    /// Not subject to the policy: non-IP (ARP, LLDP...) and non-first fragments.
+    Unfiltered = 4,
+}
+
+pub const PASS_STATS_ENTRIES: u32 = 5;
+
+/// `family` label index.
+pub const FAMILY_IPV4: u32 = 0;
+pub const FAMILY_IPV6: u32 = 1;
+pub const FAMILIES: [&str; 2] = ["ipv4", "ipv6"];
+
+/// `protocol` label index.
+pub const PROTO_TCP: u32 = 0;
+pub const PROTO_UDP: u32 = 1;
+pub const PROTO_ICMP: u32 = 2;
+pub const PROTO_ICMPV6: u32 = 3;
+pub const PROTO_OTHER: u32 = 4;
+pub const PROTOCOLS: [&str; 5] = ["tcp", "udp", "icmp", "icmpv6", "other"];
+
+/// Drop counters are indexed by (cause, family, protocol); the cause is `default-deny`,
+/// `invalid`, or the counter slot of a deny rule.
+pub const DROP_CAUSE_DEFAULT: u32 = 0;
+pub const DROP_CAUSE_INVALID: u32 = 1;
+pub const DROP_CAUSE_RULE_BASE: u32 = 2;
+pub const DROP_STATS_ENTRIES: u32 = (DROP_CAUSE_RULE_BASE + MAX_SLOTS) * 2 * 5;
+
+#[inline(always)]
+pub const fn drop_index(cause: u32, family: u32, proto: u32) -> u32 {
+    (cause * 2 + family) * 5 + proto
+}
+
+/// The inverse of [`drop_index`]: (cause, family, protocol).
+pub const fn drop_index_parts(index: u32) -> (u32, u32, u32) {
+    (index / 10, (index / 5) % 2, index % 5)
+}
+
+/// A rule name kept with its counter slot so `status` can label counters after a restart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SlotName {
+    pub len: u16,
+    pub action: u8,
+    pub used: u8,
+    pub _pad: u32,
+    pub name: [u8; MAX_NAME_LEN],
+}
+
+impl SlotName {
+    pub const EMPTY: SlotName = SlotName {
+        len: 0,
+        action: 0,
+        used: 0,
+        _pad: 0,
+        name: [0; MAX_NAME_LEN],
+    };
+}
+
+/// A connection the node takes part in, keyed as its *inbound* packets look: `remote` sent
+/// them to `local`. The egress program writes these; the XDP program looks them up.
+/// Ports are host-order; for ICMP echo, `remote_port` is the echo identifier and
+/// `local_port` is 0; other protocols have both ports 0. IPv4 addresses fill the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub remote: [u8; 16],
+    pub local: [u8; 16],
+    pub remote_port: u16,
+    pub local_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// How long a flow stays established after the node last sent on it. LRU eviction bounds
+/// the table; these bound how stale an entry may be (shorter than conntrack's, which also
+/// sees the inbound side).
+pub const FLOW_TIMEOUT_TCP_NS: u64 = 24 * 3600 * 1_000_000_000;
+pub const FLOW_TIMEOUT_UDP_NS: u64 = 180 * 1_000_000_000;
+pub const FLOW_TIMEOUT_ICMP_NS: u64 = 30 * 1_000_000_000;
+pub const FLOW_TIMEOUT_OTHER_NS: u64 = 600 * 1_000_000_000;
+/// The egress program rewrites an entry's timestamp at most this often.
+pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
+pub const FLOW_TABLE_ENTRIES: u32 = 65536;
+
+/// The LPM tries allocate on insert, so their size is only a ceiling.
+pub const SRC_TRIE_ENTRIES: u32 = 1 << 18;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for RuleBits {}
+    unsafe impl aya::Pod for GenConfig {}
+    unsafe impl aya::Pod for Switch {}
+    unsafe impl aya::Pod for Stat {}
+    unsafe impl aya::Pod for SlotName {}
+    unsafe impl aya::Pod for FlowKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lowest_bit_matches_trailing_zeros() {
+        for i in 0..64 {
+            let x = 1u64 << i;
+            assert_eq!(lowest_bit(x), i);
+            assert_eq!(lowest_bit(x | (x << 1)), i);
+            assert_eq!(lowest_bit(u64::MAX << i), i);
+        }
+    }
+
+    #[test]
+    fn first_common_is_lowest_shared_position() {
+        let mut a = RuleBits::EMPTY;
+        let mut b = RuleBits::EMPTY;
+        a.set(3);
+        a.set(200);
+        b.set(200);
+        b.set(255);
+        assert_eq!(a.first_common(&b), Some(200));
+        b.set(3);
+        assert_eq!(a.first_common(&b), Some(3));
+        assert_eq!(RuleBits::EMPTY.first_common(&a), None);
+    }
+
+    #[test]
+    fn drop_index_round_trips() {
+        for cause in [
+            DROP_CAUSE_DEFAULT,
+            DROP_CAUSE_INVALID,
+            DROP_CAUSE_RULE_BASE + MAX_SLOTS - 1,
+        ] {
+            for fam in 0..2 {
+                for proto in 0..5 {
+                    let i = drop_index(cause, fam, proto);
+                    assert!(i < DROP_STATS_ENTRIES);
+                    assert_eq!(drop_index_parts(i), (cause, fam, proto));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! nodewall's datapath: an XDP program that enforces the policy on inbound packets, and a TC
+//! egress program that records the node's own flows so their return traffic passes.
+//!
+//! Per-packet work does not depend on the size of the policy: one LPM lookup (source ->
+//! rules containing it), one array lookup (protocol/port -> rules matching it), and the lowest
+//! set bit of their intersection is the first matching rule.
+#![no_std]
+#![no_main]
+
+mod flow;
+mod parse;
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    macros::{classifier, map, xdp},
+    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray},
+    programs::{TcContext, XdpContext},
+};
+use nodewall_common::xdp::*;
+
+use crate::parse::{parse_ip, Frame, Ip, Parsed, L4};
+
+#[map]
+static NW_SWITCH: Array<Switch> = Array::with_max_entries(1, 0);
+#[map]
+static NW_CONFIG: Array<GenConfig> = Array::with_max_entries(GENERATIONS, 0);
+#[map]
+static NW_SRC4: LpmTrie<Src4Key, RuleBits> = LpmTrie::with_max_entries(SRC_TRIE_ENTRIES, 0);
+#[map]
+static NW_SRC6: LpmTrie<Src6Key, RuleBits> = LpmTrie::with_max_entries(SRC_TRIE_ENTRIES, 0);
+#[map]
+static NW_PORTS: Array<RuleBits> = Array::with_max_entries(PORT_TABLE_ENTRIES, 0);
+#[map]
+static NW_FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(FLOW_TABLE_ENTRIES, 0);
+#[map]
+static NW_RULE_STATS: PerCpuArray<Stat> = PerCpuArray::with_max_entries(MAX_SLOTS, 0);
+#[map]
+static NW_DROP_STATS: PerCpuArray<Stat> = PerCpuArray::with_max_entries(DROP_STATS_ENTRIES, 0);
+#[map]
+static NW_PASS_STATS: PerCpuArray<Stat> = PerCpuArray::with_max_entries(PASS_STATS_ENTRIES, 0);
+/// Only the agent reads and writes it; it lives here so it is created and pinned with the rest.
+#[map]
+static NW_SLOT_NAMES: Array<SlotName> = Array::with_max_entries(MAX_SLOTS, 0);
+
+const ND_FIRST: u8 = 133;
+const ND_LAST: u8 = 137;
+const DHCP_SERVER_PORT: u16 = 67;
+const DHCP_CLIENT_PORT: u16 = 68;
+/// TCX_NEXT / TC_ACT_UNSPEC: the egress program never decides, it only watches.
+const TC_NEXT: i32 = -1;
+
+enum Verdict {
+    Pass(PassReason, u32),
+    Rule { rule: RuleRef, family: u32, proto: u32, len: u32 },
+    Drop { cause: u32, family: u32, proto: u32, len: u32 },
+}
+
+#[xdp]
+pub fn nodewall_xdp(ctx: XdpContext) -> u32 {
+    let f = Frame { start: ctx.data(), end: ctx.data_end() };
+    let Some(sw) = NW_SWITCH.get(0) else {
+        return XDP_PASS;
+    };
+    let gen = sw.active & 1;
+    let Some(cfg) = NW_CONFIG.get(gen) else {
+        return XDP_PASS;
+    };
+    let drop = if cfg.flags & flags::AUDIT != 0 { XDP_PASS } else { XDP_DROP };
+    match decide(&f, gen, cfg) {
+        Verdict::Pass(reason, len) => {
+            bump(&NW_PASS_STATS, reason as u32, len);
+            XDP_PASS
+        }
+        Verdict::Rule { rule, family, proto, len } => {
+            bump(&NW_RULE_STATS, rule.slot as u32, len);
+            if rule.action == ACTION_ALLOW {
+                return XDP_PASS;
+            }
+            bump(&NW_DROP_STATS, drop_index(DROP_CAUSE_RULE_BASE + rule.slot as u32, family, proto), len);
+            drop
+        }
+        Verdict::Drop { cause, family, proto, len } => {
+            bump(&NW_DROP_STATS, drop_index(cause, family, proto), len);
+            drop
+        }
+    }
+}
+
+/// The evaluation order of `nodewall::policy::evaluate`, step by step.
+#[inline(always)]
+fn decide(f: &Frame, gen: u32, cfg: &GenConfig) -> Verdict {
+    let ip = match parse_ip(f) {
+        Parsed::NotIp | Parsed::LaterFragment => return Verdict::Pass(PassReason::Unfiltered, f.avail(0) as u32),
+        Parsed::Invalid { family, len } => {
+            return Verdict::Drop { cause: DROP_CAUSE_INVALID, family, proto: PROTO_OTHER, len };
+        }
+        Parsed::Ip(ip) => ip,
+    };
+    let (family, proto, len) = (ip.family, ip.proto_label(), ip.len);
+    let Some(l4) = ip.l4(f) else {
+        return Verdict::Drop { cause: DROP_CAUSE_INVALID, family, proto, len };
+    };
+    let flags = cfg.flags;
+    if let L4::Icmp { icmp_type, .. } = l4 {
+        if is_icmp_error(family, icmp_type) {
+            // conntrack's `related`: an error quoting a packet of one of our flows.
+            if flags & flags::ICMP_ERRORS != 0 {
+                if let Some(k) = flow::quoted_key(f, &ip) {
+                    if flow::is_tracked(&NW_FLOWS, &k) {
+                        return Verdict::Pass(PassReason::IcmpError, len);
+                    }
+                }
+            }
+        } else if flags & flags::ESTABLISHED != 0 && established(&ip, l4) {
+            return Verdict::Pass(PassReason::Established, len);
+        }
+        if family == FAMILY_IPV6
+            && flags & flags::NEIGHBOUR_DISCOVERY != 0
+            && (ND_FIRST..=ND_LAST).contains(&icmp_type)
+        {
+            return Verdict::Pass(PassReason::NeighbourDiscovery, len);
+        }
+    } else if flags & flags::ESTABLISHED != 0 && established(&ip, l4) {
+        return Verdict::Pass(PassReason::Established, len);
+    }
+    if let L4::Udp { sport: DHCP_SERVER_PORT, dport: DHCP_CLIENT_PORT } = l4 {
+        if flags & flags::DHCP_CLIENT != 0 {
+            return Verdict::Pass(PassReason::DhcpClient, len);
+        }
+    }
+    let by_l4 = match l4 {
+        L4::Tcp { dport, .. } => NW_PORTS.get(port_index(gen, PORT_PROTO_TCP, dport)),
+        L4::Udp { dport, .. } => NW_PORTS.get(port_index(gen, PORT_PROTO_UDP, dport)),
+        L4::Icmp { .. } if family == FAMILY_IPV4 => Some(&cfg.icmp4),
+        L4::Icmp { .. } => Some(&cfg.icmp6),
+        L4::Other => Some(&cfg.other),
+    };
+    let by_src = source_rules(&ip, gen);
+    if let (Some(a), Some(b)) = (by_src, by_l4) {
+        if let Some(pos) = a.first_common(b) {
+            if pos < cfg.nrules && (pos as usize) < MAX_RULES {
+                return Verdict::Rule { rule: cfg.rules[pos as usize], family, proto, len };
+            }
+        }
+    }
+    Verdict::Drop { cause: DROP_CAUSE_DEFAULT, family, proto, len }
+}
+
+#[inline(always)]
+fn established(ip: &Ip, l4: L4) -> bool {
+    match flow::inbound_key(ip, l4) {
+        Some(k) => flow::is_tracked(&NW_FLOWS, &k),
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn is_icmp_error(family: u32, icmp_type: u8) -> bool {
+    if family == FAMILY_IPV4 {
+        matches!(icmp_type, 3 | 4 | 11 | 12)
+    } else {
+        matches!(icmp_type, 1..=4)
+    }
+}
+
+/// The rules whose sources contain the packet's source: the longest prefix holds them all,
+/// because the agent pushes every rule's bit down into the prefixes its sources contain.
+#[inline(always)]
+fn source_rules(ip: &Ip, gen: u32) -> Option<&'static RuleBits> {
+    if ip.family == FAMILY_IPV4 {
+        let mut k = [0u8; 5];
+        k[0] = gen as u8;
+        k[1..5].copy_from_slice(&ip.src[..4]);
+        NW_SRC4.get(Key::new(GEN_PREFIX_BITS + 32, k))
+    } else {
+        let mut k = [0u8; 17];
+        k[0] = gen as u8;
+        k[1..17].copy_from_slice(&ip.src);
+        NW_SRC6.get(Key::new(GEN_PREFIX_BITS + 128, k))
+    }
+}
+
+#[inline(always)]
+fn bump(map: &PerCpuArray<Stat>, index: u32, bytes: u32) {
+    if let Some(p) = map.get_ptr_mut(index) {
+        // SAFETY: a per-CPU value, only this CPU writes it, and this program runs to completion.
+        unsafe {
+            (*p).packets += 1;
+            (*p).bytes += bytes as u64;
+        }
+    }
+}
+
+/// The baseline of the benchmark in the agent's tests: the cost of an XDP program that does
+/// nothing, against which the classifier's cost per packet is measured.
+#[xdp]
+pub fn nodewall_bench_pass(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
+/// Headers the egress program needs in the linear part of the skb.
+const EGRESS_PULL: u32 = 128;
+
+#[classifier]
+pub fn nodewall_egress(ctx: TcContext) -> i32 {
+    let len = ctx.len();
+    let _ = ctx.pull_data(if len < EGRESS_PULL { len } else { EGRESS_PULL });
+    let f = Frame { start: ctx.data(), end: ctx.data_end() };
+    if let Parsed::Ip(ip) = parse_ip(&f) {
+        if let Some(l4) = ip.l4(&f) {
+            if let Some(k) = flow::outbound_key(&ip, l4) {
+                flow::record(&NW_FLOWS, &k);
+            }
+        }
+    }
+    TC_NEXT
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,267 @@
+//! Header parsing shared by the XDP (ingress) and TC (egress) programs.
+//!
+//! Every read is bounds-checked against the end of the frame, and every variable offset is
+//! bounded first, because that is what the verifier needs to accept packet access. Lengths
+//! that only take part in comparisons come from `data_end - data` (a scalar for a privileged
+//! loader); offsets into the packet never do.
+
+use core::mem::size_of;
+
+use nodewall_common::xdp::{FAMILY_IPV4, FAMILY_IPV6, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER, PROTO_TCP, PROTO_UDP};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+/// QinQ at most: deeper stacks are not IP as far as the policy is concerned (passed).
+const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers walked before giving up (and calling the packet invalid).
+const MAX_EXT_HEADERS: usize = 8;
+/// No header is looked for beyond this offset; it bounds offsets for the verifier.
+const MAX_L4_OFFSET: usize = 1024;
+
+/// The packet bytes `[start, end)` as the program sees them.
+#[derive(Clone, Copy)]
+pub struct Frame {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Frame {
+    #[inline(always)]
+    pub fn load<T: Copy>(&self, off: usize) -> Option<T> {
+        let p = self.start + off;
+        if p + size_of::<T>() > self.end {
+            return None;
+        }
+        // SAFETY: [p, p + size_of::<T>()) lies inside the packet, checked just above.
+        Some(unsafe { core::ptr::read_unaligned(p as *const T) })
+    }
+
+    #[inline(always)]
+    pub fn u16be(&self, off: usize) -> Option<u16> {
+        self.load::<[u8; 2]>(off).map(u16::from_be_bytes)
+    }
+
+    /// Bytes from `off` to the end of the frame (0 when `off` is past it).
+    #[inline(always)]
+    pub fn avail(&self, off: usize) -> usize {
+        let len = self.end - self.start;
+        len.saturating_sub(off)
+    }
+}
+
+/// An IP packet whose network header is valid.
+pub struct Ip {
+    pub family: u32,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Upper-layer protocol, after IPv6 extension headers.
+    pub proto: u8,
+    /// Offset of the upper-layer header in the frame.
+    pub l4: usize,
+    /// Bytes from `l4` to the end of the IP packet (of this fragment).
+    pub l4_len: usize,
+    /// Length of the IP packet: what the counters add up, like nft's.
+    pub len: u32,
+}
+
+pub enum Parsed {
+    /// ARP, LLDP and every other non-IP frame.
+    NotIp,
+    /// A fragment other than the first: it cannot be reassembled without the first one,
+    /// which carried the ports and was classified (or dropped).
+    LaterFragment,
+    Invalid { family: u32, len: u32 },
+    Ip(Ip),
+}
+
+/// Finds and validates the IP header after the Ethernet header and up to two VLAN tags.
+#[inline(always)]
+pub fn parse_ip(f: &Frame) -> Parsed {
+    let Some(mut ethertype) = f.u16be(12) else {
+        return Parsed::NotIp;
+    };
+    let mut l3 = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        match f.u16be(l3 + 2) {
+            Some(t) => ethertype = t,
+            None => return Parsed::NotIp,
+        }
+        l3 += 4;
+    }
+    match ethertype {
+        ETH_P_IP => parse_v4(f, l3),
+        ETH_P_IPV6 => parse_v6(f, l3),
+        _ => Parsed::NotIp,
+    }
+}
+
+#[inline(always)]
+fn parse_v4(f: &Frame, l3: usize) -> Parsed {
+    let avail = f.avail(l3);
+    let invalid = Parsed::Invalid { family: FAMILY_IPV4, len: avail as u32 };
+    let Some(hdr) = f.load::<[u8; 20]>(l3) else {
+        return invalid;
+    };
+    let ihl = ((hdr[0] & 0x0f) as usize) * 4;
+    let total = u16::from_be_bytes([hdr[2], hdr[3]]) as usize;
+    if hdr[0] >> 4 != 4 || ihl < 20 || total < ihl || total > avail {
+        return invalid;
+    }
+    if u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff != 0 {
+        return Parsed::LaterFragment;
+    }
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src[..4].copy_from_slice(&hdr[12..16]);
+    dst[..4].copy_from_slice(&hdr[16..20]);
+    Parsed::Ip(Ip {
+        family: FAMILY_IPV4,
+        src,
+        dst,
+        proto: hdr[9],
+        l4: l3 + ihl,
+        l4_len: total - ihl,
+        len: total as u32,
+    })
+}
+
+#[inline(always)]
+fn parse_v6(f: &Frame, l3: usize) -> Parsed {
+    let avail = f.avail(l3);
+    let invalid = Parsed::Invalid { family: FAMILY_IPV6, len: avail as u32 };
+    let Some(hdr) = f.load::<[u8; 8]>(l3) else {
+        return invalid;
+    };
+    let total = 40 + u16::from_be_bytes([hdr[4], hdr[5]]) as usize;
+    if hdr[0] >> 4 != 6 || total > avail {
+        return invalid;
+    }
+    let (Some(src), Some(dst)) = (f.load::<[u8; 16]>(l3 + 8), f.load::<[u8; 16]>(l3 + 24)) else {
+        return invalid;
+    };
+    let end = l3 + total;
+    let mut nh = hdr[6];
+    let mut off = l3 + 40;
+    let mut walked = 0;
+    while walked < MAX_EXT_HEADERS {
+        if !matches!(nh, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_FRAGMENT | IPPROTO_AH | IPPROTO_DSTOPTS) {
+            break;
+        }
+        // Every extension header is at least 8 bytes, and must lie inside the payload.
+        if off + 8 > end {
+            return invalid;
+        }
+        let Some(ext) = f.load::<[u8; 4]>(off) else {
+            return invalid;
+        };
+        let len = match nh {
+            IPPROTO_FRAGMENT => {
+                if u16::from_be_bytes([ext[2], ext[3]]) >> 3 != 0 {
+                    return Parsed::LaterFragment;
+                }
+                8
+            }
+            IPPROTO_AH => (ext[1] as usize + 2) * 4,
+            _ => (ext[1] as usize + 1) * 8,
+        };
+        nh = ext[0];
+        off += len;
+        if off > MAX_L4_OFFSET || off > end {
+            return invalid;
+        }
+        walked += 1;
+    }
+    if walked == MAX_EXT_HEADERS
+        && matches!(nh, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_FRAGMENT | IPPROTO_AH | IPPROTO_DSTOPTS)
+    {
+        return invalid;
+    }
+    Parsed::Ip(Ip { family: FAMILY_IPV6, src, dst, proto: nh, l4: off, l4_len: end - off, len: total as u32 })
+}
+
+/// The upper-layer header fields the policy and the flow table look at.
+#[derive(Clone, Copy)]
+pub enum L4 {
+    Tcp { sport: u16, dport: u16 },
+    Udp { sport: u16, dport: u16 },
+    /// ICMP in IPv4 or ICMPv6 in IPv6; `id` is only meaningful for echo messages.
+    Icmp { icmp_type: u8, id: u16 },
+    Other,
+}
+
+impl Ip {
+    /// Whether `proto` is this family's ICMP.
+    #[inline(always)]
+    pub fn is_icmp(&self) -> bool {
+        (self.family == FAMILY_IPV4 && self.proto == IPPROTO_ICMP)
+            || (self.family == FAMILY_IPV6 && self.proto == IPPROTO_ICMPV6)
+    }
+
+    /// The `protocol` label of counters.
+    #[inline(always)]
+    pub fn proto_label(&self) -> u32 {
+        match self.proto {
+            IPPROTO_TCP => PROTO_TCP,
+            IPPROTO_UDP => PROTO_UDP,
+            _ if self.is_icmp() => {
+                if self.family == FAMILY_IPV4 {
+                    PROTO_ICMP
+                } else {
+                    PROTO_ICMPV6
+                }
+            }
+            _ => PROTO_OTHER,
+        }
+    }
+
+    /// Reads the upper-layer header; `None` when it is truncated or malformed (conntrack's
+    /// `invalid`), including a first fragment too short to hold it.
+    #[inline(always)]
+    pub fn l4(&self, f: &Frame) -> Option<L4> {
+        match self.proto {
+            IPPROTO_TCP => {
+                if self.l4_len < 20 {
+                    return None;
+                }
+                let h = f.load::<[u8; 20]>(self.l4)?;
+                let doff = ((h[12] >> 4) as usize) * 4;
+                if doff < 20 || doff > self.l4_len {
+                    return None;
+                }
+                Some(L4::Tcp { sport: u16::from_be_bytes([h[0], h[1]]), dport: u16::from_be_bytes([h[2], h[3]]) })
+            }
+            IPPROTO_UDP => {
+                if self.l4_len < 8 {
+                    return None;
+                }
+                let h = f.load::<[u8; 8]>(self.l4)?;
+                Some(L4::Udp { sport: u16::from_be_bytes([h[0], h[1]]), dport: u16::from_be_bytes([h[2], h[3]]) })
+            }
+            _ if self.is_icmp() => {
+                if self.l4_len < 8 {
+                    return None;
+                }
+                let h = f.load::<[u8; 8]>(self.l4)?;
+                Some(L4::Icmp { icmp_type: h[0], id: u16::from_be_bytes([h[4], h[5]]) })
+            }
+            _ => Some(L4::Other),
+        }
+    }
+}
