@@ -60,8 +60,8 @@ fn node_span() -> tracing::Span {
         return tracing::Span::none();
     }
     tracing::info_span!(
-        "node",
-        name = node.as_deref().unwrap_or(""),
+        "nodewall",
+        node = node.as_deref().unwrap_or(""),
         host_ip = host_ip.as_deref().unwrap_or("")
     )
 }

@@ -31,7 +31,7 @@ pub async fn serve(listener: TcpListener, endpoints: Endpoints) {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let e = endpoints.clone();
-                tokio::spawn(async move {
+                super::spawn(async move {
                     if let Err(err) = handle(stream, e).await {
                         tracing::debug!(error = %err, "metrics connection");
                     }

@@ -126,7 +126,7 @@ impl Daemon {
             lock = %lock.path().display(),
             "nodewall starting"
         );
-        tokio::spawn(http::serve(
+        spawn(http::serve(
             listener,
             http::Endpoints {
                 worker: worker.clone(),
@@ -180,7 +180,7 @@ pub async fn run(opts: Options, parser: Parser, open: OpenBackend) -> Result<(),
     let mut term = signal(SignalKind::terminate()).map_err(anyhow::Error::from)?;
     let mut int = signal(SignalKind::interrupt()).map_err(anyhow::Error::from)?;
     let (daemon, handle) = Daemon::start(opts, parser, open).await?;
-    tokio::spawn(async move {
+    spawn(async move {
         loop {
             let event = tokio::select! {
                 _ = hup.recv() => Event::Reload,
@@ -193,6 +193,17 @@ pub async fn run(opts: Options, parser: Parser, open: OpenBackend) -> Result<(),
     });
     daemon.run().await;
     Ok(())
+}
+
+/// `tokio::spawn` inside the caller's span, so that every log line of the daemon's tasks
+/// carries the node's fields (NODE_NAME, HOST_IP).
+fn spawn<F>(task: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    use tracing::Instrument;
+    tokio::spawn(task.instrument(tracing::Span::current()))
 }
 
 /// Reads the kernel counters into the metrics. Runs on the backend thread, so readings are

@@ -30,7 +30,7 @@ pub fn spawn_sampler(metrics: std::sync::Arc<Metrics>) {
             return;
         }
     };
-    tokio::spawn(async move {
+    super::spawn(async move {
         let mut limit = RateLimit::new(LOG_RATE, LOG_BURST, std::time::Instant::now());
         loop {
             let events = match sock.recv().await {

@@ -28,9 +28,12 @@ impl Worker {
     {
         let (tx, rx) = mpsc::channel::<Job>();
         let (opened_tx, opened_rx) = oneshot::channel();
+        // The backend's own log lines carry the daemon's fields too.
+        let span = tracing::Span::current();
         std::thread::Builder::new()
             .name("nodewall-backend".into())
             .spawn(move || {
+                let _in_span = span.enter();
                 let mut backend = match open() {
                     Ok(b) => {
                         let _ = opened_tx.send(Ok(b.name()));
