@@ -316,6 +316,9 @@ fn interesting(line: &str) -> bool {
 fn print_log_lines(log: &Path, needle: &str, max: usize) {
     let text = fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| l.contains(needle)).collect();
+    if lines.is_empty() {
+        println!("  (no log line contains {needle:?})");
+    }
     for l in lines.iter().rev().take(max).rev() {
         // `TIMESTAMP LEVEL TARGET: MESSAGE FIELDS`: keep the level and what follows the target.
         let level = l.split_whitespace().nth(1).unwrap_or("");
