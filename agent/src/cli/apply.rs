@@ -10,7 +10,7 @@ use std::process::{Command, ExitCode, Stdio};
 use nodewall::backend::{interfaces, Backend};
 use nodewall::config::BackendKind;
 use nodewall::daemon::confirm;
-use nodewall::daemon::lock::StateLock;
+use nodewall::daemon::lock::{Role, StateLock};
 use nodewall::daemon::lockout;
 use nodewall::daemon::source;
 use nodewall::daemon::state::{self, Pending, Snapshot, StateDir};
@@ -66,7 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let state = StateDir::new(&args.state_dir);
-    let lock = match state.lock() {
+    let lock = match state.lock_for_apply() {
         Ok(l) => l,
         Err(e) => {
             eprintln!("nodewall: error: {e}");
@@ -199,7 +199,7 @@ fn spawn_watchdog(state: &StateDir, lock: &StateLock) -> anyhow::Result<()> {
 fn watchdog(fd: i32, state_dir: &Path) -> anyhow::Result<ExitCode> {
     let state = StateDir::new(state_dir);
     // SAFETY: the parent passed us this descriptor of its lock file and nothing else uses it.
-    let _lock = unsafe { StateLock::from_inherited_fd(fd, state_dir) }?;
+    let _lock = unsafe { StateLock::from_inherited_fd(fd, state_dir, Role::RollbackWatchdog) }?;
     tracing::info!(state = %state_dir.display(), "rollback watchdog: waiting for `nodewall confirm`");
     let Some(pending) = confirm::wait(&state)? else {
         tracing::info!("rollback watchdog: confirmed, exiting");

@@ -3,12 +3,13 @@
 //!
 //! `flock` locks belong to the open file, not to a path or a process: the kernel drops the lock
 //! when the holder dies (even by `kill -9`), so a stale lock file never blocks a restart. The
-//! holder's pid is written into the file only to name it in the error message.
+//! holder's pid and role are written into the file only to name it in the error message.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Held for as long as this value lives.
 #[derive(Debug)]
@@ -17,10 +18,63 @@ pub struct StateLock {
     path: PathBuf,
 }
 
+/// What kind of command holds the lock: written into the lock file so that the refused side
+/// can say who is in the way, and so that `apply` waits only for another `apply`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Run,
+    Apply,
+    RollbackWatchdog,
+}
+
+impl Role {
+    fn tag(self) -> &'static str {
+        match self {
+            Role::Run => "run",
+            Role::Apply => "apply",
+            Role::RollbackWatchdog => "rollback-watchdog",
+        }
+    }
+
+    fn from_tag(tag: &str) -> Option<Role> {
+        [Role::Run, Role::Apply, Role::RollbackWatchdog]
+            .into_iter()
+            .find(|r| r.tag() == tag)
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Role::Run => "`nodewall run`",
+            Role::Apply => "`nodewall apply`",
+            Role::RollbackWatchdog => "the rollback watchdog of an unconfirmed `apply --confirm`",
+        }
+    }
+}
+
+/// The holder as recorded in the lock file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: Option<u32>,
+    pub role: Option<Role>,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.pid {
+            Some(pid) => write!(f, "pid {pid}")?,
+            None => write!(f, "pid unknown")?,
+        }
+        if let Some(role) = self.role {
+            write!(f, ", {}", role.describe())?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("{path}: another nodewall ({holder}) manages this node's firewall; stop it first (only one agent may run per node)")]
-    Held { path: String, holder: String },
+    Held { path: String, holder: Holder },
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -30,7 +84,7 @@ pub enum LockError {
 
 impl StateLock {
     /// Takes the lock without waiting, creating the state directory if needed.
-    pub fn acquire(state_dir: &Path) -> Result<Self, LockError> {
+    pub fn acquire(state_dir: &Path, role: Role) -> Result<Self, LockError> {
         let path = state_dir.join("lock");
         let io = |source| LockError::Io {
             path: path.display().to_string(),
@@ -50,21 +104,52 @@ impl StateLock {
             if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
                 return Err(io(err));
             }
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = match holder.trim() {
-                "" => "pid unknown".to_string(),
-                pid => format!("pid {pid}"),
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let mut words = text.split_whitespace();
+            let holder = Holder {
+                pid: words.next().and_then(|p| p.parse().ok()),
+                role: words.next().and_then(Role::from_tag),
             };
             return Err(LockError::Held {
                 path: path.display().to_string(),
                 holder,
             });
         }
-        file.set_len(0).map_err(io)?;
-        file.rewind().map_err(io)?;
-        writeln!(file, "{}", std::process::id()).map_err(io)?;
-        Ok(Self { file, path })
+        let lock = Self {
+            file,
+            path: path.clone(),
+        };
+        lock.record(role).map_err(io)?;
+        Ok(lock)
+    }
+
+    /// Like [`StateLock::acquire`], but while another `apply` holds the lock, waits up to
+    /// `patience` for it to finish (one-shot commands may run back to back).
+    pub fn acquire_waiting(
+        state_dir: &Path,
+        role: Role,
+        patience: Duration,
+    ) -> Result<Self, LockError> {
+        let deadline = Instant::now() + patience;
+        loop {
+            match Self::acquire(state_dir, role) {
+                Err(LockError::Held { holder, .. })
+                    if holder.role == Some(Role::Apply) && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Writes `PID ROLE` into the lock file.
+    fn record(&self, role: Role) -> std::io::Result<()> {
+        let mut file = &self.file;
+        file.set_len(0)?;
+        file.rewind()?;
+        writeln!(file, "{} {}", std::process::id(), role.tag())
     }
 
     /// Takes over a lock inherited from the parent process as file descriptor `fd` (see
@@ -72,9 +157,12 @@ impl StateLock {
     ///
     /// # Safety
     /// `fd` must be an open descriptor of the lock file that nothing else in this process owns.
-    pub unsafe fn from_inherited_fd(fd: i32, state_dir: &Path) -> Result<Self, LockError> {
+    pub unsafe fn from_inherited_fd(
+        fd: i32,
+        state_dir: &Path,
+        role: Role,
+    ) -> Result<Self, LockError> {
         use std::os::fd::FromRawFd;
-        let mut file = File::from_raw_fd(fd);
         let path = state_dir.join("lock");
         let io = |source| LockError::Io {
             path: path.display().to_string(),
@@ -84,10 +172,12 @@ impl StateLock {
         if libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) != 0 {
             return Err(io(std::io::Error::last_os_error()));
         }
-        file.set_len(0).map_err(io)?;
-        file.rewind().map_err(io)?;
-        writeln!(file, "{}", std::process::id()).map_err(io)?;
-        Ok(Self { file, path })
+        let lock = Self {
+            file: File::from_raw_fd(fd),
+            path: path.clone(),
+        };
+        lock.record(role).map_err(io)?;
+        Ok(lock)
     }
 
     /// Clears close-on-exec so that a child process inherits the lock, and returns the fd.
@@ -112,21 +202,50 @@ impl StateLock {
 mod tests {
     use super::*;
 
-    #[test]
-    fn second_holder_is_refused_with_the_first_ones_pid() {
-        let dir = std::env::temp_dir().join(format!("nodewall-lock-{}", std::process::id()));
+    fn dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("nodewall-lock-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let first = StateLock::acquire(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn second_holder_is_refused_with_the_first_ones_pid_and_role() {
+        let dir = dir("refused");
+        let first = StateLock::acquire(&dir, Role::Run).unwrap();
         // A second open file description conflicts even within one process.
-        let err = StateLock::acquire(&dir).unwrap_err();
+        let err = StateLock::acquire(&dir, Role::Run).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, LockError::Held { .. }), "{msg}");
-        assert!(
-            msg.contains(&format!("pid {}", std::process::id())),
-            "{msg}"
-        );
+        let holder = format!("pid {}, `nodewall run`", std::process::id());
+        assert!(msg.contains(&holder), "{msg}");
+        // `apply` does not wait for an agent.
+        let t = Instant::now();
+        let err = StateLock::acquire_waiting(&dir, Role::Apply, Duration::from_secs(5));
+        assert!(matches!(err, Err(LockError::Held { .. })));
+        assert!(t.elapsed() < Duration::from_secs(1), "no wait for `run`");
         drop(first);
-        StateLock::acquire(&dir).expect("lock is free once the holder is gone");
+        StateLock::acquire(&dir, Role::Run).expect("free once the holder is gone");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn apply_waits_for_another_apply() {
+        let dir = dir("wait");
+        let first = StateLock::acquire(&dir, Role::Apply).unwrap();
+        let t = Instant::now();
+        let err = StateLock::acquire_waiting(&dir, Role::Apply, Duration::from_millis(200));
+        assert!(matches!(err, Err(LockError::Held { .. })));
+        assert!(
+            t.elapsed() >= Duration::from_millis(200),
+            "waited for the holder"
+        );
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(first);
+        });
+        StateLock::acquire_waiting(&dir, Role::Apply, Duration::from_secs(5))
+            .expect("lock taken once the holder is gone");
+        releaser.join().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

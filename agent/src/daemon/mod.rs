@@ -105,7 +105,7 @@ impl Daemon {
         open: OpenBackend,
     ) -> Result<(Daemon, Handle), DaemonError> {
         let state = StateDir::new(&opts.state_dir);
-        let lock = state.lock()?;
+        let lock = state.lock_for_run()?;
         let text = source::read(&opts.config).map_err(DaemonError::InvalidConfig)?;
         let desired = parser(&text, &opts.config).map_err(DaemonError::InvalidConfig)?;
         // Watch before the first apply, so that no change after the read is missed.

@@ -13,9 +13,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::lock::{LockError, StateLock};
+use super::lock::{LockError, Role, StateLock};
 
 pub const DEFAULT_DIR: &str = "/run/nodewall";
+/// How long `apply` waits for the lock: enough for another `apply` to finish, short enough to
+/// fail clearly when an agent holds it.
+const ONE_SHOT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A config as it was installed: enough to install it again.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,8 +53,14 @@ impl StateDir {
         &self.root
     }
 
-    pub fn lock(&self) -> Result<StateLock, LockError> {
-        StateLock::acquire(&self.root)
+    /// The lock for `nodewall run`: refused at once if anything holds it.
+    pub fn lock_for_run(&self) -> Result<StateLock, LockError> {
+        StateLock::acquire(&self.root, Role::Run)
+    }
+
+    /// The lock for `nodewall apply`: waits a little if another `apply` holds it.
+    pub fn lock_for_apply(&self) -> Result<StateLock, LockError> {
+        StateLock::acquire_waiting(&self.root, Role::Apply, ONE_SHOT_PATIENCE)
     }
 
     pub fn applied(&self) -> anyhow::Result<Option<Snapshot>> {
