@@ -49,41 +49,28 @@ fn confirm_or_roll_back(backend: Backend) -> anyhow::Result<()> {
     std::fs::write(&closed_cfg, Config::new(backend, Some("tke-node")).yaml())?;
     let (open_cfg, closed_cfg) = (open_cfg.to_str().unwrap(), closed_cfg.to_str().unwrap());
 
-    let out = nodewall(
-        &topo.node,
-        &["apply", "-c", open_cfg, "--state-dir", state],
-        &[],
-    )?;
+    let apply = |cfg: &str, extra: &[&str]| {
+        let mut args = vec!["apply", "-c", cfg, "--state-dir", state];
+        args.extend_from_slice(extra);
+        nodewall(&topo.node, &args, &[])
+    };
+    let confirm = || nodewall(&topo.node, &["confirm", "--state-dir", state], &[]);
+
+    let out = apply(open_cfg, &[])?;
     ensure!(
         out.status.success() && web_open(),
         "the first policy is applied and open"
     );
 
     // Not confirmed: rolled back after 2 s.
-    let out = nodewall(
-        &topo.node,
-        &[
-            "apply",
-            "-c",
-            closed_cfg,
-            "--state-dir",
-            state,
-            "--confirm",
-            "2",
-        ],
-        &[],
-    )?;
+    let out = apply(closed_cfg, &["--confirm", "2"])?;
     ensure!(out.status.success(), "apply --confirm succeeds");
     ensure!(
         stderr(&out).contains("rolls back in 2 s"),
         "and says when it rolls back"
     );
     ensure!(!web_open(), "the new policy is in force");
-    let out = nodewall(
-        &topo.node,
-        &["apply", "-c", open_cfg, "--state-dir", state],
-        &[],
-    )?;
+    let out = apply(open_cfg, &[])?;
     ensure!(
         out.status.code() == Some(1) && stderr(&out).contains("is pending"),
         "another apply is refused while one awaits confirmation"
@@ -92,41 +79,23 @@ fn confirm_or_roll_back(backend: Backend) -> anyhow::Result<()> {
         wait_until(Duration::from_secs(5), &web_open),
         "rolled back to the previous policy after the deadline"
     );
-    let out = nodewall(&topo.node, &["confirm", "--state-dir", state], &[])?;
+    let out = confirm()?;
     ensure!(
         out.status.code() == Some(1) && stderr(&out).contains("was rolled back"),
         "confirm after the deadline fails and says it was rolled back"
     );
 
     // Confirmed in time: stays after the deadline.
-    let out = nodewall(
-        &topo.node,
-        &[
-            "apply",
-            "-c",
-            closed_cfg,
-            "--state-dir",
-            state,
-            "--confirm",
-            "2",
-        ],
-        &[],
-    )?;
+    let out = apply(closed_cfg, &["--confirm", "2"])?;
     ensure!(
         out.status.success() && !web_open(),
         "second confirmed apply in force"
     );
-    let out = nodewall(&topo.node, &["confirm", "--state-dir", state], &[])?;
-    ensure!(out.status.success(), "confirm in time succeeds");
+    ensure!(confirm()?.status.success(), "confirm in time succeeds");
     std::thread::sleep(Duration::from_secs(3));
     ensure!(!web_open(), "a confirmed policy is not rolled back");
-    let out = nodewall(
-        &topo.node,
-        &["apply", "-c", open_cfg, "--state-dir", state],
-        &[],
-    )?;
     ensure!(
-        out.status.success(),
+        apply(open_cfg, &[])?.status.success(),
         "the lock is free again once confirmed"
     );
     Ok(())
@@ -180,9 +149,8 @@ fn refuses_to_cut_the_ssh_session(backend: Backend) -> anyhow::Result<()> {
 
 fn one_agent_per_node(backend: Backend) -> anyhow::Result<()> {
     let topo = Topology::new()?;
-    let dir = TempDir::new("lock")?;
-    let config = dir.0.join("config.yaml");
-    std::fs::write(&config, Config::new(backend, Some("tke-node")).yaml())?;
+    let (dir, config) =
+        TempDir::with_config("lock", &Config::new(backend, Some("tke-node")).yaml())?;
     let agent = Agent::start(&topo.node, &config, &dir, &[])?;
     let cfg = config.to_str().unwrap();
     let state = agent.state_dir.to_str().unwrap();

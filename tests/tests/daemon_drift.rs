@@ -35,9 +35,8 @@ fn installed(topo: &Topology, backend: Backend) -> bool {
 fn drift_is_repaired(backend: Backend) -> anyhow::Result<()> {
     let topo = Topology::new()?;
     let _kubelet = Server::tcp(&topo.node, 10250)?;
-    let dir = TempDir::new("drift")?;
-    let config = dir.0.join("config.yaml");
-    std::fs::write(&config, Config::new(backend, Some("tke-node")).yaml())?;
+    let (dir, config) =
+        TempDir::with_config("drift", &Config::new(backend, Some("tke-node")).yaml())?;
     let agent = Agent::start(&topo.node, &config, &dir, &[])?;
     let kubelet_from_internet = || tcp_ok(&topo.internet.ns, node_addr(false), 10250);
     ensure!(

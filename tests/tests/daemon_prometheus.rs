@@ -108,9 +108,8 @@ fn urlencode(s: &str) -> String {
 
 fn prometheus_scrapes_the_drops(backend: Backend) -> anyhow::Result<()> {
     let topo = Topology::new()?;
-    let dir = TempDir::new("prometheus")?;
-    let config = dir.0.join("config.yaml");
-    std::fs::write(&config, Config::new(backend, Some("tke-node")).yaml())?;
+    let (dir, config) =
+        TempDir::with_config("prometheus", &Config::new(backend, Some("tke-node")).yaml())?;
     let agent = Agent::start(&topo.node, &config, &dir, &[])?;
     let Some(prom) = Prometheus::start(&topo.node, &dir)? else {
         return Ok(());

@@ -40,9 +40,7 @@ fn reload_on_file_change(backend: Backend) -> anyhow::Result<()> {
     let topo = Topology::new()?;
     let _web = Server::tcp(&topo.node, PORT)?;
     let (closed, open) = configs(backend);
-    let dir = TempDir::new("reload")?;
-    let config = dir.0.join("config.yaml");
-    std::fs::write(&config, &closed)?;
+    let (dir, config) = TempDir::with_config("reload", &closed)?;
     let agent = Agent::start(&topo.node, &config, &dir, &[])?;
     ensure!(
         web_closed(&topo),
@@ -115,9 +113,7 @@ fn invalid_reload_keeps_the_running_policy(backend: Backend) -> anyhow::Result<(
     let topo = Topology::new()?;
     let _web = Server::tcp(&topo.node, PORT)?;
     let (_, open) = configs(backend);
-    let dir = TempDir::new("invalid")?;
-    let config = dir.0.join("config.yaml");
-    std::fs::write(&config, &open)?;
+    let (dir, config) = TempDir::with_config("invalid", &open)?;
     let agent = Agent::start(&topo.node, &config, &dir, &[])?;
     ensure!(web_open(&topo), "allowed by the running policy");
 
@@ -161,9 +157,7 @@ fn web_closed_for_others(topo: &Topology) -> bool {
 fn sighup_reapplies(backend: Backend) -> anyhow::Result<()> {
     let topo = Topology::new()?;
     let (closed, _) = configs(backend);
-    let dir = TempDir::new("sighup")?;
-    let config = dir.0.join("config.yaml");
-    std::fs::write(&config, &closed)?;
+    let (dir, config) = TempDir::with_config("sighup", &closed)?;
     let agent = Agent::start(&topo.node, &config, &dir, &[])?;
     let before = agent
         .metric("nodewall_apply_duration_seconds_count")

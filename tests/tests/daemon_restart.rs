@@ -150,9 +150,8 @@ fn kill9_then_restart_has_no_gap(backend: Backend) -> anyhow::Result<()> {
         "datagrams reach the node when no policy is installed"
     );
 
-    let dir = TempDir::new("restart")?;
-    let config = dir.0.join("config.yaml");
-    std::fs::write(&config, Config::new(backend, Some("tke-node")).yaml())?;
+    let (dir, config) =
+        TempDir::with_config("restart", &Config::new(backend, Some("tke-node")).yaml())?;
     let mut first = Agent::start(&topo.node, &config, &dir, &[])?;
     let baseline = counter.get();
     blast(&topo, 20, Duration::from_millis(2))?;
@@ -223,9 +222,8 @@ fn kill9_then_restart_has_no_gap(backend: Backend) -> anyhow::Result<()> {
 
 fn sigterm_keeps_the_policy_and_flush_on_exit_removes_it(backend: Backend) -> anyhow::Result<()> {
     let topo = Topology::new()?;
-    let dir = TempDir::new("exit")?;
-    let config = dir.0.join("config.yaml");
-    std::fs::write(&config, Config::new(backend, Some("tke-node")).yaml())?;
+    let (dir, config) =
+        TempDir::with_config("exit", &Config::new(backend, Some("tke-node")).yaml())?;
     let mut agent = Agent::start(&topo.node, &config, &dir, &[])?;
     let status = agent.stop_with(libc::SIGTERM)?;
     ensure!(status.success(), "SIGTERM: clean exit ({status})");

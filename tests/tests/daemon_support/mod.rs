@@ -19,6 +19,14 @@ pub const METRICS: &str = "127.0.0.1:9469";
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
+    /// A new directory holding `config.yaml` with `yaml`; returns both.
+    pub fn with_config(what: &str, yaml: &str) -> anyhow::Result<(Self, PathBuf)> {
+        let dir = Self::new(what)?;
+        let config = dir.0.join("config.yaml");
+        std::fs::write(&config, yaml)?;
+        Ok((dir, config))
+    }
+
     pub fn new(what: &str) -> anyhow::Result<Self> {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
