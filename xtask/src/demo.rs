@@ -304,8 +304,9 @@ fn json_field(line: &str, key: &str) -> Option<String> {
 
 fn interesting(line: &str) -> bool {
     let zero = line.ends_with(" 0");
-    (line.starts_with("nodewall_dropped_packets_total") && !zero)
-        || (line.starts_with("nodewall_rule_packets_total") && !zero)
+    ((line.starts_with("nodewall_dropped_packets_total")
+        || line.starts_with("nodewall_rule_packets_total"))
+        && !zero)
         || line.starts_with("nodewall_drift_repairs_total")
         || line.starts_with("nodewall_policy_generation")
         || line.starts_with("nodewall_apply_duration_seconds_count")
