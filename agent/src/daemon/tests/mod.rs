@@ -102,14 +102,21 @@ impl Harness {
         }
     }
 
-    async fn stop(self) -> FakeKernel {
+    async fn stop(mut self) -> FakeKernel {
         self.handle.send(Event::Shutdown);
-        tokio::time::timeout(Duration::from_secs(5), self.task)
+        tokio::time::timeout(Duration::from_secs(5), &mut self.task)
             .await
             .expect("daemon stops within 5 s")
             .unwrap();
+        self.kernel.clone()
+    }
+}
+
+impl Drop for Harness {
+    /// Also on a failed assertion: no temporary directory is left behind.
+    fn drop(&mut self) {
+        self.handle.send(Event::Shutdown);
         let _ = std::fs::remove_dir_all(&self.dir);
-        self.kernel
     }
 }
 
