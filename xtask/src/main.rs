@@ -6,6 +6,7 @@
 //! - `build-ebpf`: build the XDP object alone and print its path (the agent's build.rs does
 //!   the same on every `cargo build`).
 
+mod demo;
 mod ebpf;
 mod setup;
 mod shell;
@@ -26,7 +27,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("setup") => setup::run(),
         Some("test") => test::run(&args[1..]),
-        Some("demo") => test::demo(),
+        Some("demo") => setup::run_setup().and_then(|()| demo::demo()),
         Some("build-ebpf") => ebpf::build(&shell::root())
             .map(|o| println!("{}", o.display()))
             .map_err(anyhow::Error::msg),

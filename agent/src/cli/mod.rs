@@ -3,10 +3,12 @@
 
 mod apply;
 mod check;
+mod confirm;
 mod explain;
 mod output;
 mod profiles;
 mod render;
+mod run;
 mod select;
 mod status;
 
@@ -67,6 +69,10 @@ enum Command {
     Explain(explain::Args),
     /// Install the policy into the kernel of the current network namespace, atomically.
     Apply(apply::Args),
+    /// Keep the policy installed by `apply --confirm` (otherwise it rolls back).
+    Confirm(confirm::Args),
+    /// Run the agent: apply, then follow config changes, repair drift, serve metrics.
+    Run(run::Args),
     /// Show what nodewall has installed, with counters.
     Status(status::Args),
     /// Remove everything nodewall installed (and nothing else).
@@ -87,6 +93,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Render(a) => render::run(a),
         Command::Explain(a) => explain::run(a),
         Command::Apply(a) => apply::run(a),
+        Command::Confirm(a) => confirm::run(a),
+        Command::Run(a) => run::run(a),
         Command::Status(a) => status::run(a),
         Command::Flush(a) => status::flush(a),
     }
