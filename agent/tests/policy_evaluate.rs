@@ -407,3 +407,31 @@ fn neighbour_discovery_is_decided_before_the_invalid_check() {
         Reason::Invalid
     );
 }
+
+#[test]
+fn digest_depends_on_rules_and_mode_not_on_interfaces() {
+    let cfg = config(vec![rule(
+        "web",
+        Action::Allow,
+        Protocol::Tcp,
+        &[(80, 80)],
+        &["lab"],
+    )]);
+    let a = policy::compile(&cfg).unwrap();
+    let mut b = a.clone();
+    b.interfaces = vec!["ens5".into()];
+    assert_eq!(a.digest(), b.digest(), "uplink names differ between nodes");
+    assert_eq!(a.digest().len(), 16);
+    b.mode = Mode::Audit;
+    assert_ne!(a.digest(), b.digest());
+    let mut c = cfg.clone();
+    c.networks
+        .get_mut("lab")
+        .unwrap()
+        .push("198.18.5.0/24".parse().unwrap());
+    assert_ne!(
+        a.digest(),
+        policy::compile(&c).unwrap().digest(),
+        "one more CIDR"
+    );
+}

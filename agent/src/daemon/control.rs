@@ -313,6 +313,7 @@ impl Control {
                 self.cx
                     .metrics
                     .apply_succeeded(report.generation, report.duration);
+                self.cx.metrics.policy_enforced(&policy.digest());
                 self.cx.health.set_ready();
                 self.save_snapshot();
                 self.applied = Some(policy);

@@ -50,6 +50,11 @@ struct BuildLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    digest: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: String,
 }
@@ -68,6 +73,7 @@ pub struct Metrics {
     config_reload_errors: Counter,
     drift_repairs: Counter,
     generation: Gauge,
+    policy_info: Family<PolicyLabels, Gauge>,
     last_apply_success: Gauge<f64, AtomicU64>,
     drop_samples: Family<OutcomeLabels, Counter>,
     /// Last raw kernel values, per series; the lock also serialises concurrent observations.
@@ -87,6 +93,7 @@ impl Metrics {
             config_reload_errors: Counter::default(),
             drift_repairs: Counter::default(),
             generation: Gauge::default(),
+            policy_info: Family::default(),
             last_apply_success: Gauge::default(),
             drop_samples: Family::default(),
             raw: Mutex::new(ResetTracker::default()),
@@ -158,6 +165,11 @@ impl Metrics {
             m.generation.clone(),
         );
         registry.register(
+            "policy_info",
+            "Always 1; the digest label fingerprints the enforced rules, equal on nodes with the same config",
+            m.policy_info.clone(),
+        );
+        registry.register(
             "last_apply_success_timestamp_seconds",
             "Unix time of the last successful policy installation",
             m.last_apply_success.clone(),
@@ -207,6 +219,16 @@ impl Metrics {
             self.dropped_packets.get_or_create(&labels).inc_by(dp);
             self.dropped_bytes.get_or_create(&labels).inc_by(db);
         }
+    }
+
+    /// Marks `digest` as the enforced policy (one series at a time).
+    pub fn policy_enforced(&self, digest: &str) {
+        self.policy_info.clear();
+        self.policy_info
+            .get_or_create(&PolicyLabels {
+                digest: digest.to_string(),
+            })
+            .set(1);
     }
 
     pub fn apply_succeeded(&self, generation: u64, duration: Duration) {

@@ -75,8 +75,13 @@ fn exports_every_required_family() {
     m.apply_failed(Duration::from_millis(1));
     m.config_reload_failed();
     m.drift_repaired();
+    m.policy_enforced("0123456789abcdef");
+    m.policy_enforced("fedcba9876543210");
     let text = m.encode();
+    // Only the policy enforced now is exported.
+    assert!(!text.contains("0123456789abcdef"), "{text}");
     for name in [
+        "nodewall_policy_info{digest=\"fedcba9876543210\"} 1",
         "# TYPE nodewall_dropped_packets counter",
         "# TYPE nodewall_dropped_bytes counter",
         "# TYPE nodewall_rule_packets counter",
@@ -128,6 +133,7 @@ fn promtool_finds_nothing_to_report() {
     let m = Metrics::new("nft");
     m.observe_counters(&counters(3, 4));
     m.apply_succeeded(1, Duration::from_millis(2));
+    m.policy_enforced("0123456789abcdef");
     m.drop_sampled(true);
     let mut child = match Command::new("promtool")
         .args(["check", "metrics"])
