@@ -7,5 +7,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod daemon;
+pub mod metrics;
 pub mod policy;
 pub mod profiles;

@@ -191,7 +191,10 @@ fn explain_batch_answers_one_json_line_per_probe() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let actions: Vec<&str> = verdicts.iter().map(|v| v["action"].as_str().unwrap()).collect();
+    let actions: Vec<&str> = verdicts
+        .iter()
+        .map(|v| v["action"].as_str().unwrap())
+        .collect();
     assert_eq!(actions, ["allow", "deny", "allow", "allow"]);
     // The example starts in audit mode: the would-be drop is counted but accepted.
     assert_eq!(verdicts[1]["mode"], "audit");

@@ -379,3 +379,59 @@ fn audit_mode_reports_the_drop_but_passes_the_packet() {
     cfg.mode = Mode::Enforce;
     assert!(!eval(&cfg, "203.0.113.1", TCP80, CtState::New).passes());
 }
+
+#[test]
+fn neighbour_discovery_is_decided_before_the_invalid_check() {
+    // conntrack marks ICMPv6 redirects invalid; IPv6 still needs them.
+    let cfg = config(vec![]);
+    let redirect = L4::Icmp {
+        icmp_type: 137,
+        code: 0,
+    };
+    assert_eq!(
+        eval(&cfg, "fe80::1", redirect, CtState::Invalid).reason,
+        Reason::NeighbourDiscovery
+    );
+    // Everything else that is invalid stays dropped, DHCP included.
+    assert_eq!(
+        eval(
+            &cfg,
+            "198.18.0.1",
+            L4::Udp {
+                sport: 67,
+                dport: 68
+            },
+            CtState::Invalid
+        )
+        .reason,
+        Reason::Invalid
+    );
+}
+
+#[test]
+fn digest_depends_on_rules_and_mode_not_on_interfaces() {
+    let cfg = config(vec![rule(
+        "web",
+        Action::Allow,
+        Protocol::Tcp,
+        &[(80, 80)],
+        &["lab"],
+    )]);
+    let a = policy::compile(&cfg).unwrap();
+    let mut b = a.clone();
+    b.interfaces = vec!["ens5".into()];
+    assert_eq!(a.digest(), b.digest(), "uplink names differ between nodes");
+    assert_eq!(a.digest().len(), 16);
+    b.mode = Mode::Audit;
+    assert_ne!(a.digest(), b.digest());
+    let mut c = cfg.clone();
+    c.networks
+        .get_mut("lab")
+        .unwrap()
+        .push("198.18.5.0/24".parse().unwrap());
+    assert_ne!(
+        a.digest(),
+        policy::compile(&c).unwrap().digest(),
+        "one more CIDR"
+    );
+}

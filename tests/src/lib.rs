@@ -1,1 +1,81 @@
-//! Network-namespace test harness (see the nft backend issue).
+//! Network-namespace harness for nodewall's datapath tests.
+//!
+//! A test builds a [`topology::Topology`] (a node namespace behind one uplink, peers for the
+//! internet, the node network, the pod network and the control plane, and a local pod), runs the
+//! real `nodewall` binary in the node namespace ([`nodewall`]), and checks what happens to real
+//! packets: real connections ([`traffic`]) and batches of hand-built probes whose fate an
+//! observer in the node records ([`probe`]). Every suite case runs once per datapath in
+//! [`Backend::ALL`] through [`backend_tests!`].
+
+pub mod netns;
+pub mod nodewall;
+pub mod packet;
+pub mod probe;
+pub mod rng;
+pub mod topology;
+pub mod traffic;
+
+/// A datapath the suite runs against; the config's `backend:` selects it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Nft,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 1] = [Backend::Nft];
+
+    /// The value of `backend:` in the config file.
+    pub fn config_name(self) -> &'static str {
+        match self {
+            Backend::Nft => "nft",
+        }
+    }
+
+    /// The value of `--backend` for `status` and `flush`.
+    pub fn cli_name(self) -> &'static str {
+        match self {
+            Backend::Nft => "nft",
+        }
+    }
+}
+
+/// Whether the netns tests can run. Not root: skip with a reason, unless `CI=true`, where a
+/// test that cannot set up its namespaces must fail.
+pub fn can_run(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: network namespace tests need root, and CI=true forbids skipping");
+    }
+    eprintln!("skipped {test}: network namespace tests need root");
+    false
+}
+
+/// Runs one suite case: skips (or fails under CI) without root, fails with the whole error
+/// chain otherwise.
+pub fn run_case(name: &str, case: fn(Backend) -> anyhow::Result<()>, backend: Backend) {
+    if !can_run(name) {
+        return;
+    }
+    if let Err(e) = case(backend) {
+        panic!("{name} ({backend:?}): {e:#}");
+    }
+}
+
+/// Generates, for each `fn NAME(backend: Backend) -> anyhow::Result<()>`, a module `NAME` with
+/// one `#[test]` per backend (`NAME::nft`; the XDP backends add theirs to the list here).
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn nft() {
+                    $crate::run_case(stringify!($name), super::$name, $crate::Backend::Nft);
+                }
+            }
+        )*
+    };
+}

@@ -8,6 +8,7 @@
 //! - `bench`: benchmarks against peers and baselines, written to docs/benchmarks.md.
 
 mod bench;
+mod demo;
 mod ebpf;
 mod setup;
 mod shell;
@@ -29,8 +30,10 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("setup") => setup::run(),
         Some("test") => test::run(&args[1..]),
-        Some("demo") => test::demo(),
-        Some("build-ebpf") => ebpf::build(&shell::root()).map(|o| println!("{}", o.display())).map_err(anyhow::Error::msg),
+        Some("demo") => setup::run_setup().and_then(|()| demo::demo()),
+        Some("build-ebpf") => ebpf::build(&shell::root())
+            .map(|o| println!("{}", o.display()))
+            .map_err(anyhow::Error::msg),
         Some("bench") => bench::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");

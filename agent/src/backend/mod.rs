@@ -76,6 +76,20 @@ pub trait Backend {
     /// Removes everything this backend installed, and nothing else.
     fn flush(&mut self) -> anyhow::Result<()>;
     fn counters(&self) -> anyhow::Result<Counters>;
+    /// Whether the kernel still holds `policy` as this backend installed it (`false` when the
+    /// table, a chain, a rule, a set element or the XDP attachment is missing or altered). The
+    /// daemon calls this every second and re-applies on `false`, so it must be cheap.
+    /// Backends should override this default, which only compares rule names and interfaces.
+    fn verify(&self, policy: &Policy) -> anyhow::Result<bool> {
+        let status = self.status()?;
+        let mut want = policy.interfaces.clone();
+        let mut have = status.interfaces;
+        want.sort();
+        have.sort();
+        Ok(status.installed
+            && have == want
+            && status.rules.iter().eq(policy.rules.iter().map(|r| &r.name)))
+    }
 }
 
 mod secs {

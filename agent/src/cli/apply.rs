@@ -1,9 +1,22 @@
-use std::process::ExitCode;
+//! `nodewall apply`: install a config's policy once, with the anti-lockout guards: the SSH
+//! session check (`--force` skips it), the node lock shared with `nodewall run`, and
+//! `--confirm SECS` (roll back unless `nodewall confirm` runs in time).
 
-use nodewall::backend::interfaces;
+use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use nodewall::backend::{interfaces, Backend};
+use nodewall::config::BackendKind;
+use nodewall::daemon::confirm;
+use nodewall::daemon::lock::{Role, StateLock};
+use nodewall::daemon::lockout;
+use nodewall::daemon::source;
+use nodewall::daemon::state::{self, Pending, Snapshot, StateDir};
 
 use super::select::{self, BackendArg};
-use super::{output, ConfigArg};
+use super::{output, ConfigArg, EXIT_INVALID};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -15,16 +28,81 @@ pub struct Args {
     /// Print the apply report as JSON.
     #[arg(long)]
     json: bool,
+    /// Roll back to the previous policy unless `nodewall confirm` runs within SECS seconds.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    confirm: Option<u64>,
+    /// Apply even if the policy would cut the SSH session it is applied from
+    /// (SSH_CONNECTION).
+    #[arg(long)]
+    force: bool,
+    /// Lock and rollback state, shared with `nodewall run` and `nodewall confirm`.
+    #[arg(long, value_name = "DIR", default_value = state::DEFAULT_DIR)]
+    state_dir: PathBuf,
+    /// Internal: run as the rollback watchdog of `--confirm`, holding the lock on this fd.
+    #[arg(long, hide = true, value_name = "FD")]
+    rollback_watchdog: Option<i32>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (config, mut policy) = match output::load_policy(&args.config) {
-        Ok(v) => v,
-        Err(code) => return Ok(code),
+    if let Some(fd) = args.rollback_watchdog {
+        return watchdog(fd, &args.state_dir);
+    }
+    let path = &args.config.config;
+    let desired = match source::read(path).and_then(|t| source::parse_config(&t, path)) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(EXIT_INVALID));
+        }
     };
+    let mut policy = desired.policy;
     policy.interfaces = interfaces::resolve(&policy.interfaces)?;
-    let mut backend = select::for_apply(args.backend, config.backend)?;
+    if !args.force {
+        if let Ok(session) = std::env::var("SSH_CONNECTION") {
+            if let Err(lockout) = lockout::check_ssh(&policy, &session) {
+                eprintln!("nodewall: refused: {lockout}");
+                return Ok(ExitCode::from(EXIT_INVALID));
+            }
+        }
+    }
+    let state = StateDir::new(&args.state_dir);
+    let lock = match state.lock_for_apply() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("nodewall: error: {e}");
+            if let Ok(Some(p)) = state.pending() {
+                eprintln!(
+                    "nodewall: an apply --confirm of {} is pending ({} s left): `nodewall confirm` first",
+                    p.new.config_path,
+                    p.deadline_unix.saturating_sub(confirm::now_unix())
+                );
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let mut backend = select::for_apply(args.backend, desired.backend)?;
+    let previous = match args.confirm {
+        Some(_) => rollback_target(&state, backend.as_ref())?,
+        None => None,
+    };
     let report = backend.apply(&policy)?;
+    let snapshot = Snapshot {
+        backend: backend.name().to_string(),
+        config_path: std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.clone())
+            .display()
+            .to_string(),
+        config: desired.text,
+    };
+    let deadline = match args.confirm {
+        Some(secs) => Some(arm_rollback(&state, &lock, previous, snapshot, secs)?),
+        None => {
+            if let Err(e) = state.save_applied(&snapshot) {
+                eprintln!("nodewall: warning: {e:#} (a later apply --confirm cannot roll back to this policy)");
+            }
+            None
+        }
+    };
     if args.json {
         output::print_json(&report)?;
     } else {
@@ -40,5 +118,110 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             if report.changed { "" } else { ", unchanged" }
         );
     }
+    if let Some(secs) = deadline {
+        eprintln!("nodewall: rolls back in {secs} s unless `nodewall confirm` is run");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a confirmed apply rolls back to: the last confirmed config when a policy is installed,
+/// nothing (flush) when none is.
+fn rollback_target(state: &StateDir, backend: &dyn Backend) -> anyhow::Result<Option<Snapshot>> {
+    let installed = backend.status().map(|s| s.installed).unwrap_or(false);
+    if !installed {
+        return Ok(None);
+    }
+    match state.applied()? {
+        Some(s) => Ok(Some(s)),
+        None => anyhow::bail!(
+            "--confirm: a policy is installed but {} holds no snapshot of it to roll back to; apply once without --confirm",
+            state.file("applied.json").display()
+        ),
+    }
+}
+
+/// Records the pending apply and leaves a watchdog that holds the lock until confirmation or
+/// rollback. Returns the number of seconds granted.
+fn arm_rollback(
+    state: &StateDir,
+    lock: &StateLock,
+    previous: Option<Snapshot>,
+    new: Snapshot,
+    secs: u64,
+) -> anyhow::Result<u64> {
+    let pending = Pending {
+        deadline_unix: confirm::now_unix() + secs,
+        previous,
+        new,
+    };
+    state.save_pending(&pending)?;
+    if let Err(e) = spawn_watchdog(state, lock) {
+        // Nobody would roll back: do it now rather than leave an unguarded policy.
+        let _ = state.claim_pending("rolling-back.json");
+        let undone = confirm::rollback(&pending, &open_by_name, &source::config_parser());
+        anyhow::bail!(
+            "--confirm: could not start the rollback watchdog ({e}); rolled back: {undone:?}"
+        );
+    }
+    Ok(secs)
+}
+
+/// Re-runs this binary detached (own session: the SSH session ending does not signal it),
+/// inheriting the lock's file descriptor so that the lock is never free in between.
+fn spawn_watchdog(state: &StateDir, lock: &StateLock) -> anyhow::Result<()> {
+    let fd = lock.inheritable_fd()?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state.file("rollback.log"))?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("apply")
+        .arg("--state-dir")
+        .arg(state.root())
+        .arg("--rollback-watchdog")
+        .arg(fd.to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()?;
+    Ok(())
+}
+
+fn watchdog(fd: i32, state_dir: &Path) -> anyhow::Result<ExitCode> {
+    let state = StateDir::new(state_dir);
+    // SAFETY: the parent passed us this descriptor of its lock file and nothing else uses it.
+    let _lock = unsafe { StateLock::from_inherited_fd(fd, state_dir, Role::RollbackWatchdog) }?;
+    tracing::info!(state = %state_dir.display(), "rollback watchdog: waiting for `nodewall confirm`");
+    let Some(pending) = confirm::wait(&state)? else {
+        tracing::info!("rollback watchdog: confirmed, exiting");
+        return Ok(ExitCode::SUCCESS);
+    };
+    match confirm::rollback(&pending, &open_by_name, &source::config_parser()) {
+        Ok(done) => {
+            tracing::warn!("not confirmed in time: {done}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "not confirmed in time, and the rollback failed");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn open_by_name(name: &str) -> anyhow::Result<Box<dyn Backend>> {
+    let arg = if name == "xdp" {
+        BackendArg::Xdp
+    } else {
+        BackendArg::Nft
+    };
+    select::for_apply(arg, BackendKind::Auto)
 }

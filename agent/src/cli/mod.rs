@@ -3,10 +3,12 @@
 
 mod apply;
 mod check;
+mod confirm;
 mod explain;
 mod output;
 mod profiles;
 mod render;
+mod run;
 mod select;
 mod status;
 
@@ -67,6 +69,10 @@ enum Command {
     Explain(explain::Args),
     /// Install the policy into the kernel of the current network namespace, atomically.
     Apply(apply::Args),
+    /// Keep the policy installed by `apply --confirm` (otherwise it rolls back).
+    Confirm(confirm::Args),
+    /// Run the agent: apply, then follow config changes, repair drift, serve metrics.
+    Run(run::Args),
     /// Show what nodewall has installed, with counters.
     Status(status::Args),
     /// Remove everything nodewall installed (and nothing else).
@@ -87,6 +93,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Render(a) => render::run(a),
         Command::Explain(a) => explain::run(a),
         Command::Apply(a) => apply::run(a),
+        Command::Confirm(a) => confirm::run(a),
+        Command::Run(a) => run::run(a),
         Command::Status(a) => status::run(a),
         Command::Flush(a) => status::flush(a),
     }
@@ -100,9 +108,13 @@ pub fn init_logging(format: LogFormat, verbose: u8) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Colour only for a person at a terminal: journald, kubectl logs and files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

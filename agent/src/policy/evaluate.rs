@@ -19,6 +19,13 @@ pub fn evaluate(policy: &Policy, pkt: &Packet) -> Verdict {
     };
     let imp = &policy.implicit;
 
+    // Neighbour discovery first: conntrack does not track ND as flows and marks redirects (137)
+    // invalid, but IPv6 stops working without any of 133-137.
+    if let L4::Icmp { icmp_type, .. } = pkt.l4 {
+        if imp.neighbour_discovery && pkt.src.is_ipv6() && ICMPV6_ND_TYPES.contains(&icmp_type) {
+            return allow(Reason::NeighbourDiscovery, None);
+        }
+    }
     match pkt.ct {
         CtState::Invalid => return drop(Reason::Invalid, None),
         CtState::Established if imp.established => return allow(Reason::Established, None),
@@ -33,21 +40,14 @@ pub fn evaluate(policy: &Policy, pkt: &Packet) -> Verdict {
         }
         _ => {}
     }
-    match pkt.l4 {
-        L4::Icmp { icmp_type, .. }
-            if imp.neighbour_discovery
-                && pkt.src.is_ipv6()
-                && ICMPV6_ND_TYPES.contains(&icmp_type) =>
-        {
-            return allow(Reason::NeighbourDiscovery, None);
-        }
-        L4::Udp {
-            sport: DHCP_SERVER_PORT,
-            dport: DHCP_CLIENT_PORT,
-        } if imp.dhcp_client => {
+    if let L4::Udp {
+        sport: DHCP_SERVER_PORT,
+        dport: DHCP_CLIENT_PORT,
+    } = pkt.l4
+    {
+        if imp.dhcp_client {
             return allow(Reason::DhcpClient, None);
         }
-        _ => {}
     }
     for (i, rule) in policy.rules.iter().enumerate() {
         if rule.matches(pkt) {

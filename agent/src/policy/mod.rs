@@ -2,6 +2,7 @@
 
 mod addrset;
 mod compile;
+mod digest;
 mod evaluate;
 mod model;
 

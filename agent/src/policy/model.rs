@@ -1,11 +1,13 @@
 //! The backend-neutral policy: what both backends compile from and what `explain` evaluates.
 //!
 //! Order of evaluation (first match wins), identical in every backend:
-//! 1. `ct state invalid` (or a malformed packet) -> drop, reason `invalid`;
-//! 2. implicit allowances that are switched on: established/related return traffic, ICMP errors
-//!    of tracked flows, ICMPv6 neighbour discovery, DHCP client replies;
-//! 3. `rules` in order: failsafe entries, then the profile's rules, then the user's rules;
-//! 4. everything else -> drop, reason `default-deny`.
+//! 1. ICMPv6 neighbour discovery (133-137), if switched on: conntrack does not track it as flows
+//!    and marks redirects invalid, so it must be decided before the invalid check;
+//! 2. `ct state invalid` (or a malformed packet) -> drop, reason `invalid`;
+//! 3. the other implicit allowances that are switched on: established/related return traffic,
+//!    ICMP errors of tracked flows, DHCP client replies;
+//! 4. `rules` in order: failsafe entries, then the profile's rules, then the user's rules;
+//! 5. everything else -> drop, reason `default-deny`.
 //!
 //! In audit mode every drop is counted the same way but the packet is accepted.
 

@@ -1,0 +1,181 @@
+//! Names of the kernel objects nodewall owns, and the comments that let `status` map them back
+//! to policy rules without knowing the policy.
+//!
+//! Object names are derived from rule names so that they stay the same when rules are added or
+//! reordered: that is what keeps a rule's counter (a named counter object) across re-applies.
+
+/// The one table nodewall owns. Nothing outside it is ever touched.
+pub const TABLE: &str = "nodewall";
+/// The base chain: prerouting, after conntrack (-200) and before DNAT (-100), so kube-proxy's
+/// NodePort DNAT has not rewritten the destination port yet.
+pub const BASE_CHAIN: &str = "prerouting";
+pub const PRIORITY: i32 = -150;
+/// Where the policy lives; the base chain jumps here for packets from an uplink.
+pub const INBOUND_CHAIN: &str = "inbound";
+pub const UPLINKS_SET: &str = "uplinks";
+pub const TABLE_COMMENT: &str = "managed by nodewall: change it with nodewall apply/flush";
+/// Prefix of the base chain rule's comment, which carries the generation.
+pub const GENERATION_PREFIX: &str = "nodewall generation ";
+
+/// nft object names must be identifiers: a letter or `_`/`.` first, then letters, digits and
+/// `/ - _ .`; the kernel allows up to 255 bytes but comments stop at 256 including the rule name.
+pub const MAX_NAME: usize = 200;
+
+/// A stable identifier for a rule name: the name itself when nft accepts it as an identifier,
+/// else a sanitised form with a hash of the original so that two names never share objects.
+pub fn ident(name: &str) -> String {
+    let clean = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b));
+    if clean {
+        return name.to_string();
+    }
+    let mut s: String = name
+        .chars()
+        .take(48)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "/-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    s.push_str(&format!(".x{:08x}", fnv1a(name.as_bytes())));
+    s
+}
+
+/// FNV-1a, 32 bits: stable across Rust versions, unlike `DefaultHasher`.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    })
+}
+
+pub fn rule_counter(rule_ident: &str) -> String {
+    format!("rule.{rule_ident}")
+}
+
+pub fn src_set(v6: bool, rule_ident: &str) -> String {
+    format!("{}.{rule_ident}", if v6 { "src6" } else { "src4" })
+}
+
+pub fn ports_set(rule_ident: &str) -> String {
+    format!("ports.{rule_ident}")
+}
+
+/// The chain that counts and drops for one reason (`invalid`, `default-deny`) or deny rule.
+pub fn drop_chain(reason: &str, rule_ident: Option<&str>) -> String {
+    match rule_ident {
+        Some(r) => format!("drop.rule.{r}"),
+        None => format!("drop.{reason}"),
+    }
+}
+
+pub fn drop_counter(chain: &str, family: &str, protocol: &str) -> String {
+    format!("{chain}.{family}.{protocol}")
+}
+
+/// Comments on counter objects, parsed back by `status`.
+pub mod comment {
+    use crate::config::Action;
+
+    /// `allow NAME` / `deny NAME` on a rule counter.
+    pub fn rule(action: Action, name: &str) -> String {
+        format!("{} {}", action_str(action), name)
+    }
+
+    /// `drop REASON FAMILY PROTOCOL [RULE]` on a drop counter.
+    pub fn drop(reason: &str, family: &str, protocol: &str, rule: Option<&str>) -> String {
+        match rule {
+            Some(r) => format!("drop {reason} {family} {protocol} {r}"),
+            None => format!("drop {reason} {family} {protocol}"),
+        }
+    }
+
+    fn action_str(a: Action) -> &'static str {
+        match a {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        }
+    }
+
+    /// What a counter comment says.
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum Parsed<'a> {
+        Rule {
+            action: Action,
+            name: &'a str,
+        },
+        Drop {
+            reason: &'a str,
+            family: &'a str,
+            protocol: &'a str,
+            rule: &'a str,
+        },
+    }
+
+    pub fn parse(c: &str) -> Option<Parsed<'_>> {
+        let (head, rest) = c.split_once(' ')?;
+        match head {
+            "allow" => Some(Parsed::Rule {
+                action: Action::Allow,
+                name: rest,
+            }),
+            "deny" => Some(Parsed::Rule {
+                action: Action::Deny,
+                name: rest,
+            }),
+            "drop" => {
+                let mut it = rest.splitn(4, ' ');
+                Some(Parsed::Drop {
+                    reason: it.next()?,
+                    family: it.next()?,
+                    protocol: it.next()?,
+                    rule: it.next().unwrap_or(""),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Action;
+
+    #[test]
+    fn clean_names_are_kept_and_others_are_hashed_apart() {
+        assert_eq!(ident("tke-node/nodeport-tcp"), "tke-node/nodeport-tcp");
+        let a = ident("allow web");
+        let b = ident("allow:web");
+        assert!(a.starts_with("allow_web.x"));
+        assert_ne!(a, b);
+        assert_eq!(a, ident("allow web"));
+    }
+
+    #[test]
+    fn comments_round_trip() {
+        let c = comment::rule(Action::Deny, "block bad guys");
+        assert_eq!(
+            comment::parse(&c),
+            Some(comment::Parsed::Rule {
+                action: Action::Deny,
+                name: "block bad guys"
+            })
+        );
+        let c = comment::drop("rule", "ipv6", "udp", Some("x y"));
+        assert_eq!(
+            comment::parse(&c),
+            Some(comment::Parsed::Drop {
+                reason: "rule",
+                family: "ipv6",
+                protocol: "udp",
+                rule: "x y"
+            })
+        );
+    }
+}

@@ -1,0 +1,291 @@
+//! What must change to turn the current table into the planned one, as one batch.
+//!
+//! Objects are updated in place: set elements are added/removed interval by interval, a chain's
+//! rules are rewritten only when they differ, and named counters are created once and never
+//! replaced, so their values run on for the life of the node. Only when the table holds an
+//! object of the same name but an incompatible shape (e.g. left by another version) is the table
+//! rebuilt, with every counter's value carried over.
+
+use std::collections::{BTreeSet, HashSet};
+
+use nftnl::nftnl_sys as sys;
+
+use super::super::names;
+use super::super::plan::{ChainDef, Ruleset, SetDef};
+use super::super::script::rule_text;
+use super::batch::{Body, Builder};
+use super::elems::{self, key_spec, Unit};
+use super::expr::build_rule;
+use super::state::Current;
+use super::udata::{udata_comment, udata_u32};
+use super::wrap::{Chain, Obj, Set, Table};
+
+pub struct Diff {
+    pub batch: Builder,
+    pub added: usize,
+    pub removed: usize,
+}
+
+pub fn diff(rs: &Ruleset, cur: &Current) -> Diff {
+    let mut d = Diff {
+        batch: Builder::new(),
+        added: 0,
+        removed: 0,
+    };
+    let rebuild = cur.table && !compatible(rs, cur);
+    let empty = Current::default();
+    let have = if rebuild {
+        d.batch.push(
+            libc::NFT_MSG_DELTABLE,
+            0,
+            Body::Table(&Table::ours()),
+            "delete table inet nodewall (incompatible objects, rebuilt with counters carried over)"
+                .into(),
+        );
+        &empty
+    } else {
+        cur
+    };
+    if !have.table {
+        let t = Table::ours();
+        t.set_userdata(&udata_comment(names::TABLE_COMMENT));
+        d.batch.push(
+            libc::NFT_MSG_NEWTABLE,
+            libc::NLM_F_CREATE,
+            Body::Table(&t),
+            "add table inet nodewall".into(),
+        );
+    }
+    for (id, set) in rs.sets.iter().enumerate() {
+        d.set(id as u32 + 1, set, have);
+    }
+    for c in &rs.counters {
+        if have.counters.contains_key(&c.name) {
+            continue;
+        }
+        let o = Obj::counter(&c.name);
+        o.set_userdata(&udata_comment(&c.comment));
+        if let Some(old) = cur.counters.get(&c.name) {
+            o.set_counter_values(old.packets, old.bytes);
+        }
+        d.batch.push(
+            libc::NFT_MSG_NEWOBJ,
+            libc::NLM_F_CREATE,
+            Body::Obj(&o),
+            format!("add counter {}", c.name),
+        );
+    }
+    for ch in &rs.chains {
+        if !have.chains.iter().any(|c| c.name == ch.name) {
+            d.batch.push(
+                libc::NFT_MSG_NEWCHAIN,
+                libc::NLM_F_CREATE,
+                Body::Chain(&chain_obj(ch)),
+                format!("add chain {}", ch.name),
+            );
+        }
+    }
+    for ch in &rs.chains {
+        d.rules(ch, have);
+    }
+    d.remove_leftovers(rs, have);
+    d
+}
+
+impl Diff {
+    fn set(&mut self, id: u32, set: &SetDef, have: &Current) {
+        let want = elems::units(set);
+        let interval = set.kind.interval();
+        let Some(cur) = have.sets.get(&set.name) else {
+            let (key_type, key_len, byteorder) = key_spec(set.kind);
+            let s = Set::ours(&set.name);
+            s.set_u32(
+                sys::NFTNL_SET_FLAGS,
+                if interval {
+                    libc::NFT_SET_INTERVAL as u32
+                } else {
+                    0
+                },
+            );
+            s.set_u32(sys::NFTNL_SET_KEY_TYPE, key_type);
+            s.set_u32(sys::NFTNL_SET_KEY_LEN, key_len);
+            s.set_u32(sys::NFTNL_SET_ID, id);
+            s.set_userdata(&udata_u32(
+                sys::NFTNL_UDATA_SET_KEYBYTEORDER as u8,
+                byteorder,
+            ));
+            self.batch.push(
+                libc::NFT_MSG_NEWSET,
+                libc::NLM_F_CREATE,
+                Body::Set(&s),
+                format!("add set {}", set.name),
+            );
+            self.elements(libc::NFT_MSG_NEWSETELEM, set, id, interval, &want);
+            return;
+        };
+        match elems::units_from_kernel(interval, &cur.elems) {
+            Some(current) => {
+                let gone: BTreeSet<Unit> = current.difference(&want).cloned().collect();
+                let new: BTreeSet<Unit> = want.difference(&current).cloned().collect();
+                // Removals first: a new interval may reuse a key of one that goes.
+                self.elements(libc::NFT_MSG_DELSETELEM, set, id, interval, &gone);
+                self.elements(libc::NFT_MSG_NEWSETELEM, set, id, interval, &new);
+            }
+            None => {
+                // Elements we did not write: flush the set (DELSETELEM without a list) and
+                // refill it.
+                self.removed += cur.elems.len();
+                self.batch.push(
+                    libc::NFT_MSG_DELSETELEM,
+                    0,
+                    Body::Set(&Set::ours(&set.name)),
+                    format!("flush set {}", set.name),
+                );
+                self.elements(libc::NFT_MSG_NEWSETELEM, set, id, interval, &want);
+            }
+        }
+    }
+
+    fn elements(&mut self, ty: i32, set: &SetDef, id: u32, interval: bool, units: &BTreeSet<Unit>) {
+        if units.is_empty() {
+            return;
+        }
+        let carrier = Set::ours(&set.name);
+        carrier.set_u32(sys::NFTNL_SET_ID, id);
+        elems::fill(&carrier, interval, units);
+        let (verb, n) = if ty == libc::NFT_MSG_NEWSETELEM {
+            self.added += units.len();
+            ("add", units.len())
+        } else {
+            self.removed += units.len();
+            ("remove", units.len())
+        };
+        self.batch.push_elems(
+            ty,
+            &carrier,
+            format!("{verb} {n} element(s) of set {}", set.name),
+        );
+    }
+
+    /// Rewrites a chain's rules when they differ from the plan (flush + add, in one batch).
+    /// The base chain's single rule changes with every generation and is not counted.
+    fn rules(&mut self, ch: &ChainDef, have: &Current) {
+        let counted = ch.name != names::BASE_CHAIN;
+        let built: Vec<_> = ch.rules.iter().map(|r| build_rule(&ch.name, r)).collect();
+        let cur = have.chains.iter().find(|c| c.name == ch.name);
+        if let Some(cur) = cur {
+            let same = cur.rules.len() == built.len()
+                && cur
+                    .rules
+                    .iter()
+                    .zip(&built)
+                    .all(|(c, b)| c.fingerprint == b.fingerprint());
+            if same {
+                return;
+            }
+            self.flush_chain(&ch.name, cur.rules.len(), counted);
+        }
+        for (def, rule) in ch.rules.iter().zip(&built) {
+            self.added += counted as usize;
+            self.batch.push(
+                libc::NFT_MSG_NEWRULE,
+                libc::NLM_F_CREATE | libc::NLM_F_APPEND,
+                Body::Rule(rule),
+                format!("add rule to chain {}: {}", ch.name, rule_text(def)),
+            );
+        }
+    }
+
+    fn flush_chain(&mut self, chain: &str, rules: usize, counted: bool) {
+        if rules == 0 {
+            return;
+        }
+        if counted {
+            self.removed += rules;
+        }
+        self.batch.push(
+            libc::NFT_MSG_DELRULE,
+            0,
+            Body::Rule(&super::wrap::Rule::ours(chain)),
+            format!("flush chain {chain}"),
+        );
+    }
+
+    /// Objects of ours the plan no longer has, once nothing refers to them any more.
+    fn remove_leftovers(&mut self, rs: &Ruleset, have: &Current) {
+        let chains: HashSet<&str> = rs.chains.iter().map(|c| c.name.as_str()).collect();
+        let gone: Vec<_> = have
+            .chains
+            .iter()
+            .filter(|c| !chains.contains(c.name.as_str()))
+            .collect();
+        for c in &gone {
+            self.flush_chain(&c.name, c.rules.len(), true);
+        }
+        for c in &gone {
+            self.batch.push(
+                libc::NFT_MSG_DELCHAIN,
+                0,
+                Body::Chain(&Chain::ours(&c.name)),
+                format!("delete chain {}", c.name),
+            );
+        }
+        let counters: HashSet<&str> = rs.counters.iter().map(|c| c.name.as_str()).collect();
+        for name in have.counters.keys() {
+            if !counters.contains(name.as_str()) {
+                self.batch.push(
+                    libc::NFT_MSG_DELOBJ,
+                    0,
+                    Body::Obj(&Obj::counter(name)),
+                    format!("delete counter {name}"),
+                );
+            }
+        }
+        let sets: HashSet<&str> = rs.sets.iter().map(|s| s.name.as_str()).collect();
+        for (name, s) in &have.sets {
+            if !sets.contains(name.as_str()) {
+                self.removed += s.elems.len();
+                self.batch.push(
+                    libc::NFT_MSG_DELSET,
+                    0,
+                    Body::Set(&Set::ours(name)),
+                    format!("delete set {name}"),
+                );
+            }
+        }
+    }
+}
+
+fn chain_obj(ch: &ChainDef) -> Chain {
+    let c = Chain::ours(&ch.name);
+    if let Some(prio) = ch.hook_priority {
+        c.set_prerouting_hook(prio);
+    }
+    c
+}
+
+/// False when an object we want exists with another shape (key type, interval flag, hook):
+/// those cannot be changed in place.
+fn compatible(rs: &Ruleset, cur: &Current) -> bool {
+    let sets_ok = rs.sets.iter().all(|s| match cur.sets.get(&s.name) {
+        None => true,
+        Some(c) => {
+            let (key_type, key_len, _) = key_spec(s.kind);
+            let interval = c.flags & libc::NFT_SET_INTERVAL as u32 != 0;
+            c.key_type == key_type && c.key_len == key_len && interval == s.kind.interval()
+        }
+    });
+    let chains_ok =
+        rs.chains
+            .iter()
+            .all(|ch| match cur.chains.iter().find(|c| c.name == ch.name) {
+                None => true,
+                Some(c) => {
+                    c.hook
+                        == ch
+                            .hook_priority
+                            .map(|p| (libc::NF_INET_PRE_ROUTING as u32, p))
+                }
+            });
+    sets_ok && chains_ok
+}

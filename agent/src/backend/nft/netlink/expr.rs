@@ -1,0 +1,142 @@
+//! [`RuleDef`] -> libnftnl rule: the same expressions `nft -f` generates for the rendered text
+//! (checked by comparing `nft list` of both in the integration tests).
+
+use nftnl::nftnl_sys as sys;
+
+use super::super::plan::{Family, Match, RuleDef, Verdict};
+use super::udata::udata_comment;
+use super::wrap::{Expr, Rule, NFT_OBJECT_COUNTER};
+
+const REG1: u32 = libc::NFT_REG_1 as u32;
+const REG_VERDICT: u32 = libc::NFT_REG_VERDICT as u32;
+const IPV4_SADDR: (u32, u32) = (12, 4);
+const IPV6_SADDR: (u32, u32) = (8, 16);
+
+pub fn build_rule(chain: &str, def: &RuleDef) -> Rule {
+    let rule = Rule::ours(chain);
+    for m in &def.matches {
+        for e in match_exprs(m) {
+            rule.push(e);
+        }
+    }
+    if let Some(c) = &def.counter {
+        rule.push(
+            Expr::new("objref")
+                .u32(sys::NFTNL_EXPR_OBJREF_IMM_TYPE, NFT_OBJECT_COUNTER)
+                .str(sys::NFTNL_EXPR_OBJREF_IMM_NAME, c),
+        );
+    }
+    rule.push(verdict(&def.verdict));
+    if let Some(c) = &def.comment {
+        rule.set_userdata(&udata_comment(c));
+    }
+    rule
+}
+
+fn match_exprs(m: &Match) -> Vec<Expr> {
+    match m {
+        Match::IifnameIn(set) => vec![meta(libc::NFT_META_IIFNAME), lookup(set)],
+        Match::CtState(bit) => vec![
+            Expr::new("ct")
+                .u32(sys::NFTNL_EXPR_CT_KEY, libc::NFT_CT_STATE as u32)
+                .u32(sys::NFTNL_EXPR_CT_DREG, REG1),
+            Expr::new("bitwise")
+                .u32(sys::NFTNL_EXPR_BITWISE_SREG, REG1)
+                .u32(sys::NFTNL_EXPR_BITWISE_DREG, REG1)
+                .u32(sys::NFTNL_EXPR_BITWISE_LEN, 4)
+                .data(sys::NFTNL_EXPR_BITWISE_MASK, &bit.to_ne_bytes())
+                .data(sys::NFTNL_EXPR_BITWISE_XOR, &0u32.to_ne_bytes()),
+            cmp(libc::NFT_CMP_NEQ, &0u32.to_ne_bytes()),
+        ],
+        Match::NfProto(f) => nfproto(*f),
+        Match::L4Proto(p) => vec![meta(libc::NFT_META_L4PROTO), cmp(libc::NFT_CMP_EQ, &[*p])],
+        Match::L4ProtoNot(p) => {
+            vec![meta(libc::NFT_META_L4PROTO), cmp(libc::NFT_CMP_NEQ, &[*p])]
+        }
+        Match::SaddrIn(f, set) => {
+            let (offset, len) = match f {
+                Family::V4 => IPV4_SADDR,
+                Family::V6 => IPV6_SADDR,
+            };
+            let mut v = nfproto(*f);
+            v.push(payload(
+                libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
+                offset,
+                len,
+            ));
+            v.push(lookup(set));
+            v
+        }
+        Match::DportIn(p, set) => vec![
+            meta(libc::NFT_META_L4PROTO),
+            cmp(libc::NFT_CMP_EQ, &[*p]),
+            payload(libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32, 2, 2),
+            lookup(set),
+        ],
+        Match::IcmpTypeIn(f, set) => {
+            let mut v = nfproto(*f);
+            v.push(meta(libc::NFT_META_L4PROTO));
+            v.push(cmp(libc::NFT_CMP_EQ, &[f.icmp()]));
+            v.push(payload(libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32, 0, 1));
+            v.push(lookup(set));
+            v
+        }
+        Match::UdpPorts(sport, dport) => {
+            let mut ports = sport.to_be_bytes().to_vec();
+            ports.extend(dport.to_be_bytes());
+            vec![
+                meta(libc::NFT_META_L4PROTO),
+                cmp(libc::NFT_CMP_EQ, &[super::super::plan::IPPROTO_UDP]),
+                payload(libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32, 0, 4),
+                cmp(libc::NFT_CMP_EQ, &ports),
+            ]
+        }
+    }
+}
+
+fn nfproto(f: Family) -> Vec<Expr> {
+    let v = match f {
+        Family::V4 => libc::NFPROTO_IPV4,
+        Family::V6 => libc::NFPROTO_IPV6,
+    } as u8;
+    vec![meta(libc::NFT_META_NFPROTO), cmp(libc::NFT_CMP_EQ, &[v])]
+}
+
+fn meta(key: i32) -> Expr {
+    Expr::new("meta")
+        .u32(sys::NFTNL_EXPR_META_KEY, key as u32)
+        .u32(sys::NFTNL_EXPR_META_DREG, REG1)
+}
+
+fn cmp(op: i32, data: &[u8]) -> Expr {
+    Expr::new("cmp")
+        .u32(sys::NFTNL_EXPR_CMP_SREG, REG1)
+        .u32(sys::NFTNL_EXPR_CMP_OP, op as u32)
+        .data(sys::NFTNL_EXPR_CMP_DATA, data)
+}
+
+fn payload(base: u32, offset: u32, len: u32) -> Expr {
+    Expr::new("payload")
+        .u32(sys::NFTNL_EXPR_PAYLOAD_DREG, REG1)
+        .u32(sys::NFTNL_EXPR_PAYLOAD_BASE, base)
+        .u32(sys::NFTNL_EXPR_PAYLOAD_OFFSET, offset)
+        .u32(sys::NFTNL_EXPR_PAYLOAD_LEN, len)
+}
+
+fn lookup(set: &str) -> Expr {
+    Expr::new("lookup")
+        .u32(sys::NFTNL_EXPR_LOOKUP_SREG, REG1)
+        .str(sys::NFTNL_EXPR_LOOKUP_SET, set)
+        .u32(sys::NFTNL_EXPR_LOOKUP_FLAGS, 0)
+}
+
+fn verdict(v: &Verdict) -> Expr {
+    let e = Expr::new("immediate").u32(sys::NFTNL_EXPR_IMM_DREG, REG_VERDICT);
+    match v {
+        Verdict::Accept => e.u32(sys::NFTNL_EXPR_IMM_VERDICT, libc::NF_ACCEPT as u32),
+        Verdict::Drop => e.u32(sys::NFTNL_EXPR_IMM_VERDICT, libc::NF_DROP as u32),
+        Verdict::Goto(chain) => e
+            .u32(sys::NFTNL_EXPR_IMM_VERDICT, libc::NFT_GOTO as u32)
+            .str(sys::NFTNL_EXPR_IMM_CHAIN, chain),
+    }
+}

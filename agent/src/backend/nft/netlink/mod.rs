@@ -1,0 +1,135 @@
+//! Installing the planned table through nf_tables netlink, as one atomic batch per apply.
+
+mod batch;
+mod diff;
+mod elems;
+mod expr;
+mod socket;
+pub mod state;
+mod udata;
+mod wrap;
+
+use anyhow::Context;
+
+use super::names;
+use super::plan::Ruleset;
+use state::Current;
+
+/// Set to `1` to append a message the kernel must reject (a rule using a set that does not
+/// exist) to the next batch: how the integration tests prove that a failed batch leaves the
+/// previous ruleset untouched and that the error names the offending object.
+pub const FAULT_ENV: &str = "NODEWALL_NFT_INJECT_FAULT";
+
+pub struct Nft {
+    sock: socket::Socket,
+}
+
+/// What one apply did.
+pub struct Applied {
+    pub generation: u64,
+    pub changed: bool,
+    pub added: usize,
+    pub removed: usize,
+}
+
+impl Nft {
+    pub fn open() -> anyhow::Result<Self> {
+        Ok(Self {
+            sock: socket::Socket::open()?,
+        })
+    }
+
+    /// The table as it is now, with the elements of the sets `elements_of` selects.
+    pub fn read(&mut self, elements_of: &dyn Fn(&str) -> bool) -> anyhow::Result<Current> {
+        state::read(&mut self.sock, elements_of)
+    }
+
+    /// Brings the table to `plan(generation)`. Nothing is sent when it already matches;
+    /// otherwise the generation goes up by one and every change goes in one batch.
+    pub fn apply(&mut self, plan: impl Fn(u64) -> Ruleset) -> anyhow::Result<Applied> {
+        let cur = self.read(&|_| true)?;
+        let generation = generation(&cur);
+        let fault = std::env::var(FAULT_ENV).as_deref() == Ok("1");
+        if !fault && diff::diff(&plan(generation), &cur).batch.is_empty() {
+            return Ok(Applied {
+                generation,
+                changed: false,
+                added: 0,
+                removed: 0,
+            });
+        }
+        let next = generation + 1;
+        let mut d = diff::diff(&plan(next), &cur);
+        if fault {
+            inject_fault(&mut d.batch);
+        }
+        let (batch, described) = d.batch.finish();
+        let describe = |seq: u32| {
+            described
+                .iter()
+                .find(|(s, _)| *s == seq)
+                .map(|(_, w)| w.clone())
+        };
+        self.sock
+            .send_batch(&batch, describe)
+            .context("applying table inet nodewall")?;
+        Ok(Applied {
+            generation: next,
+            changed: true,
+            added: d.added,
+            removed: d.removed,
+        })
+    }
+
+    /// Deletes table `inet nodewall` (and with it everything nodewall installed). Returns
+    /// whether there was one.
+    pub fn flush(&mut self) -> anyhow::Result<bool> {
+        if !self.read(&|_| false)?.table {
+            return Ok(false);
+        }
+        let mut b = batch::Builder::new();
+        b.push(
+            libc::NFT_MSG_DELTABLE,
+            0,
+            batch::Body::Table(&wrap::Table::ours()),
+            "delete table inet nodewall".into(),
+        );
+        let (batch, _) = b.finish();
+        self.sock
+            .send_batch(&batch, |_| Some("delete table inet nodewall".into()))?;
+        Ok(true)
+    }
+}
+
+/// The generation carried by the base chain rule's comment; 0 when nothing is installed.
+pub fn generation(cur: &Current) -> u64 {
+    cur.chains
+        .iter()
+        .find(|c| c.name == names::BASE_CHAIN)
+        .and_then(|c| c.rules.first())
+        .and_then(|r| r.comment.as_deref())
+        .and_then(|c| c.strip_prefix(names::GENERATION_PREFIX))
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(0)
+}
+
+fn inject_fault(b: &mut batch::Builder) {
+    use super::plan::{Match, RuleDef, Verdict};
+    let def = RuleDef {
+        matches: vec![Match::IifnameIn("nodewall-injected-missing-set".into())],
+        counter: None,
+        verdict: Verdict::Drop,
+        comment: Some(format!("fault injected by {FAULT_ENV}")),
+    };
+    let rule = expr::build_rule(names::INBOUND_CHAIN, &def);
+    b.push(
+        libc::NFT_MSG_NEWRULE,
+        libc::NLM_F_CREATE | libc::NLM_F_APPEND,
+        batch::Body::Rule(&rule),
+        format!(
+            "add rule to chain {}: {}",
+            names::INBOUND_CHAIN,
+            super::script::rule_text(&def)
+        ),
+    );
+}

@@ -1,0 +1,317 @@
+//! The netfilter netlink socket: sending one batch in one `sendmsg` (the kernel applies a batch
+//! only if it arrives whole) and reading dump replies.
+
+use std::ffi::c_void;
+use std::io;
+use std::os::fd::RawFd;
+
+use anyhow::{anyhow, bail, Context};
+use nftnl::nftnl_sys as sys;
+use nftnl::FinalizedBatch;
+
+use super::wrap::FAMILY_INET;
+
+const SOL_NETLINK: i32 = 270;
+const NETLINK_CAP_ACK: i32 = 10;
+const NETLINK_EXT_ACK: i32 = 11;
+const NLM_F_ACK_TLVS: u16 = 0x200;
+const NLM_F_DUMP_INTR: u16 = 0x10;
+const NLMSGERR_ATTR_MSG: u16 = 1;
+const RECV_BUF: usize = 1 << 20;
+
+pub struct Socket {
+    sock: mnl::Socket,
+    seq: u32,
+}
+
+/// A dump reply was interrupted by a concurrent ruleset change: read again.
+#[derive(Debug, thiserror::Error)]
+#[error("netlink dump interrupted by a concurrent change")]
+pub struct Interrupted;
+
+impl Socket {
+    pub fn open() -> anyhow::Result<Self> {
+        let sock = mnl::Socket::new(mnl::Bus::Netfilter)
+            .context("opening a netfilter netlink socket (needs CAP_NET_ADMIN)")?;
+        let s = Self {
+            sock,
+            seq: std::process::id().wrapping_mul(7919),
+        };
+        // Short acks (header only) and kernel error strings; a large receive buffer so that
+        // the acks of a big batch are not dropped.
+        s.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1);
+        s.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1);
+        s.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20);
+        Ok(s)
+    }
+
+    fn fd(&self) -> RawFd {
+        // SAFETY: the socket pointer is valid for our lifetime.
+        unsafe { mnl::mnl_sys::mnl_socket_get_fd(self.sock.as_raw_socket()) }
+    }
+
+    /// Best effort: a failure only means smaller buffers or fewer details in errors.
+    fn setsockopt(&self, level: i32, name: i32, value: i32) {
+        // SAFETY: plain setsockopt with an int value.
+        unsafe {
+            libc::setsockopt(
+                self.fd(),
+                level,
+                name,
+                &value as *const i32 as *const c_void,
+                std::mem::size_of::<i32>() as u32,
+            );
+        }
+    }
+
+    pub fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    /// Sends a finalized batch and collects the kernel's verdict. `describe(seq)` names the
+    /// object a message with that sequence number carried, for error messages.
+    pub fn send_batch(
+        &mut self,
+        batch: &FinalizedBatch,
+        describe: impl Fn(u32) -> Option<String>,
+    ) -> anyhow::Result<()> {
+        let pages: Vec<&[u8]> = batch.iter().collect();
+        let total: usize = pages.iter().map(|p| p.len()).sum();
+        self.setsockopt(
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            (total + (1 << 16)).min(i32::MAX as usize) as i32,
+        );
+        let mut iov: Vec<libc::iovec> = pages
+            .iter()
+            .map(|p| libc::iovec {
+                iov_base: p.as_ptr() as *mut c_void,
+                iov_len: p.len(),
+            })
+            .collect();
+        // SAFETY: zeroed sockaddr_nl is valid; we set the family (pid 0 = the kernel).
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: msghdr points at live buffers for the duration of the call.
+        let sent = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_name = &mut addr as *mut _ as *mut c_void;
+            msg.msg_namelen = std::mem::size_of::<libc::sockaddr_nl>() as u32;
+            msg.msg_iov = iov.as_mut_ptr();
+            msg.msg_iovlen = iov.len();
+            libc::sendmsg(self.fd(), &msg, 0)
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("sending the nftables batch ({total} bytes)"));
+        }
+        // The kernel processes the whole batch inside sendmsg: every ack and error is queued on
+        // the socket by now, so drain it without blocking.
+        let mut errors: Vec<(u32, i32, Option<String>)> = Vec::new();
+        let mut buf = AlignedBuf::new(RECV_BUF);
+        loop {
+            // SAFETY: buffer is valid for RECV_BUF bytes.
+            let n = unsafe {
+                libc::recv(
+                    self.fd(),
+                    buf.as_mut_ptr() as *mut c_void,
+                    RECV_BUF,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => break,
+                    Some(libc::EINTR) => continue,
+                    Some(libc::ENOBUFS) => {
+                        bail!("the kernel's replies to the nftables batch overflowed the socket buffer; the outcome is unknown, run `nodewall status`")
+                    }
+                    _ => return Err(e).context("reading the kernel's replies to the batch"),
+                }
+            }
+            for msg in messages(&buf.bytes()[..n as usize]) {
+                if let Reply::Error { seq, errno, text } = msg {
+                    if errno != 0 {
+                        errors.push((seq, errno, text));
+                    }
+                }
+            }
+        }
+        if errors.is_empty() {
+            return Ok(());
+        }
+        errors.sort_by_key(|e| e.0);
+        let (seq, errno, text) = &errors[0];
+        let what = describe(*seq).unwrap_or_else(|| format!("message {seq}"));
+        let detail = text
+            .as_deref()
+            .map(|t| format!(" ({t})"))
+            .unwrap_or_default();
+        let more = if errors.len() > 1 {
+            format!("; {} more message(s) failed after it", errors.len() - 1)
+        } else {
+            String::new()
+        };
+        Err(anyhow!(
+            "the kernel rejected {what}: {}{detail}{more}; the batch was aborted and the previous ruleset is unchanged",
+            io::Error::from_raw_os_error(*errno)
+        ))
+    }
+
+    /// Sends a GET request with NLM_F_DUMP for `msg_type`, letting `fill` add the filter
+    /// attributes, and calls `each` on every reply message.
+    pub fn dump(
+        &mut self,
+        msg_type: i32,
+        fill: impl FnOnce(*mut libc::nlmsghdr),
+        mut each: impl FnMut(*const libc::nlmsghdr),
+    ) -> anyhow::Result<()> {
+        let seq = self.next_seq();
+        let mut req = AlignedBuf::new(8192);
+        // SAFETY: the buffer is large enough for a header and a few name attributes.
+        let nlh = unsafe {
+            sys::nftnl_nlmsg_build_hdr(
+                req.as_mut_ptr() as *mut std::ffi::c_char,
+                msg_type as u16,
+                FAMILY_INET,
+                (libc::NLM_F_DUMP) as u16,
+                seq,
+            )
+        };
+        fill(nlh);
+        // SAFETY: nlh points into req; its length field covers what was built.
+        let len = unsafe { (*nlh).nlmsg_len } as usize;
+        self.sock
+            .send(&req.bytes()[..len])
+            .context("sending a netlink dump request")?;
+        let mut buf = AlignedBuf::new(RECV_BUF);
+        let mut interrupted = false;
+        loop {
+            let n = match self.sock.recv_raw(buf.as_mut_bytes()) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).context("reading a netlink dump"),
+            };
+            for msg in messages(&buf.bytes()[..n]) {
+                match msg {
+                    Reply::Done { seq: s } if s == seq => {
+                        if interrupted {
+                            return Err(Interrupted.into());
+                        }
+                        return Ok(());
+                    }
+                    Reply::Error { seq: s, errno, .. } if s == seq => {
+                        if errno == 0 {
+                            return Ok(());
+                        }
+                        return Err(io::Error::from_raw_os_error(errno))
+                            .context("netlink dump refused");
+                    }
+                    Reply::Data { seq: s, flags, nlh } if s == seq => {
+                        interrupted |= flags & NLM_F_DUMP_INTR != 0;
+                        each(nlh);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+enum Reply {
+    Done {
+        seq: u32,
+    },
+    Error {
+        seq: u32,
+        errno: i32,
+        text: Option<String>,
+    },
+    Data {
+        seq: u32,
+        flags: u16,
+        nlh: *const libc::nlmsghdr,
+    },
+}
+
+/// Splits a receive buffer into netlink messages.
+fn messages(buf: &[u8]) -> Vec<Reply> {
+    const HDR: usize = std::mem::size_of::<libc::nlmsghdr>();
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + HDR <= buf.len() {
+        // SAFETY: at least HDR bytes remain; the buffer is 8-byte aligned and offsets are
+        // multiples of 4 (NLMSG_ALIGN), enough for nlmsghdr.
+        let nlh = unsafe { &*(buf.as_ptr().add(off) as *const libc::nlmsghdr) };
+        let len = nlh.nlmsg_len as usize;
+        if len < HDR || off + len > buf.len() {
+            break;
+        }
+        let body = &buf[off + HDR..off + len];
+        match nlh.nlmsg_type as i32 {
+            libc::NLMSG_DONE => out.push(Reply::Done { seq: nlh.nlmsg_seq }),
+            libc::NLMSG_ERROR if body.len() >= 4 + HDR => {
+                let errno = -i32::from_ne_bytes(body[..4].try_into().unwrap());
+                // The original header tells which message failed.
+                let orig = &body[4..4 + HDR];
+                let seq = u32::from_ne_bytes(orig[8..12].try_into().unwrap());
+                let text = if nlh.nlmsg_flags & NLM_F_ACK_TLVS != 0 {
+                    ext_ack_text(body)
+                } else {
+                    None
+                };
+                out.push(Reply::Error { seq, errno, text });
+            }
+            _ => out.push(Reply::Data {
+                seq: nlh.nlmsg_seq,
+                flags: nlh.nlmsg_flags,
+                nlh,
+            }),
+        }
+        off += (len + 3) & !3;
+    }
+    out
+}
+
+/// The kernel's extended-ack message string, when it sent one.
+fn ext_ack_text(body: &[u8]) -> Option<String> {
+    const HDR: usize = std::mem::size_of::<libc::nlmsghdr>();
+    // With NETLINK_CAP_ACK only the original header follows the error code.
+    let mut rest = body.get(4 + HDR..)?;
+    while rest.len() >= 4 {
+        let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
+        let ty = u16::from_ne_bytes([rest[2], rest[3]]) & 0x3fff;
+        if len < 4 || len > rest.len() {
+            break;
+        }
+        if ty == NLMSGERR_ATTR_MSG {
+            let v = &rest[4..len];
+            let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
+            return Some(String::from_utf8_lossy(&v[..end]).into_owned());
+        }
+        rest = &rest[((len + 3) & !3).min(rest.len())..];
+    }
+    None
+}
+
+/// A byte buffer aligned for `nlmsghdr`.
+struct AlignedBuf(Vec<u64>);
+
+impl AlignedBuf {
+    fn new(bytes: usize) -> Self {
+        Self(vec![0u64; bytes.div_ceil(8)])
+    }
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.0.as_mut_ptr() as *mut u8
+    }
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: reinterpreting initialised u64s as bytes.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr() as *const u8, self.0.len() * 8) }
+    }
+    fn as_mut_bytes(&mut self) -> &mut [u8] {
+        // SAFETY: as above, exclusive borrow.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr() as *mut u8, self.0.len() * 8) }
+    }
+}

@@ -1,0 +1,199 @@
+//! What table `inet nodewall` holds right now, read back through netlink dumps.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use nftnl::nftnl_sys as sys;
+
+use super::socket::{Interrupted, Socket};
+use super::wrap::{Chain, Obj, Rule, Set, Table};
+use crate::backend::nft::names::TABLE;
+
+#[derive(Debug, Default)]
+pub struct Current {
+    pub table: bool,
+    pub sets: BTreeMap<String, CurrentSet>,
+    pub counters: BTreeMap<String, CurrentCounter>,
+    /// In the kernel's order.
+    pub chains: Vec<CurrentChain>,
+}
+
+#[derive(Debug)]
+pub struct CurrentSet {
+    pub key_type: u32,
+    pub key_len: u32,
+    pub flags: u32,
+    /// (key, element flags) in the kernel's order.
+    pub elems: Vec<(Vec<u8>, u32)>,
+}
+
+#[derive(Debug)]
+pub struct CurrentCounter {
+    pub comment: Option<String>,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug)]
+pub struct CurrentChain {
+    pub name: String,
+    pub hook: Option<(u32, i32)>,
+    pub rules: Vec<CurrentRule>,
+}
+
+#[derive(Debug)]
+pub struct CurrentRule {
+    pub fingerprint: String,
+    pub comment: Option<String>,
+}
+
+/// Reads the table, retrying when a concurrent change interrupts a dump. Elements are read only
+/// for the sets `elements_of` selects (they can be many).
+pub fn read(sock: &mut Socket, elements_of: &dyn Fn(&str) -> bool) -> anyhow::Result<Current> {
+    let mut last = None;
+    for _ in 0..5 {
+        match read_once(sock, elements_of) {
+            Ok(c) => return Ok(c),
+            Err(e) if e.is::<Interrupted>() => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap()).context("reading table inet nodewall")
+}
+
+fn read_once(sock: &mut Socket, elements_of: &dyn Fn(&str) -> bool) -> anyhow::Result<Current> {
+    let mut cur = Current::default();
+    sock.dump(
+        libc::NFT_MSG_GETTABLE,
+        |_| {},
+        |nlh| {
+            let t = Table::alloc();
+            // SAFETY: nlh is a complete message from the kernel.
+            if unsafe { sys::nftnl_table_nlmsg_parse(nlh, t.ptr()) } >= 0 && t.name() == TABLE {
+                cur.table = true;
+            }
+        },
+    )
+    .context("listing nftables tables")?;
+    if !cur.table {
+        return Ok(cur);
+    }
+
+    let mut sets = Vec::new();
+    sock.dump(
+        libc::NFT_MSG_GETSET,
+        // SAFETY: a set with only its table set builds the table filter.
+        |nlh| unsafe { sys::nftnl_set_nlmsg_build_payload(nlh, Set::ours("").ptr()) },
+        |nlh| {
+            let s = Set::alloc();
+            // SAFETY: as above.
+            if unsafe { sys::nftnl_set_nlmsg_parse(nlh, s.ptr()) } >= 0 {
+                sets.push(s);
+            }
+        },
+    )
+    .context("listing the sets of table inet nodewall")?;
+    for s in sets {
+        let name = s.name();
+        let elems = if elements_of(&name) {
+            read_elems(sock, &name)?
+        } else {
+            Vec::new()
+        };
+        cur.sets.insert(
+            name,
+            CurrentSet {
+                key_type: s.get_u32(sys::NFTNL_SET_KEY_TYPE),
+                key_len: s.get_u32(sys::NFTNL_SET_KEY_LEN),
+                flags: s.get_u32(sys::NFTNL_SET_FLAGS),
+                elems,
+            },
+        );
+    }
+
+    let filter = Obj::counter("");
+    sock.dump(
+        libc::NFT_MSG_GETOBJ,
+        // SAFETY: builds the table/type filter into the request.
+        |nlh| unsafe { sys::nftnl_obj_nlmsg_build_payload(nlh, filter.ptr()) },
+        |nlh| {
+            let o = Obj::alloc();
+            // SAFETY: as above.
+            if unsafe { sys::nftnl_obj_nlmsg_parse(nlh, o.ptr()) } >= 0
+                && o.obj_type() == super::wrap::NFT_OBJECT_COUNTER
+            {
+                let (packets, bytes) = o.counter_values();
+                cur.counters.insert(
+                    o.name(),
+                    CurrentCounter {
+                        comment: o.comment(),
+                        packets,
+                        bytes,
+                    },
+                );
+            }
+        },
+    )
+    .context("listing the counters of table inet nodewall")?;
+
+    sock.dump(
+        libc::NFT_MSG_GETCHAIN,
+        // SAFETY: a chain with only its table set builds the table filter.
+        |nlh| unsafe { sys::nftnl_chain_nlmsg_build_payload(nlh, Chain::ours("").ptr()) },
+        |nlh| {
+            let c = Chain::alloc();
+            // SAFETY: as above.
+            if unsafe { sys::nftnl_chain_nlmsg_parse(nlh, c.ptr()) } >= 0 && c.table() == TABLE {
+                cur.chains.push(CurrentChain {
+                    name: c.name(),
+                    hook: c.hook(),
+                    rules: Vec::new(),
+                });
+            }
+        },
+    )
+    .context("listing the chains of table inet nodewall")?;
+
+    let mut rules: Vec<(String, CurrentRule)> = Vec::new();
+    sock.dump(
+        libc::NFT_MSG_GETRULE,
+        // SAFETY: a rule with only its table set builds the table filter.
+        |nlh| unsafe { sys::nftnl_rule_nlmsg_build_payload(nlh, Rule::ours("").ptr()) },
+        |nlh| {
+            let r = Rule::alloc();
+            // SAFETY: as above.
+            if unsafe { sys::nftnl_rule_nlmsg_parse(nlh, r.ptr()) } >= 0 {
+                rules.push((
+                    r.chain(),
+                    CurrentRule {
+                        fingerprint: r.fingerprint(),
+                        comment: r.comment(),
+                    },
+                ));
+            }
+        },
+    )
+    .context("listing the rules of table inet nodewall")?;
+    for (chain, rule) in rules {
+        if let Some(c) = cur.chains.iter_mut().find(|c| c.name == chain) {
+            c.rules.push(rule);
+        }
+    }
+    Ok(cur)
+}
+
+fn read_elems(sock: &mut Socket, set: &str) -> anyhow::Result<Vec<(Vec<u8>, u32)>> {
+    let filter = Set::ours(set);
+    let holder = Set::alloc();
+    sock.dump(
+        libc::NFT_MSG_GETSETELEM,
+        // SAFETY: an element-less set builds the table and set name filter.
+        |nlh| unsafe { sys::nftnl_set_elems_nlmsg_build_payload(nlh, filter.ptr()) },
+        |nlh| {
+            // SAFETY: each reply appends its elements to the holder set.
+            unsafe { sys::nftnl_set_elems_nlmsg_parse(nlh, holder.ptr()) };
+        },
+    )
+    .with_context(|| format!("listing the elements of set {set}"))?;
+    Ok(holder.elems())
+}

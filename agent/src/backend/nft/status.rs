@@ -1,0 +1,136 @@
+//! [`Status`] and [`Counters`] from the table read back from the kernel, without the policy:
+//! counter comments name the rules, the inbound chain gives their order.
+
+use nodewall_common::DropReason;
+
+use super::names::{self, comment};
+use super::netlink::state::Current;
+use crate::backend::{Counters, DropCounter, RuleCounter, Status};
+
+const FAMILIES: [&str; 2] = ["ipv4", "ipv6"];
+const PROTOCOLS: [&str; 5] = ["tcp", "udp", "icmp", "icmpv6", "other"];
+
+pub fn status(cur: &Current) -> Status {
+    if !cur.table {
+        return Status {
+            backend: "nft",
+            installed: false,
+            generation: 0,
+            interfaces: Vec::new(),
+            rules: Vec::new(),
+            counters: Counters::default(),
+        };
+    }
+    let interfaces = cur
+        .sets
+        .get(names::UPLINKS_SET)
+        .map(|s| {
+            let mut v: Vec<String> = s
+                .elems
+                .iter()
+                .map(|(k, _)| {
+                    let end = k.iter().position(|&b| b == 0).unwrap_or(k.len());
+                    String::from_utf8_lossy(&k[..end]).into_owned()
+                })
+                .collect();
+            v.sort();
+            v
+        })
+        .unwrap_or_default();
+    let rules = rule_order(cur);
+    Status {
+        backend: "nft",
+        installed: true,
+        generation: super::netlink::generation(cur),
+        interfaces,
+        counters: counters(cur, &rules),
+        rules,
+    }
+}
+
+/// Policy rule names in evaluation order: comments of the inbound chain's rules that name a
+/// rule counter (each policy rule may be one nft rule per address family).
+fn rule_order(cur: &Current) -> Vec<String> {
+    let known: std::collections::HashSet<&str> = cur
+        .counters
+        .values()
+        .filter_map(|c| match comment::parse(c.comment.as_deref()?)? {
+            comment::Parsed::Rule { name, .. } => Some(name),
+            _ => None,
+        })
+        .collect();
+    let mut out: Vec<String> = Vec::new();
+    let inbound = cur.chains.iter().find(|c| c.name == names::INBOUND_CHAIN);
+    for r in inbound.map(|c| c.rules.as_slice()).unwrap_or_default() {
+        if let Some(c) = r.comment.as_deref() {
+            if known.contains(c) && !out.iter().any(|n| n == c) {
+                out.push(c.to_string());
+            }
+        }
+    }
+    // Rules without any nft rule (no source in either family) still have a counter.
+    let mut rest: Vec<&str> = known
+        .into_iter()
+        .filter(|k| !out.iter().any(|n| n == k))
+        .collect();
+    rest.sort();
+    out.extend(rest.into_iter().map(String::from));
+    out
+}
+
+pub fn counters(cur: &Current, order: &[String]) -> Counters {
+    let pos = |name: &str| order.iter().position(|n| n == name).unwrap_or(usize::MAX);
+    let mut rules = Vec::new();
+    let mut drops = Vec::new();
+    for c in cur.counters.values() {
+        match c.comment.as_deref().and_then(comment::parse) {
+            Some(comment::Parsed::Rule { action, name }) => rules.push(RuleCounter {
+                rule: name.to_string(),
+                action,
+                packets: c.packets,
+                bytes: c.bytes,
+            }),
+            Some(comment::Parsed::Drop {
+                reason,
+                family,
+                protocol,
+                rule,
+            }) => {
+                let (Some(reason), Some(family), Some(protocol)) = (
+                    DropReason::ALL
+                        .iter()
+                        .map(|r| r.as_str())
+                        .find(|r| *r == reason),
+                    FAMILIES.iter().find(|f| **f == family),
+                    PROTOCOLS.iter().find(|p| **p == protocol),
+                ) else {
+                    continue;
+                };
+                drops.push(DropCounter {
+                    reason,
+                    rule: rule.to_string(),
+                    family,
+                    protocol,
+                    packets: c.packets,
+                    bytes: c.bytes,
+                });
+            }
+            None => {}
+        }
+    }
+    rules.sort_by_key(|r| pos(&r.rule));
+    let reason_rank = |r: &str| match r {
+        "invalid" => 0,
+        "rule" => 1,
+        _ => 2,
+    };
+    drops.sort_by_key(|d| {
+        (
+            reason_rank(d.reason),
+            pos(&d.rule),
+            FAMILIES.iter().position(|f| *f == d.family),
+            PROTOCOLS.iter().position(|p| *p == d.protocol),
+        )
+    });
+    Counters { rules, drops }
+}

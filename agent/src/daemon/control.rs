@@ -1,0 +1,379 @@
+//! The control loop: keeps the kernel equal to the config file.
+//!
+//! One task owns all decisions, so applies never overlap: config changes (inotify, a periodic
+//! re-read as a safety net), SIGHUP, the drift check and apply retries are all handled here in
+//! turn. Every apply is atomic in the backend; when one fails, the previous policy stays.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::diff::{List, PolicyDiff};
+use super::health::Health;
+use super::source::{self, Desired, Parser};
+use super::state::{Snapshot, StateDir};
+use super::watch::ConfigWatcher;
+use super::worker::Worker;
+use crate::backend::interfaces;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+
+/// Requests from outside the loop (signals, tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// SIGHUP: re-read the config and re-apply even if it did not change.
+    Reload,
+    /// SIGTERM/SIGINT.
+    Shutdown,
+}
+
+/// Why an apply happened, logged with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    Start,
+    FileChange,
+    Sighup,
+    Retry,
+    Drift,
+    InterfacesChanged,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Start => "start",
+            Trigger::FileChange => "config-change",
+            Trigger::Sighup => "sighup",
+            Trigger::Retry => "retry",
+            Trigger::Drift => "drift-repair",
+            Trigger::InterfacesChanged => "interfaces-changed",
+        }
+    }
+}
+
+/// Re-read the file this often even without inotify events (lost events, exotic filesystems).
+const POLL_EVERY: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Repairs in a row after which the drift check slows down: something keeps undoing the
+/// policy (or the backend's verify is wrong), and applying every second would only add load.
+const REPAIR_STREAK_SLOWDOWN: u32 = 5;
+
+/// What the loop works with, fixed for its lifetime.
+pub(super) struct Context {
+    pub config: PathBuf,
+    pub parser: Parser,
+    pub worker: Worker,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub state: StateDir,
+    pub check_interval: Duration,
+}
+
+pub(super) struct Control {
+    cx: Context,
+    desired: Desired,
+    /// The policy the kernel holds (interfaces resolved), once an apply succeeded.
+    applied: Option<Policy>,
+    /// Whether `applied` corresponds to `desired`.
+    in_sync: bool,
+    failures: u32,
+    /// No apply or drift check before this instant (retry and repair backoff).
+    next_attempt: Instant,
+    repair_streak: u32,
+    /// The text of the last config that was rejected, so the same bad file is reported once.
+    rejected: Option<String>,
+    last_poll: Instant,
+}
+
+impl Control {
+    pub fn new(cx: Context, desired: Desired) -> Self {
+        Self {
+            cx,
+            desired,
+            applied: None,
+            in_sync: false,
+            failures: 0,
+            next_attempt: Instant::now(),
+            repair_streak: 0,
+            rejected: None,
+            last_poll: Instant::now(),
+        }
+    }
+
+    /// First apply: replaces whatever a previous run left, atomically (no flush, no gap).
+    pub async fn start(&mut self) {
+        let adopted = self
+            .cx
+            .worker
+            .call(|b| b.status().map(|s| (s.installed, s.generation)))
+            .await;
+        if let Ok(Ok((true, generation))) = adopted {
+            tracing::info!(
+                generation,
+                "adopting the policy a previous run left installed"
+            );
+        }
+        self.apply(Trigger::Start).await;
+    }
+
+    /// Runs until [`Event::Shutdown`] (or every event sender is gone).
+    pub async fn run(
+        &mut self,
+        watcher: ConfigWatcher,
+        mut events: mpsc::UnboundedReceiver<Event>,
+    ) {
+        let mut watcher = Some(watcher);
+        let mut tick = tokio::time::interval(self.cx.check_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(Event::Reload) => self.reload(Trigger::Sighup).await,
+                    Some(Event::Shutdown) | None => return,
+                },
+                res = changed(&mut watcher) => match res {
+                    Ok(()) => self.reload(Trigger::FileChange).await,
+                    Err(e) => {
+                        tracing::error!(error = %e, "config watch failed; relying on periodic re-reads");
+                        watcher = None;
+                    }
+                },
+                _ = tick.tick() => self.on_tick().await,
+            }
+        }
+    }
+
+    async fn on_tick(&mut self) {
+        self.cx.health.beat();
+        if !self.in_sync {
+            if Instant::now() >= self.next_attempt {
+                self.apply(Trigger::Retry).await;
+            }
+            return;
+        }
+        if self.last_poll.elapsed() >= POLL_EVERY {
+            self.last_poll = Instant::now();
+            if let Ok(text) = source::read(&self.cx.config) {
+                if text != self.desired.text && Some(&text) != self.rejected.as_ref() {
+                    self.reload(Trigger::FileChange).await;
+                    return;
+                }
+            }
+        }
+        if Instant::now() < self.next_attempt {
+            return;
+        }
+        if self.interfaces_changed() {
+            self.apply(Trigger::InterfacesChanged).await;
+            return;
+        }
+        self.check_drift().await;
+    }
+
+    /// With no `interfaces:` in the config, the default-route interfaces are enforced; follow
+    /// them when routing changes.
+    fn interfaces_changed(&self) -> bool {
+        let Some(applied) = &self.applied else {
+            return false;
+        };
+        if !self.desired.policy.interfaces.is_empty() {
+            return false;
+        }
+        match interfaces::resolve(&[]) {
+            Ok(now) => now != applied.interfaces,
+            Err(_) => false,
+        }
+    }
+
+    async fn check_drift(&mut self) {
+        let Some(policy) = self.applied.clone() else {
+            return;
+        };
+        let metrics = self.cx.metrics.clone();
+        let verified = self.cx.worker.call(move |b| {
+            // Reading counters here too bounds what a deleted table takes with it to one
+            // check interval of counts.
+            super::observe_counters(b, &metrics);
+            b.verify(&policy)
+        });
+        match verified.await {
+            Ok(Ok(true)) => self.repair_streak = 0,
+            Ok(Ok(false)) => {
+                tracing::warn!("drift: the installed policy was altered or removed; restoring it");
+                if self.apply(Trigger::Drift).await {
+                    self.cx.metrics.drift_repaired();
+                    self.repair_streak += 1;
+                    if self.repair_streak >= REPAIR_STREAK_SLOWDOWN {
+                        let wait = backoff(self.repair_streak - REPAIR_STREAK_SLOWDOWN + 1);
+                        tracing::error!(
+                            repairs_in_a_row = self.repair_streak,
+                            next_check_s = wait.as_secs(),
+                            "the policy keeps drifting right after each repair; is another tool managing it?"
+                        );
+                        self.next_attempt = Instant::now() + wait;
+                    }
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "drift check failed"),
+            Err(e) => tracing::error!(error = %e, "drift check failed"),
+        }
+    }
+
+    async fn reload(&mut self, trigger: Trigger) {
+        let forced = trigger == Trigger::Sighup;
+        let text = match source::read(&self.cx.config) {
+            Ok(t) => t,
+            Err(e) => {
+                self.reject(trigger, e, None);
+                return;
+            }
+        };
+        if !forced && text == self.desired.text {
+            tracing::debug!("config file touched but unchanged");
+            return;
+        }
+        if !forced && Some(&text) == self.rejected.as_ref() {
+            return;
+        }
+        let desired = match (self.cx.parser)(&text, &self.cx.config) {
+            Ok(d) => d,
+            Err(e) => return self.reject(trigger, e, Some(text)),
+        };
+        if desired.backend != self.desired.backend {
+            let msg = format!(
+                "{}: backend: changed from {:?} to {:?}; the backend is chosen at start, restart nodewall to switch",
+                self.cx.config.display(),
+                self.desired.backend,
+                desired.backend
+            )
+            .to_lowercase();
+            return self.reject(trigger, msg, Some(text));
+        }
+        self.rejected = None;
+        self.desired = desired;
+        self.in_sync = false;
+        self.failures = 0;
+        self.apply(trigger).await;
+    }
+
+    fn reject(&mut self, trigger: Trigger, error: String, text: Option<String>) {
+        tracing::error!(
+            trigger = trigger.as_str(),
+            error = %error,
+            "config rejected; the running policy stays installed"
+        );
+        self.cx.metrics.config_reload_failed();
+        self.rejected = text;
+    }
+
+    /// Installs `desired`; returns whether it succeeded. On failure, schedules a retry.
+    async fn apply(&mut self, trigger: Trigger) -> bool {
+        let started = Instant::now();
+        let mut policy = self.desired.policy.clone();
+        let result = match interfaces::resolve(&policy.interfaces) {
+            Ok(ifaces) => {
+                policy.interfaces = ifaces;
+                let metrics = self.cx.metrics.clone();
+                let p = policy.clone();
+                self.cx
+                    .worker
+                    .call(move |b| {
+                        // Read counters on both sides of the apply: a reset by the apply is
+                        // then seen as one (see `Metrics::observe_counters`).
+                        super::observe_counters(b, &metrics);
+                        let report = b.apply(&p);
+                        super::observe_counters(b, &metrics);
+                        report
+                    })
+                    .await
+                    .and_then(|r| r)
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(report) => {
+                let diff = PolicyDiff::between(self.applied.as_ref(), &policy);
+                tracing::info!(
+                    trigger = trigger.as_str(),
+                    backend = self.cx.worker.backend_name(),
+                    generation = report.generation,
+                    rules = policy.rules.len(),
+                    interfaces = %policy.interfaces.join(","),
+                    duration_ms = report.duration.as_micros() as f64 / 1e3,
+                    changed = report.changed,
+                    entries_added = report.added,
+                    entries_removed = report.removed,
+                    rules_added = %List(&diff.added),
+                    rules_removed = %List(&diff.removed),
+                    rules_changed = %List(&diff.changed),
+                    "policy applied"
+                );
+                self.cx
+                    .metrics
+                    .apply_succeeded(report.generation, report.duration);
+                self.cx.metrics.policy_enforced(&policy.digest());
+                self.cx.health.set_ready();
+                self.save_snapshot();
+                self.applied = Some(policy);
+                self.in_sync = true;
+                self.failures = 0;
+                self.next_attempt = Instant::now();
+                true
+            }
+            Err(e) => {
+                self.failures += 1;
+                let wait = backoff(self.failures);
+                tracing::error!(
+                    trigger = trigger.as_str(),
+                    error = %format!("{e:#}"),
+                    retry_in_s = wait.as_secs_f64(),
+                    "apply failed; the previous policy stays installed"
+                );
+                self.cx.metrics.apply_failed(started.elapsed());
+                self.in_sync = false;
+                self.next_attempt = Instant::now() + wait;
+                false
+            }
+        }
+    }
+
+    fn save_snapshot(&self) {
+        let snapshot = Snapshot {
+            backend: self.cx.worker.backend_name().to_string(),
+            config_path: self.cx.config.display().to_string(),
+            config: self.desired.text.clone(),
+        };
+        if let Err(e) = self.cx.state.save_applied(&snapshot) {
+            tracing::warn!(error = %e, "could not save the applied config snapshot");
+        }
+    }
+
+    pub async fn shutdown(&mut self, flush: bool) {
+        if !flush {
+            tracing::info!(
+                "exiting; the policy stays installed (use --flush-on-exit to remove it)"
+            );
+            return;
+        }
+        match self.cx.worker.call(|b| b.flush()).await.and_then(|r| r) {
+            Ok(()) => tracing::info!("exiting; policy flushed (--flush-on-exit)"),
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "flush on exit failed"),
+        }
+    }
+}
+
+/// The watcher's next change, or never once it has failed.
+async fn changed(watcher: &mut Option<ConfigWatcher>) -> std::io::Result<()> {
+    match watcher {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// 1 s, 2 s, 4 s ... capped at [`MAX_BACKOFF`].
+fn backoff(failures: u32) -> Duration {
+    let secs = 1u64 << failures.saturating_sub(1).min(5);
+    Duration::from_secs(secs).min(MAX_BACKOFF)
+}

@@ -1,0 +1,43 @@
+//! The config file as the daemon sees it: read, parsed and compiled into the desired policy.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{self, BackendKind};
+use crate::policy::{self, Policy};
+
+/// What one version of the config file asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    pub backend: BackendKind,
+    /// Interfaces as configured (empty: default-route ones, resolved at each apply).
+    pub policy: Policy,
+    /// The exact text that was parsed: compared to notice changes, and kept as the snapshot a
+    /// confirmed apply rolls back to.
+    pub text: String,
+}
+
+/// Parses config text (the path is only for messages). On error, the message lists every
+/// problem, one `FILE:LINE:COL: FIELD: REASON` per line.
+pub type Parser = Arc<dyn Fn(&str, &Path) -> Result<Desired, String> + Send + Sync>;
+
+/// The real parser: YAML config, validated, then compiled with its profile.
+pub fn config_parser() -> Parser {
+    Arc::new(parse_config)
+}
+
+pub fn parse_config(text: &str, path: &Path) -> Result<Desired, String> {
+    let file = path.display().to_string();
+    let config = config::parse(text, &file).map_err(|e| e.to_string())?;
+    let policy = policy::compile(&config).map_err(|e| format!("{file}: {e}"))?;
+    Ok(Desired {
+        backend: config.backend,
+        policy,
+        text: text.to_string(),
+    })
+}
+
+/// Reads the file; the error names it.
+pub fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}

@@ -1,0 +1,21 @@
+//! A short fingerprint of what a policy enforces, equal on every node fed the same config.
+//!
+//! Generations are per-node counters (they move on restarts and drift repairs), so comparing
+//! them across nodes says nothing; comparing digests says whether nodes enforce the same rules.
+//! Interfaces are left out: uplink names differ between nodes without changing the policy.
+
+use super::model::Policy;
+
+impl Policy {
+    /// 16 hex digits of FNV-1a over the canonical JSON of mode, implicit allowances and rules.
+    pub fn digest(&self) -> String {
+        let canonical = serde_json::to_vec(&(&self.mode, &self.implicit, &self.rules))
+            .expect("policy serialises");
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in canonical {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{hash:016x}")
+    }
+}

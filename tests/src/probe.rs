@@ -1,0 +1,271 @@
+//! Batched probes: frames injected from the fabric into the node's uplink, and an observer in
+//! the node that records the tag of every probe that got past the firewall.
+//!
+//! The observer is an nft table of its own (`inet nwtest`) in the node namespace, hooked at
+//! prerouting priority -140: after nodewall's nft chain (-150), and long after an XDP program,
+//! so it sees exactly what the datapath let through, before routing or DNAT.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use crate::packet::{frame, L4, TCP_SYN};
+use crate::topology::{node_addr, Topology, FABRIC_MAC, FABRIC_TO_NODE, NODE_MAC};
+
+/// Source ports (and ICMP identifiers) unique within the process, so that no probe ever
+/// belongs to a connection conntrack has already seen answered (it would be `established`).
+pub fn next_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    20000 + (NEXT.fetch_add(1, Ordering::Relaxed) % 40000) as u16
+}
+
+/// One inbound packet to the node's uplink address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub src: IpAddr,
+    pub l4: L4,
+}
+
+impl Probe {
+    /// A TCP SYN from a source port no other probe of this process uses.
+    pub fn tcp(src: IpAddr, dport: u16) -> Self {
+        Self {
+            src,
+            l4: L4::Tcp {
+                sport: next_port(),
+                dport,
+                flags: TCP_SYN,
+            },
+        }
+    }
+
+    pub fn udp(src: IpAddr, dport: u16) -> Self {
+        Self {
+            src,
+            l4: L4::Udp {
+                sport: next_port(),
+                dport,
+            },
+        }
+    }
+
+    /// An echo request (ICMP or ICMPv6 by the source's family) with a fresh identifier.
+    pub fn ping(src: IpAddr) -> Self {
+        Self {
+            src,
+            l4: L4::Icmp {
+                icmp_type: if src.is_ipv6() { 128 } else { 8 },
+                code: 0,
+                id: next_port(),
+            },
+        }
+    }
+
+    pub fn other(src: IpAddr, proto: u8) -> Self {
+        Self {
+            src,
+            l4: L4::Other { proto },
+        }
+    }
+
+    /// The probe as a line of `nodewall explain --batch` (always a new connection: probes use
+    /// distinct tuples, so conntrack never sees one as established).
+    pub fn explain_json(&self) -> Value {
+        let mut v = json!({ "from": self.src.to_string(), "state": "new" });
+        match self.l4 {
+            L4::Tcp { sport, dport, .. } => {
+                v["protocol"] = json!("tcp");
+                v["port"] = json!(dport);
+                v["source_port"] = json!(sport);
+            }
+            L4::Udp { sport, dport } => {
+                v["protocol"] = json!("udp");
+                v["port"] = json!(dport);
+                v["source_port"] = json!(sport);
+            }
+            L4::Icmp {
+                icmp_type, code, ..
+            } => {
+                v["protocol"] = json!(if self.src.is_ipv6() { "icmpv6" } else { "icmp" });
+                v["icmp_type"] = json!(icmp_type);
+                v["icmp_code"] = json!(code);
+            }
+            L4::Other { proto } => {
+                v["protocol"] = json!("other");
+                v["proto_number"] = json!(proto);
+            }
+        }
+        v
+    }
+}
+
+const OBSERVER: &str = "
+table inet nwtest {
+	set seen4 { typeof ip id; flags dynamic; size 65535; }
+	set seen6 { typeof ip6 flowlabel; flags dynamic; size 65535; }
+	chain observe {
+		type filter hook prerouting priority -140; policy accept;
+		iifname \"eth0\" meta nfproto ipv4 add @seen4 { ip id }
+		iifname \"eth0\" meta nfproto ipv6 add @seen6 { ip6 flowlabel }
+	}
+}
+";
+
+/// Sends probes into the node and reports which ones the datapath let through.
+pub struct Prober<'t> {
+    topo: &'t Topology,
+    sock: OwnedFd,
+    ifindex: i32,
+    next_tag: u32,
+}
+
+impl<'t> Prober<'t> {
+    pub fn new(topo: &'t Topology) -> anyhow::Result<Self> {
+        topo.node
+            .nft_load(OBSERVER.as_bytes())
+            .context("installing the observer table")?;
+        let (sock, ifindex) = topo.fabric.enter(|| -> anyhow::Result<(OwnedFd, i32)> {
+            // SAFETY: plain socket(2); the fd is owned right away.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_RAW,
+                    (libc::ETH_P_ALL as u16).to_be() as i32,
+                )
+            };
+            if fd < 0 {
+                bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+            }
+            // SAFETY: fd is a fresh, valid descriptor.
+            let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+            let name = std::ffi::CString::new(FABRIC_TO_NODE).unwrap();
+            // SAFETY: NUL-terminated name.
+            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+            if ifindex == 0 {
+                bail!("no interface {FABRIC_TO_NODE} in the fabric");
+            }
+            Ok((sock, ifindex))
+        })??;
+        Ok(Self {
+            topo,
+            sock,
+            ifindex,
+            next_tag: 1,
+        })
+    }
+
+    fn send_frame(&self, frame: &[u8]) -> anyhow::Result<()> {
+        // SAFETY: zeroed sockaddr_ll is valid; the fields we need are set below.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = self.ifindex;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&NODE_MAC);
+        // SAFETY: the frame and address outlive the call.
+        let n = unsafe {
+            libc::sendto(
+                self.sock.as_raw_fd(),
+                frame.as_ptr() as *const libc::c_void,
+                frame.len(),
+                0,
+                &addr as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if n < 0 {
+            bail!("sending a probe: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Sends every probe once; `result[i]` tells whether probe `i` got through.
+    pub fn send(&mut self, probes: &[Probe]) -> anyhow::Result<Vec<bool>> {
+        self.clear()?;
+        if self.next_tag as usize + probes.len() > 0xffff {
+            self.next_tag = 1;
+        }
+        let mut tags = Vec::with_capacity(probes.len());
+        for (i, p) in probes.iter().enumerate() {
+            let tag = self.next_tag;
+            self.next_tag += 1;
+            tags.push(tag);
+            let dst = node_addr(p.src.is_ipv6());
+            self.send_frame(&frame(FABRIC_MAC, NODE_MAC, p.src, dst, p.l4, tag))?;
+            if i % 128 == 127 {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let (seen4, seen6) = (self.seen("seen4")?, self.seen("seen6")?);
+        Ok(probes
+            .iter()
+            .zip(tags)
+            .map(|(p, t)| {
+                if p.src.is_ipv6() {
+                    seen6.contains(&t)
+                } else {
+                    seen4.contains(&t)
+                }
+            })
+            .collect())
+    }
+
+    fn clear(&self) -> anyhow::Result<()> {
+        for set in ["seen4", "seen6"] {
+            self.topo
+                .node
+                .exec("nft", &["flush", "set", "inet", "nwtest", set])?;
+        }
+        Ok(())
+    }
+
+    fn seen(&self, set: &str) -> anyhow::Result<HashSet<u32>> {
+        let text = self
+            .topo
+            .node
+            .exec("nft", &["-j", "list", "set", "inet", "nwtest", set])?;
+        let v: Value = serde_json::from_str(&text).context("parsing nft -j output")?;
+        let mut out = HashSet::new();
+        for item in v["nftables"].as_array().into_iter().flatten() {
+            for e in item["set"]["elem"].as_array().into_iter().flatten() {
+                if let Some(n) = e.as_u64() {
+                    out.insert(n as u32);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Runs probes and compares with expected pass/drop; probes expected to pass but unseen are
+/// sent again (twice at most, with new tags) so that a frame lost by the test network is not
+/// mistaken for a drop. Returns the indices whose observed verdict differs.
+pub fn mismatches(
+    prober: &mut Prober,
+    probes: &[Probe],
+    expect_pass: &[bool],
+) -> anyhow::Result<Vec<usize>> {
+    let seen = prober.send(probes)?;
+    let mut bad: Vec<usize> = (0..probes.len())
+        .filter(|&i| seen[i] != expect_pass[i])
+        .collect();
+    for _ in 0..2 {
+        let retry: Vec<usize> = bad.iter().copied().filter(|&i| expect_pass[i]).collect();
+        if retry.is_empty() {
+            break;
+        }
+        let again = prober.send(&retry.iter().map(|&i| probes[i]).collect::<Vec<_>>())?;
+        let recovered: HashSet<usize> = retry
+            .iter()
+            .zip(again)
+            .filter(|(_, s)| *s)
+            .map(|(&i, _)| i)
+            .collect();
+        bad.retain(|i| !recovered.contains(i));
+    }
+    Ok(bad)
+}

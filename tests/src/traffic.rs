@@ -1,0 +1,168 @@
+//! Real traffic: TCP and UDP servers in a namespace, and clients that connect from another one.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::netns::Netns;
+
+/// How long a client waits before calling a connection dropped.
+pub const DROP_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// A dual-stack server on one port (TCP: answers "ok" and closes; UDP: echoes), stopped on drop.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn tcp(ns: &Netns, port: u16) -> anyhow::Result<Self> {
+        let l = ns.enter(|| TcpListener::bind(("::", port)))??;
+        l.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let t = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.write_all(b"ok\n");
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Ok(Self {
+            stop,
+            threads: vec![t],
+        })
+    }
+
+    pub fn udp(ns: &Netns, port: u16) -> anyhow::Result<Self> {
+        let sock = ns.enter(|| UdpSocket::bind(("::", port)))??;
+        sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let t = std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(&buf[..n], from);
+                }
+            }
+        });
+        Ok(Self {
+            stop,
+            threads: vec![t],
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Connects from `ns` to `addr:port` and reads the server's answer: true if it came.
+pub fn tcp_ok(ns: &Netns, addr: IpAddr, port: u16) -> bool {
+    ns.enter(|| {
+        let Ok(mut s) = TcpStream::connect_timeout(&SocketAddr::new(addr, port), DROP_TIMEOUT)
+        else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(DROP_TIMEOUT));
+        let mut buf = [0u8; 3];
+        s.read_exact(&mut buf).is_ok() && &buf == b"ok\n"
+    })
+    .unwrap_or(false)
+}
+
+/// Sends a datagram from `ns` to `addr:port` and waits for the echo.
+pub fn udp_ok(ns: &Netns, addr: IpAddr, port: u16) -> bool {
+    ns.enter(|| {
+        let bind: SocketAddr = if addr.is_ipv6() {
+            "[::]:0".parse().unwrap()
+        } else {
+            "0.0.0.0:0".parse().unwrap()
+        };
+        let Ok(s) = UdpSocket::bind(bind) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(DROP_TIMEOUT));
+        if s.send_to(b"nodewall", (addr, port)).is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 16];
+        matches!(s.recv_from(&mut buf), Ok((8, _)))
+    })
+    .unwrap_or(false)
+}
+
+/// One echo request from `ns` (the `ping` tool), answered within the drop timeout.
+pub fn ping_ok(ns: &Netns, addr: IpAddr) -> bool {
+    let family = if addr.is_ipv6() { "-6" } else { "-4" };
+    ns.command("ping")
+        .args([family, "-c", "1", "-W", "0.8", &addr.to_string()])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// A check's description, what it runs, and the outcome it must give.
+type Check<'a> = (String, Box<dyn FnOnce() -> bool + Send + 'a>, bool);
+
+/// Expected outcomes of real-traffic checks, run concurrently (a drop costs a timeout each).
+#[derive(Default)]
+pub struct Checks<'a> {
+    items: Vec<Check<'a>>,
+}
+
+impl<'a> Checks<'a> {
+    /// Adds a check: `run` must return `want`.
+    pub fn expect(
+        &mut self,
+        what: impl Into<String>,
+        want: bool,
+        run: impl FnOnce() -> bool + Send + 'a,
+    ) {
+        self.items.push((what.into(), Box::new(run), want));
+    }
+
+    /// Runs every check at once; Err lists those that did not give the expected outcome.
+    pub fn run(self) -> anyhow::Result<()> {
+        let total = self.items.len();
+        let failures: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .items
+                .into_iter()
+                .map(|(what, run, want)| s.spawn(move || (what, run() == want, want)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("check thread"))
+                .filter(|(_, ok, _)| !ok)
+                .map(|(what, _, want)| {
+                    format!(
+                        "{what}: expected {}",
+                        if want { "to pass" } else { "to be dropped" }
+                    )
+                })
+                .collect()
+        });
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!(
+                "{} of {total} checks failed:\n{}",
+                failures.len(),
+                failures.join("\n")
+            )
+        }
+    }
+}

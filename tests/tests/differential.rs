@@ -1,0 +1,132 @@
+//! Differential test: random packets (random source from every network and outside, random
+//! protocol and port) go through the kernel, and what the datapath did with each one must equal
+//! `nodewall explain` for it.
+
+use nodewall_netns_tests::nodewall::{apply, explain, Config};
+use nodewall_netns_tests::packet::L4;
+use nodewall_netns_tests::probe::{mismatches, next_port, Probe, Prober};
+use nodewall_netns_tests::rng::Rng;
+use nodewall_netns_tests::topology::{Topology, CLUSTER, CONTAINER, CONTROL_PLANE};
+use nodewall_netns_tests::{backend_tests, Backend};
+
+/// Address ranges in no configured network.
+const OUTSIDE: &[&str] = &[
+    "198.19.0.0/16",
+    "198.18.64.0/18",
+    "fd00:99::/64",
+    "fd00:abcd::/32",
+];
+/// Ports next to every range boundary the profiles and the user rules below use.
+const INTERESTING: &[u16] = &[
+    1, 21, 22, 23, 52, 53, 54, 442, 443, 444, 1024, 1025, 1026, 2379, 2380, 2381, 5000, 5100, 5101,
+    8080, 10249, 10250, 10251, 17443, 29999, 30000, 30001, 32767, 32768, 32769, 50055, 60001,
+    60002, 61678, 65534, 65535,
+];
+const PROBES_PER_PROFILE: usize = 240;
+
+fn user_rules() -> Vec<String> {
+    [
+        "  - name: deny-scanners\n    action: deny\n    protocol: all\n    from: [\"198.19.128.0/17\", \"fd00:99::8000:0/113\"]",
+        "  - name: partner-udp\n    action: allow\n    protocol: udp\n    ports: [\"5000-5100\"]\n    from: [\"198.19.0.0/17\", \"fd00:99::/64\"]",
+        "  - name: deny-telnet\n    action: deny\n    protocol: tcp\n    ports: [\"23\", \"2380-2381\"]\n    from: [\"0.0.0.0/0\", \"::/0\"]",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn random_probe(rng: &mut Rng) -> Probe {
+    let v6 = rng.chance(50);
+    let groups = [CLUSTER, CONTAINER, CONTROL_PLANE, OUTSIDE];
+    let cidrs: Vec<&str> = rng
+        .pick(&groups)
+        .iter()
+        .copied()
+        .filter(|c| c.contains(':') == v6)
+        .collect();
+    let cidr = *rng.pick(&cidrs);
+    let src = rng.addr_in(cidr);
+    let port = if rng.chance(60) {
+        *rng.pick(INTERESTING)
+    } else {
+        1 + rng.below(65535) as u16
+    };
+    match rng.below(100) {
+        0..=39 => Probe::tcp(src, port),
+        40..=66 => Probe::udp(src, port),
+        67..=69 => Probe {
+            src,
+            l4: L4::Udp {
+                sport: 67,
+                dport: 68,
+            },
+        },
+        70..=91 => {
+            let icmp_type = match (v6, rng.below(10)) {
+                (false, 0) => 13, // timestamp request: also a new conntrack flow
+                (true, 0) => 135, // neighbour solicitation: untracked, implicit allowance
+                (false, _) => 8,
+                (true, _) => 128,
+            };
+            Probe {
+                src,
+                l4: L4::Icmp {
+                    icmp_type,
+                    code: 0,
+                    id: next_port(),
+                },
+            }
+        }
+        _ => Probe::other(src, 253),
+    }
+}
+
+fn random_packets_match_explain(backend: Backend) -> anyhow::Result<()> {
+    let topo = Topology::new()?;
+    let mut prober = Prober::new(&topo)?;
+    let mut rng = Rng::from_env(0x6e6f_6465_7761_6c6c);
+    let mut total = 0;
+    let mut failures = Vec::new();
+    for (i, profile) in nodewall::profiles::all().iter().enumerate() {
+        let mut cfg = Config::new(backend, Some(profile.name));
+        cfg.rules = user_rules();
+        if i % 3 == 1 {
+            cfg.failsafe = vec![
+                "  - protocol: tcp\n    ports: [\"22\"]\n    from: [\"0.0.0.0/0\", \"::/0\"]"
+                    .into(),
+            ];
+        }
+        if i == 7 {
+            cfg.mode = "audit";
+        }
+        let file = cfg.write()?;
+        apply(&topo.node, &file)?;
+        let probes: Vec<Probe> = (0..PROBES_PER_PROFILE)
+            .map(|_| random_probe(&mut rng))
+            .collect();
+        let verdicts = explain(&file, &probes)?;
+        let expect: Vec<bool> = verdicts.iter().map(|v| v["verdict"] == "accept").collect();
+        for i in mismatches(&mut prober, &probes, &expect)? {
+            failures.push(format!(
+                "{}: {:?} explain={} ({}, rule {})",
+                profile.name,
+                probes[i],
+                verdicts[i]["verdict"],
+                verdicts[i]["reason"],
+                verdicts[i]["rule"]
+            ));
+        }
+        total += probes.len();
+    }
+    assert!(total >= 2000, "only {total} probes");
+    if !failures.is_empty() {
+        anyhow::bail!(
+            "{} of {total} probes disagree with explain:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    }
+    eprintln!("{total} random probes: datapath == explain");
+    Ok(())
+}
+
+backend_tests!(random_packets_match_explain);

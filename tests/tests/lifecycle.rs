@@ -1,0 +1,119 @@
+//! Apply, re-apply and flush: other tables (kube-proxy's, the CNI's, firewalld's) survive
+//! untouched, re-applying an unchanged policy changes nothing, and flush removes everything
+//! nodewall installed.
+
+use nodewall_netns_tests::netns::Netns;
+use nodewall_netns_tests::nodewall::{apply, flush, status, Config};
+use nodewall_netns_tests::{backend_tests, Backend};
+
+/// Tables other tools own, with sets, maps, counters, base chains on the same hooks.
+const FOREIGN: &str = "
+table ip kube-proxy {
+	set cluster-ips { type ipv4_addr; elements = { 198.18.100.1, 198.18.100.2 } }
+	map service-ips { type ipv4_addr . inet_proto . inet_service : verdict; }
+	counter kube-drops { }
+	chain nat-prerouting {
+		type nat hook prerouting priority dstnat; policy accept;
+		ip daddr @cluster-ips jump services
+	}
+	chain services { }
+}
+table inet calico {
+	chain cali-pre {
+		type filter hook prerouting priority raw; policy accept;
+		meta l4proto tcp tcp dport 179 notrack
+	}
+}
+table inet firewalld {
+	chain filter_INPUT {
+		type filter hook input priority filter + 10; policy accept;
+		ct state established,related accept
+	}
+}
+";
+
+/// Every table but nodewall's, with handles, as `nft` lists them.
+fn foreign_tables(ns: &Netns) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for (family, name) in [
+        ("ip", "kube-proxy"),
+        ("inet", "calico"),
+        ("inet", "firewalld"),
+    ] {
+        out.push_str(&ns.exec("nft", &["-a", "list", "table", family, name])?);
+    }
+    Ok(out)
+}
+
+fn foreign_tables_survive_apply_and_flush(backend: Backend) -> anyhow::Result<()> {
+    let node = Netns::new("node")?;
+    node.nft_load(FOREIGN.as_bytes())?;
+    let before = foreign_tables(&node)?;
+    let mut cfg = Config::new(backend, Some("tke-node"));
+    let file = cfg.write()?;
+    apply(&node, &file)?;
+    anyhow::ensure!(
+        foreign_tables(&node)? == before,
+        "apply changed a foreign table"
+    );
+    cfg.profile = Some("eks-node".into());
+    file.rewrite(&cfg.yaml())?;
+    apply(&node, &file)?;
+    anyhow::ensure!(
+        foreign_tables(&node)? == before,
+        "re-apply changed a foreign table"
+    );
+    flush(&node, backend)?;
+    anyhow::ensure!(
+        foreign_tables(&node)? == before,
+        "flush changed a foreign table"
+    );
+    let st = status(&node, backend)?;
+    anyhow::ensure!(
+        st["installed"] == false,
+        "flush removes what nodewall installed: {st}"
+    );
+    let tables = node.exec("nft", &["list", "tables"])?;
+    anyhow::ensure!(
+        !tables.contains("nodewall"),
+        "nodewall's table is gone: {tables}"
+    );
+    anyhow::ensure!(
+        tables.lines().count() == 3,
+        "the three foreign tables remain: {tables}"
+    );
+    // Flushing twice is harmless.
+    flush(&node, backend)?;
+    Ok(())
+}
+
+fn reapply_unchanged_changes_nothing(backend: Backend) -> anyhow::Result<()> {
+    let node = Netns::new("node")?;
+    let mut cfg = Config::new(backend, Some("ack-node"));
+    cfg.rules = vec!["  - name: deny-x\n    action: deny\n    protocol: tcp\n    ports: [\"1-1024\"]\n    from: [\"198.19.0.0/16\", \"fd00:99::/64\"]".into()];
+    let file = cfg.write()?;
+    let first = apply(&node, &file)?;
+    anyhow::ensure!(
+        first["changed"] == true && first["generation"] == 1,
+        "{first}"
+    );
+    let before = node.exec("nft", &["-a", "list", "ruleset"])?;
+    let second = apply(&node, &file)?;
+    anyhow::ensure!(
+        second["changed"] == false
+            && second["generation"] == 1
+            && second["added"] == 0
+            && second["removed"] == 0,
+        "{second}"
+    );
+    anyhow::ensure!(
+        node.exec("nft", &["-a", "list", "ruleset"])? == before,
+        "the ruleset changed"
+    );
+    Ok(())
+}
+
+backend_tests!(
+    foreign_tables_survive_apply_and_flush,
+    reapply_unchanged_changes_nothing
+);

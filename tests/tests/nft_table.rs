@@ -1,0 +1,157 @@
+//! nftables specifics: the installed table is exactly what `nodewall render` prints, a changed
+//! CIDR touches only its own set, and a batch the kernel rejects leaves everything in place
+//! and names the offending object.
+
+use nodewall_netns_tests::netns::Netns;
+use nodewall_netns_tests::nodewall::{self, apply, Config};
+use nodewall_netns_tests::{can_run, Backend};
+
+/// `nft list table inet nodewall` without handles' noise: counter values and the generation
+/// number are blanked.
+fn listing(ns: &Netns, handles: bool) -> anyhow::Result<String> {
+    let args: &[&str] = if handles {
+        &["-a", "list", "table", "inet", "nodewall"]
+    } else {
+        &["list", "table", "inet", "nodewall"]
+    };
+    Ok(ns
+        .exec("nft", args)?
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("packets "))
+        .map(|l| match l.find("nodewall generation ") {
+            Some(i) => format!(
+                "{}nodewall generation N\"{}",
+                &l[..i],
+                l[i..].split_once('"').map(|x| x.1).unwrap_or("")
+            ),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+#[test]
+fn installed_table_equals_render() {
+    if !can_run("installed_table_equals_render") {
+        return;
+    }
+    let bin = nodewall::binary().unwrap();
+    let mut failures = Vec::new();
+    for profile in nodewall::profiles_list() {
+        for mode in ["enforce", "audit"] {
+            let mut cfg = Config::new(Backend::Nft, Some(profile));
+            cfg.mode = mode;
+            cfg.rules = vec!["  - name: deny-scanners\n    action: deny\n    protocol: all\n    from: [\"198.19.0.0/16\", \"fd00:99::/64\"]".into()];
+            cfg.failsafe = vec![
+                "  - protocol: tcp\n    ports: [\"22\"]\n    from: [\"0.0.0.0/0\", \"::/0\"]"
+                    .into(),
+            ];
+            let file = cfg.write().unwrap();
+            let (by_netlink, by_script) =
+                (Netns::new("nl").unwrap(), Netns::new("script").unwrap());
+            apply(&by_netlink, &file).unwrap();
+            let script = std::process::Command::new(&bin)
+                .args(["render", "-c", file.path.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(script.status.success());
+            by_script.nft_load(&script.stdout).unwrap();
+            let (a, b) = (
+                listing(&by_netlink, false).unwrap(),
+                listing(&by_script, false).unwrap(),
+            );
+            if a != b {
+                failures.push(format!(
+                    "{profile} {mode}:\n--- netlink\n{a}\n--- nft -f render\n{b}"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn one_cidr_change_touches_only_its_set() {
+    if !can_run("one_cidr_change_touches_only_its_set") {
+        return;
+    }
+    let node = Netns::new("node").unwrap();
+    let mut cfg = Config::new(Backend::Nft, Some("tke-node"));
+    let file = cfg.write().unwrap();
+    apply(&node, &file).unwrap();
+    let before = listing(&node, true).unwrap();
+    // container: 198.18.32.0/20 -> 198.18.32.0/21 (one interval of one set changes).
+    cfg.networks[1].1[0] = "198.18.32.0/21".into();
+    file.rewrite(&cfg.yaml()).unwrap();
+    let report = apply(&node, &file).unwrap();
+    assert_eq!(report["changed"], true);
+    assert_eq!(
+        (report["added"].as_u64(), report["removed"].as_u64()),
+        (Some(1), Some(1)),
+        "{report}"
+    );
+    let after = listing(&node, true).unwrap();
+    let changed: Vec<(&str, &str)> = before
+        .lines()
+        .zip(after.lines())
+        .filter(|(a, b)| a != b)
+        .collect();
+    assert_eq!(before.lines().count(), after.lines().count());
+    assert_eq!(
+        changed.len(),
+        2,
+        "one element line and the generation rule's handle: {changed:#?}"
+    );
+    assert!(changed[0].1.contains("198.18.32.0/21"), "{changed:#?}");
+    assert!(changed[1].1.contains("nodewall generation"), "{changed:#?}");
+    // Every rule of the inbound chain kept its handle: nothing was replaced there.
+    let inbound = |s: &str| {
+        s.split("chain inbound")
+            .nth(1)
+            .unwrap()
+            .split('}')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(inbound(&before), inbound(&after));
+}
+
+#[test]
+fn failed_batch_leaves_the_previous_ruleset() {
+    if !can_run("failed_batch_leaves_the_previous_ruleset") {
+        return;
+    }
+    let node = Netns::new("node").unwrap();
+    let mut cfg = Config::new(Backend::Nft, Some("tke-node"));
+    let file = cfg.write().unwrap();
+    apply(&node, &file).unwrap();
+    let before = node.exec("nft", &["-a", "list", "ruleset"]).unwrap();
+    cfg.profile = Some("eks-node".into());
+    file.rewrite(&cfg.yaml()).unwrap();
+    let out = nodewall::run(
+        &node,
+        &["apply", "-c", file.path.to_str().unwrap()],
+        &[(nodewall::FAULT_ENV, "1")],
+    )
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the apply must fail");
+    assert!(
+        stderr
+            .contains("rejected add rule to chain inbound: iifname @nodewall-injected-missing-set"),
+        "the error names the offending object: {stderr}"
+    );
+    assert!(
+        stderr.contains("No such file or directory"),
+        "and the kernel's error: {stderr}"
+    );
+    assert_eq!(
+        node.exec("nft", &["-a", "list", "ruleset"]).unwrap(),
+        before,
+        "nothing changed"
+    );
+    // Without the fault the same apply goes through.
+    let report = apply(&node, &file).unwrap();
+    assert_eq!(report["generation"], 2);
+}
