@@ -147,6 +147,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         bail!("the bench creates network namespaces and loads BPF programs: run it as root");
     }
     let started = Instant::now();
+    // What building nodewall (eBPF included) needs, then the bench's own tools.
+    crate::setup::run_setup()?;
     ensure_packages()?;
     netns::sweep();
     let bin = match &opts.nodewall {
