@@ -3,13 +3,14 @@
 //! `BPF_PROG_TEST_RUN`. No loader library, so the baseline costs exactly what the kernel charges
 //! for running any XDP program.
 
-use std::os::fd::{FromRawFd, OwnedFd, AsRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use anyhow::bail;
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
 /// Large enough for every `union bpf_attr` layout used here.
@@ -45,11 +46,21 @@ impl Attr {
 
 /// Loads `r0 = XDP_PASS; exit`: the cheapest XDP program the kernel can run.
 pub fn load_xdp_pass() -> anyhow::Result<OwnedFd> {
-    // mov64 r0, 2 (BPF_ALU64 | BPF_MOV | BPF_K), then exit (BPF_JMP | BPF_EXIT).
-    let insns: [u64; 2] = [u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]), u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0])];
+    load_xdp_const(XDP_PASS, b"nwb_pass")
+}
+
+/// Loads `r0 = XDP_DROP; exit`: the cheapest possible XDP filter, the floor a drop can cost.
+pub fn load_xdp_drop() -> anyhow::Result<OwnedFd> {
+    load_xdp_const(XDP_DROP, b"nwb_drop")
+}
+
+fn load_xdp_const(verdict: u32, prog_name: &[u8; 8]) -> anyhow::Result<OwnedFd> {
+    // mov64 r0, verdict (BPF_ALU64 | BPF_MOV | BPF_K), then exit (BPF_JMP | BPF_EXIT).
+    let v = verdict as u8;
+    let insns: [u64; 2] = [u64::from_le_bytes([0xb7, 0, 0, 0, v, 0, 0, 0]), u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0])];
     let license = b"GPL\0";
     let mut name = [0u8; 16];
-    name[..8].copy_from_slice(b"nwb_pass");
+    name[..8].copy_from_slice(prog_name);
     let mut attr = Attr::new();
     attr.u32(0, BPF_PROG_TYPE_XDP)
         .u32(4, insns.len() as u32)
@@ -57,7 +68,18 @@ pub fn load_xdp_pass() -> anyhow::Result<OwnedFd> {
         .u64(16, license.as_ptr() as u64)
         .u32(68, BPF_XDP);
     attr.0[48..64].copy_from_slice(&name);
-    let fd = attr.call(BPF_PROG_LOAD).map_err(|e| anyhow::anyhow!("loading the bare XDP_PASS program: {e}"))?;
+    let fd = attr.call(BPF_PROG_LOAD).map_err(|e| anyhow::anyhow!("loading a bare XDP program: {e}"))?;
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Attaches `prog` to `ifindex` (resolved in the calling thread's namespace) in native mode
+/// through a BPF link, which detaches when the returned fd closes.
+pub fn attach_xdp_native(prog: &OwnedFd, ifindex: u32) -> anyhow::Result<OwnedFd> {
+    const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+    let mut attr = Attr::new();
+    attr.u32(0, prog.as_raw_fd() as u32).u32(4, ifindex).u32(8, BPF_XDP).u32(12, XDP_FLAGS_DRV_MODE);
+    let fd = attr.call(BPF_LINK_CREATE).map_err(|e| anyhow::anyhow!("attaching XDP to ifindex {ifindex}: {e}"))?;
     // SAFETY: the kernel returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

@@ -121,7 +121,7 @@ fn human(v: f64) -> String {
 fn throughput_lines(rows: &[throughput::Row]) -> Vec<Line> {
     let mut filters: Vec<Filter> = Vec::new();
     for r in rows {
-        if !filters.contains(&r.filter) {
+        if r.filter != Filter::BareXdpDrop && !filters.contains(&r.filter) {
             filters.push(r.filter);
         }
     }

@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-use super::netns::{Pair, NODE_V4};
-use super::nodewall::{check_xdp_mode, Backend, Nodewall};
+use super::bpf;
+use super::netns::{Pair, NODE_IF, NODE_V4};
+use super::nodewall::{check_xdp_mode, ifindex, Backend, Nodewall};
 use super::peers;
 use super::report::{count, mpps, ratio, Section, Table, INFO};
 use super::traffic::{blast, Rate};
@@ -17,6 +18,9 @@ use super::Ctx;
 pub enum Filter {
     Nodewall(Backend),
     IptablesLinear,
+    /// A two-instruction XDP program that drops everything: the fastest any XDP filter can drop
+    /// on this rig, where the generator shares the CPU with the receive path.
+    BareXdpDrop,
 }
 
 impl Filter {
@@ -24,6 +28,7 @@ impl Filter {
         match self {
             Filter::Nodewall(b) => b.label(),
             Filter::IptablesLinear => "iptables linear",
+            Filter::BareXdpDrop => "bare XDP_DROP (ceiling)",
         }
     }
 }
@@ -33,13 +38,14 @@ pub struct Row {
     pub cidrs: usize,
     /// The passed frame with no filter installed, same pair, just before.
     pub base: Rate,
-    pub pass: Rate,
+    /// None for the drop-everything ceiling.
+    pub pass: Option<Rate>,
     pub drop: Rate,
 }
 
 impl Row {
-    pub fn pass_ratio(&self) -> f64 {
-        self.pass.pps / self.base.pps
+    pub fn pass_ratio(&self) -> Option<f64> {
+        self.pass.as_ref().map(|p| p.pps / self.base.pps)
     }
     pub fn drop_ratio(&self) -> f64 {
         self.drop.pps / self.base.pps
@@ -71,8 +77,24 @@ fn measure(ctx: &Ctx, filter: Filter, cidrs: usize, window: Duration, rounds: us
         Filter::IptablesLinear => {
             peers::load_linear(&pair.node, &w)?;
         }
+        Filter::BareXdpDrop => {
+            let ifindex = ifindex(&pair.node, NODE_IF)?;
+            let attached = pair
+                .node
+                .spawn(move || {
+                    let prog = bpf::load_xdp_drop()?;
+                    let link = bpf::attach_xdp_native(&prog, ifindex)?;
+                    Ok((prog, link))
+                })
+                .join()
+                .expect("attach thread")?;
+            // The link detaches when its fd closes, after the measurement.
+            let rate = blast(&pair, &drop_frame, window, rounds)?;
+            drop(attached);
+            return Ok(Row { filter, cidrs: w.distinct, base, pass: None, drop: rate });
+        }
     }
-    let pass = blast(&pair, &pass_frame, window, rounds)?;
+    let pass = Some(blast(&pair, &pass_frame, window, rounds)?);
     let drop = blast(&pair, &drop_frame, window, rounds)?;
     Ok(Row { filter, cidrs: w.distinct, base, pass, drop })
 }
@@ -92,7 +114,9 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Row>)> {
          native XDP, provoked by a 9000-byte MTU on the client's veth (veth refuses native XDP while its \
          peer's MTU exceeds a page); the attach mode is checked. A ratio above 1× means faster than \
          the unfiltered stack: an XDP drop skips it, and with an XDP program attached veth receives \
-         through NAPI in batches. Best of several windows per measurement; `delivered` is the share of \
+         through NAPI in batches. `bare XDP_DROP` (a two-instruction program dropping everything, attached \
+         natively) is the fastest any filter can drop here: the generator shares the CPU with the \
+         receive path, so drop rates saturate near it. Best of several windows per measurement; `delivered` is the share of \
          sent frames that reached the node's UDP layer (≈100% passed, 0% dropped, else suspect).",
     );
     let (sizes, window, rounds): (&[usize], _, _) = if ctx.quick {
@@ -109,9 +133,12 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Row>)> {
         }
     }
     filters.push(Filter::IptablesLinear);
+    filters.push(Filter::BareXdpDrop);
     let mut rows: Vec<Row> = Vec::new();
     'all: for &filter in &filters {
-        for &cidrs in sizes {
+        // The drop-everything ceiling does not depend on the policy.
+        let sizes_here = if filter == Filter::BareXdpDrop { &sizes[..1] } else { sizes };
+        for &cidrs in sizes_here {
             if ctx.over() {
                 sec.missing(format!("{} at {} CIDRs and after: section time box reached", filter.label(), count(cidrs)));
                 break 'all;
@@ -128,11 +155,15 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Row>)> {
         &["ratio vs no filter", "filter", "CIDRs", "frame", "Mpps", "no-filter Mpps", "delivered"],
     );
     for r in &rows {
-        for (kind, rate, x) in [("passed", &r.pass, r.pass_ratio()), ("dropped", &r.drop, r.drop_ratio())] {
+        let measured = [
+            r.pass.as_ref().zip(r.pass_ratio()).map(|(rate, x)| ("passed", rate, x)),
+            Some(("dropped", &r.drop, r.drop_ratio())),
+        ];
+        for (kind, rate, x) in measured.into_iter().flatten() {
             table.row(vec![
                 ratio(x),
                 r.filter.label().into(),
-                count(r.cidrs),
+                if r.filter == Filter::BareXdpDrop { "–".into() } else { count(r.cidrs) },
                 kind.into(),
                 mpps(rate.pps),
                 mpps(r.base.pps),
@@ -162,6 +193,13 @@ fn headlines(sec: &mut Section, rows: &[Row], big: usize, small: usize) {
             |r| r >= 0.95,
         );
     }
+    let ceiling = rows.iter().find(|r| r.filter == Filter::BareXdpDrop).map(Row::drop_ratio);
+    sec.headline(
+        &format!("bare XDP_DROP vs nft drop rate, {} CIDRs: the most this rig can show", count(big)),
+        ceiling.zip(drop_at(nft, big)).map(|(a, b)| a / b),
+        INFO,
+        |_| true,
+    );
     sec.headline(
         &format!("iptables linear drop rate at {} CIDRs vs at {} (contrast)", count(big), count(small)),
         drop_at(Filter::IptablesLinear, big).zip(drop_at(Filter::IptablesLinear, small)).map(|(a, b)| a / b),
