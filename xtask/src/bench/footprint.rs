@@ -214,8 +214,10 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
     }
     let before: Vec<f64> = daemons.iter().map(|d| proc_stat(d.child.id()).map(|s| s.1).unwrap_or(0.0)).collect();
     eprintln!("bench:   {} daemon(s) idle for {} s", daemons.len(), idle.as_secs());
-    std::thread::sleep(idle.min(ctx.left()));
-    let window = idle.min(ctx.left()).as_secs_f64().max(1.0);
+    let idle = idle.min(ctx.left()).max(Duration::from_secs(1));
+    let slept = Instant::now();
+    std::thread::sleep(idle);
+    let window = slept.elapsed().as_secs_f64();
     let mut table = Table::new(
         &format!("Idle window {:.0} s. RSS ratio is against the {TARGET_RSS_MB:.0} MB target; CPU as a share of one core.", window),
         &["RSS vs target", "daemon", "CIDRs", "RSS MB", "CPU idle", "BPF map memory"],

@@ -79,7 +79,9 @@ impl Section {
     }
 
     pub fn missing(&mut self, what: impl Into<String>) {
-        let what = what.into();
+        // Paths relative to the repository, as a reader of the page would type them.
+        let root = format!("{}/", crate::shell::root().display());
+        let what = what.into().replace(&root, "");
         eprintln!("bench:   missing: {what}");
         self.missing.push(what);
     }
@@ -93,8 +95,12 @@ pub fn ratio(x: f64) -> String {
         format!("{x:.0}×")
     } else if x >= 10.0 {
         format!("{x:.1}×")
-    } else {
+    } else if x >= 0.1 || x == 0.0 {
         format!("{x:.2}×")
+    } else {
+        // Two significant digits for small ratios (0.0042×, not 0.00×).
+        let digits = (-x.log10()).ceil() as usize + 1;
+        format!("{x:.digits$}×")
     }
 }
 
@@ -192,5 +198,28 @@ impl Page {
             self.command
         );
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_keep_two_significant_digits_when_small() {
+        assert_eq!(ratio(0.0042), "0.0042×");
+        assert_eq!(ratio(0.05), "0.050×");
+        assert_eq!(ratio(0.77), "0.77×");
+        assert_eq!(ratio(12.34), "12.3×");
+        assert_eq!(ratio(f64::NAN), "n/a");
+    }
+
+    #[test]
+    fn tables_align_numbers_right_and_words_left() {
+        let mut t = Table::new("c", &["ratio", "what"]);
+        t.row(vec!["1.00×".into(), "nft".into()]);
+        let mut out = String::new();
+        t.markdown(&mut out);
+        assert!(out.contains("| ---: | --- |"), "{out}");
     }
 }

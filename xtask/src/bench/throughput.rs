@@ -122,7 +122,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Row>)> {
     let (sizes, window, rounds): (&[usize], _, _) = if ctx.quick {
         (&[10, 1_000], Duration::from_millis(500), 1)
     } else {
-        (&[10, 1_000, 10_000], Duration::from_millis(1000), 2)
+        (&[10, 1_000, 10_000], Duration::from_millis(700), 3)
     };
     let mut filters = Vec::new();
     for b in [Backend::Xdp { generic: false }, Backend::Xdp { generic: true }, Backend::Nft] {
