@@ -133,8 +133,8 @@ fn ensure_packages() -> anyhow::Result<()> {
 fn time_box(section: u8, quick: bool) -> Duration {
     let (full, q) = match section {
         1 => (75, 15),
-        2 => (120, 25),
-        3 => (100, 20),
+        2 => (135, 25),
+        3 => (85, 20),
         4 => (95, 20),
         _ => (100, 20),
     };

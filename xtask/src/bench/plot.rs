@@ -132,9 +132,13 @@ fn throughput_lines(rows: &[throughput::Row]) -> Vec<Line> {
             (format!("{} (dropped)", f.label()), pts)
         })
         .collect();
-    let xs: Vec<f64> = rows.iter().map(|r| r.cidrs as f64).collect();
+    let xs: Vec<f64> = rows.iter().filter(|r| r.filter != Filter::BareXdpDrop).map(|r| r.cidrs as f64).collect();
     if let (Some(lo), Some(hi)) = (xs.iter().copied().reduce(f64::min), xs.iter().copied().reduce(f64::max)) {
         lines.push(("no filter (passed)".into(), vec![(lo, 1.0), (hi, 1.0)]));
+        if let Some(bare) = rows.iter().find(|r| r.filter == Filter::BareXdpDrop) {
+            let y = 1.0 / bare.drop_ratio();
+            lines.push(("bare XDP_DROP (the floor)".into(), vec![(lo, y), (hi, y)]));
+        }
     }
     lines
 }

@@ -81,7 +81,7 @@ impl Section {
     pub fn missing(&mut self, what: impl Into<String>) {
         // Paths relative to the repository, as a reader of the page would type them.
         let root = format!("{}/", crate::shell::root().display());
-        let what = what.into().replace(&root, "");
+        let what = what.into().replace(&root, "").lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" / ");
         eprintln!("bench:   missing: {what}");
         self.missing.push(what);
     }
