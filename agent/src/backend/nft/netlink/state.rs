@@ -43,6 +43,7 @@ pub struct CurrentChain {
 
 #[derive(Debug)]
 pub struct CurrentRule {
+    pub handle: u64,
     pub fingerprint: String,
     pub comment: Option<String>,
 }
@@ -166,6 +167,7 @@ fn read_once(sock: &mut Socket, elements_of: &dyn Fn(&str) -> bool) -> anyhow::R
                 rules.push((
                     r.chain(),
                     CurrentRule {
+                        handle: r.handle(),
                         fingerprint: r.fingerprint(),
                         comment: r.comment(),
                     },
