@@ -1,8 +1,9 @@
 //! The nft backend's drift check, through its library API in a node namespace: whatever part of
 //! table `inet nodewall` is removed or altered behind its back (a set element, a rule, a chain's
-//! rules, a whole chain, an extra rule, the table), `verify` says so, the next apply puts back
-//! exactly what is missing (every surviving rule keeps its handle, the table lists as before)
-//! and the named counters that survived keep their values.
+//! rules, a whole chain, an extra rule, a dormant table, the base chain's policy, the table),
+//! `verify` says so, the next apply puts back exactly what is missing (every surviving object
+//! keeps its handle, the table lists as before) and the named counters that survived keep their
+//! values.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -106,6 +107,18 @@ fn sabotages() -> Vec<Sabotage> {
             removed: 0,
         },
         Sabotage {
+            what: "a dormant table",
+            run: |n| nft(n, "add table inet nodewall { flags dormant ; }").map(drop),
+            added: 0,
+            removed: 0,
+        },
+        Sabotage {
+            what: "a base chain policy",
+            run: |n| nft(n, "chain inet nodewall prerouting { policy drop ; }").map(drop),
+            added: 0,
+            removed: 0,
+        },
+        Sabotage {
             what: "an inserted accept-all rule",
             run: |n| nft(n, "insert rule inet nodewall inbound accept").map(drop),
             added: 0,
@@ -199,6 +212,12 @@ fn drift_is_found_and_repaired_in_place(topo: &Topology) -> anyhow::Result<()> {
         "verified right after the apply"
     );
     let mut generation = first.generation;
+    // The daemon verifies every second: it must stay cheap.
+    let t = std::time::Instant::now();
+    for _ in 0..20 {
+        ensure!(nft_backend.verify(&policy)?);
+    }
+    eprintln!("verify: {:?} per call", t.elapsed() / 20);
 
     // Counts on both families' deny counters, to see them survive.
     for v6 in [false, true] {
@@ -229,6 +248,7 @@ fn drift_is_found_and_repaired_in_place(topo: &Topology) -> anyhow::Result<()> {
             s.what
         );
         generation = report.generation;
+        eprintln!("{}: repaired in {:?}", s.what, report.duration);
         ensure!(nft_backend.verify(&policy)?, "{}: verified after", s.what);
         ensure!(
             listing(node)? == intact,

@@ -50,6 +50,17 @@ pub fn diff(rs: &Ruleset, cur: &Current) -> Diff {
     } else {
         cur
     };
+    if have.table && have.table_flags != 0 {
+        // `dormant` turns the whole table off; nodewall never sets any flag.
+        let t = Table::ours();
+        t.set_flags(0);
+        d.batch.push(
+            libc::NFT_MSG_NEWTABLE,
+            0,
+            Body::Table(&t),
+            format!("clear flags {:#x} of table inet nodewall", have.table_flags),
+        );
+    }
     if !have.table {
         let t = Table::ours();
         t.set_userdata(&udata_comment(names::TABLE_COMMENT));
@@ -80,13 +91,24 @@ pub fn diff(rs: &Ruleset, cur: &Current) -> Diff {
         );
     }
     for ch in &rs.chains {
-        if !have.chains.iter().any(|c| c.name == ch.name) {
-            d.batch.push(
+        match have.chains.iter().find(|c| c.name == ch.name) {
+            None => d.batch.push(
                 libc::NFT_MSG_NEWCHAIN,
                 libc::NLM_F_CREATE,
                 Body::Chain(&chain_obj(ch)),
                 format!("add chain {}", ch.name),
-            );
+            ),
+            // The base chain's policy is the one property of a chain that can be changed in
+            // place (hook and priority are checked by `compatible`).
+            Some(c) if ch.hook_priority.is_some() && c.policy != Some(libc::NF_ACCEPT as u32) => {
+                d.batch.push(
+                    libc::NFT_MSG_NEWCHAIN,
+                    0,
+                    Body::Chain(&chain_obj(ch)),
+                    format!("set policy accept on chain {}", ch.name),
+                )
+            }
+            Some(_) => {}
         }
     }
     for ch in &rs.chains {

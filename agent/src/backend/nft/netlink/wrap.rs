@@ -98,6 +98,17 @@ impl Table {
         }
     }
 
+    pub fn set_flags(&self, flags: u32) {
+        // SAFETY: valid object.
+        unsafe { sys::nftnl_table_set_u32(self.ptr(), sys::NFTNL_TABLE_FLAGS as u16, flags) }
+    }
+
+    /// Table flags (e.g. dormant), 0 when unset.
+    pub fn flags(&self) -> u32 {
+        // SAFETY: valid object; an unset attribute reads as 0.
+        unsafe { sys::nftnl_table_get_u32(self.ptr(), sys::NFTNL_TABLE_FLAGS as u16) }
+    }
+
     pub fn name(&self) -> String {
         // SAFETY: the string is owned by the object, copied before it is freed.
         unsafe {
@@ -162,6 +173,15 @@ impl Chain {
                 self.ptr(),
                 sys::NFTNL_CHAIN_TABLE as u16,
             ))
+        }
+    }
+
+    /// The verdict of a base chain for packets no rule decided (NF_ACCEPT, NF_DROP).
+    pub fn policy(&self) -> Option<u32> {
+        // SAFETY: valid object; the getter is guarded by is_set.
+        unsafe {
+            sys::nftnl_chain_is_set(self.ptr(), sys::NFTNL_CHAIN_POLICY as u16)
+                .then(|| sys::nftnl_chain_get_u32(self.ptr(), sys::NFTNL_CHAIN_POLICY as u16))
         }
     }
 
