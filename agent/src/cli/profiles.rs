@@ -87,13 +87,7 @@ pub fn format_ports(ports: &[PortRange]) -> String {
     }
     ports
         .iter()
-        .map(|r| {
-            if r.start == r.end {
-                r.start.to_string()
-            } else {
-                format!("{}-{}", r.start, r.end)
-            }
-        })
+        .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",")
 }

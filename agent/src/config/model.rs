@@ -58,6 +58,17 @@ pub struct PortRange {
     pub end: u16,
 }
 
+/// `22` or `8000-8080`, as written in a config.
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.start == self.end {
+            write!(f, "{}", self.start)
+        } else {
+            write!(f, "{}-{}", self.start, self.end)
+        }
+    }
+}
+
 impl PortRange {
     pub const fn new(start: u16, end: u16) -> Self {
         Self { start, end }

@@ -58,17 +58,7 @@ fn auto_name(rule: &RuleConfig) -> String {
         .iter()
         .find(|(_, p)| *p == rule.protocol)
         .map_or("all", |(n, _)| n);
-    let ports: Vec<String> = rule
-        .ports
-        .iter()
-        .map(|r| {
-            if r.start == r.end {
-                r.start.to_string()
-            } else {
-                format!("{}-{}", r.start, r.end)
-            }
-        })
-        .collect();
+    let ports: Vec<String> = rule.ports.iter().map(ToString::to_string).collect();
     if ports.is_empty() {
         format!("failsafe-{proto}")
     } else {

@@ -134,8 +134,11 @@ impl StateLock {
         let deadline = Instant::now() + patience;
         loop {
             match Self::acquire(state_dir, role) {
+                // No role yet: the holder took the lock a moment ago and is still writing
+                // its record (`record` truncates, then writes); look again.
                 Err(LockError::Held { holder, .. })
-                    if holder.role == Some(Role::Apply) && Instant::now() < deadline =>
+                    if matches!(holder.role, Some(Role::Apply) | None)
+                        && Instant::now() < deadline =>
                 {
                     std::thread::sleep(Duration::from_millis(50))
                 }

@@ -3,6 +3,11 @@
 //!
 //! `plan` describes the table once; `script` prints it for `nft -f` (what `render` shows) and
 //! `netlink` installs the same objects, updating them in place so counters survive re-applies.
+//! The same diff is the drift check: `verify` is "an apply would send nothing", so whatever was
+//! removed or altered is exactly what the next apply puts back.
+//!
+//! Every drop chain first sends a rate-limited sample of its packets to the NFLOG group the
+//! daemon reads (see [`crate::metrics::drops`]).
 
 mod names;
 mod netlink;
@@ -114,5 +119,12 @@ impl Backend for NftBackend {
 
     fn counters(&self) -> anyhow::Result<Counters> {
         Ok(self.status()?.counters)
+    }
+
+    fn verify(&self, policy: &Policy) -> anyhow::Result<bool> {
+        validate(policy)?;
+        self.nft
+            .borrow_mut()
+            .verify(|generation| plan::build(policy, &policy.interfaces, generation))
     }
 }

@@ -9,6 +9,7 @@ use nodewall_common::DropReason;
 
 use super::names::{self, comment};
 use crate::config::{Action, Mode};
+use crate::metrics::drops;
 use crate::policy::{
     Policy, Protocol, Rule, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, ICMPV4_ERROR_TYPES,
     ICMPV6_ERROR_TYPES, ICMPV6_ND_TYPES,
@@ -105,10 +106,20 @@ pub struct ChainDef {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleDef {
     pub matches: Vec<Match>,
+    /// Sends the packet to an NFLOG group (a drop sample for the daemon).
+    pub log: Option<Log>,
     /// Name of the counter object this rule updates.
     pub counter: Option<String>,
-    pub verdict: Verdict,
+    /// `None`: evaluation goes on with the next rule (a rule that only logs).
+    pub verdict: Option<Verdict>,
     pub comment: Option<String>,
+}
+
+/// `log prefix PREFIX group GROUP`: a copy of the packet's headers to an NFLOG group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Log {
+    pub prefix: String,
+    pub group: u16,
 }
 
 /// `ct state` bits as the kernel defines them.
@@ -137,6 +148,9 @@ pub enum Match {
     IcmpTypeIn(Family, String),
     /// `udp sport A udp dport B`; nft loads both ports with one 4-byte payload expression.
     UdpPorts(u16, u16),
+    /// `limit rate R/second burst B packets`: true while the rule's token bucket has packets
+    /// left.
+    Limit { per_second: u32, burst: u32 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,6 +159,9 @@ pub enum Verdict {
     Drop,
     Goto(String),
 }
+
+/// Drop samples a drop chain may send at once: one second's worth.
+const SAMPLE_BURST: u32 = drops::KERNEL_SAMPLE_RATE;
 
 const ICMP_ERRORS_SET: &str = "icmp-errors";
 const ICMPV6_ERRORS_SET: &str = "icmpv6-errors";
@@ -178,8 +195,9 @@ pub fn build(policy: &Policy, interfaces: &[String], generation: u64) -> Ruleset
         hook_priority: Some(names::PRIORITY),
         rules: vec![RuleDef {
             matches: vec![Match::IifnameIn(names::UPLINKS_SET.into())],
+            log: None,
             counter: None,
-            verdict: Verdict::Goto(names::INBOUND_CHAIN.into()),
+            verdict: Some(Verdict::Goto(names::INBOUND_CHAIN.into())),
             comment: Some(format!("{}{generation}", names::GENERATION_PREFIX)),
         }],
     });
@@ -190,8 +208,9 @@ pub fn build(policy: &Policy, interfaces: &[String], generation: u64) -> Ruleset
     let invalid = b.drop_chain(policy.mode, DropReason::Invalid, None);
     inbound.push(RuleDef {
         matches: vec![Match::CtState(CT_INVALID)],
+        log: None,
         counter: None,
-        verdict: Verdict::Goto(invalid),
+        verdict: Some(Verdict::Goto(invalid)),
         comment: Some("invalid: malformed or not trackable".into()),
     });
     b.implicit(policy, &mut inbound);
@@ -201,8 +220,9 @@ pub fn build(policy: &Policy, interfaces: &[String], generation: u64) -> Ruleset
     let default = b.drop_chain(policy.mode, DropReason::DefaultDeny, None);
     inbound.push(RuleDef {
         matches: vec![],
+        log: None,
         counter: None,
-        verdict: Verdict::Goto(default),
+        verdict: Some(Verdict::Goto(default)),
         comment: Some("default-deny".into()),
     });
     // The inbound chain must exist before the base chain's rule that jumps to it, and the drop
@@ -247,7 +267,8 @@ impl Builder {
         name
     }
 
-    /// A chain that counts a drop by family and protocol, then drops (or accepts, in audit).
+    /// A chain that samples a drop to the daemon, counts it by family and protocol, then
+    /// drops (or accepts, in audit).
     fn drop_chain(&mut self, mode: Mode, reason: DropReason, rule: Option<&Rule>) -> String {
         let ident = rule.map(|r| names::ident(&r.name));
         let chain = names::drop_chain(reason.as_str(), ident.as_deref());
@@ -255,7 +276,24 @@ impl Builder {
             Mode::Enforce => Verdict::Drop,
             Mode::Audit => Verdict::Accept,
         };
-        let mut rules = Vec::new();
+        // The sample is a rule of its own, without a verdict: over the rate limit it simply
+        // does not match, and the counting and dropping rules below see every packet.
+        let mut rules = vec![RuleDef {
+            matches: vec![Match::Limit {
+                per_second: drops::KERNEL_SAMPLE_RATE,
+                burst: SAMPLE_BURST,
+            }],
+            log: Some(Log {
+                prefix: drops::nflog_prefix(
+                    reason.as_str(),
+                    rule.map(|r| r.name.as_str()).unwrap_or(""),
+                ),
+                group: drops::NFLOG_GROUP,
+            }),
+            counter: None,
+            verdict: None,
+            comment: None,
+        }];
         for f in Family::BOTH {
             for (proto, number) in drop_protocols(f) {
                 let counter = self.counter(
@@ -271,8 +309,9 @@ impl Builder {
                 matches.extend(number.map(Match::L4Proto));
                 rules.push(RuleDef {
                     matches,
+                    log: None,
                     counter: Some(counter),
-                    verdict: verdict.clone(),
+                    verdict: Some(verdict.clone()),
                     comment: None,
                 });
             }
@@ -294,8 +333,9 @@ impl Builder {
         );
         out.push(RuleDef {
             matches,
+            log: None,
             counter: Some(counter),
-            verdict: Verdict::Accept,
+            verdict: Some(Verdict::Accept),
             comment: Some(format!("implicit: {what}")),
         });
     }
@@ -443,8 +483,9 @@ impl Builder {
             }
             out.push(RuleDef {
                 matches,
+                log: None,
                 counter: Some(counter.clone()),
-                verdict: verdict.clone(),
+                verdict: Some(verdict.clone()),
                 comment: Some(rule.name.clone()),
             });
         }
@@ -517,8 +558,30 @@ mod tests {
             vec![Match::NfProto(Family::V4), Match::L4Proto(IPPROTO_ICMP)],
             "0.0.0.0/0 needs no set"
         );
-        assert_eq!(b[0].verdict, Verdict::Goto("drop.rule.b".into()));
-        assert!(rs.chains.iter().any(|c| c.name == "drop.rule.b"));
+        assert_eq!(b[0].verdict, Some(Verdict::Goto("drop.rule.b".into())));
+        let drop_b = rs.chains.iter().find(|c| c.name == "drop.rule.b").unwrap();
+        // The drop sample comes first and has no verdict: the rules that count and drop see
+        // every packet, whatever the sample's rate limit does.
+        let sample = &drop_b.rules[0];
+        assert_eq!(sample.verdict, None);
+        assert_eq!(sample.counter, None);
+        assert_eq!(
+            sample.log,
+            Some(Log {
+                prefix: "nodewall:rule:b".into(),
+                group: drops::NFLOG_GROUP
+            })
+        );
+        assert_eq!(
+            sample.matches,
+            vec![Match::Limit {
+                per_second: drops::KERNEL_SAMPLE_RATE,
+                burst: SAMPLE_BURST
+            }]
+        );
+        assert!(drop_b.rules[1..]
+            .iter()
+            .all(|r| r.counter.is_some() && r.verdict == Some(Verdict::Drop)));
         // 8 drop counters for each of invalid, default-deny and the deny rule.
         assert_eq!(
             rs.counters

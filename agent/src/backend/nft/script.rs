@@ -110,14 +110,21 @@ fn prefix_len(s: u128, e: u128, bits: u32) -> Option<u32> {
 /// One rule as nft syntax.
 pub fn rule_text(r: &RuleDef) -> String {
     let mut parts: Vec<String> = r.matches.iter().map(match_text).collect();
+    if let Some(l) = &r.log {
+        parts.push(format!(
+            "log prefix \"{}\" group {}",
+            quote(&l.prefix),
+            l.group
+        ));
+    }
     if let Some(c) = &r.counter {
         parts.push(format!("counter name \"{c}\""));
     }
-    parts.push(match &r.verdict {
+    parts.extend(r.verdict.as_ref().map(|v| match v {
         Verdict::Accept => "accept".into(),
         Verdict::Drop => "drop".into(),
         Verdict::Goto(c) => format!("goto {c}"),
-    });
+    }));
     if let Some(c) = &r.comment {
         parts.push(format!("comment \"{}\"", quote(c)));
     }
@@ -137,6 +144,9 @@ fn match_text(m: &Match) -> String {
         Match::IcmpTypeIn(Family::V4, set) => format!("icmp type @{set}"),
         Match::IcmpTypeIn(Family::V6, set) => format!("icmpv6 type @{set}"),
         Match::UdpPorts(s, d) => format!("udp sport {s} udp dport {d}"),
+        Match::Limit { per_second, burst } => {
+            format!("limit rate {per_second}/second burst {burst} packets")
+        }
     }
 }
 
@@ -183,5 +193,26 @@ mod tests {
         assert_eq!(elem_text(&Elem::V6(0, u128::MAX)), "::/0");
         assert_eq!(elem_text(&Elem::V4(5, 5)), "0.0.0.5/32");
         assert_eq!(elem_text(&Elem::Port(22, 22)), "22");
+    }
+
+    #[test]
+    fn a_rule_without_verdict_only_logs() {
+        let r = RuleDef {
+            matches: vec![Match::Limit {
+                per_second: 20,
+                burst: 20,
+            }],
+            log: Some(Log {
+                prefix: "nodewall:default-deny:".into(),
+                group: 28279,
+            }),
+            counter: None,
+            verdict: None,
+            comment: None,
+        };
+        assert_eq!(
+            rule_text(&r),
+            "limit rate 20/second burst 20 packets log prefix \"nodewall:default-deny:\" group 28279"
+        );
     }
 }

@@ -1,10 +1,13 @@
 //! What must change to turn the current table into the planned one, as one batch.
 //!
-//! Objects are updated in place: set elements are added/removed interval by interval, a chain's
-//! rules are rewritten only when they differ, and named counters are created once and never
-//! replaced, so their values run on for the life of the node. Only when the table holds an
-//! object of the same name but an incompatible shape (e.g. left by another version) is the table
-//! rebuilt, with every counter's value carried over.
+//! Objects are updated in place: set elements are added/removed interval by interval, rules are
+//! deleted and inserted one by one where they differ, and named counters are created once and
+//! never replaced, so their values run on for the life of the node. Only when the table holds
+//! an object of the same name but an incompatible shape (e.g. left by another version) is the
+//! table rebuilt, with every counter's value carried over.
+//!
+//! An empty diff is also the drift check: the kernel holds the plan exactly when an apply
+//! would send nothing.
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -13,6 +16,7 @@ use nftnl::nftnl_sys as sys;
 use super::super::names;
 use super::super::plan::{ChainDef, Ruleset, SetDef};
 use super::super::script::rule_text;
+use super::align;
 use super::batch::{Body, Builder};
 use super::elems::{self, key_spec, Unit};
 use super::expr::build_rule;
@@ -46,6 +50,17 @@ pub fn diff(rs: &Ruleset, cur: &Current) -> Diff {
     } else {
         cur
     };
+    if have.table && have.table_flags != 0 {
+        // `dormant` turns the whole table off; nodewall never sets any flag.
+        let t = Table::ours();
+        t.set_flags(0);
+        d.batch.push(
+            libc::NFT_MSG_NEWTABLE,
+            0,
+            Body::Table(&t),
+            format!("clear flags {:#x} of table inet nodewall", have.table_flags),
+        );
+    }
     if !have.table {
         let t = Table::ours();
         t.set_userdata(&udata_comment(names::TABLE_COMMENT));
@@ -76,13 +91,24 @@ pub fn diff(rs: &Ruleset, cur: &Current) -> Diff {
         );
     }
     for ch in &rs.chains {
-        if !have.chains.iter().any(|c| c.name == ch.name) {
-            d.batch.push(
+        match have.chains.iter().find(|c| c.name == ch.name) {
+            None => d.batch.push(
                 libc::NFT_MSG_NEWCHAIN,
                 libc::NLM_F_CREATE,
                 Body::Chain(&chain_obj(ch)),
                 format!("add chain {}", ch.name),
-            );
+            ),
+            // The base chain's policy is the one property of a chain that can be changed in
+            // place (hook and priority are checked by `compatible`).
+            Some(c) if ch.hook_priority.is_some() && c.policy != Some(libc::NF_ACCEPT as u32) => {
+                d.batch.push(
+                    libc::NFT_MSG_NEWCHAIN,
+                    0,
+                    Body::Chain(&chain_obj(ch)),
+                    format!("set policy accept on chain {}", ch.name),
+                )
+            }
+            Some(_) => {}
         }
     }
     for ch in &rs.chains {
@@ -167,42 +193,76 @@ impl Diff {
         );
     }
 
-    /// Rewrites a chain's rules when they differ from the plan (flush + add, in one batch).
-    /// The base chain's single rule changes with every generation and is not counted.
+    /// Brings a chain's rules to the plan: rules the plan does not have are deleted by handle
+    /// and missing ones inserted where they belong (see [`align`]), so a rule deleted behind
+    /// our back comes back alone and the others keep their handles. The base chain's single
+    /// rule changes with every generation and is not counted.
     fn rules(&mut self, ch: &ChainDef, have: &Current) {
         let counted = ch.name != names::BASE_CHAIN;
         let built: Vec<_> = ch.rules.iter().map(|r| build_rule(&ch.name, r)).collect();
-        let cur = have.chains.iter().find(|c| c.name == ch.name);
-        if let Some(cur) = cur {
-            let same = cur.rules.len() == built.len()
-                && cur
-                    .rules
-                    .iter()
-                    .zip(&built)
-                    .all(|(c, b)| c.fingerprint == b.fingerprint());
-            if same {
-                return;
-            }
-            self.flush_chain(&ch.name, cur.rules.len(), counted);
+        let want: Vec<String> = built.iter().map(|r| r.fingerprint()).collect();
+        let cur = have
+            .chains
+            .iter()
+            .find(|c| c.name == ch.name)
+            .map(|c| c.rules.as_slice())
+            .unwrap_or_default();
+        let cur_prints: Vec<&str> = cur.iter().map(|r| r.fingerprint.as_str()).collect();
+        if cur_prints == want {
+            return;
         }
-        for (def, rule) in ch.rules.iter().zip(&built) {
+        let kept = align::keep(&cur_prints, &want);
+        let mut kept_cur = kept.iter().map(|&(i, _)| i).peekable();
+        for (i, r) in cur.iter().enumerate() {
+            if kept_cur.next_if_eq(&i).is_some() {
+                continue;
+            }
+            self.removed += counted as usize;
+            let del = super::wrap::Rule::ours(&ch.name);
+            del.set_handle(r.handle);
+            self.batch.push(
+                libc::NFT_MSG_DELRULE,
+                0,
+                Body::Rule(&del),
+                format!("delete rule handle {} of chain {}", r.handle, ch.name),
+            );
+        }
+        // Each missing rule goes right before the next kept one (in order, so a run of them
+        // keeps its order), or at the end after the last kept one.
+        let mut next_kept = kept.iter().peekable();
+        for (j, (def, rule)) in ch.rules.iter().zip(&built).enumerate() {
+            while next_kept.next_if(|&&(_, w)| w < j).is_some() {}
+            if next_kept.next_if(|&&(_, w)| w == j).is_some() {
+                continue;
+            }
             self.added += counted as usize;
+            let (flags, place) = match next_kept.peek() {
+                Some(&&(i, _)) => {
+                    rule.set_position(cur[i].handle);
+                    (
+                        libc::NLM_F_CREATE,
+                        format!("insert rule before handle {} of", cur[i].handle),
+                    )
+                }
+                None => (
+                    libc::NLM_F_CREATE | libc::NLM_F_APPEND,
+                    "add rule to".to_string(),
+                ),
+            };
             self.batch.push(
                 libc::NFT_MSG_NEWRULE,
-                libc::NLM_F_CREATE | libc::NLM_F_APPEND,
+                flags,
                 Body::Rule(rule),
-                format!("add rule to chain {}: {}", ch.name, rule_text(def)),
+                format!("{place} chain {}: {}", ch.name, rule_text(def)),
             );
         }
     }
 
-    fn flush_chain(&mut self, chain: &str, rules: usize, counted: bool) {
+    fn flush_chain(&mut self, chain: &str, rules: usize) {
         if rules == 0 {
             return;
         }
-        if counted {
-            self.removed += rules;
-        }
+        self.removed += rules;
         self.batch.push(
             libc::NFT_MSG_DELRULE,
             0,
@@ -220,7 +280,7 @@ impl Diff {
             .filter(|c| !chains.contains(c.name.as_str()))
             .collect();
         for c in &gone {
-            self.flush_chain(&c.name, c.rules.len(), true);
+            self.flush_chain(&c.name, c.rules.len());
         }
         for c in &gone {
             self.batch.push(

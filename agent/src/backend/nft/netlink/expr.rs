@@ -11,6 +11,8 @@ const REG1: u32 = libc::NFT_REG_1 as u32;
 const REG_VERDICT: u32 = libc::NFT_REG_VERDICT as u32;
 const IPV4_SADDR: (u32, u32) = (12, 4);
 const IPV6_SADDR: (u32, u32) = (8, 16);
+/// `limit` counts packets (not bytes); its unit is seconds.
+const NFT_LIMIT_PKTS: u32 = 0;
 
 pub fn build_rule(chain: &str, def: &RuleDef) -> Rule {
     let rule = Rule::ours(chain);
@@ -19,6 +21,13 @@ pub fn build_rule(chain: &str, def: &RuleDef) -> Rule {
             rule.push(e);
         }
     }
+    if let Some(l) = &def.log {
+        rule.push(
+            Expr::new("log")
+                .str(sys::NFTNL_EXPR_LOG_PREFIX, &l.prefix)
+                .u16(sys::NFTNL_EXPR_LOG_GROUP, l.group),
+        );
+    }
     if let Some(c) = &def.counter {
         rule.push(
             Expr::new("objref")
@@ -26,7 +35,9 @@ pub fn build_rule(chain: &str, def: &RuleDef) -> Rule {
                 .str(sys::NFTNL_EXPR_OBJREF_IMM_NAME, c),
         );
     }
-    rule.push(verdict(&def.verdict));
+    if let Some(v) = &def.verdict {
+        rule.push(verdict(v));
+    }
     if let Some(c) = &def.comment {
         rule.set_userdata(&udata_comment(c));
     }
@@ -91,6 +102,12 @@ fn match_exprs(m: &Match) -> Vec<Expr> {
                 cmp(libc::NFT_CMP_EQ, &ports),
             ]
         }
+        Match::Limit { per_second, burst } => vec![Expr::new("limit")
+            .u64(sys::NFTNL_EXPR_LIMIT_RATE, *per_second as u64)
+            .u64(sys::NFTNL_EXPR_LIMIT_UNIT, 1)
+            .u32(sys::NFTNL_EXPR_LIMIT_BURST, *burst)
+            .u32(sys::NFTNL_EXPR_LIMIT_TYPE, NFT_LIMIT_PKTS)
+            .u32(sys::NFTNL_EXPR_LIMIT_FLAGS, 0)],
     }
 }
 

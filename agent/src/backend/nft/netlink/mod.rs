@@ -1,5 +1,6 @@
 //! Installing the planned table through nf_tables netlink, as one atomic batch per apply.
 
+mod align;
 mod batch;
 mod diff;
 mod elems;
@@ -22,6 +23,9 @@ pub const FAULT_ENV: &str = "NODEWALL_NFT_INJECT_FAULT";
 
 pub struct Nft {
     sock: socket::Socket,
+    /// The last generation this process installed or found installed: when the table is
+    /// deleted behind our back, the repair continues from here instead of restarting at 1.
+    last_generation: u64,
 }
 
 /// What one apply did.
@@ -36,6 +40,7 @@ impl Nft {
     pub fn open() -> anyhow::Result<Self> {
         Ok(Self {
             sock: socket::Socket::open()?,
+            last_generation: 0,
         })
     }
 
@@ -44,13 +49,31 @@ impl Nft {
         state::read(&mut self.sock, elements_of)
     }
 
+    /// The generation the table is at: what its base rule says, or more if this process
+    /// already went further (the table was deleted or replaced since).
+    fn generation(&self, cur: &Current) -> u64 {
+        generation(cur).max(self.last_generation)
+    }
+
+    /// Whether the table is exactly `plan(generation)`, i.e. whether `apply` would send
+    /// nothing: every set with exactly its elements, every counter, every chain with exactly
+    /// its rules, and nothing else of ours. One dump per object type (and one per set for its
+    /// elements).
+    pub fn verify(&mut self, plan: impl Fn(u64) -> Ruleset) -> anyhow::Result<bool> {
+        let cur = self.read(&|_| true)?;
+        Ok(diff::diff(&plan(self.generation(&cur)), &cur)
+            .batch
+            .is_empty())
+    }
+
     /// Brings the table to `plan(generation)`. Nothing is sent when it already matches;
     /// otherwise the generation goes up by one and every change goes in one batch.
     pub fn apply(&mut self, plan: impl Fn(u64) -> Ruleset) -> anyhow::Result<Applied> {
         let cur = self.read(&|_| true)?;
-        let generation = generation(&cur);
+        let generation = self.generation(&cur);
         let fault = std::env::var(FAULT_ENV).as_deref() == Ok("1");
         if !fault && diff::diff(&plan(generation), &cur).batch.is_empty() {
+            self.last_generation = generation;
             return Ok(Applied {
                 generation,
                 changed: false,
@@ -73,6 +96,7 @@ impl Nft {
         self.sock
             .send_batch(&batch, describe)
             .context("applying table inet nodewall")?;
+        self.last_generation = next;
         Ok(Applied {
             generation: next,
             changed: true,
@@ -117,8 +141,9 @@ fn inject_fault(b: &mut batch::Builder) {
     use super::plan::{Match, RuleDef, Verdict};
     let def = RuleDef {
         matches: vec![Match::IifnameIn("nodewall-injected-missing-set".into())],
+        log: None,
         counter: None,
-        verdict: Verdict::Drop,
+        verdict: Some(Verdict::Drop),
         comment: Some(format!("fault injected by {FAULT_ENV}")),
     };
     let rule = expr::build_rule(names::INBOUND_CHAIN, &def);

@@ -12,6 +12,8 @@ use crate::backend::nft::names::TABLE;
 #[derive(Debug, Default)]
 pub struct Current {
     pub table: bool,
+    /// Table flags: `dormant` switches every chain of the table off.
+    pub table_flags: u32,
     pub sets: BTreeMap<String, CurrentSet>,
     pub counters: BTreeMap<String, CurrentCounter>,
     /// In the kernel's order.
@@ -38,11 +40,13 @@ pub struct CurrentCounter {
 pub struct CurrentChain {
     pub name: String,
     pub hook: Option<(u32, i32)>,
+    pub policy: Option<u32>,
     pub rules: Vec<CurrentRule>,
 }
 
 #[derive(Debug)]
 pub struct CurrentRule {
+    pub handle: u64,
     pub fingerprint: String,
     pub comment: Option<String>,
 }
@@ -71,6 +75,7 @@ fn read_once(sock: &mut Socket, elements_of: &dyn Fn(&str) -> bool) -> anyhow::R
             // SAFETY: nlh is a complete message from the kernel.
             if unsafe { sys::nftnl_table_nlmsg_parse(nlh, t.ptr()) } >= 0 && t.name() == TABLE {
                 cur.table = true;
+                cur.table_flags = t.flags();
             }
         },
     )
@@ -147,6 +152,7 @@ fn read_once(sock: &mut Socket, elements_of: &dyn Fn(&str) -> bool) -> anyhow::R
                 cur.chains.push(CurrentChain {
                     name: c.name(),
                     hook: c.hook(),
+                    policy: c.policy(),
                     rules: Vec::new(),
                 });
             }
@@ -166,6 +172,7 @@ fn read_once(sock: &mut Socket, elements_of: &dyn Fn(&str) -> bool) -> anyhow::R
                 rules.push((
                     r.chain(),
                     CurrentRule {
+                        handle: r.handle(),
                         fingerprint: r.fingerprint(),
                         comment: r.comment(),
                     },

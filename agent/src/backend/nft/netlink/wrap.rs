@@ -98,6 +98,17 @@ impl Table {
         }
     }
 
+    pub fn set_flags(&self, flags: u32) {
+        // SAFETY: valid object.
+        unsafe { sys::nftnl_table_set_u32(self.ptr(), sys::NFTNL_TABLE_FLAGS as u16, flags) }
+    }
+
+    /// Table flags (e.g. dormant), 0 when unset.
+    pub fn flags(&self) -> u32 {
+        // SAFETY: valid object; an unset attribute reads as 0.
+        unsafe { sys::nftnl_table_get_u32(self.ptr(), sys::NFTNL_TABLE_FLAGS as u16) }
+    }
+
     pub fn name(&self) -> String {
         // SAFETY: the string is owned by the object, copied before it is freed.
         unsafe {
@@ -162,6 +173,15 @@ impl Chain {
                 self.ptr(),
                 sys::NFTNL_CHAIN_TABLE as u16,
             ))
+        }
+    }
+
+    /// The verdict of a base chain for packets no rule decided (NF_ACCEPT, NF_DROP).
+    pub fn policy(&self) -> Option<u32> {
+        // SAFETY: valid object; the getter is guarded by is_set.
+        unsafe {
+            sys::nftnl_chain_is_set(self.ptr(), sys::NFTNL_CHAIN_POLICY as u16)
+                .then(|| sys::nftnl_chain_get_u32(self.ptr(), sys::NFTNL_CHAIN_POLICY as u16))
         }
     }
 
@@ -403,6 +423,24 @@ impl Rule {
         }
     }
 
+    /// The kernel's handle of a dumped rule; for a rule to delete, which one.
+    pub fn handle(&self) -> u64 {
+        // SAFETY: valid object; an unset handle reads as 0.
+        unsafe { sys::nftnl_rule_get_u64(self.ptr(), sys::NFTNL_RULE_HANDLE as u16) }
+    }
+
+    pub fn set_handle(&self, handle: u64) {
+        // SAFETY: valid object.
+        unsafe { sys::nftnl_rule_set_u64(self.ptr(), sys::NFTNL_RULE_HANDLE as u16, handle) }
+    }
+
+    /// Inserts a new rule next to the rule with this handle (before it, or after it with
+    /// NLM_F_APPEND) instead of at the end of the chain.
+    pub fn set_position(&self, handle: u64) {
+        // SAFETY: valid object.
+        unsafe { sys::nftnl_rule_set_u64(self.ptr(), sys::NFTNL_RULE_POSITION as u16, handle) }
+    }
+
     pub fn chain(&self) -> String {
         // SAFETY: see Table::name.
         unsafe {
@@ -470,6 +508,18 @@ impl Expr {
     pub fn u32(self, attr: u32, v: u32) -> Self {
         // SAFETY: valid expression; attribute ids are libnftnl's for this expression type.
         unsafe { sys::nftnl_expr_set_u32(self.0.as_ptr(), attr as u16, v) };
+        self
+    }
+
+    pub fn u16(self, attr: u32, v: u16) -> Self {
+        // SAFETY: as for `u32`.
+        unsafe { sys::nftnl_expr_set_u16(self.0.as_ptr(), attr as u16, v) };
+        self
+    }
+
+    pub fn u64(self, attr: u32, v: u64) -> Self {
+        // SAFETY: as for `u32`.
+        unsafe { sys::nftnl_expr_set_u64(self.0.as_ptr(), attr as u16, v) };
         self
     }
 
