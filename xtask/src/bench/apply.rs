@@ -80,28 +80,49 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Row>)> {
          one rule per CIDR. Incremental: the policy is applied, then applied again with one CIDR \
          replaced; only the second apply is timed. Best of several runs (one at 100k).",
     );
-    let sizes: &[usize] = if ctx.quick { &[10, 1_000] } else { &[10, 1_000, 10_000, 100_000] };
+    let sizes: &[usize] = if ctx.quick {
+        &[10, 1_000]
+    } else {
+        &[10, 1_000, 10_000, 100_000]
+    };
     let mut methods = Vec::new();
     if ctx.nw.render {
         methods.push(Method::NftF);
     } else {
-        sec.missing(format!("`nft -f` of the rendered script: `nodewall render` not available yet ({})", ctx.nw.why("render")));
+        sec.missing(format!(
+            "`nft -f` of the rendered script: `nodewall render` not available yet ({})",
+            ctx.nw.why("render")
+        ));
     }
     for b in [Backend::Nft, Backend::Xdp { generic: false }] {
         if ctx.nw.has(b) {
             methods.extend([Method::Nodewall(b), Method::Incremental(b)]);
         } else {
-            sec.missing(format!("{}: not available yet ({})", b.label(), ctx.nw.why(b.label())));
+            sec.missing(format!(
+                "{}: not available yet ({})",
+                b.label(),
+                ctx.nw.why(b.label())
+            ));
         }
     }
     methods.extend([Method::IptablesIpset, Method::IptablesLinear]);
     let mut rows = Vec::new();
     'all: for &cidrs in sizes {
         let w = Workload::mixed(RULES, cidrs);
-        let rounds = if cidrs >= 100_000 { 1 } else if ctx.quick { 2 } else { 3 };
+        let rounds = if cidrs >= 100_000 {
+            1
+        } else if ctx.quick {
+            2
+        } else {
+            3
+        };
         for &m in &methods {
             if ctx.over() {
-                sec.missing(format!("{} CIDRs and larger ({} onwards): section time box reached", count(cidrs), m.label()));
+                sec.missing(format!(
+                    "{} CIDRs and larger ({} onwards): section time box reached",
+                    count(cidrs),
+                    m.label()
+                ));
                 break 'all;
             }
             eprintln!("bench:   {} at {} CIDRs", m.label(), count(cidrs));
@@ -117,15 +138,37 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Row>)> {
                 }
             }
             if let Some((wall, reported)) = best {
-                rows.push(Row { method: m, cidrs: w.distinct, wall, reported });
+                rows.push(Row {
+                    method: m,
+                    cidrs: w.distinct,
+                    wall,
+                    reported,
+                });
             }
         }
     }
-    let baseline = if ctx.nw.render { Method::NftF } else { Method::IptablesIpset };
-    let wall = |m: Method, c: usize| rows.iter().find(|r| r.method == m && r.cidrs == c).map(|r| r.wall.as_secs_f64());
+    let baseline = if ctx.nw.render {
+        Method::NftF
+    } else {
+        Method::IptablesIpset
+    };
+    let wall = |m: Method, c: usize| {
+        rows.iter()
+            .find(|r| r.method == m && r.cidrs == c)
+            .map(|r| r.wall.as_secs_f64())
+    };
     let mut table = Table::new(
-        &format!("Ratios are against {} at the same size, in this run.", baseline.label()),
-        &["ratio", "method", "CIDRs", "wall ms", "nodewall-reported ms"],
+        &format!(
+            "Ratios are against {} at the same size, in this run.",
+            baseline.label()
+        ),
+        &[
+            "ratio",
+            "method",
+            "CIDRs",
+            "wall ms",
+            "nodewall-reported ms",
+        ],
     );
     for r in &rows {
         let base = wall(baseline, r.cidrs);
@@ -134,7 +177,9 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Row>)> {
             r.method.label(),
             count(r.cidrs),
             ms(r.wall.as_secs_f64()),
-            r.reported.map(|d| ms(d.as_secs_f64())).unwrap_or_else(|| "–".into()),
+            r.reported
+                .map(|d| ms(d.as_secs_f64()))
+                .unwrap_or_else(|| "–".into()),
         ]);
     }
     sec.tables.push(table);
@@ -142,23 +187,35 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Row>)> {
     let nft = Backend::Nft;
     sec.headline(
         &format!("nodewall-nft apply vs `nft -f`, {} CIDRs", count(big)),
-        wall(Method::Nodewall(nft), big).zip(wall(Method::NftF, big)).map(|(a, b)| a / b),
+        wall(Method::Nodewall(nft), big)
+            .zip(wall(Method::NftF, big))
+            .map(|(a, b)| a / b),
         "≤ 0.5×",
         |r| r <= 0.5,
     );
     // The backend's own time when it reports one: process start and YAML parsing are the same
     // for both applies and are shown in the table.
     let backend_time = |m: Method, c: usize| {
-        rows.iter().find(|r| r.method == m && r.cidrs == c).and_then(|r| r.reported).map(|d| d.as_secs_f64())
+        rows.iter()
+            .find(|r| r.method == m && r.cidrs == c)
+            .and_then(|r| r.reported)
+            .map(|d| d.as_secs_f64())
     };
     for b in [nft, Backend::Xdp { generic: false }] {
         let (inc, full) = (Method::Incremental(b), Method::Nodewall(b));
         let (ratio, basis) = match backend_time(inc, big).zip(backend_time(full, big)) {
             Some((a, f)) => (Some(a / f), "backend time"),
-            None => (wall(inc, big).zip(wall(full, big)).map(|(a, f)| a / f), "wall time"),
+            None => (
+                wall(inc, big).zip(wall(full, big)).map(|(a, f)| a / f),
+                "wall time",
+            ),
         };
         sec.headline(
-            &format!("{} incremental re-apply vs full apply, {} CIDRs ({basis})", b.label(), count(big)),
+            &format!(
+                "{} incremental re-apply vs full apply, {} CIDRs ({basis})",
+                b.label(),
+                count(big)
+            ),
             ratio,
             "≤ 0.1×",
             |r| r <= 0.1,

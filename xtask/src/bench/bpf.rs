@@ -57,7 +57,10 @@ pub fn load_xdp_drop() -> anyhow::Result<OwnedFd> {
 fn load_xdp_const(verdict: u32, prog_name: &[u8; 8]) -> anyhow::Result<OwnedFd> {
     // mov64 r0, verdict (BPF_ALU64 | BPF_MOV | BPF_K), then exit (BPF_JMP | BPF_EXIT).
     let v = verdict as u8;
-    let insns: [u64; 2] = [u64::from_le_bytes([0xb7, 0, 0, 0, v, 0, 0, 0]), u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0])];
+    let insns: [u64; 2] = [
+        u64::from_le_bytes([0xb7, 0, 0, 0, v, 0, 0, 0]),
+        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+    ];
     let license = b"GPL\0";
     let mut name = [0u8; 16];
     name[..8].copy_from_slice(prog_name);
@@ -68,7 +71,9 @@ fn load_xdp_const(verdict: u32, prog_name: &[u8; 8]) -> anyhow::Result<OwnedFd> 
         .u64(16, license.as_ptr() as u64)
         .u32(68, BPF_XDP);
     attr.0[48..64].copy_from_slice(&name);
-    let fd = attr.call(BPF_PROG_LOAD).map_err(|e| anyhow::anyhow!("loading a bare XDP program: {e}"))?;
+    let fd = attr
+        .call(BPF_PROG_LOAD)
+        .map_err(|e| anyhow::anyhow!("loading a bare XDP program: {e}"))?;
     // SAFETY: the kernel returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -78,8 +83,13 @@ fn load_xdp_const(verdict: u32, prog_name: &[u8; 8]) -> anyhow::Result<OwnedFd> 
 pub fn attach_xdp_native(prog: &OwnedFd, ifindex: u32) -> anyhow::Result<OwnedFd> {
     const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
     let mut attr = Attr::new();
-    attr.u32(0, prog.as_raw_fd() as u32).u32(4, ifindex).u32(8, BPF_XDP).u32(12, XDP_FLAGS_DRV_MODE);
-    let fd = attr.call(BPF_LINK_CREATE).map_err(|e| anyhow::anyhow!("attaching XDP to ifindex {ifindex}: {e}"))?;
+    attr.u32(0, prog.as_raw_fd() as u32)
+        .u32(4, ifindex)
+        .u32(8, BPF_XDP)
+        .u32(12, XDP_FLAGS_DRV_MODE);
+    let fd = attr
+        .call(BPF_LINK_CREATE)
+        .map_err(|e| anyhow::anyhow!("attaching XDP to ifindex {ifindex}: {e}"))?;
     // SAFETY: the kernel returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -88,7 +98,9 @@ pub fn attach_xdp_native(prog: &OwnedFd, ifindex: u32) -> anyhow::Result<OwnedFd
 pub fn prog_fd_by_id(id: u32) -> anyhow::Result<OwnedFd> {
     let mut attr = Attr::new();
     attr.u32(0, id);
-    let fd = attr.call(BPF_PROG_GET_FD_BY_ID).map_err(|e| anyhow::anyhow!("opening BPF program {id}: {e}"))?;
+    let fd = attr
+        .call(BPF_PROG_GET_FD_BY_ID)
+        .map_err(|e| anyhow::anyhow!("opening BPF program {id}: {e}"))?;
     // SAFETY: as above.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -100,7 +112,12 @@ fn xdp_md(len: usize, ifindex: u32) -> [u32; 6] {
 }
 
 /// One `BPF_PROG_TEST_RUN`: the program's verdict and the kernel's mean ns per run.
-pub fn test_run(prog: &OwnedFd, frame: &[u8], ifindex: u32, repeat: u32) -> anyhow::Result<(u32, u32)> {
+pub fn test_run(
+    prog: &OwnedFd,
+    frame: &[u8],
+    ifindex: u32,
+    repeat: u32,
+) -> anyhow::Result<(u32, u32)> {
     let ctx = xdp_md(frame.len(), ifindex);
     let mut out = vec![0u8; frame.len() + 256];
     let mut attr = Attr::new();

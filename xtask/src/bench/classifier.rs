@@ -29,7 +29,14 @@ impl Cell {
 
 /// Runs both programs `rounds` times each, alternating, and keeps each one's best (the least
 /// disturbed by other work on a shared machine). Returns (program ns, bare ns) and the verdict.
-fn measure(prog: &OwnedFd, bare: &OwnedFd, frame: &[u8], ifindex: u32, repeat: u32, rounds: usize) -> anyhow::Result<(f64, f64, u32)> {
+fn measure(
+    prog: &OwnedFd,
+    bare: &OwnedFd,
+    frame: &[u8],
+    ifindex: u32,
+    repeat: u32,
+    rounds: usize,
+) -> anyhow::Result<(f64, f64, u32)> {
     let (mut best_p, mut best_b, mut verdict) = (u32::MAX, u32::MAX, 0);
     for _ in 0..rounds {
         let (_, b) = bpf::test_run(bare, frame, ifindex, repeat)?;
@@ -43,7 +50,11 @@ fn measure(prog: &OwnedFd, bare: &OwnedFd, frame: &[u8], ifindex: u32, repeat: u
 
 pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
     // On its own thread: it enters the node namespace, which must not leak into the caller.
-    std::thread::scope(|s| s.spawn(|| run_in_thread(ctx)).join().expect("classifier thread"))
+    std::thread::scope(|s| {
+        s.spawn(|| run_in_thread(ctx))
+            .join()
+            .expect("classifier thread")
+    })
 }
 
 fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
@@ -58,8 +69,11 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
     );
     let repeat: u32 = 1_000_000;
     let rounds = if ctx.quick { 2 } else { 5 };
-    let (rules_list, cidr_list): (&[usize], &[usize]) =
-        if ctx.quick { (&[1, 64], &[10, 10_000]) } else { (&[1, 8, 64], &[10, 1_000, 10_000, 100_000]) };
+    let (rules_list, cidr_list): (&[usize], &[usize]) = if ctx.quick {
+        (&[1, 64], &[10, 10_000])
+    } else {
+        (&[1, 8, 64], &[10, 1_000, 10_000, 100_000])
+    };
     let backend = Backend::Xdp { generic: false };
     let pair = Pair::new("cls")?;
     let ifx = ifindex(&pair.node, NODE_IF)?;
@@ -68,16 +82,38 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
     pair.node.enter_thread()?;
     let bare = bpf::load_xdp_pass()?;
     let mut table = Table::new(
-        &format!("`BPF_PROG_TEST_RUN`, repeat {} per run, best of {rounds} runs.", count(repeat as usize).replace("000k", "M")),
-        &["ratio vs bare XDP_PASS", "rules", "CIDRs", "family", "packet", "nodewall ns/pkt", "bare ns/pkt"],
+        &format!(
+            "`BPF_PROG_TEST_RUN`, repeat {} per run, best of {rounds} runs.",
+            count(repeat as usize).replace("000k", "M")
+        ),
+        &[
+            "ratio vs bare XDP_PASS",
+            "rules",
+            "CIDRs",
+            "family",
+            "packet",
+            "nodewall ns/pkt",
+            "bare ns/pkt",
+        ],
     );
     let mut cells = Vec::new();
     if !ctx.nw.has(backend) {
         // Still measure the baseline so the page shows what the target is relative to.
-        let frame = udp_frame(node_mac, client_mac, Workload::denied_src(Family::V4), NODE_V4.parse()?, 40000, 10000);
+        let frame = udp_frame(
+            node_mac,
+            client_mac,
+            Workload::denied_src(Family::V4),
+            NODE_V4.parse()?,
+            40000,
+            10000,
+        );
         let (_, b) = bpf::test_run(&bare, &frame, ifx, repeat)?;
-        sec.notes.push(format!("bare XDP_PASS alone: {b} ns/packet (IPv4)."));
-        sec.missing(format!("nodewall-xdp: not available yet ({})", ctx.nw.why(backend.label())));
+        sec.notes
+            .push(format!("bare XDP_PASS alone: {b} ns/packet (IPv4)."));
+        sec.missing(format!(
+            "nodewall-xdp: not available yet ({})",
+            ctx.nw.why(backend.label())
+        ));
     }
     let dir = &ctx.dir;
     'sizes: for &rules in rules_list {
@@ -86,13 +122,19 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
                 break 'sizes;
             }
             if ctx.over() {
-                sec.missing(format!("{rules} rules × {} CIDRs and larger: section time box reached", count(cidrs)));
+                sec.missing(format!(
+                    "{rules} rules × {} CIDRs and larger: section time box reached",
+                    count(cidrs)
+                ));
                 break 'sizes;
             }
             let w = Workload::mixed(rules, cidrs);
             let cfg = dir.join("classifier.yaml");
             std::fs::write(&cfg, ctx.nw.config(&w, backend, ""))?;
-            let installed = ctx.nw.apply(&pair.node, &cfg, backend).and_then(|_| check_xdp_mode(&pair.node, false));
+            let installed = ctx
+                .nw
+                .apply(&pair.node, &cfg, backend)
+                .and_then(|_| check_xdp_mode(&pair.node, false));
             if let Err(e) = installed {
                 sec.missing(format!("{rules} rules × {} CIDRs: {e:#}", count(cidrs)));
                 continue;
@@ -104,10 +146,18 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
                     Family::V6 => NODE_V6.parse()?,
                 };
                 for allowed in [true, false] {
-                    let src = if allowed { w.allowed_src(family) } else { Workload::denied_src(family) };
+                    let src = if allowed {
+                        w.allowed_src(family)
+                    } else {
+                        Workload::denied_src(family)
+                    };
                     let frame = udp_frame(node_mac, client_mac, src, dst, 40000, w.last_port());
                     let (p, b, verdict) = measure(&prog, &bare, &frame, ifx, repeat, rounds)?;
-                    let expected = if allowed { bpf::XDP_PASS } else { bpf::XDP_DROP };
+                    let expected = if allowed {
+                        bpf::XDP_PASS
+                    } else {
+                        bpf::XDP_DROP
+                    };
                     if verdict != expected {
                         sec.notes.push(format!(
                             "**verdict mismatch** at {rules} rules × {cidrs} CIDRs, {}, {}: XDP returned {verdict}, expected {expected}",
@@ -115,7 +165,14 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
                             if allowed { "allowed" } else { "dropped" }
                         ));
                     }
-                    let cell = Cell { rules, cidrs: w.distinct, family, allowed, nodewall_ns: p, bare_ns: b };
+                    let cell = Cell {
+                        rules,
+                        cidrs: w.distinct,
+                        family,
+                        allowed,
+                        nodewall_ns: p,
+                        bare_ns: b,
+                    };
                     table.row(vec![
                         ratio(cell.ratio()),
                         rules.to_string(),
@@ -136,7 +193,11 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
         sec.tables.push(table);
     }
     let worst = |rules: usize, cidrs: usize| {
-        cells.iter().filter(|c| c.rules == rules && c.cidrs == cidrs).map(Cell::ratio).reduce(f64::max)
+        cells
+            .iter()
+            .filter(|c| c.rules == rules && c.cidrs == cidrs)
+            .map(Cell::ratio)
+            .reduce(f64::max)
     };
     let (big_rules, big_cidrs) = (*rules_list.last().expect("sizes"), 10_000);
     sec.headline(
@@ -146,11 +207,22 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
         |r| r <= 1.5,
     );
     // The largest size that was measured (a size the agent refused is listed as missing).
-    let large = cells.iter().filter(|c| c.rules == big_rules).map(|c| c.cidrs).max().unwrap_or(*cidr_list.last().expect("sizes"));
+    let large = cells
+        .iter()
+        .filter(|c| c.rules == big_rules)
+        .map(|c| c.cidrs)
+        .max()
+        .unwrap_or(*cidr_list.last().expect("sizes"));
     let small = cidr_list[0];
-    let flat = worst(big_rules, large).zip(worst(big_rules, small)).map(|(a, b)| a / b);
+    let flat = worst(big_rules, large)
+        .zip(worst(big_rules, small))
+        .map(|(a, b)| a / b);
     sec.headline(
-        &format!("XDP classifier cost at {} CIDRs vs at {} ({big_rules} rules)", count(large), count(small)),
+        &format!(
+            "XDP classifier cost at {} CIDRs vs at {} ({big_rules} rules)",
+            count(large),
+            count(small)
+        ),
         flat,
         "flat (≤ 1.2×)",
         |r| r <= 1.2,

@@ -64,7 +64,12 @@ fn start(ctx: &Ctx, backend: Backend, cidrs: usize) -> anyhow::Result<Daemon> {
         .stderr(log)
         .spawn()
         .context("starting nodewall run")?;
-    let mut d = Daemon { backend, cidrs: w.distinct, child, pair };
+    let mut d = Daemon {
+        backend,
+        cidrs: w.distinct,
+        child,
+        pair,
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(status) = d.child.try_wait()? {
@@ -88,13 +93,22 @@ fn scrape_in(ns: &Netns, addr: &'static str) -> anyhow::Result<Vec<u8>> {
 fn get(addr: &str) -> anyhow::Result<Vec<u8>> {
     let mut s = TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
+    s.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     if !buf.starts_with(b"HTTP/1.1 200") && !buf.starts_with(b"HTTP/1.0 200") {
-        bail!("{addr}: not a 200 response: {:?}", String::from_utf8_lossy(&buf[..buf.len().min(80)]));
+        bail!(
+            "{addr}: not a 200 response: {:?}",
+            String::from_utf8_lossy(&buf[..buf.len().min(80)])
+        );
     }
-    let body_at = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(buf.len());
+    let body_at = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .unwrap_or(buf.len());
     Ok(buf.split_off(body_at))
 }
 
@@ -123,7 +137,12 @@ fn bpf_map_bytes(ns: &Netns) -> anyhow::Result<u64> {
         std::process::Command::new("bpftool").args(["-j", "prog", "show", "id", &id.to_string()]),
     )?)?;
     let mut total = 0;
-    for m in prog["map_ids"].as_array().into_iter().flatten().filter_map(|m| m.as_u64()) {
+    for m in prog["map_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.as_u64())
+    {
         let map: serde_json::Value = serde_json::from_str(&super::netns::output(
             std::process::Command::new("bpftool").args(["-j", "map", "show", "id", &m.to_string()]),
         )?)?;
@@ -136,7 +155,9 @@ fn bpf_map_bytes(ns: &Netns) -> anyhow::Result<u64> {
 fn static_server(listener: TcpListener, body: Vec<u8>, stop: Arc<AtomicBool>) {
     let head = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
     let response: Arc<Vec<u8>> = Arc::new([head.as_bytes(), &body].concat());
-    listener.set_nonblocking(true).expect("nonblocking listener");
+    listener
+        .set_nonblocking(true)
+        .expect("nonblocking listener");
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((mut s, _)) => {
@@ -154,7 +175,12 @@ fn static_server(listener: TcpListener, body: Vec<u8>, stop: Arc<AtomicBool>) {
 }
 
 /// Latencies (seconds, sorted) of `scrapers` concurrent clients doing `each` scrapes of `addr`.
-fn scrape_load(ns: &Netns, addr: &'static str, scrapers: usize, each: usize) -> anyhow::Result<Vec<f64>> {
+fn scrape_load(
+    ns: &Netns,
+    addr: &'static str,
+    scrapers: usize,
+    each: usize,
+) -> anyhow::Result<Vec<f64>> {
     let handles: Vec<_> = (0..scrapers)
         .map(|_| {
             ns.spawn(move || {
@@ -191,29 +217,51 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
          returning the same body (the floor for a TCP round trip of that size on this machine).",
     );
     if !ctx.nw.daemon {
-        sec.missing(format!("daemon: not available yet ({})", ctx.nw.why("daemon")));
+        sec.missing(format!(
+            "daemon: not available yet ({})",
+            ctx.nw.why("daemon")
+        ));
         return Ok(sec);
     }
-    let idle = if ctx.quick { Duration::from_secs(5) } else { Duration::from_secs(60) };
+    let idle = if ctx.quick {
+        Duration::from_secs(5)
+    } else {
+        Duration::from_secs(60)
+    };
     let (scrapers, each) = if ctx.quick { (100, 2) } else { (100, 10) };
     let mut daemons = Vec::new();
     for b in [Backend::Nft, Backend::Xdp { generic: false }] {
         if !ctx.nw.has(b) {
-            sec.missing(format!("daemon with {}: not available yet ({})", b.label(), ctx.nw.why(b.label())));
+            sec.missing(format!(
+                "daemon with {}: not available yet ({})",
+                b.label(),
+                ctx.nw.why(b.label())
+            ));
             continue;
         }
         for cidrs in [10, 10_000] {
             match start(ctx, b, cidrs) {
                 Ok(d) => daemons.push(d),
-                Err(e) => sec.missing(format!("daemon with {} at {} CIDRs: {e:#}", b.label(), count(cidrs))),
+                Err(e) => sec.missing(format!(
+                    "daemon with {} at {} CIDRs: {e:#}",
+                    b.label(),
+                    count(cidrs)
+                )),
             }
         }
     }
     if daemons.is_empty() {
         return Ok(sec);
     }
-    let before: Vec<f64> = daemons.iter().map(|d| proc_stat(d.child.id()).map(|s| s.1).unwrap_or(0.0)).collect();
-    eprintln!("bench:   {} daemon(s) idle for {} s", daemons.len(), idle.as_secs());
+    let before: Vec<f64> = daemons
+        .iter()
+        .map(|d| proc_stat(d.child.id()).map(|s| s.1).unwrap_or(0.0))
+        .collect();
+    eprintln!(
+        "bench:   {} daemon(s) idle for {} s",
+        daemons.len(),
+        idle.as_secs()
+    );
     let idle = idle.min(ctx.left()).max(Duration::from_secs(1));
     let slept = Instant::now();
     std::thread::sleep(idle);
@@ -245,26 +293,40 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
             count(d.cidrs),
             format!("{rss:.1}"),
             format!("{:.2}%", share * 100.0),
-            maps.map(|m| format!("{:.2} MiB", m as f64 / 1048576.0)).unwrap_or_else(|| "–".into()),
+            maps.map(|m| format!("{:.2} MiB", m as f64 / 1048576.0))
+                .unwrap_or_else(|| "–".into()),
         ]);
     }
     sec.tables.push(table);
-    sec.headline("daemon RSS at 10k CIDRs vs 25 MB target (worst backend)", worst_rss.map(|r| r / TARGET_RSS_MB), "≤ 1×", |r| r <= 1.0);
+    sec.headline(
+        "daemon RSS at 10k CIDRs vs 25 MB target (worst backend)",
+        worst_rss.map(|r| r / TARGET_RSS_MB),
+        "≤ 1×",
+        |r| r <= 1.0,
+    );
     sec.headline_shown(
         &format!("daemon CPU while idle for {window:.0} s, share of one core (worst)"),
         worst_cpu,
-        worst_cpu.map(|c| format!("{:.2}%", c * 100.0)).unwrap_or_else(|| "n/a".into()),
+        worst_cpu
+            .map(|c| format!("{:.2}%", c * 100.0))
+            .unwrap_or_else(|| "n/a".into()),
         "≤ 0.5% (no busy loop)",
         |r| r <= 0.005,
     );
-    if let (Some(small), Some(big)) = (map_bytes.iter().find(|m| m.0 < 10_000), map_bytes.iter().find(|m| m.0 >= 10_000)) {
+    if let (Some(small), Some(big)) = (
+        map_bytes.iter().find(|m| m.0 < 10_000),
+        map_bytes.iter().find(|m| m.0 >= 10_000),
+    ) {
         sec.notes.push(format!(
             "BPF maps: {:.2} MiB at {} CIDRs vs {:.2} MiB at {} ({} per added CIDR).",
             big.1 as f64 / 1048576.0,
             count(big.0),
             small.1 as f64 / 1048576.0,
             count(small.0),
-            format_args!("{:.0} B", (big.1 as f64 - small.1 as f64) / (big.0 - small.0) as f64)
+            format_args!(
+                "{:.0} B",
+                (big.1 as f64 - small.1 as f64) / (big.0 - small.0) as f64
+            )
         ));
     }
     // Scrape latency against the largest daemon, then the static floor with the same body.
@@ -296,12 +358,22 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
             count(d.cidrs),
             body.len()
         ),
-        &["ratio vs static server", "percentile", "nodewall ms", "static server ms"],
+        &[
+            "ratio vs static server",
+            "percentile",
+            "nodewall ms",
+            "static server ms",
+        ],
     );
     for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
         let (a, b) = (pct(&nodewall, p), pct(&floor, p));
         t.row(vec![ratio(a / b), name.into(), ms(a), ms(b)]);
-        sec.headline(&format!("`/metrics` {name} latency, 100 concurrent scrapers, vs static server"), Some(a / b), super::report::INFO, |_| true);
+        sec.headline(
+            &format!("`/metrics` {name} latency, 100 concurrent scrapers, vs static server"),
+            Some(a / b),
+            super::report::INFO,
+            |_| true,
+        );
     }
     sec.tables.push(t);
     Ok(sec)

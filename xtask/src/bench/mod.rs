@@ -71,7 +71,10 @@ impl Ctx {
     }
 
     pub fn left(&self) -> Duration {
-        self.deadline.lock().expect("deadline").saturating_duration_since(Instant::now())
+        self.deadline
+            .lock()
+            .expect("deadline")
+            .saturating_duration_since(Instant::now())
     }
 }
 
@@ -85,7 +88,14 @@ struct Opts {
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Opts> {
-    let mut o = Opts { quick: false, release: false, only: vec![1, 2, 3, 4, 5], out: PathBuf::new(), no_build: false, nodewall: None };
+    let mut o = Opts {
+        quick: false,
+        release: false,
+        only: vec![1, 2, 3, 4, 5],
+        out: PathBuf::new(),
+        no_build: false,
+        nodewall: None,
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -94,13 +104,24 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
             "--release" => o.release = true,
             "--only" => {
                 let v = it.next().context("--only needs a list such as 1,3")?;
-                o.only = v.split(',').map(|s| s.trim().parse::<u8>().with_context(|| format!("--only: bad section {s:?}"))).collect::<Result<_, _>>()?;
+                o.only = v
+                    .split(',')
+                    .map(|s| {
+                        s.trim()
+                            .parse::<u8>()
+                            .with_context(|| format!("--only: bad section {s:?}"))
+                    })
+                    .collect::<Result<_, _>>()?;
                 if o.only.iter().any(|s| !(1..=5).contains(s)) {
                     bail!("--only: sections are 1 to 5");
                 }
             }
             "--out" => o.out = PathBuf::from(it.next().context("--out needs a file")?),
-            "--nodewall" => o.nodewall = Some(std::fs::canonicalize(it.next().context("--nodewall needs a path")?)?),
+            "--nodewall" => {
+                o.nodewall = Some(std::fs::canonicalize(
+                    it.next().context("--nodewall needs a path")?,
+                )?)
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -110,13 +131,21 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
     }
     if o.out.as_os_str().is_empty() {
         // A smoke run never overwrites the published page.
-        o.out = root().join(if o.quick { "target/bench/quick/benchmarks.md" } else { "docs/benchmarks.md" });
+        o.out = root().join(if o.quick {
+            "target/bench/quick/benchmarks.md"
+        } else {
+            "docs/benchmarks.md"
+        });
     }
     Ok(o)
 }
 
 fn ensure_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = BENCH_PACKAGES.iter().filter(|(f, _)| !std::path::Path::new(f).exists()).map(|(_, p)| *p).collect();
+    let missing: Vec<&str> = BENCH_PACKAGES
+        .iter()
+        .filter(|(f, _)| !std::path::Path::new(f).exists())
+        .map(|(_, p)| *p)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -160,7 +189,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         eprintln!("bench: {what}: not available ({why})");
     }
     let machine = machine::describe(&nw.version);
-    let ctx = Ctx { quick: opts.quick, nw, dir: nodewall::scratch_dir()?, deadline: Mutex::new(Instant::now()) };
+    let ctx = Ctx {
+        quick: opts.quick,
+        nw,
+        dir: nodewall::scratch_dir()?,
+        deadline: Mutex::new(Instant::now()),
+    };
     let mut sections: Vec<Section> = Vec::new();
     let mut results = plot::Series::default();
     for s in [1u8, 2, 3, 4, 5] {
@@ -169,7 +203,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         }
         *ctx.deadline.lock().expect("deadline") = Instant::now() + time_box(s, opts.quick);
         let t = Instant::now();
-        eprintln!("bench: section {s} (time box {} s)", time_box(s, opts.quick).as_secs());
+        eprintln!(
+            "bench: section {s} (time box {} s)",
+            time_box(s, opts.quick).as_secs()
+        );
         let sec = match s {
             1 => classifier::run(&ctx).map(|(sec, cells)| {
                 results.classifier = cells;
@@ -192,23 +229,43 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             failed
         });
         sec.number = s;
-        eprintln!("bench: section {s} done in {:.0} s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "bench: section {s} done in {:.0} s",
+            t.elapsed().as_secs_f64()
+        );
         sections.push(sec);
         netns::sweep();
     }
-    let out_dir = opts.out.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let out_dir = opts
+        .out
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     plot::attach(&results, &out_dir, &mut sections)?;
     let mut command = "cargo xtask bench".to_string();
     if opts.quick {
         command.push_str(" --quick");
     }
-    let page = Page { machine, command, quick: opts.quick, elapsed_s: started.elapsed().as_secs_f64(), sections };
+    let page = Page {
+        machine,
+        command,
+        quick: opts.quick,
+        elapsed_s: started.elapsed().as_secs_f64(),
+        sections,
+    };
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(&opts.out, page.markdown())?;
-    eprintln!("bench: wrote {} in {:.0} s", opts.out.display(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "bench: wrote {} in {:.0} s",
+        opts.out.display(),
+        started.elapsed().as_secs_f64()
+    );
     for sec in &page.sections {
         for h in &sec.headlines {
-            let figure = h.shown.clone().unwrap_or_else(|| report::opt_ratio(h.ratio));
+            let figure = h
+                .shown
+                .clone()
+                .unwrap_or_else(|| report::opt_ratio(h.ratio));
             eprintln!("bench: {figure:>12}  {}  (target {})", h.what, h.target);
         }
     }

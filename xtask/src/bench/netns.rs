@@ -35,7 +35,12 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(tag: &str) -> anyhow::Result<Self> {
-        let name = format!("{PREFIX}{}-{}{}", std::process::id(), tag, SEQ.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "{PREFIX}{}-{}{}",
+            std::process::id(),
+            tag,
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         ip(&["netns", "add", &name])?;
         let ns = Self { name };
         ns.ip(&["link", "set", "lo", "up"])?;
@@ -51,7 +56,9 @@ impl Netns {
     /// which would remount /sys and hide the bpffs).
     pub fn cmd(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.name)).arg(format!("--mount={MNT_DIR}/{}", self.name)).arg(program);
+        c.arg(format!("--net=/run/netns/{}", self.name))
+            .arg(format!("--mount={MNT_DIR}/{}", self.name))
+            .arg(program);
         c
     }
 
@@ -64,14 +71,20 @@ impl Netns {
     pub fn run_stdin(&self, program: &str, args: &[&str], input: &[u8]) -> anyhow::Result<String> {
         use std::io::Write;
         let mut cmd = self.cmd(program);
-        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().with_context(|| format!("starting {program}"))?;
         let mut stdin = child.stdin.take().expect("piped");
         let input = input.to_vec();
         // Written from a thread: a big input must not deadlock against a full stdout pipe.
         let writer = std::thread::spawn(move || stdin.write_all(&input));
         let out = child.wait_with_output()?;
-        writer.join().expect("stdin writer").with_context(|| format!("writing to {program}"))?;
+        writer
+            .join()
+            .expect("stdin writer")
+            .with_context(|| format!("writing to {program}"))?;
         check(program, args, out)
     }
 
@@ -86,7 +99,11 @@ impl Netns {
         let f = File::open(format!("/run/netns/{}", self.name))?;
         // SAFETY: setns on a valid namespace fd; it changes only the calling thread's netns.
         if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns into {}: {}", self.name, std::io::Error::last_os_error());
+            bail!(
+                "setns into {}: {}",
+                self.name,
+                std::io::Error::last_os_error()
+            );
         }
         Ok(())
     }
@@ -139,7 +156,19 @@ fn mount_namespace(name: &str) -> anyhow::Result<()> {
     }
     let held = format!("{MNT_DIR}/{name}");
     std::fs::write(&held, b"")?;
-    output(Command::new("unshare").arg(format!("--mount={held}")).args(["--propagation", "private", "mount", "-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    output(
+        Command::new("unshare")
+            .arg(format!("--mount={held}"))
+            .args([
+                "--propagation",
+                "private",
+                "mount",
+                "-t",
+                "bpf",
+                "bpf",
+                "/sys/fs/bpf",
+            ]),
+    )?;
     Ok(())
 }
 
@@ -156,8 +185,22 @@ impl Pair {
     pub fn new(tag: &str) -> anyhow::Result<Self> {
         let client = Netns::new(&format!("{tag}c"))?;
         let node = Netns::new(&format!("{tag}n"))?;
-        client.ip(&["link", "add", CLIENT_IF, "type", "veth", "peer", "name", NODE_IF, "netns", node.name()])?;
-        for (ns, dev, v4, v6) in [(&client, CLIENT_IF, CLIENT_V4, CLIENT_V6), (&node, NODE_IF, NODE_V4, NODE_V6)] {
+        client.ip(&[
+            "link",
+            "add",
+            CLIENT_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            NODE_IF,
+            "netns",
+            node.name(),
+        ])?;
+        for (ns, dev, v4, v6) in [
+            (&client, CLIENT_IF, CLIENT_V4, CLIENT_V6),
+            (&node, NODE_IF, NODE_V4, NODE_V6),
+        ] {
             ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev])?;
             ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"])?;
             ns.ip(&["link", "set", dev, "up"])?;
@@ -169,17 +212,34 @@ impl Pair {
             (&node, NODE_IF, CLIENT_V4, CLIENT_V6, &client_mac),
         ] {
             for addr in [v4, v6] {
-                ns.ip(&["neigh", "replace", addr, "lladdr", lladdr, "dev", dev, "nud", "permanent"])?;
+                ns.ip(&[
+                    "neigh",
+                    "replace",
+                    addr,
+                    "lladdr",
+                    lladdr,
+                    "dev",
+                    dev,
+                    "nud",
+                    "permanent",
+                ])?;
             }
         }
-        Ok(Self { client, node, node_mac, client_mac })
+        Ok(Self {
+            client,
+            node,
+            node_mac,
+            client_mac,
+        })
     }
 
     /// Routes a whole source range back to the client, so replies to spoofed sources (the
     /// generated packets come from policy CIDRs) leave through the veth instead of failing.
     pub fn route_sources_via_client(&self) -> anyhow::Result<()> {
-        self.node.ip(&["route", "replace", "198.18.0.0/15", "via", CLIENT_V4])?;
-        self.node.ip(&["-6", "route", "replace", "fd00::/8", "via", CLIENT_V6])?;
+        self.node
+            .ip(&["route", "replace", "198.18.0.0/15", "via", CLIENT_V4])?;
+        self.node
+            .ip(&["-6", "route", "replace", "fd00::/8", "via", CLIENT_V6])?;
         Ok(())
     }
 }
@@ -187,15 +247,22 @@ impl Pair {
 fn mac(ns: &Netns, dev: &str) -> anyhow::Result<String> {
     let text = ns.ip(&["-j", "link", "show", "dev", dev])?;
     let v: serde_json::Value = serde_json::from_str(&text)?;
-    v[0]["address"].as_str().map(str::to_string).context("no MAC address in `ip link` output")
+    v[0]["address"]
+        .as_str()
+        .map(str::to_string)
+        .context("no MAC address in `ip link` output")
 }
 
 /// Removes namespaces left by bench runs whose process is gone.
 pub fn sweep() {
-    let Ok(list) = ip(&["netns", "list"]) else { return };
+    let Ok(list) = ip(&["netns", "list"]) else {
+        return;
+    };
     for line in list.lines() {
         let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
         let pid = rest.split('-').next().unwrap_or("");
         if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             eprintln!("bench: removing leftover namespace {name}");
@@ -207,7 +274,10 @@ pub fn sweep() {
 /// Kills, by pid, the processes still inside one of the bench's own namespaces.
 fn kill_members(name: &str) {
     if let Ok(pids) = ip(&["netns", "pids", name]) {
-        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
             // SAFETY: plain kill(2) of a process inside a namespace this bench created.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
@@ -221,8 +291,14 @@ fn ip(args: &[&str]) -> anyhow::Result<String> {
 /// stdout of a command, or an error carrying its stderr.
 pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let program = cmd.get_program().to_string_lossy().into_owned();
-    let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
-    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("starting {program}"))?;
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("starting {program}"))?;
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     check(&program, &refs, out)
 }
@@ -230,15 +306,33 @@ pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
 fn check(program: &str, args: &[&str], out: std::process::Output) -> anyhow::Result<String> {
     if !out.status.success() {
         // nsenter's own arguments say nothing; name the program it ran.
-        let skip = if program == "nsenter" { args.iter().take_while(|a| a.starts_with("--")).count() } else { 0 };
+        let skip = if program == "nsenter" {
+            args.iter().take_while(|a| a.starts_with("--")).count()
+        } else {
+            0
+        };
         let (name, rest): (&str, &[&str]) = match args.get(skip) {
             Some(p) if skip > 0 => (p, &args[skip + 1..]),
             _ => (program, args),
         };
         let name = name.rsplit('/').next().unwrap_or(name);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let stderr = stderr.lines().filter(|l| !l.trim().is_empty()).take(3).collect::<Vec<_>>().join(" / ");
-        bail!("`{program_args}` failed ({}): {stderr}", out.status, program_args = [name].iter().chain(rest.iter().take(3)).copied().collect::<Vec<_>>().join(" "));
+        let stderr = stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" / ");
+        bail!(
+            "`{program_args}` failed ({}): {stderr}",
+            out.status,
+            program_args = [name]
+                .iter()
+                .chain(rest.iter().take(3))
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -15,7 +15,9 @@ use crate::shell::{cargo, root, run as sh};
 pub enum Backend {
     Nft,
     /// XDP attached in the driver (veth's native mode) or in generic (skb) mode.
-    Xdp { generic: bool },
+    Xdp {
+        generic: bool,
+    },
 }
 
 impl Backend {
@@ -62,7 +64,11 @@ impl Nodewall {
     /// Builds `nodewall` (`--release` unless `debug`, which the smoke run uses so that it reuses
     /// the test suite's build) unless `no_build` and the binary exists.
     pub fn build(no_build: bool, debug: bool) -> anyhow::Result<PathBuf> {
-        let bin = root().join(if debug { "target/debug/nodewall" } else { "target/release/nodewall" });
+        let bin = root().join(if debug {
+            "target/debug/nodewall"
+        } else {
+            "target/release/nodewall"
+        });
         if !no_build || !bin.exists() {
             let mut cmd = cargo();
             cmd.args(["build", "--quiet", "--bin", "nodewall"]);
@@ -106,7 +112,13 @@ impl Nodewall {
         let cfg = dir.join("probe.yaml");
         let note = |nw: &mut Self, what: &str, r: &anyhow::Result<()>| {
             if let Err(e) = r {
-                let line = format!("{e:#}").lines().next().unwrap_or("").chars().take(160).collect();
+                let line = format!("{e:#}")
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .chars()
+                    .take(160)
+                    .collect();
                 nw.why.push((what.to_string(), line));
             }
         };
@@ -114,14 +126,18 @@ impl Nodewall {
         let r = nw.render_script(&cfg).map(drop);
         nw.render = r.is_ok();
         note(&mut nw, "render", &r);
-        let r = nw.apply(&pair.node, &cfg, Backend::Nft).and_then(|_| nw.flush(&pair.node, Backend::Nft));
+        let r = nw
+            .apply(&pair.node, &cfg, Backend::Nft)
+            .and_then(|_| nw.flush(&pair.node, Backend::Nft));
         nw.nft = r.is_ok();
         note(&mut nw, Backend::Nft.label(), &r);
         for generic in [false, true] {
             let b = Backend::Xdp { generic };
             let pair = Pair::new("probe")?;
             let r = Self::prepare(&pair, b)
-                .and_then(|_| std::fs::write(&cfg, nw.config(&w, b, "")).map_err(anyhow::Error::from))
+                .and_then(|_| {
+                    std::fs::write(&cfg, nw.config(&w, b, "")).map_err(anyhow::Error::from)
+                })
                 .and_then(|_| nw.apply(&pair.node, &cfg, b))
                 .and_then(|_| check_xdp_mode(&pair.node, generic))
                 .and_then(|_| nw.flush(&pair.node, b));
@@ -132,11 +148,16 @@ impl Nodewall {
             }
             note(&mut nw, b.label(), &r);
         }
-        let help = std::process::Command::new(&nw.bin).args(["run", "--help"]).output()?;
+        let help = std::process::Command::new(&nw.bin)
+            .args(["run", "--help"])
+            .output()?;
         let help_text = String::from_utf8_lossy(&help.stdout);
         nw.daemon = help.status.success() && help_text.contains("metrics-addr");
         if !nw.daemon {
-            nw.why.push(("daemon".into(), "`nodewall run --metrics-addr` is not in this build".into()));
+            nw.why.push((
+                "daemon".into(),
+                "`nodewall run --metrics-addr` is not in this build".into(),
+            ));
         }
         Ok(nw)
     }
@@ -150,7 +171,11 @@ impl Nodewall {
     }
 
     pub fn why(&self, what: &str) -> String {
-        self.why.iter().find(|(k, _)| k == what).map(|(_, v)| v.clone()).unwrap_or_else(|| "not available".into())
+        self.why
+            .iter()
+            .find(|(k, _)| k == what)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| "not available".into())
     }
 
     /// The config for `w` on `b`, with `extra_rules` in front of the workload's rules.
@@ -165,7 +190,10 @@ impl Nodewall {
         }
         let dir = scratch_dir()?.join("state").join(ns.name());
         std::fs::create_dir_all(&dir)?;
-        Ok(vec!["--state-dir".into(), dir.to_str().context("state dir")?.into()])
+        Ok(vec![
+            "--state-dir".into(),
+            dir.to_str().context("state dir")?.into(),
+        ])
     }
 
     /// Readies the pair for `b`. The agent attaches XDP natively and falls back to generic mode
@@ -174,7 +202,8 @@ impl Nodewall {
     /// fallback a NIC without XDP support takes).
     pub fn prepare(pair: &Pair, b: Backend) -> anyhow::Result<()> {
         if let Backend::Xdp { generic: true } = b {
-            pair.client.ip(&["link", "set", "dev", super::netns::CLIENT_IF, "mtu", "9000"])?;
+            pair.client
+                .ip(&["link", "set", "dev", super::netns::CLIENT_IF, "mtu", "9000"])?;
         }
         Ok(())
     }
@@ -198,7 +227,8 @@ impl Nodewall {
         let state = self.state_args(ns, "flush")?;
         let mut args = vec!["flush", "--backend", b.arg()];
         args.extend(state.iter().map(String::as_str));
-        ns.run(self.bin.to_str().context("bin path")?, &args).map(drop)
+        ns.run(self.bin.to_str().context("bin path")?, &args)
+            .map(drop)
     }
 
     /// `nodewall render` of a config: the nft script the nft backend installs.
@@ -209,7 +239,10 @@ impl Nodewall {
             .args(["--interfaces", NODE_IF])
             .output()?;
         if !out.status.success() {
-            anyhow::bail!("nodewall render failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+            anyhow::bail!(
+                "nodewall render failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(String::from_utf8(out.stdout)?)
     }
@@ -230,7 +263,11 @@ pub fn xdp_prog_id(ns: &Netns) -> anyhow::Result<u32> {
     let xdp = &v[0]["xdp"];
     xdp["prog"]["id"]
         .as_u64()
-        .or_else(|| xdp["attached"].as_array().and_then(|a| a.iter().find_map(|p| p["prog"]["id"].as_u64())))
+        .or_else(|| {
+            xdp["attached"]
+                .as_array()
+                .and_then(|a| a.iter().find_map(|p| p["prog"]["id"].as_u64()))
+        })
         .map(|id| id as u32)
         .with_context(|| format!("no XDP program on {NODE_IF} in {}", ns.name()))
 }
@@ -243,7 +280,10 @@ pub fn check_xdp_mode(ns: &Netns, generic: bool) -> anyhow::Result<()> {
     let mode = v[0]["xdp"]["mode"].as_u64();
     let want = if generic { 2 } else { 1 };
     if mode != Some(want) {
-        anyhow::bail!("XDP on {NODE_IF} is attached in mode {mode:?}, expected {want} ({})", if generic { "generic" } else { "native" });
+        anyhow::bail!(
+            "XDP on {NODE_IF} is attached in mode {mode:?}, expected {want} ({})",
+            if generic { "generic" } else { "native" }
+        );
     }
     Ok(())
 }
@@ -251,5 +291,8 @@ pub fn check_xdp_mode(ns: &Netns, generic: bool) -> anyhow::Result<()> {
 pub fn ifindex(ns: &Netns, dev: &str) -> anyhow::Result<u32> {
     let text = ns.ip(&["-j", "link", "show", "dev", dev])?;
     let v: serde_json::Value = serde_json::from_str(&text)?;
-    v[0]["ifindex"].as_u64().map(|i| i as u32).context("no ifindex in `ip link` output")
+    v[0]["ifindex"]
+        .as_u64()
+        .map(|i| i as u32)
+        .context("no ifindex in `ip link` output")
 }

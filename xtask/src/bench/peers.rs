@@ -26,7 +26,11 @@ pub fn iptables_linear_with(w: &Workload, v6: bool, extra: &[String]) -> String 
     }
     for (i, cidrs) in w.per_rule.iter().enumerate() {
         for c in cidrs.iter().filter(|c| c.addr.is_ipv6() == v6) {
-            let _ = writeln!(s, "-A INPUT -i {NODE_IF} -s {c} -p udp --dport {} -j ACCEPT", BASE_PORT + i as u16);
+            let _ = writeln!(
+                s,
+                "-A INPUT -i {NODE_IF} -s {c} -p udp --dport {} -j ACCEPT",
+                BASE_PORT + i as u16
+            );
         }
     }
     let _ = write!(s, "-A INPUT -i {NODE_IF} -j DROP\nCOMMIT\n");
@@ -45,7 +49,11 @@ pub fn ipset_sets(w: &Workload) -> String {
             let name = set_name(i, v6);
             let members: Vec<_> = cidrs.iter().filter(|c| c.addr.is_ipv6() == v6).collect();
             let family = if v6 { "inet6" } else { "inet" };
-            let _ = writeln!(s, "create {name} hash:net family {family} maxelem {}", (members.len() * 2).max(1024));
+            let _ = writeln!(
+                s,
+                "create {name} hash:net family {family} maxelem {}",
+                (members.len() * 2).max(1024)
+            );
             for c in members {
                 let _ = writeln!(s, "add {name} {c}");
             }
@@ -80,7 +88,11 @@ pub fn load_linear(ns: &Netns, w: &Workload) -> anyhow::Result<Duration> {
 
 /// Loads the ipset variant; returns the wall time of `ipset restore` plus both iptables restores.
 pub fn load_ipset(ns: &Netns, w: &Workload) -> anyhow::Result<Duration> {
-    let (sets, v4, v6) = (ipset_sets(w), iptables_ipset(w, false), iptables_ipset(w, true));
+    let (sets, v4, v6) = (
+        ipset_sets(w),
+        iptables_ipset(w, false),
+        iptables_ipset(w, true),
+    );
     let start = Instant::now();
     ns.run_stdin("ipset", &["restore"], sets.as_bytes())?;
     ns.run_stdin("iptables-restore", &[], v4.as_bytes())?;
@@ -103,14 +115,29 @@ mod tests {
     fn linear_has_one_rule_per_cidr_of_the_family_plus_two() {
         let w = Workload::mixed(8, 1000);
         let v4 = iptables_linear(&w, false);
-        assert_eq!(v4.lines().filter(|l| l.starts_with("-A INPUT")).count(), 500 + 2);
+        assert_eq!(
+            v4.lines().filter(|l| l.starts_with("-A INPUT")).count(),
+            500 + 2
+        );
         assert!(v4.lines().rev().nth(1).unwrap().ends_with("-j DROP"));
     }
 
     #[test]
     fn ipset_holds_every_cidr_once_per_rule() {
         let w = Workload::mixed(8, 1000);
-        assert_eq!(ipset_sets(&w).lines().filter(|l| l.starts_with("add ")).count(), 1000);
-        assert_eq!(iptables_ipset(&w, true).lines().filter(|l| l.contains("--match-set")).count(), 8);
+        assert_eq!(
+            ipset_sets(&w)
+                .lines()
+                .filter(|l| l.starts_with("add "))
+                .count(),
+            1000
+        );
+        assert_eq!(
+            iptables_ipset(&w, true)
+                .lines()
+                .filter(|l| l.contains("--match-set"))
+                .count(),
+            8
+        );
     }
 }

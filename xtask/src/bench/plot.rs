@@ -37,9 +37,15 @@ const COLORS: [RGBColor; 7] = [
 ];
 
 fn register_font() -> anyhow::Result<()> {
-    let bytes = std::fs::read(FONT).with_context(|| format!("reading the plot font {FONT} (Debian package fonts-dejavu-core)"))?;
-    plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(bytes.into_boxed_slice()))
-        .map_err(|_| anyhow::anyhow!("{FONT} is not a usable font"))
+    let bytes = std::fs::read(FONT).with_context(|| {
+        format!("reading the plot font {FONT} (Debian package fonts-dejavu-core)")
+    })?;
+    plotters::style::register_font(
+        "sans-serif",
+        FontStyle::Normal,
+        Box::leak(bytes.into_boxed_slice()),
+    )
+    .map_err(|_| anyhow::anyhow!("{FONT} is not a usable font"))
 }
 
 /// Draws `lines` into a chart built on `$y` (a linear or a log range); a macro because
@@ -63,9 +69,14 @@ macro_rules! draw {
             .draw()?;
         for (i, (label, points)) in $lines.iter().map(|l| (&l.0, &l.1)).enumerate() {
             let color = COLORS[i % COLORS.len()];
-            c.draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(3)))?
-                .label(label.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3)));
+            c.draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(3),
+            ))?
+            .label(label.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
+            });
             c.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
         }
         c.configure_series_labels()
@@ -96,7 +107,14 @@ fn chart(path: &Path, title: &str, y_label: &str, lines: &[Line]) -> anyhow::Res
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE)?;
     if y1 / y0 > 20.0 {
-        draw!(root, title, y_label, lines, x, (y0 / 1.6..y1 * 1.6).log_scale());
+        draw!(
+            root,
+            title,
+            y_label,
+            lines,
+            x,
+            (y0 / 1.6..y1 * 1.6).log_scale()
+        );
     } else {
         // Headroom above for the legend.
         draw!(root, title, y_label, lines, x, 0.0..y1 * 1.6);
@@ -112,7 +130,13 @@ fn human(v: f64) -> String {
         v if v >= 1e3 => (v / 1e3, "k"),
         v => (v, ""),
     };
-    let digits = if v >= 10.0 || v.fract().abs() < 1e-9 { 0 } else if v >= 1.0 { 1 } else { 2 };
+    let digits = if v >= 10.0 || v.fract().abs() < 1e-9 {
+        0
+    } else if v >= 1.0 {
+        1
+    } else {
+        2
+    };
     format!("{v:.digits$}{unit}")
 }
 
@@ -128,16 +152,27 @@ fn throughput_lines(rows: &[throughput::Row]) -> Vec<Line> {
     let mut lines: Vec<Line> = filters
         .into_iter()
         .map(|f| {
-            let pts = rows.iter().filter(|r| r.filter == f).map(|r| (r.cidrs as f64, 1.0 / r.drop_ratio())).collect();
+            let pts = rows
+                .iter()
+                .filter(|r| r.filter == f)
+                .map(|r| (r.cidrs as f64, 1.0 / r.drop_ratio()))
+                .collect();
             (format!("{} (dropped)", f.label()), pts)
         })
         .collect();
-    let xs: Vec<f64> = rows.iter().filter(|r| r.filter != Filter::BareXdpDrop).map(|r| r.cidrs as f64).collect();
-    if let (Some(lo), Some(hi)) = (xs.iter().copied().reduce(f64::min), xs.iter().copied().reduce(f64::max)) {
+    let xs: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.filter != Filter::BareXdpDrop)
+        .map(|r| r.cidrs as f64)
+        .collect();
+    if let (Some(lo), Some(hi)) = (
+        xs.iter().copied().reduce(f64::min),
+        xs.iter().copied().reduce(f64::max),
+    ) {
         lines.push(("no filter (passed)".into(), vec![(lo, 1.0), (hi, 1.0)]));
         if let Some(bare) = rows.iter().find(|r| r.filter == Filter::BareXdpDrop) {
             let y = 1.0 / bare.drop_ratio();
-            lines.push(("bare XDP_DROP (the floor)".into(), vec![(lo, y), (hi, y)]));
+            lines.push(("bare XDP_DROP (reference)".into(), vec![(lo, y), (hi, y)]));
         }
     }
     lines
@@ -153,14 +188,20 @@ fn apply_lines(rows: &[apply::Row]) -> Vec<Line> {
     methods
         .into_iter()
         .map(|m| {
-            let pts = rows.iter().filter(|r| r.method == m).map(|r| (r.cidrs as f64, r.wall.as_secs_f64() * 1e3)).collect();
+            let pts = rows
+                .iter()
+                .filter(|r| r.method == m)
+                .map(|r| (r.cidrs as f64, r.wall.as_secs_f64() * 1e3))
+                .collect();
             (m.label().replace('`', ""), pts)
         })
         .collect()
 }
 
 fn classifier_lines(cells: &[Cell]) -> Vec<Line> {
-    let Some(rules) = cells.iter().map(|c| c.rules).max() else { return Vec::new() };
+    let Some(rules) = cells.iter().map(|c| c.rules).max() else {
+        return Vec::new();
+    };
     let mut lines = Vec::new();
     for family in [Family::V4, Family::V6] {
         for allowed in [true, false] {
@@ -170,10 +211,17 @@ fn classifier_lines(cells: &[Cell]) -> Vec<Line> {
                 .map(|c| (c.cidrs as f64, c.nodewall_ns))
                 .collect();
             let kind = if allowed { "allowed" } else { "dropped" };
-            lines.push((format!("nodewall-xdp, {rules} rules, {} {kind}", family.label()), pts));
+            lines.push((
+                format!("nodewall-xdp, {rules} rules, {} {kind}", family.label()),
+                pts,
+            ));
         }
     }
-    let bare = cells.iter().filter(|c| c.rules == rules && c.family == Family::V4 && c.allowed).map(|c| (c.cidrs as f64, c.bare_ns)).collect();
+    let bare = cells
+        .iter()
+        .filter(|c| c.rules == rules && c.family == Family::V4 && c.allowed)
+        .map(|c| (c.cidrs as f64, c.bare_ns))
+        .collect();
     lines.push(("bare XDP_PASS".into(), bare));
     lines
 }
@@ -198,7 +246,13 @@ pub fn attach(s: &Series, out_dir: &Path, sections: &mut [Section]) -> anyhow::R
             "× the unfiltered receive path",
             throughput_lines(&s.throughput),
         ),
-        ("Apply latency", "apply-vs-cidrs.png", "Apply latency vs CIDRs", "ms (wall)", apply_lines(&s.apply)),
+        (
+            "Apply latency",
+            "apply-vs-cidrs.png",
+            "Apply latency vs CIDRs",
+            "ms (wall)",
+            apply_lines(&s.apply),
+        ),
     ];
     for (section, file, title, y, lines) in plots {
         if chart(&img.join(file), title, y, &lines)? {

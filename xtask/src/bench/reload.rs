@@ -57,7 +57,8 @@ impl Phase {
     /// Packets the datapath lost between the two namespaces: sent by one side's transport
     /// layer and never seen by the other's.
     fn lost(&self) -> u64 {
-        self.tcp_sent.saturating_sub(self.tcp_arrived) + self.udp_sent.saturating_sub(self.udp_arrived)
+        self.tcp_sent.saturating_sub(self.tcp_arrived)
+            + self.udp_sent.saturating_sub(self.udp_arrived)
     }
     fn packets(&self) -> u64 {
         self.tcp_sent + self.udp_sent
@@ -77,7 +78,11 @@ fn start_streams(pair: &Pair) -> anyhow::Result<Streams> {
     let (tcp_received, udp_sent) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut threads = Vec::new();
     // Client side: TCP server that streams to whoever connects (the node), paced.
-    let listener = pair.client.spawn(|| Ok(TcpListener::bind((CLIENT_V4, TCP_PORT))?)).join().expect("bind")?;
+    let listener = pair
+        .client
+        .spawn(|| Ok(TcpListener::bind((CLIENT_V4, TCP_PORT))?))
+        .join()
+        .expect("bind")?;
     {
         let stop = Arc::clone(&stop);
         threads.push(pair.client.spawn(move || {
@@ -101,7 +106,10 @@ fn start_streams(pair: &Pair) -> anyhow::Result<Streams> {
     {
         let received = Arc::clone(&tcp_received);
         threads.push(pair.node.spawn(move || {
-            let mut s = TcpStream::connect_timeout(&format!("{CLIENT_V4}:{TCP_PORT}").parse()?, Duration::from_secs(5))?;
+            let mut s = TcpStream::connect_timeout(
+                &format!("{CLIENT_V4}:{TCP_PORT}").parse()?,
+                Duration::from_secs(5),
+            )?;
             s.set_read_timeout(Some(Duration::from_secs(5)))?;
             let mut buf = vec![0u8; 256 * 1024];
             loop {
@@ -113,7 +121,11 @@ fn start_streams(pair: &Pair) -> anyhow::Result<Streams> {
             }
         }));
     }
-    let sink = pair.node.spawn(|| Ok(UdpSocket::bind((NODE_V4, UDP_PORT))?)).join().expect("bind")?;
+    let sink = pair
+        .node
+        .spawn(|| Ok(UdpSocket::bind((NODE_V4, UDP_PORT))?))
+        .join()
+        .expect("bind")?;
     sink.set_read_timeout(Some(Duration::from_millis(200)))?;
     grow_receive_buffer(&sink)?;
     {
@@ -127,7 +139,9 @@ fn start_streams(pair: &Pair) -> anyhow::Result<Streams> {
                 match sink.recv(&mut buf) {
                     Ok(_) => {}
                     Err(_) if stop.load(Ordering::Relaxed) => {
-                        if quiet_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_millis(300) {
+                        if quiet_since.get_or_insert_with(Instant::now).elapsed()
+                            > Duration::from_millis(300)
+                        {
                             return Ok(());
                         }
                     }
@@ -155,7 +169,12 @@ fn start_streams(pair: &Pair) -> anyhow::Result<Streams> {
             Ok(())
         }));
     }
-    Ok(Streams { stop, tcp_received, udp_sent, threads })
+    Ok(Streams {
+        stop,
+        tcp_received,
+        udp_sent,
+        threads,
+    })
 }
 
 /// 16 MiB of receive buffer (SO_RCVBUFFORCE: past rmem_max, as root), so the sink thread losing
@@ -202,7 +221,10 @@ fn counters(ns: &Netns) -> anyhow::Result<(String, String)> {
 }
 
 /// Runs the streams while `during` runs; fills in the traffic part of a phase.
-fn phase(pair: &Pair, during: impl FnOnce() -> anyhow::Result<(usize, f64)>) -> anyhow::Result<Phase> {
+fn phase(
+    pair: &Pair,
+    during: impl FnOnce() -> anyhow::Result<(usize, f64)>,
+) -> anyhow::Result<Phase> {
     let (c0, n0) = (counters(&pair.client)?, counters(&pair.node)?);
     let streams = start_streams(pair)?;
     // Let the TCP stream leave slow start before the measured work begins.
@@ -218,9 +240,13 @@ fn phase(pair: &Pair, during: impl FnOnce() -> anyhow::Result<(usize, f64)>) -> 
     // The last FIN/ACK exchange is in flight for a moment after the sockets close.
     std::thread::sleep(Duration::from_millis(200));
     let (c1, n1) = (counters(&pair.client)?, counters(&pair.node)?);
-    let delta = |a: &(String, String), b: &(String, String), p: &str, f: &[&str]| snmp_sum(&b.0, p, f).saturating_sub(snmp_sum(&a.0, p, f));
+    let delta = |a: &(String, String), b: &(String, String), p: &str, f: &[&str]| {
+        snmp_sum(&b.0, p, f).saturating_sub(snmp_sum(&a.0, p, f))
+    };
     let dev = |a: &(String, String), b: &(String, String), name: &str, field: usize| {
-        dev_field(&b.1, name, field).unwrap_or(0).saturating_sub(dev_field(&a.1, name, field).unwrap_or(0))
+        dev_field(&b.1, name, field)
+            .unwrap_or(0)
+            .saturating_sub(dev_field(&a.1, name, field).unwrap_or(0))
     };
     let udp_sent = streams.udp_sent.load(Ordering::Relaxed);
     Ok(Phase {
@@ -259,17 +285,22 @@ impl Reloader {
 fn install(ctx: &Ctx, pair: &Pair, r: Reloader, w: &Workload, a: bool) -> anyhow::Result<f64> {
     match r {
         Reloader::Nodewall(b) => {
-            let cfg = ctx.dir.join(if a { "reload-a.yaml" } else { "reload-b.yaml" });
+            let cfg = ctx
+                .dir
+                .join(if a { "reload-a.yaml" } else { "reload-b.yaml" });
             if !cfg.exists() {
                 std::fs::write(&cfg, ctx.nw.config(w, b, &stream_rules()))?;
             }
             Ok(ctx.nw.apply(&pair.node, &cfg, b)?.wall.as_secs_f64())
         }
         Reloader::IptablesRestore => {
-            let extra = [format!("-A INPUT -i {NODE_IF} -s {CLIENT_V4}/32 -p udp --dport {UDP_PORT} -j ACCEPT")];
+            let extra = [format!(
+                "-A INPUT -i {NODE_IF} -s {CLIENT_V4}/32 -p udp --dport {UDP_PORT} -j ACCEPT"
+            )];
             let script = peers::iptables_linear_with(w, false, &extra);
             let start = Instant::now();
-            pair.node.run_stdin("iptables-restore", &[], script.as_bytes())?;
+            pair.node
+                .run_stdin("iptables-restore", &[], script.as_bytes())?;
             Ok(start.elapsed().as_secs_f64())
         }
     }
@@ -279,9 +310,13 @@ fn measure(ctx: &Ctx, r: Reloader, applies: usize) -> anyhow::Result<(Phase, Pha
     let pair = Pair::new("rl")?;
     // One skb per segment on the wire, so the sender's OutSegs (counted per MSS) and the
     // receiver's InSegs (counted per skb) count the same thing.
-    pair.client.run("ethtool", &["-K", CLIENT_IF, "tso", "off", "gso", "off"])?;
+    pair.client
+        .run("ethtool", &["-K", CLIENT_IF, "tso", "off", "gso", "off"])?;
     pair.node.run("ethtool", &["-K", NODE_IF, "gro", "off"])?;
-    let (wa, wb) = (Workload::mixed(8, 1_000), Workload::mixed(8, 1_000).with_one_changed());
+    let (wa, wb) = (
+        Workload::mixed(8, 1_000),
+        Workload::mixed(8, 1_000).with_one_changed(),
+    );
     for f in ["reload-a.yaml", "reload-b.yaml"] {
         let _ = std::fs::remove_file(ctx.dir.join(f));
     }
@@ -299,7 +334,11 @@ fn measure(ctx: &Ctx, r: Reloader, applies: usize) -> anyhow::Result<(Phase, Pha
         }
         Ok((done, total * 1e3 / done.max(1) as f64))
     })?;
-    let quiet_for = Duration::from_secs_f64(reloading.secs.clamp(1.0, if ctx.quick { 3.0 } else { 10.0 }));
+    let quiet_for = Duration::from_secs_f64(
+        reloading
+            .secs
+            .clamp(1.0, if ctx.quick { 3.0 } else { 10.0 }),
+    );
     let quiet = phase(&pair, || {
         std::thread::sleep(quiet_for);
         Ok((0, 0.0))
@@ -327,14 +366,30 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
     );
     let mut table = Table::new(
         "Lost share = lost / (TCP segments + UDP datagrams sent).",
-        &["lost share", "backend", "phase", "s", "re-applies (mean ms)", "TCP MB", "TCP lost / sent", "TCP retransmits", "UDP lost / sent", "socket-buffer drops", "of lost: veth drops"],
+        &[
+            "lost share",
+            "backend",
+            "phase",
+            "s",
+            "re-applies (mean ms)",
+            "TCP MB",
+            "TCP lost / sent",
+            "TCP retransmits",
+            "UDP lost / sent",
+            "socket-buffer drops",
+            "of lost: veth drops",
+        ],
     );
     let mut reloaders = Vec::new();
     for b in [Backend::Nft, Backend::Xdp { generic: false }] {
         if ctx.nw.has(b) {
             reloaders.push(Reloader::Nodewall(b));
         } else {
-            sec.missing(format!("{}: not available yet ({})", b.label(), ctx.nw.why(b.label())));
+            sec.missing(format!(
+                "{}: not available yet ({})",
+                b.label(),
+                ctx.nw.why(b.label())
+            ));
         }
     }
     reloaders.push(Reloader::IptablesRestore);
@@ -343,7 +398,10 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
             sec.missing(format!("{}: section time box reached", r.label()));
             continue;
         }
-        eprintln!("bench:   {} with {applies} re-applies under load", r.label());
+        eprintln!(
+            "bench:   {} with {applies} re-applies under load",
+            r.label()
+        );
         let (reloading, quiet) = match measure(ctx, r, applies) {
             Ok(v) => v,
             Err(e) => {
@@ -357,21 +415,41 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Section> {
                 r.label().into(),
                 name.into(),
                 format!("{:.1}", p.secs),
-                if p.applies > 0 { format!("{} ({:.1})", p.applies, p.apply_ms_mean) } else { "–".into() },
+                if p.applies > 0 {
+                    format!("{} ({:.1})", p.applies, p.apply_ms_mean)
+                } else {
+                    "–".into()
+                },
                 format!("{:.0}", p.tcp_bytes as f64 / 1e6),
-                format!("{} / {}", p.tcp_sent.saturating_sub(p.tcp_arrived), p.tcp_sent),
+                format!(
+                    "{} / {}",
+                    p.tcp_sent.saturating_sub(p.tcp_arrived),
+                    p.tcp_sent
+                ),
                 p.tcp_retrans.to_string(),
-                format!("{} / {}", p.udp_sent.saturating_sub(p.udp_arrived), p.udp_sent),
+                format!(
+                    "{} / {}",
+                    p.udp_sent.saturating_sub(p.udp_arrived),
+                    p.udp_sent
+                ),
                 p.udp_rcvbuf_errors.to_string(),
                 p.veth_drops.to_string(),
             ]);
         }
         if reloading.applies < applies {
-            sec.notes.push(format!("{}: only {} of {applies} re-applies fitted in the time box.", r.label(), reloading.applies));
+            sec.notes.push(format!(
+                "{}: only {} of {applies} re-applies fitted in the time box.",
+                r.label(),
+                reloading.applies
+            ));
         }
         let lost = Some(reloading.lost() as f64);
         let shown = format!("{} of {}", reloading.lost(), reloading.packets());
-        let what = format!("{}: established-flow packets lost during {} re-applies", r.label(), reloading.applies);
+        let what = format!(
+            "{}: established-flow packets lost during {} re-applies",
+            r.label(),
+            reloading.applies
+        );
         match r {
             Reloader::Nodewall(_) => sec.headline_shown(&what, lost, shown, "0 lost", |x| x == 0.0),
             Reloader::IptablesRestore => sec.headline_shown(&what, lost, shown, INFO, |_| true),

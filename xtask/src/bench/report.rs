@@ -11,11 +11,20 @@ pub struct Table {
 
 impl Table {
     pub fn new(caption: &str, headers: &[&str]) -> Self {
-        Self { caption: caption.into(), headers: headers.iter().map(|h| h.to_string()).collect(), rows: Vec::new() }
+        Self {
+            caption: caption.into(),
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
-        debug_assert_eq!(cells.len(), self.headers.len(), "row width of {}", self.caption);
+        debug_assert_eq!(
+            cells.len(),
+            self.headers.len(),
+            "row width of {}",
+            self.caption
+        );
         self.rows.push(cells);
     }
 
@@ -24,9 +33,14 @@ impl Table {
         let _ = writeln!(out, "| {} |", self.headers.join(" | "));
         // Numbers right-aligned, words left-aligned.
         let numeric = |col: usize| {
-            self.rows.iter().all(|r| r[col].starts_with(|c: char| c.is_ascii_digit() || c == '–' || c == '-') || r[col] == "n/a")
+            self.rows.iter().all(|r| {
+                r[col].starts_with(|c: char| c.is_ascii_digit() || c == '–' || c == '-')
+                    || r[col] == "n/a"
+            })
         };
-        let align: String = (0..self.headers.len()).map(|c| if numeric(c) { " ---: |" } else { " --- |" }).collect();
+        let align: String = (0..self.headers.len())
+            .map(|c| if numeric(c) { " ---: |" } else { " --- |" })
+            .collect();
         let _ = writeln!(out, "|{align}");
         for r in &self.rows {
             let _ = writeln!(out, "| {} |", r.join(" | "));
@@ -64,16 +78,39 @@ pub struct Section {
 
 impl Section {
     pub fn new(title: &str, intro: &str) -> Self {
-        Self { title: title.into(), intro: intro.into(), ..Default::default() }
+        Self {
+            title: title.into(),
+            intro: intro.into(),
+            ..Default::default()
+        }
     }
 
-    pub fn headline(&mut self, what: &str, ratio: Option<f64>, target: &str, met: impl Fn(f64) -> bool) {
+    pub fn headline(
+        &mut self,
+        what: &str,
+        ratio: Option<f64>,
+        target: &str,
+        met: impl Fn(f64) -> bool,
+    ) {
         let met_v = ratio.map(&met);
-        self.headlines.push(Headline { what: what.into(), ratio, shown: None, target: target.into(), met: met_v });
+        self.headlines.push(Headline {
+            what: what.into(),
+            ratio,
+            shown: None,
+            target: target.into(),
+            met: met_v,
+        });
     }
 
     /// A headline whose figure is shown as `shown` (e.g. "0 of 120k") rather than as a ratio.
-    pub fn headline_shown(&mut self, what: &str, value: Option<f64>, shown: String, target: &str, met: impl Fn(f64) -> bool) {
+    pub fn headline_shown(
+        &mut self,
+        what: &str,
+        value: Option<f64>,
+        shown: String,
+        target: &str,
+        met: impl Fn(f64) -> bool,
+    ) {
         self.headline(what, value, target, met);
         self.headlines.last_mut().expect("just pushed").shown = Some(shown);
     }
@@ -81,7 +118,14 @@ impl Section {
     pub fn missing(&mut self, what: impl Into<String>) {
         // Paths relative to the repository, as a reader of the page would type them.
         let root = format!("{}/", crate::shell::root().display());
-        let what = what.into().replace(&root, "").lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" / ");
+        let what = what
+            .into()
+            .replace(&root, "")
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" / ");
         eprintln!("bench:   missing: {what}");
         self.missing.push(what);
     }
@@ -152,7 +196,9 @@ impl Page {
         if self.quick {
             s.push_str("> **Quick run** (`--quick`): fewer sizes, shorter windows, fewer repetitions; smoke-test numbers only.\n\n");
         }
-        s.push_str("## Headlines\n\n| figure | what | target | met |\n| ---: | --- | --- | --- |\n");
+        s.push_str(
+            "## Headlines\n\n| figure | what | target | met |\n| ---: | --- | --- | --- |\n",
+        );
         for sec in &self.sections {
             for h in &sec.headlines {
                 let met = match h.met {

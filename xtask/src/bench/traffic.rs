@@ -39,7 +39,9 @@ pub fn dev_field(text: &str, dev: &str, field: usize) -> Option<u64> {
 pub fn snmp_sum(text: &str, proto: &str, fields: &[&str]) -> u64 {
     let prefix = format!("{proto}:");
     let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
-    let (Some(names), Some(values)) = (lines.next(), lines.next()) else { return 0 };
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
     names
         .split_whitespace()
         .zip(values.split_whitespace())
@@ -51,7 +53,12 @@ pub fn snmp_sum(text: &str, proto: &str, fields: &[&str]) -> u64 {
 /// Reads a namespace's procfs file from a thread inside it (no process spawn on the hot path).
 fn read_in(ns: &Netns, files: &'static [&'static str]) -> anyhow::Result<Vec<String>> {
     ns.spawn(move || {
-        files.iter().map(|f| std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).map_err(Into::into)).collect()
+        files
+            .iter()
+            .map(|f| {
+                std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).map_err(Into::into)
+            })
+            .collect()
     })
     .join()
     .expect("procfs reader")
@@ -92,7 +99,10 @@ impl Generator {
         let stop = Arc::new(AtomicBool::new(false));
         let (flag, frame) = (Arc::clone(&stop), frame.to_vec());
         let thread = pair.client.spawn(move || send_until(&flag, &frame));
-        Self { stop, thread: Some(thread) }
+        Self {
+            stop,
+            thread: Some(thread),
+        }
     }
 
     fn running(&self) -> bool {
@@ -102,7 +112,11 @@ impl Generator {
     /// Stops the sender; its error if it failed.
     fn finish(mut self) -> anyhow::Result<u64> {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().expect("joined once").join().expect("sender thread")
+        self.thread
+            .take()
+            .expect("joined once")
+            .join()
+            .expect("sender thread")
     }
 }
 
@@ -139,7 +153,14 @@ fn send_until(stop: &AtomicBool, frame: &[u8]) -> anyhow::Result<u64> {
         let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
         let one: libc::c_int = 1;
         let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        if libc::setsockopt(fd.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one as *const _ as *const libc::c_void, len) != 0 {
+        if libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            &one as *const _ as *const libc::c_void,
+            len,
+        ) != 0
+        {
             return Err(os_err("PACKET_QDISC_BYPASS"));
         }
         let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
@@ -149,7 +170,10 @@ fn send_until(stop: &AtomicBool, frame: &[u8]) -> anyhow::Result<u64> {
         addr.sll_ifindex = ifindex as i32;
         addr.sll_halen = 6;
         addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-        let mut iov = libc::iovec { iov_base: frame.as_ptr() as *mut libc::c_void, iov_len: frame.len() };
+        let mut iov = libc::iovec {
+            iov_base: frame.as_ptr() as *mut libc::c_void,
+            iov_len: frame.len(),
+        };
         let mut msgs: Vec<libc::mmsghdr> = (0..BATCH)
             .map(|_| {
                 let mut m: libc::mmsghdr = std::mem::zeroed();
@@ -179,7 +203,9 @@ fn send_until(stop: &AtomicBool, frame: &[u8]) -> anyhow::Result<u64> {
 /// Pins the calling thread to the machine's last CPU, so the sender and the receive work veth
 /// does in its context stay on one CPU from window to window.
 fn pin_to_last_cpu() {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     // SAFETY: a zeroed cpu_set_t with one bit set, applied to the calling thread (pid 0).
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -190,7 +216,10 @@ fn pin_to_last_cpu() {
 
 /// Sends `frame` as fast as one CPU can for `window`, `rounds` times; the best round.
 pub fn blast(pair: &Pair, frame: &[u8], window: Duration, rounds: usize) -> anyhow::Result<Rate> {
-    let mut best = Rate { pps: 0.0, delivered: 0.0 };
+    let mut best = Rate {
+        pps: 0.0,
+        delivered: 0.0,
+    };
     for _ in 0..rounds {
         let gen = Generator::start(pair, frame);
         // Let the rate settle before the window opens.
@@ -198,9 +227,16 @@ pub fn blast(pair: &Pair, frame: &[u8], window: Duration, rounds: usize) -> anyh
         std::thread::sleep(window);
         let end = snapshot(pair)?;
         gen.finish()?;
-        let secs = end.at.zip(start.at).map(|(e, s)| (e - s).as_secs_f64()).unwrap_or(1.0);
+        let secs = end
+            .at
+            .zip(start.at)
+            .map(|(e, s)| (e - s).as_secs_f64())
+            .unwrap_or(1.0);
         let sent = end.tx.saturating_sub(start.tx);
-        let rate = Rate { pps: sent as f64 / secs, delivered: end.delivered.saturating_sub(start.delivered) as f64 / sent.max(1) as f64 };
+        let rate = Rate {
+            pps: sent as f64 / secs,
+            delivered: end.delivered.saturating_sub(start.delivered) as f64 / sent.max(1) as f64,
+        };
         if rate.pps > best.pps {
             best = rate;
         }
@@ -233,13 +269,17 @@ mod tests {
     #[test]
     fn snmp_fields_are_summed_by_name() {
         let text = "Udp: InDatagrams NoPorts InErrors OutDatagrams\nUdp: 5 7 1 100\nUdpLite: InDatagrams\nUdpLite: 9\n";
-        assert_eq!(snmp_sum(text, "Udp", &["InDatagrams", "NoPorts", "InErrors"]), 13);
+        assert_eq!(
+            snmp_sum(text, "Udp", &["InDatagrams", "NoPorts", "InErrors"]),
+            13
+        );
         assert_eq!(snmp_sum(text, "UdpLite", &["InDatagrams"]), 9);
     }
 
     #[test]
     fn dev_counters_are_read_by_column() {
-        let text = "Inter-|   Receive\n face |bytes\n   nwa: 100 2 0 0 0 0 0 0 6400 77 0 0 0 0 0 0\n";
+        let text =
+            "Inter-|   Receive\n face |bytes\n   nwa: 100 2 0 0 0 0 0 0 6400 77 0 0 0 0 0 0\n";
         assert_eq!(dev_field(text, "nwa", 9), Some(77));
         assert_eq!(dev_field(text, "nwa", 1), Some(2));
     }

@@ -46,13 +46,21 @@ pub fn v4_cidrs(n: usize) -> Vec<Cidr> {
     let stride = prev_pow2((SPAN / n.max(1) as u32).max(2));
     let prefix = 32 - (stride / 2).trailing_zeros() as u8;
     let base = u32::from(Ipv4Addr::new(198, 18, 0, 0));
-    (0..n as u32).map(|i| Cidr { addr: IpAddr::V4(Ipv4Addr::from(base + i * stride)), prefix }).collect()
+    (0..n as u32)
+        .map(|i| Cidr {
+            addr: IpAddr::V4(Ipv4Addr::from(base + i * stride)),
+            prefix,
+        })
+        .collect()
 }
 
 /// `n` distinct /64s under fd00:0:0::/48, every other one so none is adjacent.
 pub fn v6_cidrs(n: usize) -> Vec<Cidr> {
     (0..n as u128)
-        .map(|i| Cidr { addr: IpAddr::V6(Ipv6Addr::from((0xfd00u128 << 112) | ((2 * i) << 64))), prefix: 64 })
+        .map(|i| Cidr {
+            addr: IpAddr::V6(Ipv6Addr::from((0xfd00u128 << 112) | ((2 * i) << 64))),
+            prefix: 64,
+        })
         .collect()
 }
 
@@ -82,7 +90,10 @@ impl Workload {
 
     /// `cidrs` IPv4 CIDRs (the throughput runs send IPv4 only, so every CIDR is on their path).
     pub fn v4_only(rules: usize, cidrs: usize) -> Self {
-        let groups = v4_cidrs(cidrs.max(1)).into_iter().map(|c| vec![c]).collect();
+        let groups = v4_cidrs(cidrs.max(1))
+            .into_iter()
+            .map(|c| vec![c])
+            .collect();
         Self::spread(rules, groups, cidrs.max(1))
     }
 
@@ -98,7 +109,11 @@ impl Workload {
                 r.extend(groups[i % n].iter().copied());
             }
         }
-        Self { rules, per_rule, distinct }
+        Self {
+            rules,
+            per_rule,
+            distinct,
+        }
     }
 
     /// The same policy with one CIDR of the first rule replaced by a new one (an incremental change).
@@ -106,9 +121,15 @@ impl Workload {
         let mut w = self.clone();
         if let Some(c) = w.per_rule[0].first_mut() {
             if c.addr.is_ipv6() {
-                *c = Cidr { addr: IpAddr::V6(Ipv6Addr::new(0xfd00, 0xeeee, 0, 0, 0, 0, 0, 0)), prefix: 64 };
+                *c = Cidr {
+                    addr: IpAddr::V6(Ipv6Addr::new(0xfd00, 0xeeee, 0, 0, 0, 0, 0, 0)),
+                    prefix: 64,
+                };
             } else {
-                *c = Cidr { addr: IpAddr::V4(Ipv4Addr::new(198, 19, 240, 0)), prefix: 28 };
+                *c = Cidr {
+                    addr: IpAddr::V4(Ipv4Addr::new(198, 19, 240, 0)),
+                    prefix: 28,
+                };
             }
         }
         w
@@ -126,7 +147,9 @@ impl Workload {
             .find(|c| c.addr.is_ipv4() == (family == Family::V4))
             .expect("the last rule holds both families");
         match c.addr {
-            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) + 1.min((1u32 << (32 - c.prefix)) - 1))),
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(
+                u32::from(a) + 1.min((1u32 << (32 - c.prefix)) - 1),
+            )),
             IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) + 1)),
         }
     }
@@ -141,7 +164,9 @@ impl Workload {
     /// nodewall's YAML config for this policy (`failsafe: []`, so only these rules exist).
     /// `extra_rules` are appended verbatim (e.g. the reload section's stream allowances).
     pub fn config_yaml(&self, backend: &str, iface: &str, extra_rules: &str) -> String {
-        let mut s = format!("backend: {backend}\nmode: enforce\ninterfaces: [{iface}]\nfailsafe: []\nrules:\n");
+        let mut s = format!(
+            "backend: {backend}\nmode: enforce\ninterfaces: [{iface}]\nfailsafe: []\nrules:\n"
+        );
         s.push_str(extra_rules);
         for (i, cidrs) in self.per_rule.iter().enumerate() {
             let _ = write!(s, "  - name: r{i}\n    action: allow\n    protocol: udp\n    ports: [\"{}\"]\n    from: [", BASE_PORT + i as u16);
@@ -159,7 +184,14 @@ impl Workload {
 
 /// An Ethernet + IP + UDP frame of the minimum Ethernet size for IPv4 (60 bytes before FCS),
 /// checksums filled in.
-pub fn udp_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Vec<u8> {
+pub fn udp_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
     let payload = [0u8; 18];
     let udp_len = 8 + payload.len();
     let mut f = Vec::with_capacity(96);
@@ -180,7 +212,13 @@ pub fn udp_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: IpAddr, dst: IpAddr, s
             ip.extend_from_slice(&d.octets());
             let c = checksum(&[&ip]);
             ip[10..12].copy_from_slice(&c.to_be_bytes());
-            let pseudo = [&s.octets()[..], &d.octets()[..], &[0, 17], &(udp_len as u16).to_be_bytes()].concat();
+            let pseudo = [
+                &s.octets()[..],
+                &d.octets()[..],
+                &[0, 17],
+                &(udp_len as u16).to_be_bytes(),
+            ]
+            .concat();
             let c = checksum(&[&pseudo, &udp]);
             udp[6..8].copy_from_slice(&c.to_be_bytes());
             f.extend_from_slice(&ip);
@@ -192,7 +230,13 @@ pub fn udp_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: IpAddr, dst: IpAddr, s
             ip.extend_from_slice(&[17, 64]);
             ip.extend_from_slice(&s.octets());
             ip.extend_from_slice(&d.octets());
-            let pseudo = [&s.octets()[..], &d.octets()[..], &(udp_len as u32).to_be_bytes(), &[0, 0, 0, 17]].concat();
+            let pseudo = [
+                &s.octets()[..],
+                &d.octets()[..],
+                &(udp_len as u32).to_be_bytes(),
+                &[0, 0, 0, 17],
+            ]
+            .concat();
             let c = checksum(&[&pseudo, &udp]);
             udp[6..8].copy_from_slice(&c.to_be_bytes());
             f.extend_from_slice(&ip);
@@ -206,7 +250,10 @@ pub fn udp_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: IpAddr, dst: IpAddr, s
 /// The Internet checksum over concatenated parts (each of even length except the last).
 fn checksum(parts: &[&[u8]]) -> u16 {
     let mut sum = 0u32;
-    let bytes = parts.iter().flat_map(|p| p.iter().copied()).collect::<Vec<u8>>();
+    let bytes = parts
+        .iter()
+        .flat_map(|p| p.iter().copied())
+        .collect::<Vec<u8>>();
     for pair in bytes.chunks(2) {
         let word = (pair[0] as u32) << 8 | *pair.get(1).unwrap_or(&0) as u32;
         sum += word;
@@ -223,8 +270,13 @@ fn checksum(parts: &[&[u8]]) -> u16 {
 }
 
 pub fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
-    let bytes: Vec<u8> = s.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>()?;
-    bytes.try_into().map_err(|_| anyhow::anyhow!("bad MAC address {s}"))
+    let bytes: Vec<u8> = s
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()?;
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("bad MAC address {s}"))
 }
 
 #[cfg(test)]
@@ -237,13 +289,25 @@ mod tests {
             let v = v4_cidrs(n);
             assert_eq!(v.len(), n);
             for w in v.windows(2) {
-                let (IpAddr::V4(a), IpAddr::V4(b)) = (w[0].addr, w[1].addr) else { unreachable!() };
+                let (IpAddr::V4(a), IpAddr::V4(b)) = (w[0].addr, w[1].addr) else {
+                    unreachable!()
+                };
                 let size = 1u32 << (32 - w[0].prefix);
-                assert!(u32::from(b) > u32::from(a) + size, "{} and {} touch", w[0], w[1]);
+                assert!(
+                    u32::from(b) > u32::from(a) + size,
+                    "{} and {} touch",
+                    w[0],
+                    w[1]
+                );
             }
             let last = v.last().unwrap();
-            let IpAddr::V4(a) = last.addr else { unreachable!() };
-            assert!(u32::from(a) + (1 << (32 - last.prefix)) < u32::from(Ipv4Addr::new(198, 19, 213, 0)));
+            let IpAddr::V4(a) = last.addr else {
+                unreachable!()
+            };
+            assert!(
+                u32::from(a) + (1 << (32 - last.prefix))
+                    < u32::from(Ipv4Addr::new(198, 19, 213, 0))
+            );
         }
     }
 
@@ -253,7 +317,9 @@ mod tests {
         assert_eq!(w.per_rule.iter().map(Vec::len).sum::<usize>(), 1000);
         for family in [Family::V4, Family::V6] {
             let src = w.allowed_src(family);
-            let holders: Vec<usize> = (0..8).filter(|&i| w.per_rule[i].iter().any(|c| contains(c, src))).collect();
+            let holders: Vec<usize> = (0..8)
+                .filter(|&i| w.per_rule[i].iter().any(|c| contains(c, src)))
+                .collect();
             assert_eq!(holders, vec![7]);
         }
     }
@@ -262,19 +328,43 @@ mod tests {
     fn fewer_cidrs_than_rules_still_give_every_rule_both_families() {
         let w = Workload::mixed(64, 10);
         assert_eq!(w.distinct, 10);
-        assert!(w.per_rule.iter().all(|r| r.iter().any(|c| c.addr.is_ipv4()) && r.iter().any(|c| c.addr.is_ipv6())));
+        assert!(w
+            .per_rule
+            .iter()
+            .all(|r| r.iter().any(|c| c.addr.is_ipv4()) && r.iter().any(|c| c.addr.is_ipv6())));
     }
 
     #[test]
     fn udp_checksums_verify() {
-        for (s, d) in [(IpAddr::V4(DENIED_V4), "198.19.254.2".parse().unwrap()), (IpAddr::V6(DENIED_V6), "fd00:b::2".parse().unwrap())] {
+        for (s, d) in [
+            (IpAddr::V4(DENIED_V4), "198.19.254.2".parse().unwrap()),
+            (IpAddr::V6(DENIED_V6), "fd00:b::2".parse().unwrap()),
+        ] {
             let f = udp_frame([2; 6], [4; 6], s, d, 1, 2);
             let (ip_len, pseudo) = match (s, d) {
                 (IpAddr::V4(s), IpAddr::V4(d)) => {
                     assert_eq!(checksum(&[&f[14..34]]), 0xffff, "IPv4 header checksum");
-                    (20, [&s.octets()[..], &d.octets()[..], &[0, 17], &26u16.to_be_bytes()].concat())
+                    (
+                        20,
+                        [
+                            &s.octets()[..],
+                            &d.octets()[..],
+                            &[0, 17],
+                            &26u16.to_be_bytes(),
+                        ]
+                        .concat(),
+                    )
                 }
-                (IpAddr::V6(s), IpAddr::V6(d)) => (40, [&s.octets()[..], &d.octets()[..], &26u32.to_be_bytes(), &[0, 0, 0, 17]].concat()),
+                (IpAddr::V6(s), IpAddr::V6(d)) => (
+                    40,
+                    [
+                        &s.octets()[..],
+                        &d.octets()[..],
+                        &26u32.to_be_bytes(),
+                        &[0, 0, 0, 17],
+                    ]
+                    .concat(),
+                ),
                 _ => unreachable!(),
             };
             assert_eq!(f.len(), 14 + ip_len + 26);
@@ -286,7 +376,9 @@ mod tests {
     fn contains(c: &Cidr, a: IpAddr) -> bool {
         match (c.addr, a) {
             (IpAddr::V4(n), IpAddr::V4(a)) => (u32::from(n) ^ u32::from(a)) >> (32 - c.prefix) == 0,
-            (IpAddr::V6(n), IpAddr::V6(a)) => (u128::from(n) ^ u128::from(a)) >> (128 - c.prefix) == 0,
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                (u128::from(n) ^ u128::from(a)) >> (128 - c.prefix) == 0
+            }
             _ => false,
         }
     }
