@@ -26,6 +26,10 @@ pub const APT_PACKAGES: &[&str] = &[
     "python3-venv",
     "prometheus",
     "systemd",
+    "iptables",
+    "ipset",
+    "ethtool",
+    "fonts-dejavu-core",
 ];
 
 /// The eBPF program builds with this nightly; its LLVM (22) must equal bpf-linker's.
