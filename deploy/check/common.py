@@ -59,6 +59,8 @@ METRICS = {
     "nodewall_config_reload_errors_total",
     "nodewall_drift_repairs_total",
     "nodewall_policy_generation",
+    "nodewall_policy_info",
+    "nodewall_drop_samples_total",
     "nodewall_last_apply_success_timestamp_seconds",
     "nodewall_build_info",
     "up",

@@ -18,7 +18,7 @@ DASHBOARD = MONITORING / "grafana-dashboard.json"
 # Dashboard variables, replaced by plausible values so that every query can be parsed.
 VARIABLES = {"$__rate_interval": "5m", "$__range": "6h", "$job": "nodewall", "$node": ".*"}
 # Identifiers in PromQL that are not metric names.
-PROMQL_WORDS = {"and", "or", "unless", "offset", "bool"}
+PROMQL_WORDS = {"and", "or", "unless", "offset", "bool", "group_left", "group_right"}
 
 
 @pytest.fixture(scope="module")
