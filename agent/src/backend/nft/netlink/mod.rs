@@ -34,6 +34,10 @@ pub struct Applied {
     pub changed: bool,
     pub added: usize,
     pub removed: usize,
+    /// The ruleset generation id at which the table was exactly the plan, when that is
+    /// certain: read before the dump when nothing had to be sent, or after the batch when the
+    /// id moved by exactly our own commit. `None` when someone else committed meanwhile.
+    pub genid: Option<u32>,
 }
 
 impl Nft {
@@ -42,6 +46,11 @@ impl Nft {
             sock: socket::Socket::open()?,
             last_generation: 0,
         })
+    }
+
+    /// The namespace's ruleset generation id (see [`socket::Socket::genid`]).
+    pub fn genid(&mut self) -> anyhow::Result<u32> {
+        self.sock.genid()
     }
 
     /// The table as it is now, with the elements of the sets `elements_of` selects.
@@ -69,6 +78,7 @@ impl Nft {
     /// Brings the table to `plan(generation)`. Nothing is sent when it already matches;
     /// otherwise the generation goes up by one and every change goes in one batch.
     pub fn apply(&mut self, plan: impl Fn(u64) -> Ruleset) -> anyhow::Result<Applied> {
+        let before = self.genid()?;
         let cur = self.read(&|_| true)?;
         let generation = self.generation(&cur);
         let fault = std::env::var(FAULT_ENV).as_deref() == Ok("1");
@@ -79,6 +89,7 @@ impl Nft {
                 changed: false,
                 added: 0,
                 removed: 0,
+                genid: Some(before),
             });
         }
         let next = generation + 1;
@@ -97,11 +108,14 @@ impl Nft {
             .send_batch(&batch, describe)
             .context("applying table inet nodewall")?;
         self.last_generation = next;
+        // The batch is in: failing to read the id only costs the next verify a full dump.
+        let after = self.genid().ok();
         Ok(Applied {
             generation: next,
             changed: true,
             added: d.added,
             removed: d.removed,
+            genid: after.filter(|&a| a == before.wrapping_add(1)),
         })
     }
 

@@ -166,6 +166,34 @@ impl Socket {
         &mut self,
         msg_type: i32,
         fill: impl FnOnce(*mut libc::nlmsghdr),
+        each: impl FnMut(*const libc::nlmsghdr),
+    ) -> anyhow::Result<()> {
+        self.exchange(msg_type, libc::NLM_F_DUMP as u16, fill, each)
+    }
+
+    /// The ruleset generation id of this network namespace (NFT_MSG_GETGEN): the kernel bumps
+    /// it on every committed nftables transaction, by anyone, so an unchanged id means an
+    /// unchanged ruleset. One small request, whatever the size of the ruleset.
+    pub fn genid(&mut self) -> anyhow::Result<u32> {
+        let mut id = None;
+        // Not a dump: the kernel answers with one NEWGEN message, then the ack we ask for.
+        self.exchange(
+            libc::NFT_MSG_GETGEN,
+            libc::NLM_F_ACK as u16,
+            |_| {},
+            |nlh| id = id.or(gen_id(nlh)),
+        )
+        .context("reading the nftables generation id")?;
+        id.ok_or_else(|| anyhow!("the kernel's NEWGEN reply carries no NFTA_GEN_ID"))
+    }
+
+    /// Sends one request and feeds `each` the replies with its sequence number, until the
+    /// end of the dump or the ack.
+    fn exchange(
+        &mut self,
+        msg_type: i32,
+        flags: u16,
+        fill: impl FnOnce(*mut libc::nlmsghdr),
         mut each: impl FnMut(*const libc::nlmsghdr),
     ) -> anyhow::Result<()> {
         let seq = self.next_seq();
@@ -176,7 +204,7 @@ impl Socket {
                 req.as_mut_ptr() as *mut std::ffi::c_char,
                 msg_type as u16,
                 FAMILY_INET,
-                (libc::NLM_F_DUMP) as u16,
+                flags,
                 seq,
             )
         };
@@ -207,7 +235,7 @@ impl Socket {
                             return Ok(());
                         }
                         return Err(io::Error::from_raw_os_error(errno))
-                            .context("netlink dump refused");
+                            .context("netlink request refused");
                     }
                     Reply::Data { seq: s, flags, nlh } if s == seq => {
                         interrupted |= flags & NLM_F_DUMP_INTR != 0;
@@ -275,25 +303,46 @@ fn messages(buf: &[u8]) -> Vec<Reply> {
     out
 }
 
+/// NFTA_GEN_ID of a NEWGEN message (big-endian u32 after the nfgenmsg header).
+fn gen_id(nlh: *const libc::nlmsghdr) -> Option<u32> {
+    const NFTA_GEN_ID: u16 = 1;
+    const HDR: usize = std::mem::size_of::<libc::nlmsghdr>();
+    // SAFETY: `messages` only hands out headers whose nlmsg_len bytes lie in the buffer.
+    let msg = unsafe {
+        if (*nlh).nlmsg_type as i32 != (libc::NFNL_SUBSYS_NFTABLES << 8) | libc::NFT_MSG_NEWGEN {
+            return None;
+        }
+        std::slice::from_raw_parts(nlh as *const u8, (*nlh).nlmsg_len as usize)
+    };
+    // The 4-byte nfgenmsg, then attributes.
+    let (_, v) = attrs(msg.get(HDR + 4..)?).find(|(ty, _)| *ty == NFTA_GEN_ID)?;
+    Some(u32::from_be_bytes(v.get(..4)?.try_into().unwrap()))
+}
+
+/// The netlink attributes in `rest`, as (type, value), up to the first malformed one.
+fn attrs(mut rest: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if rest.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
+        let ty = u16::from_ne_bytes([rest[2], rest[3]]) & 0x3fff;
+        if len < 4 || len > rest.len() {
+            return None;
+        }
+        let value = &rest[4..len];
+        rest = &rest[((len + 3) & !3).min(rest.len())..];
+        Some((ty, value))
+    })
+}
+
 /// The kernel's extended-ack message string, when it sent one.
 fn ext_ack_text(body: &[u8]) -> Option<String> {
     const HDR: usize = std::mem::size_of::<libc::nlmsghdr>();
     // With NETLINK_CAP_ACK only the original header follows the error code.
-    let mut rest = body.get(4 + HDR..)?;
-    while rest.len() >= 4 {
-        let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
-        let ty = u16::from_ne_bytes([rest[2], rest[3]]) & 0x3fff;
-        if len < 4 || len > rest.len() {
-            break;
-        }
-        if ty == NLMSGERR_ATTR_MSG {
-            let v = &rest[4..len];
-            let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
-            return Some(String::from_utf8_lossy(&v[..end]).into_owned());
-        }
-        rest = &rest[((len + 3) & !3).min(rest.len())..];
-    }
-    None
+    let (_, v) = attrs(body.get(4 + HDR..)?).find(|(ty, _)| *ty == NLMSGERR_ATTR_MSG)?;
+    let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
+    Some(String::from_utf8_lossy(&v[..end]).into_owned())
 }
 
 /// A byte buffer aligned for `nlmsghdr`.
