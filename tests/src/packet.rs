@@ -27,6 +27,12 @@ pub enum L4 {
     Other {
         proto: u8,
     },
+    /// A TCP SYN whose header claims a data offset of 16 bytes, below TCP's 20-byte minimum:
+    /// malformed for conntrack (`invalid`) and for the XDP parser alike.
+    TcpBadOffset {
+        sport: u16,
+        dport: u16,
+    },
 }
 
 pub const TCP_SYN: u8 = 0x02;
@@ -91,6 +97,16 @@ fn transport(src: IpAddr, dst: IpAddr, l4: L4) -> (u8, Vec<u8>) {
             h[4..8].copy_from_slice(&0x1000_0000u32.to_be_bytes());
             h[12] = 5 << 4;
             h[13] = flags;
+            h[14..16].copy_from_slice(&64240u16.to_be_bytes());
+            (6, h, Some(16))
+        }
+        L4::TcpBadOffset { sport, dport } => {
+            let mut h = vec![0u8; 20];
+            h[0..2].copy_from_slice(&sport.to_be_bytes());
+            h[2..4].copy_from_slice(&dport.to_be_bytes());
+            h[4..8].copy_from_slice(&0x1000_0000u32.to_be_bytes());
+            h[12] = 4 << 4;
+            h[13] = TCP_SYN;
             h[14..16].copy_from_slice(&64240u16.to_be_bytes());
             (6, h, Some(16))
         }

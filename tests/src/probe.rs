@@ -82,6 +82,12 @@ impl Probe {
                 v["port"] = json!(dport);
                 v["source_port"] = json!(sport);
             }
+            L4::TcpBadOffset { sport, dport } => {
+                v["protocol"] = json!("tcp");
+                v["port"] = json!(dport);
+                v["source_port"] = json!(sport);
+                v["state"] = json!("invalid");
+            }
             L4::Udp { sport, dport } => {
                 v["protocol"] = json!("udp");
                 v["port"] = json!(dport);
