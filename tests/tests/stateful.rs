@@ -124,7 +124,14 @@ fn nodeport_matches_the_original_port(backend: Backend) -> anyhow::Result<()> {
                 move || tcp_ok(&peer.ns, node_addr(v6), port),
             );
         }
-        checks.run()?;
+        if let Err(e) = checks.run() {
+            if backend.is_xdp() {
+                let pins = nodewall_netns_tests::installed::xdp_pins(&topo.node)?;
+                let dump = topo.node.exec("bpftool", &["map", "dump", "pinned", pins.join("NW_FLOWS").to_str().unwrap()]).unwrap_or_default();
+                eprintln!("DEBUG flows:\n{dump}");
+            }
+            return Err(e);
+        }
     }
     anyhow::ensure!(
         checked_29999_drop,
