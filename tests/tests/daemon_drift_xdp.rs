@@ -57,7 +57,9 @@ fn flip_switch(node: &Netns) -> anyhow::Result<()> {
     let path = path.to_str().unwrap();
     let text = node.exec(
         "bpftool",
-        &["-j", "map", "lookup", "pinned", path, "key", "0", "0", "0", "0"],
+        &[
+            "-j", "map", "lookup", "pinned", path, "key", "0", "0", "0", "0",
+        ],
     )?;
     let v: serde_json::Value = serde_json::from_str(&text)?;
     let mut bytes: Vec<String> = v["value"]
@@ -78,8 +80,8 @@ fn flip_switch(node: &Netns) -> anyhow::Result<()> {
 /// Everything in place: XDP on the uplink in `backend`'s mode, our TCX egress program, both
 /// link pins, and the switch on a generation that holds the policy's rules.
 fn intact(node: &Netns, backend: Backend, rules: usize) -> bool {
-    let egress = installed::tcx_egress(node, UPLINK)
-        .is_ok_and(|p| p.iter().any(|n| n == "nodewall_egress"));
+    let egress =
+        installed::tcx_egress(node, UPLINK).is_ok_and(|p| p.iter().any(|n| n == "nodewall_egress"));
     let pins = ["xdp", "tc"]
         .iter()
         .all(|k| installed::xdp_link_pin(node, k).is_ok_and(|p| p.exists()));
@@ -125,7 +127,10 @@ fn every_kind_of_xdp_drift_is_repaired(backend: Backend) -> anyhow::Result<()> {
         );
         eprintln!("{how:?}: restored after {} ms", t.elapsed().as_millis());
         let repairs = agent.metric_reaches("nodewall_drift_repairs_total", round, REPAIR_WITHIN);
-        ensure!(repairs == round, "{how:?}: {repairs} repairs counted, want {round}");
+        ensure!(
+            repairs == round,
+            "{how:?}: {repairs} repairs counted, want {round}"
+        );
         ensure!(kubelet_closed(), "{how:?}: enforcing again");
         ensure!(return_traffic(), "{how:?}: return traffic recognised again");
         // Let one drift check pass clean, so the repairs do not count as a streak.

@@ -127,7 +127,18 @@ fn nodeport_matches_the_original_port(backend: Backend) -> anyhow::Result<()> {
         if let Err(e) = checks.run() {
             if backend.is_xdp() {
                 let pins = nodewall_netns_tests::installed::xdp_pins(&topo.node)?;
-                let dump = topo.node.exec("bpftool", &["map", "dump", "pinned", pins.join("NW_FLOWS").to_str().unwrap()]).unwrap_or_default();
+                let dump = topo
+                    .node
+                    .exec(
+                        "bpftool",
+                        &[
+                            "map",
+                            "dump",
+                            "pinned",
+                            pins.join("NW_FLOWS").to_str().unwrap(),
+                        ],
+                    )
+                    .unwrap_or_default();
                 eprintln!("DEBUG flows:\n{dump}");
             }
             return Err(e);

@@ -1,13 +1,14 @@
-//! The two BPF syscalls the drift check needs and aya does not expose in that form: opening a
-//! pinned object by path, and reading a link's info including the interface it is attached
-//! to (aya's `LinkInfo` hides the per-type part, which is where that interface is).
+//! BPF syscalls aya does not expose in the form nodewall needs: opening a pinned object by
+//! path and reading a link's info including the interface it is attached to (aya's
+//! `LinkInfo` hides the per-type part, which is where that interface is), for the drift
+//! check; and batched array reads and writes, for the 262,144-entry port table.
 //!
 //! A link detached behind the agent's back (`bpftool link detach`, the device going away)
 //! stays a valid object with its pin, but the kernel reports interface 0 for it: that is how
 //! a dead link is told from a live one.
 
 use std::ffi::CString;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -96,7 +97,6 @@ struct RawLinkInfo {
 }
 
 pub fn link_info(fd: &OwnedFd) -> Result<LinkInfo> {
-    use std::os::fd::AsRawFd;
     let mut info = RawLinkInfo::default();
     let mut attr = InfoAttr {
         bpf_fd: fd.as_raw_fd() as u32,
@@ -109,4 +109,91 @@ pub fn link_info(fd: &OwnedFd) -> Result<LinkInfo> {
         prog_id: info.prog_id,
         ifindex: info.ifindex,
     })
+}
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// `union bpf_attr` for the BPF_MAP_*_BATCH commands.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Elements per batch syscall: large enough that a whole port table takes a handful of calls,
+/// small enough that the kernel's loop stays short.
+const BATCH: usize = 16384;
+
+/// Reads `out.len()` consecutive elements of an array map starting at index `first`, a few
+/// syscalls in all (a lookup per element costs one syscall each: 262,144 for the port table).
+/// `T` must be the map's value type.
+pub fn array_lookup_batch<T: Copy>(fd: BorrowedFd<'_>, first: u32, out: &mut [T]) -> Result<()> {
+    let mut keys = vec![0u32; BATCH];
+    let mut done = 0usize;
+    while done < out.len() {
+        let want = (out.len() - done).min(BATCH);
+        // The batch starts after `in_batch` (an array's next key is index + 1); none = index 0.
+        let prev: u32 = (first + done as u32).wrapping_sub(1);
+        let mut next: u32 = 0;
+        let mut attr = BatchAttr {
+            in_batch: if first as usize + done == 0 {
+                0
+            } else {
+                &prev as *const u32 as u64
+            },
+            out_batch: &mut next as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: out[done..].as_mut_ptr() as u64,
+            count: want as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+            Ok(_) => {}
+            // ENOENT: the end of the map was reached; `count` says how far it got.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e).context("BPF_MAP_LOOKUP_BATCH"),
+        }
+        let got = attr.count as usize;
+        if got == 0 || keys[0] != first + done as u32 {
+            anyhow::bail!(
+                "BPF_MAP_LOOKUP_BATCH: read {got} elements at index {}, starting at key {}",
+                first as usize + done,
+                keys[0]
+            );
+        }
+        done += got;
+    }
+    Ok(())
+}
+
+/// Writes `values[i]` at index `keys[i]` of an array map, in a few syscalls.
+pub fn array_update_batch<T: Copy>(fd: BorrowedFd<'_>, keys: &[u32], values: &[T]) -> Result<()> {
+    assert_eq!(keys.len(), values.len());
+    for (k, v) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
+        let mut attr = BatchAttr {
+            keys: k.as_ptr() as u64,
+            values: v.as_ptr() as u64,
+            count: k.len() as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        bpf(BPF_MAP_UPDATE_BATCH, &mut attr).context("BPF_MAP_UPDATE_BATCH")?;
+        if attr.count as usize != k.len() {
+            anyhow::bail!(
+                "BPF_MAP_UPDATE_BATCH wrote {} of {} elements",
+                attr.count,
+                k.len()
+            );
+        }
+    }
+    Ok(())
 }
