@@ -3,11 +3,14 @@
 //!
 //! - `image`: policy -> map content (pure); `maps`: typed maps, generation diff writes;
 //! - `datapath`: the loaded object and the two-generation install; `slots`: counter slots;
-//! - `attach`: bpffs, pinned links, native/generic XDP; `counters`: labelled counters.
+//! - `attach`: bpffs, pinned links (live or dead), native/generic XDP; `counters`: labelled
+//!   counters; `sys`: the raw BPF syscalls aya lacks (link info, batched array access).
 //!
-//! Everything is pinned under `<bpffs>/<name>/` (default `/sys/fs/bpf/nodewall/`): the maps,
-//! the two programs, and under `links/` one XDP and one TC link per interface. The next agent adopts them
-//! (maps reused, programs swapped inside the links atomically); `flush` removes the lot.
+//! Everything is pinned under `<bpffs>/<name>/` (default `/sys/fs/bpf/nodewall/`, see
+//! [`XdpOptions::from_env`]): the maps, the two programs, and under `links/` one XDP and one
+//! TC link per interface. The next agent adopts them (maps reused, programs swapped inside the
+//! links atomically); `flush` removes the lot. An apply is idempotent on attachments: a link
+//! found detached or unpinned is re-created, which is how `verify`'s drift is repaired.
 //!
 //! The object is built by `agent/build.rs` from `ebpf/` (nightly of `ebpf/rust-toolchain.toml`
 //! and bpf-linker, both installed by `cargo xtask setup`) and embedded in the binary, so
@@ -298,5 +301,41 @@ impl Backend for XdpBackend {
         wanted.sort_unstable();
         wanted.dedup();
         Ok(links.pinned()? == wanted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_bpffs_and_mode() {
+        let o = XdpOptions::from_vars(None, None).unwrap();
+        assert_eq!(
+            (o.bpffs, o.attach),
+            (PathBuf::from("/sys/fs/bpf"), XdpAttach::Auto)
+        );
+        let o = XdpOptions::from_vars(Some("/run/nw-bpf".into()), Some("generic".into())).unwrap();
+        assert_eq!(
+            (o.bpffs, o.attach),
+            (PathBuf::from("/run/nw-bpf"), XdpAttach::Generic)
+        );
+        let o = XdpOptions::from_vars(None, Some("native".into())).unwrap();
+        assert_eq!(o.attach, XdpAttach::Native);
+    }
+
+    #[test]
+    fn bad_environment_names_the_variable() {
+        let e = XdpOptions::from_vars(None, Some("driver".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(MODE_ENV) && e.contains("driver") && e.contains("native"),
+            "{e}"
+        );
+        let e = XdpOptions::from_vars(Some("bpf".into()), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(BPFFS_ENV) && e.contains("absolute"), "{e}");
     }
 }
