@@ -4,7 +4,8 @@
 //! - `image`: policy -> map content (pure); `maps`: typed maps, generation diff writes;
 //! - `datapath`: the loaded object and the two-generation install; `slots`: counter slots;
 //! - `attach`: bpffs, pinned links (live or dead), native/generic XDP; `counters`: labelled
-//!   counters; `sys`: the raw BPF syscalls aya lacks (link info, batched array access).
+//!   counters; `samples`: drop samples from the ring buffer; `sys`: the raw BPF syscalls aya
+//!   lacks (link info, batched array access).
 //!
 //! Everything is pinned under `<bpffs>/<name>/` (default `/sys/fs/bpf/nodewall/`, see
 //! [`XdpOptions::from_env`]): the maps, the two programs, and under `links/` one XDP and one
@@ -22,6 +23,7 @@ mod counters;
 mod datapath;
 mod image;
 mod maps;
+mod samples;
 mod slots;
 mod sys;
 
@@ -35,8 +37,10 @@ pub use attach::{ensure_bpffs, if_index, if_name, Attached, LinkState, XdpAttach
 pub use datapath::{current_netns, Datapath, Installed};
 pub use image::{Image, PortTable};
 pub use maps::{KernelGen, Maps, Writes};
+/// Drop samples each CPU hands the agent per second, at most.
+pub use nodewall_common::xdp::SAMPLES_PER_SECOND;
 
-use crate::backend::{ApplyReport, Backend, Counters, Status};
+use crate::backend::{ApplyReport, Backend, Counters, DropSamples, Status};
 use crate::policy::Policy;
 
 #[derive(Clone, Debug)]
@@ -301,6 +305,15 @@ impl Backend for XdpBackend {
         wanted.sort_unstable();
         wanted.dedup();
         Ok(links.pinned()? == wanted)
+    }
+
+    /// The program's drop samples, from the pinned ring buffer (so the reader holds handles of
+    /// its own). Needs a policy installed by this process.
+    fn drop_samples(&mut self) -> Result<Option<Box<dyn DropSamples>>> {
+        if self.loaded.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(samples::RingSamples::open(&self.pin_dir())?)))
     }
 }
 
