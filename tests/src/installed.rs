@@ -169,3 +169,26 @@ pub fn fingerprint(node: &Netns, backend: Backend) -> anyhow::Result<String> {
     }
     Ok(out)
 }
+
+/// What `backend` holds on `node`, for a failing test's message: the ruleset (nft); the
+/// status and the flow table (XDP), which decide what counts as return traffic.
+pub fn describe(node: &Netns, backend: Backend) -> String {
+    let run = |program: &str, args: &[&str]| {
+        node.exec(program, args)
+            .unwrap_or_else(|e| format!("({program} failed: {e:#})"))
+    };
+    if backend == Backend::Nft {
+        return format!("ruleset:\n{}", run("nft", &["list", "ruleset"]));
+    }
+    let Ok(pins) = xdp_pins(node) else {
+        return "no bpffs".into();
+    };
+    let flows = pins.join("NW_FLOWS");
+    let switch = pins.join("NW_SWITCH");
+    format!(
+        "XDP on {UPLINK}: {:?}\nswitch: {}\nflows:\n{}",
+        xdp_attached(node, UPLINK).ok().flatten(),
+        run("bpftool", &["map", "dump", "pinned", switch.to_str().unwrap()]),
+        run("bpftool", &["map", "dump", "pinned", flows.to_str().unwrap()]),
+    )
+}

@@ -4,6 +4,7 @@
 //! to. Expected outcomes come from `nodewall explain`.
 
 use nodewall::profiles;
+use nodewall_netns_tests::installed::describe;
 use nodewall_netns_tests::nodewall::{apply, explain, Config};
 use nodewall_netns_tests::probe::Probe;
 use nodewall_netns_tests::topology::{node_addr, Topology};
@@ -56,7 +57,9 @@ fn return_traffic_passes(backend: Backend) -> anyhow::Result<()> {
                 move || udp_ok(&topo.internet.ns, node, 53),
             );
         }
-        checks.run()?;
+        checks
+            .run()
+            .map_err(|e| e.context(describe(&topo.node, backend)))?;
     }
     Ok(())
 }
@@ -124,25 +127,9 @@ fn nodeport_matches_the_original_port(backend: Backend) -> anyhow::Result<()> {
                 move || tcp_ok(&peer.ns, node_addr(v6), port),
             );
         }
-        if let Err(e) = checks.run() {
-            if backend.is_xdp() {
-                let pins = nodewall_netns_tests::installed::xdp_pins(&topo.node)?;
-                let dump = topo
-                    .node
-                    .exec(
-                        "bpftool",
-                        &[
-                            "map",
-                            "dump",
-                            "pinned",
-                            pins.join("NW_FLOWS").to_str().unwrap(),
-                        ],
-                    )
-                    .unwrap_or_default();
-                eprintln!("DEBUG flows:\n{dump}");
-            }
-            return Err(e);
-        }
+        checks
+            .run()
+            .map_err(|e| e.context(describe(&topo.node, backend)))?;
     }
     anyhow::ensure!(
         checked_29999_drop,
