@@ -188,7 +188,13 @@ pub fn describe(node: &Netns, backend: Backend) -> String {
     format!(
         "XDP on {UPLINK}: {:?}\nswitch: {}\nflows:\n{}",
         xdp_attached(node, UPLINK).ok().flatten(),
-        run("bpftool", &["map", "dump", "pinned", switch.to_str().unwrap()]),
-        run("bpftool", &["map", "dump", "pinned", flows.to_str().unwrap()]),
+        run(
+            "bpftool",
+            &["map", "dump", "pinned", switch.to_str().unwrap()]
+        ),
+        run(
+            "bpftool",
+            &["map", "dump", "pinned", flows.to_str().unwrap()]
+        ),
     )
 }
