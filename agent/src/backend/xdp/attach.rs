@@ -227,25 +227,15 @@ impl Links {
         let pin = self.xdp_pin(ifindex);
         let prog = dp.xdp()?;
         let ours = prog.info()?.id();
-        match self.xdp_state(ifindex)? {
-            LinkState::Live { prog_id } if prog_id == ours => return Ok(Attached::Already),
-            LinkState::Live { .. } => {
-                swap_pinned(&pin, |link| {
-                    let id = prog
-                        .attach_to_link(XdpLink::try_from(link)?)
-                        .with_context(|| format!("{ifname}: replacing the XDP program"))?;
-                    Ok(FdLink::try_from(prog.take_link(id)?)?)
-                })?;
-                return Ok(Attached::Swapped);
-            }
-            LinkState::Dead => {
-                warn!(
-                    interface = ifname,
-                    "the pinned XDP link was detached; attaching anew"
-                );
-                remove_pin(&pin)?;
-            }
-            LinkState::Missing => {}
+        let state = self.xdp_state(ifindex)?;
+        let reused = reuse_pinned(&pin, state, ours, "XDP", ifname, |link| {
+            let id = prog
+                .attach_to_link(XdpLink::try_from(link)?)
+                .with_context(|| format!("{ifname}: replacing the XDP program"))?;
+            Ok(FdLink::try_from(prog.take_link(id)?)?)
+        })?;
+        if let Some(done) = reused {
+            return Ok(done);
         }
         let (id, used) = match mode {
             XdpAttach::Native => (
@@ -278,25 +268,15 @@ impl Links {
         let pin = self.tc_pin(ifindex);
         let prog = dp.egress()?;
         let ours = prog.info()?.id();
-        match self.tc_state(ifindex)? {
-            LinkState::Live { prog_id } if prog_id == ours => return Ok(()),
-            LinkState::Live { .. } => {
-                swap_pinned(&pin, |link| {
-                    let id = prog
-                        .attach_to_link(SchedClassifierLink::try_from(link)?)
-                        .with_context(|| format!("{ifname}: replacing the TC egress program"))?;
-                    Ok(FdLink::try_from(prog.take_link(id)?)?)
-                })?;
-                return Ok(());
-            }
-            LinkState::Dead => {
-                warn!(
-                    interface = ifname,
-                    "the pinned TC egress link was detached; attaching anew"
-                );
-                remove_pin(&pin)?;
-            }
-            LinkState::Missing => {}
+        let state = self.tc_state(ifindex)?;
+        let reused = reuse_pinned(&pin, state, ours, "TC egress", ifname, |link| {
+            let id = prog
+                .attach_to_link(SchedClassifierLink::try_from(link)?)
+                .with_context(|| format!("{ifname}: replacing the TC egress program"))?;
+            Ok(FdLink::try_from(prog.take_link(id)?)?)
+        })?;
+        if reused.is_some() {
+            return Ok(());
         }
         let id = prog
             .attach(ifname, TcAttachType::Egress)
@@ -338,6 +318,37 @@ fn link_state(pin: &Path, link_type: u32, ifindex: u32) -> Result<LinkState> {
     } else {
         LinkState::Dead
     })
+}
+
+/// Settles the link of `what` pinned at `pin` (in `state`) for this process's program `ours`:
+/// `Some` when the pinned link now runs it (it already did, or `swap` put it in a live link of
+/// an earlier agent), `None` when a new link is needed (nothing pinned, or a dead link, which
+/// is unpinned here).
+fn reuse_pinned(
+    pin: &Path,
+    state: LinkState,
+    ours: u32,
+    what: &str,
+    ifname: &str,
+    swap: impl FnOnce(FdLink) -> Result<FdLink>,
+) -> Result<Option<Attached>> {
+    match state {
+        LinkState::Live { prog_id } if prog_id == ours => Ok(Some(Attached::Already)),
+        LinkState::Live { .. } => {
+            swap_pinned(pin, swap)?;
+            Ok(Some(Attached::Swapped))
+        }
+        LinkState::Dead => {
+            warn!(
+                interface = ifname,
+                link = what,
+                "the pinned link was detached; attaching anew"
+            );
+            remove_pin(pin)?;
+            Ok(None)
+        }
+        LinkState::Missing => Ok(None),
+    }
 }
 
 /// Hands the live link pinned at `pin` to `swap` (which puts this process's program in it
