@@ -90,26 +90,9 @@ fn transport(src: IpAddr, dst: IpAddr, l4: L4) -> (u8, Vec<u8>) {
             sport,
             dport,
             flags,
-        } => {
-            let mut h = vec![0u8; 20];
-            h[0..2].copy_from_slice(&sport.to_be_bytes());
-            h[2..4].copy_from_slice(&dport.to_be_bytes());
-            h[4..8].copy_from_slice(&0x1000_0000u32.to_be_bytes());
-            h[12] = 5 << 4;
-            h[13] = flags;
-            h[14..16].copy_from_slice(&64240u16.to_be_bytes());
-            (6, h, Some(16))
-        }
-        L4::TcpBadOffset { sport, dport } => {
-            let mut h = vec![0u8; 20];
-            h[0..2].copy_from_slice(&sport.to_be_bytes());
-            h[2..4].copy_from_slice(&dport.to_be_bytes());
-            h[4..8].copy_from_slice(&0x1000_0000u32.to_be_bytes());
-            h[12] = 4 << 4;
-            h[13] = TCP_SYN;
-            h[14..16].copy_from_slice(&64240u16.to_be_bytes());
-            (6, h, Some(16))
-        }
+        } => (6, tcp_header(sport, dport, flags, 5), Some(16)),
+        // A data offset of 4 words (16 bytes) in a 20-byte header.
+        L4::TcpBadOffset { sport, dport } => (6, tcp_header(sport, dport, TCP_SYN, 4), Some(16)),
         L4::Udp { sport, dport } => {
             let mut h = vec![0u8; 8];
             h[0..2].copy_from_slice(&sport.to_be_bytes());
@@ -145,6 +128,18 @@ fn transport(src: IpAddr, dst: IpAddr, l4: L4) -> (u8, Vec<u8>) {
         p[at..at + 2].copy_from_slice(&c.to_be_bytes());
     }
     (proto, p)
+}
+
+/// A 20-byte TCP header (no options) whose data offset field says `offset` 32-bit words.
+fn tcp_header(sport: u16, dport: u16, flags: u8, offset: u8) -> Vec<u8> {
+    let mut h = vec![0u8; 20];
+    h[0..2].copy_from_slice(&sport.to_be_bytes());
+    h[2..4].copy_from_slice(&dport.to_be_bytes());
+    h[4..8].copy_from_slice(&0x1000_0000u32.to_be_bytes());
+    h[12] = offset << 4;
+    h[13] = flags;
+    h[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    h
 }
 
 fn pseudo_header(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> Vec<u8> {
