@@ -4,7 +4,8 @@
 //! - `image`: policy -> map content (pure); `maps`: typed maps, generation diff writes;
 //! - `datapath`: the loaded object and the two-generation install; `slots`: counter slots;
 //! - `attach`: bpffs, pinned links (live or dead), native/generic XDP; `counters`: labelled
-//!   counters; `samples`: drop samples from the ring buffer; `sys`: the raw BPF syscalls aya
+//!   counters; `options`: pin location and attach mode (environment); `samples`: drop samples
+//!   from the ring buffer; `sys`: the raw BPF syscalls aya
 //!   lacks (link info, batched array access).
 //!
 //! Everything is pinned under `<bpffs>/<name>/` (default `/sys/fs/bpf/nodewall/`, see
@@ -23,6 +24,7 @@ mod counters;
 mod datapath;
 mod image;
 mod maps;
+mod options;
 mod samples;
 mod slots;
 mod sys;
@@ -30,7 +32,7 @@ mod sys;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use nodewall_common::xdp::map_names;
 
 pub use attach::{ensure_bpffs, if_index, if_name, Attached, LinkState, XdpAttach};
@@ -39,65 +41,10 @@ pub use image::{Image, PortTable};
 pub use maps::{KernelGen, Maps, Writes};
 /// Drop samples each CPU hands the agent per second, at most.
 pub use nodewall_common::xdp::SAMPLES_PER_SECOND;
+pub use options::{XdpOptions, BPFFS_ENV, MODE_ENV};
 
 use crate::backend::{ApplyReport, Backend, Counters, DropSamples, Status};
 use crate::policy::Policy;
-
-#[derive(Clone, Debug)]
-pub struct XdpOptions {
-    /// Where a bpffs is (or gets mounted).
-    pub bpffs: PathBuf,
-    /// Directory under `bpffs` holding this agent's pins.
-    pub name: String,
-    pub attach: XdpAttach,
-}
-
-impl Default for XdpOptions {
-    fn default() -> Self {
-        Self {
-            bpffs: PathBuf::from("/sys/fs/bpf"),
-            name: "nodewall".into(),
-            attach: XdpAttach::Auto,
-        }
-    }
-}
-
-/// Environment variable: where the bpffs holding the pins is (default `/sys/fs/bpf`). For
-/// hosts whose bpffs is mounted elsewhere, and for tests: `ip netns exec` remounts `/sys`, so
-/// a process it starts does not see the host's `/sys/fs/bpf`.
-pub const BPFFS_ENV: &str = "NODEWALL_BPFFS";
-/// Environment variable: `auto` (default: native, else generic), `native` or `generic`.
-pub const MODE_ENV: &str = "NODEWALL_XDP_MODE";
-
-impl XdpOptions {
-    /// The defaults, overridden by [`BPFFS_ENV`] and [`MODE_ENV`]; a bad value is an error
-    /// naming the variable, so a typo never silently selects another mode.
-    pub fn from_env() -> Result<Self> {
-        Self::from_vars(
-            std::env::var_os(BPFFS_ENV).map(PathBuf::from),
-            std::env::var(MODE_ENV).ok(),
-        )
-    }
-
-    fn from_vars(bpffs: Option<PathBuf>, mode: Option<String>) -> Result<Self> {
-        let mut opts = Self::default();
-        if let Some(path) = bpffs {
-            if !path.is_absolute() {
-                bail!("{BPFFS_ENV}: {:?} is not an absolute path", path);
-            }
-            opts.bpffs = path;
-        }
-        if let Some(mode) = mode {
-            opts.attach = match mode.as_str() {
-                "auto" | "" => XdpAttach::Auto,
-                "native" => XdpAttach::Native,
-                "generic" => XdpAttach::Generic,
-                other => bail!("{MODE_ENV}: {other:?} is not one of auto, native, generic"),
-            };
-        }
-        Ok(opts)
-    }
-}
 
 pub struct XdpBackend {
     opts: XdpOptions,
@@ -314,41 +261,5 @@ impl Backend for XdpBackend {
             return Ok(None);
         }
         Ok(Some(Box::new(samples::RingSamples::open(&self.pin_dir())?)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn environment_overrides_bpffs_and_mode() {
-        let o = XdpOptions::from_vars(None, None).unwrap();
-        assert_eq!(
-            (o.bpffs, o.attach),
-            (PathBuf::from("/sys/fs/bpf"), XdpAttach::Auto)
-        );
-        let o = XdpOptions::from_vars(Some("/run/nw-bpf".into()), Some("generic".into())).unwrap();
-        assert_eq!(
-            (o.bpffs, o.attach),
-            (PathBuf::from("/run/nw-bpf"), XdpAttach::Generic)
-        );
-        let o = XdpOptions::from_vars(None, Some("native".into())).unwrap();
-        assert_eq!(o.attach, XdpAttach::Native);
-    }
-
-    #[test]
-    fn bad_environment_names_the_variable() {
-        let e = XdpOptions::from_vars(None, Some("driver".into()))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains(MODE_ENV) && e.contains("driver") && e.contains("native"),
-            "{e}"
-        );
-        let e = XdpOptions::from_vars(Some("bpf".into()), None)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains(BPFFS_ENV) && e.contains("absolute"), "{e}");
     }
 }
