@@ -5,8 +5,7 @@
 //! - `datapath`: the loaded object and the two-generation install; `slots`: counter slots;
 //! - `attach`: bpffs, pinned links (live or dead), native/generic XDP; `counters`: labelled
 //!   counters; `options`: pin location and attach mode (environment); `samples`: drop samples
-//!   from the ring buffer; `sys`: the raw BPF syscalls aya
-//!   lacks (link info, batched array access).
+//!   from the ring buffer; `sys`: the raw BPF syscalls aya lacks (link info, batched access).
 //!
 //! Everything is pinned under `<bpffs>/<name>/` (default `/sys/fs/bpf/nodewall/`, see
 //! [`XdpOptions::from_env`]): the maps, the two programs, and under `links/` one XDP and one
