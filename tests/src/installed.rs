@@ -142,14 +142,16 @@ pub fn unpin_xdp_link(node: &Netns) -> anyhow::Result<()> {
 }
 
 /// What `backend` installed, as text that must not change when nothing is re-installed: the
-/// whole ruleset with handles (nft); for XDP the link ids (a link re-created gets a new one),
+/// whole ruleset with handles, without counter values (nft); for XDP the link ids (a link re-created gets a new one),
 /// the attach mode, the switch and the generation headers, and the source tries. The XDP
 /// program's id is left out on purpose: every `nodewall apply` is a new process that loads its
 /// own copy of the same program and swaps it into the live links atomically (that swap is
 /// what lets a restarted agent take over without a gap).
 pub fn fingerprint(node: &Netns, backend: Backend) -> anyhow::Result<String> {
     if backend == Backend::Nft {
-        return node.exec("nft", &["-a", "list", "ruleset"]);
+        // Stateless: counters move with whatever the node receives (IPv6 autoconfiguration
+        // chatter on its veth), which is not a change of what is installed.
+        return node.exec("nft", &["-s", "-a", "list", "ruleset"]);
     }
     let mut out = format!("{:?}\n", xdp_attached(node, UPLINK)?.map(|(mode, _)| mode));
     for kind in ["xdp", "tc"] {
