@@ -31,8 +31,21 @@ pub mod map_names {
     pub const DROP_STATS: &str = "NW_DROP_STATS";
     pub const PASS_STATS: &str = "NW_PASS_STATS";
     pub const SLOT_NAMES: &str = "NW_SLOT_NAMES";
-    pub const ALL: [&str; 10] = [
-        SWITCH, CONFIG, SRC4, SRC6, PORTS, FLOWS, RULE_STATS, DROP_STATS, PASS_STATS, SLOT_NAMES,
+    pub const DROP_SAMPLES: &str = "NW_DROP_SAMPLES";
+    pub const SAMPLE_BUDGET: &str = "NW_SAMPLE_BUDGET";
+    pub const ALL: [&str; 12] = [
+        SWITCH,
+        CONFIG,
+        SRC4,
+        SRC6,
+        PORTS,
+        FLOWS,
+        RULE_STATS,
+        DROP_STATS,
+        PASS_STATS,
+        SLOT_NAMES,
+        DROP_SAMPLES,
+        SAMPLE_BUDGET,
     ];
 }
 
@@ -308,6 +321,42 @@ pub const FLOW_TIMEOUT_OTHER_NS: u64 = 600 * 1_000_000_000;
 pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
 pub const FLOW_TABLE_ENTRIES: u32 = 65536;
 
+/// One dropped (or, in audit mode, would-be dropped) packet, as the XDP program hands it to the
+/// agent through the `NW_DROP_SAMPLES` ring buffer. Ports are host-order; for ICMP, `sport` is
+/// the type and `dport` the code. A packet too malformed to parse leaves what it lacks at 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DropSample {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// As in [`drop_index`]: `DROP_CAUSE_DEFAULT`, `DROP_CAUSE_INVALID`, or a deny rule's slot
+    /// plus `DROP_CAUSE_RULE_BASE`.
+    pub cause: u32,
+    pub ifindex: u32,
+    pub sport: u16,
+    pub dport: u16,
+    /// `FAMILY_IPV4` / `FAMILY_IPV6`.
+    pub family: u8,
+    /// The IP protocol number (0 when the IP header itself was malformed).
+    pub proto: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Samples each CPU may emit per second: the kernel-side rate limit, so that a flood of drops
+/// costs the agent nothing beyond this.
+pub const SAMPLES_PER_SECOND: u32 = 20;
+/// Ring buffer size (a power of two, a multiple of the page size): room for ~5,000 samples.
+pub const SAMPLE_RING_BYTES: u32 = 256 * 1024;
+
+/// The per-CPU state of the sample rate limit (`NW_SAMPLE_BUDGET`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SampleBudget {
+    pub window_start_ns: u64,
+    pub taken: u32,
+    pub _pad: u32,
+}
+
 /// The LPM tries allocate on insert, so their size is only a ceiling.
 pub const SRC_TRIE_ENTRIES: u32 = 1 << 18;
 
@@ -320,6 +369,8 @@ mod pod {
     unsafe impl aya::Pod for Stat {}
     unsafe impl aya::Pod for SlotName {}
     unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for DropSample {}
+    unsafe impl aya::Pod for SampleBudget {}
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 mod flow;
 mod parse;
+mod sample;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
@@ -66,24 +67,23 @@ pub fn nodewall_xdp(ctx: XdpContext) -> u32 {
         return XDP_PASS;
     };
     let drop = if cfg.flags & flags::AUDIT != 0 { XDP_PASS } else { XDP_DROP };
-    match decide(&f, gen, cfg) {
+    let (cause, family, proto, len) = match decide(&f, gen, cfg) {
         Verdict::Pass(reason, len) => {
             bump(&NW_PASS_STATS, reason as u32, len);
-            XDP_PASS
+            return XDP_PASS;
         }
         Verdict::Rule { rule, family, proto, len } => {
             bump(&NW_RULE_STATS, rule.slot as u32, len);
             if rule.action == ACTION_ALLOW {
                 return XDP_PASS;
             }
-            bump(&NW_DROP_STATS, drop_index(DROP_CAUSE_RULE_BASE + rule.slot as u32, family, proto), len);
-            drop
+            (DROP_CAUSE_RULE_BASE + rule.slot as u32, family, proto, len)
         }
-        Verdict::Drop { cause, family, proto, len } => {
-            bump(&NW_DROP_STATS, drop_index(cause, family, proto), len);
-            drop
-        }
-    }
+        Verdict::Drop { cause, family, proto, len } => (cause, family, proto, len),
+    };
+    bump(&NW_DROP_STATS, drop_index(cause, family, proto), len);
+    sample::record(&ctx, &f, cause);
+    drop
 }
 
 /// The evaluation order of `nodewall::policy::evaluate`, step by step.

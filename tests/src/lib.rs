@@ -5,8 +5,10 @@
 //! real `nodewall` binary in the node namespace ([`nodewall`]), and checks what happens to real
 //! packets: real connections ([`traffic`]) and batches of hand-built probes whose fate an
 //! observer in the node records ([`probe`]). Every suite case runs once per datapath in
-//! [`Backend::ALL`] through [`backend_tests!`].
+//! [`Backend::ALL`] through [`backend_tests!`]: nftables, XDP in native mode and XDP in
+//! generic mode.
 
+pub mod installed;
 pub mod netns;
 pub mod nodewall;
 pub mod packet;
@@ -15,26 +17,43 @@ pub mod rng;
 pub mod topology;
 pub mod traffic;
 
-/// A datapath the suite runs against; the config's `backend:` selects it.
+/// A datapath the suite runs against; the config's `backend:` selects it, and for XDP the
+/// attach mode is forced through `NODEWALL_XDP_MODE`, so that both the driver path (native
+/// XDP on veth) and the generic (skb) path are exercised whatever `auto` would pick.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Nft,
+    XdpNative,
+    XdpGeneric,
 }
 
 impl Backend {
-    pub const ALL: [Backend; 1] = [Backend::Nft];
+    pub const ALL: [Backend; 3] = [Backend::Nft, Backend::XdpNative, Backend::XdpGeneric];
 
     /// The value of `backend:` in the config file.
     pub fn config_name(self) -> &'static str {
         match self {
             Backend::Nft => "nft",
+            Backend::XdpNative | Backend::XdpGeneric => "xdp",
         }
     }
 
     /// The value of `--backend` for `status` and `flush`.
     pub fn cli_name(self) -> &'static str {
+        self.config_name()
+    }
+
+    pub fn is_xdp(self) -> bool {
+        self != Backend::Nft
+    }
+
+    /// Environment every `nodewall` process of a test of this backend gets.
+    pub fn env(self) -> &'static [(&'static str, &'static str)] {
+        use ::nodewall::backend::xdp::MODE_ENV;
         match self {
-            Backend::Nft => "nft",
+            Backend::Nft => &[],
+            Backend::XdpNative => &[(MODE_ENV, "native")],
+            Backend::XdpGeneric => &[(MODE_ENV, "generic")],
         }
     }
 }
@@ -65,7 +84,8 @@ pub fn run_case(name: &str, case: fn(Backend) -> anyhow::Result<()>, backend: Ba
 }
 
 /// Generates, for each `fn NAME(backend: Backend) -> anyhow::Result<()>`, a module `NAME` with
-/// one `#[test]` per backend (`NAME::nft`; the XDP backends add theirs to the list here).
+/// one `#[test]` per backend of [`Backend::ALL`]: `NAME::nft`, `NAME::xdp_native`,
+/// `NAME::xdp_generic`.
 #[macro_export]
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
@@ -74,6 +94,14 @@ macro_rules! backend_tests {
                 #[test]
                 fn nft() {
                     $crate::run_case(stringify!($name), super::$name, $crate::Backend::Nft);
+                }
+                #[test]
+                fn xdp_native() {
+                    $crate::run_case(stringify!($name), super::$name, $crate::Backend::XdpNative);
+                }
+                #[test]
+                fn xdp_generic() {
+                    $crate::run_case(stringify!($name), super::$name, $crate::Backend::XdpGeneric);
                 }
             }
         )*

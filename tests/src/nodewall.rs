@@ -42,6 +42,8 @@ pub fn binary() -> anyhow::Result<PathBuf> {
 pub struct ConfigFile {
     dir: PathBuf,
     pub path: PathBuf,
+    /// The backend it was written for (its environment goes to `apply`), when known.
+    pub backend: Option<Backend>,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -56,7 +58,11 @@ impl ConfigFile {
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("config.yaml");
         std::fs::write(&path, yaml)?;
-        Ok(Self { dir, path })
+        Ok(Self {
+            dir,
+            path,
+            backend: None,
+        })
     }
 
     pub fn rewrite(&self, yaml: &str) -> anyhow::Result<()> {
@@ -148,19 +154,29 @@ impl Config {
     }
 
     pub fn write(&self) -> anyhow::Result<ConfigFile> {
-        ConfigFile::new(&self.yaml())
+        let mut file = ConfigFile::new(&self.yaml())?;
+        file.backend = Some(self.backend);
+        Ok(file)
     }
+}
+
+/// `nodewall` to run in `ns`, with the namespace's bpffs (`NODEWALL_BPFFS`) and `env`.
+pub fn command(ns: &Netns, env: &[(&str, &str)]) -> anyhow::Result<Command> {
+    let bin = binary()?;
+    let mut cmd = ns.command(bin.to_str().context("binary path is not UTF-8")?);
+    cmd.env(::nodewall::backend::xdp::BPFFS_ENV, ns.bpffs()?);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Ok(cmd)
 }
 
 /// `nodewall ARGS...` in `ns` with extra environment; returns the raw output (not checked).
 pub fn run(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Output> {
-    let bin = binary()?;
-    let mut cmd = ns.command(bin.to_str().context("binary path is not UTF-8")?);
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().context("running nodewall")
+    command(ns, env)?
+        .args(args)
+        .output()
+        .context("running nodewall")
 }
 
 fn checked(out: Output, what: &str) -> anyhow::Result<String> {
@@ -175,10 +191,21 @@ fn checked(out: Output, what: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `nodewall apply -c FILE --json` in the node namespace: the apply report.
+/// `nodewall apply -c FILE --json` in the node namespace, with the node's state directory:
+/// the apply report.
 pub fn apply(node: &Netns, config: &ConfigFile) -> anyhow::Result<Value> {
     let path = config.path.to_str().unwrap();
-    let out = run(node, &["apply", "-c", path, "--json"], &[])?;
+    let state = node.state_dir()?;
+    let args = [
+        "apply",
+        "-c",
+        path,
+        "--json",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    let env = config.backend.map(Backend::env).unwrap_or_default();
+    let out = run(node, &args, env)?;
     Ok(serde_json::from_str(&checked(out, "apply")?)?)
 }
 
@@ -187,13 +214,17 @@ pub fn status(node: &Netns, backend: Backend) -> anyhow::Result<Value> {
     let out = run(
         node,
         &["status", "--json", "--backend", backend.cli_name()],
-        &[],
+        backend.env(),
     )?;
     Ok(serde_json::from_str(&checked(out, "status")?)?)
 }
 
 pub fn flush(node: &Netns, backend: Backend) -> anyhow::Result<()> {
-    let out = run(node, &["flush", "--backend", backend.cli_name()], &[])?;
+    let out = run(
+        node,
+        &["flush", "--backend", backend.cli_name()],
+        backend.env(),
+    )?;
     checked(out, "flush").map(|_| ())
 }
 

@@ -27,6 +27,12 @@ pub enum L4 {
     Other {
         proto: u8,
     },
+    /// A TCP SYN whose header claims a data offset of 16 bytes, below TCP's 20-byte minimum:
+    /// malformed for conntrack (`invalid`) and for the XDP parser alike.
+    TcpBadOffset {
+        sport: u16,
+        dport: u16,
+    },
 }
 
 pub const TCP_SYN: u8 = 0x02;
@@ -84,16 +90,9 @@ fn transport(src: IpAddr, dst: IpAddr, l4: L4) -> (u8, Vec<u8>) {
             sport,
             dport,
             flags,
-        } => {
-            let mut h = vec![0u8; 20];
-            h[0..2].copy_from_slice(&sport.to_be_bytes());
-            h[2..4].copy_from_slice(&dport.to_be_bytes());
-            h[4..8].copy_from_slice(&0x1000_0000u32.to_be_bytes());
-            h[12] = 5 << 4;
-            h[13] = flags;
-            h[14..16].copy_from_slice(&64240u16.to_be_bytes());
-            (6, h, Some(16))
-        }
+        } => (6, tcp_header(sport, dport, flags, 5), Some(16)),
+        // A data offset of 4 words (16 bytes) in a 20-byte header.
+        L4::TcpBadOffset { sport, dport } => (6, tcp_header(sport, dport, TCP_SYN, 4), Some(16)),
         L4::Udp { sport, dport } => {
             let mut h = vec![0u8; 8];
             h[0..2].copy_from_slice(&sport.to_be_bytes());
@@ -129,6 +128,18 @@ fn transport(src: IpAddr, dst: IpAddr, l4: L4) -> (u8, Vec<u8>) {
         p[at..at + 2].copy_from_slice(&c.to_be_bytes());
     }
     (proto, p)
+}
+
+/// A 20-byte TCP header (no options) whose data offset field says `offset` 32-bit words.
+fn tcp_header(sport: u16, dport: u16, flags: u8, offset: u8) -> Vec<u8> {
+    let mut h = vec![0u8; 20];
+    h[0..2].copy_from_slice(&sport.to_be_bytes());
+    h[2..4].copy_from_slice(&dport.to_be_bytes());
+    h[4..8].copy_from_slice(&0x1000_0000u32.to_be_bytes());
+    h[12] = offset << 4;
+    h[13] = flags;
+    h[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    h
 }
 
 fn pseudo_header(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> Vec<u8> {

@@ -82,6 +82,12 @@ impl Probe {
                 v["port"] = json!(dport);
                 v["source_port"] = json!(sport);
             }
+            L4::TcpBadOffset { sport, dport } => {
+                v["protocol"] = json!("tcp");
+                v["port"] = json!(dport);
+                v["source_port"] = json!(sport);
+                v["state"] = json!("invalid");
+            }
             L4::Udp { sport, dport } => {
                 v["protocol"] = json!("udp");
                 v["port"] = json!(dport);
@@ -103,14 +109,18 @@ impl Probe {
     }
 }
 
+/// Records (source, tag) of what got through. The source is part of the key because the node
+/// also receives packets that are not probes while a batch runs (RSTs from peers answering the
+/// node's replies, ICMP errors from the fabric for unreachable probe sources), each with an IP
+/// ID or flow label of its own that could equal a probe's tag.
 const OBSERVER: &str = "
 table inet nwtest {
-	set seen4 { typeof ip id; flags dynamic; size 65535; }
-	set seen6 { typeof ip6 flowlabel; flags dynamic; size 65535; }
+	set seen4 { typeof ip saddr . ip id; flags dynamic; size 65535; }
+	set seen6 { typeof ip6 saddr . ip6 flowlabel; flags dynamic; size 65535; }
 	chain observe {
 		type filter hook prerouting priority -140; policy accept;
-		iifname \"eth0\" meta nfproto ipv4 add @seen4 { ip id }
-		iifname \"eth0\" meta nfproto ipv6 add @seen6 { ip6 flowlabel }
+		iifname \"eth0\" meta nfproto ipv4 add @seen4 { ip saddr . ip id }
+		iifname \"eth0\" meta nfproto ipv6 add @seen6 { ip6 saddr . ip6 flowlabel }
 	}
 }
 ";
@@ -205,11 +215,8 @@ impl<'t> Prober<'t> {
             .iter()
             .zip(tags)
             .map(|(p, t)| {
-                if p.src.is_ipv6() {
-                    seen6.contains(&t)
-                } else {
-                    seen4.contains(&t)
-                }
+                let seen = if p.src.is_ipv6() { &seen6 } else { &seen4 };
+                seen.contains(&(p.src, t))
             })
             .collect())
     }
@@ -223,7 +230,7 @@ impl<'t> Prober<'t> {
         Ok(())
     }
 
-    fn seen(&self, set: &str) -> anyhow::Result<HashSet<u32>> {
+    fn seen(&self, set: &str) -> anyhow::Result<HashSet<(IpAddr, u32)>> {
         let text = self
             .topo
             .node
@@ -232,8 +239,10 @@ impl<'t> Prober<'t> {
         let mut out = HashSet::new();
         for item in v["nftables"].as_array().into_iter().flatten() {
             for e in item["set"]["elem"].as_array().into_iter().flatten() {
-                if let Some(n) = e.as_u64() {
-                    out.insert(n as u32);
+                let pair = &e["concat"];
+                let addr = pair[0].as_str().and_then(|a| a.parse::<IpAddr>().ok());
+                if let (Some(addr), Some(tag)) = (addr, pair[1].as_u64()) {
+                    out.insert((addr, tag as u32));
                 }
             }
         }

@@ -178,6 +178,19 @@ impl Topology {
     }
 }
 
+/// A namespace of its own with an uplink `eth0` (a veth whose peer `eth0p` stays in the same
+/// namespace), for tests that need a node to install on but no traffic: XDP attaches to
+/// interfaces, so it needs one to exist, and native XDP needs a driver that supports it.
+pub fn lone_node(role: &str) -> anyhow::Result<Netns> {
+    let ns = Netns::new(role)?;
+    ns.ip(&[
+        "link", "add", UPLINK, "type", "veth", "peer", "name", "eth0p",
+    ])?;
+    ns.ip(&["link", "set", UPLINK, "up"])?;
+    ns.ip(&["link", "set", "eth0p", "up"])?;
+    Ok(ns)
+}
+
 /// A veth pair created directly inside the two namespaces (never in the root namespace).
 fn link(
     a: (&Netns, &str, Option<[u8; 6]>),

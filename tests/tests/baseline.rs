@@ -177,7 +177,8 @@ fn real_connections(backend: Backend) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Only the uplink is filtered: the local pod (on cni0) and loopback reach every port.
+/// Only the uplink is filtered: the local pod (on cni0) and loopback reach every port. (nft
+/// matches the input interface; XDP is attached to the uplinks only.)
 fn only_uplinks_are_filtered(backend: Backend) -> anyhow::Result<()> {
     let topo = Topology::new()?;
     let topo = &topo;
@@ -210,7 +211,9 @@ fn only_uplinks_are_filtered(backend: Backend) -> anyhow::Result<()> {
     checks.run()
 }
 
-/// Traffic forwarded to a pod on this node arrives on the uplink and meets the same baseline.
+/// Traffic forwarded to a pod on this node arrives on the uplink and meets the same baseline:
+/// nft filters at prerouting, before the routing decision; XDP sees every packet arriving on
+/// the interface, whatever its destination.
 fn forwarded_traffic_to_pods_is_filtered(backend: Backend) -> anyhow::Result<()> {
     let topo = Topology::new()?;
     let topo = &topo;

@@ -18,8 +18,15 @@ use nodewall_netns_tests::{backend_tests, Backend};
 
 const WEB: &str = "  - name: web-from-internet\n    action: allow\n    protocol: tcp\n    ports: [\"8080\"]\n    from: [\"198.19.0.0/24\"]";
 
-fn nodewall(node: &Netns, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Output> {
-    let out = run(node, args, env)?;
+/// `nodewall ARGS` in `node` with `env` and the backend's own environment.
+fn nodewall(
+    node: &Netns,
+    backend: Backend,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<Output> {
+    let env: Vec<(&str, &str)> = backend.env().iter().chain(env).copied().collect();
+    let out = run(node, args, &env)?;
     eprintln!(
         "nodewall {}: {}\n{}{}",
         args.join(" "),
@@ -52,9 +59,9 @@ fn confirm_or_roll_back(backend: Backend) -> anyhow::Result<()> {
     let apply = |cfg: &str, extra: &[&str]| {
         let mut args = vec!["apply", "-c", cfg, "--state-dir", state];
         args.extend_from_slice(extra);
-        nodewall(&topo.node, &args, &[])
+        nodewall(&topo.node, backend, &args, &[])
     };
-    let confirm = || nodewall(&topo.node, &["confirm", "--state-dir", state], &[]);
+    let confirm = || nodewall(&topo.node, backend, &["confirm", "--state-dir", state], &[]);
 
     let out = apply(open_cfg, &[])?;
     ensure!(
@@ -115,6 +122,7 @@ fn refuses_to_cut_the_ssh_session(backend: Backend) -> anyhow::Result<()> {
 
     let out = nodewall(
         &topo.node,
+        backend,
         &["apply", "-c", cfg, "--state-dir", state],
         &env,
     )?;
@@ -124,13 +132,14 @@ fn refuses_to_cut_the_ssh_session(backend: Backend) -> anyhow::Result<()> {
         "the refusal names the session and the way out"
     );
     ensure!(
-        !daemon_support::table_present(&topo.node),
+        !nodewall_netns_tests::installed::present(&topo.node, backend),
         "nothing was applied"
     );
     // From the cluster network, SSH is allowed by tke-node (all traffic from the cluster).
     let allowed = format!("{} 50022 {} 22", topo.cluster.v4, node_addr(false));
     let out = nodewall(
         &topo.node,
+        backend,
         &["apply", "-c", cfg, "--state-dir", state],
         &[("SSH_CONNECTION", allowed.as_str())],
     )?;
@@ -140,6 +149,7 @@ fn refuses_to_cut_the_ssh_session(backend: Backend) -> anyhow::Result<()> {
     );
     let out = nodewall(
         &topo.node,
+        backend,
         &["apply", "-c", cfg, "--state-dir", state, "--force"],
         &env,
     )?;
@@ -151,13 +161,14 @@ fn one_agent_per_node(backend: Backend) -> anyhow::Result<()> {
     let topo = Topology::new()?;
     let (dir, config) =
         TempDir::with_config("lock", &Config::new(backend, Some("tke-node")).yaml())?;
-    let agent = Agent::start(&topo.node, &config, &dir, &[])?;
+    let agent = Agent::start(&topo.node, backend, &config, &dir, &[])?;
     let cfg = config.to_str().unwrap();
     let state = agent.state_dir.to_str().unwrap();
     let holder = format!("pid {}", agent.pid());
 
     let out = nodewall(
         &topo.node,
+        backend,
         &[
             "run",
             "-c",
@@ -174,7 +185,12 @@ fn one_agent_per_node(backend: Backend) -> anyhow::Result<()> {
         stderr(&out).contains("another nodewall") && stderr(&out).contains(&holder),
         "and names the running one"
     );
-    let out = nodewall(&topo.node, &["apply", "-c", cfg, "--state-dir", state], &[])?;
+    let out = nodewall(
+        &topo.node,
+        backend,
+        &["apply", "-c", cfg, "--state-dir", state],
+        &[],
+    )?;
     ensure!(
         out.status.code() == Some(1) && stderr(&out).contains(&holder),
         "apply is refused while the agent runs"

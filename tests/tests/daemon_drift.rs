@@ -10,7 +10,7 @@ use daemon_support::{table_present, wait_until, Agent, TempDir};
 use nodewall_netns_tests::nodewall::Config;
 use nodewall_netns_tests::topology::{node_addr, Topology};
 use nodewall_netns_tests::traffic::{tcp_ok, Server};
-use nodewall_netns_tests::{backend_tests, Backend};
+use nodewall_netns_tests::{backend_tests, installed, Backend};
 
 const REPAIR_WITHIN: Duration = Duration::from_secs(2);
 
@@ -21,6 +21,10 @@ fn sabotage(topo: &Topology, backend: Backend) -> anyhow::Result<()> {
             topo.node
                 .exec("nft", &["delete", "table", "inet", "nodewall"])?;
         }
+        // `ip link set dev eth0 xdp off` is refused for a link-based attachment (EBUSY); an
+        // operator detaches the link (it stays pinned, dead) or removes its pin.
+        Backend::XdpNative => installed::detach_xdp_link(&topo.node)?,
+        Backend::XdpGeneric => installed::unpin_xdp_link(&topo.node)?,
     }
     Ok(())
 }
@@ -29,6 +33,7 @@ fn sabotage(topo: &Topology, backend: Backend) -> anyhow::Result<()> {
 fn installed(topo: &Topology, backend: Backend) -> bool {
     match backend {
         Backend::Nft => table_present(&topo.node),
+        Backend::XdpNative | Backend::XdpGeneric => installed::present(&topo.node, backend),
     }
 }
 
@@ -37,7 +42,7 @@ fn drift_is_repaired(backend: Backend) -> anyhow::Result<()> {
     let _kubelet = Server::tcp(&topo.node, 10250)?;
     let (dir, config) =
         TempDir::with_config("drift", &Config::new(backend, Some("tke-node")).yaml())?;
-    let agent = Agent::start(&topo.node, &config, &dir, &[])?;
+    let agent = Agent::start(&topo.node, backend, &config, &dir, &[])?;
     let kubelet_from_internet = || tcp_ok(&topo.internet.ns, node_addr(false), 10250);
     ensure!(
         !kubelet_from_internet(),

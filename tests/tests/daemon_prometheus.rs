@@ -110,7 +110,7 @@ fn prometheus_scrapes_the_drops(backend: Backend) -> anyhow::Result<()> {
     let topo = Topology::new()?;
     let (dir, config) =
         TempDir::with_config("prometheus", &Config::new(backend, Some("tke-node")).yaml())?;
-    let agent = Agent::start(&topo.node, &config, &dir, &[])?;
+    let agent = Agent::start(&topo.node, backend, &config, &dir, &[])?;
     let Some(prom) = Prometheus::start(&topo.node, &dir)? else {
         return Ok(());
     };

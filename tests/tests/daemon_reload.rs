@@ -41,7 +41,7 @@ fn reload_on_file_change(backend: Backend) -> anyhow::Result<()> {
     let _web = Server::tcp(&topo.node, PORT)?;
     let (closed, open) = configs(backend);
     let (dir, config) = TempDir::with_config("reload", &closed)?;
-    let agent = Agent::start(&topo.node, &config, &dir, &[])?;
+    let agent = Agent::start(&topo.node, backend, &config, &dir, &[])?;
     ensure!(
         web_closed(&topo),
         "tcp/8080 from the internet is dropped at first"
@@ -93,7 +93,7 @@ fn reload_on_configmap_swap(backend: Backend) -> anyhow::Result<()> {
     std::fs::write(mount.join("..2026_01/config.yaml"), &closed)?;
     std::os::unix::fs::symlink("..2026_01", mount.join("..data"))?;
     std::os::unix::fs::symlink("..data/config.yaml", mount.join("config.yaml"))?;
-    let _agent = Agent::start(&topo.node, &mount.join("config.yaml"), &dir, &[])?;
+    let _agent = Agent::start(&topo.node, backend, &mount.join("config.yaml"), &dir, &[])?;
     ensure!(web_closed(&topo), "dropped at first");
 
     configmap_swap(&mount, "..2026_01", "..2026_02", &open)?;
@@ -114,7 +114,7 @@ fn invalid_reload_keeps_the_running_policy(backend: Backend) -> anyhow::Result<(
     let _web = Server::tcp(&topo.node, PORT)?;
     let (_, open) = configs(backend);
     let (dir, config) = TempDir::with_config("invalid", &open)?;
-    let agent = Agent::start(&topo.node, &config, &dir, &[])?;
+    let agent = Agent::start(&topo.node, backend, &config, &dir, &[])?;
     ensure!(web_open(&topo), "allowed by the running policy");
 
     let broken = open.replace("ports: [\"8080\"]", "ports: [\"80800\"]");
@@ -158,7 +158,7 @@ fn sighup_reapplies(backend: Backend) -> anyhow::Result<()> {
     let topo = Topology::new()?;
     let (closed, _) = configs(backend);
     let (dir, config) = TempDir::with_config("sighup", &closed)?;
-    let agent = Agent::start(&topo.node, &config, &dir, &[])?;
+    let agent = Agent::start(&topo.node, backend, &config, &dir, &[])?;
     let before = agent
         .metric("nodewall_apply_duration_seconds_count")
         .unwrap_or(0.0);

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use daemon_support::{table_present, Agent, TempDir};
+use daemon_support::{Agent, TempDir};
+use nodewall_netns_tests::installed::present;
 use nodewall_netns_tests::nodewall::Config;
 use nodewall_netns_tests::topology::{node_addr, Topology};
 use nodewall_netns_tests::{backend_tests, Backend};
@@ -152,7 +153,7 @@ fn kill9_then_restart_has_no_gap(backend: Backend) -> anyhow::Result<()> {
 
     let (dir, config) =
         TempDir::with_config("restart", &Config::new(backend, Some("tke-node")).yaml())?;
-    let mut first = Agent::start(&topo.node, &config, &dir, &[])?;
+    let mut first = Agent::start(&topo.node, backend, &config, &dir, &[])?;
     let baseline = counter.get();
     blast(&topo, 20, Duration::from_millis(2))?;
     std::thread::sleep(Duration::from_millis(100));
@@ -181,12 +182,12 @@ fn kill9_then_restart_has_no_gap(backend: Backend) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(300));
     first.stop_with(libc::SIGKILL)?;
     ensure!(
-        table_present(&topo.node),
+        present(&topo.node, backend),
         "kill -9 leaves the policy installed"
     );
     std::thread::sleep(Duration::from_millis(300));
     let t = Instant::now();
-    let second = Agent::start(&topo.node, &config, &dir, &[])?;
+    let second = Agent::start(&topo.node, backend, &config, &dir, &[])?;
     eprintln!("restart to ready: {} ms", t.elapsed().as_millis());
     std::thread::sleep(Duration::from_millis(500));
     sending.store(false, Ordering::Relaxed);
@@ -224,11 +225,11 @@ fn sigterm_keeps_the_policy_and_flush_on_exit_removes_it(backend: Backend) -> an
     let topo = Topology::new()?;
     let (dir, config) =
         TempDir::with_config("exit", &Config::new(backend, Some("tke-node")).yaml())?;
-    let mut agent = Agent::start(&topo.node, &config, &dir, &[])?;
+    let mut agent = Agent::start(&topo.node, backend, &config, &dir, &[])?;
     let status = agent.stop_with(libc::SIGTERM)?;
     ensure!(status.success(), "SIGTERM: clean exit ({status})");
     ensure!(
-        table_present(&topo.node),
+        present(&topo.node, backend),
         "SIGTERM leaves the policy installed"
     );
     ensure!(
@@ -236,11 +237,11 @@ fn sigterm_keeps_the_policy_and_flush_on_exit_removes_it(backend: Backend) -> an
         "and says so"
     );
 
-    let mut agent = Agent::start(&topo.node, &config, &dir, &["--flush-on-exit"])?;
+    let mut agent = Agent::start(&topo.node, backend, &config, &dir, &["--flush-on-exit"])?;
     let status = agent.stop_with(libc::SIGTERM)?;
     ensure!(status.success(), "--flush-on-exit: clean exit ({status})");
     ensure!(
-        !table_present(&topo.node),
+        !present(&topo.node, backend),
         "--flush-on-exit removes the policy"
     );
     Ok(())

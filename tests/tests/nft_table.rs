@@ -1,6 +1,12 @@
 //! nftables specifics: the installed table is exactly what `nodewall render` prints, a changed
 //! CIDR touches only its own set, and a batch the kernel rejects leaves everything in place
 //! and names the offending object.
+//!
+//! nft only, by nature: `render` prints an nft script and there is no table to list under XDP.
+//! The XDP counterparts are elsewhere: what an XDP apply writes is checked entry by entry in
+//! the agent's own tests (`agent/tests/xdp_testrun.rs`, through BPF_PROG_TEST_RUN), the
+//! diff-only re-apply in `apply_time.rs`, and a refused apply leaving the previous policy in
+//! place in `xdp_testrun.rs` (`too_many_rules_is_refused_and_nothing_changes`).
 
 use nodewall_netns_tests::netns::Netns;
 use nodewall_netns_tests::nodewall::{self, apply, Config};

@@ -4,6 +4,7 @@
 //! to. Expected outcomes come from `nodewall explain`.
 
 use nodewall::profiles;
+use nodewall_netns_tests::installed::describe;
 use nodewall_netns_tests::nodewall::{apply, explain, Config};
 use nodewall_netns_tests::probe::Probe;
 use nodewall_netns_tests::topology::{node_addr, Topology};
@@ -11,7 +12,8 @@ use nodewall_netns_tests::traffic::{tcp_ok, udp_ok, Checks, Server};
 use nodewall_netns_tests::{backend_tests, Backend};
 
 /// The node's own TCP and UDP (DNS to an upstream) connections to the internet get their
-/// answers; the same ports opened from the internet side are new connections.
+/// answers; the same ports opened from the internet side are new connections. (nft: conntrack;
+/// XDP: the flow table its TC egress program fills from the node's outbound packets.)
 fn return_traffic_passes(backend: Backend) -> anyhow::Result<()> {
     let topo = Topology::new()?;
     let topo = &topo;
@@ -56,7 +58,9 @@ fn return_traffic_passes(backend: Backend) -> anyhow::Result<()> {
                 move || udp_ok(&topo.internet.ns, node, 53),
             );
         }
-        checks.run()?;
+        checks
+            .run()
+            .map_err(|e| e.context(describe(&topo.node, backend)))?;
     }
     Ok(())
 }
@@ -80,6 +84,8 @@ table ip6 kube-nat6 {
 }
 ";
 
+/// nft's chain runs at prerouting before DNAT (priority -150 < dstnat); XDP runs before the
+/// stack, so it only ever sees the original port.
 fn nodeport_matches_the_original_port(backend: Backend) -> anyhow::Result<()> {
     let topo = Topology::new()?;
     let topo = &topo;
@@ -124,7 +130,9 @@ fn nodeport_matches_the_original_port(backend: Backend) -> anyhow::Result<()> {
                 move || tcp_ok(&peer.ns, node_addr(v6), port),
             );
         }
-        checks.run()?;
+        checks
+            .run()
+            .map_err(|e| e.context(describe(&topo.node, backend)))?;
     }
     anyhow::ensure!(
         checked_29999_drop,

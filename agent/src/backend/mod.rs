@@ -6,11 +6,13 @@ pub mod interfaces;
 pub mod nft;
 pub mod xdp;
 
+use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::config::Action;
+use crate::metrics::drops::DropEvent;
 use crate::policy::Policy;
 
 /// Packets and bytes seen by one rule (allow or deny), monotonic for the life of the node.
@@ -90,6 +92,22 @@ pub trait Backend {
             && have == want
             && status.rules.iter().eq(policy.rules.iter().map(|r| &r.name)))
     }
+
+    /// Dropped-packet samples that the datapath hands to this process, to be read off the
+    /// backend thread; asked for once the policy is installed. `None` (the default) when the
+    /// backend has none of its own: the nft backend's samples go to NFLOG, which the daemon
+    /// reads directly.
+    fn drop_samples(&mut self) -> anyhow::Result<Option<Box<dyn DropSamples>>> {
+        Ok(None)
+    }
+}
+
+/// A stream of dropped-packet samples (see [`Backend::drop_samples`]).
+pub trait DropSamples: Send {
+    /// Readable when samples are waiting.
+    fn fd(&self) -> BorrowedFd<'_>;
+    /// Every sample waiting now.
+    fn drain(&mut self) -> Vec<DropEvent>;
 }
 
 mod secs {

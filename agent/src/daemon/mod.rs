@@ -14,6 +14,7 @@ mod http;
 pub mod lock;
 pub mod lockout;
 pub mod nflog;
+mod samples;
 pub mod source;
 pub mod state;
 pub mod watch;
@@ -137,6 +138,7 @@ impl Daemon {
         if worker.backend_name() == "nft" {
             nflog::spawn_sampler(metrics.clone());
         }
+        let (sample_worker, sample_metrics) = (worker.clone(), metrics.clone());
         let cx = Context {
             config: opts.config,
             parser,
@@ -148,6 +150,8 @@ impl Daemon {
         };
         let mut control = Control::new(cx, desired);
         control.start().await;
+        // After the first apply: that is what creates the XDP ring buffer.
+        samples::spawn_sampler(&sample_worker, sample_metrics).await;
         let (tx, events) = mpsc::unbounded_channel();
         let daemon = Daemon {
             control,

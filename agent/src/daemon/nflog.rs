@@ -31,28 +31,47 @@ pub fn spawn_sampler(metrics: std::sync::Arc<Metrics>) {
         }
     };
     super::spawn(async move {
-        let mut limit = RateLimit::new(LOG_RATE, LOG_BURST, std::time::Instant::now());
+        let mut log = SampleLog::new(metrics);
         loop {
-            let events = match sock.recv().await {
-                Ok(ev) => ev,
+            match sock.recv().await {
+                Ok(events) => log.record(events),
                 Err(e) => {
                     tracing::warn!(error = %e, "drop sampling stopped: NFLOG read failed");
                     return;
                 }
-            };
-            let now = std::time::Instant::now();
-            for event in events {
-                let logged = limit.allow(now);
-                metrics.drop_sampled(logged);
-                if logged {
-                    event.log();
-                }
-            }
-            if let Some(n) = limit.take_suppressed(now, SUPPRESSED_REPORT) {
-                tracing::info!(suppressed = n, "drop samples not logged (rate limit)");
             }
         }
     });
+}
+
+/// Drop samples -> log lines, rate-limited, each counted as logged or suppressed. Shared by
+/// every source of samples (NFLOG here, a backend's own in `daemon::samples`).
+pub(super) struct SampleLog {
+    limit: RateLimit,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl SampleLog {
+    pub(super) fn new(metrics: std::sync::Arc<Metrics>) -> Self {
+        Self {
+            limit: RateLimit::new(LOG_RATE, LOG_BURST, std::time::Instant::now()),
+            metrics,
+        }
+    }
+
+    pub(super) fn record(&mut self, events: Vec<DropEvent>) {
+        let now = std::time::Instant::now();
+        for event in events {
+            let logged = self.limit.allow(now);
+            self.metrics.drop_sampled(logged);
+            if logged {
+                event.log();
+            }
+        }
+        if let Some(n) = self.limit.take_suppressed(now, SUPPRESSED_REPORT) {
+            tracing::info!(suppressed = n, "drop samples not logged (rate limit)");
+        }
+    }
 }
 
 const NFNL_SUBSYS_ULOG: u16 = 4;

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use nodewall_netns_tests::netns::Netns;
-use nodewall_netns_tests::nodewall::binary;
+use nodewall_netns_tests::nodewall::command;
+use nodewall_netns_tests::Backend;
 
 pub const METRICS: &str = "127.0.0.1:9469";
 
@@ -53,14 +54,16 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent on `config` in `node` (state under `dir`) and waits until `/readyz`.
+    /// Starts the agent on `config` in `node` (state under `dir`, the environment of
+    /// `backend`) and waits until `/readyz`.
     pub fn start(
         node: &Netns,
+        backend: Backend,
         config: &Path,
         dir: &TempDir,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
-        let agent = Self::spawn(node, config, dir, extra)?;
+        let agent = Self::spawn(node, backend, config, dir, extra)?;
         agent.wait_ready(Duration::from_secs(10))?;
         Ok(agent)
     }
@@ -68,6 +71,7 @@ impl Agent {
     /// Starts the agent without waiting for it.
     pub fn spawn(
         node: &Netns,
+        backend: Backend,
         config: &Path,
         dir: &TempDir,
         extra: &[&str],
@@ -79,9 +83,7 @@ impl Agent {
             .create(true)
             .append(true)
             .open(&log_path)?;
-        let bin = binary()?;
-        let child = node
-            .command(bin.to_str().context("binary path")?)
+        let child = command(node, backend.env())?
             .args(["run", "-c"])
             .arg(config)
             .arg("--state-dir")

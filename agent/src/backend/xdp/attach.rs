@@ -14,6 +14,7 @@ use aya::programs::{TcAttachType, XdpMode};
 use tracing::{info, warn};
 
 use super::datapath::Datapath;
+use super::sys;
 
 /// Where XDP runs on an interface.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -115,6 +116,29 @@ pub fn remove_pin(path: &Path) -> Result<()> {
     }
 }
 
+/// What a pinned link is, as far as enforcement goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    /// Nothing pinned.
+    Missing,
+    /// Pinned, but detached (`bpftool link detach`, the device went away) or not a link of
+    /// the expected kind on the expected interface: it enforces nothing.
+    Dead,
+    /// Attached to the interface, running this program.
+    Live { prog_id: u32 },
+}
+
+/// How [`Links::attach`] made a program run on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// The pinned link already ran this program.
+    Already,
+    /// The program was swapped into a live pinned link (an earlier agent's): no gap.
+    Swapped,
+    /// A new link, in this XDP mode (a dead pinned link is replaced this way).
+    New(XdpMode),
+}
+
 /// The pinned links of one pin directory: `links/xdp-<ifindex>` and `links/tc-<ifindex>`.
 pub struct Links {
     dir: PathBuf,
@@ -135,8 +159,8 @@ impl Links {
         self.dir.join(format!("tc-{ifindex}"))
     }
 
-    /// Interface indexes with a pinned XDP link.
-    pub fn attached(&self) -> Result<Vec<u32>> {
+    /// Interface indexes with a pinned XDP link (live or not).
+    pub fn pinned(&self) -> Result<Vec<u32>> {
         let mut out = Vec::new();
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,
@@ -157,16 +181,35 @@ impl Links {
         Ok(out)
     }
 
-    /// Makes both programs of `dp` run on `ifindex`: a pinned link gets the program swapped
-    /// in atomically, otherwise a new link is created and pinned. Returns the XDP mode used
-    /// for a new link (`None` when an existing link was reused).
+    /// Interface indexes whose pinned XDP link is attached: where XDP enforces.
+    pub fn live(&self) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        for index in self.pinned()? {
+            if matches!(self.xdp_state(index)?, LinkState::Live { .. }) {
+                out.push(index);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn xdp_state(&self, ifindex: u32) -> Result<LinkState> {
+        link_state(&self.xdp_pin(ifindex), sys::BPF_LINK_TYPE_XDP, ifindex)
+    }
+
+    pub fn tc_state(&self, ifindex: u32) -> Result<LinkState> {
+        link_state(&self.tc_pin(ifindex), sys::BPF_LINK_TYPE_TCX, ifindex)
+    }
+
+    /// Makes both programs of `dp` run on `ifindex`: a live pinned link gets the program
+    /// swapped in atomically, a dead one is replaced, otherwise a new link is created and
+    /// pinned. Returns how the XDP program got there.
     pub fn attach(
         &self,
         dp: &mut Datapath,
         ifname: &str,
         ifindex: u32,
         mode: XdpAttach,
-    ) -> Result<Option<XdpMode>> {
+    ) -> Result<Attached> {
         fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating {}", self.dir.display()))?;
         let used = self.attach_xdp(dp, ifname, ifindex, mode)?;
@@ -180,17 +223,19 @@ impl Links {
         ifname: &str,
         ifindex: u32,
         mode: XdpAttach,
-    ) -> Result<Option<XdpMode>> {
+    ) -> Result<Attached> {
         let pin = self.xdp_pin(ifindex);
         let prog = dp.xdp()?;
-        let swapped = swap_pinned(&pin, |link| {
+        let ours = prog.info()?.id();
+        let state = self.xdp_state(ifindex)?;
+        let reused = reuse_pinned(&pin, state, ours, "XDP", ifname, |link| {
             let id = prog
                 .attach_to_link(XdpLink::try_from(link)?)
                 .with_context(|| format!("{ifname}: replacing the XDP program"))?;
             Ok(FdLink::try_from(prog.take_link(id)?)?)
         })?;
-        if swapped {
-            return Ok(None);
+        if let Some(done) = reused {
+            return Ok(done);
         }
         let (id, used) = match mode {
             XdpAttach::Native => (
@@ -216,19 +261,21 @@ impl Links {
             format!("{ifname}: the kernel attached XDP without a BPF link (Linux >= 5.9 needed)")
         })?;
         pin_link(link, &pin)?;
-        Ok(Some(used))
+        Ok(Attached::New(used))
     }
 
     fn attach_tc(&self, dp: &mut Datapath, ifname: &str, ifindex: u32) -> Result<()> {
         let pin = self.tc_pin(ifindex);
         let prog = dp.egress()?;
-        let swapped = swap_pinned(&pin, |link| {
+        let ours = prog.info()?.id();
+        let state = self.tc_state(ifindex)?;
+        let reused = reuse_pinned(&pin, state, ours, "TC egress", ifname, |link| {
             let id = prog
                 .attach_to_link(SchedClassifierLink::try_from(link)?)
                 .with_context(|| format!("{ifname}: replacing the TC egress program"))?;
             Ok(FdLink::try_from(prog.take_link(id)?)?)
         })?;
-        if swapped {
+        if reused.is_some() {
             return Ok(());
         }
         let id = prog
@@ -258,17 +305,59 @@ impl Links {
     }
 }
 
-/// If `pin` holds a link, hands it to `swap` (which puts this process's program in it with
-/// `bpf_link_update`: no moment without a program) and pins the result again.
-fn swap_pinned(pin: &Path, swap: impl FnOnce(FdLink) -> Result<FdLink>) -> Result<bool> {
-    if !pin.exists() {
-        return Ok(false);
+/// The state of the link pinned at `pin`, expected to be of `link_type` on `ifindex`.
+fn link_state(pin: &Path, link_type: u32, ifindex: u32) -> Result<LinkState> {
+    let Some(fd) = sys::obj_get(pin)? else {
+        return Ok(LinkState::Missing);
+    };
+    let info = sys::link_info(&fd)?;
+    Ok(if info.link_type == link_type && info.ifindex == ifindex {
+        LinkState::Live {
+            prog_id: info.prog_id,
+        }
+    } else {
+        LinkState::Dead
+    })
+}
+
+/// Settles the link of `what` pinned at `pin` (in `state`) for this process's program `ours`:
+/// `Some` when the pinned link now runs it (it already did, or `swap` put it in a live link of
+/// an earlier agent), `None` when a new link is needed (nothing pinned, or a dead link, which
+/// is unpinned here).
+fn reuse_pinned(
+    pin: &Path,
+    state: LinkState,
+    ours: u32,
+    what: &str,
+    ifname: &str,
+    swap: impl FnOnce(FdLink) -> Result<FdLink>,
+) -> Result<Option<Attached>> {
+    match state {
+        LinkState::Live { prog_id } if prog_id == ours => Ok(Some(Attached::Already)),
+        LinkState::Live { .. } => {
+            swap_pinned(pin, swap)?;
+            Ok(Some(Attached::Swapped))
+        }
+        LinkState::Dead => {
+            warn!(
+                interface = ifname,
+                link = what,
+                "the pinned link was detached; attaching anew"
+            );
+            remove_pin(pin)?;
+            Ok(None)
+        }
+        LinkState::Missing => Ok(None),
     }
+}
+
+/// Hands the live link pinned at `pin` to `swap` (which puts this process's program in it
+/// with `bpf_link_update`: no moment without a program) and pins the result again.
+fn swap_pinned(pin: &Path, swap: impl FnOnce(FdLink) -> Result<FdLink>) -> Result<()> {
     let link = PinnedLink::from_pin(pin)?
         .unpin()
         .with_context(|| format!("unpinning {}", pin.display()))?;
-    pin_link(swap(link)?, pin)?;
-    Ok(true)
+    pin_link(swap(link)?, pin)
 }
 
 fn pin_link(link: FdLink, pin: &Path) -> Result<()> {

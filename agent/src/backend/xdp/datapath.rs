@@ -98,9 +98,45 @@ impl Datapath {
         self.switch.generation
     }
 
+    /// Whether the maps still hold what this process last published: the switch and the
+    /// active generation's header (two lookups, cheap enough for a check every second). Source
+    /// and port entries are not re-read here: that is up to 2 x 65,536 lookups, and only a
+    /// deliberate `bpftool map update` could change them.
+    pub fn kernel_matches(&self) -> Result<bool> {
+        if self.maps.read_switch()? != self.switch {
+            return Ok(false);
+        }
+        let active = self.switch.active & 1;
+        Ok(self.maps.read_config(active)? == self.shadow[active as usize].config)
+    }
+
+    /// After someone else wrote the maps: learn what they hold, so that the next install
+    /// computes its differences from the truth and publishes again.
+    fn resync(&mut self) -> Result<()> {
+        let sw = self.maps.read_switch()?;
+        self.shadow = [self.maps.read_gen(0)?, self.maps.read_gen(1)?];
+        self.switch = Switch {
+            // An unknown layout is treated as nothing installed: both generations get rewritten.
+            layout: if sw.layout == LAYOUT_VERSION {
+                sw.layout
+            } else {
+                0
+            },
+            active: sw.active & 1,
+            generation: self.switch.generation.max(sw.generation),
+            netns_dev: self.netns.0,
+            netns_ino: self.netns.1,
+        };
+        Ok(())
+    }
+
     /// Installs `policy` into the inactive generation and publishes it with one write.
     pub fn install(&mut self, policy: &Policy) -> Result<Installed> {
         let image = Image::build(policy)?;
+        if self.is_installed() && !self.kernel_matches()? {
+            tracing::warn!("the XDP maps were changed behind the agent's back; rewriting them");
+            self.resync()?;
+        }
         let active = self.switch.active & 1;
         if self.is_installed() {
             let current: Option<Vec<u16>> = image

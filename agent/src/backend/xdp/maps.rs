@@ -3,11 +3,12 @@
 //! counters.
 
 use std::collections::BTreeMap;
+use std::os::fd::AsFd;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, Map, MapData, MapFd, PerCpuArray, PerCpuValues};
 use aya::Ebpf;
 use nodewall_common::xdp::{
     map_names as names, port_index, GenConfig, RuleBits, SlotName, Src4Key, Src6Key, Stat, Switch,
@@ -15,6 +16,7 @@ use nodewall_common::xdp::{
 };
 
 use super::image::PortTable;
+use super::sys;
 
 /// What one generation holds in the kernel, with rule names already turned into slots.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +57,8 @@ pub struct Maps {
     pub drop_stats: PerCpuArray<MapData, Stat>,
     pub pass_stats: PerCpuArray<MapData, Stat>,
     pub slot_names: Array<MapData, SlotName>,
+    /// A descriptor of `ports` for batched reads and writes (aya has none).
+    ports_fd: MapFd,
 }
 
 impl Maps {
@@ -84,12 +88,20 @@ impl Maps {
                     .with_context(|| format!("map {} has an unexpected type", $name))?
             };
         }
+        let ports = get(names::PORTS)?;
+        let ports_fd = match &ports {
+            Map::Array(data) => data.info()?.fd()?,
+            _ => anyhow::bail!("map {} has an unexpected type", names::PORTS),
+        };
         Ok(Self {
+            ports_fd,
+            ports: ports
+                .try_into()
+                .with_context(|| format!("map {} has an unexpected type", names::PORTS))?,
             switch: typed!(names::SWITCH),
             config: typed!(names::CONFIG),
             src4: typed!(names::SRC4),
             src6: typed!(names::SRC6),
-            ports: typed!(names::PORTS),
             rule_stats: typed!(names::RULE_STATS),
             drop_stats: typed!(names::DROP_STATS),
             pass_stats: typed!(names::PASS_STATS),
@@ -127,11 +139,13 @@ impl Maps {
     }
 
     fn read_ports(&self, gen: u32, proto: u32) -> Result<PortTable> {
+        let mut all = vec![RuleBits::EMPTY; 65536];
+        sys::array_lookup_batch(self.ports_fd.as_fd(), port_index(gen, proto, 0), &mut all)
+            .with_context(|| format!("reading map {}", names::PORTS))?;
         let mut segments: Vec<(u16, RuleBits)> = Vec::new();
-        for port in 0..=u16::MAX {
-            let bits = self.ports.get(&port_index(gen, proto, port), 0)?;
+        for (port, bits) in all.into_iter().enumerate() {
             if segments.last().is_none_or(|&(_, last)| last != bits) {
-                segments.push((port, bits));
+                segments.push((port as u16, bits));
             }
         }
         Ok(PortTable(segments))
@@ -155,18 +169,21 @@ impl Maps {
         };
         sync_trie(&mut self.src4, &old.src4, &new.src4, key4, &mut w)?;
         sync_trie(&mut self.src6, &old.src6, &new.src6, key6, &mut w)?;
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
         for (proto, old_t, new_t) in [
             (PORT_PROTO_TCP, &old.tcp, &new.tcp),
             (PORT_PROTO_UDP, &old.udp, &new.udp),
         ] {
             for (first, last) in old_t.diff(new_t) {
                 for port in first..=last {
-                    self.ports
-                        .set(port_index(gen, proto, port), new_t.get(port), 0)?;
-                    w.added += 1;
+                    keys.push(port_index(gen, proto, port));
+                    values.push(new_t.get(port));
                 }
             }
         }
+        sys::array_update_batch(self.ports_fd.as_fd(), &keys, &values)
+            .with_context(|| format!("writing map {}", names::PORTS))?;
+        w.added += keys.len();
         if old.config != new.config {
             self.config.set(gen, new.config, 0)?;
             w.added += 1;

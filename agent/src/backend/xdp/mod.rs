@@ -3,11 +3,15 @@
 //!
 //! - `image`: policy -> map content (pure); `maps`: typed maps, generation diff writes;
 //! - `datapath`: the loaded object and the two-generation install; `slots`: counter slots;
-//! - `attach`: bpffs, pinned links, native/generic XDP; `counters`: labelled counters.
+//! - `attach`: bpffs, pinned links (live or dead), native/generic XDP; `counters`: labelled
+//!   counters; `options`: pin location and attach mode (environment); `samples`: drop samples
+//!   from the ring buffer; `sys`: the raw BPF syscalls aya lacks (link info, batched access).
 //!
-//! Everything is pinned under `<bpffs>/<name>/` (default `/sys/fs/bpf/nodewall/`): the maps,
-//! the two programs, and under `links/` one XDP and one TC link per interface. The next agent adopts them
-//! (maps reused, programs swapped inside the links atomically); `flush` removes the lot.
+//! Everything is pinned under `<bpffs>/<name>/` (default `/sys/fs/bpf/nodewall/`, see
+//! [`XdpOptions::from_env`]): the maps, the two programs, and under `links/` one XDP and one
+//! TC link per interface. The next agent adopts them (maps reused, programs swapped inside the
+//! links atomically); `flush` removes the lot. An apply is idempotent on attachments: a link
+//! found detached or unpinned is re-created, which is how `verify`'s drift is repaired.
 //!
 //! The object is built by `agent/build.rs` from `ebpf/` (nightly of `ebpf/rust-toolchain.toml`
 //! and bpf-linker, both installed by `cargo xtask setup`) and embedded in the binary, so
@@ -19,63 +23,52 @@ mod counters;
 mod datapath;
 mod image;
 mod maps;
+mod options;
+mod samples;
 mod slots;
+mod sys;
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use nodewall_common::xdp::map_names;
 
-pub use attach::{ensure_bpffs, if_index, if_name, XdpAttach};
+pub use attach::{ensure_bpffs, if_index, if_name, Attached, LinkState, XdpAttach};
 pub use datapath::{current_netns, Datapath, Installed};
 pub use image::{Image, PortTable};
 pub use maps::{KernelGen, Maps, Writes};
+/// Drop samples each CPU hands the agent per second, at most.
+pub use nodewall_common::xdp::SAMPLES_PER_SECOND;
+pub use options::{XdpOptions, BPFFS_ENV, MODE_ENV};
 
-use crate::backend::{ApplyReport, Backend, Counters, Status};
+use crate::backend::{ApplyReport, Backend, Counters, DropSamples, Status};
 use crate::policy::Policy;
-
-#[derive(Clone, Debug)]
-pub struct XdpOptions {
-    /// Where a bpffs is (or gets mounted).
-    pub bpffs: PathBuf,
-    /// Directory under `bpffs` holding this agent's pins.
-    pub name: String,
-    pub attach: XdpAttach,
-}
-
-impl Default for XdpOptions {
-    fn default() -> Self {
-        Self {
-            bpffs: PathBuf::from("/sys/fs/bpf"),
-            name: "nodewall".into(),
-            attach: XdpAttach::Auto,
-        }
-    }
-}
 
 pub struct XdpBackend {
     opts: XdpOptions,
     /// Loaded on the first apply; status/counters/flush work from the pins without it.
-    loaded: Option<Datapath>,
-    /// Interfaces whose links already run this process's programs.
-    adopted: BTreeSet<u32>,
+    loaded: Option<Loaded>,
+}
+
+/// The object this process loaded, with the kernel's ids of its two programs (what a live
+/// link must run).
+struct Loaded {
+    dp: Datapath,
+    xdp_id: u32,
+    tc_id: u32,
 }
 
 impl XdpBackend {
-    /// The backend with its defaults: pins under `/sys/fs/bpf/nodewall`, native XDP with a
-    /// generic fallback. Nothing is touched until the first call.
+    /// The backend with its defaults (pins under `/sys/fs/bpf/nodewall`, native XDP with a
+    /// generic fallback) as overridden by the environment (see [`XdpOptions::from_env`]).
+    /// Nothing is touched until the first call.
     pub fn new() -> Result<Self> {
-        Ok(Self::with_options(XdpOptions::default()))
+        Ok(Self::with_options(XdpOptions::from_env()?))
     }
 
     pub fn with_options(opts: XdpOptions) -> Self {
-        Self {
-            opts,
-            loaded: None,
-            adopted: BTreeSet::new(),
-        }
+        Self { opts, loaded: None }
     }
 
     pub fn pin_dir(&self) -> PathBuf {
@@ -97,8 +90,8 @@ impl XdpBackend {
 
     /// Maps of an installed policy, from this process or from the pins.
     fn with_maps<T>(&self, f: impl FnOnce(&Maps) -> Result<T>) -> Result<Option<T>> {
-        if let Some(dp) = &self.loaded {
-            return f(dp.maps()).map(Some);
+        if let Some(l) = &self.loaded {
+            return f(l.dp.maps()).map(Some);
         }
         if !self.pin_dir().join(map_names::SWITCH).exists() {
             return Ok(None);
@@ -124,37 +117,40 @@ impl Backend for XdpBackend {
         ensure_bpffs(&self.opts.bpffs)?;
         let dir = self.pin_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        if self.loaded.is_some() && !dir.join(map_names::SWITCH).exists() {
+            // Someone removed the pins: links are gone with them, and the next agent could not
+            // adopt maps that are no longer pinned. Start over with fresh, pinned maps.
+            tracing::warn!(pins = %dir.display(), "the XDP pins were removed; reinstalling");
+            self.loaded = None;
+        }
         if self.loaded.is_none() {
             let mut dp = Datapath::load(Some(&dir))?;
             attach::pin_programs(&mut dp, &dir)?;
-            self.loaded = Some(dp);
-            self.adopted.clear();
+            let xdp_id = dp.xdp()?.info()?.id();
+            let tc_id = dp.egress()?.info()?.id();
+            self.loaded = Some(Loaded { dp, xdp_id, tc_id });
         }
         let links = self.links();
-        let dp = self.loaded.as_mut().expect("loaded above");
+        let dp = &mut self.loaded.as_mut().expect("loaded above").dp;
         let installed = dp.install(policy)?;
         let mut changed = installed.changed;
         let mut added = installed.writes.added;
         let mut removed = installed.writes.removed;
-        let before = links.attached()?;
         for (name, index) in &wanted {
-            if self.adopted.contains(index) && before.contains(index) {
-                continue;
-            }
-            let fresh = links.attach(dp, name, *index, self.opts.attach)?;
-            if let Some(mode) = fresh {
+            // Idempotent: a link already running our programs is left alone, an earlier
+            // agent's gets our programs swapped in, a dead or missing one is (re)created.
+            if let Attached::New(mode) = links.attach(dp, name, *index, self.opts.attach)? {
                 tracing::info!(interface = %name, ?mode, "attached XDP");
                 changed = true;
                 added += 1;
             }
-            self.adopted.insert(*index);
         }
-        for index in before
-            .iter()
-            .filter(|i| !wanted.iter().any(|(_, w)| w == *i))
+        for index in links
+            .pinned()?
+            .into_iter()
+            .filter(|i| !wanted.iter().any(|(_, w)| w == i))
         {
-            links.detach(*index)?;
-            self.adopted.remove(index);
+            links.detach(index)?;
             changed = true;
             removed += 1;
         }
@@ -170,7 +166,7 @@ impl Backend for XdpBackend {
     fn status(&self) -> Result<Status> {
         let links = self.links();
         let interfaces = links
-            .attached()?
+            .live()?
             .into_iter()
             .map(|i| if_name(i).unwrap_or_else(|| format!("ifindex {i}")))
             .collect();
@@ -206,12 +202,11 @@ impl Backend for XdpBackend {
 
     fn flush(&mut self) -> Result<()> {
         let links = self.links();
-        for index in links.attached()? {
+        for index in links.pinned()? {
             links.detach(index)?;
         }
         links.remove_dir()?;
         self.loaded = None;
-        self.adopted.clear();
         let dir = self.pin_dir();
         for name in map_names::ALL.iter().chain(&attach::PROGRAM_PINS) {
             attach::remove_pin(&dir.join(name))?;
@@ -221,5 +216,49 @@ impl Backend for XdpBackend {
 
     fn counters(&self) -> Result<Counters> {
         Ok(self.with_maps(counters::read)?.unwrap_or_default())
+    }
+
+    /// The maps still hold what this process published, and on exactly the policy's
+    /// interfaces both pinned links are attached and run this process's programs. A link
+    /// detached (`bpftool link detach`), an unpinned one (which detaches it), or a program
+    /// swapped in by someone else all read as drift.
+    fn verify(&self, policy: &Policy) -> Result<bool> {
+        let Some(l) = &self.loaded else {
+            return Ok(false);
+        };
+        if !self.pin_dir().join(map_names::SWITCH).exists() || !l.dp.kernel_matches()? {
+            return Ok(false);
+        }
+        if !l
+            .dp
+            .rule_names()
+            .iter()
+            .eq(policy.rules.iter().map(|r| &r.name))
+        {
+            return Ok(false);
+        }
+        let links = self.links();
+        let mut wanted = Vec::new();
+        for name in &policy.interfaces {
+            let index = if_index(name)?;
+            let xdp = links.xdp_state(index)? == LinkState::Live { prog_id: l.xdp_id };
+            let tc = links.tc_state(index)? == LinkState::Live { prog_id: l.tc_id };
+            if !(xdp && tc) {
+                return Ok(false);
+            }
+            wanted.push(index);
+        }
+        wanted.sort_unstable();
+        wanted.dedup();
+        Ok(links.pinned()? == wanted)
+    }
+
+    /// The program's drop samples, from the pinned ring buffer (so the reader holds handles of
+    /// its own). Needs a policy installed by this process.
+    fn drop_samples(&mut self) -> Result<Option<Box<dyn DropSamples>>> {
+        if self.loaded.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(samples::RingSamples::open(&self.pin_dir())?)))
     }
 }

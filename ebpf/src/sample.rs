@@ -1,0 +1,74 @@
+//! Drop samples: a few dropped packets per second and CPU, copied into a ring buffer for the
+//! agent to log. The rate limit is here, in the program, so that a flood of drops costs no
+//! more than the counters it already bumps; the agent limits its log lines on top.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
+    programs::XdpContext,
+};
+use nodewall_common::xdp::{DropSample, SampleBudget, SAMPLES_PER_SECOND, SAMPLE_RING_BYTES};
+
+use crate::parse::{parse_ip, Frame, Parsed, L4};
+
+#[map]
+static NW_DROP_SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLE_RING_BYTES, 0);
+#[map]
+static NW_SAMPLE_BUDGET: PerCpuArray<SampleBudget> = PerCpuArray::with_max_entries(1, 0);
+
+const SECOND_NS: u64 = 1_000_000_000;
+
+/// Takes one sample from this CPU's budget for the current second, if any is left.
+#[inline(always)]
+fn take_budget() -> bool {
+    let Some(b) = NW_SAMPLE_BUDGET.get_ptr_mut(0) else {
+        return false;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a per-CPU value, only this CPU writes it, and this program runs to completion.
+    unsafe {
+        if now.wrapping_sub((*b).window_start_ns) >= SECOND_NS {
+            (*b).window_start_ns = now;
+            (*b).taken = 0;
+        }
+        if (*b).taken >= SAMPLES_PER_SECOND {
+            return false;
+        }
+        (*b).taken += 1;
+    }
+    true
+}
+
+/// Samples the packet in `f`, dropped for `cause`, unless the budget is spent or the ring full.
+#[inline(always)]
+pub fn record(ctx: &XdpContext, f: &Frame, cause: u32) {
+    if !take_budget() {
+        return;
+    }
+    let mut s = DropSample { cause, ifindex: ctx.ingress_ifindex() as u32, ..DropSample::default() };
+    match parse_ip(f) {
+        Parsed::Ip(ip) => {
+            s.family = ip.family as u8;
+            s.proto = ip.proto;
+            s.src = ip.src;
+            s.dst = ip.dst;
+            match ip.l4(f) {
+                Some(L4::Tcp { sport, dport }) | Some(L4::Udp { sport, dport }) => {
+                    s.sport = sport;
+                    s.dport = dport;
+                }
+                Some(L4::Icmp { .. }) => {
+                    if let Some(h) = f.load::<[u8; 2]>(ip.l4) {
+                        s.sport = h[0] as u16;
+                        s.dport = h[1] as u16;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Parsed::Invalid { family, .. } => s.family = family as u8,
+        Parsed::NotIp | Parsed::LaterFragment => {}
+    }
+    let _ = NW_DROP_SAMPLES.output::<DropSample>(&s, 0);
+}
