@@ -41,7 +41,7 @@ fn with_agent(name: &str, body: fn(&Topology, &Agent) -> anyhow::Result<()>) {
         let topo = Topology::new()?;
         let _kubelet = Server::tcp(&topo.node, 10250)?;
         let (dir, config) = TempDir::with_config(name, &config())?;
-        let agent = Agent::start(&topo.node, &config, &dir, &[])?;
+        let agent = Agent::start(&topo.node, Backend::Nft, &config, &dir, &[])?;
         body(&topo, &agent)
     };
     if let Err(e) = run() {

@@ -102,12 +102,7 @@ struct Builder {
 impl Builder {
     /// Attaches a finished node to its parent (or makes it the document root). `size` is the
     /// node count of its subtree.
-    fn finish(
-        &mut self,
-        node: Node,
-        anchor: usize,
-        size: usize,
-    ) -> Result<(), SyntaxError> {
+    fn finish(&mut self, node: Node, anchor: usize, size: usize) -> Result<(), SyntaxError> {
         if anchor != 0 {
             self.anchors.insert(anchor, (node.clone(), size));
         }
