@@ -1,10 +1,8 @@
 //! Drop sampling: `nodewall run` logs individual dropped packets (source, destination,
 //! protocol, ports, reason, rule), rate-limited, and counts the samples it read.
 //!
-//! XDP only on this branch: the XDP program hands samples to the agent through a ring buffer
-//! (rate-limited in the program, then by the log); the nft backend's samples go through NFLOG,
-//! which the nft backend does not emit yet. Adding `nft` to the list at the bottom is all this
-//! test needs once it does.
+//! The XDP program hands samples to the agent through a ring buffer (rate-limited in the
+//! program, then by the log); the nft backend's go through NFLOG (see also daemon_drift_nft).
 
 mod daemon_support;
 
@@ -131,6 +129,74 @@ fn drop_samples_are_logged(backend: Backend) -> anyhow::Result<()> {
         "{logged} log lines: more than the log's burst and rate allow"
     );
     Ok(())
+}
+
+/// In audit mode nothing is dropped, and the samples say so: "would be dropped", mode=audit,
+/// never "packet dropped".
+fn audit_samples_say_would_be_dropped(backend: Backend) -> anyhow::Result<()> {
+    let topo = Topology::new()?;
+    let mut cfg = Config::new(backend, Some("tke-node"));
+    cfg.mode = "audit";
+    let (dir, config) = TempDir::with_config("samples-audit", &cfg.yaml())?;
+    let agent = Agent::start(&topo.node, backend, &config, &dir, &[])?;
+    let mut prober = Prober::new(&topo)?;
+    let probes: Vec<Probe> = [false, true]
+        .iter()
+        .map(|&v6| Probe::tcp(topo.internet.addr(v6), 10250))
+        .collect();
+    let would = |agent: &Agent| {
+        agent
+            .log()
+            .lines()
+            .filter(|l| {
+                l.contains("packet would be dropped")
+                    && l.contains("mode=audit")
+                    && l.contains("dport=10250")
+                    && l.contains("reason=default-deny")
+            })
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while would(&agent) < 2 && Instant::now() < deadline {
+        let seen = prober.send(&probes)?;
+        ensure!(
+            seen.iter().all(|s| *s),
+            "audit mode passes every probe: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ensure!(
+        would(&agent) >= 1,
+        "no audit sample logged:\n{}",
+        agent.log()
+    );
+    ensure!(
+        sampled(&agent, &[]) == 0,
+        "an audit-mode sample claims a drop"
+    );
+    Ok(())
+}
+
+mod audit_samples_say_would_be_dropped {
+    use nodewall_netns_tests::{run_case, Backend};
+
+    #[test]
+    fn nft() {
+        run_case(
+            "audit_samples_say_would_be_dropped",
+            super::audit_samples_say_would_be_dropped,
+            Backend::Nft,
+        );
+    }
+
+    #[test]
+    fn xdp_native() {
+        run_case(
+            "audit_samples_say_would_be_dropped",
+            super::audit_samples_say_would_be_dropped,
+            Backend::XdpNative,
+        );
+    }
 }
 
 mod drop_samples_are_logged {

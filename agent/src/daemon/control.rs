@@ -314,6 +314,9 @@ impl Control {
                     .metrics
                     .apply_succeeded(report.generation, report.duration);
                 self.cx.metrics.policy_enforced(&policy.digest());
+                self.cx
+                    .metrics
+                    .set_audit(policy.mode == crate::config::Mode::Audit);
                 self.cx.health.set_ready();
                 self.save_snapshot();
                 self.applied = Some(policy);

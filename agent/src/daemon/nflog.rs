@@ -65,7 +65,7 @@ impl SampleLog {
             let logged = self.limit.allow(now);
             self.metrics.drop_sampled(logged);
             if logged {
-                event.log();
+                event.log(self.metrics.audit());
             }
         }
         if let Some(n) = self.limit.take_suppressed(now, SUPPRESSED_REPORT) {

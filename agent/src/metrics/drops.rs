@@ -55,8 +55,26 @@ pub struct DropEvent {
 }
 
 impl DropEvent {
-    /// Writes the sample as one structured log line.
-    pub fn log(&self) {
+    /// Writes the sample as one structured log line. In audit mode nothing was dropped: the
+    /// line says the packet *would have been*, so nobody hunts for a loss that did not happen.
+    pub fn log(&self, audit: bool) {
+        let mode = if audit { "audit" } else { "enforce" };
+        if audit {
+            tracing::info!(
+                target: "nodewall::drops",
+                src = %self.src,
+                dst = %self.dst,
+                protocol = %self.protocol,
+                sport = self.sport,
+                dport = self.dport,
+                reason = %self.reason,
+                rule = %self.rule,
+                ifindex = self.ifindex,
+                mode = %mode,
+                "packet would be dropped (audit mode: passed)"
+            );
+            return;
+        }
         tracing::info!(
             target: "nodewall::drops",
             src = %self.src,
@@ -67,6 +85,7 @@ impl DropEvent {
             reason = %self.reason,
             rule = %self.rule,
             ifindex = self.ifindex,
+            mode = %mode,
             "packet dropped"
         );
     }

@@ -76,6 +76,8 @@ pub struct Metrics {
     policy_info: Family<PolicyLabels, Gauge>,
     last_apply_success: Gauge<f64, AtomicU64>,
     drop_samples: Family<OutcomeLabels, Counter>,
+    /// Whether the enforced policy is in audit mode (drop samples then say "would be dropped").
+    audit: std::sync::atomic::AtomicBool,
     /// Last raw kernel values, per series; the lock also serialises concurrent observations.
     raw: Mutex<ResetTracker>,
 }
@@ -96,6 +98,7 @@ impl Metrics {
             policy_info: Family::default(),
             last_apply_success: Gauge::default(),
             drop_samples: Family::default(),
+            audit: std::sync::atomic::AtomicBool::new(false),
             raw: Mutex::new(ResetTracker::default()),
             registry: Registry::default(),
         };
@@ -229,6 +232,16 @@ impl Metrics {
                 digest: digest.to_string(),
             })
             .set(1);
+    }
+
+    /// Records the enforced policy's mode, for the drop samples' log lines.
+    pub fn set_audit(&self, audit: bool) {
+        self.audit
+            .store(audit, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn audit(&self) -> bool {
+        self.audit.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn apply_succeeded(&self, generation: u64, duration: Duration) {
