@@ -58,36 +58,29 @@ impl DropEvent {
     /// Writes the sample as one structured log line. In audit mode nothing was dropped: the
     /// line says the packet *would have been*, so nobody hunts for a loss that did not happen.
     pub fn log(&self, audit: bool) {
-        let mode = if audit { "audit" } else { "enforce" };
-        if audit {
-            tracing::info!(
-                target: "nodewall::drops",
-                src = %self.src,
-                dst = %self.dst,
-                protocol = %self.protocol,
-                sport = self.sport,
-                dport = self.dport,
-                reason = %self.reason,
-                rule = %self.rule,
-                ifindex = self.ifindex,
-                mode = %mode,
-                "packet would be dropped (audit mode: passed)"
-            );
-            return;
+        // tracing wants the message as a literal, hence one call per wording.
+        macro_rules! line {
+            ($mode:literal, $message:literal) => {
+                tracing::info!(
+                    target: "nodewall::drops",
+                    src = %self.src,
+                    dst = %self.dst,
+                    protocol = %self.protocol,
+                    sport = self.sport,
+                    dport = self.dport,
+                    reason = %self.reason,
+                    rule = %self.rule,
+                    ifindex = self.ifindex,
+                    mode = %$mode,
+                    $message
+                )
+            };
         }
-        tracing::info!(
-            target: "nodewall::drops",
-            src = %self.src,
-            dst = %self.dst,
-            protocol = %self.protocol,
-            sport = self.sport,
-            dport = self.dport,
-            reason = %self.reason,
-            rule = %self.rule,
-            ifindex = self.ifindex,
-            mode = %mode,
-            "packet dropped"
-        );
+        if audit {
+            line!("audit", "packet would be dropped (audit mode: passed)");
+        } else {
+            line!("enforce", "packet dropped");
+        }
     }
 }
 
