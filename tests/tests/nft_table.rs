@@ -39,8 +39,8 @@ fn listing(ns: &Netns, handles: bool) -> anyhow::Result<String> {
 /// A rule over many networks of two prefix lengths per family, which the plan keeps in hash sets
 /// by prefix length (masked lookups) rather than in one interval set.
 fn many_nets_rule() -> String {
-    let v4 = (0..40u32).map(|k| format!("\"198.18.{}.0/{}\"", 100 + 2 * k, 24 + k % 2));
-    let v6 = (0..40u32).map(|k| format!("\"fd00:77:0:{:x}::/{}\"", 4 * k, 64 - k % 2));
+    let v4 = (0..40u32).map(|k| format!("\"198.18.{}.0/{}\"", 100 + 2 * k, 24 + k % 2 * 8));
+    let v6 = (0..40u32).map(|k| format!("\"fd00:77:0:{:x}::/{}\"", 4 * k, 64 + k % 2 * 64));
     let from: Vec<String> = v4.chain(v6).collect();
     format!(
         "  - name: many-nets\n    action: allow\n    protocol: tcp\n    ports: [\"8443\"]\n    from: [{}]",

@@ -4,6 +4,12 @@
 //! (`script.rs`) and the netlink batch (`netlink/`). Both must therefore map every [`Match`] to
 //! exactly what `nft` itself generates for the rendered text, so `nft list` shows the same
 //! table whichever way it was loaded.
+//!
+//! Each policy rule becomes, per address family, an nft rule testing protocol and port first
+//! and the source last (the source is the costly lookup; see [`Builder::rule`]). Sources are an
+//! interval set, or, for many networks of few prefix lengths, one hash set per prefix length
+//! and one nft rule per set (see [`by_prefix_length`]): these adjacent rules share the policy
+//! rule's counter and verdict and match disjoint sources, so they act as one rule.
 
 use std::collections::BTreeMap;
 
