@@ -31,7 +31,32 @@ fn user_rules() -> Vec<String> {
         "  - name: deny-telnet\n    action: deny\n    protocol: tcp\n    ports: [\"23\", \"2380-2381\"]\n    from: [\"0.0.0.0/0\", \"::/0\"]",
     ]
     .map(String::from)
-    .to_vec()
+    .into_iter()
+    .chain([checkerboard_rule()])
+    .collect()
+}
+
+/// An allow rule over many networks of two prefix lengths in OUTSIDE: the nft backend keeps such
+/// sources in hash sets, one per prefix length, which the probes' random sources cross at
+/// every boundary.
+fn checkerboard_rule() -> String {
+    // Every other /24 of 198.19.0.0/17, every fourth followed by a /25 (a /24-/25 range).
+    let v4 = (0..128u32).step_by(2).flat_map(|k| {
+        let mut nets = vec![format!("\"198.19.{k}.0/24\"")];
+        if k % 8 == 0 {
+            nets.push(format!("\"198.19.{}.0/25\"", k + 1));
+        }
+        nets
+    });
+    // Every other /72 of the first quarter of fd00:99::/64.
+    let v6 = (0..64u32)
+        .step_by(2)
+        .map(|k| format!("\"fd00:99::{:x}00:0:0:0/72\"", k));
+    let from: Vec<String> = v4.chain(v6).collect();
+    format!(
+        "  - name: allow-checkerboard\n    action: allow\n    protocol: all\n    from: [{}]",
+        from.join(", ")
+    )
 }
 
 fn random_probe(rng: &mut Rng) -> Probe {

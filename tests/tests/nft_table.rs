@@ -36,6 +36,18 @@ fn listing(ns: &Netns, handles: bool) -> anyhow::Result<String> {
         .join("\n"))
 }
 
+/// A rule over many networks of two prefix lengths per family, which the plan keeps in hash sets
+/// by prefix length (masked lookups) rather than in one interval set.
+fn many_nets_rule() -> String {
+    let v4 = (0..40u32).map(|k| format!("\"198.18.{}.0/{}\"", 100 + 2 * k, 24 + k % 2 * 8));
+    let v6 = (0..40u32).map(|k| format!("\"fd00:77:0:{:x}::/{}\"", 4 * k, 64 + k % 2 * 64));
+    let from: Vec<String> = v4.chain(v6).collect();
+    format!(
+        "  - name: many-nets\n    action: allow\n    protocol: tcp\n    ports: [\"8443\"]\n    from: [{}]",
+        from.join(", ")
+    )
+}
+
 #[test]
 fn installed_table_equals_render() {
     if !can_run("installed_table_equals_render") {
@@ -47,7 +59,10 @@ fn installed_table_equals_render() {
         for mode in ["enforce", "audit"] {
             let mut cfg = Config::new(Backend::Nft, Some(profile));
             cfg.mode = mode;
-            cfg.rules = vec!["  - name: deny-scanners\n    action: deny\n    protocol: all\n    from: [\"198.19.0.0/16\", \"fd00:99::/64\"]".into()];
+            cfg.rules = vec![
+                "  - name: deny-scanners\n    action: deny\n    protocol: all\n    from: [\"198.19.0.0/16\", \"fd00:99::/64\"]".into(),
+                many_nets_rule(),
+            ];
             cfg.failsafe = vec![
                 "  - protocol: tcp\n    ports: [\"22\"]\n    from: [\"0.0.0.0/0\", \"::/0\"]"
                     .into(),

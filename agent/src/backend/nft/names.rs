@@ -62,6 +62,11 @@ pub fn src_set(v6: bool, rule_ident: &str) -> String {
     format!("{}.{rule_ident}", if v6 { "src6" } else { "src4" })
 }
 
+/// The hash set of a rule's source networks of one prefix length (see `plan`).
+pub fn src_prefix_set(v6: bool, len: u8, rule_ident: &str) -> String {
+    format!("{}p{len}.{rule_ident}", if v6 { "src6" } else { "src4" })
+}
+
 pub fn ports_set(rule_ident: &str) -> String {
     format!("ports.{rule_ident}")
 }

@@ -52,8 +52,8 @@ pub fn script(rs: &Ruleset, header: &str) -> String {
 
 fn write_set(out: &mut String, set: &SetDef) {
     let ty = match set.kind {
-        SetKind::Addr4 => "ipv4_addr",
-        SetKind::Addr6 => "ipv6_addr",
+        SetKind::Addr4 | SetKind::Net4 => "ipv4_addr",
+        SetKind::Addr6 | SetKind::Net6 => "ipv6_addr",
         SetKind::Port => "inet_service",
         SetKind::IfName => "ifname",
         SetKind::IcmpType => "icmp_type",
@@ -91,6 +91,8 @@ fn elem_text(e: &Elem) -> String {
         Elem::Port(s, e) => format!("{s}-{e}"),
         Elem::IfName(ref n) => format!("\"{}\"", quote(n)),
         Elem::Icmp(t) => t.to_string(),
+        Elem::Net4(a) => Ipv4Addr::from(a).to_string(),
+        Elem::Net6(a) => Ipv6Addr::from(a).to_string(),
     }
 }
 
@@ -140,6 +142,24 @@ fn match_text(m: &Match) -> String {
         Match::L4ProtoNot(p) => format!("meta l4proto != {}", proto_name(*p)),
         Match::SaddrIn(Family::V4, set) => format!("ip saddr @{set}"),
         Match::SaddrIn(Family::V6, set) => format!("ip6 saddr @{set}"),
+        Match::SaddrPrefixIn(f, len, set) => {
+            let host_bits = f.bits() - *len as u32;
+            let (proto, mask) = match f {
+                Family::V4 => (
+                    "ip",
+                    Ipv4Addr::from(u32::MAX.checked_shl(host_bits).unwrap_or(0)).to_string(),
+                ),
+                Family::V6 => (
+                    "ip6",
+                    Ipv6Addr::from(u128::MAX.checked_shl(host_bits).unwrap_or(0)).to_string(),
+                ),
+            };
+            if host_bits == 0 {
+                format!("{proto} saddr @{set}")
+            } else {
+                format!("{proto} saddr & {mask} @{set}")
+            }
+        }
         Match::DportIn(p, set) => format!("{} dport @{set}", proto_name(*p)),
         Match::IcmpTypeIn(Family::V4, set) => format!("icmp type @{set}"),
         Match::IcmpTypeIn(Family::V6, set) => format!("icmpv6 type @{set}"),

@@ -26,8 +26,8 @@ pub fn key_spec(kind: SetKind) -> (u32, u32, u32) {
     const HOST: u32 = 1;
     const BIG: u32 = 2;
     match kind {
-        SetKind::Addr4 => (7, 4, BIG),
-        SetKind::Addr6 => (8, 16, BIG),
+        SetKind::Addr4 | SetKind::Net4 => (7, 4, BIG),
+        SetKind::Addr6 | SetKind::Net6 => (8, 16, BIG),
         SetKind::Port => (13, 2, BIG),
         SetKind::IcmpType => (14, 1, BIG),
         SetKind::Icmpv6Type => (29, 1, BIG),
@@ -60,6 +60,8 @@ fn unit(e: &Elem) -> Unit {
             interval(k, None)
         }
         Elem::Icmp(t) => interval(vec![*t], None),
+        Elem::Net4(a) => interval(a.to_be_bytes().to_vec(), None),
+        Elem::Net6(a) => interval(a.to_be_bytes().to_vec(), None),
     }
 }
 

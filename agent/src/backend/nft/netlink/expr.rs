@@ -78,6 +78,30 @@ fn match_exprs(m: &Match) -> Vec<Expr> {
             v.push(lookup(set));
             v
         }
+        Match::SaddrPrefixIn(f, len, set) => {
+            let ((offset, size), mask) = match f {
+                Family::V4 => (IPV4_SADDR, netmask(*len, 32)[12..].to_vec()),
+                Family::V6 => (IPV6_SADDR, netmask(*len, 128).to_vec()),
+            };
+            let mut v = nfproto(*f);
+            v.push(payload(
+                libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
+                offset,
+                size,
+            ));
+            if *len as u32 != f.bits() {
+                v.push(
+                    Expr::new("bitwise")
+                        .u32(sys::NFTNL_EXPR_BITWISE_SREG, REG1)
+                        .u32(sys::NFTNL_EXPR_BITWISE_DREG, REG1)
+                        .u32(sys::NFTNL_EXPR_BITWISE_LEN, size)
+                        .data(sys::NFTNL_EXPR_BITWISE_MASK, &mask)
+                        .data(sys::NFTNL_EXPR_BITWISE_XOR, &vec![0u8; size as usize]),
+                );
+            }
+            v.push(lookup(set));
+            v
+        }
         Match::DportIn(p, set) => vec![
             meta(libc::NFT_META_L4PROTO),
             cmp(libc::NFT_CMP_EQ, &[*p]),
@@ -109,6 +133,18 @@ fn match_exprs(m: &Match) -> Vec<Expr> {
             .u32(sys::NFTNL_EXPR_LIMIT_TYPE, NFT_LIMIT_PKTS)
             .u32(sys::NFTNL_EXPR_LIMIT_FLAGS, 0)],
     }
+}
+
+/// The netmask of a `len`-bit prefix in a `bits`-wide space, as 16 big-endian bytes
+/// right-aligned (an IPv4 mask is the last 4).
+fn netmask(len: u8, bits: u32) -> [u8; 16] {
+    let ones = u128::MAX.checked_shl(bits - len as u32).unwrap_or(0);
+    let mask = if bits == 128 {
+        ones
+    } else {
+        ones & ((1u128 << bits) - 1)
+    };
+    mask.to_be_bytes()
 }
 
 fn nfproto(f: Family) -> Vec<Expr> {
