@@ -125,7 +125,23 @@ impl GenCache {
             .with_context(|| format!("writing {}", tmp.display()))?;
         drop(f);
         std::fs::rename(&tmp, &self.file)
-            .with_context(|| format!("renaming {} into place", tmp.display()))
+            .with_context(|| format!("renaming {} into place", tmp.display()))?;
+        self.prune(dir, &ident.boot_id);
+        Ok(())
+    }
+
+    /// Removes the files of other pin directories or namespaces whose maps are gone.
+    fn prune(&self, dir: &Path, boot_id: &str) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let ours = entry.file_name().to_string_lossy().starts_with("gens-");
+            if ours && path != self.file && !maybe_live(&path, boot_id) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
     }
 }
 
@@ -147,20 +163,29 @@ fn encode(ident: &Identity, sw: &Switch, gens: &[KernelGen; 2]) -> Vec<u8> {
     w.u64(sw.netns_dev);
     w.u64(sw.netns_ino);
     for g in gens {
-        w.config(&g.config);
-        w.u32(g.src4.len() as u32);
-        for (&(addr, len), bits) in &g.src4 {
+        // Every field, named: a field added to `KernelGen` must be added here (and FORMAT
+        // bumped), or the cache would describe generations without it.
+        let KernelGen {
+            config,
+            src4,
+            src6,
+            tcp,
+            udp,
+        } = g;
+        w.config(config);
+        w.u32(src4.len() as u32);
+        for (&(addr, len), bits) in src4 {
             w.u32(addr);
             w.0.push(len);
             w.bits(bits);
         }
-        w.u32(g.src6.len() as u32);
-        for (&(addr, len), bits) in &g.src6 {
+        w.u32(src6.len() as u32);
+        for (&(addr, len), bits) in src6 {
             w.0.extend_from_slice(&addr.to_le_bytes());
             w.0.push(len);
             w.bits(bits);
         }
-        for t in [&g.tcp, &g.udp] {
+        for t in [tcp, udp] {
             w.u32(t.0.len() as u32);
             for &(port, bits) in &t.0 {
                 w.0.extend_from_slice(&port.to_le_bytes());
@@ -173,17 +198,7 @@ fn encode(ident: &Identity, sw: &Switch, gens: &[KernelGen; 2]) -> Vec<u8> {
 
 fn decode(b: &[u8]) -> Result<(Identity, Switch, [KernelGen; 2])> {
     let mut r = Dec(b);
-    if r.take(4)? != MAGIC || r.u32()? != FORMAT {
-        bail!("not a generation cache of this format");
-    }
-    let object = r.u64()?;
-    let boot_id = String::from_utf8(r.bytes()?.to_vec())?;
-    let mut map_ids = [0u32; GEN_MAPS.len()];
-    for id in &mut map_ids {
-        *id = r.u32()?;
-    }
-    let netns = (r.u64()?, r.u64()?);
-    let pin_dir = String::from_utf8(r.bytes()?.to_vec())?;
+    let ident = decode_identity(&mut r)?;
     let sw = Switch {
         layout: r.u32()?,
         active: r.u32()?,
@@ -224,14 +239,45 @@ fn decode(b: &[u8]) -> Result<(Identity, Switch, [KernelGen; 2])> {
     if !r.0.is_empty() {
         bail!("trailing bytes");
     }
-    let ident = Identity {
+    Ok((ident, sw, gens))
+}
+
+fn decode_identity(r: &mut Dec) -> Result<Identity> {
+    if r.take(4)? != MAGIC || r.u32()? != FORMAT {
+        bail!("not a generation cache of this format");
+    }
+    let object = r.u64()?;
+    let boot_id = String::from_utf8(r.bytes()?.to_vec())?;
+    let mut map_ids = [0u32; GEN_MAPS.len()];
+    for id in &mut map_ids {
+        *id = r.u32()?;
+    }
+    let netns = (r.u64()?, r.u64()?);
+    let pin_dir = String::from_utf8(r.bytes()?.to_vec())?;
+    Ok(Identity {
         object,
         boot_id,
         map_ids,
         netns,
         pin_dir,
-    };
-    Ok((ident, sw, gens))
+    })
+}
+
+/// Whether the cache file at `path` may still describe live maps: its maps exist (same boot).
+/// Files of namespaces that are gone (their maps with them) are pruned on this test, so that
+/// short-lived namespaces (tests, benchmarks) do not accumulate files.
+fn maybe_live(path: &Path, boot_id: &str) -> bool {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let read = std::fs::File::open(path).and_then(|f| f.take(8192).read_to_end(&mut head));
+    if read.is_err() {
+        return true;
+    }
+    match decode_identity(&mut Dec(&head)) {
+        Ok(ident) => ident.boot_id == boot_id && MapInfo::from_id(ident.map_ids[0]).is_ok(),
+        // Another format (a newer or older agent): its own agent prunes it.
+        Err(_) => head.starts_with(MAGIC) && head.len() >= 8 && head[4..8] != FORMAT.to_le_bytes(),
+    }
 }
 
 struct Enc(Vec<u8>);

@@ -184,7 +184,12 @@ impl Datapath {
 
     /// Installs `policy` into the inactive generation and publishes it with one write.
     pub fn install(&mut self, policy: &Policy) -> Result<Installed> {
-        let image = Image::build(policy)?;
+        self.install_image(Image::build(policy)?)
+    }
+
+    /// [`Self::install`] of an image already built from the policy (building one for 10k
+    /// CIDRs takes milliseconds: the backend builds it once, before touching the kernel).
+    pub fn install_image(&mut self, image: Image) -> Result<Installed> {
         if self.is_installed() && !self.kernel_matches()? {
             tracing::warn!("the XDP maps were changed behind the agent's back; rewriting them");
             self.resync()?;

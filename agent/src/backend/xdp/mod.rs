@@ -130,7 +130,7 @@ impl Backend for XdpBackend {
     fn apply(&mut self, policy: &Policy) -> Result<ApplyReport> {
         let started = Instant::now();
         // Everything that can be refused is checked before the kernel is touched.
-        Image::build(policy)?;
+        let image = Image::build(policy)?;
         let wanted = Self::interfaces(policy)?;
         ensure_bpffs(&self.opts.bpffs)?;
         let dir = self.pin_dir();
@@ -152,7 +152,7 @@ impl Backend for XdpBackend {
         }
         let links = self.links();
         let dp = &mut self.loaded.as_mut().expect("loaded above").dp;
-        let installed = dp.install(policy)?;
+        let installed = dp.install_image(image)?;
         let mut changed = installed.changed;
         let mut added = installed.writes.added;
         let mut removed = installed.writes.removed;
