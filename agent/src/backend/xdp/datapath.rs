@@ -43,7 +43,10 @@ enum Programs {
     /// Loaded (and verified) by this process from the embedded object.
     Object(Ebpf),
     /// The pinned programs of an earlier agent built from the same object, reused as they are.
-    Pinned { xdp: Xdp, egress: SchedClassifier },
+    Pinned {
+        xdp: Box<Xdp>,
+        egress: Box<SchedClassifier>,
+    },
 }
 
 pub struct Datapath {
@@ -380,7 +383,10 @@ fn pinned_programs(pin_dir: &Path) -> Result<Option<Programs>> {
             return Ok(None);
         }
     }
-    Ok(Some(Programs::Pinned { xdp, egress }))
+    Ok(Some(Programs::Pinned {
+        xdp: Box::new(xdp),
+        egress: Box::new(egress),
+    }))
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
