@@ -101,10 +101,11 @@ impl GenCache {
             .then_some(gens)
     }
 
-    /// Forgets the file, before the maps are written.
+    /// Forgets the file, before the maps are written. Fails only if a file is there and stays
+    /// (an unwritable directory holding none, e.g. a read-only `/run`, is fine).
     pub fn invalidate(&self) -> Result<()> {
         match std::fs::remove_file(&self.file) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e) if self.file.exists() => {
                 Err(e).with_context(|| format!("removing {}", self.file.display()))
             }
             _ => Ok(()),

@@ -228,7 +228,10 @@ impl Backend for XdpBackend {
         links.remove_dir()?;
         self.loaded = None;
         if let Some(cache) = self.cache()? {
-            cache.invalidate()?;
+            // Its maps are about to go, which is enough to make it untrusted.
+            if let Err(e) = cache.invalidate() {
+                tracing::warn!(error = %format!("{e:#}"), "could not remove the XDP generation record");
+            }
         }
         let dir = self.pin_dir();
         objhash::clear(&dir)?;
