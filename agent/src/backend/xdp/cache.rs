@@ -210,20 +210,23 @@ fn decode(b: &[u8]) -> Result<(Identity, Switch, [KernelGen; 2])> {
     let mut gens = [KernelGen::empty(), KernelGen::empty()];
     for g in &mut gens {
         g.config = r.config()?;
-        let mut src4 = BTreeMap::new();
-        for _ in 0..r.u32()? {
+        // Written in key order: collected whole, the maps are built in bulk, not key by key.
+        let n = r.u32()? as usize;
+        let mut src4 = Vec::with_capacity(n.min(b.len()));
+        for _ in 0..n {
             let addr = r.u32()?;
             let len = r.take(1)?[0];
-            src4.insert((addr, len), r.bits()?);
+            src4.push(((addr, len), r.bits()?));
         }
-        let mut src6 = BTreeMap::new();
-        for _ in 0..r.u32()? {
+        let n = r.u32()? as usize;
+        let mut src6 = Vec::with_capacity(n.min(b.len()));
+        for _ in 0..n {
             let addr = u128::from_le_bytes(r.take(16)?.try_into()?);
             let len = r.take(1)?[0];
-            src6.insert((addr, len), r.bits()?);
+            src6.push(((addr, len), r.bits()?));
         }
-        g.src4 = src4;
-        g.src6 = src6;
+        g.src4 = BTreeMap::from_iter(src4);
+        g.src6 = BTreeMap::from_iter(src6);
         for t in [&mut g.tcp, &mut g.udp] {
             let n = r.u32()? as usize;
             let mut segs = Vec::with_capacity(n.min(65536));
@@ -409,5 +412,33 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(decode(&longer).is_err());
+    }
+
+    #[test]
+    fn files_of_maps_that_are_gone_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = Identity {
+            object: 1,
+            boot_id: "b".into(),
+            map_ids: [u32::MAX; GEN_MAPS.len()],
+            netns: (1, 2),
+            pin_dir: "/x".into(),
+        };
+        let sw = Switch::default();
+        let gens = [KernelGen::empty(), KernelGen::empty()];
+        let stale = dir.path().join("gens-1");
+        std::fs::write(&stale, encode(&gone, &sw, &gens)).unwrap();
+        assert!(!maybe_live(&stale, "b"), "no map has id u32::MAX");
+        let mut newer = encode(&gone, &sw, &gens);
+        newer[4..8].copy_from_slice(&(FORMAT + 1).to_le_bytes());
+        let other = dir.path().join("gens-2");
+        std::fs::write(&other, newer).unwrap();
+        assert!(
+            maybe_live(&other, "b"),
+            "another format is left to its agent"
+        );
+        let cache = GenCache::new(dir.path(), Path::new("/y"), (3, 4));
+        cache.prune(dir.path(), "b");
+        assert!(!stale.exists() && other.exists());
     }
 }
