@@ -111,6 +111,7 @@ impl Lab {
             bpffs: self.bpffs.clone(),
             name: "nodewall".into(),
             attach,
+            cache: Some(self.bpffs.with_extension("cache")),
         })
     }
 
@@ -160,6 +161,7 @@ impl Drop for Lab {
         let _ = sh(&["ip", "netns", "del", &self.node]);
         let _ = sh(&["ip", "netns", "del", &self.peer]);
         unmount(&self.bpffs);
+        let _ = std::fs::remove_dir_all(self.bpffs.with_extension("cache"));
     }
 }
 
@@ -337,4 +339,109 @@ fn removing_an_interface_from_the_policy_detaches_it() {
     });
     assert!(err.contains("interfaces") && err.contains("nope0"), "{err}");
     lab.in_node(|| lab.backend(XdpAttach::Auto).flush().unwrap());
+}
+
+/// Id of the XDP program pinned by the backend, and of the one its link on `dev` runs.
+fn xdp_ids(lab: &Lab) -> (u32, u32) {
+    let pins = lab.bpffs.join("nodewall");
+    let pinned = aya::programs::ProgramInfo::from_pin(pins.join("prog-xdp"))
+        .unwrap()
+        .id();
+    let out = sh(&["ip", "-n", &lab.node, "-d", "link", "show", &lab.dev]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let running = text
+        .find("prog/xdp id ")
+        .and_then(|i| text[i + 12..].split_whitespace().next())
+        .unwrap_or_else(|| panic!("no XDP program on {}: {text}", lab.dev))
+        .parse()
+        .unwrap();
+    (pinned, running)
+}
+
+/// A new agent built from the same object reuses the pinned programs (no program load: the
+/// program id stays); one from another object, or finding a program pin gone, loads its own
+/// and swaps it into the links. Every apply enforces the policy it was given.
+#[test]
+fn a_new_agent_reuses_pinned_programs_of_the_same_object() {
+    let Some(lab) = Lab::new("r") else { return };
+    let mut pol = allow_icmp_from_peer();
+    pol.interfaces = vec![lab.dev.clone()];
+    let mut open = pol.clone();
+    open.rules.remove(0);
+    open.rules.push(rule(
+        "icmp6-peer",
+        Action::Allow,
+        Protocol::Icmpv6,
+        &[],
+        &["fd00::/64"],
+    ));
+    let apply = |p: &nodewall::policy::Policy| {
+        lab.in_node(|| lab.backend(XdpAttach::Auto).apply(p).unwrap())
+    };
+    apply(&pol);
+    let (first, running) = xdp_ids(&lab);
+    assert_eq!(first, running, "the link runs the pinned program");
+    let pins = lab.bpffs.join("nodewall");
+    let markers = || -> Vec<String> {
+        std::fs::read_dir(&pins)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("object-"))
+            .collect()
+    };
+    assert_eq!(markers().len(), 1, "the object is recorded");
+    let cache = std::fs::read_dir(lab.bpffs.with_extension("cache"))
+        .unwrap()
+        .count();
+    assert_eq!(cache, 1, "the generations are recorded for the next agent");
+
+    // Same object: the policy changes, the program does not.
+    let r = apply(&open);
+    assert!(r.changed);
+    assert_eq!(xdp_ids(&lab), (first, first), "no program was loaded");
+    assert!(lab.ping_node(true), "allowed by icmp6-peer");
+    let r = apply(&pol);
+    assert!(r.changed);
+    assert_eq!(xdp_ids(&lab), (first, first));
+    assert!(
+        !lab.ping_node(true) && lab.ping_node(false),
+        "back to the first policy"
+    );
+
+    // Another object's record: load ours, swap it in, record ours instead.
+    let ours = markers().pop().unwrap();
+    std::fs::rename(pins.join(&ours), pins.join("object-0000000000000000")).unwrap();
+    apply(&open);
+    let (second, running) = xdp_ids(&lab);
+    assert_ne!(second, first, "another object's programs are replaced");
+    assert_eq!(running, second, "and the link runs the new one");
+    assert_eq!(markers(), vec![ours]);
+    assert!(lab.ping_node(true));
+
+    // A program pin removed: load again.
+    std::fs::remove_file(pins.join("prog-xdp")).unwrap();
+    apply(&pol);
+    let (third, running) = xdp_ids(&lab);
+    assert!(third != second && running == third);
+    assert!(!lab.ping_node(true) && lab.ping_node(false));
+
+    // A lost or damaged record of the generations is read back from the maps instead.
+    for file in std::fs::read_dir(lab.bpffs.with_extension("cache")).unwrap() {
+        std::fs::write(file.unwrap().path(), b"NWXG garbage").unwrap();
+    }
+    apply(&open);
+    assert_eq!(xdp_ids(&lab).0, third);
+    assert!(lab.ping_node(true));
+    apply(&pol);
+    assert!(!lab.ping_node(true) && lab.ping_node(false));
+
+    lab.in_node(|| lab.backend(XdpAttach::Auto).flush().unwrap());
+    assert!(!pins.exists(), "flush removes the record with the pins");
+    assert_eq!(
+        std::fs::read_dir(lab.bpffs.with_extension("cache"))
+            .unwrap()
+            .count(),
+        0,
+        "flush forgets the generations"
+    );
 }

@@ -86,8 +86,12 @@ pub fn if_name(index: u32) -> Option<String> {
 /// `bpftool prog show pinned ...` and are removed only by `flush`).
 pub const PROGRAM_PINS: [&str; 2] = ["prog-xdp", "prog-egress"];
 
-/// Pins this agent's programs, replacing the pins of an earlier agent's.
+/// Pins this agent's programs, replacing the pins of an earlier agent's, and records which
+/// object they come from.
 pub fn pin_programs(dp: &mut Datapath, pin_dir: &Path) -> Result<()> {
+    // The record of which object the pins hold goes first and comes back last, so an agent
+    // interrupted in between leaves pins that the next one does not reuse.
+    super::objhash::clear(pin_dir)?;
     for name in PROGRAM_PINS {
         let path = pin_dir.join(name);
         remove_pin(&path)?;
@@ -98,7 +102,7 @@ pub fn pin_programs(dp: &mut Datapath, pin_dir: &Path) -> Result<()> {
         };
         pinned.with_context(|| format!("pinning {}", path.display()))?;
     }
-    Ok(())
+    super::objhash::record(pin_dir)
 }
 
 /// Removes a pin, or an empty pin directory, if it exists.

@@ -8,13 +8,17 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use aya::maps::MapInfo;
 use aya::programs::{SchedClassifier, Xdp};
 use aya::{Ebpf, EbpfLoader};
+use aya_obj::programs::XdpAttachType;
 use nodewall_common::xdp::{
     drop_index, map_names, GenConfig, PassReason, RuleRef, Stat, Switch, ACTION_ALLOW, ACTION_DENY,
     BENCH_PASS_PROGRAM, DROP_CAUSE_RULE_BASE, LAYOUT_VERSION, TC_EGRESS_PROGRAM, XDP_PROGRAM,
 };
 
+use super::attach::PROGRAM_PINS;
+use super::cache::GenCache;
 use super::image::Image;
 use super::maps::{KernelGen, Maps, Writes};
 use super::slots::Slots;
@@ -23,7 +27,8 @@ use crate::config::Action;
 use crate::policy::Policy;
 
 /// The eBPF object built by `build.rs` from the `ebpf/` crate.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nodewall-ebpf.o"));
+pub(super) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nodewall-ebpf.o"));
 
 /// Result of one [`Datapath::install`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,14 +38,27 @@ pub struct Installed {
     pub writes: Writes,
 }
 
+/// Where the programs come from.
+enum Programs {
+    /// Loaded (and verified) by this process from the embedded object.
+    Object(Ebpf),
+    /// The pinned programs of an earlier agent built from the same object, reused as they are.
+    Pinned {
+        xdp: Box<Xdp>,
+        egress: Box<SchedClassifier>,
+    },
+}
+
 pub struct Datapath {
-    ebpf: Ebpf,
+    programs: Programs,
     maps: Maps,
     /// What each generation holds, so an apply writes only differences.
     shadow: [KernelGen; 2],
     slots: Slots,
     switch: Switch,
     netns: (u64, u64),
+    /// Where `shadow` is kept for the next agent process, if anywhere.
+    cache: Option<GenCache>,
 }
 
 impl Datapath {
@@ -48,6 +66,23 @@ impl Datapath {
     /// previous agent installed) and missing ones are created and pinned; without, the maps
     /// are private to this object.
     pub fn load(pin_dir: Option<&Path>) -> Result<Self> {
+        Self::load_object(pin_dir, None)
+    }
+
+    /// The datapath pinned under `pin_dir`: the pinned programs and maps when they come from
+    /// this binary's object and are whole (no program load, no verifier run), otherwise the
+    /// object loaded anew over the pinned maps (whose programs the caller then pins). Returns
+    /// whether the object was loaded. `cache` names where the generations' content is kept
+    /// between processes.
+    pub fn open(pin_dir: &Path, cache: Option<GenCache>) -> Result<(Self, bool)> {
+        if let Some(progs) = pinned_programs(pin_dir)? {
+            let maps = Maps::open_pinned(pin_dir)?;
+            return Ok((Self::adopt(progs, maps, Some(pin_dir), cache)?, false));
+        }
+        Ok((Self::load_object(Some(pin_dir), cache)?, true))
+    }
+
+    fn load_object(pin_dir: Option<&Path>, cache: Option<GenCache>) -> Result<Self> {
         let mut loader = EbpfLoader::new();
         if let Some(dir) = pin_dir {
             for name in map_names::ALL {
@@ -61,6 +96,17 @@ impl Datapath {
         tc.load()
             .context("loading the TC egress program (verifier)")?;
         let maps = Maps::take(&mut ebpf)?;
+        Self::adopt(Programs::Object(ebpf), maps, pin_dir, cache)
+    }
+
+    /// Takes over the maps: checks they are ours to write and learns what they hold (from
+    /// the cache when it provably describes them, else by reading them back).
+    fn adopt(
+        programs: Programs,
+        maps: Maps,
+        pin_dir: Option<&Path>,
+        cache: Option<GenCache>,
+    ) -> Result<Self> {
         let switch = maps.read_switch()?;
         let netns = current_netns()?;
         let (shadow, slots) = if switch.layout == 0 {
@@ -77,15 +123,24 @@ impl Datapath {
                 pin_dir.map_or("(none)".into(), |d| d.display().to_string())
             );
         } else {
-            ([maps.read_gen(0)?, maps.read_gen(1)?], Slots::read(&maps)?)
+            let configs = [maps.read_config(0)?, maps.read_config(1)?];
+            let cached = cache
+                .as_ref()
+                .and_then(|c| c.load(netns, &switch, &configs));
+            let shadow = match cached {
+                Some(gens) => gens,
+                None => [maps.read_gen(0)?, maps.read_gen(1)?],
+            };
+            (shadow, Slots::read(&maps)?)
         };
         Ok(Self {
-            ebpf,
+            programs,
             maps,
             shadow,
             slots,
             switch,
             netns,
+            cache,
         })
     }
 
@@ -132,7 +187,12 @@ impl Datapath {
 
     /// Installs `policy` into the inactive generation and publishes it with one write.
     pub fn install(&mut self, policy: &Policy) -> Result<Installed> {
-        let image = Image::build(policy)?;
+        self.install_image(Image::build(policy)?)
+    }
+
+    /// [`Self::install`] of an image already built from the policy (building one for 10k
+    /// CIDRs takes milliseconds: the backend builds it once, before touching the kernel).
+    pub fn install_image(&mut self, image: Image) -> Result<Installed> {
         if self.is_installed() && !self.kernel_matches()? {
             tracing::warn!("the XDP maps were changed behind the agent's back; rewriting them");
             self.resync()?;
@@ -171,6 +231,10 @@ impl Datapath {
         }
         let target = if self.is_installed() { active ^ 1 } else { 1 };
         let new = lower(&image, &slots);
+        if let Some(cache) = &self.cache {
+            // From here until the new content is recorded, the next agent reads the maps back.
+            cache.invalidate()?;
+        }
         let writes = match self
             .maps
             .write_gen(target, &self.shadow[target as usize], &new)
@@ -200,6 +264,12 @@ impl Datapath {
         for slot in self.slots.release_except(&slots) {
             self.slots.write(&mut self.maps, slot, None)?;
         }
+        if let Some(cache) = &self.cache {
+            if let Err(e) = cache.save(self.netns, &switch, &self.shadow) {
+                // Published all the same; the next agent process reads the maps back.
+                tracing::warn!(error = %format!("{e:#}"), "could not record the XDP generations");
+            }
+        }
         Ok(Installed {
             changed: true,
             generation: switch.generation,
@@ -221,17 +291,26 @@ impl Datapath {
     }
 
     pub fn xdp(&mut self) -> Result<&mut Xdp> {
-        Ok(program(&mut self.ebpf, XDP_PROGRAM)?.try_into()?)
+        match &mut self.programs {
+            Programs::Object(ebpf) => Ok(program(ebpf, XDP_PROGRAM)?.try_into()?),
+            Programs::Pinned { xdp, .. } => Ok(xdp),
+        }
     }
 
     pub fn egress(&mut self) -> Result<&mut SchedClassifier> {
-        Ok(program(&mut self.ebpf, TC_EGRESS_PROGRAM)?.try_into()?)
+        match &mut self.programs {
+            Programs::Object(ebpf) => Ok(program(ebpf, TC_EGRESS_PROGRAM)?.try_into()?),
+            Programs::Pinned { egress, .. } => Ok(egress),
+        }
     }
 
     /// A bare `XDP_PASS` program from the same object (loaded on first use): the baseline
     /// of the per-packet cost measurements.
     pub fn baseline(&mut self) -> Result<&mut Xdp> {
-        let prog: &mut Xdp = program(&mut self.ebpf, BENCH_PASS_PROGRAM)?.try_into()?;
+        let Programs::Object(ebpf) = &mut self.programs else {
+            bail!("the baseline program needs a datapath loaded from the object");
+        };
+        let prog: &mut Xdp = program(ebpf, BENCH_PASS_PROGRAM)?.try_into()?;
         if prog.fd().is_err() {
             prog.load()?;
         }
@@ -267,6 +346,47 @@ impl Datapath {
             .map(|r| self.slots.name(r.slot).unwrap_or("?").to_string())
             .collect()
     }
+}
+
+/// The pinned programs, if they can be reused: recorded as built from this binary's object,
+/// every map and both programs still pinned, and the programs using no `NW_` map but those
+/// pinned beside them (a map pinned anew since, by hand or a half-done flush, means the
+/// programs read other maps).
+fn pinned_programs(pin_dir: &Path) -> Result<Option<Programs>> {
+    if !super::objhash::is_ours(pin_dir) {
+        return Ok(None);
+    }
+    let mut pinned_maps = Vec::with_capacity(map_names::ALL.len());
+    for name in map_names::ALL {
+        match MapInfo::from_pin(pin_dir.join(name)) {
+            Ok(info) => pinned_maps.push(info.id()),
+            Err(_) => return Ok(None),
+        }
+    }
+    let (Ok(xdp), Ok(egress)) = (
+        Xdp::from_pin(pin_dir.join(PROGRAM_PINS[0]), XdpAttachType::Interface),
+        SchedClassifier::from_pin(pin_dir.join(PROGRAM_PINS[1])),
+    ) else {
+        return Ok(None);
+    };
+    let mut used = HashSet::new();
+    for info in [xdp.info()?, egress.info()?] {
+        used.extend(info.map_ids()?.unwrap_or_default());
+    }
+    for id in used.iter().filter(|id| !pinned_maps.contains(id)) {
+        // Maps of the object's own globals are not pinned; an `NW_` map that is not the one
+        // pinned under its name means the programs read stale maps.
+        let ours = MapInfo::from_id(*id)
+            .ok()
+            .is_none_or(|m| m.name_as_str().is_some_and(|n| n.starts_with("NW_")));
+        if ours {
+            return Ok(None);
+        }
+    }
+    Ok(Some(Programs::Pinned {
+        xdp: Box::new(xdp),
+        egress: Box::new(egress),
+    }))
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {

@@ -3,7 +3,7 @@
 //! counters.
 
 use std::collections::BTreeMap;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -12,7 +12,7 @@ use aya::maps::{Array, Map, MapData, MapFd, PerCpuArray, PerCpuValues};
 use aya::Ebpf;
 use nodewall_common::xdp::{
     map_names as names, port_index, GenConfig, RuleBits, SlotName, Src4Key, Src6Key, Stat, Switch,
-    GEN_PREFIX_BITS, PORT_PROTO_TCP, PORT_PROTO_UDP,
+    GEN_PREFIX_BITS, MAX_SLOTS, PORT_PROTO_TCP, PORT_PROTO_UDP,
 };
 
 use super::image::PortTable;
@@ -59,6 +59,11 @@ pub struct Maps {
     pub slot_names: Array<MapData, SlotName>,
     /// A descriptor of `ports` for batched reads and writes (aya has none).
     ports_fd: MapFd,
+    /// A descriptor of `slot_names`, read whole in one batch when an agent starts.
+    slot_names_fd: MapFd,
+    /// Descriptors of the tries, for batched writes.
+    src4_fd: MapFd,
+    src6_fd: MapFd,
 }
 
 impl Maps {
@@ -88,24 +93,40 @@ impl Maps {
                     .with_context(|| format!("map {} has an unexpected type", $name))?
             };
         }
-        let ports = get(names::PORTS)?;
-        let ports_fd = match &ports {
-            Map::Array(data) => data.info()?.fd()?,
-            _ => anyhow::bail!("map {} has an unexpected type", names::PORTS),
+        let fd_of = |map: &Map, name: &str| match map {
+            Map::Array(data) | Map::LpmTrie(data) => Ok(data.info()?.fd()?),
+            _ => anyhow::bail!("map {name} has an unexpected type"),
         };
+        let src4 = get(names::SRC4)?;
+        let src4_fd = fd_of(&src4, names::SRC4)?;
+        let src6 = get(names::SRC6)?;
+        let src6_fd = fd_of(&src6, names::SRC6)?;
+        let ports = get(names::PORTS)?;
+        let ports_fd = fd_of(&ports, names::PORTS)?;
+        let slot_names = get(names::SLOT_NAMES)?;
+        let slot_names_fd = fd_of(&slot_names, names::SLOT_NAMES)?;
         Ok(Self {
             ports_fd,
+            slot_names_fd,
+            slot_names: slot_names
+                .try_into()
+                .with_context(|| format!("map {} has an unexpected type", names::SLOT_NAMES))?,
             ports: ports
                 .try_into()
                 .with_context(|| format!("map {} has an unexpected type", names::PORTS))?,
             switch: typed!(names::SWITCH),
             config: typed!(names::CONFIG),
-            src4: typed!(names::SRC4),
-            src6: typed!(names::SRC6),
+            src4: src4
+                .try_into()
+                .with_context(|| format!("map {} has an unexpected type", names::SRC4))?,
+            src6: src6
+                .try_into()
+                .with_context(|| format!("map {} has an unexpected type", names::SRC6))?,
+            src4_fd,
+            src6_fd,
             rule_stats: typed!(names::RULE_STATS),
             drop_stats: typed!(names::DROP_STATS),
             pass_stats: typed!(names::PASS_STATS),
-            slot_names: typed!(names::SLOT_NAMES),
         })
     }
 
@@ -115,6 +136,14 @@ impl Maps {
 
     pub fn write_switch(&mut self, sw: Switch) -> Result<()> {
         Ok(self.switch.set(0, sw, 0)?)
+    }
+
+    /// Every slot's name entry, in one batched read.
+    pub fn read_slot_names(&self) -> Result<Vec<SlotName>> {
+        let mut all = vec![SlotName::EMPTY; MAX_SLOTS as usize];
+        sys::array_lookup_batch(self.slot_names_fd.as_fd(), 0, &mut all)
+            .with_context(|| format!("reading map {}", names::SLOT_NAMES))?;
+        Ok(all)
     }
 
     pub fn read_config(&self, gen: u32) -> Result<GenConfig> {
@@ -167,8 +196,10 @@ impl Maps {
             d[1..].copy_from_slice(&addr.to_be_bytes());
             Key::new(GEN_PREFIX_BITS + len as u32, d)
         };
-        sync_trie(&mut self.src4, &old.src4, &new.src4, key4, &mut w)?;
-        sync_trie(&mut self.src6, &old.src6, &new.src6, key6, &mut w)?;
+        sync_trie(self.src4_fd.as_fd(), &old.src4, &new.src4, key4, &mut w)
+            .with_context(|| format!("writing map {}", names::SRC4))?;
+        sync_trie(self.src6_fd.as_fd(), &old.src6, &new.src6, key6, &mut w)
+            .with_context(|| format!("writing map {}", names::SRC6))?;
         let (mut keys, mut values) = (Vec::new(), Vec::new());
         for (proto, old_t, new_t) in [
             (PORT_PROTO_TCP, &old.tcp, &new.tcp),
@@ -181,7 +212,7 @@ impl Maps {
                 }
             }
         }
-        sys::array_update_batch(self.ports_fd.as_fd(), &keys, &values)
+        sys::update_batch(self.ports_fd.as_fd(), &keys, &values)
             .with_context(|| format!("writing map {}", names::PORTS))?;
         w.added += keys.len();
         if old.config != new.config {
@@ -228,8 +259,9 @@ fn read_trie<K: aya::Pod + AsRef<[u8]>, A: Ord>(
     Ok(out)
 }
 
+/// Brings a trie from `old` to `new` in batched syscalls (10k prefixes: a few calls, not 10k).
 fn sync_trie<K: aya::Pod, A: Ord + Copy>(
-    trie: &mut LpmTrie<MapData, K, RuleBits>,
+    trie: BorrowedFd<'_>,
     old: &BTreeMap<A, RuleBits>,
     new: &BTreeMap<A, RuleBits>,
     key: impl Fn(&A) -> Key<K>,
@@ -237,15 +269,21 @@ fn sync_trie<K: aya::Pod, A: Ord + Copy>(
 ) -> Result<()> {
     // Inserts first, then removals: while the generation is inactive the order does not
     // matter, but it keeps the trie from ever holding less than needed.
+    let (mut keys, mut values) = (Vec::new(), Vec::new());
     for (prefix, bits) in new {
         if old.get(prefix) != Some(bits) {
-            trie.insert(&key(prefix), *bits, 0)?;
-            w.added += 1;
+            keys.push(key(prefix));
+            values.push(*bits);
         }
     }
-    for prefix in old.keys().filter(|p| !new.contains_key(p)) {
-        trie.remove(&key(prefix))?;
-        w.removed += 1;
-    }
+    sys::update_batch(trie, &keys, &values)?;
+    w.added += keys.len();
+    let gone: Vec<Key<K>> = old
+        .keys()
+        .filter(|p| !new.contains_key(p))
+        .map(&key)
+        .collect();
+    sys::delete_batch(trie, &gone)?;
+    w.removed += gone.len();
     Ok(())
 }

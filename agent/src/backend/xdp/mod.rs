@@ -9,8 +9,11 @@
 //!
 //! Everything is pinned under `<bpffs>/<name>/` (default `/sys/fs/bpf/nodewall/`, see
 //! [`XdpOptions::from_env`]): the maps, the two programs, and under `links/` one XDP and one
-//! TC link per interface. The next agent adopts them (maps reused, programs swapped inside the
-//! links atomically); `flush` removes the lot. An apply is idempotent on attachments: a link
+//! TC link per interface. The next agent adopts them: maps reused, and programs too when they
+//! come from the same object (`objhash`: no program load), else the new programs are swapped
+//! inside the links atomically; `flush` removes the lot. What the two map generations hold is
+//! kept in a file between agent processes (`cache`), so an apply writes its differences
+//! without reading the maps back. An apply is idempotent on attachments: a link
 //! found detached or unpinned is re-created, which is how `verify`'s drift is repaired.
 //!
 //! The object is built by `agent/build.rs` from `ebpf/` (nightly of `ebpf/rust-toolchain.toml`
@@ -19,10 +22,12 @@
 //! prebuilt object instead (`cargo xtask build-ebpf` prints where it builds one).
 
 mod attach;
+mod cache;
 mod counters;
 mod datapath;
 mod image;
 mod maps;
+mod objhash;
 mod options;
 mod samples;
 mod slots;
@@ -88,6 +93,19 @@ impl XdpBackend {
             .collect()
     }
 
+    /// The file keeping what the generations of this pin directory (in this network
+    /// namespace) hold, between agent processes.
+    fn cache(&self) -> Result<Option<cache::GenCache>> {
+        let Some(dir) = &self.opts.cache else {
+            return Ok(None);
+        };
+        Ok(Some(cache::GenCache::new(
+            dir,
+            &self.pin_dir(),
+            current_netns()?,
+        )))
+    }
+
     /// Maps of an installed policy, from this process or from the pins.
     fn with_maps<T>(&self, f: impl FnOnce(&Maps) -> Result<T>) -> Result<Option<T>> {
         if let Some(l) = &self.loaded {
@@ -112,7 +130,7 @@ impl Backend for XdpBackend {
     fn apply(&mut self, policy: &Policy) -> Result<ApplyReport> {
         let started = Instant::now();
         // Everything that can be refused is checked before the kernel is touched.
-        Image::build(policy)?;
+        let image = Image::build(policy)?;
         let wanted = Self::interfaces(policy)?;
         ensure_bpffs(&self.opts.bpffs)?;
         let dir = self.pin_dir();
@@ -124,15 +142,17 @@ impl Backend for XdpBackend {
             self.loaded = None;
         }
         if self.loaded.is_none() {
-            let mut dp = Datapath::load(Some(&dir))?;
-            attach::pin_programs(&mut dp, &dir)?;
+            let (mut dp, loaded) = Datapath::open(&dir, self.cache()?)?;
+            if loaded {
+                attach::pin_programs(&mut dp, &dir)?;
+            }
             let xdp_id = dp.xdp()?.info()?.id();
             let tc_id = dp.egress()?.info()?.id();
             self.loaded = Some(Loaded { dp, xdp_id, tc_id });
         }
         let links = self.links();
         let dp = &mut self.loaded.as_mut().expect("loaded above").dp;
-        let installed = dp.install(policy)?;
+        let installed = dp.install_image(image)?;
         let mut changed = installed.changed;
         let mut added = installed.writes.added;
         let mut removed = installed.writes.removed;
@@ -207,7 +227,14 @@ impl Backend for XdpBackend {
         }
         links.remove_dir()?;
         self.loaded = None;
+        if let Some(cache) = self.cache()? {
+            // Its maps are about to go, which is enough to make it untrusted.
+            if let Err(e) = cache.invalidate() {
+                tracing::warn!(error = %format!("{e:#}"), "could not remove the XDP generation record");
+            }
+        }
         let dir = self.pin_dir();
+        objhash::clear(&dir)?;
         for name in map_names::ALL.iter().chain(&attach::PROGRAM_PINS) {
             attach::remove_pin(&dir.join(name))?;
         }

@@ -14,6 +14,9 @@ pub struct XdpOptions {
     /// Directory under `bpffs` holding this agent's pins.
     pub name: String,
     pub attach: XdpAttach,
+    /// Directory of the files recording what the map generations hold between agent
+    /// processes (see `cache`); `None` reads the maps back on every start.
+    pub cache: Option<PathBuf>,
 }
 
 impl Default for XdpOptions {
@@ -22,6 +25,7 @@ impl Default for XdpOptions {
             bpffs: PathBuf::from("/sys/fs/bpf"),
             name: "nodewall".into(),
             attach: XdpAttach::Auto,
+            cache: Some(PathBuf::from(DEFAULT_CACHE_DIR)),
         }
     }
 }
@@ -30,6 +34,9 @@ impl Default for XdpOptions {
 /// hosts whose bpffs is mounted elsewhere, and for tests: `ip netns exec` remounts `/sys`, so
 /// a process it starts does not see the host's `/sys/fs/bpf`.
 pub const BPFFS_ENV: &str = "NODEWALL_BPFFS";
+/// Default of [`XdpOptions::cache`]: beside the agent's lock and rollback state; a tmpfs, like
+/// the maps it describes it does not outlive a reboot.
+pub const DEFAULT_CACHE_DIR: &str = "/run/nodewall/xdp";
 /// Environment variable: `auto` (default: native, else generic), `native` or `generic`.
 pub const MODE_ENV: &str = "NODEWALL_XDP_MODE";
 

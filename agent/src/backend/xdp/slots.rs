@@ -23,13 +23,16 @@ impl Slots {
     }
 
     pub fn read(maps: &Maps) -> Result<Self> {
-        let mut names = Vec::with_capacity(MAX_SLOTS as usize);
-        for slot in 0..MAX_SLOTS {
-            let s = maps.slot_names.get(&slot, 0)?;
-            names.push((s.used != 0).then(|| {
-                String::from_utf8_lossy(&s.name[..(s.len as usize).min(MAX_NAME_LEN)]).into_owned()
-            }));
-        }
+        let names = maps
+            .read_slot_names()?
+            .into_iter()
+            .map(|s| {
+                (s.used != 0).then(|| {
+                    String::from_utf8_lossy(&s.name[..(s.len as usize).min(MAX_NAME_LEN)])
+                        .into_owned()
+                })
+            })
+            .collect();
         Ok(Self { names })
     }
 

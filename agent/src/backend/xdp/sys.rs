@@ -1,7 +1,8 @@
 //! BPF syscalls aya does not expose in the form nodewall needs: opening a pinned object by
 //! path and reading a link's info including the interface it is attached to (aya's
 //! `LinkInfo` hides the per-type part, which is where that interface is), for the drift
-//! check; and batched array reads and writes, for the 262,144-entry port table.
+//! check; and batched map reads and writes, for the 262,144-entry port table and the source
+//! tries.
 //!
 //! A link detached behind the agent's back (`bpftool link detach`, the device going away)
 //! stays a valid object with its pin, but the kernel reports interface 0 for it: that is how
@@ -113,6 +114,7 @@ pub fn link_info(fd: &OwnedFd) -> Result<LinkInfo> {
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
 /// `union bpf_attr` for the BPF_MAP_*_BATCH commands.
 #[repr(C)]
@@ -175,8 +177,10 @@ pub fn array_lookup_batch<T: Copy>(fd: BorrowedFd<'_>, first: u32, out: &mut [T]
     Ok(())
 }
 
-/// Writes `values[i]` at index `keys[i]` of an array map, in a few syscalls.
-pub fn array_update_batch<T: Copy>(fd: BorrowedFd<'_>, keys: &[u32], values: &[T]) -> Result<()> {
+/// Writes `values[i]` at key `keys[i]` of a map (an array, or an LPM trie: the kernel's
+/// generic batch loop serves both), in a few syscalls instead of one per element. `K` and `V`
+/// must be the map's key and value types, with the kernel's layout.
+pub fn update_batch<K: Copy, V: Copy>(fd: BorrowedFd<'_>, keys: &[K], values: &[V]) -> Result<()> {
     assert_eq!(keys.len(), values.len());
     for (k, v) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
         let mut attr = BatchAttr {
@@ -190,6 +194,27 @@ pub fn array_update_batch<T: Copy>(fd: BorrowedFd<'_>, keys: &[u32], values: &[T
         if attr.count as usize != k.len() {
             anyhow::bail!(
                 "BPF_MAP_UPDATE_BATCH wrote {} of {} elements",
+                attr.count,
+                k.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Deletes `keys` from a hash-like map (an LPM trie) in a few syscalls.
+pub fn delete_batch<K: Copy>(fd: BorrowedFd<'_>, keys: &[K]) -> Result<()> {
+    for k in keys.chunks(BATCH) {
+        let mut attr = BatchAttr {
+            keys: k.as_ptr() as u64,
+            count: k.len() as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        bpf(BPF_MAP_DELETE_BATCH, &mut attr).context("BPF_MAP_DELETE_BATCH")?;
+        if attr.count as usize != k.len() {
+            anyhow::bail!(
+                "BPF_MAP_DELETE_BATCH removed {} of {} elements",
                 attr.count,
                 k.len()
             );
