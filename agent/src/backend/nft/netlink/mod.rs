@@ -2,6 +2,7 @@
 
 mod align;
 mod batch;
+mod cache;
 mod diff;
 mod elems;
 mod expr;
@@ -10,7 +11,7 @@ pub mod state;
 mod udata;
 mod wrap;
 
-use anyhow::Context;
+use std::path::Path;
 
 use super::names;
 use super::plan::Ruleset;
@@ -26,6 +27,10 @@ pub struct Nft {
     /// The last generation this process installed or found installed: when the table is
     /// deleted behind our back, the repair continues from here instead of restarting at 1.
     last_generation: u64,
+    /// What our last commit left in the sets (see [`cache`]); `None` when unknown.
+    installed: Option<cache::Installed>,
+    /// Where `installed` outlives this process, if anywhere.
+    store: Option<cache::Store>,
 }
 
 /// What one apply did.
@@ -38,6 +43,9 @@ pub struct Applied {
     /// certain: read before the dump when nothing had to be sent, or after the batch when the
     /// id moved by exactly our own commit. `None` when someone else committed meanwhile.
     pub genid: Option<u32>,
+    /// How many sets had their elements dumped (the others were vouched for by the record of
+    /// our last commit).
+    pub sets_dumped: usize,
 }
 
 impl Nft {
@@ -45,7 +53,52 @@ impl Nft {
         Ok(Self {
             sock: socket::Socket::open()?,
             last_generation: 0,
+            installed: None,
+            store: None,
         })
+    }
+
+    /// Keeps the record of what the sets hold in `dir` too, so that the next `nodewall apply`
+    /// process can skip dumping the sets this one installed (see [`cache`]).
+    pub fn remember_in(&mut self, dir: &Path) {
+        self.store = cache::Store::new(dir, self.sock.netns_cookie());
+    }
+
+    /// Records (or forgets) what the sets hold, in memory and in the store.
+    fn set_installed(&mut self, installed: Option<cache::Installed>) {
+        if let Some(store) = &self.store {
+            store.save(installed.as_ref());
+        }
+        self.installed = installed;
+    }
+
+    /// The table, with the elements of the sets in `planned` that the record vouches for left
+    /// out (and marked `as_planned`) while nothing was committed since it was made. `genid` is
+    /// the id read before.
+    fn read_for_apply(&mut self, genid: u32, planned: &cache::Planned) -> anyhow::Result<Current> {
+        let installed = match self.installed.take() {
+            Some(i) => Some(i),
+            None => self.store.as_ref().and_then(cache::Store::load),
+        };
+        let vouched = installed
+            .as_ref()
+            .map(|i| i.vouched(genid, planned))
+            .unwrap_or_default();
+        self.installed = installed;
+        if vouched.is_empty() {
+            return self.read(&|_| true);
+        }
+        let mut cur = self.read(&|set| !vouched.contains(&set))?;
+        // The dump is consistent with the record only if nothing was committed meanwhile.
+        if self.genid()? != genid {
+            return self.read(&|_| true);
+        }
+        for name in vouched {
+            if let Some(s) = cur.sets.get_mut(name) {
+                s.as_planned = true;
+            }
+        }
+        Ok(cur)
     }
 
     /// The namespace's ruleset generation id (see [`socket::Socket::genid`]).
@@ -79,21 +132,34 @@ impl Nft {
     /// otherwise the generation goes up by one and every change goes in one batch.
     pub fn apply(&mut self, plan: impl Fn(u64) -> Ruleset) -> anyhow::Result<Applied> {
         let before = self.genid()?;
-        let cur = self.read(&|_| true)?;
+        // Only the base rule's comment depends on the generation, which the dump tells: the
+        // sets of a plan built before it are the ones the record may vouch for.
+        let probe = plan(0);
+        let planned = cache::Planned::of(&probe.sets);
+        let mut cur = self.read_for_apply(before, &planned)?;
         let generation = self.generation(&cur);
+        let sets_dumped = cur.sets.values().filter(|s| !s.as_planned).count();
+        let (now, next) = (plan(generation), plan(generation + 1));
+        if (now.sets != probe.sets || next.sets != probe.sets)
+            && cur.sets.values().any(|s| s.as_planned)
+        {
+            // Not so after all: dump everything rather than trust the record for other sets.
+            cur = self.read(&|_| true)?;
+        }
         let fault = std::env::var(FAULT_ENV).as_deref() == Ok("1");
-        if !fault && diff::diff(&plan(generation), &cur).batch.is_empty() {
+        let mut d = diff::diff(&next, &cur);
+        if !fault && diff::unchanged_but_generation(&d, &now, &cur) {
             self.last_generation = generation;
+            self.set_installed(Some(planned.at(before)));
             return Ok(Applied {
                 generation,
                 changed: false,
                 added: 0,
                 removed: 0,
                 genid: Some(before),
+                sets_dumped,
             });
         }
-        let next = generation + 1;
-        let mut d = diff::diff(&plan(next), &cur);
         if fault {
             inject_fault(&mut d.batch);
         }
@@ -104,24 +170,28 @@ impl Nft {
                 .find(|(s, _)| *s == seq)
                 .map(|(_, w)| w.clone())
         };
-        self.sock
-            .send_batch(&batch, describe)
-            .context("applying table inet nodewall")?;
-        self.last_generation = next;
-        // The batch is in: failing to read the id only costs the next verify a full dump.
-        let after = self.genid().ok();
+        if let Err(e) = self.sock.send_batch(&batch, describe) {
+            self.set_installed(None);
+            return Err(e.context("applying table inet nodewall"));
+        }
+        self.last_generation = generation + 1;
+        // The batch is in: failing to read the id only costs the next apply or verify a dump.
+        let genid = self.genid().ok().filter(|&a| a == before.wrapping_add(1));
+        self.set_installed(genid.map(|g| planned.at(g)));
         Ok(Applied {
-            generation: next,
+            generation: generation + 1,
             changed: true,
             added: d.added,
             removed: d.removed,
-            genid: after.filter(|&a| a == before.wrapping_add(1)),
+            genid,
+            sets_dumped,
         })
     }
 
     /// Deletes table `inet nodewall` (and with it everything nodewall installed). Returns
     /// whether there was one.
     pub fn flush(&mut self) -> anyhow::Result<bool> {
+        self.set_installed(None);
         if !self.read(&|_| false)?.table {
             return Ok(false);
         }
