@@ -34,11 +34,11 @@ pub struct Diff {
 }
 
 /// Whether `d`, the diff to the plan of the next generation, changes nothing but the
-/// generation, given `now`, the plan of the current one: one diff then tells both whether
-/// anything has to be sent and what, instead of diffing both plans.
-pub fn unchanged_but_generation(d: &Diff, now: &Ruleset, cur: &Current) -> bool {
+/// generation, given `now`, the plan of the current one (built only when that question is
+/// open): one diff then tells both whether anything has to be sent and what.
+pub fn unchanged_but_generation(d: &Diff, now: impl FnOnce() -> Ruleset, cur: &Current) -> bool {
     d.batch.len() == d.base_rule_messages
-        && now
+        && now()
             .chains
             .iter()
             .filter(|c| c.name == names::BASE_CHAIN)

@@ -138,17 +138,15 @@ impl Nft {
         let planned = cache::Planned::of(&probe.sets);
         let mut cur = self.read_for_apply(before, &planned)?;
         let generation = self.generation(&cur);
-        let sets_dumped = cur.sets.values().filter(|s| !s.as_planned).count();
-        let (now, next) = (plan(generation), plan(generation + 1));
-        if (now.sets != probe.sets || next.sets != probe.sets)
-            && cur.sets.values().any(|s| s.as_planned)
-        {
+        let next = plan(generation + 1);
+        if next.sets != probe.sets && cur.sets.values().any(|s| s.as_planned) {
             // Not so after all: dump everything rather than trust the record for other sets.
             cur = self.read(&|_| true)?;
         }
+        let sets_dumped = cur.sets.values().filter(|s| !s.as_planned).count();
         let fault = std::env::var(FAULT_ENV).as_deref() == Ok("1");
         let mut d = diff::diff(&next, &cur);
-        if !fault && diff::unchanged_but_generation(&d, &now, &cur) {
+        if !fault && diff::unchanged_but_generation(&d, || plan(generation), &cur) {
             self.last_generation = generation;
             self.set_installed(Some(planned.at(before)));
             return Ok(Applied {
