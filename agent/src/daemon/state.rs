@@ -6,7 +6,9 @@
 //! - `applied.json`: the config last installed and confirmed, which a confirmed apply rolls back
 //!   to;
 //! - `pending.json`: an `apply --confirm` waiting for `nodewall confirm` (see [`super::confirm`]);
-//! - `last-rollback.json`: the last unconfirmed apply that was rolled back.
+//! - `last-rollback.json`: the last unconfirmed apply that was rolled back;
+//! - `nft-sets.json`: what the nft backend's last commit left in its sets, so that the next
+//!   `apply` dumps only the sets that changed (see `backend/nft/netlink/cache.rs`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
