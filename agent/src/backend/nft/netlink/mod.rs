@@ -72,19 +72,25 @@ impl Nft {
         self.installed = installed;
     }
 
-    /// The table, with the elements of the sets in `planned` that the record vouches for left
-    /// out (and marked `as_planned`) while nothing was committed since it was made. `genid` is
-    /// the id read before.
-    fn read_for_apply(&mut self, genid: u32, planned: &cache::Planned) -> anyhow::Result<Current> {
-        let installed = match self.installed.take() {
+    /// The record of our last commit, if the kernel's generation id is still `genid`, the one
+    /// at which it was made: else somebody committed since and it is worth nothing.
+    fn record_at(&mut self, genid: u32) -> Option<cache::Installed> {
+        let record = match self.installed.take() {
             Some(i) => Some(i),
             None => self.store.as_ref().and_then(cache::Store::load),
         };
-        let vouched = installed
-            .as_ref()
-            .map(|i| i.vouched(genid, planned))
-            .unwrap_or_default();
-        self.installed = installed;
+        record.filter(|r| r.genid == genid)
+    }
+
+    /// The table, with the elements of the sets of `planned` that `record` vouches for left
+    /// out (and marked `as_planned`). `genid` is the id read before.
+    fn read_vouched(
+        &mut self,
+        genid: u32,
+        record: &cache::Installed,
+        planned: &cache::Planned,
+    ) -> anyhow::Result<Current> {
+        let vouched = record.vouched(genid, planned);
         if vouched.is_empty() {
             return self.read(&|_| true);
         }
@@ -132,17 +138,30 @@ impl Nft {
     /// otherwise the generation goes up by one and every change goes in one batch.
     pub fn apply(&mut self, plan: impl Fn(u64) -> Ruleset) -> anyhow::Result<Applied> {
         let before = self.genid()?;
+        let record = self.record_at(before);
         // Only the base rule's comment depends on the generation, which the dump tells: the
         // sets of a plan built before it are the ones the record may vouch for.
-        let probe = plan(0);
-        let planned = cache::Planned::of(&probe.sets);
-        let mut cur = self.read_for_apply(before, &planned)?;
+        let probe = record.as_ref().map(|_| {
+            let p = plan(0);
+            let planned = cache::Planned::of(&p.sets);
+            (p, planned)
+        });
+        let mut cur = match (&record, &probe) {
+            (Some(r), Some((_, planned))) => self.read_vouched(before, r, planned)?,
+            _ => self.read(&|_| true)?,
+        };
         let generation = self.generation(&cur);
         let next = plan(generation + 1);
-        if next.sets != probe.sets && cur.sets.values().any(|s| s.as_planned) {
-            // Not so after all: dump everything rather than trust the record for other sets.
-            cur = self.read(&|_| true)?;
-        }
+        let planned = match probe {
+            Some((p, planned)) if next.sets == p.sets => planned,
+            _ => {
+                if cur.sets.values().any(|s| s.as_planned) {
+                    // Not so after all: dump everything rather than trust the record.
+                    cur = self.read(&|_| true)?;
+                }
+                cache::Planned::of(&next.sets)
+            }
+        };
         let sets_dumped = cur.sets.values().filter(|s| !s.as_planned).count();
         let fault = std::env::var(FAULT_ENV).as_deref() == Ok("1");
         let mut d = diff::diff(&next, &cur);
