@@ -80,7 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    let mut backend = select::for_apply(args.backend, desired.backend)?;
+    let mut backend = select::for_apply(args.backend, desired.backend, Some(&args.state_dir))?;
     let previous = match args.confirm {
         Some(_) => rollback_target(&state, backend.as_ref())?,
         None => None,
@@ -223,5 +223,5 @@ fn open_by_name(name: &str) -> anyhow::Result<Box<dyn Backend>> {
     } else {
         BackendArg::Nft
     };
-    select::for_apply(arg, BackendKind::Auto)
+    select::for_apply(arg, BackendKind::Auto, None)
 }

@@ -40,7 +40,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         state_dir: args.state_dir,
         check_interval: Duration::from_secs(1),
     };
-    let open: daemon::OpenBackend = Box::new(|kind| select::for_apply(BackendArg::Auto, kind));
+    let open: daemon::OpenBackend =
+        Box::new(|kind| select::for_apply(BackendArg::Auto, kind, None));
     let result =
         runtime.block_on(daemon::run(opts, source::config_parser(), open).instrument(node_span()));
     match result {

@@ -1,5 +1,7 @@
 //! Picking the backend a command talks to.
 
+use std::path::Path;
+
 use clap::ValueEnum;
 use nodewall::backend::{nft::NftBackend, xdp::XdpBackend, Backend};
 use nodewall::config::BackendKind;
@@ -12,14 +14,26 @@ pub enum BackendArg {
     Auto,
 }
 
-/// The backend for `apply`: the command-line choice, else the config's.
-pub fn for_apply(arg: BackendArg, configured: BackendKind) -> anyhow::Result<Box<dyn Backend>> {
+/// The backend for `apply`: the command-line choice, else the config's. The nft backend keeps
+/// its record of the installed sets in `state_dir` (see [`NftBackend::remember_in`]).
+pub fn for_apply(
+    arg: BackendArg,
+    configured: BackendKind,
+    state_dir: Option<&Path>,
+) -> anyhow::Result<Box<dyn Backend>> {
     let kind = match arg {
         BackendArg::Nft => BackendKind::Nft,
         BackendArg::Xdp => BackendKind::Xdp,
         BackendArg::Auto => configured,
     };
-    open(kind)
+    match (kind, state_dir) {
+        (BackendKind::Nft, Some(dir)) => {
+            let mut nft = NftBackend::new()?;
+            nft.remember_in(dir);
+            Ok(Box::new(nft))
+        }
+        _ => open(kind),
+    }
 }
 
 /// The backend for `status`/`flush`: with `auto`, the one that has a policy installed (XDP

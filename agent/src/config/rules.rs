@@ -4,7 +4,7 @@ use super::fields;
 use super::model::{Action, PortRange, Protocol, RuleConfig, Source};
 use super::suggest::did_you_mean;
 use super::walk::{index, Ctx, Fields};
-use super::yaml::{Node, Pos};
+use super::yaml::{Kind, Node, Pos};
 
 pub const RULE_KEYS: &[&str] = &["name", "action", "protocol", "ports", "from"];
 
@@ -200,16 +200,21 @@ pub fn sources(
     }
     let mut out = Vec::new();
     let mut ok = true;
+    // The item's path is only formatted for an error: lists of 10k CIDRs are common.
     for (i, item) in items.iter().enumerate() {
-        let p = index(path, i);
-        let Some(s) = ctx.str(item, &p) else {
-            ok = false;
-            continue;
+        let s = match &item.kind {
+            Kind::Str(s) => s.as_str(),
+            _ => {
+                // Not a string: this records why.
+                ctx.str(item, &index(path, i));
+                ok = false;
+                continue;
+            }
         };
         match source(s, networks) {
             Ok(src) => out.push(src),
             Err(e) => {
-                ctx.error(p, item.pos, e);
+                ctx.error(index(path, i), item.pos, e);
                 ok = false;
             }
         }

@@ -138,7 +138,10 @@ impl Builder {
         tag: Option<Cow<'_, Tag>>,
         pos: Pos,
     ) -> Result<(), SyntaxError> {
-        let kind = match Scalar::parse_from_cow_and_metadata(text.clone(), style, tag.as_ref()) {
+        // Only a tag can make resolution fail, and only then is the text needed again: a
+        // copy of every scalar (10k CIDRs are 10k of them) is not.
+        let shown = tag.is_some().then(|| text.clone());
+        let kind = match Scalar::parse_from_cow_and_metadata(text, style, tag.as_ref()) {
             Some(Scalar::Null) => Kind::Null,
             Some(Scalar::Boolean(b)) => Kind::Bool(b),
             Some(Scalar::Integer(i)) => Kind::Int(i),
@@ -146,6 +149,7 @@ impl Builder {
             Some(Scalar::String(s)) => Kind::Str(s.into_owned()),
             None => {
                 let tag = tag.map(|t| t.to_string()).unwrap_or_default();
+                let text = shown.unwrap_or_default();
                 return Err(SyntaxError {
                     pos,
                     message: format!("value {text:?} does not match its tag {tag}"),

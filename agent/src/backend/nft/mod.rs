@@ -52,6 +52,7 @@ pub struct NftBackend {
     /// verifies every second, and dumping 10k set elements each time is what this saves.
     intact: RefCell<Option<(u32, Policy)>>,
     full_verifies: Cell<u64>,
+    sets_dumped: usize,
 }
 
 impl NftBackend {
@@ -60,7 +61,21 @@ impl NftBackend {
             nft: RefCell::new(netlink::Nft::open()?),
             intact: RefCell::new(None),
             full_verifies: Cell::new(0),
+            sets_dumped: 0,
         })
+    }
+
+    /// Keeps a record of what the sets hold in the state directory `dir`, so that the next
+    /// `nodewall apply` process re-applying a policy with a few changed CIDRs dumps only the
+    /// sets that changed instead of every element of the table (see `netlink/cache.rs`). The
+    /// daemon needs none: its backend keeps the record in memory between applies.
+    pub fn remember_in(&mut self, dir: &std::path::Path) {
+        self.nft.get_mut().remember_in(dir);
+    }
+
+    /// How many sets the last apply had to dump (see [`Self::remember_in`]).
+    pub fn sets_dumped_by_last_apply(&self) -> usize {
+        self.sets_dumped
     }
 
     /// How many `verify` calls had to dump the table (the others found the ruleset
@@ -111,6 +126,7 @@ impl Backend for NftBackend {
             .get_mut()
             .apply(|generation| plan::build(policy, &policy.interfaces, generation))?;
         *self.intact.get_mut() = applied.genid.map(|id| (id, policy.clone()));
+        self.sets_dumped = applied.sets_dumped;
         Ok(ApplyReport {
             generation: applied.generation,
             changed: applied.changed,

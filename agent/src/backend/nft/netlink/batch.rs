@@ -136,6 +136,10 @@ impl Builder {
         self.messages == 0
     }
 
+    pub fn len(&self) -> usize {
+        self.messages
+    }
+
     pub fn finish(self) -> (FinalizedBatch, Vec<(u32, String)>) {
         (self.batch.finalize(), self.described)
     }

@@ -28,6 +28,34 @@ pub struct Diff {
     pub batch: Builder,
     pub added: usize,
     pub removed: usize,
+    /// How many of the messages only replace the base chain's rules, whose comment carries
+    /// the generation: see [`unchanged_but_generation`].
+    pub base_rule_messages: usize,
+}
+
+/// Whether `d`, the diff to the plan of the next generation, changes nothing but the
+/// generation, given `now`, the plan of the current one (built only when that question is
+/// open): one diff then tells both whether anything has to be sent and what.
+pub fn unchanged_but_generation(d: &Diff, now: impl FnOnce() -> Ruleset, cur: &Current) -> bool {
+    d.batch.len() == d.base_rule_messages
+        && now()
+            .chains
+            .iter()
+            .filter(|c| c.name == names::BASE_CHAIN)
+            .all(|c| rules_match(c, cur))
+}
+
+/// Whether chain `ch` holds exactly its planned rules.
+fn rules_match(ch: &ChainDef, have: &Current) -> bool {
+    let cur = have.chains.iter().find(|c| c.name == ch.name);
+    cur.is_some_and(|c| {
+        c.rules.len() == ch.rules.len()
+            && ch
+                .rules
+                .iter()
+                .zip(&c.rules)
+                .all(|(r, k)| build_rule(&ch.name, r).fingerprint() == k.fingerprint)
+    })
 }
 
 pub fn diff(rs: &Ruleset, cur: &Current) -> Diff {
@@ -35,6 +63,7 @@ pub fn diff(rs: &Ruleset, cur: &Current) -> Diff {
         batch: Builder::new(),
         added: 0,
         removed: 0,
+        base_rule_messages: 0,
     };
     let rebuild = cur.table && !compatible(rs, cur);
     let empty = Current::default();
@@ -120,9 +149,13 @@ pub fn diff(rs: &Ruleset, cur: &Current) -> Diff {
 
 impl Diff {
     fn set(&mut self, id: u32, set: &SetDef, have: &Current) {
+        let cur = have.sets.get(&set.name);
+        if cur.is_some_and(|c| c.as_planned) {
+            return;
+        }
         let want = elems::units(set);
         let interval = set.kind.interval();
-        let Some(cur) = have.sets.get(&set.name) else {
+        let Some(cur) = cur else {
             let (key_type, key_len, byteorder) = key_spec(set.kind);
             let s = Set::ours(&set.name);
             s.set_u32(
@@ -199,6 +232,14 @@ impl Diff {
     /// rule changes with every generation and is not counted.
     fn rules(&mut self, ch: &ChainDef, have: &Current) {
         let counted = ch.name != names::BASE_CHAIN;
+        let before = self.batch.len();
+        self.rules_in(ch, have, counted);
+        if !counted {
+            self.base_rule_messages += self.batch.len() - before;
+        }
+    }
+
+    fn rules_in(&mut self, ch: &ChainDef, have: &Current, counted: bool) {
         let built: Vec<_> = ch.rules.iter().map(|r| build_rule(&ch.name, r)).collect();
         let want: Vec<String> = built.iter().map(|r| r.fingerprint()).collect();
         let cur = have

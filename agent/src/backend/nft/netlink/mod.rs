@@ -2,6 +2,7 @@
 
 mod align;
 mod batch;
+mod cache;
 mod diff;
 mod elems;
 mod expr;
@@ -10,7 +11,7 @@ pub mod state;
 mod udata;
 mod wrap;
 
-use anyhow::Context;
+use std::path::Path;
 
 use super::names;
 use super::plan::Ruleset;
@@ -26,6 +27,10 @@ pub struct Nft {
     /// The last generation this process installed or found installed: when the table is
     /// deleted behind our back, the repair continues from here instead of restarting at 1.
     last_generation: u64,
+    /// What our last commit left in the sets (see [`cache`]); `None` when unknown.
+    installed: Option<cache::Installed>,
+    /// Where `installed` outlives this process, if anywhere.
+    store: Option<cache::Store>,
 }
 
 /// What one apply did.
@@ -38,6 +43,9 @@ pub struct Applied {
     /// certain: read before the dump when nothing had to be sent, or after the batch when the
     /// id moved by exactly our own commit. `None` when someone else committed meanwhile.
     pub genid: Option<u32>,
+    /// How many sets had their elements dumped (the others were vouched for by the record of
+    /// our last commit).
+    pub sets_dumped: usize,
 }
 
 impl Nft {
@@ -45,7 +53,58 @@ impl Nft {
         Ok(Self {
             sock: socket::Socket::open()?,
             last_generation: 0,
+            installed: None,
+            store: None,
         })
+    }
+
+    /// Keeps the record of what the sets hold in `dir` too, so that the next `nodewall apply`
+    /// process can skip dumping the sets this one installed (see [`cache`]).
+    pub fn remember_in(&mut self, dir: &Path) {
+        self.store = cache::Store::new(dir, self.sock.netns_cookie());
+    }
+
+    /// Records (or forgets) what the sets hold, in memory and in the store.
+    fn set_installed(&mut self, installed: Option<cache::Installed>) {
+        if let Some(store) = &self.store {
+            store.save(installed.as_ref());
+        }
+        self.installed = installed;
+    }
+
+    /// The record of our last commit, if the kernel's generation id is still `genid`, the one
+    /// at which it was made: else somebody committed since and it is worth nothing.
+    fn record_at(&mut self, genid: u32) -> Option<cache::Installed> {
+        let record = match self.installed.take() {
+            Some(i) => Some(i),
+            None => self.store.as_ref().and_then(cache::Store::load),
+        };
+        record.filter(|r| r.genid == genid)
+    }
+
+    /// The table, with the elements of the sets of `planned` that `record` vouches for left
+    /// out (and marked `as_planned`). `genid` is the id read before.
+    fn read_vouched(
+        &mut self,
+        genid: u32,
+        record: &cache::Installed,
+        planned: &cache::Planned,
+    ) -> anyhow::Result<Current> {
+        let vouched = record.vouched(genid, planned);
+        if vouched.is_empty() {
+            return self.read(&|_| true);
+        }
+        let mut cur = self.read(&|set| !vouched.contains(&set))?;
+        // The dump is consistent with the record only if nothing was committed meanwhile.
+        if self.genid()? != genid {
+            return self.read(&|_| true);
+        }
+        for name in vouched {
+            if let Some(s) = cur.sets.get_mut(name) {
+                s.as_planned = true;
+            }
+        }
+        Ok(cur)
     }
 
     /// The namespace's ruleset generation id (see [`socket::Socket::genid`]).
@@ -79,21 +138,45 @@ impl Nft {
     /// otherwise the generation goes up by one and every change goes in one batch.
     pub fn apply(&mut self, plan: impl Fn(u64) -> Ruleset) -> anyhow::Result<Applied> {
         let before = self.genid()?;
-        let cur = self.read(&|_| true)?;
+        let record = self.record_at(before);
+        // Only the base rule's comment depends on the generation, which the dump tells: the
+        // sets of a plan built before it are the ones the record may vouch for.
+        let probe = record.as_ref().map(|_| {
+            let p = plan(0);
+            let planned = cache::Planned::of(&p.sets);
+            (p, planned)
+        });
+        let mut cur = match (&record, &probe) {
+            (Some(r), Some((_, planned))) => self.read_vouched(before, r, planned)?,
+            _ => self.read(&|_| true)?,
+        };
         let generation = self.generation(&cur);
+        let next = plan(generation + 1);
+        let planned = match probe {
+            Some((p, planned)) if next.sets == p.sets => planned,
+            _ => {
+                if cur.sets.values().any(|s| s.as_planned) {
+                    // Not so after all: dump everything rather than trust the record.
+                    cur = self.read(&|_| true)?;
+                }
+                cache::Planned::of(&next.sets)
+            }
+        };
+        let sets_dumped = cur.sets.values().filter(|s| !s.as_planned).count();
         let fault = std::env::var(FAULT_ENV).as_deref() == Ok("1");
-        if !fault && diff::diff(&plan(generation), &cur).batch.is_empty() {
+        let mut d = diff::diff(&next, &cur);
+        if !fault && diff::unchanged_but_generation(&d, || plan(generation), &cur) {
             self.last_generation = generation;
+            self.set_installed(Some(planned.at(before)));
             return Ok(Applied {
                 generation,
                 changed: false,
                 added: 0,
                 removed: 0,
                 genid: Some(before),
+                sets_dumped,
             });
         }
-        let next = generation + 1;
-        let mut d = diff::diff(&plan(next), &cur);
         if fault {
             inject_fault(&mut d.batch);
         }
@@ -104,24 +187,28 @@ impl Nft {
                 .find(|(s, _)| *s == seq)
                 .map(|(_, w)| w.clone())
         };
-        self.sock
-            .send_batch(&batch, describe)
-            .context("applying table inet nodewall")?;
-        self.last_generation = next;
-        // The batch is in: failing to read the id only costs the next verify a full dump.
-        let after = self.genid().ok();
+        if let Err(e) = self.sock.send_batch(&batch, describe) {
+            self.set_installed(None);
+            return Err(e.context("applying table inet nodewall"));
+        }
+        self.last_generation = generation + 1;
+        // The batch is in: failing to read the id only costs the next apply or verify a dump.
+        let genid = self.genid().ok().filter(|&a| a == before.wrapping_add(1));
+        self.set_installed(genid.map(|g| planned.at(g)));
         Ok(Applied {
-            generation: next,
+            generation: generation + 1,
             changed: true,
             added: d.added,
             removed: d.removed,
-            genid: after.filter(|&a| a == before.wrapping_add(1)),
+            genid,
+            sets_dumped,
         })
     }
 
     /// Deletes table `inet nodewall` (and with it everything nodewall installed). Returns
     /// whether there was one.
     pub fn flush(&mut self) -> anyhow::Result<bool> {
+        self.set_installed(None);
         if !self.read(&|_| false)?.table {
             return Ok(false);
         }

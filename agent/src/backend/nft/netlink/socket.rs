@@ -22,6 +22,9 @@ const RECV_BUF: usize = 1 << 20;
 pub struct Socket {
     sock: mnl::Socket,
     seq: u32,
+    /// Replies are read into this one buffer: allocating (and zeroing) a megabyte for every
+    /// request would cost more than a small request itself.
+    buf: AlignedBuf,
 }
 
 /// A dump reply was interrupted by a concurrent ruleset change: read again.
@@ -36,6 +39,7 @@ impl Socket {
         let s = Self {
             sock,
             seq: std::process::id().wrapping_mul(7919),
+            buf: AlignedBuf::new(RECV_BUF),
         };
         // Short acks (header only) and kernel error strings; a large receive buffer so that
         // the acks of a big batch are not dropped.
@@ -62,6 +66,25 @@ impl Socket {
                 std::mem::size_of::<i32>() as u32,
             );
         }
+    }
+
+    /// The network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14+): unique for the boot,
+    /// never reused by a later namespace.
+    pub fn netns_cookie(&self) -> Option<u64> {
+        const SO_NETNS_COOKIE: i32 = 71;
+        let mut cookie = 0u64;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd(),
+                libc::SOL_SOCKET,
+                SO_NETNS_COOKIE,
+                &mut cookie as *mut u64 as *mut c_void,
+                &mut len,
+            )
+        };
+        (r == 0 && len as usize == std::mem::size_of::<u64>()).then_some(cookie)
     }
 
     pub fn next_seq(&mut self) -> u32 {
@@ -109,12 +132,12 @@ impl Socket {
         // The kernel processes the whole batch inside sendmsg: every ack and error is queued on
         // the socket by now, so drain it without blocking.
         let mut errors: Vec<(u32, i32, Option<String>)> = Vec::new();
-        let mut buf = AlignedBuf::new(RECV_BUF);
+        let buf = &mut self.buf;
         loop {
             // SAFETY: buffer is valid for RECV_BUF bytes.
             let n = unsafe {
                 libc::recv(
-                    self.fd(),
+                    mnl::mnl_sys::mnl_socket_get_fd(self.sock.as_raw_socket()),
                     buf.as_mut_ptr() as *mut c_void,
                     RECV_BUF,
                     libc::MSG_DONTWAIT,
@@ -214,7 +237,7 @@ impl Socket {
         self.sock
             .send(&req.bytes()[..len])
             .context("sending a netlink dump request")?;
-        let mut buf = AlignedBuf::new(RECV_BUF);
+        let buf = &mut self.buf;
         let mut interrupted = false;
         loop {
             let n = match self.sock.recv_raw(buf.as_mut_bytes()) {

@@ -27,6 +27,9 @@ pub struct CurrentSet {
     pub flags: u32,
     /// (key, element flags) in the kernel's order.
     pub elems: Vec<(Vec<u8>, u32)>,
+    /// The elements were not dumped because the apply cache vouches that the set holds
+    /// exactly what the plan being applied wants (see [`super::cache`]).
+    pub as_planned: bool,
 }
 
 #[derive(Debug)]
@@ -112,6 +115,7 @@ fn read_once(sock: &mut Socket, elements_of: &dyn Fn(&str) -> bool) -> anyhow::R
                 key_len: s.get_u32(sys::NFTNL_SET_KEY_LEN),
                 flags: s.get_u32(sys::NFTNL_SET_FLAGS),
                 elems,
+                as_planned: false,
             },
         );
     }

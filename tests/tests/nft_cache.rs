@@ -1,0 +1,192 @@
+//! The nft backend's record of its own last commit: a re-apply dumps only the sets whose
+//! planned content changed, as long as nothing at all was committed to nftables since (the
+//! ruleset generation id says so). Any other commit, to our table or any other, and the record
+//! is ignored: everything is dumped and the result is exact either way. A fresh backend whose
+//! verify dumps the whole table is the judge of "exact".
+
+use std::path::Path;
+
+use anyhow::{ensure, Context};
+use nodewall::backend::nft::NftBackend;
+use nodewall::backend::Backend as _;
+use nodewall::policy::Policy;
+use nodewall_netns_tests::netns::Netns;
+use nodewall_netns_tests::nodewall::Config;
+use nodewall_netns_tests::{can_run, Backend};
+
+/// `tke-node` plus two deny rules over 50 /32s each; `moved` replaces the first address of
+/// rule `deny-a` by another one.
+fn policy(moved: bool) -> anyhow::Result<Policy> {
+    let cidrs = |base: u32, first: Option<&str>| {
+        (0..50u32)
+            .map(|i| {
+                let a = std::net::Ipv4Addr::from(base + 2 * i);
+                match (i, first) {
+                    (0, Some(f)) => format!("\"{f}\""),
+                    _ => format!("\"{a}/32\""),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let base = u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0));
+    let mut cfg = Config::new(Backend::Nft, Some("tke-node"));
+    cfg.rules = vec![
+        format!(
+            "  - name: deny-a\n    action: deny\n    protocol: tcp\n    ports: [\"10250\"]\n    from: [{}]",
+            cidrs(base, moved.then_some("198.19.200.0/28"))
+        ),
+        format!(
+            "  - name: deny-b\n    action: deny\n    protocol: udp\n    ports: [\"10250\"]\n    from: [{}]",
+            cidrs(base + 4096, None)
+        ),
+    ];
+    let desired = nodewall::daemon::source::parse_config(&cfg.yaml(), Path::new("cache.yaml"))
+        .map_err(anyhow::Error::msg)?;
+    Ok(desired.policy)
+}
+
+fn nft(node: &Netns, cmd: &str) -> anyhow::Result<()> {
+    let args: Vec<&str> = cmd.split(' ').collect();
+    node.exec("nft", &args)
+        .map(drop)
+        .with_context(|| format!("nft {cmd}"))
+}
+
+/// A backend as one `nodewall apply --state-dir DIR` process has it.
+fn process(dir: &Path) -> anyhow::Result<NftBackend> {
+    let mut b = NftBackend::new()?;
+    b.remember_in(dir);
+    Ok(b)
+}
+
+/// The kernel holds exactly `policy`, as seen by a backend that dumps everything.
+fn exact(policy: &Policy) -> anyhow::Result<()> {
+    ensure!(
+        NftBackend::new()?.verify(policy)?,
+        "the table is not exactly the policy"
+    );
+    Ok(())
+}
+
+fn trusted_then_ignored(node: &Netns) -> anyhow::Result<()> {
+    let dir = node.state_dir()?;
+    let (p, moved) = (policy(false)?, policy(true)?);
+    process(&dir)?.apply(&p)?;
+    exact(&p)?;
+    // How many sets the table has: what an apply without any record dumps.
+    let mut blind = NftBackend::new()?;
+    ensure!(!blind.apply(&p)?.changed);
+    let all = blind.sets_dumped_by_last_apply();
+    ensure!(all > 2, "the policy has several sets, {all}");
+
+    // Nothing committed since: the next process dumps only the set that changed.
+    let mut b = process(&dir)?;
+    let r = b.apply(&moved)?;
+    ensure!(r.changed && r.added == 1 && r.removed == 1, "{r:?}");
+    ensure!(
+        b.sets_dumped_by_last_apply() == 1,
+        "{}",
+        b.sets_dumped_by_last_apply()
+    );
+    exact(&moved)?;
+    // The same process again (the daemon's case, from memory): nothing dumped, nothing sent.
+    ensure!(!b.apply(&moved)?.changed);
+    ensure!(
+        b.sets_dumped_by_last_apply() == 0,
+        "{}",
+        b.sets_dumped_by_last_apply()
+    );
+    let r = b.apply(&p)?;
+    ensure!(r.changed && r.added == 1 && r.removed == 1, "{r:?}");
+    ensure!(
+        b.sets_dumped_by_last_apply() == 1,
+        "{}",
+        b.sets_dumped_by_last_apply()
+    );
+    exact(&p)?;
+
+    // A commit to another table: the record is not trusted, the apply still exact.
+    nft(node, "add table inet foreign")?;
+    let mut b = process(&dir)?;
+    let r = b.apply(&moved)?;
+    ensure!(r.changed && r.added == 1 && r.removed == 1, "{r:?}");
+    ensure!(
+        b.sets_dumped_by_last_apply() == all,
+        "{}",
+        b.sets_dumped_by_last_apply()
+    );
+    exact(&moved)?;
+
+    // A rule added to our table: ignored record, the rule goes.
+    nft(node, "add rule inet nodewall inbound counter")?;
+    let mut b = process(&dir)?;
+    let r = b.apply(&moved)?;
+    ensure!(r.changed && r.removed == 1, "{r:?}");
+    ensure!(
+        b.sets_dumped_by_last_apply() == all,
+        "{}",
+        b.sets_dumped_by_last_apply()
+    );
+    exact(&moved)?;
+
+    // An element deleted from a set the next plan leaves unchanged: it comes back, although
+    // the record (now stale) vouched for that set.
+    nft(
+        node,
+        "delete element inet nodewall src4.deny-b { 198.18.16.0/32 }",
+    )?;
+    let mut b = process(&dir)?;
+    let r = b.apply(&p)?;
+    ensure!(r.changed && r.added == 2 && r.removed == 1, "{r:?}");
+    ensure!(
+        b.sets_dumped_by_last_apply() == all,
+        "{}",
+        b.sets_dumped_by_last_apply()
+    );
+    exact(&p)?;
+
+    // A flush forgets.
+    let mut b = process(&dir)?;
+    b.flush()?;
+    let mut b = process(&dir)?;
+    ensure!(b.apply(&p)?.changed);
+    exact(&p)?;
+    Ok(())
+}
+
+#[test]
+fn record_is_trusted_only_while_nothing_commits() {
+    if !can_run("record_is_trusted_only_while_nothing_commits") {
+        return;
+    }
+    let node = Netns::new("node").unwrap();
+    node.enter(|| trusted_then_ignored(&node))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// Two namespaces whose generation ids are equal (each saw the same number of commits), one
+/// state directory: the record of one must not vouch for the other's sets.
+#[test]
+fn record_is_per_namespace() {
+    if !can_run("record_is_per_namespace") {
+        return;
+    }
+    let (a, b) = (Netns::new("nsa").unwrap(), Netns::new("nsb").unwrap());
+    let shared = a.state_dir().unwrap();
+    let other = b.state_dir().unwrap();
+    let (p, moved) = (policy(false).unwrap(), policy(true).unwrap());
+    let run = || -> anyhow::Result<()> {
+        a.enter(|| process(&shared)?.apply(&p).map(drop))??;
+        b.enter(|| process(&other)?.apply(&moved).map(drop))??;
+        b.enter(|| -> anyhow::Result<()> {
+            let mut nw = process(&shared)?;
+            let r = nw.apply(&p)?;
+            ensure!(r.changed && r.added == 1 && r.removed == 1, "{r:?}");
+            exact(&p)
+        })??;
+        Ok(())
+    };
+    run().unwrap_or_else(|e| panic!("{e:#}"));
+}
