@@ -14,8 +14,9 @@ use nodewall_netns_tests::netns::Netns;
 use nodewall_netns_tests::nodewall::Config;
 use nodewall_netns_tests::{can_run, Backend};
 
-/// `tke-node` plus two deny rules over 50 /32s each; `moved` replaces the first address of
-/// rule `deny-a` by another one.
+/// `tke-node` plus two deny rules over 50 /32s each (one hash set of /32s per rule, see
+/// `plan::by_prefix_length`); `moved` replaces the first address of rule `deny-a` by another
+/// /32, so only that set's content changes.
 fn policy(moved: bool) -> anyhow::Result<Policy> {
     let cidrs = |base: u32, first: Option<&str>| {
         (0..50u32)
@@ -34,7 +35,7 @@ fn policy(moved: bool) -> anyhow::Result<Policy> {
     cfg.rules = vec![
         format!(
             "  - name: deny-a\n    action: deny\n    protocol: tcp\n    ports: [\"10250\"]\n    from: [{}]",
-            cidrs(base, moved.then_some("198.19.200.0/28"))
+            cidrs(base, moved.then_some("198.19.200.0/32"))
         ),
         format!(
             "  - name: deny-b\n    action: deny\n    protocol: udp\n    ports: [\"10250\"]\n    from: [{}]",
@@ -134,7 +135,7 @@ fn trusted_then_ignored(node: &Netns) -> anyhow::Result<()> {
     // the record (now stale) vouched for that set.
     nft(
         node,
-        "delete element inet nodewall src4.deny-b { 198.18.16.0/32 }",
+        "delete element inet nodewall src4p32.deny-b { 198.18.16.0 }",
     )?;
     let mut b = process(&dir)?;
     let r = b.apply(&p)?;
