@@ -197,13 +197,18 @@ fn parse_v6(f: &Frame, l3: usize) -> Parsed {
 }
 
 /// The upper-layer header fields the policy and the flow table look at.
+///
+/// `repr(C, u8)` and the zeroed payload of `Other`: with an undefined payload LLVM may fill
+/// those bits from any register, a stack pointer included, and the verifier rejects the
+/// masking that follows.
 #[derive(Clone, Copy)]
+#[repr(C, u8)]
 pub enum L4 {
     Tcp { sport: u16, dport: u16 },
     Udp { sport: u16, dport: u16 },
     /// ICMP in IPv4 or ICMPv6 in IPv6; `id` is only meaningful for echo messages.
     Icmp { icmp_type: u8, id: u16 },
-    Other,
+    Other { _zero: [u16; 2] },
 }
 
 impl Ip {
@@ -261,7 +266,7 @@ impl Ip {
                 let h = f.load::<[u8; 8]>(self.l4)?;
                 Some(L4::Icmp { icmp_type: h[0], id: u16::from_be_bytes([h[4], h[5]]) })
             }
-            _ => Some(L4::Other),
+            _ => Some(L4::Other { _zero: [0; 2] }),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! more than the counters it already bumps; the agent limits its log lines on top.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{PerCpuArray, RingBuf},
     programs::XdpContext,
@@ -25,7 +25,9 @@ fn take_budget() -> bool {
     let Some(b) = NW_SAMPLE_BUDGET.get_ptr_mut(0) else {
         return false;
     };
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The coarse clock (a tick's resolution, plenty for a one-second window): reading the
+    // precise one costs more than the rest of a drop's classification on some machines.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // SAFETY: a per-CPU value, only this CPU writes it, and this program runs to completion.
     unsafe {
         if now.wrapping_sub((*b).window_start_ns) >= SECOND_NS {

@@ -11,8 +11,9 @@ use anyhow::{bail, Context, Result};
 use aya::programs::{SchedClassifier, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use nodewall_common::xdp::{
-    drop_index, map_names, GenConfig, PassReason, RuleRef, Stat, Switch, ACTION_ALLOW, ACTION_DENY,
-    BENCH_PASS_PROGRAM, DROP_CAUSE_RULE_BASE, LAYOUT_VERSION, TC_EGRESS_PROGRAM, XDP_PROGRAM,
+    drop_index, flags, map_names, GenConfig, PassReason, RuleRef, Stat, Switch, ACTION_ALLOW,
+    ACTION_DENY, BENCH_PASS_PROGRAM, DROP_CAUSE_RULE_BASE, LAYOUT_VERSION, TC_EGRESS_PROGRAM,
+    XDP_PROGRAM,
 };
 
 use super::image::Image;
@@ -238,6 +239,18 @@ impl Datapath {
         Ok(prog)
     }
 
+    /// Another program of the object, loaded on first use: e.g. [`BENCH_PARSE_PROGRAM`],
+    /// the parse-only baseline.
+    ///
+    /// [`BENCH_PARSE_PROGRAM`]: nodewall_common::xdp::BENCH_PARSE_PROGRAM
+    pub fn bench_program(&mut self, name: &str) -> Result<&mut Xdp> {
+        let prog: &mut Xdp = program(&mut self.ebpf, name)?.try_into()?;
+        if prog.fd().is_err() {
+            prog.load()?;
+        }
+        Ok(prog)
+    }
+
     pub fn maps(&self) -> &Maps {
         &self.maps
     }
@@ -276,9 +289,26 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::
 
 /// An image with its rules' counter slots: exactly what the kernel generation will hold.
 fn lower(image: &Image, slots: &[u16]) -> KernelGen {
+    // The flat tables when the sources fit them, otherwise the LPM tries; never both.
+    let (flags, src4, src6, flat) = match &image.flat {
+        Some(flat) => (
+            image.flags | flags::FLAT_SOURCES,
+            Default::default(),
+            Default::default(),
+            flat.clone(),
+        ),
+        None => (
+            image.flags,
+            image.src4.clone(),
+            image.src6.clone(),
+            Default::default(),
+        ),
+    };
     let mut config = GenConfig {
-        flags: image.flags,
+        flags,
         nrules: image.rules.len() as u32,
+        src_nodes: flat.nodes.len() as u32,
+        src_classes: flat.classes.len() as u32,
         icmp4: image.icmp4,
         icmp6: image.icmp6,
         other: image.other,
@@ -298,8 +328,9 @@ fn lower(image: &Image, slots: &[u16]) -> KernelGen {
     }
     KernelGen {
         config,
-        src4: image.src4.clone(),
-        src6: image.src6.clone(),
+        src4,
+        src6,
+        flat,
         tcp: image.tcp.clone(),
         udp: image.udp.clone(),
     }

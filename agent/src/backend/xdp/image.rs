@@ -8,12 +8,15 @@
 //! - the protocol and destination port: a table per protocol, piecewise constant over ports.
 //!
 //! Bit `i` is rule `i`; the lowest bit of the intersection is the first matching rule.
+//! The prefixes are then expanded into flat tables ([`FlatSources`]) when they fit; the LPM
+//! tries only hold a generation whose sources do not.
 
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
 use nodewall_common::xdp::{flags, RuleBits, MAX_NAME_LEN, MAX_RULES};
 
+use super::flat::FlatSources;
 use crate::config::{Action, Mode, Protocol};
 use crate::policy::{AddrSet, Policy, PortSet};
 
@@ -62,6 +65,8 @@ pub struct Image {
     /// (network address, prefix length) -> rules containing that prefix.
     pub src4: BTreeMap<(u32, u8), RuleBits>,
     pub src6: BTreeMap<(u128, u8), RuleBits>,
+    /// `src4` and `src6` as flat tables, unless they need more than a generation holds.
+    pub flat: Option<FlatSources>,
     pub tcp: PortTable,
     pub udp: PortTable,
 }
@@ -77,6 +82,7 @@ impl Image {
             other: RuleBits::EMPTY,
             src4: BTreeMap::new(),
             src6: BTreeMap::new(),
+            flat: FlatSources::build(&BTreeMap::new(), &BTreeMap::new()),
             tcp: PortTable::empty(),
             udp: PortTable::empty(),
         }
@@ -117,6 +123,7 @@ impl Image {
             bits
         };
         let sources: Vec<&AddrSet> = policy.rules.iter().map(|r| &r.sources).collect();
+        let (src4, src6) = push_down_both(&sources);
         Ok(Self {
             flags,
             rules: policy
@@ -127,40 +134,54 @@ impl Image {
             icmp4: bits_where(&|p| matches!(p, Protocol::Icmp | Protocol::All)),
             icmp6: bits_where(&|p| matches!(p, Protocol::Icmpv6 | Protocol::All)),
             other: bits_where(&|p| p == Protocol::All),
-            src4: push_down(
-                &sources,
-                |s| {
-                    s.v4_prefixes()
-                        .iter()
-                        .map(|n| (u32::from(n.network()) as u128, n.prefix_len()))
-                        .collect()
-                },
-                |s| {
-                    s.v4_ranges()
-                        .iter()
-                        .map(|&(a, b)| (a as u128, b as u128))
-                        .collect()
-                },
-                32,
-            )
-            .into_iter()
-            .map(|((a, len), bits)| ((a as u32, len), bits))
-            .collect(),
-            src6: push_down(
-                &sources,
-                |s| {
-                    s.v6_prefixes()
-                        .iter()
-                        .map(|n| (u128::from(n.network()), n.prefix_len()))
-                        .collect()
-                },
-                |s| s.v6_ranges().to_vec(),
-                128,
-            ),
+            flat: FlatSources::build(&src4, &src6),
+            src4,
+            src6,
             tcp: port_table(policy, Protocol::Tcp),
             udp: port_table(policy, Protocol::Udp),
         })
     }
+}
+
+/// [`push_down`] for both families: (IPv4, IPv6) prefixes -> rules containing them.
+#[allow(clippy::type_complexity)]
+pub(super) fn push_down_both(
+    sources: &[&AddrSet],
+) -> (
+    BTreeMap<(u32, u8), RuleBits>,
+    BTreeMap<(u128, u8), RuleBits>,
+) {
+    let src4 = push_down(
+        sources,
+        |s| {
+            s.v4_prefixes()
+                .iter()
+                .map(|n| (u32::from(n.network()) as u128, n.prefix_len()))
+                .collect()
+        },
+        |s| {
+            s.v4_ranges()
+                .iter()
+                .map(|&(a, b)| (a as u128, b as u128))
+                .collect()
+        },
+        32,
+    )
+    .into_iter()
+    .map(|((a, len), bits)| ((a as u32, len), bits))
+    .collect();
+    let src6 = push_down(
+        sources,
+        |s| {
+            s.v6_prefixes()
+                .iter()
+                .map(|n| (u128::from(n.network()), n.prefix_len()))
+                .collect()
+        },
+        |s| s.v6_ranges().to_vec(),
+        128,
+    );
+    (src4, src6)
 }
 
 /// Every prefix of every rule's sources, each with the bits of all rules containing it.

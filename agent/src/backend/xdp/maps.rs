@@ -11,10 +11,12 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, Map, MapData, MapFd, PerCpuArray, PerCpuValues};
 use aya::Ebpf;
 use nodewall_common::xdp::{
-    map_names as names, port_index, GenConfig, RuleBits, SlotName, Src4Key, Src6Key, Stat, Switch,
-    GEN_PREFIX_BITS, PORT_PROTO_TCP, PORT_PROTO_UDP,
+    map_names as names, port_index, GenConfig, RuleBits, SlotName, Src4Key, Src6Key, SrcNode, Stat,
+    Switch, GEN_PREFIX_BITS, PORT_PROTO_TCP, PORT_PROTO_UDP, SRC_CLASSES_PER_GEN,
+    SRC_NODES_PER_GEN,
 };
 
+use super::flat::FlatSources;
 use super::image::PortTable;
 use super::sys;
 
@@ -22,8 +24,12 @@ use super::sys;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelGen {
     pub config: GenConfig,
+    /// The LPM tries' entries: empty when the generation uses the flat tables.
     pub src4: BTreeMap<(u32, u8), RuleBits>,
     pub src6: BTreeMap<(u128, u8), RuleBits>,
+    /// The flat tables' used entries (`config.src_nodes`/`src_classes` of them): empty when
+    /// the generation uses the LPM tries.
+    pub flat: FlatSources,
     pub tcp: PortTable,
     pub udp: PortTable,
 }
@@ -34,6 +40,7 @@ impl KernelGen {
             config: GenConfig::EMPTY,
             src4: BTreeMap::new(),
             src6: BTreeMap::new(),
+            flat: FlatSources::default(),
             tcp: PortTable::empty(),
             udp: PortTable::empty(),
         }
@@ -52,6 +59,8 @@ pub struct Maps {
     pub config: Array<MapData, GenConfig>,
     pub src4: LpmTrie<MapData, Src4Key, RuleBits>,
     pub src6: LpmTrie<MapData, Src6Key, RuleBits>,
+    pub src_nodes: Array<MapData, SrcNode>,
+    pub src_classes: Array<MapData, RuleBits>,
     pub ports: Array<MapData, RuleBits>,
     pub rule_stats: PerCpuArray<MapData, Stat>,
     pub drop_stats: PerCpuArray<MapData, Stat>,
@@ -102,6 +111,8 @@ impl Maps {
             config: typed!(names::CONFIG),
             src4: typed!(names::SRC4),
             src6: typed!(names::SRC6),
+            src_nodes: typed!(names::SRC_NODES),
+            src_classes: typed!(names::SRC_CLASSES),
             rule_stats: typed!(names::RULE_STATS),
             drop_stats: typed!(names::DROP_STATS),
             pass_stats: typed!(names::PASS_STATS),
@@ -133,6 +144,16 @@ impl Maps {
         out.src6 = read_trie(&self.src6, gen, |d| {
             u128::from_be_bytes(d[1..].try_into().expect("16 bytes"))
         })?;
+        for i in 0..out.config.src_nodes.min(SRC_NODES_PER_GEN) {
+            out.flat
+                .nodes
+                .push(self.src_nodes.get(&(gen * SRC_NODES_PER_GEN + i), 0)?);
+        }
+        for i in 0..out.config.src_classes.min(SRC_CLASSES_PER_GEN) {
+            out.flat
+                .classes
+                .push(self.src_classes.get(&(gen * SRC_CLASSES_PER_GEN + i), 0)?);
+        }
         out.tcp = self.read_ports(gen, PORT_PROTO_TCP)?;
         out.udp = self.read_ports(gen, PORT_PROTO_UDP)?;
         Ok(out)
@@ -169,6 +190,23 @@ impl Maps {
         };
         sync_trie(&mut self.src4, &old.src4, &new.src4, key4, &mut w)?;
         sync_trie(&mut self.src6, &old.src6, &new.src6, key6, &mut w)?;
+        // Entries past what the new tables use are left as they are: nothing refers to them.
+        for (i, node) in new.flat.nodes.iter().enumerate() {
+            if old.flat.nodes.get(i) != Some(node) {
+                self.src_nodes
+                    .set(gen * SRC_NODES_PER_GEN + i as u32, node, 0)
+                    .with_context(|| format!("writing map {}", names::SRC_NODES))?;
+                w.added += 1;
+            }
+        }
+        for (i, class) in new.flat.classes.iter().enumerate() {
+            if old.flat.classes.get(i) != Some(class) {
+                self.src_classes
+                    .set(gen * SRC_CLASSES_PER_GEN + i as u32, class, 0)
+                    .with_context(|| format!("writing map {}", names::SRC_CLASSES))?;
+                w.added += 1;
+            }
+        }
         let (mut keys, mut values) = (Vec::new(), Vec::new());
         for (proto, old_t, new_t) in [
             (PORT_PROTO_TCP, &old.tcp, &new.tcp),

@@ -21,6 +21,7 @@
 mod attach;
 mod counters;
 mod datapath;
+mod flat;
 mod image;
 mod maps;
 mod options;

@@ -1,0 +1,245 @@
+//! The flat source tables (see `nodewall_common::xdp::SrcNode`): the pushed-down prefixes of
+//! an [`super::image::Image`] expanded into a multibit trie of stride 8, so that the XDP
+//! program finds a source's rules with one inlined array lookup per address byte instead of
+//! a walk of the kernel's LPM trie, whose cost grows with the number of prefixes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use nodewall_common::xdp::{
+    RuleBits, SrcNode, SRC_CHILD, SRC_CLASSES_PER_GEN, SRC_NODES_PER_GEN, SRC_ROOT4, SRC_ROOT6,
+};
+
+/// One generation's flat tables: nodes (the two roots first) and classes (the empty set first).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct FlatSources {
+    pub nodes: Vec<SrcNode>,
+    pub classes: Vec<RuleBits>,
+}
+
+impl FlatSources {
+    /// Expands both families' prefixes (each carrying the rules of every prefix containing
+    /// it); `None` when the tables would exceed what a generation holds, in which case the
+    /// agent keeps the LPM tries.
+    pub fn build(
+        src4: &BTreeMap<(u32, u8), RuleBits>,
+        src6: &BTreeMap<(u128, u8), RuleBits>,
+    ) -> Option<Self> {
+        let mut b = Builder {
+            flat: FlatSources {
+                nodes: vec![SrcNode([0; 256]); 2],
+                classes: vec![RuleBits::EMPTY],
+            },
+            class_of: HashMap::from([(RuleBits::EMPTY, 0)]),
+        };
+        let v4 = src4
+            .iter()
+            .map(|(&(a, len), bits)| (a.to_be_bytes().to_vec(), len, bits));
+        let v6 = src6
+            .iter()
+            .map(|(&(a, len), bits)| (a.to_be_bytes().to_vec(), len, bits));
+        b.insert_all(SRC_ROOT4, v4.collect())?;
+        b.insert_all(SRC_ROOT6, v6.collect())?;
+        Some(b.flat)
+    }
+
+    /// The rules of an address, as the XDP program finds them (`addr` in network order:
+    /// 4 bytes for IPv4, 16 for IPv6).
+    pub fn lookup(&self, addr: &[u8]) -> RuleBits {
+        let mut node = if addr.len() == 4 {
+            SRC_ROOT4
+        } else {
+            SRC_ROOT6
+        };
+        for &byte in addr {
+            let e = self.nodes[node as usize].0[byte as usize];
+            if e & SRC_CHILD == 0 {
+                return self.classes[e as usize];
+            }
+            node = e & !SRC_CHILD;
+        }
+        unreachable!("the last address byte always ends in a class")
+    }
+}
+
+struct Builder {
+    flat: FlatSources,
+    class_of: HashMap<RuleBits, u16>,
+}
+
+impl Builder {
+    /// Shorter prefixes first: a longer one then only overwrites, within what a shorter one
+    /// set, the entries it covers, and a child node starts as a copy of the class of the
+    /// entry it replaces (leaf pushing), which is already final.
+    fn insert_all(&mut self, root: u16, mut prefixes: Vec<(Vec<u8>, u8, &RuleBits)>) -> Option<()> {
+        prefixes.sort_by_key(|(addr, len, _)| (*len, addr.clone()));
+        for (addr, len, bits) in prefixes {
+            let class = self.class(bits)?;
+            self.insert(root, &addr, len as usize, class)?;
+        }
+        Some(())
+    }
+
+    fn class(&mut self, bits: &RuleBits) -> Option<u16> {
+        if let Some(&c) = self.class_of.get(bits) {
+            return Some(c);
+        }
+        let c = self.flat.classes.len();
+        if c >= SRC_CLASSES_PER_GEN as usize {
+            return None;
+        }
+        self.flat.classes.push(*bits);
+        self.class_of.insert(*bits, c as u16);
+        Some(c as u16)
+    }
+
+    fn insert(&mut self, root: u16, addr: &[u8], len: usize, class: u16) -> Option<()> {
+        let mut node = root as usize;
+        let mut depth = 0;
+        while len > 8 * (depth + 1) {
+            let e = self.flat.nodes[node].0[addr[depth] as usize];
+            node = if e & SRC_CHILD != 0 {
+                (e & !SRC_CHILD) as usize
+            } else {
+                let child = self.flat.nodes.len();
+                if child >= SRC_NODES_PER_GEN as usize {
+                    return None;
+                }
+                self.flat.nodes.push(SrcNode([e; 256]));
+                self.flat.nodes[node].0[addr[depth] as usize] = SRC_CHILD | child as u16;
+                child
+            };
+            depth += 1;
+        }
+        let span = 1usize << (8 * (depth + 1) - len);
+        let first = addr[depth] as usize & !(span - 1);
+        for e in &mut self.flat.nodes[node].0[first..first + span] {
+            debug_assert_eq!(*e & SRC_CHILD, 0, "shorter prefixes come first");
+            *e = class;
+        }
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::AddrSet;
+    use proptest::prelude::*;
+
+    fn bits(i: usize) -> RuleBits {
+        let mut b = RuleBits::EMPTY;
+        b.set(i);
+        b
+    }
+
+    #[test]
+    fn longest_prefix_wins_at_every_edge() {
+        let mut v4 = BTreeMap::new();
+        let mut both = bits(0);
+        both.union_with(&bits(1));
+        v4.insert((u32::from_be_bytes([10, 0, 0, 0]), 8), bits(0));
+        v4.insert((u32::from_be_bytes([10, 1, 2, 0]), 23), both);
+        let mut v6 = BTreeMap::new();
+        v6.insert((0u128, 0), bits(2));
+        let flat = FlatSources::build(&v4, &v6).unwrap();
+        assert_eq!(flat.lookup(&[10, 0, 0, 0]), bits(0));
+        assert_eq!(flat.lookup(&[10, 1, 1, 255]), bits(0));
+        assert_eq!(flat.lookup(&[10, 1, 2, 0]), both);
+        assert_eq!(flat.lookup(&[10, 1, 3, 255]), both);
+        assert_eq!(flat.lookup(&[10, 1, 4, 0]), bits(0));
+        assert_eq!(flat.lookup(&[10, 255, 255, 255]), bits(0));
+        assert_eq!(flat.lookup(&[11, 0, 0, 0]), RuleBits::EMPTY);
+        assert_eq!(flat.lookup(&[9, 255, 255, 255]), RuleBits::EMPTY);
+        assert_eq!(flat.lookup(&[0xff; 16]), bits(2));
+        assert_eq!(flat.classes.len(), 4);
+    }
+
+    #[test]
+    fn too_many_nodes_is_refused() {
+        // Distinct /32s spread so that each needs nodes of its own at every level.
+        let v4: BTreeMap<(u32, u8), RuleBits> = (0..SRC_NODES_PER_GEN)
+            .map(|i| ((i.wrapping_mul(2_654_435_761), 32), bits(0)))
+            .collect();
+        assert!(FlatSources::build(&v4, &BTreeMap::new()).is_none());
+    }
+
+    fn net4() -> impl Strategy<Value = ipnet::Ipv4Net> {
+        // A narrow space so prefixes nest and overlap.
+        (0u32..4096, 0u8..=32).prop_map(|(a, len)| {
+            ipnet::Ipv4Net::new(
+                std::net::Ipv4Addr::from(0x0a00_0000 | (a << 12) | (a & 0xfff)),
+                len,
+            )
+            .unwrap()
+            .trunc()
+        })
+    }
+
+    fn net6() -> impl Strategy<Value = ipnet::Ipv6Net> {
+        (0u128..4096, 0u8..=128).prop_map(|(a, len)| {
+            ipnet::Ipv6Net::new(
+                std::net::Ipv6Addr::from((0xfd00u128 << 112) | (a << 100) | a),
+                len,
+            )
+            .unwrap()
+            .trunc()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The flat tables give every address exactly the rules whose sources contain it.
+        #[test]
+        fn lookup_is_addrset_membership(
+            rules in prop::collection::vec(
+                (prop::collection::vec(net4(), 0..12), prop::collection::vec(net6(), 0..12)),
+                1..6,
+            ),
+            probes4 in prop::collection::vec(0u32..4096, 32),
+            probes6 in prop::collection::vec(0u128..4096, 32),
+        ) {
+            let sets: Vec<AddrSet> = rules
+                .iter()
+                .map(|(a, b)| {
+                    let nets: Vec<ipnet::IpNet> =
+                        a.iter().map(|&n| n.into()).chain(b.iter().map(|&n| n.into())).collect();
+                    AddrSet::from_nets(&nets)
+                })
+                .collect();
+            let refs: Vec<&AddrSet> = sets.iter().collect();
+            let (src4, src6) = super::super::image::push_down_both(&refs);
+            let flat = FlatSources::build(&src4, &src6).unwrap();
+            // Probe each prefix's edges and nearby addresses.
+            let mut addrs4: Vec<u32> = probes4.iter().map(|&a| 0x0a00_0000 | (a << 12) | (a & 0xfff)).collect();
+            for &(a, len) in src4.keys() {
+                let last = a | (((1u64 << (32 - len)) - 1) as u32);
+                addrs4.extend([a, last, a.wrapping_sub(1), last.wrapping_add(1)]);
+            }
+            for a in addrs4 {
+                let ip = std::net::IpAddr::V4(a.into());
+                let mut want = RuleBits::EMPTY;
+                for (i, s) in sets.iter().enumerate() {
+                    if s.contains(ip) {
+                        want.set(i);
+                    }
+                }
+                prop_assert_eq!(flat.lookup(&a.to_be_bytes()), want, "{}", ip);
+            }
+            let mut addrs6: Vec<u128> = probes6.iter().map(|&a| (0xfd00u128 << 112) | (a << 100) | a).collect();
+            for &(a, len) in src6.keys() {
+                let host = if len == 0 { u128::MAX } else { (1u128 << (128 - len)) - 1 };
+                addrs6.extend([a, a | host, a.wrapping_sub(1), (a | host).wrapping_add(1)]);
+            }
+            for a in addrs6 {
+                let ip = std::net::IpAddr::V6(a.into());
+                let mut want = RuleBits::EMPTY;
+                for (i, s) in sets.iter().enumerate() {
+                    if s.contains(ip) {
+                        want.set(i);
+                    }
+                }
+                prop_assert_eq!(flat.lookup(&a.to_be_bytes()), want, "{}", ip);
+            }
+        }
+    }
+}
