@@ -406,8 +406,15 @@ pub const SAMPLE_RING_BYTES: u32 = 256 * 1024;
 pub struct SampleBudget {
     pub window_start_ns: u64,
     pub taken: u32,
-    pub _pad: u32,
+    /// Drops refused a sample since the budget ran out: the clock is only read every
+    /// [`SAMPLE_CLOCK_EVERY`]th of them.
+    pub refused: u32,
 }
+
+/// While the budget is spent, the clock (a helper call, which costs more than the rest of a
+/// drop's bookkeeping) is read once per this many drops to see whether a new second began:
+/// under a flood, sampling resumes at most this many drops late.
+pub const SAMPLE_CLOCK_EVERY: u32 = 16;
 
 /// The LPM tries allocate on insert, so their size is only a ceiling.
 pub const SRC_TRIE_ENTRIES: u32 = 1 << 18;

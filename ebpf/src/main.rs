@@ -120,9 +120,7 @@ fn decide(f: &Frame, gen: u32, cfg: &GenConfig) -> Verdict {
         } else if flags & flags::ESTABLISHED != 0 && established(&ip, l4) {
             return Verdict::Pass(PassReason::Established, len);
         }
-        if family == FAMILY_IPV6
-            && flags & flags::NEIGHBOUR_DISCOVERY != 0
-            && (ND_FIRST..=ND_LAST).contains(&icmp_type)
+        if family == FAMILY_IPV6 && flags & flags::NEIGHBOUR_DISCOVERY != 0 && (ND_FIRST..=ND_LAST).contains(&icmp_type)
         {
             return Verdict::Pass(PassReason::NeighbourDiscovery, len);
         }
@@ -268,4 +266,3 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";
-

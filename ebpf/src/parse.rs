@@ -84,7 +84,10 @@ pub enum Parsed {
     /// A fragment other than the first: it cannot be reassembled without the first one,
     /// which carried the ports and was classified (or dropped).
     LaterFragment,
-    Invalid { family: u32, len: u32 },
+    Invalid {
+        family: u32,
+        len: u32,
+    },
     Ip(Ip),
 }
 
@@ -204,11 +207,22 @@ fn parse_v6(f: &Frame, l3: usize) -> Parsed {
 #[derive(Clone, Copy)]
 #[repr(C, u8)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16 },
-    Udp { sport: u16, dport: u16 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
     /// ICMP in IPv4 or ICMPv6 in IPv6; `id` is only meaningful for echo messages.
-    Icmp { icmp_type: u8, id: u16 },
-    Other { _zero: [u16; 2] },
+    Icmp {
+        icmp_type: u8,
+        id: u16,
+    },
+    Other {
+        _zero: [u16; 2],
+    },
 }
 
 impl Ip {
