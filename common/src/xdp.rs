@@ -416,7 +416,8 @@ pub struct SampleBudget {
 /// under a flood, sampling resumes at most this many drops late.
 pub const SAMPLE_CLOCK_EVERY: u32 = 16;
 
-/// The LPM tries allocate on insert, so their size is only a ceiling.
+/// The LPM tries (prefix -> class id, the fallback of the flat tables) allocate on insert, so
+/// their size is only a ceiling.
 pub const SRC_TRIE_ENTRIES: u32 = 1 << 18;
 
 #[cfg(feature = "user")]

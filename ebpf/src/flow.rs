@@ -18,7 +18,7 @@ use nodewall_common::xdp::{
     FLOW_TIMEOUT_TCP_NS, FLOW_TIMEOUT_UDP_NS, PORT_PROTO_TCP, PORT_PROTO_UDP,
 };
 
-use crate::parse::{Frame, Ip, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4};
+use crate::parse::{Addr, Frame, Ip, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4};
 
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;
@@ -26,8 +26,8 @@ const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
 
 #[inline(always)]
-fn key(family: u32, proto: u8, remote: [u8; 16], local: [u8; 16], remote_port: u16, local_port: u16) -> FlowKey {
-    FlowKey { remote, local, remote_port, local_port, proto, family: family as u8, _pad: [0; 2] }
+fn key(family: u32, proto: u8, remote: Addr, local: Addr, remote_port: u16, local_port: u16) -> FlowKey {
+    FlowKey { remote: remote.0, local: local.0, remote_port, local_port, proto, family: family as u8, _pad: [0; 2] }
 }
 
 #[inline(always)]
@@ -77,17 +77,14 @@ pub fn quoted_key(f: &Frame, ip: &Ip) -> Option<FlowKey> {
         if h[0] >> 4 != 4 || ihl < 20 || u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
             return None;
         }
-        let mut src = [0u8; 16];
-        let mut dst = [0u8; 16];
-        src[..4].copy_from_slice(&h[12..16]);
-        dst[..4].copy_from_slice(&h[16..20]);
+        let (src, dst) = (Addr::v4(&h[12..16]), Addr::v4(&h[16..20]));
         (h[9], src, dst, q + ihl)
     } else {
         let h = f.load::<[u8; 8]>(q)?;
         if h[0] >> 4 != 6 {
             return None;
         }
-        (h[6], f.load::<[u8; 16]>(q + 8)?, f.load::<[u8; 16]>(q + 24)?, q + 40)
+        (h[6], Addr(f.load::<[u8; 16]>(q + 8)?), Addr(f.load::<[u8; 16]>(q + 24)?), q + 40)
     };
     let icmp = if ip.family == FAMILY_IPV4 { IPPROTO_ICMP } else { IPPROTO_ICMPV6 };
     // The ports as `outbound_key` would take them, computed directly: an `L4::Other` built

@@ -26,9 +26,9 @@ static NW_SWITCH: Array<Switch> = Array::with_max_entries(1, 0);
 #[map]
 static NW_CONFIG: Array<GenConfig> = Array::with_max_entries(GENERATIONS, 0);
 #[map]
-static NW_SRC4: LpmTrie<Src4Key, RuleBits> = LpmTrie::with_max_entries(SRC_TRIE_ENTRIES, 0);
+static NW_SRC4: LpmTrie<Src4Key, u32> = LpmTrie::with_max_entries(SRC_TRIE_ENTRIES, 0);
 #[map]
-static NW_SRC6: LpmTrie<Src6Key, RuleBits> = LpmTrie::with_max_entries(SRC_TRIE_ENTRIES, 0);
+static NW_SRC6: LpmTrie<Src6Key, u32> = LpmTrie::with_max_entries(SRC_TRIE_ENTRIES, 0);
 #[map]
 static NW_SRC_NODES: Array<SrcNode> = Array::with_max_entries(GENERATIONS * SRC_NODES_PER_GEN, 0);
 #[map]
@@ -139,7 +139,10 @@ fn decide(f: &Frame, gen: u32, cfg: &GenConfig) -> Verdict {
         L4::Icmp { .. } => Some(&cfg.icmp6),
         L4::Other { .. } => Some(&cfg.other),
     };
-    let by_src = if flags & flags::FLAT_SOURCES != 0 { flat_source_rules(&ip, gen) } else { source_rules(&ip, gen) };
+    let class = if flags & flags::FLAT_SOURCES != 0 { flat_source_class(&ip, gen) } else { source_class(&ip, gen) };
+    // One class lookup after both paths: were it in each, LLVM would merge it with the trie
+    // lookups into one call the verifier cannot inline.
+    let by_src = class.and_then(|c| NW_SRC_CLASSES.get(gen * SRC_CLASSES_PER_GEN + (c & (SRC_CLASSES_PER_GEN - 1))));
     if let (Some(a), Some(b)) = (by_src, by_l4) {
         if let Some(pos) = a.first_common(b) {
             if pos < cfg.nrules && (pos as usize) < MAX_RULES {
@@ -170,26 +173,28 @@ fn is_icmp_error(family: u32, icmp_type: u8) -> bool {
     }
 }
 
-/// The rules whose sources contain the packet's source: the longest prefix holds them all,
-/// because the agent pushes every rule's bit down into the prefixes its sources contain.
+/// The class (index into `NW_SRC_CLASSES`) of the rules whose sources contain the packet's
+/// source: the longest prefix holds them all, because the agent pushes every rule's bit down
+/// into the prefixes its sources contain. This is the LPM tries' path, for policies whose
+/// prefixes do not fit the flat tables.
 #[inline(always)]
-fn source_rules(ip: &Ip, gen: u32) -> Option<&'static RuleBits> {
+fn source_class(ip: &Ip, gen: u32) -> Option<u32> {
     if ip.family == FAMILY_IPV4 {
         let mut k = [0u8; 5];
         k[0] = gen as u8;
-        k[1..5].copy_from_slice(&ip.src[..4]);
-        NW_SRC4.get(Key::new(GEN_PREFIX_BITS + 32, k))
+        k[1..5].copy_from_slice(&ip.src.0[..4]);
+        NW_SRC4.get(Key::new(GEN_PREFIX_BITS + 32, k)).copied()
     } else {
         let mut k = [0u8; 17];
         k[0] = gen as u8;
-        k[1..17].copy_from_slice(&ip.src);
-        NW_SRC6.get(Key::new(GEN_PREFIX_BITS + 128, k))
+        k[1..17].copy_from_slice(&ip.src.0);
+        NW_SRC6.get(Key::new(GEN_PREFIX_BITS + 128, k)).copied()
     }
 }
 
-/// [`source_rules`] from the flat tables: one array lookup per address byte until a class.
+/// [`source_class`] from the flat tables: one array lookup per address byte until a class.
 #[inline(always)]
-fn flat_source_rules(ip: &Ip, gen: u32) -> Option<&'static RuleBits> {
+fn flat_source_class(ip: &Ip, gen: u32) -> Option<u32> {
     let (mut node, bytes) = if ip.family == FAMILY_IPV4 { (SRC_ROOT4, 4) } else { (SRC_ROOT6, 16) };
     let nodes = gen * SRC_NODES_PER_GEN;
     for i in 0..16 {
@@ -197,9 +202,9 @@ fn flat_source_rules(ip: &Ip, gen: u32) -> Option<&'static RuleBits> {
             break;
         }
         let n = NW_SRC_NODES.get(nodes + (node as u32 & (SRC_NODES_PER_GEN - 1)))?;
-        let e = n.0[ip.src[i] as usize];
+        let e = n.0[ip.src.0[i] as usize];
         if e & SRC_CHILD == 0 {
-            return NW_SRC_CLASSES.get(gen * SRC_CLASSES_PER_GEN + (e as u32 & (SRC_CLASSES_PER_GEN - 1)));
+            return Some(e as u32);
         }
         node = e & !SRC_CHILD;
     }

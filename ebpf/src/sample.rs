@@ -67,8 +67,8 @@ pub fn record(ctx: &XdpContext, f: &Frame, cause: u32) {
         Parsed::Ip(ip) => {
             s.family = ip.family as u8;
             s.proto = ip.proto;
-            s.src = ip.src;
-            s.dst = ip.dst;
+            s.src = ip.src.0;
+            s.dst = ip.dst.0;
             match ip.l4(f) {
                 Some(L4::Tcp { sport, dport }) | Some(L4::Udp { sport, dport }) => {
                     s.sport = sport;

@@ -289,26 +289,17 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::
 
 /// An image with its rules' counter slots: exactly what the kernel generation will hold.
 fn lower(image: &Image, slots: &[u16]) -> KernelGen {
-    // The flat tables when the sources fit them, otherwise the LPM tries; never both.
-    let (flags, src4, src6, flat) = match &image.flat {
-        Some(flat) => (
-            image.flags | flags::FLAT_SOURCES,
-            Default::default(),
-            Default::default(),
-            flat.clone(),
-        ),
-        None => (
-            image.flags,
-            image.src4.clone(),
-            image.src6.clone(),
-            Default::default(),
-        ),
+    let sources = image.sources.clone();
+    let flags = if sources.is_flat() {
+        image.flags | flags::FLAT_SOURCES
+    } else {
+        image.flags
     };
     let mut config = GenConfig {
         flags,
         nrules: image.rules.len() as u32,
-        src_nodes: flat.nodes.len() as u32,
-        src_classes: flat.classes.len() as u32,
+        src_nodes: sources.nodes.len() as u32,
+        src_classes: sources.classes.len() as u32,
         icmp4: image.icmp4,
         icmp6: image.icmp6,
         other: image.other,
@@ -328,9 +319,7 @@ fn lower(image: &Image, slots: &[u16]) -> KernelGen {
     }
     KernelGen {
         config,
-        src4,
-        src6,
-        flat,
+        sources,
         tcp: image.tcp.clone(),
         udp: image.udp.clone(),
     }

@@ -1,36 +1,74 @@
-//! The flat source tables (see `nodewall_common::xdp::SrcNode`): the pushed-down prefixes of
-//! an [`super::image::Image`] expanded into a multibit trie of stride 8, so that the XDP
-//! program finds a source's rules with one inlined array lookup per address byte instead of
-//! a walk of the kernel's LPM trie, whose cost grows with the number of prefixes.
+//! A generation's source tables (see `nodewall_common::xdp::SrcNode`): the pushed-down
+//! prefixes of an [`super::image::Image`] expanded into a multibit trie of stride 8, so that
+//! the XDP program finds a source's rules with one inlined array lookup per address byte
+//! instead of a walk of the kernel's LPM trie, whose cost grows with the number of prefixes.
+//! A policy whose prefixes need more nodes than a generation holds keeps the LPM tries, whose
+//! values are then class ids too: both paths end in the same class lookup.
 
 use std::collections::{BTreeMap, HashMap};
 
+use anyhow::Result;
 use nodewall_common::xdp::{
     RuleBits, SrcNode, SRC_CHILD, SRC_CLASSES_PER_GEN, SRC_NODES_PER_GEN, SRC_ROOT4, SRC_ROOT6,
 };
 
-/// One generation's flat tables: nodes (the two roots first) and classes (the empty set first).
+/// What a generation's source maps hold: either flat tables (`nodes`, the two roots first)
+/// or LPM entries (`src4`/`src6`, prefix -> class id), and in both cases the classes (the
+/// empty set first).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct FlatSources {
+pub struct SourceTables {
     pub nodes: Vec<SrcNode>,
     pub classes: Vec<RuleBits>,
+    pub src4: BTreeMap<(u32, u8), u32>,
+    pub src6: BTreeMap<(u128, u8), u32>,
 }
 
-impl FlatSources {
-    /// Expands both families' prefixes (each carrying the rules of every prefix containing
-    /// it); `None` when the tables would exceed what a generation holds, in which case the
-    /// agent keeps the LPM tries.
+impl SourceTables {
+    /// Whether the flat tables are in use (otherwise the LPM tries are).
+    pub fn is_flat(&self) -> bool {
+        !self.nodes.is_empty()
+    }
+
+    /// The flat tables when they fit a generation, else LPM entries; fails only when even
+    /// the distinct rule sets exceed the class table.
     pub fn build(
         src4: &BTreeMap<(u32, u8), RuleBits>,
         src6: &BTreeMap<(u128, u8), RuleBits>,
-    ) -> Option<Self> {
-        let mut b = Builder {
-            flat: FlatSources {
-                nodes: vec![SrcNode([0; 256]); 2],
-                classes: vec![RuleBits::EMPTY],
-            },
-            class_of: HashMap::from([(RuleBits::EMPTY, 0)]),
+    ) -> Result<Self> {
+        if let Some(flat) = Self::flat(src4, src6) {
+            return Ok(flat);
+        }
+        let mut b = Builder::new(Vec::new());
+        let mut lpm = |bits: &RuleBits| {
+            b.class(bits).map(u32::from).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "rules[].from: the sources form more than {SRC_CLASSES_PER_GEN} distinct sets of rules; \
+                     the xdp backend holds at most {SRC_CLASSES_PER_GEN}"
+                )
+            })
         };
+        let mut out4 = BTreeMap::new();
+        for (k, bits) in src4 {
+            out4.insert(*k, lpm(bits)?);
+        }
+        let mut out6 = BTreeMap::new();
+        for (k, bits) in src6 {
+            out6.insert(*k, lpm(bits)?);
+        }
+        Ok(Self {
+            src4: out4,
+            src6: out6,
+            ..b.tables
+        })
+    }
+
+    /// Expands both families' prefixes (each carrying the rules of every prefix containing
+    /// it); `None` when the tables would exceed what a generation holds.
+    pub fn flat(
+        src4: &BTreeMap<(u32, u8), RuleBits>,
+        src6: &BTreeMap<(u128, u8), RuleBits>,
+    ) -> Option<Self> {
+        let mut b = Builder::new(vec![SrcNode([0; 256]); 2]);
         let v4 = src4
             .iter()
             .map(|(&(a, len), bits)| (a.to_be_bytes().to_vec(), len, bits));
@@ -39,7 +77,7 @@ impl FlatSources {
             .map(|(&(a, len), bits)| (a.to_be_bytes().to_vec(), len, bits));
         b.insert_all(SRC_ROOT4, v4.collect())?;
         b.insert_all(SRC_ROOT6, v6.collect())?;
-        Some(b.flat)
+        Some(b.tables)
     }
 
     /// The rules of an address, as the XDP program finds them (`addr` in network order:
@@ -62,11 +100,22 @@ impl FlatSources {
 }
 
 struct Builder {
-    flat: FlatSources,
+    tables: SourceTables,
     class_of: HashMap<RuleBits, u16>,
 }
 
 impl Builder {
+    fn new(nodes: Vec<SrcNode>) -> Self {
+        Self {
+            tables: SourceTables {
+                nodes,
+                classes: vec![RuleBits::EMPTY],
+                ..SourceTables::default()
+            },
+            class_of: HashMap::from([(RuleBits::EMPTY, 0)]),
+        }
+    }
+
     /// Shorter prefixes first: a longer one then only overwrites, within what a shorter one
     /// set, the entries it covers, and a child node starts as a copy of the class of the
     /// entry it replaces (leaf pushing), which is already final.
@@ -83,11 +132,11 @@ impl Builder {
         if let Some(&c) = self.class_of.get(bits) {
             return Some(c);
         }
-        let c = self.flat.classes.len();
+        let c = self.tables.classes.len();
         if c >= SRC_CLASSES_PER_GEN as usize {
             return None;
         }
-        self.flat.classes.push(*bits);
+        self.tables.classes.push(*bits);
         self.class_of.insert(*bits, c as u16);
         Some(c as u16)
     }
@@ -96,23 +145,23 @@ impl Builder {
         let mut node = root as usize;
         let mut depth = 0;
         while len > 8 * (depth + 1) {
-            let e = self.flat.nodes[node].0[addr[depth] as usize];
+            let e = self.tables.nodes[node].0[addr[depth] as usize];
             node = if e & SRC_CHILD != 0 {
                 (e & !SRC_CHILD) as usize
             } else {
-                let child = self.flat.nodes.len();
+                let child = self.tables.nodes.len();
                 if child >= SRC_NODES_PER_GEN as usize {
                     return None;
                 }
-                self.flat.nodes.push(SrcNode([e; 256]));
-                self.flat.nodes[node].0[addr[depth] as usize] = SRC_CHILD | child as u16;
+                self.tables.nodes.push(SrcNode([e; 256]));
+                self.tables.nodes[node].0[addr[depth] as usize] = SRC_CHILD | child as u16;
                 child
             };
             depth += 1;
         }
         let span = 1usize << (8 * (depth + 1) - len);
         let first = addr[depth] as usize & !(span - 1);
-        for e in &mut self.flat.nodes[node].0[first..first + span] {
+        for e in &mut self.tables.nodes[node].0[first..first + span] {
             debug_assert_eq!(*e & SRC_CHILD, 0, "shorter prefixes come first");
             *e = class;
         }
@@ -141,7 +190,7 @@ mod tests {
         v4.insert((u32::from_be_bytes([10, 1, 2, 0]), 23), both);
         let mut v6 = BTreeMap::new();
         v6.insert((0u128, 0), bits(2));
-        let flat = FlatSources::build(&v4, &v6).unwrap();
+        let flat = SourceTables::flat(&v4, &v6).unwrap();
         assert_eq!(flat.lookup(&[10, 0, 0, 0]), bits(0));
         assert_eq!(flat.lookup(&[10, 1, 1, 255]), bits(0));
         assert_eq!(flat.lookup(&[10, 1, 2, 0]), both);
@@ -160,7 +209,12 @@ mod tests {
         let v4: BTreeMap<(u32, u8), RuleBits> = (0..SRC_NODES_PER_GEN)
             .map(|i| ((i.wrapping_mul(2_654_435_761), 32), bits(0)))
             .collect();
-        assert!(FlatSources::build(&v4, &BTreeMap::new()).is_none());
+        assert!(SourceTables::flat(&v4, &BTreeMap::new()).is_none());
+        // ... and falls back to LPM entries, which share the classes.
+        let lpm = SourceTables::build(&v4, &BTreeMap::new()).unwrap();
+        assert!(!lpm.is_flat());
+        assert_eq!(lpm.classes, vec![RuleBits::EMPTY, bits(0)]);
+        assert!(lpm.src4.values().all(|&c| c == 1));
     }
 
     fn net4() -> impl Strategy<Value = ipnet::Ipv4Net> {
@@ -208,7 +262,7 @@ mod tests {
                 .collect();
             let refs: Vec<&AddrSet> = sets.iter().collect();
             let (src4, src6) = super::super::image::push_down_both(&refs);
-            let flat = FlatSources::build(&src4, &src6).unwrap();
+            let flat = SourceTables::flat(&src4, &src6).unwrap();
             // Probe each prefix's edges and nearby addresses.
             let mut addrs4: Vec<u32> = probes4.iter().map(|&a| 0x0a00_0000 | (a << 12) | (a & 0xfff)).collect();
             for &(a, len) in src4.keys() {

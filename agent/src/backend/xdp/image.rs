@@ -8,7 +8,7 @@
 //! - the protocol and destination port: a table per protocol, piecewise constant over ports.
 //!
 //! Bit `i` is rule `i`; the lowest bit of the intersection is the first matching rule.
-//! The prefixes are then expanded into flat tables ([`FlatSources`]) when they fit; the LPM
+//! The prefixes are then expanded into flat tables ([`SourceTables`]) when they fit; the LPM
 //! tries only hold a generation whose sources do not.
 
 use std::collections::BTreeMap;
@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Result};
 use nodewall_common::xdp::{flags, RuleBits, MAX_NAME_LEN, MAX_RULES};
 
-use super::flat::FlatSources;
+use super::flat::SourceTables;
 use crate::config::{Action, Mode, Protocol};
 use crate::policy::{AddrSet, Policy, PortSet};
 
@@ -65,8 +65,9 @@ pub struct Image {
     /// (network address, prefix length) -> rules containing that prefix.
     pub src4: BTreeMap<(u32, u8), RuleBits>,
     pub src6: BTreeMap<(u128, u8), RuleBits>,
-    /// `src4` and `src6` as flat tables, unless they need more than a generation holds.
-    pub flat: Option<FlatSources>,
+    /// `src4` and `src6` as the maps will hold them: flat tables, unless they need more
+    /// than a generation holds.
+    pub sources: SourceTables,
     pub tcp: PortTable,
     pub udp: PortTable,
 }
@@ -82,7 +83,8 @@ impl Image {
             other: RuleBits::EMPTY,
             src4: BTreeMap::new(),
             src6: BTreeMap::new(),
-            flat: FlatSources::build(&BTreeMap::new(), &BTreeMap::new()),
+            sources: SourceTables::flat(&BTreeMap::new(), &BTreeMap::new())
+                .expect("no prefix fits"),
             tcp: PortTable::empty(),
             udp: PortTable::empty(),
         }
@@ -134,7 +136,7 @@ impl Image {
             icmp4: bits_where(&|p| matches!(p, Protocol::Icmp | Protocol::All)),
             icmp6: bits_where(&|p| matches!(p, Protocol::Icmpv6 | Protocol::All)),
             other: bits_where(&|p| p == Protocol::All),
-            flat: FlatSources::build(&src4, &src6),
+            sources: SourceTables::build(&src4, &src6)?,
             src4,
             src6,
             tcp: port_table(policy, Protocol::Tcp),

@@ -16,7 +16,7 @@ use nodewall_common::xdp::{
     SRC_NODES_PER_GEN,
 };
 
-use super::flat::FlatSources;
+use super::flat::SourceTables;
 use super::image::PortTable;
 use super::sys;
 
@@ -24,12 +24,9 @@ use super::sys;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelGen {
     pub config: GenConfig,
-    /// The LPM tries' entries: empty when the generation uses the flat tables.
-    pub src4: BTreeMap<(u32, u8), RuleBits>,
-    pub src6: BTreeMap<(u128, u8), RuleBits>,
-    /// The flat tables' used entries (`config.src_nodes`/`src_classes` of them): empty when
-    /// the generation uses the LPM tries.
-    pub flat: FlatSources,
+    /// Source lookup: flat tables or LPM entries, and the classes they point to
+    /// (`config.src_nodes`/`src_classes` entries of the flat maps).
+    pub sources: SourceTables,
     pub tcp: PortTable,
     pub udp: PortTable,
 }
@@ -38,9 +35,7 @@ impl KernelGen {
     pub fn empty() -> Self {
         Self {
             config: GenConfig::EMPTY,
-            src4: BTreeMap::new(),
-            src6: BTreeMap::new(),
-            flat: FlatSources::default(),
+            sources: SourceTables::default(),
             tcp: PortTable::empty(),
             udp: PortTable::empty(),
         }
@@ -57,8 +52,8 @@ pub struct Writes {
 pub struct Maps {
     pub switch: Array<MapData, Switch>,
     pub config: Array<MapData, GenConfig>,
-    pub src4: LpmTrie<MapData, Src4Key, RuleBits>,
-    pub src6: LpmTrie<MapData, Src6Key, RuleBits>,
+    pub src4: LpmTrie<MapData, Src4Key, u32>,
+    pub src6: LpmTrie<MapData, Src6Key, u32>,
     pub src_nodes: Array<MapData, SrcNode>,
     pub src_classes: Array<MapData, RuleBits>,
     pub ports: Array<MapData, RuleBits>,
@@ -138,19 +133,19 @@ impl Maps {
             config: self.read_config(gen)?,
             ..KernelGen::empty()
         };
-        out.src4 = read_trie(&self.src4, gen, |d| {
+        out.sources.src4 = read_trie(&self.src4, gen, |d| {
             u32::from_be_bytes(d[1..].try_into().expect("4 bytes"))
         })?;
-        out.src6 = read_trie(&self.src6, gen, |d| {
+        out.sources.src6 = read_trie(&self.src6, gen, |d| {
             u128::from_be_bytes(d[1..].try_into().expect("16 bytes"))
         })?;
         for i in 0..out.config.src_nodes.min(SRC_NODES_PER_GEN) {
-            out.flat
+            out.sources
                 .nodes
                 .push(self.src_nodes.get(&(gen * SRC_NODES_PER_GEN + i), 0)?);
         }
         for i in 0..out.config.src_classes.min(SRC_CLASSES_PER_GEN) {
-            out.flat
+            out.sources
                 .classes
                 .push(self.src_classes.get(&(gen * SRC_CLASSES_PER_GEN + i), 0)?);
         }
@@ -188,19 +183,20 @@ impl Maps {
             d[1..].copy_from_slice(&addr.to_be_bytes());
             Key::new(GEN_PREFIX_BITS + len as u32, d)
         };
-        sync_trie(&mut self.src4, &old.src4, &new.src4, key4, &mut w)?;
-        sync_trie(&mut self.src6, &old.src6, &new.src6, key6, &mut w)?;
+        let (old_s, new_s) = (&old.sources, &new.sources);
+        sync_trie(&mut self.src4, &old_s.src4, &new_s.src4, key4, &mut w)?;
+        sync_trie(&mut self.src6, &old_s.src6, &new_s.src6, key6, &mut w)?;
         // Entries past what the new tables use are left as they are: nothing refers to them.
-        for (i, node) in new.flat.nodes.iter().enumerate() {
-            if old.flat.nodes.get(i) != Some(node) {
+        for (i, node) in new_s.nodes.iter().enumerate() {
+            if old_s.nodes.get(i) != Some(node) {
                 self.src_nodes
                     .set(gen * SRC_NODES_PER_GEN + i as u32, node, 0)
                     .with_context(|| format!("writing map {}", names::SRC_NODES))?;
                 w.added += 1;
             }
         }
-        for (i, class) in new.flat.classes.iter().enumerate() {
-            if old.flat.classes.get(i) != Some(class) {
+        for (i, class) in new_s.classes.iter().enumerate() {
+            if old_s.classes.get(i) != Some(class) {
                 self.src_classes
                     .set(gen * SRC_CLASSES_PER_GEN + i as u32, class, 0)
                     .with_context(|| format!("writing map {}", names::SRC_CLASSES))?;
@@ -247,10 +243,10 @@ impl Maps {
 
 /// The entries of one generation of a source trie, as (address, prefix length).
 fn read_trie<K: aya::Pod + AsRef<[u8]>, A: Ord>(
-    trie: &LpmTrie<MapData, K, RuleBits>,
+    trie: &LpmTrie<MapData, K, u32>,
     gen: u32,
     addr: impl Fn(&[u8]) -> A,
-) -> Result<BTreeMap<(A, u8), RuleBits>> {
+) -> Result<BTreeMap<(A, u8), u32>> {
     let mut out = BTreeMap::new();
     for item in trie.iter() {
         let (key, bits) = item?;
@@ -267,9 +263,9 @@ fn read_trie<K: aya::Pod + AsRef<[u8]>, A: Ord>(
 }
 
 fn sync_trie<K: aya::Pod, A: Ord + Copy>(
-    trie: &mut LpmTrie<MapData, K, RuleBits>,
-    old: &BTreeMap<A, RuleBits>,
-    new: &BTreeMap<A, RuleBits>,
+    trie: &mut LpmTrie<MapData, K, u32>,
+    old: &BTreeMap<A, u32>,
+    new: &BTreeMap<A, u32>,
     key: impl Fn(&A) -> Key<K>,
     w: &mut Writes,
 ) -> Result<()> {
