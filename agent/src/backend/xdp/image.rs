@@ -2,7 +2,7 @@
 //! that applying is a diff between two images and can be tested on its own.
 //!
 //! The classifier wants, for a packet, "which rules could match" from two independent keys:
-//! - the source address: an LPM trie whose every prefix carries the rules whose sources
+//! - the source address: prefixes, each carrying the rules whose sources
 //!   *contain* that prefix (bits are pushed down from containing prefixes), so the longest
 //!   match alone answers for the address;
 //! - the protocol and destination port: a table per protocol, piecewise constant over ports.

@@ -139,16 +139,9 @@ impl Maps {
         out.sources.src6 = read_trie(&self.src6, gen, |d| {
             u128::from_be_bytes(d[1..].try_into().expect("16 bytes"))
         })?;
-        for i in 0..out.config.src_nodes.min(SRC_NODES_PER_GEN) {
-            out.sources
-                .nodes
-                .push(self.src_nodes.get(&(gen * SRC_NODES_PER_GEN + i), 0)?);
-        }
-        for i in 0..out.config.src_classes.min(SRC_CLASSES_PER_GEN) {
-            out.sources
-                .classes
-                .push(self.src_classes.get(&(gen * SRC_CLASSES_PER_GEN + i), 0)?);
-        }
+        let (nodes, classes) = (out.config.src_nodes, out.config.src_classes);
+        out.sources.nodes = read_slice(&self.src_nodes, gen, SRC_NODES_PER_GEN, nodes)?;
+        out.sources.classes = read_slice(&self.src_classes, gen, SRC_CLASSES_PER_GEN, classes)?;
         out.tcp = self.read_ports(gen, PORT_PROTO_TCP)?;
         out.udp = self.read_ports(gen, PORT_PROTO_UDP)?;
         Ok(out)
@@ -186,23 +179,16 @@ impl Maps {
         let (old_s, new_s) = (&old.sources, &new.sources);
         sync_trie(&mut self.src4, &old_s.src4, &new_s.src4, key4, &mut w)?;
         sync_trie(&mut self.src6, &old_s.src6, &new_s.src6, key6, &mut w)?;
-        // Entries past what the new tables use are left as they are: nothing refers to them.
-        for (i, node) in new_s.nodes.iter().enumerate() {
-            if old_s.nodes.get(i) != Some(node) {
-                self.src_nodes
-                    .set(gen * SRC_NODES_PER_GEN + i as u32, node, 0)
-                    .with_context(|| format!("writing map {}", names::SRC_NODES))?;
-                w.added += 1;
-            }
-        }
-        for (i, class) in new_s.classes.iter().enumerate() {
-            if old_s.classes.get(i) != Some(class) {
-                self.src_classes
-                    .set(gen * SRC_CLASSES_PER_GEN + i as u32, class, 0)
-                    .with_context(|| format!("writing map {}", names::SRC_CLASSES))?;
-                w.added += 1;
-            }
-        }
+        let nodes = (&mut self.src_nodes, gen * SRC_NODES_PER_GEN);
+        sync_slice(nodes, &old_s.nodes, &new_s.nodes, names::SRC_NODES, &mut w)?;
+        let classes = (&mut self.src_classes, gen * SRC_CLASSES_PER_GEN);
+        sync_slice(
+            classes,
+            &old_s.classes,
+            &new_s.classes,
+            names::SRC_CLASSES,
+            &mut w,
+        )?;
         let (mut keys, mut values) = (Vec::new(), Vec::new());
         for (proto, old_t, new_t) in [
             (PORT_PROTO_TCP, &old.tcp, &new.tcp),
@@ -239,6 +225,37 @@ impl Maps {
         let zeros = PerCpuValues::try_from(vec![Stat::default(); cpus])?;
         Ok(map.set(index, zeros, 0)?)
     }
+}
+
+/// The first `len` entries of generation `gen`'s part (`per_gen` entries) of an array.
+fn read_slice<T: aya::Pod>(
+    map: &Array<MapData, T>,
+    gen: u32,
+    per_gen: u32,
+    len: u32,
+) -> Result<Vec<T>> {
+    (0..len.min(per_gen))
+        .map(|i| Ok(map.get(&(gen * per_gen + i), 0)?))
+        .collect()
+}
+
+/// Writes the entries of `new` that differ from `old` at `base + index`. Entries past `new`
+/// are left as they are: nothing refers to them.
+fn sync_slice<T: aya::Pod + PartialEq>(
+    (map, base): (&mut Array<MapData, T>, u32),
+    old: &[T],
+    new: &[T],
+    name: &str,
+    w: &mut Writes,
+) -> Result<()> {
+    for (i, value) in new.iter().enumerate() {
+        if old.get(i) != Some(value) {
+            map.set(base + i as u32, value, 0)
+                .with_context(|| format!("writing map {name}"))?;
+            w.added += 1;
+        }
+    }
+    Ok(())
 }
 
 /// The entries of one generation of a source trie, as (address, prefix length).
