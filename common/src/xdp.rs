@@ -34,9 +34,10 @@ pub mod map_names {
     pub const DROP_SAMPLES: &str = "NW_DROP_SAMPLES";
     pub const SAMPLE_BUDGET: &str = "NW_SAMPLE_BUDGET";
     pub const FLOW_MARKS: &str = "NW_FLOW_MARKS";
+    pub const SRC_ROOTS: &str = "NW_SRC_ROOTS";
     pub const SRC_NODES: &str = "NW_SRC_NODES";
     pub const SRC_CLASSES: &str = "NW_SRC_CLASSES";
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         SWITCH,
         CONFIG,
         SRC4,
@@ -50,6 +51,7 @@ pub mod map_names {
         DROP_SAMPLES,
         SAMPLE_BUDGET,
         FLOW_MARKS,
+        SRC_ROOTS,
         SRC_NODES,
         SRC_CLASSES,
     ];
@@ -226,17 +228,18 @@ pub type Src4Key = [u8; 5];
 pub type Src6Key = [u8; 17];
 pub const GEN_PREFIX_BITS: u32 = 8;
 
-/// The flat source tables: a multibit trie of stride 8 (one address byte per step, so at
-/// most 4 steps for IPv4 and 16 for IPv6), each step one lookup in an array map, which the
-/// verifier inlines, so that the cost per packet depends on the depth of the address's longest
-/// prefix and not on how many prefixes there are (the kernel's LPM trie walks one node per
-/// prefix bit that distinguishes stored prefixes, with a helper call per lookup).
+/// The flat source tables: a multibit trie whose root is indexed by the first 16 bits of the
+/// address and every further node by the next byte (so at most 3 steps for IPv4 and 15 for
+/// IPv6), each step one lookup in an array map, which the verifier inlines, so that the cost
+/// per packet depends on the depth of the address's longest prefix and not on how many
+/// prefixes there are (the kernel's LPM trie walks one node per prefix bit that distinguishes
+/// stored prefixes, with a helper call per lookup).
 ///
-/// A node is 256 entries indexed by the next address byte; an entry is either a child node
-/// (`SRC_CHILD | node`) or a *class*: an index into `NW_SRC_CLASSES`, which holds the
-/// distinct rule sets (a policy has few, however many prefixes it lists; class 0 is empty).
-/// Prefixes are expanded and leaf-pushed by the agent, so the first class met is the answer.
-/// Node and class indexes are per generation: generation `g` owns entries
+/// An entry is either a child node (`SRC_CHILD | node`) or a *class*: an index into
+/// `NW_SRC_CLASSES`, which holds the distinct rule sets (a policy has few, however many
+/// prefixes it lists; class 0 is empty). Prefixes are expanded and leaf-pushed by the agent,
+/// so the first class met is the answer. Roots are in `NW_SRC_ROOTS` ([`src_root_index`]);
+/// node and class indexes are per generation: generation `g` owns entries
 /// `g * SRC_NODES_PER_GEN ..` and `g * SRC_CLASSES_PER_GEN ..`. A policy that needs more
 /// falls back to the LPM tries ([`flags::FLAT_SOURCES`] unset).
 #[repr(C)]
@@ -244,12 +247,17 @@ pub const GEN_PREFIX_BITS: u32 = 8;
 pub struct SrcNode(pub [u16; 256]);
 
 pub const SRC_CHILD: u16 = 0x8000;
-/// Array maps are allocated whole: 2 x 4,096 nodes of 512 bytes is 4 MiB.
+/// Array maps are allocated whole: 2 x 4,096 nodes of 512 bytes is 4 MiB, plus 2 MiB of
+/// roots (the kernel stores each u16 entry in 8 bytes).
 pub const SRC_NODES_PER_GEN: u32 = 4096;
 pub const SRC_CLASSES_PER_GEN: u32 = 4096;
-/// Node 0 of a generation is the IPv4 root, node 1 the IPv6 root.
-pub const SRC_ROOT4: u16 = 0;
-pub const SRC_ROOT6: u16 = 1;
+/// `NW_SRC_ROOTS` holds one u16 entry per (generation, family, first 16 address bits).
+pub const SRC_ROOT_ENTRIES_PER_GEN: u32 = 2 * 65536;
+
+#[inline(always)]
+pub const fn src_root_index(gen: u32, family: u32, top16: u32) -> u32 {
+    ((gen * 2 + family) << 16) | top16
+}
 
 /// The destination-port tables: one `RuleBits` per (generation, protocol, port).
 pub const PORT_PROTO_TCP: u32 = 0;

@@ -32,6 +32,8 @@ static NW_SRC4: LpmTrie<Src4Key, u32> = LpmTrie::with_max_entries(SRC_TRIE_ENTRI
 #[map]
 static NW_SRC6: LpmTrie<Src6Key, u32> = LpmTrie::with_max_entries(SRC_TRIE_ENTRIES, 0);
 #[map]
+static NW_SRC_ROOTS: Array<u16> = Array::with_max_entries(GENERATIONS * SRC_ROOT_ENTRIES_PER_GEN, 0);
+#[map]
 static NW_SRC_NODES: Array<SrcNode> = Array::with_max_entries(GENERATIONS * SRC_NODES_PER_GEN, 0);
 #[map]
 static NW_SRC_CLASSES: Array<RuleBits> = Array::with_max_entries(GENERATIONS * SRC_CLASSES_PER_GEN, 0);
@@ -194,23 +196,29 @@ fn source_class(ip: &Ip, gen: u32) -> Option<u32> {
     }
 }
 
-/// [`source_class`] from the flat tables: one array lookup per address byte until a class.
+/// [`source_class`] from the flat tables: the root by the first two address bytes, then one
+/// array lookup per further byte until a class.
 #[inline(always)]
 fn flat_source_class(ip: &Ip, gen: u32) -> Option<u32> {
-    let (mut node, bytes) = if ip.family == FAMILY_IPV4 { (SRC_ROOT4, 4) } else { (SRC_ROOT6, 16) };
+    let bytes = if ip.family == FAMILY_IPV4 { 4 } else { 16 };
+    let top = ((ip.src.0[0] as u32) << 8) | ip.src.0[1] as u32;
+    let mut e = *NW_SRC_ROOTS.get(src_root_index(gen, ip.family & 1, top))?;
     let nodes = gen * SRC_NODES_PER_GEN;
-    for i in 0..16 {
-        if i >= bytes {
-            break;
-        }
-        let n = NW_SRC_NODES.get(nodes + (node as u32 & (SRC_NODES_PER_GEN - 1)))?;
-        let e = n.0[ip.src.0[i] as usize];
+    for i in 2..16 {
         if e & SRC_CHILD == 0 {
             return Some(e as u32);
         }
-        node = e & !SRC_CHILD;
+        if i >= bytes {
+            return None;
+        }
+        let n = NW_SRC_NODES.get(nodes + ((e & !SRC_CHILD) as u32 & (SRC_NODES_PER_GEN - 1)))?;
+        e = n.0[ip.src.0[i] as usize];
     }
-    None
+    if e & SRC_CHILD == 0 {
+        Some(e as u32)
+    } else {
+        None
+    }
 }
 
 #[inline(always)]

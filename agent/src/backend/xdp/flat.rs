@@ -8,15 +8,14 @@
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Result;
-use nodewall_common::xdp::{
-    RuleBits, SrcNode, SRC_CHILD, SRC_CLASSES_PER_GEN, SRC_NODES_PER_GEN, SRC_ROOT4, SRC_ROOT6,
-};
+use nodewall_common::xdp::{RuleBits, SrcNode, SRC_CHILD, SRC_CLASSES_PER_GEN, SRC_NODES_PER_GEN};
 
-/// What a generation's source maps hold: either flat tables (`nodes`, the two roots first)
-/// or LPM entries (`src4`/`src6`, prefix -> class id), and in both cases the classes (the
-/// empty set first).
+/// What a generation's source maps hold: either flat tables (`roots`: IPv4's 65,536 entries
+/// then IPv6's, and `nodes`) or LPM entries (`src4`/`src6`, prefix -> class id), and in both cases the
+/// classes (the empty set first).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct SourceTables {
+    pub roots: Vec<u16>,
     pub nodes: Vec<SrcNode>,
     pub classes: Vec<RuleBits>,
     pub src4: BTreeMap<(u32, u8), u32>,
@@ -26,7 +25,7 @@ pub struct SourceTables {
 impl SourceTables {
     /// Whether the flat tables are in use (otherwise the LPM tries are).
     pub fn is_flat(&self) -> bool {
-        !self.nodes.is_empty()
+        !self.roots.is_empty()
     }
 
     /// The flat tables when they fit a generation, else LPM entries; fails only when even
@@ -38,7 +37,7 @@ impl SourceTables {
         if let Some(flat) = Self::flat(src4, src6) {
             return Ok(flat);
         }
-        let mut b = Builder::new(Vec::new());
+        let mut b = Builder::new(false);
         let mut lpm = |bits: &RuleBits| {
             b.class(bits).map(u32::from).ok_or_else(|| {
                 anyhow::anyhow!(
@@ -68,34 +67,35 @@ impl SourceTables {
         src4: &BTreeMap<(u32, u8), RuleBits>,
         src6: &BTreeMap<(u128, u8), RuleBits>,
     ) -> Option<Self> {
-        let mut b = Builder::new(vec![SrcNode([0; 256]); 2]);
+        let mut b = Builder::new(true);
         let v4 = src4
             .iter()
             .map(|(&(a, len), bits)| (a.to_be_bytes().to_vec(), len, bits));
         let v6 = src6
             .iter()
             .map(|(&(a, len), bits)| (a.to_be_bytes().to_vec(), len, bits));
-        b.insert_all(SRC_ROOT4, v4.collect())?;
-        b.insert_all(SRC_ROOT6, v6.collect())?;
+        b.insert_all(0, v4.collect())?;
+        b.insert_all(1, v6.collect())?;
         Some(b.tables)
     }
 
     /// The rules of an address, as the XDP program finds them (`addr` in network order:
     /// 4 bytes for IPv4, 16 for IPv6).
     pub fn lookup(&self, addr: &[u8]) -> RuleBits {
-        let mut node = if addr.len() == 4 {
-            SRC_ROOT4
-        } else {
-            SRC_ROOT6
-        };
-        for &byte in addr {
-            let e = self.nodes[node as usize].0[byte as usize];
+        let root = usize::from(addr.len() != 4) << 16;
+        let mut e = self.roots[root | (addr[0] as usize) << 8 | addr[1] as usize];
+        for &byte in &addr[2..] {
             if e & SRC_CHILD == 0 {
-                return self.classes[e as usize];
+                break;
             }
-            node = e & !SRC_CHILD;
+            e = self.nodes[(e & !SRC_CHILD) as usize].0[byte as usize];
         }
-        unreachable!("the last address byte always ends in a class")
+        assert_eq!(
+            e & SRC_CHILD,
+            0,
+            "the last address byte always ends in a class"
+        );
+        self.classes[e as usize]
     }
 }
 
@@ -105,10 +105,12 @@ struct Builder {
 }
 
 impl Builder {
-    fn new(nodes: Vec<SrcNode>) -> Self {
+    /// With `flat`, the two (empty) roots to insert into.
+    fn new(flat: bool) -> Self {
+        let roots = if flat { vec![0; 2 * 65536] } else { Vec::new() };
         Self {
             tables: SourceTables {
-                nodes,
+                roots,
                 classes: vec![RuleBits::EMPTY],
                 ..SourceTables::default()
             },
@@ -119,13 +121,27 @@ impl Builder {
     /// Shorter prefixes first: a longer one then only overwrites, within what a shorter one
     /// set, the entries it covers, and a child node starts as a copy of the class of the
     /// entry it replaces (leaf pushing), which is already final.
-    fn insert_all(&mut self, root: u16, mut prefixes: Vec<(Vec<u8>, u8, &RuleBits)>) -> Option<()> {
+    fn insert_all(
+        &mut self,
+        root: usize,
+        mut prefixes: Vec<(Vec<u8>, u8, &RuleBits)>,
+    ) -> Option<()> {
         prefixes.sort_by_key(|(addr, len, _)| (*len, addr.clone()));
         for (addr, len, bits) in prefixes {
             let class = self.class(bits)?;
             self.insert(root, &addr, len as usize, class)?;
         }
         Some(())
+    }
+
+    /// A node whose every entry is `fill` (leaf pushing: the class of the entry it replaces).
+    fn new_node(&mut self, fill: u16) -> Option<usize> {
+        let child = self.tables.nodes.len();
+        if child >= SRC_NODES_PER_GEN as usize {
+            return None;
+        }
+        self.tables.nodes.push(SrcNode([fill; 256]));
+        Some(child)
     }
 
     fn class(&mut self, bits: &RuleBits) -> Option<u16> {
@@ -141,19 +157,33 @@ impl Builder {
         Some(c as u16)
     }
 
-    fn insert(&mut self, root: u16, addr: &[u8], len: usize, class: u16) -> Option<()> {
-        let mut node = root as usize;
-        let mut depth = 0;
+    fn insert(&mut self, root: usize, addr: &[u8], len: usize, class: u16) -> Option<()> {
+        let top = root << 16 | (addr[0] as usize) << 8 | addr[1] as usize;
+        if len <= 16 {
+            let span = 1usize << (16 - len);
+            let first = top & !(span - 1);
+            for e in &mut self.tables.roots[first..first + span] {
+                debug_assert_eq!(*e & SRC_CHILD, 0, "shorter prefixes come first");
+                *e = class;
+            }
+            return Some(());
+        }
+        let e = self.tables.roots[top];
+        let mut node = if e & SRC_CHILD != 0 {
+            (e & !SRC_CHILD) as usize
+        } else {
+            let child = self.new_node(e)?;
+            self.tables.roots[top] = SRC_CHILD | child as u16;
+            child
+        };
+        // `node` is indexed by address byte `depth`.
+        let mut depth = 2;
         while len > 8 * (depth + 1) {
             let e = self.tables.nodes[node].0[addr[depth] as usize];
             node = if e & SRC_CHILD != 0 {
                 (e & !SRC_CHILD) as usize
             } else {
-                let child = self.tables.nodes.len();
-                if child >= SRC_NODES_PER_GEN as usize {
-                    return None;
-                }
-                self.tables.nodes.push(SrcNode([e; 256]));
+                let child = self.new_node(e)?;
                 self.tables.nodes[node].0[addr[depth] as usize] = SRC_CHILD | child as u16;
                 child
             };

@@ -11,9 +11,9 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, Map, MapData, MapFd, PerCpuArray, PerCpuValues};
 use aya::Ebpf;
 use nodewall_common::xdp::{
-    map_names as names, port_index, GenConfig, RuleBits, SlotName, Src4Key, Src6Key, SrcNode, Stat,
-    Switch, GEN_PREFIX_BITS, PORT_PROTO_TCP, PORT_PROTO_UDP, SRC_CLASSES_PER_GEN,
-    SRC_NODES_PER_GEN,
+    flags, map_names as names, port_index, src_root_index, GenConfig, RuleBits, SlotName, Src4Key,
+    Src6Key, SrcNode, Stat, Switch, GEN_PREFIX_BITS, PORT_PROTO_TCP, PORT_PROTO_UDP,
+    SRC_CLASSES_PER_GEN, SRC_NODES_PER_GEN, SRC_ROOT_ENTRIES_PER_GEN,
 };
 
 use super::flat::SourceTables;
@@ -63,6 +63,8 @@ pub struct Maps {
     pub slot_names: Array<MapData, SlotName>,
     /// A descriptor of `ports` for batched reads and writes (aya has none).
     ports_fd: MapFd,
+    /// A descriptor of `NW_SRC_ROOTS`, read and written in batches.
+    roots_fd: MapFd,
 }
 
 impl Maps {
@@ -92,6 +94,10 @@ impl Maps {
                     .with_context(|| format!("map {} has an unexpected type", $name))?
             };
         }
+        let roots_fd = match get(names::SRC_ROOTS)? {
+            Map::Array(data) => data.info()?.fd()?,
+            _ => anyhow::bail!("map {} has an unexpected type", names::SRC_ROOTS),
+        };
         let ports = get(names::PORTS)?;
         let ports_fd = match &ports {
             Map::Array(data) => data.info()?.fd()?,
@@ -99,6 +105,7 @@ impl Maps {
         };
         Ok(Self {
             ports_fd,
+            roots_fd,
             ports: ports
                 .try_into()
                 .with_context(|| format!("map {} has an unexpected type", names::PORTS))?,
@@ -140,6 +147,12 @@ impl Maps {
             u128::from_be_bytes(d[1..].try_into().expect("16 bytes"))
         })?;
         let (nodes, classes) = (out.config.src_nodes, out.config.src_classes);
+        if out.config.flags & flags::FLAT_SOURCES != 0 {
+            out.sources.roots = vec![0; SRC_ROOT_ENTRIES_PER_GEN as usize];
+            let first = src_root_index(gen, 0, 0);
+            sys::array_lookup_batch(self.roots_fd.as_fd(), first, &mut out.sources.roots)
+                .with_context(|| format!("reading map {}", names::SRC_ROOTS))?;
+        }
         out.sources.nodes = read_slice(&self.src_nodes, gen, SRC_NODES_PER_GEN, nodes)?;
         out.sources.classes = read_slice(&self.src_classes, gen, SRC_CLASSES_PER_GEN, classes)?;
         out.tcp = self.read_ports(gen, PORT_PROTO_TCP)?;
@@ -179,6 +192,16 @@ impl Maps {
         let (old_s, new_s) = (&old.sources, &new.sources);
         sync_trie(&mut self.src4, &old_s.src4, &new_s.src4, key4, &mut w)?;
         sync_trie(&mut self.src6, &old_s.src6, &new_s.src6, key6, &mut w)?;
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for (i, &e) in new_s.roots.iter().enumerate() {
+            if old_s.roots.get(i) != Some(&e) {
+                keys.push(src_root_index(gen, 0, 0) + i as u32);
+                values.push(e);
+            }
+        }
+        sys::array_update_batch(self.roots_fd.as_fd(), &keys, &values)
+            .with_context(|| format!("writing map {}", names::SRC_ROOTS))?;
+        w.added += keys.len();
         let nodes = (&mut self.src_nodes, gen * SRC_NODES_PER_GEN);
         sync_slice(nodes, &old_s.nodes, &new_s.nodes, names::SRC_NODES, &mut w)?;
         let classes = (&mut self.src_classes, gen * SRC_CLASSES_PER_GEN);
