@@ -204,14 +204,16 @@ fn flat_source_class(ip: &Ip, gen: u32) -> Option<u32> {
     let top = ((ip.src.0[0] as u32) << 8) | ip.src.0[1] as u32;
     let mut e = *NW_SRC_ROOTS.get(src_root_index(gen, ip.family & 1, top))?;
     let nodes = gen * SRC_NODES_PER_GEN;
+    // Every way out of the walk leads to the one test below: with a return per step, the
+    // verifier would check the rest of the program once per step, and loading would take
+    // twice as long.
     for i in 2..16 {
-        if e & SRC_CHILD == 0 {
-            return Some(e as u32);
+        if e & SRC_CHILD == 0 || i >= bytes {
+            break;
         }
-        if i >= bytes {
-            return None;
-        }
-        let n = NW_SRC_NODES.get(nodes + ((e & !SRC_CHILD) as u32 & (SRC_NODES_PER_GEN - 1)))?;
+        let Some(n) = NW_SRC_NODES.get(nodes + ((e & !SRC_CHILD) as u32 & (SRC_NODES_PER_GEN - 1))) else {
+            break;
+        };
         e = n.0[ip.src.0[i] as usize];
     }
     if e & SRC_CHILD == 0 {

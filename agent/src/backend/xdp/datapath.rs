@@ -145,7 +145,10 @@ impl Datapath {
                 .iter()
                 .map(|(n, _)| self.slots.find(n))
                 .collect();
-            if current.is_some_and(|slots| lower(&image, &slots) == self.shadow[active as usize]) {
+            let active_gen = &self.shadow[active as usize];
+            if current.is_some_and(|slots| {
+                lower(&image, &slots).renumbered_like(active_gen) == *active_gen
+            }) {
                 return Ok(Installed {
                     changed: false,
                     generation: self.switch.generation,
@@ -171,7 +174,7 @@ impl Datapath {
                 .write(&mut self.maps, slot, Some(image.rules[i].1))?;
         }
         let target = if self.is_installed() { active ^ 1 } else { 1 };
-        let new = lower(&image, &slots);
+        let new = lower(&image, &slots).renumbered_like(&self.shadow[target as usize]);
         let writes = match self
             .maps
             .write_gen(target, &self.shadow[target as usize], &new)

@@ -99,6 +99,142 @@ impl SourceTables {
     }
 }
 
+impl SourceTables {
+    /// The same tables with node and class ids chosen to match `old` (what the generation
+    /// about to be written holds) wherever the same path or the same rule set exists there,
+    /// so that the diff-based writer touches only what really changed: a fresh build numbers
+    /// nodes and classes in prefix order, and one inserted prefix would shift every later id.
+    pub fn renumbered_like(&self, old: &SourceTables) -> SourceTables {
+        // Only the classes `old` refers to count: its other slots may hold anything.
+        let live: HashMap<RuleBits, usize> = old
+            .live_classes()
+            .into_iter()
+            .filter_map(|c| old.classes.get(c).map(|bits| (*bits, c)))
+            .collect();
+        let classes = remap_ids(
+            self.classes.len(),
+            old.classes.len(),
+            self.classes
+                .iter()
+                .enumerate()
+                .filter_map(|(c, bits)| live.get(bits).map(|&o| (c, o))),
+        );
+        let mut out = SourceTables {
+            classes: vec![RuleBits::EMPTY; classes.len],
+            src4: self
+                .src4
+                .iter()
+                .map(|(k, &c)| (*k, classes.map[c as usize] as u32))
+                .collect(),
+            src6: self
+                .src6
+                .iter()
+                .map(|(k, &c)| (*k, classes.map[c as usize] as u32))
+                .collect(),
+            ..SourceTables::default()
+        };
+        for (i, c) in out.classes.iter_mut().enumerate() {
+            *c = old.classes.get(i).copied().unwrap_or(RuleBits::EMPTY);
+        }
+        for (c, bits) in self.classes.iter().enumerate() {
+            out.classes[classes.map[c]] = *bits;
+        }
+        if !self.is_flat() {
+            return out;
+        }
+        // Nodes reached by the same path (root entry, then entry by entry) in both.
+        let mut pairs = Vec::new();
+        if old.is_flat() {
+            let mut stack: Vec<(u16, u16)> = self
+                .roots
+                .iter()
+                .zip(&old.roots)
+                .filter(|(n, o)| *n & SRC_CHILD != 0 && *o & SRC_CHILD != 0)
+                .map(|(n, o)| (n & !SRC_CHILD, o & !SRC_CHILD))
+                .collect();
+            while let Some((n, o)) = stack.pop() {
+                pairs.push((n as usize, o as usize));
+                let (nn, on) = (&self.nodes[n as usize].0, &old.nodes[o as usize].0);
+                stack.extend(
+                    nn.iter()
+                        .zip(on)
+                        .filter(|(a, b)| *a & SRC_CHILD != 0 && *b & SRC_CHILD != 0)
+                        .map(|(a, b)| (a & !SRC_CHILD, b & !SRC_CHILD)),
+                );
+            }
+        }
+        let nodes = remap_ids(self.nodes.len(), old.nodes.len(), pairs.into_iter());
+        let entry = |e: u16| {
+            if e & SRC_CHILD != 0 {
+                SRC_CHILD | nodes.map[(e & !SRC_CHILD) as usize] as u16
+            } else {
+                classes.map[e as usize] as u16
+            }
+        };
+        out.roots = self.roots.iter().map(|&e| entry(e)).collect();
+        // Unused slots keep what `old` has there, so that they cost no write.
+        out.nodes = (0..nodes.len)
+            .map(|i| old.nodes.get(i).copied().unwrap_or(SrcNode([0; 256])))
+            .collect();
+        for (n, node) in self.nodes.iter().enumerate() {
+            out.nodes[nodes.map[n]] = SrcNode(node.0.map(entry));
+        }
+        out
+    }
+}
+
+impl SourceTables {
+    /// The class ids the tables refer to.
+    fn live_classes(&self) -> Vec<usize> {
+        let mut out: Vec<usize> = self
+            .src4
+            .values()
+            .chain(self.src6.values())
+            .map(|&c| c as usize)
+            .collect();
+        let mut stack: Vec<u16> = self.roots.clone();
+        while let Some(e) = stack.pop() {
+            if e & SRC_CHILD == 0 {
+                out.push(e as usize);
+            } else if let Some(node) = self.nodes.get((e & !SRC_CHILD) as usize) {
+                stack.extend_from_slice(&node.0);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+/// New ids for `count` items: `matched` (new id, old id) pairs keep the old id (each old id
+/// at most once), the others take the lowest ids left free.
+struct Remap {
+    map: Vec<usize>,
+    /// One past the highest id used.
+    len: usize,
+}
+
+fn remap_ids(
+    count: usize,
+    old_count: usize,
+    matched: impl Iterator<Item = (usize, usize)>,
+) -> Remap {
+    let mut map = vec![usize::MAX; count];
+    let mut taken = vec![false; count.max(old_count)];
+    for (n, o) in matched {
+        if map[n] == usize::MAX && !taken[o] {
+            map[n] = o;
+            taken[o] = true;
+        }
+    }
+    let mut free = (0..).filter(|&i| i >= taken.len() || !taken[i]);
+    for m in map.iter_mut().filter(|m| **m == usize::MAX) {
+        *m = free.next().expect("unbounded");
+    }
+    let len = map.iter().map(|&m| m + 1).max().unwrap_or(0);
+    Remap { map, len }
+}
+
 struct Builder {
     tables: SourceTables,
     class_of: HashMap<RuleBits, u16>,
@@ -247,6 +383,24 @@ mod tests {
         assert!(lpm.src4.values().all(|&c| c == 1));
     }
 
+    /// Builds the tables for rules with the given sources, with their membership oracle.
+    fn tables_of(rules: &[(Vec<ipnet::Ipv4Net>, Vec<ipnet::Ipv6Net>)]) -> SourceTables {
+        let sets: Vec<AddrSet> = rules
+            .iter()
+            .map(|(a, b)| {
+                let nets: Vec<ipnet::IpNet> = a
+                    .iter()
+                    .map(|&n| n.into())
+                    .chain(b.iter().map(|&n| n.into()))
+                    .collect();
+                AddrSet::from_nets(&nets)
+            })
+            .collect();
+        let refs: Vec<&AddrSet> = sets.iter().collect();
+        let (src4, src6) = super::super::image::push_down_both(&refs);
+        SourceTables::build(&src4, &src6).unwrap()
+    }
+
     fn net4() -> impl Strategy<Value = ipnet::Ipv4Net> {
         // A narrow space so prefixes nest and overlap.
         (0u32..4096, 0u8..=32).prop_map(|(a, len)| {
@@ -272,6 +426,32 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Renumbering like another generation changes ids, never answers; renumbering like
+        /// itself changes nothing (so an unchanged policy is recognised as such).
+        #[test]
+        fn renumbering_keeps_lookups(
+            a in prop::collection::vec(
+                (prop::collection::vec(net4(), 0..8), prop::collection::vec(net6(), 0..8)), 1..5),
+            b in prop::collection::vec(
+                (prop::collection::vec(net4(), 0..8), prop::collection::vec(net6(), 0..8)), 1..5),
+            probes4 in prop::collection::vec(any::<u32>(), 64),
+            probes6 in prop::collection::vec(0u128..4096, 64),
+        ) {
+            let (ta, tb) = (tables_of(&a), tables_of(&b));
+            let tb2 = tb.renumbered_like(&ta);
+            prop_assert!(tb2.nodes.len() <= ta.nodes.len().max(tb.nodes.len()));
+            prop_assert!(tb2.classes.len() <= ta.classes.len().max(tb.classes.len()));
+            for p in probes4 {
+                let a = p.to_be_bytes();
+                prop_assert_eq!(tb2.lookup(&a), tb.lookup(&a));
+            }
+            for p in probes6 {
+                let a = ((0xfd00u128 << 112) | (p << 100) | p).to_be_bytes();
+                prop_assert_eq!(tb2.lookup(&a), tb.lookup(&a));
+            }
+            prop_assert_eq!(&tb.renumbered_like(&tb2), &tb2);
+        }
+
         /// The flat tables give every address exactly the rules whose sources contain it.
         #[test]
         fn lookup_is_addrset_membership(

@@ -42,6 +42,18 @@ impl KernelGen {
     }
 }
 
+impl KernelGen {
+    /// `self` with the source tables' ids chosen to match `old` (see
+    /// [`SourceTables::renumbered_like`]), so that writing it over `old` touches only what
+    /// changed, and an unchanged policy compares equal to what the kernel holds.
+    pub fn renumbered_like(mut self, old: &KernelGen) -> KernelGen {
+        self.sources = self.sources.renumbered_like(&old.sources);
+        self.config.src_nodes = self.sources.nodes.len() as u32;
+        self.config.src_classes = self.sources.classes.len() as u32;
+        self
+    }
+}
+
 /// Map entries written (inserted or changed) and removed by one generation update.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Writes {
