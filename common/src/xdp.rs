@@ -8,7 +8,7 @@
 
 /// Bumped whenever a map's key, value or size changes; pinned maps of another layout are not
 /// adopted.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Rules per policy: the width of [`RuleBits`].
 pub const MAX_RULES: usize = 256;
@@ -33,7 +33,11 @@ pub mod map_names {
     pub const SLOT_NAMES: &str = "NW_SLOT_NAMES";
     pub const DROP_SAMPLES: &str = "NW_DROP_SAMPLES";
     pub const SAMPLE_BUDGET: &str = "NW_SAMPLE_BUDGET";
-    pub const ALL: [&str; 12] = [
+    pub const FLOW_MARKS: &str = "NW_FLOW_MARKS";
+    pub const SRC_ROOTS: &str = "NW_SRC_ROOTS";
+    pub const SRC_NODES: &str = "NW_SRC_NODES";
+    pub const SRC_CLASSES: &str = "NW_SRC_CLASSES";
+    pub const ALL: [&str; 16] = [
         SWITCH,
         CONFIG,
         SRC4,
@@ -46,6 +50,10 @@ pub mod map_names {
         SLOT_NAMES,
         DROP_SAMPLES,
         SAMPLE_BUDGET,
+        FLOW_MARKS,
+        SRC_ROOTS,
+        SRC_NODES,
+        SRC_CLASSES,
     ];
 }
 
@@ -54,6 +62,8 @@ pub const XDP_PROGRAM: &str = "nodewall_xdp";
 pub const TC_EGRESS_PROGRAM: &str = "nodewall_egress";
 /// A bare `XDP_PASS`, only loaded by the benchmark as its baseline.
 pub const BENCH_PASS_PROGRAM: &str = "nodewall_bench_pass";
+/// Parses the headers like the classifier and passes: the benchmark's second baseline.
+pub const BENCH_PARSE_PROGRAM: &str = "nodewall_bench_parse";
 
 /// One bit per rule position: bit `i` is rule `i` of the policy (first match wins, so the
 /// lowest set bit of an intersection is the verdict).
@@ -146,6 +156,8 @@ pub mod flags {
     pub const DHCP_CLIENT: u32 = 1 << 3;
     /// Count drops but pass the packets.
     pub const AUDIT: u32 = 1 << 4;
+    /// Sources are in the flat tables (`NW_SRC_NODES`/`NW_SRC_CLASSES`), not the LPM tries.
+    pub const FLAT_SOURCES: u32 = 1 << 5;
 }
 
 pub const ACTION_ALLOW: u8 = 0;
@@ -166,6 +178,9 @@ pub struct RuleRef {
 pub struct GenConfig {
     pub flags: u32,
     pub nrules: u32,
+    /// Nodes and classes of the flat source tables this generation uses (0 with LPM tries).
+    pub src_nodes: u32,
+    pub src_classes: u32,
     /// Rules matching an ICMP packet from an IPv4 source (`icmp` and `all` rules).
     pub icmp4: RuleBits,
     /// Rules matching an ICMPv6 packet from an IPv6 source (`icmpv6` and `all` rules).
@@ -179,6 +194,8 @@ impl GenConfig {
     pub const EMPTY: GenConfig = GenConfig {
         flags: 0,
         nrules: 0,
+        src_nodes: 0,
+        src_classes: 0,
         icmp4: RuleBits::EMPTY,
         icmp6: RuleBits::EMPTY,
         other: RuleBits::EMPTY,
@@ -210,6 +227,37 @@ pub struct Switch {
 pub type Src4Key = [u8; 5];
 pub type Src6Key = [u8; 17];
 pub const GEN_PREFIX_BITS: u32 = 8;
+
+/// The flat source tables: a multibit trie whose root is indexed by the first 16 bits of the
+/// address and every further node by the next byte (so at most 3 steps for IPv4 and 15 for
+/// IPv6), each step one lookup in an array map, which the verifier inlines, so that the cost
+/// per packet depends on the depth of the address's longest prefix and not on how many
+/// prefixes there are (the kernel's LPM trie walks one node per prefix bit that distinguishes
+/// stored prefixes, with a helper call per lookup).
+///
+/// An entry is either a child node (`SRC_CHILD | node`) or a *class*: an index into
+/// `NW_SRC_CLASSES`, which holds the distinct rule sets (a policy has few, however many
+/// prefixes it lists; class 0 is empty). Prefixes are expanded and leaf-pushed by the agent,
+/// so the first class met is the answer. Roots are in `NW_SRC_ROOTS` ([`src_root_index`]);
+/// node and class indexes are per generation: generation `g` owns entries
+/// `g * SRC_NODES_PER_GEN ..` and `g * SRC_CLASSES_PER_GEN ..`. A policy that needs more
+/// falls back to the LPM tries ([`flags::FLAT_SOURCES`] unset).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SrcNode(pub [u16; 256]);
+
+pub const SRC_CHILD: u16 = 0x8000;
+/// Array maps are allocated whole: 2 x 4,096 nodes of 512 bytes is 4 MiB, plus 2 MiB of
+/// roots (the kernel stores each u16 entry in 8 bytes).
+pub const SRC_NODES_PER_GEN: u32 = 4096;
+pub const SRC_CLASSES_PER_GEN: u32 = 4096;
+/// `NW_SRC_ROOTS` holds one u16 entry per (generation, family, first 16 address bits).
+pub const SRC_ROOT_ENTRIES_PER_GEN: u32 = 2 * 65536;
+
+#[inline(always)]
+pub const fn src_root_index(gen: u32, family: u32, top16: u32) -> u32 {
+    ((gen * 2 + family) << 16) | top16
+}
 
 /// The destination-port tables: one `RuleBits` per (generation, protocol, port).
 pub const PORT_PROTO_TCP: u32 = 0;
@@ -321,6 +369,18 @@ pub const FLOW_TIMEOUT_OTHER_NS: u64 = 600 * 1_000_000_000;
 pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
 pub const FLOW_TABLE_ENTRIES: u32 = 65536;
 
+/// `NW_FLOW_MARKS`: one byte per (TCP or UDP, local port), set by the egress program whenever
+/// it records a flow from that local port. A TCP or UDP packet whose destination port is not
+/// marked cannot belong to a recorded flow, so the XDP program skips the flow-table hash for
+/// it: unsolicited traffic (what a firewall drops under a flood) never pays for the lookup.
+/// Marks are never cleared; a stale one only costs the lookup it would have cost anyway.
+pub const FLOW_MARK_ENTRIES: u32 = 2 * 65536;
+
+#[inline(always)]
+pub const fn flow_mark_index(proto: u32, port: u16) -> u32 {
+    (proto << 16) | port as u32
+}
+
 /// One dropped (or, in audit mode, would-be dropped) packet, as the XDP program hands it to the
 /// agent through the `NW_DROP_SAMPLES` ring buffer. Ports are host-order; for ICMP, `sport` is
 /// the type and `dport` the code. A packet too malformed to parse leaves what it lacks at 0.
@@ -354,16 +414,25 @@ pub const SAMPLE_RING_BYTES: u32 = 256 * 1024;
 pub struct SampleBudget {
     pub window_start_ns: u64,
     pub taken: u32,
-    pub _pad: u32,
+    /// Drops refused a sample since the budget ran out: the clock is only read every
+    /// [`SAMPLE_CLOCK_EVERY`]th of them.
+    pub refused: u32,
 }
 
-/// The LPM tries allocate on insert, so their size is only a ceiling.
+/// While the budget is spent, the clock (a helper call, which costs more than the rest of a
+/// drop's bookkeeping) is read once per this many drops to see whether a new second began:
+/// under a flood, sampling resumes at most this many drops late.
+pub const SAMPLE_CLOCK_EVERY: u32 = 16;
+
+/// The LPM tries (prefix -> class id, the fallback of the flat tables) allocate on insert, so
+/// their size is only a ceiling.
 pub const SRC_TRIE_ENTRIES: u32 = 1 << 18;
 
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
     unsafe impl aya::Pod for RuleBits {}
+    unsafe impl aya::Pod for SrcNode {}
     unsafe impl aya::Pod for GenConfig {}
     unsafe impl aya::Pod for Switch {}
     unsafe impl aya::Pod for Stat {}

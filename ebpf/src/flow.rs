@@ -9,13 +9,16 @@
 //! any kernel with TCX/clsact, is testable packet by packet, and its cost per packet is one
 //! hash lookup.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::LruHashMap};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    maps::{Array, LruHashMap},
+};
 use nodewall_common::xdp::{
-    FlowKey, FAMILY_IPV4, FLOW_REFRESH_NS, FLOW_TIMEOUT_ICMP_NS, FLOW_TIMEOUT_OTHER_NS, FLOW_TIMEOUT_TCP_NS,
-    FLOW_TIMEOUT_UDP_NS,
+    flow_mark_index, FlowKey, FAMILY_IPV4, FLOW_REFRESH_NS, FLOW_TIMEOUT_ICMP_NS, FLOW_TIMEOUT_OTHER_NS,
+    FLOW_TIMEOUT_TCP_NS, FLOW_TIMEOUT_UDP_NS, PORT_PROTO_TCP, PORT_PROTO_UDP,
 };
 
-use crate::parse::{Frame, Ip, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4};
+use crate::parse::{Addr, Frame, Ip, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4};
 
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;
@@ -23,8 +26,8 @@ const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
 
 #[inline(always)]
-fn key(family: u32, proto: u8, remote: [u8; 16], local: [u8; 16], remote_port: u16, local_port: u16) -> FlowKey {
-    FlowKey { remote, local, remote_port, local_port, proto, family: family as u8, _pad: [0; 2] }
+fn key(family: u32, proto: u8, remote: Addr, local: Addr, remote_port: u16, local_port: u16) -> FlowKey {
+    FlowKey { remote: remote.0, local: local.0, remote_port, local_port, proto, family: family as u8, _pad: [0; 2] }
 }
 
 #[inline(always)]
@@ -45,7 +48,7 @@ pub fn outbound_key(ip: &Ip, l4: L4) -> Option<FlowKey> {
         L4::Tcp { sport, dport } | L4::Udp { sport, dport } => (dport, sport),
         L4::Icmp { icmp_type, id } if is_echo_request(ip.family, icmp_type) => (id, 0),
         L4::Icmp { .. } => return None,
-        L4::Other => (0, 0),
+        L4::Other { .. } => (0, 0),
     };
     Some(key(ip.family, ip.proto, ip.dst, ip.src, rport, lport))
 }
@@ -57,7 +60,7 @@ pub fn inbound_key(ip: &Ip, l4: L4) -> Option<FlowKey> {
         L4::Tcp { sport, dport } | L4::Udp { sport, dport } => (sport, dport),
         L4::Icmp { icmp_type, id } if is_echo_reply(ip.family, icmp_type) => (id, 0),
         L4::Icmp { .. } => return None,
-        L4::Other => (0, 0),
+        L4::Other { .. } => (0, 0),
     };
     Some(key(ip.family, ip.proto, ip.src, ip.dst, rport, lport))
 }
@@ -74,37 +77,70 @@ pub fn quoted_key(f: &Frame, ip: &Ip) -> Option<FlowKey> {
         if h[0] >> 4 != 4 || ihl < 20 || u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
             return None;
         }
-        let mut src = [0u8; 16];
-        let mut dst = [0u8; 16];
-        src[..4].copy_from_slice(&h[12..16]);
-        dst[..4].copy_from_slice(&h[16..20]);
+        let (src, dst) = (Addr::v4(&h[12..16]), Addr::v4(&h[16..20]));
         (h[9], src, dst, q + ihl)
     } else {
         let h = f.load::<[u8; 8]>(q)?;
         if h[0] >> 4 != 6 {
             return None;
         }
-        (h[6], f.load::<[u8; 16]>(q + 8)?, f.load::<[u8; 16]>(q + 24)?, q + 40)
+        (h[6], Addr(f.load::<[u8; 16]>(q + 8)?), Addr(f.load::<[u8; 16]>(q + 24)?), q + 40)
     };
     let icmp = if ip.family == FAMILY_IPV4 { IPPROTO_ICMP } else { IPPROTO_ICMPV6 };
-    let l4 = match proto {
+    // The ports as `outbound_key` would take them, computed directly: an `L4::Other` built
+    // here (its payload undefined) leads LLVM to code the verifier rejects.
+    let (rport, lport) = match proto {
         IPPROTO_TCP | IPPROTO_UDP => {
             let h = f.load::<[u8; 4]>(ql4)?;
-            let (sport, dport) = (u16::from_be_bytes([h[0], h[1]]), u16::from_be_bytes([h[2], h[3]]));
-            if proto == IPPROTO_TCP {
-                L4::Tcp { sport, dport }
-            } else {
-                L4::Udp { sport, dport }
-            }
+            (u16::from_be_bytes([h[2], h[3]]), u16::from_be_bytes([h[0], h[1]]))
         }
         p if p == icmp => {
             let h = f.load::<[u8; 6]>(ql4)?;
-            L4::Icmp { icmp_type: h[0], id: u16::from_be_bytes([h[4], h[5]]) }
+            if !is_echo_request(ip.family, h[0]) {
+                return None;
+            }
+            (u16::from_be_bytes([h[4], h[5]]), 0)
         }
-        _ => L4::Other,
+        _ => (0, 0),
     };
-    let quoted = Ip { family: ip.family, src, dst, proto, l4: ql4, l4_len: 0, len: 0 };
-    outbound_key(&quoted, l4)
+    Some(key(ip.family, proto, dst, src, rport, lport))
+}
+
+/// The mark of a local TCP/UDP port; other protocols have none.
+#[inline(always)]
+fn mark_index(proto: u8, local_port: u16) -> Option<u32> {
+    match proto {
+        IPPROTO_TCP => Some(flow_mark_index(PORT_PROTO_TCP, local_port)),
+        IPPROTO_UDP => Some(flow_mark_index(PORT_PROTO_UDP, local_port)),
+        _ => None,
+    }
+}
+
+/// Whether an inbound packet may be return traffic at all: false when its local (destination)
+/// TCP/UDP port never sent anything, so the flow-table lookup could not hit. Other protocols
+/// are always looked up.
+#[inline(always)]
+pub fn may_be_tracked(marks: &Array<u8>, l4: L4) -> bool {
+    let i = match l4 {
+        L4::Tcp { dport, .. } => flow_mark_index(PORT_PROTO_TCP, dport),
+        L4::Udp { dport, .. } => flow_mark_index(PORT_PROTO_UDP, dport),
+        _ => return true,
+    };
+    marks.get(i).is_some_and(|m| *m != 0)
+}
+
+/// Marks the local port of an outbound flow, written only when not set yet so that a busy
+/// port's cache line stays shared between CPUs.
+#[inline(always)]
+pub fn mark(marks: &Array<u8>, k: &FlowKey) {
+    if let Some(m) = mark_index(k.proto, k.local_port).and_then(|i| marks.get_ptr_mut(i)) {
+        // SAFETY: a byte of an array map; concurrent writers all store the same value.
+        unsafe {
+            if *m == 0 {
+                *m = 1;
+            }
+        }
+    }
 }
 
 #[inline(always)]

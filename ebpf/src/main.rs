@@ -1,9 +1,11 @@
 //! nodewall's datapath: an XDP program that enforces the policy on inbound packets, and a TC
 //! egress program that records the node's own flows so their return traffic passes.
 //!
-//! Per-packet work does not depend on the size of the policy: one LPM lookup (source ->
-//! rules containing it), one array lookup (protocol/port -> rules matching it), and the lowest
-//! set bit of their intersection is the first matching rule.
+//! Per-packet work does not depend on the size of the policy: a walk of the flat source
+//! tables, one array lookup per address byte until a class (source -> rules containing it;
+//! the LPM tries instead when the policy did not fit them), one array lookup (protocol/port ->
+//! rules matching it), and the lowest set bit of their intersection is the first matching
+//! rule. The flow table (return traffic) is only hashed for ports the node has sent from.
 #![no_std]
 #![no_main]
 
@@ -26,13 +28,21 @@ static NW_SWITCH: Array<Switch> = Array::with_max_entries(1, 0);
 #[map]
 static NW_CONFIG: Array<GenConfig> = Array::with_max_entries(GENERATIONS, 0);
 #[map]
-static NW_SRC4: LpmTrie<Src4Key, RuleBits> = LpmTrie::with_max_entries(SRC_TRIE_ENTRIES, 0);
+static NW_SRC4: LpmTrie<Src4Key, u32> = LpmTrie::with_max_entries(SRC_TRIE_ENTRIES, 0);
 #[map]
-static NW_SRC6: LpmTrie<Src6Key, RuleBits> = LpmTrie::with_max_entries(SRC_TRIE_ENTRIES, 0);
+static NW_SRC6: LpmTrie<Src6Key, u32> = LpmTrie::with_max_entries(SRC_TRIE_ENTRIES, 0);
+#[map]
+static NW_SRC_ROOTS: Array<u16> = Array::with_max_entries(GENERATIONS * SRC_ROOT_ENTRIES_PER_GEN, 0);
+#[map]
+static NW_SRC_NODES: Array<SrcNode> = Array::with_max_entries(GENERATIONS * SRC_NODES_PER_GEN, 0);
+#[map]
+static NW_SRC_CLASSES: Array<RuleBits> = Array::with_max_entries(GENERATIONS * SRC_CLASSES_PER_GEN, 0);
 #[map]
 static NW_PORTS: Array<RuleBits> = Array::with_max_entries(PORT_TABLE_ENTRIES, 0);
 #[map]
 static NW_FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(FLOW_TABLE_ENTRIES, 0);
+#[map]
+static NW_FLOW_MARKS: Array<u8> = Array::with_max_entries(FLOW_MARK_ENTRIES, 0);
 #[map]
 static NW_RULE_STATS: PerCpuArray<Stat> = PerCpuArray::with_max_entries(MAX_SLOTS, 0);
 #[map]
@@ -114,9 +124,7 @@ fn decide(f: &Frame, gen: u32, cfg: &GenConfig) -> Verdict {
         } else if flags & flags::ESTABLISHED != 0 && established(&ip, l4) {
             return Verdict::Pass(PassReason::Established, len);
         }
-        if family == FAMILY_IPV6
-            && flags & flags::NEIGHBOUR_DISCOVERY != 0
-            && (ND_FIRST..=ND_LAST).contains(&icmp_type)
+        if family == FAMILY_IPV6 && flags & flags::NEIGHBOUR_DISCOVERY != 0 && (ND_FIRST..=ND_LAST).contains(&icmp_type)
         {
             return Verdict::Pass(PassReason::NeighbourDiscovery, len);
         }
@@ -133,9 +141,12 @@ fn decide(f: &Frame, gen: u32, cfg: &GenConfig) -> Verdict {
         L4::Udp { dport, .. } => NW_PORTS.get(port_index(gen, PORT_PROTO_UDP, dport)),
         L4::Icmp { .. } if family == FAMILY_IPV4 => Some(&cfg.icmp4),
         L4::Icmp { .. } => Some(&cfg.icmp6),
-        L4::Other => Some(&cfg.other),
+        L4::Other { .. } => Some(&cfg.other),
     };
-    let by_src = source_rules(&ip, gen);
+    let class = if flags & flags::FLAT_SOURCES != 0 { flat_source_class(&ip, gen) } else { source_class(&ip, gen) };
+    // One class lookup after both paths: were it in each, LLVM would merge it with the trie
+    // lookups into one call the verifier cannot inline.
+    let by_src = class.and_then(|c| NW_SRC_CLASSES.get(gen * SRC_CLASSES_PER_GEN + (c & (SRC_CLASSES_PER_GEN - 1))));
     if let (Some(a), Some(b)) = (by_src, by_l4) {
         if let Some(pos) = a.first_common(b) {
             if pos < cfg.nrules && (pos as usize) < MAX_RULES {
@@ -148,6 +159,9 @@ fn decide(f: &Frame, gen: u32, cfg: &GenConfig) -> Verdict {
 
 #[inline(always)]
 fn established(ip: &Ip, l4: L4) -> bool {
+    if !flow::may_be_tracked(&NW_FLOW_MARKS, l4) {
+        return false;
+    }
     match flow::inbound_key(ip, l4) {
         Some(k) => flow::is_tracked(&NW_FLOWS, &k),
         None => false,
@@ -163,20 +177,49 @@ fn is_icmp_error(family: u32, icmp_type: u8) -> bool {
     }
 }
 
-/// The rules whose sources contain the packet's source: the longest prefix holds them all,
-/// because the agent pushes every rule's bit down into the prefixes its sources contain.
+/// The class (index into `NW_SRC_CLASSES`) of the rules whose sources contain the packet's
+/// source: the longest prefix holds them all, because the agent pushes every rule's bit down
+/// into the prefixes its sources contain. This is the LPM tries' path, for policies whose
+/// prefixes do not fit the flat tables.
 #[inline(always)]
-fn source_rules(ip: &Ip, gen: u32) -> Option<&'static RuleBits> {
+fn source_class(ip: &Ip, gen: u32) -> Option<u32> {
     if ip.family == FAMILY_IPV4 {
         let mut k = [0u8; 5];
         k[0] = gen as u8;
-        k[1..5].copy_from_slice(&ip.src[..4]);
-        NW_SRC4.get(Key::new(GEN_PREFIX_BITS + 32, k))
+        k[1..5].copy_from_slice(&ip.src.0[..4]);
+        NW_SRC4.get(Key::new(GEN_PREFIX_BITS + 32, k)).copied()
     } else {
         let mut k = [0u8; 17];
         k[0] = gen as u8;
-        k[1..17].copy_from_slice(&ip.src);
-        NW_SRC6.get(Key::new(GEN_PREFIX_BITS + 128, k))
+        k[1..17].copy_from_slice(&ip.src.0);
+        NW_SRC6.get(Key::new(GEN_PREFIX_BITS + 128, k)).copied()
+    }
+}
+
+/// [`source_class`] from the flat tables: the root by the first two address bytes, then one
+/// array lookup per further byte until a class.
+#[inline(always)]
+fn flat_source_class(ip: &Ip, gen: u32) -> Option<u32> {
+    let bytes = if ip.family == FAMILY_IPV4 { 4 } else { 16 };
+    let top = ((ip.src.0[0] as u32) << 8) | ip.src.0[1] as u32;
+    let mut e = *NW_SRC_ROOTS.get(src_root_index(gen, ip.family & 1, top))?;
+    let nodes = gen * SRC_NODES_PER_GEN;
+    // Every way out of the walk leads to the one test below: with a return per step, the
+    // verifier would check the rest of the program once per step, and loading would take
+    // twice as long.
+    for i in 2..16 {
+        if e & SRC_CHILD == 0 || i >= bytes {
+            break;
+        }
+        let Some(n) = NW_SRC_NODES.get(nodes + ((e & !SRC_CHILD) as u32 & (SRC_NODES_PER_GEN - 1))) else {
+            break;
+        };
+        e = n.0[ip.src.0[i] as usize];
+    }
+    if e & SRC_CHILD == 0 {
+        Some(e as u32)
+    } else {
+        None
     }
 }
 
@@ -198,6 +241,19 @@ pub fn nodewall_bench_pass(_ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
+/// The second baseline of the benchmark: parses the Ethernet, IP and L4 headers exactly as
+/// [`nodewall_xdp`] does and passes, so that the classifier's cost splits into parsing and
+/// classifying.
+#[xdp]
+pub fn nodewall_bench_parse(ctx: XdpContext) -> u32 {
+    let f = Frame { start: ctx.data(), end: ctx.data_end() };
+    match parse_ip(&f) {
+        Parsed::Ip(ip) if ip.l4(&f).is_some() => XDP_PASS,
+        Parsed::NotIp | Parsed::LaterFragment => XDP_PASS,
+        _ => XDP_DROP,
+    }
+}
+
 /// Headers the egress program needs in the linear part of the skb.
 const EGRESS_PULL: u32 = 128;
 
@@ -209,6 +265,8 @@ pub fn nodewall_egress(ctx: TcContext) -> i32 {
     if let Parsed::Ip(ip) = parse_ip(&f) {
         if let Some(l4) = ip.l4(&f) {
             if let Some(k) = flow::outbound_key(&ip, l4) {
+                // Marked first: once the flow is in the table, its replies find the mark set.
+                flow::mark(&NW_FLOW_MARKS, &k);
                 flow::record(&NW_FLOWS, &k);
             }
         }

@@ -6,6 +6,8 @@
 //! generation held two applies ago. The first change after the initial apply therefore fills
 //! the still-empty second generation (every entry); only from the second change on does an
 //! apply write just the difference. The XDP run makes two changes and asserts the second.
+//! (One CIDR is one element out and one in for nft; for XDP's flat source tables it is the
+//! few entries on the two prefixes' paths.)
 
 use std::time::Instant;
 
@@ -61,10 +63,21 @@ fn apply_time_for_10_1k_10k_cidrs(backend: Backend) -> anyhow::Result<()> {
             file.rewrite(&cfg.yaml())?;
         }
         let (one, r3) = timed("one CIDR changed")?;
-        anyhow::ensure!(
-            r3["added"] == 1 && r3["removed"] == 1,
-            "one interval out, one in: {r3}"
-        );
+        if backend.is_xdp() {
+            // XDP's flat source tables rewrite the entries on the old and the new prefix's
+            // paths (a root entry and a few 256-entry nodes), never the whole table, and
+            // remove nothing.
+            let added = r3["added"].as_u64().unwrap_or(0);
+            anyhow::ensure!(
+                r3["changed"] == true && (1..=8).contains(&added) && r3["removed"] == 0,
+                "one prefix's path rewritten: {r3}"
+            );
+        } else {
+            anyhow::ensure!(
+                r3["added"] == 1 && r3["removed"] == 1,
+                "one interval out, one in: {r3}"
+            );
+        }
         lines.push(format!(
             "{n:>6} {first:>9.1} ms {same:>9.1} ms {one:>13.1} ms {:>10}",
             r1["added"]

@@ -105,6 +105,23 @@ pub fn prog_fd_by_id(id: u32) -> anyhow::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// Loads the parse-only reference program (`nodewall_bench_parse`) of the XDP object at
+/// `object`: it parses the headers as nodewall's classifier does, then passes.
+pub fn load_bench_parse(object: &std::path::Path) -> anyhow::Result<OwnedFd> {
+    use anyhow::Context;
+    use std::os::fd::AsFd;
+    const NAME: &str = "nodewall_bench_parse";
+    let mut ebpf = aya::Ebpf::load_file(object)
+        .with_context(|| format!("loading the XDP object {}", object.display()))?;
+    let prog: &mut aya::programs::Xdp = ebpf
+        .program_mut(NAME)
+        .with_context(|| format!("{} has no program {NAME}", object.display()))?
+        .try_into()?;
+    prog.load().with_context(|| format!("loading {NAME}"))?;
+    // The clone keeps the program loaded once `ebpf` (and its maps) are dropped.
+    Ok(prog.fd()?.as_fd().try_clone_to_owned()?)
+}
+
 /// `struct xdp_md` as test-run input: the frame spans the whole buffer and arrived on `ifindex`
 /// (which the kernel resolves in the calling thread's network namespace).
 fn xdp_md(len: usize, ifindex: u32) -> [u32; 6] {

@@ -18,6 +18,7 @@ pub struct Cell {
     pub family: Family,
     pub allowed: bool,
     pub nodewall_ns: f64,
+    pub parse_ns: f64,
     pub bare_ns: f64,
 }
 
@@ -27,25 +28,48 @@ impl Cell {
     }
 }
 
-/// Runs both programs `rounds` times each, alternating, and keeps each one's best (the least
-/// disturbed by other work on a shared machine). Returns (program ns, bare ns) and the verdict.
+/// Best ns per packet of nodewall, the parse-only reference and the bare program, and
+/// nodewall's verdict.
+struct Measured {
+    nodewall: f64,
+    parse: f64,
+    bare: f64,
+    verdict: u32,
+}
+
+/// Runs the three programs `rounds` times each, alternating, and keeps each one's best (the
+/// least disturbed by other work on a shared machine).
 fn measure(
     prog: &OwnedFd,
-    bare: &OwnedFd,
+    refs: &Refs,
     frame: &[u8],
     ifindex: u32,
     repeat: u32,
     rounds: usize,
-) -> anyhow::Result<(f64, f64, u32)> {
-    let (mut best_p, mut best_b, mut verdict) = (u32::MAX, u32::MAX, 0);
+) -> anyhow::Result<Measured> {
+    let (mut best_p, mut best_q, mut best_b, mut verdict) = (u32::MAX, u32::MAX, u32::MAX, 0);
     for _ in 0..rounds {
-        let (_, b) = bpf::test_run(bare, frame, ifindex, repeat)?;
+        let (_, b) = bpf::test_run(&refs.bare, frame, ifindex, repeat)?;
+        let (_, q) = bpf::test_run(&refs.parse, frame, ifindex, repeat)?;
         let (v, p) = bpf::test_run(prog, frame, ifindex, repeat)?;
         best_b = best_b.min(b);
+        best_q = best_q.min(q);
         best_p = best_p.min(p);
         verdict = v;
     }
-    Ok((best_p as f64, best_b as f64, verdict))
+    Ok(Measured {
+        nodewall: best_p as f64,
+        parse: best_q as f64,
+        bare: best_b as f64,
+        verdict,
+    })
+}
+
+/// The reference programs: a bare `XDP_PASS` (the headline's baseline) and nodewall's own
+/// header parsing alone (what any classifier of these headers pays before classifying).
+struct Refs {
+    bare: OwnedFd,
+    parse: OwnedFd,
 }
 
 pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
@@ -63,7 +87,9 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
         "ns per packet of nodewall's XDP program under `BPF_PROG_TEST_RUN` against a bare `XDP_PASS` \
          program (two instructions) on the same 60/80-byte UDP frame, same namespace and ingress \
          interface. Each figure is the best of several alternating runs of `repeat` iterations each \
-         (the kernel's own mean per run). Policies: N UDP allow rules over the given number of distinct \
+         (the kernel's own mean per run). The parse-only column is a third program from nodewall's own \
+         eBPF object that parses the Ethernet, IP and UDP headers exactly as the classifier does and passes: \
+         nodewall minus parse-only is the cost of classifying. Policies: N UDP allow rules over the given number of distinct \
          CIDRs (half IPv4, half IPv6); the allowed packet matches only the last rule, the dropped one \
          matches none (default-deny), so both take the longest path.",
     );
@@ -80,7 +106,11 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
     let (node_mac, client_mac) = (parse_mac(&pair.node_mac)?, parse_mac(&pair.client_mac)?);
     // The kernel resolves the test context's ingress ifindex in the caller's namespace.
     pair.node.enter_thread()?;
-    let bare = bpf::load_xdp_pass()?;
+    let object = crate::ebpf::build(&crate::shell::root()).map_err(anyhow::Error::msg)?;
+    let refs = Refs {
+        bare: bpf::load_xdp_pass()?,
+        parse: bpf::load_bench_parse(&object)?,
+    };
     let mut table = Table::new(
         &format!(
             "`BPF_PROG_TEST_RUN`, repeat {} per run, best of {rounds} runs.",
@@ -93,6 +123,7 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
             "family",
             "packet",
             "nodewall ns/pkt",
+            "parse-only ns/pkt",
             "bare ns/pkt",
         ],
     );
@@ -107,7 +138,7 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
             40000,
             10000,
         );
-        let (_, b) = bpf::test_run(&bare, &frame, ifx, repeat)?;
+        let (_, b) = bpf::test_run(&refs.bare, &frame, ifx, repeat)?;
         sec.notes
             .push(format!("bare XDP_PASS alone: {b} ns/packet (IPv4)."));
         sec.missing(format!(
@@ -152,7 +183,8 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
                         Workload::denied_src(family)
                     };
                     let frame = udp_frame(node_mac, client_mac, src, dst, 40000, w.last_port());
-                    let (p, b, verdict) = measure(&prog, &bare, &frame, ifx, repeat, rounds)?;
+                    let m = measure(&prog, &refs, &frame, ifx, repeat, rounds)?;
+                    let verdict = m.verdict;
                     let expected = if allowed {
                         bpf::XDP_PASS
                     } else {
@@ -170,8 +202,9 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
                         cidrs: w.distinct,
                         family,
                         allowed,
-                        nodewall_ns: p,
-                        bare_ns: b,
+                        nodewall_ns: m.nodewall,
+                        parse_ns: m.parse,
+                        bare_ns: m.bare,
                     };
                     table.row(vec![
                         ratio(cell.ratio()),
@@ -179,8 +212,9 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
                         count(cell.cidrs),
                         family.label().into(),
                         if allowed { "allowed" } else { "dropped" }.into(),
-                        format!("{p:.0}"),
-                        format!("{b:.0}"),
+                        format!("{:.0}", m.nodewall),
+                        format!("{:.0}", m.parse),
+                        format!("{:.0}", m.bare),
                     ]);
                     cells.push(cell);
                 }
@@ -200,6 +234,22 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
             .reduce(f64::max)
     };
     let (big_rules, big_cidrs) = (*rules_list.last().expect("sizes"), 10_000);
+    let big: Vec<&Cell> = cells
+        .iter()
+        .filter(|c| c.rules == big_rules && c.cidrs == big_cidrs)
+        .collect();
+    let worst_of = |f: fn(&Cell) -> f64| big.iter().map(|c| f(c)).reduce(f64::max);
+    if let (Some(parse), Some(classify)) = (
+        worst_of(|c| c.parse_ns / c.bare_ns),
+        worst_of(|c| c.nodewall_ns / c.parse_ns),
+    ) {
+        sec.notes.push(format!(
+            "At {big_rules} rules × 10k CIDRs (worst cells): parsing alone costs {} the bare program; \
+             nodewall costs {} the parse-only program.",
+            ratio(parse),
+            ratio(classify)
+        ));
+    }
     sec.headline(
         &format!("XDP classifier vs bare XDP_PASS, {big_rules} rules × 10k CIDRs (worst of v4/v6, allowed/dropped)"),
         worst(big_rules, big_cidrs),

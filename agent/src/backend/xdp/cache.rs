@@ -17,21 +17,25 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use aya::maps::MapInfo;
 use nodewall_common::xdp::{
-    map_names, GenConfig, RuleBits, RuleRef, Switch, MAX_RULES, RULE_WORDS,
+    map_names, GenConfig, RuleBits, RuleRef, SrcNode, Switch, MAX_RULES, RULE_WORDS,
 };
 
+use super::flat::SourceTables;
 use super::image::PortTable;
 use super::maps::KernelGen;
 
 /// Bumped whenever the encoding or [`KernelGen`] changes meaning.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 const MAGIC: &[u8; 4] = b"NWXG";
 /// The maps a generation lives in: their kernel ids identify the install.
-const GEN_MAPS: [&str; 5] = [
+const GEN_MAPS: [&str; 8] = [
     map_names::SWITCH,
     map_names::CONFIG,
     map_names::SRC4,
     map_names::SRC6,
+    map_names::SRC_ROOTS,
+    map_names::SRC_NODES,
+    map_names::SRC_CLASSES,
     map_names::PORTS,
 ];
 
@@ -168,23 +172,43 @@ fn encode(ident: &Identity, sw: &Switch, gens: &[KernelGen; 2]) -> Vec<u8> {
         // bumped), or the cache would describe generations without it.
         let KernelGen {
             config,
-            src4,
-            src6,
+            sources,
             tcp,
             udp,
         } = g;
         w.config(config);
+        let SourceTables {
+            roots,
+            nodes,
+            classes,
+            src4,
+            src6,
+        } = sources;
+        w.u32(roots.len() as u32);
+        for &r in roots {
+            w.0.extend_from_slice(&r.to_le_bytes());
+        }
+        w.u32(nodes.len() as u32);
+        for n in nodes {
+            for &e in &n.0 {
+                w.0.extend_from_slice(&e.to_le_bytes());
+            }
+        }
+        w.u32(classes.len() as u32);
+        for c in classes {
+            w.bits(c);
+        }
         w.u32(src4.len() as u32);
-        for (&(addr, len), bits) in src4 {
+        for (&(addr, len), &class) in src4 {
             w.u32(addr);
             w.0.push(len);
-            w.bits(bits);
+            w.u32(class);
         }
         w.u32(src6.len() as u32);
-        for (&(addr, len), bits) in src6 {
+        for (&(addr, len), &class) in src6 {
             w.0.extend_from_slice(&addr.to_le_bytes());
             w.0.push(len);
-            w.bits(bits);
+            w.u32(class);
         }
         for t in [tcp, udp] {
             w.u32(t.0.len() as u32);
@@ -210,23 +234,43 @@ fn decode(b: &[u8]) -> Result<(Identity, Switch, [KernelGen; 2])> {
     let mut gens = [KernelGen::empty(), KernelGen::empty()];
     for g in &mut gens {
         g.config = r.config()?;
+        let n = r.u32()? as usize;
+        let roots = r.take(2 * n)?;
+        g.sources.roots = roots
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        let n = r.u32()? as usize;
+        let nodes = r.take(n * 512)?;
+        g.sources.nodes = nodes
+            .chunks_exact(512)
+            .map(|c| {
+                let mut node = SrcNode([0; 256]);
+                for (e, b) in node.0.iter_mut().zip(c.chunks_exact(2)) {
+                    *e = u16::from_le_bytes([b[0], b[1]]);
+                }
+                node
+            })
+            .collect();
+        let n = r.u32()? as usize;
+        g.sources.classes = (0..n).map(|_| r.bits()).collect::<Result<_>>()?;
         // Written in key order: collected whole, the maps are built in bulk, not key by key.
         let n = r.u32()? as usize;
         let mut src4 = Vec::with_capacity(n.min(b.len()));
         for _ in 0..n {
             let addr = r.u32()?;
             let len = r.take(1)?[0];
-            src4.push(((addr, len), r.bits()?));
+            src4.push(((addr, len), r.u32()?));
         }
         let n = r.u32()? as usize;
         let mut src6 = Vec::with_capacity(n.min(b.len()));
         for _ in 0..n {
             let addr = u128::from_le_bytes(r.take(16)?.try_into()?);
             let len = r.take(1)?[0];
-            src6.push(((addr, len), r.bits()?));
+            src6.push(((addr, len), r.u32()?));
         }
-        g.src4 = BTreeMap::from_iter(src4);
-        g.src6 = BTreeMap::from_iter(src6);
+        g.sources.src4 = BTreeMap::from_iter(src4);
+        g.sources.src6 = BTreeMap::from_iter(src6);
         for t in [&mut g.tcp, &mut g.udp] {
             let n = r.u32()? as usize;
             let mut segs = Vec::with_capacity(n.min(65536));
@@ -308,6 +352,8 @@ impl Enc {
     fn config(&mut self, c: &GenConfig) {
         self.u32(c.flags);
         self.u32(c.nrules);
+        self.u32(c.src_nodes);
+        self.u32(c.src_classes);
         self.bits(&c.icmp4);
         self.bits(&c.icmp6);
         self.bits(&c.other);
@@ -354,6 +400,8 @@ impl<'a> Dec<'a> {
         let mut c = GenConfig {
             flags: self.u32()?,
             nrules: self.u32()?,
+            src_nodes: self.u32()?,
+            src_classes: self.u32()?,
             icmp4: self.bits()?,
             icmp6: self.bits()?,
             other: self.bits()?,
@@ -381,8 +429,16 @@ mod tests {
         let mut bits = RuleBits::EMPTY;
         bits.set(3);
         bits.set(200);
-        g.src4.insert((0xc612_0000, 15), bits);
-        g.src6.insert((0xfd00 << 112, 8), bits);
+        g.sources.src4.insert((0xc612_0000, 15), 1);
+        g.sources.src6.insert((0xfd00 << 112, 8), 2);
+        g.sources.classes = vec![RuleBits::EMPTY, bits, bits];
+        g.sources.roots = vec![0, 1 | nodewall_common::xdp::SRC_CHILD, 7];
+        let mut node = SrcNode([0; 256]);
+        node.0[5] = 2;
+        node.0[255] = 0x8001;
+        g.sources.nodes = vec![SrcNode([1; 256]), node];
+        g.config.src_nodes = 2;
+        g.config.src_classes = 3;
         g.udp = PortTable(vec![
             (0, RuleBits::EMPTY),
             (53, bits),
@@ -394,7 +450,7 @@ mod tests {
         let ident = Identity {
             object: 1,
             boot_id: "b".into(),
-            map_ids: [1, 2, 3, 4, 5],
+            map_ids: [1, 2, 3, 4, 5, 6, 7, 8],
             netns: (6, 7),
             pin_dir: "/sys/fs/bpf/nodewall".into(),
         };

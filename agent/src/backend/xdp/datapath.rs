@@ -13,8 +13,9 @@ use aya::programs::{SchedClassifier, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use aya_obj::programs::XdpAttachType;
 use nodewall_common::xdp::{
-    drop_index, map_names, GenConfig, PassReason, RuleRef, Stat, Switch, ACTION_ALLOW, ACTION_DENY,
-    BENCH_PASS_PROGRAM, DROP_CAUSE_RULE_BASE, LAYOUT_VERSION, TC_EGRESS_PROGRAM, XDP_PROGRAM,
+    drop_index, flags, map_names, GenConfig, PassReason, RuleRef, Stat, Switch, ACTION_ALLOW,
+    ACTION_DENY, BENCH_PASS_PROGRAM, DROP_CAUSE_RULE_BASE, LAYOUT_VERSION, TC_EGRESS_PROGRAM,
+    XDP_PROGRAM,
 };
 
 use super::attach::PROGRAM_PINS;
@@ -204,7 +205,10 @@ impl Datapath {
                 .iter()
                 .map(|(n, _)| self.slots.find(n))
                 .collect();
-            if current.is_some_and(|slots| lower(&image, &slots) == self.shadow[active as usize]) {
+            let active_gen = &self.shadow[active as usize];
+            if current.is_some_and(|slots| {
+                lower(&image, &slots).renumbered_like(active_gen) == *active_gen
+            }) {
                 return Ok(Installed {
                     changed: false,
                     generation: self.switch.generation,
@@ -230,7 +234,7 @@ impl Datapath {
                 .write(&mut self.maps, slot, Some(image.rules[i].1))?;
         }
         let target = if self.is_installed() { active ^ 1 } else { 1 };
-        let new = lower(&image, &slots);
+        let new = lower(&image, &slots).renumbered_like(&self.shadow[target as usize]);
         if let Some(cache) = &self.cache {
             // From here until the new content is recorded, the next agent reads the maps back.
             cache.invalidate()?;
@@ -307,10 +311,18 @@ impl Datapath {
     /// A bare `XDP_PASS` program from the same object (loaded on first use): the baseline
     /// of the per-packet cost measurements.
     pub fn baseline(&mut self) -> Result<&mut Xdp> {
+        self.bench_program(BENCH_PASS_PROGRAM)
+    }
+
+    /// Another program of the object, loaded on first use: e.g. [`BENCH_PARSE_PROGRAM`],
+    /// the parse-only baseline.
+    ///
+    /// [`BENCH_PARSE_PROGRAM`]: nodewall_common::xdp::BENCH_PARSE_PROGRAM
+    pub fn bench_program(&mut self, name: &str) -> Result<&mut Xdp> {
         let Programs::Object(ebpf) = &mut self.programs else {
-            bail!("the baseline program needs a datapath loaded from the object");
+            bail!("the benchmark programs need a datapath loaded from the object");
         };
-        let prog: &mut Xdp = program(ebpf, BENCH_PASS_PROGRAM)?.try_into()?;
+        let prog: &mut Xdp = program(ebpf, name)?.try_into()?;
         if prog.fd().is_err() {
             prog.load()?;
         }
@@ -396,9 +408,17 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::
 
 /// An image with its rules' counter slots: exactly what the kernel generation will hold.
 fn lower(image: &Image, slots: &[u16]) -> KernelGen {
+    let sources = image.sources.clone();
+    let flags = if sources.is_flat() {
+        image.flags | flags::FLAT_SOURCES
+    } else {
+        image.flags
+    };
     let mut config = GenConfig {
-        flags: image.flags,
+        flags,
         nrules: image.rules.len() as u32,
+        src_nodes: sources.nodes.len() as u32,
+        src_classes: sources.classes.len() as u32,
         icmp4: image.icmp4,
         icmp6: image.icmp6,
         other: image.other,
@@ -418,8 +438,7 @@ fn lower(image: &Image, slots: &[u16]) -> KernelGen {
     }
     KernelGen {
         config,
-        src4: image.src4.clone(),
-        src6: image.src6.clone(),
+        sources,
         tcp: image.tcp.clone(),
         udp: image.udp.clone(),
     }

@@ -2,18 +2,21 @@
 //! that applying is a diff between two images and can be tested on its own.
 //!
 //! The classifier wants, for a packet, "which rules could match" from two independent keys:
-//! - the source address: an LPM trie whose every prefix carries the rules whose sources
+//! - the source address: prefixes, each carrying the rules whose sources
 //!   *contain* that prefix (bits are pushed down from containing prefixes), so the longest
 //!   match alone answers for the address;
 //! - the protocol and destination port: a table per protocol, piecewise constant over ports.
 //!
 //! Bit `i` is rule `i`; the lowest bit of the intersection is the first matching rule.
+//! The prefixes are then expanded into flat tables ([`SourceTables`]) when they fit; the LPM
+//! tries only hold a generation whose sources do not.
 
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
 use nodewall_common::xdp::{flags, RuleBits, MAX_NAME_LEN, MAX_RULES};
 
+use super::flat::SourceTables;
 use crate::config::{Action, Mode, Protocol};
 use crate::policy::{AddrSet, Policy, PortSet};
 
@@ -62,6 +65,9 @@ pub struct Image {
     /// (network address, prefix length) -> rules containing that prefix.
     pub src4: BTreeMap<(u32, u8), RuleBits>,
     pub src6: BTreeMap<(u128, u8), RuleBits>,
+    /// `src4` and `src6` as the maps will hold them: flat tables, unless they need more
+    /// than a generation holds.
+    pub sources: SourceTables,
     pub tcp: PortTable,
     pub udp: PortTable,
 }
@@ -77,6 +83,8 @@ impl Image {
             other: RuleBits::EMPTY,
             src4: BTreeMap::new(),
             src6: BTreeMap::new(),
+            sources: SourceTables::flat(&BTreeMap::new(), &BTreeMap::new())
+                .expect("no prefix fits"),
             tcp: PortTable::empty(),
             udp: PortTable::empty(),
         }
@@ -117,6 +125,7 @@ impl Image {
             bits
         };
         let sources: Vec<&AddrSet> = policy.rules.iter().map(|r| &r.sources).collect();
+        let (src4, src6) = push_down_both(&sources);
         Ok(Self {
             flags,
             rules: policy
@@ -127,40 +136,54 @@ impl Image {
             icmp4: bits_where(&|p| matches!(p, Protocol::Icmp | Protocol::All)),
             icmp6: bits_where(&|p| matches!(p, Protocol::Icmpv6 | Protocol::All)),
             other: bits_where(&|p| p == Protocol::All),
-            src4: push_down(
-                &sources,
-                |s| {
-                    s.v4_prefixes()
-                        .iter()
-                        .map(|n| (u32::from(n.network()) as u128, n.prefix_len()))
-                        .collect()
-                },
-                |s| {
-                    s.v4_ranges()
-                        .iter()
-                        .map(|&(a, b)| (a as u128, b as u128))
-                        .collect()
-                },
-                32,
-            )
-            .into_iter()
-            .map(|((a, len), bits)| ((a as u32, len), bits))
-            .collect(),
-            src6: push_down(
-                &sources,
-                |s| {
-                    s.v6_prefixes()
-                        .iter()
-                        .map(|n| (u128::from(n.network()), n.prefix_len()))
-                        .collect()
-                },
-                |s| s.v6_ranges().to_vec(),
-                128,
-            ),
+            sources: SourceTables::build(&src4, &src6)?,
+            src4,
+            src6,
             tcp: port_table(policy, Protocol::Tcp),
             udp: port_table(policy, Protocol::Udp),
         })
     }
+}
+
+/// [`push_down`] for both families: (IPv4, IPv6) prefixes -> rules containing them.
+#[allow(clippy::type_complexity)]
+pub(super) fn push_down_both(
+    sources: &[&AddrSet],
+) -> (
+    BTreeMap<(u32, u8), RuleBits>,
+    BTreeMap<(u128, u8), RuleBits>,
+) {
+    let src4 = push_down(
+        sources,
+        |s| {
+            s.v4_prefixes()
+                .iter()
+                .map(|n| (u32::from(n.network()) as u128, n.prefix_len()))
+                .collect()
+        },
+        |s| {
+            s.v4_ranges()
+                .iter()
+                .map(|&(a, b)| (a as u128, b as u128))
+                .collect()
+        },
+        32,
+    )
+    .into_iter()
+    .map(|((a, len), bits)| ((a as u32, len), bits))
+    .collect();
+    let src6 = push_down(
+        sources,
+        |s| {
+            s.v6_prefixes()
+                .iter()
+                .map(|n| (u128::from(n.network()), n.prefix_len()))
+                .collect()
+        },
+        |s| s.v6_ranges().to_vec(),
+        128,
+    );
+    (src4, src6)
 }
 
 /// Every prefix of every rule's sources, each with the bits of all rules containing it.

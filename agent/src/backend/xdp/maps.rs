@@ -11,10 +11,12 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, Map, MapData, MapFd, PerCpuArray, PerCpuValues};
 use aya::Ebpf;
 use nodewall_common::xdp::{
-    map_names as names, port_index, GenConfig, RuleBits, SlotName, Src4Key, Src6Key, Stat, Switch,
-    GEN_PREFIX_BITS, MAX_SLOTS, PORT_PROTO_TCP, PORT_PROTO_UDP,
+    flags, map_names as names, port_index, src_root_index, GenConfig, RuleBits, SlotName, Src4Key,
+    Src6Key, SrcNode, Stat, Switch, GEN_PREFIX_BITS, MAX_SLOTS, PORT_PROTO_TCP, PORT_PROTO_UDP,
+    SRC_CLASSES_PER_GEN, SRC_NODES_PER_GEN, SRC_ROOT_ENTRIES_PER_GEN,
 };
 
+use super::flat::SourceTables;
 use super::image::PortTable;
 use super::sys;
 
@@ -22,8 +24,9 @@ use super::sys;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelGen {
     pub config: GenConfig,
-    pub src4: BTreeMap<(u32, u8), RuleBits>,
-    pub src6: BTreeMap<(u128, u8), RuleBits>,
+    /// Source lookup: flat tables or LPM entries, and the classes they point to
+    /// (`config.src_nodes`/`src_classes` entries of the flat maps).
+    pub sources: SourceTables,
     pub tcp: PortTable,
     pub udp: PortTable,
 }
@@ -32,11 +35,22 @@ impl KernelGen {
     pub fn empty() -> Self {
         Self {
             config: GenConfig::EMPTY,
-            src4: BTreeMap::new(),
-            src6: BTreeMap::new(),
+            sources: SourceTables::default(),
             tcp: PortTable::empty(),
             udp: PortTable::empty(),
         }
+    }
+}
+
+impl KernelGen {
+    /// `self` with the source tables' ids chosen to match `old` (see
+    /// [`SourceTables::renumbered_like`]), so that writing it over `old` touches only what
+    /// changed, and an unchanged policy compares equal to what the kernel holds.
+    pub fn renumbered_like(mut self, old: &KernelGen) -> KernelGen {
+        self.sources = self.sources.renumbered_like(&old.sources);
+        self.config.src_nodes = self.sources.nodes.len() as u32;
+        self.config.src_classes = self.sources.classes.len() as u32;
+        self
     }
 }
 
@@ -50,8 +64,10 @@ pub struct Writes {
 pub struct Maps {
     pub switch: Array<MapData, Switch>,
     pub config: Array<MapData, GenConfig>,
-    pub src4: LpmTrie<MapData, Src4Key, RuleBits>,
-    pub src6: LpmTrie<MapData, Src6Key, RuleBits>,
+    pub src4: LpmTrie<MapData, Src4Key, u32>,
+    pub src6: LpmTrie<MapData, Src6Key, u32>,
+    pub src_nodes: Array<MapData, SrcNode>,
+    pub src_classes: Array<MapData, RuleBits>,
     pub ports: Array<MapData, RuleBits>,
     pub rule_stats: PerCpuArray<MapData, Stat>,
     pub drop_stats: PerCpuArray<MapData, Stat>,
@@ -64,6 +80,8 @@ pub struct Maps {
     /// Descriptors of the tries, for batched writes.
     src4_fd: MapFd,
     src6_fd: MapFd,
+    /// A descriptor of `NW_SRC_ROOTS`, read and written in batches.
+    roots_fd: MapFd,
 }
 
 impl Maps {
@@ -97,6 +115,7 @@ impl Maps {
             Map::Array(data) | Map::LpmTrie(data) => Ok(data.info()?.fd()?),
             _ => anyhow::bail!("map {name} has an unexpected type"),
         };
+        let roots_fd = fd_of(&get(names::SRC_ROOTS)?, names::SRC_ROOTS)?;
         let src4 = get(names::SRC4)?;
         let src4_fd = fd_of(&src4, names::SRC4)?;
         let src6 = get(names::SRC6)?;
@@ -111,6 +130,7 @@ impl Maps {
             slot_names: slot_names
                 .try_into()
                 .with_context(|| format!("map {} has an unexpected type", names::SLOT_NAMES))?,
+            roots_fd,
             ports: ports
                 .try_into()
                 .with_context(|| format!("map {} has an unexpected type", names::PORTS))?,
@@ -124,6 +144,8 @@ impl Maps {
                 .with_context(|| format!("map {} has an unexpected type", names::SRC6))?,
             src4_fd,
             src6_fd,
+            src_nodes: typed!(names::SRC_NODES),
+            src_classes: typed!(names::SRC_CLASSES),
             rule_stats: typed!(names::RULE_STATS),
             drop_stats: typed!(names::DROP_STATS),
             pass_stats: typed!(names::PASS_STATS),
@@ -156,12 +178,21 @@ impl Maps {
             config: self.read_config(gen)?,
             ..KernelGen::empty()
         };
-        out.src4 = read_trie(&self.src4, gen, |d| {
+        out.sources.src4 = read_trie(&self.src4, gen, |d| {
             u32::from_be_bytes(d[1..].try_into().expect("4 bytes"))
         })?;
-        out.src6 = read_trie(&self.src6, gen, |d| {
+        out.sources.src6 = read_trie(&self.src6, gen, |d| {
             u128::from_be_bytes(d[1..].try_into().expect("16 bytes"))
         })?;
+        let (nodes, classes) = (out.config.src_nodes, out.config.src_classes);
+        if out.config.flags & flags::FLAT_SOURCES != 0 {
+            out.sources.roots = vec![0; SRC_ROOT_ENTRIES_PER_GEN as usize];
+            let first = src_root_index(gen, 0, 0);
+            sys::array_lookup_batch(self.roots_fd.as_fd(), first, &mut out.sources.roots)
+                .with_context(|| format!("reading map {}", names::SRC_ROOTS))?;
+        }
+        out.sources.nodes = read_slice(&self.src_nodes, gen, SRC_NODES_PER_GEN, nodes)?;
+        out.sources.classes = read_slice(&self.src_classes, gen, SRC_CLASSES_PER_GEN, classes)?;
         out.tcp = self.read_ports(gen, PORT_PROTO_TCP)?;
         out.udp = self.read_ports(gen, PORT_PROTO_UDP)?;
         Ok(out)
@@ -196,10 +227,31 @@ impl Maps {
             d[1..].copy_from_slice(&addr.to_be_bytes());
             Key::new(GEN_PREFIX_BITS + len as u32, d)
         };
-        sync_trie(self.src4_fd.as_fd(), &old.src4, &new.src4, key4, &mut w)
+        let (old_s, new_s) = (&old.sources, &new.sources);
+        sync_trie(self.src4_fd.as_fd(), &old_s.src4, &new_s.src4, key4, &mut w)
             .with_context(|| format!("writing map {}", names::SRC4))?;
-        sync_trie(self.src6_fd.as_fd(), &old.src6, &new.src6, key6, &mut w)
+        sync_trie(self.src6_fd.as_fd(), &old_s.src6, &new_s.src6, key6, &mut w)
             .with_context(|| format!("writing map {}", names::SRC6))?;
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for (i, &e) in new_s.roots.iter().enumerate() {
+            if old_s.roots.get(i) != Some(&e) {
+                keys.push(src_root_index(gen, 0, 0) + i as u32);
+                values.push(e);
+            }
+        }
+        sys::update_batch(self.roots_fd.as_fd(), &keys, &values)
+            .with_context(|| format!("writing map {}", names::SRC_ROOTS))?;
+        w.added += keys.len();
+        let nodes = (&mut self.src_nodes, gen * SRC_NODES_PER_GEN);
+        sync_slice(nodes, &old_s.nodes, &new_s.nodes, names::SRC_NODES, &mut w)?;
+        let classes = (&mut self.src_classes, gen * SRC_CLASSES_PER_GEN);
+        sync_slice(
+            classes,
+            &old_s.classes,
+            &new_s.classes,
+            names::SRC_CLASSES,
+            &mut w,
+        )?;
         let (mut keys, mut values) = (Vec::new(), Vec::new());
         for (proto, old_t, new_t) in [
             (PORT_PROTO_TCP, &old.tcp, &new.tcp),
@@ -238,12 +290,43 @@ impl Maps {
     }
 }
 
+/// The first `len` entries of generation `gen`'s part (`per_gen` entries) of an array.
+fn read_slice<T: aya::Pod>(
+    map: &Array<MapData, T>,
+    gen: u32,
+    per_gen: u32,
+    len: u32,
+) -> Result<Vec<T>> {
+    (0..len.min(per_gen))
+        .map(|i| Ok(map.get(&(gen * per_gen + i), 0)?))
+        .collect()
+}
+
+/// Writes the entries of `new` that differ from `old` at `base + index`. Entries past `new`
+/// are left as they are: nothing refers to them.
+fn sync_slice<T: aya::Pod + PartialEq>(
+    (map, base): (&mut Array<MapData, T>, u32),
+    old: &[T],
+    new: &[T],
+    name: &str,
+    w: &mut Writes,
+) -> Result<()> {
+    for (i, value) in new.iter().enumerate() {
+        if old.get(i) != Some(value) {
+            map.set(base + i as u32, value, 0)
+                .with_context(|| format!("writing map {name}"))?;
+            w.added += 1;
+        }
+    }
+    Ok(())
+}
+
 /// The entries of one generation of a source trie, as (address, prefix length).
 fn read_trie<K: aya::Pod + AsRef<[u8]>, A: Ord>(
-    trie: &LpmTrie<MapData, K, RuleBits>,
+    trie: &LpmTrie<MapData, K, u32>,
     gen: u32,
     addr: impl Fn(&[u8]) -> A,
-) -> Result<BTreeMap<(A, u8), RuleBits>> {
+) -> Result<BTreeMap<(A, u8), u32>> {
     let mut out = BTreeMap::new();
     for item in trie.iter() {
         let (key, bits) = item?;
@@ -262,8 +345,8 @@ fn read_trie<K: aya::Pod + AsRef<[u8]>, A: Ord>(
 /// Brings a trie from `old` to `new` in batched syscalls (10k prefixes: a few calls, not 10k).
 fn sync_trie<K: aya::Pod, A: Ord + Copy>(
     trie: BorrowedFd<'_>,
-    old: &BTreeMap<A, RuleBits>,
-    new: &BTreeMap<A, RuleBits>,
+    old: &BTreeMap<A, u32>,
+    new: &BTreeMap<A, u32>,
     key: impl Fn(&A) -> Key<K>,
     w: &mut Writes,
 ) -> Result<()> {

@@ -25,6 +25,7 @@ mod attach;
 mod cache;
 mod counters;
 mod datapath;
+mod flat;
 mod image;
 mod maps;
 mod objhash;

@@ -1,0 +1,507 @@
+//! A generation's source tables (see `nodewall_common::xdp::SrcNode`): the pushed-down
+//! prefixes of an [`super::image::Image`] expanded into a multibit trie of stride 8, so that
+//! the XDP program finds a source's rules with one inlined array lookup per address byte
+//! instead of a walk of the kernel's LPM trie, whose cost grows with the number of prefixes.
+//! A policy whose prefixes need more nodes than a generation holds keeps the LPM tries, whose
+//! values are then class ids too: both paths end in the same class lookup.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::Result;
+use nodewall_common::xdp::{RuleBits, SrcNode, SRC_CHILD, SRC_CLASSES_PER_GEN, SRC_NODES_PER_GEN};
+
+/// What a generation's source maps hold: either flat tables (`roots`: IPv4's 65,536 entries
+/// then IPv6's, and `nodes`) or LPM entries (`src4`/`src6`, prefix -> class id), and in both cases the
+/// classes (the empty set first).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct SourceTables {
+    pub roots: Vec<u16>,
+    pub nodes: Vec<SrcNode>,
+    pub classes: Vec<RuleBits>,
+    pub src4: BTreeMap<(u32, u8), u32>,
+    pub src6: BTreeMap<(u128, u8), u32>,
+}
+
+impl SourceTables {
+    /// Whether the flat tables are in use (otherwise the LPM tries are).
+    pub fn is_flat(&self) -> bool {
+        !self.roots.is_empty()
+    }
+
+    /// The flat tables when they fit a generation, else LPM entries; fails only when even
+    /// the distinct rule sets exceed the class table.
+    pub fn build(
+        src4: &BTreeMap<(u32, u8), RuleBits>,
+        src6: &BTreeMap<(u128, u8), RuleBits>,
+    ) -> Result<Self> {
+        if let Some(flat) = Self::flat(src4, src6) {
+            return Ok(flat);
+        }
+        let mut b = Builder::new(false);
+        let mut lpm = |bits: &RuleBits| {
+            b.class(bits).map(u32::from).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "rules[].from: the sources form more than {SRC_CLASSES_PER_GEN} distinct sets of rules; \
+                     the xdp backend holds at most {SRC_CLASSES_PER_GEN}"
+                )
+            })
+        };
+        let mut out4 = BTreeMap::new();
+        for (k, bits) in src4 {
+            out4.insert(*k, lpm(bits)?);
+        }
+        let mut out6 = BTreeMap::new();
+        for (k, bits) in src6 {
+            out6.insert(*k, lpm(bits)?);
+        }
+        Ok(Self {
+            src4: out4,
+            src6: out6,
+            ..b.tables
+        })
+    }
+
+    /// Expands both families' prefixes (each carrying the rules of every prefix containing
+    /// it); `None` when the tables would exceed what a generation holds.
+    pub fn flat(
+        src4: &BTreeMap<(u32, u8), RuleBits>,
+        src6: &BTreeMap<(u128, u8), RuleBits>,
+    ) -> Option<Self> {
+        let mut b = Builder::new(true);
+        let v4 = src4
+            .iter()
+            .map(|(&(a, len), bits)| (a.to_be_bytes().to_vec(), len, bits));
+        let v6 = src6
+            .iter()
+            .map(|(&(a, len), bits)| (a.to_be_bytes().to_vec(), len, bits));
+        b.insert_all(0, v4.collect())?;
+        b.insert_all(1, v6.collect())?;
+        Some(b.tables)
+    }
+
+    /// The rules of an address, as the XDP program finds them (`addr` in network order:
+    /// 4 bytes for IPv4, 16 for IPv6).
+    pub fn lookup(&self, addr: &[u8]) -> RuleBits {
+        let root = usize::from(addr.len() != 4) << 16;
+        let mut e = self.roots[root | (addr[0] as usize) << 8 | addr[1] as usize];
+        for &byte in &addr[2..] {
+            if e & SRC_CHILD == 0 {
+                break;
+            }
+            e = self.nodes[(e & !SRC_CHILD) as usize].0[byte as usize];
+        }
+        assert_eq!(
+            e & SRC_CHILD,
+            0,
+            "the last address byte always ends in a class"
+        );
+        self.classes[e as usize]
+    }
+}
+
+impl SourceTables {
+    /// The same tables with node and class ids chosen to match `old` (what the generation
+    /// about to be written holds) wherever the same path or the same rule set exists there,
+    /// so that the diff-based writer touches only what really changed: a fresh build numbers
+    /// nodes and classes in prefix order, and one inserted prefix would shift every later id.
+    pub fn renumbered_like(&self, old: &SourceTables) -> SourceTables {
+        // Only the classes `old` refers to count: its other slots may hold anything.
+        let live: HashMap<RuleBits, usize> = old
+            .live_classes()
+            .into_iter()
+            .filter_map(|c| old.classes.get(c).map(|bits| (*bits, c)))
+            .collect();
+        let classes = remap_ids(
+            self.classes.len(),
+            old.classes.len(),
+            self.classes
+                .iter()
+                .enumerate()
+                .filter_map(|(c, bits)| live.get(bits).map(|&o| (c, o))),
+        );
+        let mut out = SourceTables {
+            classes: vec![RuleBits::EMPTY; classes.len],
+            src4: self
+                .src4
+                .iter()
+                .map(|(k, &c)| (*k, classes.map[c as usize] as u32))
+                .collect(),
+            src6: self
+                .src6
+                .iter()
+                .map(|(k, &c)| (*k, classes.map[c as usize] as u32))
+                .collect(),
+            ..SourceTables::default()
+        };
+        for (i, c) in out.classes.iter_mut().enumerate() {
+            *c = old.classes.get(i).copied().unwrap_or(RuleBits::EMPTY);
+        }
+        for (c, bits) in self.classes.iter().enumerate() {
+            out.classes[classes.map[c]] = *bits;
+        }
+        if !self.is_flat() {
+            return out;
+        }
+        // Nodes reached by the same path (root entry, then entry by entry) in both.
+        let mut pairs = Vec::new();
+        if old.is_flat() {
+            let mut stack: Vec<(u16, u16)> = self
+                .roots
+                .iter()
+                .zip(&old.roots)
+                .filter(|(n, o)| *n & SRC_CHILD != 0 && *o & SRC_CHILD != 0)
+                .map(|(n, o)| (n & !SRC_CHILD, o & !SRC_CHILD))
+                .collect();
+            while let Some((n, o)) = stack.pop() {
+                pairs.push((n as usize, o as usize));
+                let (nn, on) = (&self.nodes[n as usize].0, &old.nodes[o as usize].0);
+                stack.extend(
+                    nn.iter()
+                        .zip(on)
+                        .filter(|(a, b)| *a & SRC_CHILD != 0 && *b & SRC_CHILD != 0)
+                        .map(|(a, b)| (a & !SRC_CHILD, b & !SRC_CHILD)),
+                );
+            }
+        }
+        let nodes = remap_ids(self.nodes.len(), old.nodes.len(), pairs.into_iter());
+        let entry = |e: u16| {
+            if e & SRC_CHILD != 0 {
+                SRC_CHILD | nodes.map[(e & !SRC_CHILD) as usize] as u16
+            } else {
+                classes.map[e as usize] as u16
+            }
+        };
+        out.roots = self.roots.iter().map(|&e| entry(e)).collect();
+        // Unused slots keep what `old` has there, so that they cost no write.
+        out.nodes = (0..nodes.len)
+            .map(|i| old.nodes.get(i).copied().unwrap_or(SrcNode([0; 256])))
+            .collect();
+        for (n, node) in self.nodes.iter().enumerate() {
+            out.nodes[nodes.map[n]] = SrcNode(node.0.map(entry));
+        }
+        out
+    }
+}
+
+impl SourceTables {
+    /// The class ids the tables refer to.
+    fn live_classes(&self) -> Vec<usize> {
+        let mut out: Vec<usize> = self
+            .src4
+            .values()
+            .chain(self.src6.values())
+            .map(|&c| c as usize)
+            .collect();
+        let mut stack: Vec<u16> = self.roots.clone();
+        while let Some(e) = stack.pop() {
+            if e & SRC_CHILD == 0 {
+                out.push(e as usize);
+            } else if let Some(node) = self.nodes.get((e & !SRC_CHILD) as usize) {
+                stack.extend_from_slice(&node.0);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+/// New ids for `count` items: `matched` (new id, old id) pairs keep the old id (each old id
+/// at most once), the others take the lowest ids left free.
+struct Remap {
+    map: Vec<usize>,
+    /// One past the highest id used.
+    len: usize,
+}
+
+fn remap_ids(
+    count: usize,
+    old_count: usize,
+    matched: impl Iterator<Item = (usize, usize)>,
+) -> Remap {
+    let mut map = vec![usize::MAX; count];
+    let mut taken = vec![false; count.max(old_count)];
+    for (n, o) in matched {
+        if map[n] == usize::MAX && !taken[o] {
+            map[n] = o;
+            taken[o] = true;
+        }
+    }
+    let mut free = (0..).filter(|&i| i >= taken.len() || !taken[i]);
+    for m in map.iter_mut().filter(|m| **m == usize::MAX) {
+        *m = free.next().expect("unbounded");
+    }
+    let len = map.iter().map(|&m| m + 1).max().unwrap_or(0);
+    Remap { map, len }
+}
+
+struct Builder {
+    tables: SourceTables,
+    class_of: HashMap<RuleBits, u16>,
+}
+
+impl Builder {
+    /// With `flat`, the two (empty) roots to insert into.
+    fn new(flat: bool) -> Self {
+        let roots = if flat { vec![0; 2 * 65536] } else { Vec::new() };
+        Self {
+            tables: SourceTables {
+                roots,
+                classes: vec![RuleBits::EMPTY],
+                ..SourceTables::default()
+            },
+            class_of: HashMap::from([(RuleBits::EMPTY, 0)]),
+        }
+    }
+
+    /// Shorter prefixes first: a longer one then only overwrites, within what a shorter one
+    /// set, the entries it covers, and a child node starts as a copy of the class of the
+    /// entry it replaces (leaf pushing), which is already final.
+    fn insert_all(
+        &mut self,
+        root: usize,
+        mut prefixes: Vec<(Vec<u8>, u8, &RuleBits)>,
+    ) -> Option<()> {
+        prefixes.sort_by_key(|(addr, len, _)| (*len, addr.clone()));
+        for (addr, len, bits) in prefixes {
+            let class = self.class(bits)?;
+            self.insert(root, &addr, len as usize, class)?;
+        }
+        Some(())
+    }
+
+    /// A node whose every entry is `fill` (leaf pushing: the class of the entry it replaces).
+    fn new_node(&mut self, fill: u16) -> Option<usize> {
+        let child = self.tables.nodes.len();
+        if child >= SRC_NODES_PER_GEN as usize {
+            return None;
+        }
+        self.tables.nodes.push(SrcNode([fill; 256]));
+        Some(child)
+    }
+
+    fn class(&mut self, bits: &RuleBits) -> Option<u16> {
+        if let Some(&c) = self.class_of.get(bits) {
+            return Some(c);
+        }
+        let c = self.tables.classes.len();
+        if c >= SRC_CLASSES_PER_GEN as usize {
+            return None;
+        }
+        self.tables.classes.push(*bits);
+        self.class_of.insert(*bits, c as u16);
+        Some(c as u16)
+    }
+
+    fn insert(&mut self, root: usize, addr: &[u8], len: usize, class: u16) -> Option<()> {
+        let top = root << 16 | (addr[0] as usize) << 8 | addr[1] as usize;
+        if len <= 16 {
+            let span = 1usize << (16 - len);
+            let first = top & !(span - 1);
+            for e in &mut self.tables.roots[first..first + span] {
+                debug_assert_eq!(*e & SRC_CHILD, 0, "shorter prefixes come first");
+                *e = class;
+            }
+            return Some(());
+        }
+        let e = self.tables.roots[top];
+        let mut node = if e & SRC_CHILD != 0 {
+            (e & !SRC_CHILD) as usize
+        } else {
+            let child = self.new_node(e)?;
+            self.tables.roots[top] = SRC_CHILD | child as u16;
+            child
+        };
+        // `node` is indexed by address byte `depth`.
+        let mut depth = 2;
+        while len > 8 * (depth + 1) {
+            let e = self.tables.nodes[node].0[addr[depth] as usize];
+            node = if e & SRC_CHILD != 0 {
+                (e & !SRC_CHILD) as usize
+            } else {
+                let child = self.new_node(e)?;
+                self.tables.nodes[node].0[addr[depth] as usize] = SRC_CHILD | child as u16;
+                child
+            };
+            depth += 1;
+        }
+        let span = 1usize << (8 * (depth + 1) - len);
+        let first = addr[depth] as usize & !(span - 1);
+        for e in &mut self.tables.nodes[node].0[first..first + span] {
+            debug_assert_eq!(*e & SRC_CHILD, 0, "shorter prefixes come first");
+            *e = class;
+        }
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::AddrSet;
+    use proptest::prelude::*;
+
+    fn bits(i: usize) -> RuleBits {
+        let mut b = RuleBits::EMPTY;
+        b.set(i);
+        b
+    }
+
+    #[test]
+    fn longest_prefix_wins_at_every_edge() {
+        let mut v4 = BTreeMap::new();
+        let mut both = bits(0);
+        both.union_with(&bits(1));
+        v4.insert((u32::from_be_bytes([10, 0, 0, 0]), 8), bits(0));
+        v4.insert((u32::from_be_bytes([10, 1, 2, 0]), 23), both);
+        let mut v6 = BTreeMap::new();
+        v6.insert((0u128, 0), bits(2));
+        let flat = SourceTables::flat(&v4, &v6).unwrap();
+        assert_eq!(flat.lookup(&[10, 0, 0, 0]), bits(0));
+        assert_eq!(flat.lookup(&[10, 1, 1, 255]), bits(0));
+        assert_eq!(flat.lookup(&[10, 1, 2, 0]), both);
+        assert_eq!(flat.lookup(&[10, 1, 3, 255]), both);
+        assert_eq!(flat.lookup(&[10, 1, 4, 0]), bits(0));
+        assert_eq!(flat.lookup(&[10, 255, 255, 255]), bits(0));
+        assert_eq!(flat.lookup(&[11, 0, 0, 0]), RuleBits::EMPTY);
+        assert_eq!(flat.lookup(&[9, 255, 255, 255]), RuleBits::EMPTY);
+        assert_eq!(flat.lookup(&[0xff; 16]), bits(2));
+        assert_eq!(flat.classes.len(), 4);
+    }
+
+    #[test]
+    fn too_many_nodes_is_refused() {
+        // Distinct /32s spread so that each needs nodes of its own at every level.
+        let v4: BTreeMap<(u32, u8), RuleBits> = (0..SRC_NODES_PER_GEN)
+            .map(|i| ((i.wrapping_mul(2_654_435_761), 32), bits(0)))
+            .collect();
+        assert!(SourceTables::flat(&v4, &BTreeMap::new()).is_none());
+        // ... and falls back to LPM entries, which share the classes.
+        let lpm = SourceTables::build(&v4, &BTreeMap::new()).unwrap();
+        assert!(!lpm.is_flat());
+        assert_eq!(lpm.classes, vec![RuleBits::EMPTY, bits(0)]);
+        assert!(lpm.src4.values().all(|&c| c == 1));
+    }
+
+    /// Builds the tables for rules with the given sources, with their membership oracle.
+    fn tables_of(rules: &[(Vec<ipnet::Ipv4Net>, Vec<ipnet::Ipv6Net>)]) -> SourceTables {
+        let sets: Vec<AddrSet> = rules
+            .iter()
+            .map(|(a, b)| {
+                let nets: Vec<ipnet::IpNet> = a
+                    .iter()
+                    .map(|&n| n.into())
+                    .chain(b.iter().map(|&n| n.into()))
+                    .collect();
+                AddrSet::from_nets(&nets)
+            })
+            .collect();
+        let refs: Vec<&AddrSet> = sets.iter().collect();
+        let (src4, src6) = super::super::image::push_down_both(&refs);
+        SourceTables::build(&src4, &src6).unwrap()
+    }
+
+    fn net4() -> impl Strategy<Value = ipnet::Ipv4Net> {
+        // A narrow space so prefixes nest and overlap.
+        (0u32..4096, 0u8..=32).prop_map(|(a, len)| {
+            ipnet::Ipv4Net::new(
+                std::net::Ipv4Addr::from(0x0a00_0000 | (a << 12) | (a & 0xfff)),
+                len,
+            )
+            .unwrap()
+            .trunc()
+        })
+    }
+
+    fn net6() -> impl Strategy<Value = ipnet::Ipv6Net> {
+        (0u128..4096, 0u8..=128).prop_map(|(a, len)| {
+            ipnet::Ipv6Net::new(
+                std::net::Ipv6Addr::from((0xfd00u128 << 112) | (a << 100) | a),
+                len,
+            )
+            .unwrap()
+            .trunc()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Renumbering like another generation changes ids, never answers; renumbering like
+        /// itself changes nothing (so an unchanged policy is recognised as such).
+        #[test]
+        fn renumbering_keeps_lookups(
+            a in prop::collection::vec(
+                (prop::collection::vec(net4(), 0..8), prop::collection::vec(net6(), 0..8)), 1..5),
+            b in prop::collection::vec(
+                (prop::collection::vec(net4(), 0..8), prop::collection::vec(net6(), 0..8)), 1..5),
+            probes4 in prop::collection::vec(any::<u32>(), 64),
+            probes6 in prop::collection::vec(0u128..4096, 64),
+        ) {
+            let (ta, tb) = (tables_of(&a), tables_of(&b));
+            let tb2 = tb.renumbered_like(&ta);
+            prop_assert!(tb2.nodes.len() <= ta.nodes.len().max(tb.nodes.len()));
+            prop_assert!(tb2.classes.len() <= ta.classes.len().max(tb.classes.len()));
+            for p in probes4 {
+                let a = p.to_be_bytes();
+                prop_assert_eq!(tb2.lookup(&a), tb.lookup(&a));
+            }
+            for p in probes6 {
+                let a = ((0xfd00u128 << 112) | (p << 100) | p).to_be_bytes();
+                prop_assert_eq!(tb2.lookup(&a), tb.lookup(&a));
+            }
+            prop_assert_eq!(&tb.renumbered_like(&tb2), &tb2);
+        }
+
+        /// The flat tables give every address exactly the rules whose sources contain it.
+        #[test]
+        fn lookup_is_addrset_membership(
+            rules in prop::collection::vec(
+                (prop::collection::vec(net4(), 0..12), prop::collection::vec(net6(), 0..12)),
+                1..6,
+            ),
+            probes4 in prop::collection::vec(0u32..4096, 32),
+            probes6 in prop::collection::vec(0u128..4096, 32),
+        ) {
+            let sets: Vec<AddrSet> = rules
+                .iter()
+                .map(|(a, b)| {
+                    let nets: Vec<ipnet::IpNet> =
+                        a.iter().map(|&n| n.into()).chain(b.iter().map(|&n| n.into())).collect();
+                    AddrSet::from_nets(&nets)
+                })
+                .collect();
+            let refs: Vec<&AddrSet> = sets.iter().collect();
+            let (src4, src6) = super::super::image::push_down_both(&refs);
+            let flat = SourceTables::flat(&src4, &src6).unwrap();
+            // Probe each prefix's edges and nearby addresses.
+            let mut addrs4: Vec<u32> = probes4.iter().map(|&a| 0x0a00_0000 | (a << 12) | (a & 0xfff)).collect();
+            for &(a, len) in src4.keys() {
+                let last = a | (((1u64 << (32 - len)) - 1) as u32);
+                addrs4.extend([a, last, a.wrapping_sub(1), last.wrapping_add(1)]);
+            }
+            // The rules whose sources contain `ip`, by the policy model's own membership test.
+            let want = |ip: std::net::IpAddr| {
+                let mut bits = RuleBits::EMPTY;
+                for (i, s) in sets.iter().enumerate() {
+                    if s.contains(ip) {
+                        bits.set(i);
+                    }
+                }
+                bits
+            };
+            for a in addrs4 {
+                let ip = std::net::IpAddr::V4(a.into());
+                prop_assert_eq!(flat.lookup(&a.to_be_bytes()), want(ip), "{}", ip);
+            }
+            let mut addrs6: Vec<u128> = probes6.iter().map(|&a| (0xfd00u128 << 112) | (a << 100) | a).collect();
+            for &(a, len) in src6.keys() {
+                let host = if len == 0 { u128::MAX } else { (1u128 << (128 - len)) - 1 };
+                addrs6.extend([a, a | host, a.wrapping_sub(1), (a | host).wrapping_add(1)]);
+            }
+            for a in addrs6 {
+                let ip = std::net::IpAddr::V6(a.into());
+                prop_assert_eq!(flat.lookup(&a.to_be_bytes()), want(ip), "{}", ip);
+            }
+        }
+    }
+}
