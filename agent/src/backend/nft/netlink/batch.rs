@@ -96,7 +96,8 @@ impl Builder {
     }
 
     /// Adds one object message: `ty` is an NFT_MSG_* type, `flags` extra NLM_F_* flags.
-    pub fn push(&mut self, ty: i32, flags: i32, body: Body, what: String) {
+    /// Returns the message's sequence number.
+    pub fn push(&mut self, ty: i32, flags: i32, body: Body, what: String) -> u32 {
         let msg = Msg {
             ty,
             flags,
@@ -106,6 +107,7 @@ impl Builder {
         self.batch.add(&msg, MsgType::Add);
         self.described.push((msg.seq.get(), what));
         self.messages += 1;
+        msg.seq.get()
     }
 
     /// Adds (NEWSETELEM) or removes (DELSETELEM) every element held by `carrier`, in as many

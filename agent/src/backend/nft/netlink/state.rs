@@ -18,6 +18,20 @@ pub struct Current {
     pub counters: BTreeMap<String, CurrentCounter>,
     /// In the kernel's order.
     pub chains: Vec<CurrentChain>,
+    /// What the rules' fingerprints are.
+    pub rule_prints: RulePrints,
+}
+
+/// Where the table's rule fingerprints come from, hence what the plan's rules are compared
+/// with.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum RulePrints {
+    /// Dumped: the kernel's expressions as libnftnl prints them.
+    #[default]
+    Kernel,
+    /// From the record of our own last commit: [`super::cache::rule_print`]s of the planned
+    /// rules that are installed.
+    Plan,
 }
 
 #[derive(Debug)]
@@ -193,7 +207,7 @@ fn read_once(sock: &mut Socket, elements_of: &dyn Fn(&str) -> bool) -> anyhow::R
     Ok(cur)
 }
 
-fn read_elems(sock: &mut Socket, set: &str) -> anyhow::Result<Vec<(Vec<u8>, u32)>> {
+pub fn read_elems(sock: &mut Socket, set: &str) -> anyhow::Result<Vec<(Vec<u8>, u32)>> {
     let filter = Set::ours(set);
     let holder = Set::alloc();
     sock.dump(
