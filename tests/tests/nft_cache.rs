@@ -104,7 +104,10 @@ fn trusted_then_ignored(node: &Netns) -> anyhow::Result<()> {
         "{}",
         b.sets_dumped_by_last_apply()
     );
-    ensure!(!b.table_dumped_by_last_apply(), "the record was not trusted");
+    ensure!(
+        !b.table_dumped_by_last_apply(),
+        "the record was not trusted"
+    );
     exact(&moved)?;
     // The same process again (the daemon's case, from memory): nothing dumped, nothing sent.
     ensure!(!b.apply(&moved)?.changed);
@@ -131,12 +134,18 @@ fn trusted_then_ignored(node: &Netns) -> anyhow::Result<()> {
         let mut b = process(&dir)?;
         let r = b.apply(want)?;
         ensure!(r.changed && r.added + r.removed >= 1, "{name}: {r:?}");
-        ensure!(!b.table_dumped_by_last_apply(), "{name}: record not trusted");
+        ensure!(
+            !b.table_dumped_by_last_apply(),
+            "{name}: record not trusted"
+        );
         exact(want).with_context(|| name.to_string())?;
     }
     let mut b = process(&dir)?;
     let r = b.apply(&p)?;
-    ensure!(r.changed && r.removed >= 1 && !b.table_dumped_by_last_apply(), "{r:?}");
+    ensure!(
+        r.changed && r.removed >= 1 && !b.table_dumped_by_last_apply(),
+        "{r:?}"
+    );
     exact(&p)?;
 
     // A commit to another table: the record is not trusted, the apply still exact.
@@ -186,7 +195,10 @@ fn trusted_then_ignored(node: &Netns) -> anyhow::Result<()> {
     nft(node, "flush chain inet nodewall inbound")?;
     let mut b = process(&dir)?;
     let r = b.apply(&moved)?;
-    ensure!(r.changed && r.added > 2 && b.table_dumped_by_last_apply(), "{r:?}");
+    ensure!(
+        r.changed && r.added > 2 && b.table_dumped_by_last_apply(),
+        "{r:?}"
+    );
     exact(&moved)?;
 
     // A flush forgets.

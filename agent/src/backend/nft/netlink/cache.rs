@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::super::names;
-use super::super::plan::{Ruleset, RuleDef, SetDef};
+use super::super::plan::{RuleDef, Ruleset, SetDef};
 use super::elems::key_spec;
 use super::state::{Current, CurrentChain, CurrentCounter, CurrentRule, CurrentSet, RulePrints};
 

@@ -18,9 +18,9 @@ use super::super::plan::{ChainDef, Ruleset, SetDef};
 use super::super::script::rule_text;
 use super::align;
 use super::batch::{Body, Builder};
+use super::cache::{print_text, rule_print};
 use super::elems::{self, key_spec, Unit};
 use super::expr::build_rule;
-use super::cache::{print_text, rule_print};
 use super::state::{Current, RulePrints};
 use super::udata::{udata_comment, udata_u32};
 use super::wrap::{Chain, Obj, Rule, Set, Table};
@@ -240,9 +240,7 @@ impl Diff {
         if units.is_empty() {
             return;
         }
-        let carrier = Set::ours(&set.name);
-        carrier.set_u32(sys::NFTNL_SET_ID, id);
-        elems::fill(&carrier, interval, units);
+        let encoded = elems::encode(interval, units);
         let (verb, n) = if ty == libc::NFT_MSG_NEWSETELEM {
             self.added += units.len();
             ("add", units.len())
@@ -252,7 +250,9 @@ impl Diff {
         };
         self.batch.push_elems(
             ty,
-            &carrier,
+            &set.name,
+            id,
+            &encoded,
             format!("{verb} {n} element(s) of set {}", set.name),
         );
     }

@@ -274,8 +274,11 @@ impl Nft {
             "delete table inet nodewall".into(),
         );
         let (batch, _) = b.finish();
-        self.sock
-            .send_batch(&batch, |_| Some("delete table inet nodewall".into()), |_, _| {})?;
+        self.sock.send_batch(
+            &batch,
+            |_| Some("delete table inet nodewall".into()),
+            |_, _| {},
+        )?;
         Ok(true)
     }
 }

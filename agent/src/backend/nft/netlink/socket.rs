@@ -373,7 +373,7 @@ pub fn rule_handle(nlh: *const libc::nlmsghdr) -> Option<u64> {
 }
 
 /// The netlink attributes in `rest`, as (type, value), up to the first malformed one.
-fn attrs(mut rest: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+pub(super) fn attrs(mut rest: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
         if rest.len() < 4 {
             return None;

@@ -254,7 +254,9 @@ impl Set {
         }
     }
 
-    /// Appends an element: `key`, element flags (e.g. interval end) and userdata.
+    /// Appends an element: `key`, element flags (e.g. interval end) and userdata (the tests
+    /// compare libnftnl's encoding of elements with [`super::elems::encode`]'s).
+    #[cfg(test)]
     pub fn add_elem(&self, key: &[u8], flags: u32, userdata: &[u8]) {
         // SAFETY: the element is handed over to the set, which frees it; data is copied.
         unsafe {
