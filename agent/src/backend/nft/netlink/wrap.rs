@@ -283,7 +283,9 @@ impl Set {
         }
     }
 
-    /// The elements held (after parsing a GETSETELEM reply): key bytes and flags.
+    /// The elements held (after libnftnl parsed a GETSETELEM reply): key bytes and flags
+    /// (the tests compare it with [`super::state`]'s own parser).
+    #[cfg(test)]
     pub fn elems(&self) -> Vec<(Vec<u8>, u32)> {
         unsafe extern "C" fn collect(e: *mut sys::nftnl_set_elem, data: *mut c_void) -> i32 {
             // SAFETY: called by nftnl_set_elem_foreach with a live element and our Vec.
