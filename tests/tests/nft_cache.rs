@@ -3,6 +3,10 @@
 //! ruleset generation id says so). Any other commit, to our table or any other, and the record
 //! is ignored: everything is dumped and the result is exact either way. A fresh backend whose
 //! verify dumps the whole table is the judge of "exact".
+//!
+//! The record also knows the chains and rules (with the handles the kernel echoed at commit):
+//! a trusted re-apply dumps no structure at all, and rules it deletes or inserts before go by
+//! those handles, which the kernel would refuse if they were wrong.
 
 use std::path::Path;
 
@@ -16,8 +20,8 @@ use nodewall_netns_tests::{can_run, Backend};
 
 /// `tke-node` plus two deny rules over 50 /32s each (one hash set of /32s per rule, see
 /// `plan::by_prefix_length`); `moved` replaces the first address of rule `deny-a` by another
-/// /32, so only that set's content changes.
-fn policy(moved: bool) -> anyhow::Result<Policy> {
+/// /32, so only that set's content changes; `extra` adds a third rule between them.
+fn policy_of(moved: bool, extra: bool) -> anyhow::Result<Policy> {
     let cidrs = |base: u32, first: Option<&str>| {
         (0..50u32)
             .map(|i| {
@@ -32,19 +36,26 @@ fn policy(moved: bool) -> anyhow::Result<Policy> {
     };
     let base = u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0));
     let mut cfg = Config::new(Backend::Nft, Some("tke-node"));
-    cfg.rules = vec![
-        format!(
-            "  - name: deny-a\n    action: deny\n    protocol: tcp\n    ports: [\"10250\"]\n    from: [{}]",
-            cidrs(base, moved.then_some("198.19.200.0/32"))
-        ),
-        format!(
+    cfg.rules = vec![format!(
+        "  - name: deny-a\n    action: deny\n    protocol: tcp\n    ports: [\"10250\"]\n    from: [{}]",
+        cidrs(base, moved.then_some("198.19.200.0/32"))
+    )];
+    if extra {
+        cfg.rules.push(
+            "  - name: deny-c\n    action: deny\n    protocol: tcp\n    ports: [\"10251\"]\n    from: [\"198.19.100.0/24\"]".into(),
+        );
+    }
+    cfg.rules.extend([format!(
             "  - name: deny-b\n    action: deny\n    protocol: udp\n    ports: [\"10250\"]\n    from: [{}]",
-            cidrs(base + 4096, None)
-        ),
-    ];
+        cidrs(base + 4096, None)
+    )]);
     let desired = nodewall::daemon::source::parse_config(&cfg.yaml(), Path::new("cache.yaml"))
         .map_err(anyhow::Error::msg)?;
     Ok(desired.policy)
+}
+
+fn policy(moved: bool) -> anyhow::Result<Policy> {
+    policy_of(moved, false)
 }
 
 fn nft(node: &Netns, cmd: &str) -> anyhow::Result<()> {
@@ -81,7 +92,10 @@ fn trusted_then_ignored(node: &Netns) -> anyhow::Result<()> {
     let all = blind.sets_dumped_by_last_apply();
     ensure!(all > 2, "the policy has several sets, {all}");
 
-    // Nothing committed since: the next process dumps only the set that changed.
+    ensure!(blind.table_dumped_by_last_apply());
+
+    // Nothing committed since: the next process dumps only the set that changed, and no
+    // chain, rule or counter.
     let mut b = process(&dir)?;
     let r = b.apply(&moved)?;
     ensure!(r.changed && r.added == 1 && r.removed == 1, "{r:?}");
@@ -89,6 +103,10 @@ fn trusted_then_ignored(node: &Netns) -> anyhow::Result<()> {
         b.sets_dumped_by_last_apply() == 1,
         "{}",
         b.sets_dumped_by_last_apply()
+    );
+    ensure!(
+        !b.table_dumped_by_last_apply(),
+        "the record was not trusted"
     );
     exact(&moved)?;
     // The same process again (the daemon's case, from memory): nothing dumped, nothing sent.
@@ -98,12 +116,35 @@ fn trusted_then_ignored(node: &Netns) -> anyhow::Result<()> {
         "{}",
         b.sets_dumped_by_last_apply()
     );
+    ensure!(!b.table_dumped_by_last_apply());
     let r = b.apply(&p)?;
     ensure!(r.changed && r.added == 1 && r.removed == 1, "{r:?}");
     ensure!(
         b.sets_dumped_by_last_apply() == 1,
         "{}",
         b.sets_dumped_by_last_apply()
+    );
+    ensure!(!b.table_dumped_by_last_apply());
+    exact(&p)?;
+
+    // Rules inserted and deleted from the record alone: each next apply finds the rules by the
+    // handles the kernel echoed (a wrong one and the kernel refuses the batch).
+    let extra = policy_of(false, true)?;
+    for (want, name) in [(&extra, "extra"), (&p, "p"), (&extra, "extra again")] {
+        let mut b = process(&dir)?;
+        let r = b.apply(want)?;
+        ensure!(r.changed && r.added + r.removed >= 1, "{name}: {r:?}");
+        ensure!(
+            !b.table_dumped_by_last_apply(),
+            "{name}: record not trusted"
+        );
+        exact(want).with_context(|| name.to_string())?;
+    }
+    let mut b = process(&dir)?;
+    let r = b.apply(&p)?;
+    ensure!(
+        r.changed && r.removed >= 1 && !b.table_dumped_by_last_apply(),
+        "{r:?}"
     );
     exact(&p)?;
 
@@ -113,7 +154,7 @@ fn trusted_then_ignored(node: &Netns) -> anyhow::Result<()> {
     let r = b.apply(&moved)?;
     ensure!(r.changed && r.added == 1 && r.removed == 1, "{r:?}");
     ensure!(
-        b.sets_dumped_by_last_apply() == all,
+        b.sets_dumped_by_last_apply() == all && b.table_dumped_by_last_apply(),
         "{}",
         b.sets_dumped_by_last_apply()
     );
@@ -125,7 +166,7 @@ fn trusted_then_ignored(node: &Netns) -> anyhow::Result<()> {
     let r = b.apply(&moved)?;
     ensure!(r.changed && r.removed == 1, "{r:?}");
     ensure!(
-        b.sets_dumped_by_last_apply() == all,
+        b.sets_dumped_by_last_apply() == all && b.table_dumped_by_last_apply(),
         "{}",
         b.sets_dumped_by_last_apply()
     );
@@ -141,11 +182,24 @@ fn trusted_then_ignored(node: &Netns) -> anyhow::Result<()> {
     let r = b.apply(&p)?;
     ensure!(r.changed && r.added == 2 && r.removed == 1, "{r:?}");
     ensure!(
-        b.sets_dumped_by_last_apply() == all,
+        b.sets_dumped_by_last_apply() == all && b.table_dumped_by_last_apply(),
         "{}",
         b.sets_dumped_by_last_apply()
     );
     exact(&p)?;
+
+    // Our rules flushed behind our back after a trusted apply: the record (rules and
+    // handles) is ignored and every rule comes back.
+    let mut b = process(&dir)?;
+    ensure!(b.apply(&moved)?.changed && !b.table_dumped_by_last_apply());
+    nft(node, "flush chain inet nodewall inbound")?;
+    let mut b = process(&dir)?;
+    let r = b.apply(&moved)?;
+    ensure!(
+        r.changed && r.added > 2 && b.table_dumped_by_last_apply(),
+        "{r:?}"
+    );
+    exact(&moved)?;
 
     // A flush forgets.
     let mut b = process(&dir)?;

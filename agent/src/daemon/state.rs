@@ -7,8 +7,9 @@
 //!   to;
 //! - `pending.json`: an `apply --confirm` waiting for `nodewall confirm` (see [`super::confirm`]);
 //! - `last-rollback.json`: the last unconfirmed apply that was rolled back;
-//! - `nft-sets.json`: what the nft backend's last commit left in its sets, so that the next
-//!   `apply` dumps only the sets that changed (see `backend/nft/netlink/cache.rs`).
+//! - `nft-sets.json`: what the nft backend's last commit left in its table (set fingerprints,
+//!   chains, rule handles), so that the next `apply` dumps only the elements of the sets that
+//!   changed and no structure (see `backend/nft/netlink/cache.rs`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -53,6 +53,7 @@ pub struct NftBackend {
     intact: RefCell<Option<(u32, Policy)>>,
     full_verifies: Cell<u64>,
     sets_dumped: usize,
+    table_dumped: bool,
 }
 
 impl NftBackend {
@@ -62,6 +63,7 @@ impl NftBackend {
             intact: RefCell::new(None),
             full_verifies: Cell::new(0),
             sets_dumped: 0,
+            table_dumped: false,
         })
     }
 
@@ -76,6 +78,12 @@ impl NftBackend {
     /// How many sets the last apply had to dump (see [`Self::remember_in`]).
     pub fn sets_dumped_by_last_apply(&self) -> usize {
         self.sets_dumped
+    }
+
+    /// Whether the last apply dumped the table's chains, rules, counters and sets (else the
+    /// record of the previous commit told them, see [`Self::remember_in`]).
+    pub fn table_dumped_by_last_apply(&self) -> bool {
+        self.table_dumped
     }
 
     /// How many `verify` calls had to dump the table (the others found the ruleset
@@ -127,6 +135,7 @@ impl Backend for NftBackend {
             .apply(|generation| plan::build(policy, &policy.interfaces, generation))?;
         *self.intact.get_mut() = applied.genid.map(|id| (id, policy.clone()));
         self.sets_dumped = applied.sets_dumped;
+        self.table_dumped = applied.table_dumped;
         Ok(ApplyReport {
             generation: applied.generation,
             changed: applied.changed,

@@ -6,6 +6,8 @@
 
 /// The one table nodewall owns. Nothing outside it is ever touched.
 pub const TABLE: &str = "nodewall";
+/// [`TABLE`] NUL-terminated, as netlink attributes carry it.
+pub const TABLE_Z: &[u8] = b"nodewall\0";
 /// The base chain: prerouting, after conntrack (-200) and before DNAT (-100), so kube-proxy's
 /// NodePort DNAT has not rewritten the destination port yet.
 pub const BASE_CHAIN: &str = "prerouting";

@@ -126,7 +126,7 @@ pub struct ChainDef {
     pub rules: Vec<RuleDef>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RuleDef {
     pub matches: Vec<Match>,
     /// Sends the packet to an NFLOG group (a drop sample for the daemon).
@@ -139,7 +139,7 @@ pub struct RuleDef {
 }
 
 /// `log prefix PREFIX group GROUP`: a copy of the packet's headers to an NFLOG group.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Log {
     pub prefix: String,
     pub group: u16,
@@ -151,7 +151,7 @@ pub const CT_ESTABLISHED: u32 = 2;
 pub const CT_RELATED: u32 = 4;
 
 /// A match, with the dependencies `nft` adds for it (e.g. `ip saddr` implies `meta nfproto ipv4`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Match {
     /// `iifname @SET`
     IifnameIn(String),
@@ -179,7 +179,7 @@ pub enum Match {
     Limit { per_second: u32, burst: u32 },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Verdict {
     Accept,
     Drop,
@@ -209,6 +209,24 @@ pub fn drop_protocols(f: Family) -> [(&'static str, Option<u8>); 4] {
 
 /// Builds the table for `policy` filtering `interfaces`; `generation` goes into the base rule's
 /// comment.
+/// The comment of the base chain's rule, which carries the generation.
+fn generation_comment(generation: u64) -> String {
+    format!("{}{generation}", names::GENERATION_PREFIX)
+}
+
+/// Turns `rs`, built for some generation, into the plan of `generation`: only the base rule's
+/// comment depends on it, so an apply builds (and hashes) the sets of a large plan once.
+pub fn restamp(rs: &mut Ruleset, generation: u64) {
+    if let Some(rule) = rs
+        .chains
+        .iter_mut()
+        .find(|c| c.name == names::BASE_CHAIN)
+        .and_then(|c| c.rules.first_mut())
+    {
+        rule.comment = Some(generation_comment(generation));
+    }
+}
+
 pub fn build(policy: &Policy, interfaces: &[String], generation: u64) -> Ruleset {
     let mut b = Builder::default();
     b.sets.push(SetDef {
@@ -224,7 +242,7 @@ pub fn build(policy: &Policy, interfaces: &[String], generation: u64) -> Ruleset
             log: None,
             counter: None,
             verdict: Some(Verdict::Goto(names::INBOUND_CHAIN.into())),
-            comment: Some(format!("{}{generation}", names::GENERATION_PREFIX)),
+            comment: Some(generation_comment(generation)),
         }],
     });
     let mut inbound = Vec::new();

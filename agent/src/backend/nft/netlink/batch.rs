@@ -1,5 +1,9 @@
 //! One atomic nftables transaction, remembering which object each message carries so a kernel
 //! error can name it.
+//!
+//! No message asks for an acknowledgement (NLM_F_ACK): the kernel reports every failed message
+//! (and a failed commit) whether asked or not, so a batch with no error reply went in, and a
+//! large batch saves the kernel building, and us reading, one reply per message.
 
 use std::cell::Cell;
 use std::ffi::{c_char, c_void};
@@ -7,6 +11,8 @@ use std::ffi::{c_char, c_void};
 use nftnl::nftnl_sys as sys;
 use nftnl::{Batch, FinalizedBatch, MsgType, NlMsg};
 
+use super::super::names;
+use super::elems::{put_attr, start_nest, Encoded};
 use super::wrap::{Chain, Obj, Rule, Set, Table, FAMILY_INET};
 
 pub enum Body<'a> {
@@ -34,7 +40,7 @@ unsafe impl NlMsg for Msg<'_> {
                 buf as *mut c_char,
                 self.ty as u16,
                 FAMILY_INET,
-                (self.flags | libc::NLM_F_ACK) as u16,
+                self.flags as u16,
                 seq,
             );
             match self.body {
@@ -48,24 +54,58 @@ unsafe impl NlMsg for Msg<'_> {
     }
 }
 
-/// Writes the next chunk of a set's elements; libnftnl fills each message up to its size limit.
-struct ElemsMsg {
+/// Writes the next chunk of a set's elements: as many whole elements as fit in one message.
+struct ElemsMsg<'a> {
     ty: i32,
-    iter: *mut sys::nftnl_set_elems_iter,
-    more: Cell<bool>,
+    set: &'a str,
+    set_id: u32,
+    elems: &'a Encoded,
+    /// Index of the first element not written yet.
+    next: Cell<usize>,
     seq: Cell<u32>,
 }
 
-// SAFETY: libnftnl stops each chunk below the maximum message size.
-unsafe impl NlMsg for ElemsMsg {
+/// Element bytes per message: the elements' nested attribute has a 16-bit length, and the
+/// batch gives each message nft_nlmsg_maxsize() bytes (64 KiB and a page).
+const ELEMS_PER_MSG: usize = 60_000;
+
+// SAFETY: a message is a header, three small attributes and at most ELEMS_PER_MSG bytes of
+// elements (one element is far smaller), below nft_nlmsg_maxsize().
+unsafe impl NlMsg for ElemsMsg<'_> {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, _: MsgType) {
+        const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+        const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+        const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+        const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
         self.seq.set(seq);
         let flags = if self.ty == libc::NFT_MSG_NEWSETELEM {
-            libc::NLM_F_CREATE | libc::NLM_F_ACK
+            libc::NLM_F_CREATE
         } else {
-            libc::NLM_F_ACK
+            0
         };
-        // SAFETY: as for Msg; the iterator is live for the ElemsMsg's lifetime.
+        let first = self.next.get();
+        let base = if first == 0 {
+            0
+        } else {
+            self.elems.ends[first - 1]
+        };
+        let last = first + self.elems.ends[first..].partition_point(|&e| e - base <= ELEMS_PER_MSG);
+        let last = last.max(first + 1);
+        let mut attrs = Vec::with_capacity(64 + self.set.len());
+        put_attr(&mut attrs, NFTA_SET_ELEM_LIST_TABLE, names::TABLE_Z);
+        let mut name = self.set.as_bytes().to_vec();
+        name.push(0);
+        put_attr(&mut attrs, NFTA_SET_ELEM_LIST_SET, &name);
+        put_attr(
+            &mut attrs,
+            NFTA_SET_ELEM_LIST_SET_ID,
+            &self.set_id.to_be_bytes(),
+        );
+        let nest = start_nest(&mut attrs, NFTA_SET_ELEM_LIST_ELEMENTS);
+        let body = &self.elems.bytes[base..self.elems.ends[last - 1]];
+        let nest_len = (4 + body.len()) as u16;
+        attrs[nest..nest + 2].copy_from_slice(&nest_len.to_ne_bytes());
+        // SAFETY: as for Msg; header + attrs + body stay below the buffer's size (see above).
         unsafe {
             let nlh = sys::nftnl_nlmsg_build_hdr(
                 buf as *mut c_char,
@@ -74,9 +114,13 @@ unsafe impl NlMsg for ElemsMsg {
                 flags as u16,
                 seq,
             );
-            let ret = sys::nftnl_set_elems_nlmsg_build_payload_iter(nlh, self.iter);
-            self.more.set(ret > 0);
+            let at = (*nlh).nlmsg_len as usize;
+            let dst = (buf as *mut u8).add(at);
+            std::ptr::copy_nonoverlapping(attrs.as_ptr(), dst, attrs.len());
+            std::ptr::copy_nonoverlapping(body.as_ptr(), dst.add(attrs.len()), body.len());
+            (*nlh).nlmsg_len = (at + attrs.len() + body.len()) as u32;
         }
+        self.next.set(last);
     }
 }
 
@@ -96,7 +140,8 @@ impl Builder {
     }
 
     /// Adds one object message: `ty` is an NFT_MSG_* type, `flags` extra NLM_F_* flags.
-    pub fn push(&mut self, ty: i32, flags: i32, body: Body, what: String) {
+    /// Returns the message's sequence number.
+    pub fn push(&mut self, ty: i32, flags: i32, body: Body, what: String) -> u32 {
         let msg = Msg {
             ty,
             flags,
@@ -106,30 +151,25 @@ impl Builder {
         self.batch.add(&msg, MsgType::Add);
         self.described.push((msg.seq.get(), what));
         self.messages += 1;
+        msg.seq.get()
     }
 
-    /// Adds (NEWSETELEM) or removes (DELSETELEM) every element held by `carrier`, in as many
-    /// messages as needed.
-    pub fn push_elems(&mut self, ty: i32, carrier: &Set, what: String) {
-        // SAFETY: the iterator borrows `carrier`, which outlives this function.
-        let iter = unsafe { sys::nftnl_set_elems_iter_create(carrier.ptr()) };
-        assert!(!iter.is_null(), "libnftnl: out of memory");
+    /// Adds (NEWSETELEM) or removes (DELSETELEM) the elements `elems` of set `set` (whose
+    /// NFTA_SET_ID in this batch is `set_id`), in as few messages as they fit in.
+    pub fn push_elems(&mut self, ty: i32, set: &str, set_id: u32, elems: &Encoded, what: String) {
         let msg = ElemsMsg {
             ty,
-            iter,
-            more: Cell::new(true),
+            set,
+            set_id,
+            elems,
+            next: Cell::new(0),
             seq: Cell::new(0),
         };
-        // SAFETY: checks whether the set has any element at all.
-        let mut more = unsafe { !sys::nftnl_set_elems_iter_cur(iter).is_null() };
-        while more {
+        while msg.next.get() < elems.ends.len() {
             self.batch.add(&msg, MsgType::Add);
             self.described.push((msg.seq.get(), what.clone()));
             self.messages += 1;
-            more = msg.more.get();
         }
-        // SAFETY: created above, destroyed once.
-        unsafe { sys::nftnl_set_elems_iter_destroy(iter) };
     }
 
     pub fn is_empty(&self) -> bool {
@@ -142,5 +182,140 @@ impl Builder {
 
     pub fn finish(self) -> (FinalizedBatch, Vec<(u32, String)>) {
         (self.batch.finalize(), self.described)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::super::elems::{encode, units};
+    use super::super::socket::attrs;
+    use super::*;
+    use crate::backend::nft::plan::{Elem, SetDef, SetKind};
+
+    /// The top-level attributes of each message of a finalized batch but the batch markers.
+    fn messages(batch: FinalizedBatch) -> Vec<BTreeMap<u16, Vec<u8>>> {
+        const HDR: usize = std::mem::size_of::<libc::nlmsghdr>();
+        let bytes: Vec<u8> = batch.iter().flatten().copied().collect();
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off + HDR <= bytes.len() {
+            let len = u32::from_ne_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+            let ty = u16::from_ne_bytes(bytes[off + 4..off + 6].try_into().unwrap());
+            if ty >> 8 == libc::NFNL_SUBSYS_NFTABLES as u16 {
+                let body = &bytes[off + HDR + 4..off + len];
+                out.push(attrs(body).map(|(t, v)| (t, v.to_vec())).collect());
+            }
+            off += (len + 3) & !3;
+        }
+        out
+    }
+
+    /// What libnftnl writes for the same elements, through element objects.
+    fn by_libnftnl(set: &SetDef, id: u32) -> Vec<BTreeMap<u16, Vec<u8>>> {
+        let carrier = Set::ours(&set.name);
+        carrier.set_u32(sys::NFTNL_SET_ID, id);
+        let interval = set.kind.interval();
+        let open = super::super::udata::udata_u32(
+            sys::NFTNL_UDATA_SET_ELEM_FLAGS as u8,
+            sys::NFTNL_SET_ELEM_F_INTERVAL_OPEN,
+        );
+        for u in units(set) {
+            match (&u.end, interval) {
+                (Some(end), _) => {
+                    carrier.add_elem(u.start.as_slice(), 0, &[]);
+                    carrier.add_elem(end.as_slice(), libc::NFT_SET_ELEM_INTERVAL_END as u32, &[]);
+                }
+                (None, true) => carrier.add_elem(u.start.as_slice(), 0, &open),
+                (None, false) => carrier.add_elem(u.start.as_slice(), 0, &[]),
+            }
+        }
+        let mut b = Batch::new();
+        struct Old<'a>(&'a Set);
+        // SAFETY: a handful of elements, far below the buffer size.
+        unsafe impl NlMsg for Old<'_> {
+            unsafe fn write(&self, buf: *mut c_void, seq: u32, _: MsgType) {
+                // SAFETY: as for Msg.
+                unsafe {
+                    let nlh = sys::nftnl_nlmsg_build_hdr(
+                        buf as *mut c_char,
+                        libc::NFT_MSG_NEWSETELEM as u16,
+                        FAMILY_INET,
+                        libc::NLM_F_CREATE as u16,
+                        seq,
+                    );
+                    sys::nftnl_set_elems_nlmsg_build_payload(nlh, self.0.ptr());
+                }
+            }
+        }
+        b.add(&Old(&carrier), MsgType::Add);
+        let mut msgs = messages(b.finalize());
+        // libnftnl numbers the elements' attributes 1, 2, ...; the kernel ignores the type
+        // and itself writes NFTA_LIST_ELEM (1), as we do.
+        for m in &mut msgs {
+            let list = m.get_mut(&3).unwrap();
+            let mut off = 0;
+            while off + 4 <= list.len() {
+                let len = u16::from_ne_bytes([list[off], list[off + 1]]) as usize;
+                list[off + 2..off + 4].copy_from_slice(&(1u16 | 1 << 15).to_ne_bytes());
+                off += (len + 3) & !3;
+            }
+        }
+        msgs
+    }
+
+    fn ours(set: &SetDef, id: u32) -> Vec<BTreeMap<u16, Vec<u8>>> {
+        let mut b = Builder::new();
+        let enc = encode(set.kind.interval(), &units(set));
+        b.push_elems(libc::NFT_MSG_NEWSETELEM, &set.name, id, &enc, String::new());
+        messages(b.batch.finalize())
+    }
+
+    #[test]
+    fn elements_are_encoded_as_libnftnl_encodes_them() {
+        let sets = [
+            SetDef {
+                name: "src4.r".into(),
+                kind: SetKind::Addr4,
+                elems: vec![Elem::V4(10, 20), Elem::V4(30, 30), Elem::V4(40, u32::MAX)],
+            },
+            SetDef {
+                name: "src6p64.r".into(),
+                kind: SetKind::Net6,
+                elems: vec![Elem::Net6(1 << 64), Elem::Net6(3 << 64)],
+            },
+            SetDef {
+                name: "uplinks".into(),
+                kind: SetKind::IfName,
+                elems: vec![Elem::IfName("eth0".into()), Elem::IfName("ens5".into())],
+            },
+            SetDef {
+                name: "ports".into(),
+                kind: SetKind::Port,
+                elems: vec![Elem::Port(22, 22), Elem::Port(30000, 32767)],
+            },
+        ];
+        for (i, set) in sets.iter().enumerate() {
+            assert_eq!(
+                ours(set, i as u32 + 1),
+                by_libnftnl(set, i as u32 + 1),
+                "{}",
+                set.name
+            );
+        }
+    }
+
+    #[test]
+    fn many_elements_are_split_between_whole_elements() {
+        let set = SetDef {
+            name: "big".into(),
+            kind: SetKind::Net4,
+            elems: (0..20_000u32).map(|i| Elem::Net4(i << 8)).collect(),
+        };
+        let msgs = ours(&set, 1);
+        assert!(msgs.len() > 1, "{} message(s)", msgs.len());
+        let total: usize = msgs.iter().map(|m| attrs(&m[&3]).count()).sum();
+        assert_eq!(total, 20_000);
     }
 }

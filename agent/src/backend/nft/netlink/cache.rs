@@ -10,6 +10,13 @@
 //! apply trusts a set without dumping it only while the kernel still reports that very id and
 //! the new plan wants the set with the same fingerprint; anything else is dumped as before.
 //!
+//! The record also keeps the rest of the table as our commit left it ([`Layout`]): the sets'
+//! shapes, the counters, the chains and every rule's handle (echoed by the kernel at commit)
+//! with a hash of its planned definition. While the id is unchanged the table is exactly that,
+//! so a re-apply dumps nothing but the elements of the sets whose content changed, and
+//! compares rules by hashing their definitions instead of building and printing them: the
+//! fixed cost of a small change no longer grows with the table.
+//!
 //! The record lives in the [`Nft`](super::Nft) value (the daemon's applies) and, for one-shot
 //! `nodewall apply` processes, in a small file of the state directory ([`Store`]), keyed by the
 //! boot and the network namespace's cookie so that another namespace or boot never reads it.
@@ -21,10 +28,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::super::plan::SetDef;
+use super::super::names;
+use super::super::plan::{RuleDef, Ruleset, SetDef};
+use super::elems::key_spec;
+use super::state::{Current, CurrentChain, CurrentCounter, CurrentRule, CurrentSet, RulePrints};
 
 /// Bumped whenever what a fingerprint stands for changes (e.g. how elements are encoded).
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 const FILE: &str = "nft-sets.json";
 
 /// The sets as our last commit left them, at ruleset generation id `genid`.
@@ -33,6 +43,136 @@ pub struct Installed {
     pub genid: u32,
     /// Set name -> [`fingerprint`] of the planned set it holds exactly.
     pub sets: BTreeMap<String, u64>,
+    /// Everything but the set elements, when the commit told every rule's handle.
+    pub layout: Option<Layout>,
+}
+
+/// The table as our commit left it, elements aside.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    /// The generation in the base rule's comment.
+    pub generation: u64,
+    /// Set name -> (key type, key length, set flags).
+    pub sets: BTreeMap<String, (u32, u32, u32)>,
+    pub counters: Vec<String>,
+    pub chains: Vec<LaidChain>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaidChain {
+    pub name: String,
+    pub hook: Option<(u32, i32)>,
+    /// Every rule as (kernel handle, [`rule_print`] of its definition), in order.
+    pub rules: Vec<(u64, u64)>,
+}
+
+impl Layout {
+    /// The layout of `plan` (installed exactly, at `generation`) whose chain `i` holds rules
+    /// with the handles `handles[i]`.
+    pub fn of(plan: &Ruleset, generation: u64, handles: Vec<Vec<u64>>) -> Option<Self> {
+        let chains = plan
+            .chains
+            .iter()
+            .zip(handles)
+            .map(|(c, h)| {
+                (c.rules.len() == h.len()).then(|| LaidChain {
+                    name: c.name.clone(),
+                    hook: c
+                        .hook_priority
+                        .map(|p| (libc::NF_INET_PRE_ROUTING as u32, p)),
+                    rules: h.into_iter().zip(c.rules.iter().map(rule_print)).collect(),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        (chains.len() == plan.chains.len()).then(|| Self {
+            generation,
+            sets: plan
+                .sets
+                .iter()
+                .map(|s| {
+                    let (key_type, key_len, _) = key_spec(s.kind);
+                    let flags = if s.kind.interval() {
+                        libc::NFT_SET_INTERVAL as u32
+                    } else {
+                        0
+                    };
+                    (s.name.clone(), (key_type, key_len, flags))
+                })
+                .collect(),
+            counters: plan.counters.iter().map(|c| c.name.clone()).collect(),
+            chains,
+        })
+    }
+
+    /// The table this layout describes, as a dump would show it with no elements read: rules
+    /// carry [`rule_print`]s, counters no values (the diff never needs them for a table it
+    /// keeps).
+    pub fn current(&self) -> Current {
+        let base_comment = format!("{}{}", names::GENERATION_PREFIX, self.generation);
+        Current {
+            table: true,
+            table_flags: 0,
+            sets: self
+                .sets
+                .iter()
+                .map(|(name, &(key_type, key_len, flags))| {
+                    let set = CurrentSet {
+                        key_type,
+                        key_len,
+                        flags,
+                        elems: Vec::new(),
+                        as_planned: false,
+                    };
+                    (name.clone(), set)
+                })
+                .collect(),
+            counters: self
+                .counters
+                .iter()
+                .map(|n| {
+                    let c = CurrentCounter {
+                        comment: None,
+                        packets: 0,
+                        bytes: 0,
+                    };
+                    (n.clone(), c)
+                })
+                .collect(),
+            chains: self
+                .chains
+                .iter()
+                .map(|c| CurrentChain {
+                    name: c.name.clone(),
+                    hook: c.hook,
+                    policy: c.hook.map(|_| libc::NF_ACCEPT as u32),
+                    rules: c
+                        .rules
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &(handle, print))| CurrentRule {
+                            handle,
+                            fingerprint: print_text(print),
+                            comment: (i == 0 && c.name == names::BASE_CHAIN)
+                                .then(|| base_comment.clone()),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            rule_prints: RulePrints::Plan,
+        }
+    }
+}
+
+/// A hash of a rule's planned definition: equal prints mean the same kernel rule.
+pub fn rule_print(rule: &RuleDef) -> u64 {
+    let mut h = DefaultHasher::new();
+    rule.hash(&mut h);
+    h.finish()
+}
+
+/// How a [`rule_print`] is written where the diff compares fingerprints.
+pub fn print_text(print: u64) -> String {
+    format!("plan:{print:016x}")
 }
 
 impl Installed {
@@ -63,11 +203,13 @@ impl Planned {
         )
     }
 
-    /// The record of these sets installed at ruleset generation id `genid`.
-    pub fn at(&self, genid: u32) -> Installed {
+    /// The record of these sets (and, if known, the rest of the table) installed at ruleset
+    /// generation id `genid`.
+    pub fn at(&self, genid: u32, layout: Option<Layout>) -> Installed {
         Installed {
             genid,
             sets: self.0.clone(),
+            layout,
         }
     }
 }
@@ -170,7 +312,7 @@ mod tests {
             set("a", vec![Elem::V4(1, 2)]),
             set("b", vec![Elem::V4(3, 4)]),
         ];
-        let rec = Planned::of(&old).at(7);
+        let rec = Planned::of(&old).at(7, None);
         let new = [
             set("a", vec![Elem::V4(1, 2)]),
             set("b", vec![Elem::V4(3, 5)]),
@@ -184,7 +326,7 @@ mod tests {
     #[test]
     fn a_record_is_read_back_only_by_its_namespace() {
         let dir = tempfile::tempdir().unwrap();
-        let rec = Planned::of(&[set("a", vec![Elem::V4(1, 2)])]).at(3);
+        let rec = Planned::of(&[set("a", vec![Elem::V4(1, 2)])]).at(3, None);
         let mine = Store::new(dir.path(), Some(11)).unwrap();
         mine.save(Some(&rec));
         assert_eq!(mine.load(), Some(rec));

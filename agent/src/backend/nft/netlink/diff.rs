@@ -18,11 +18,12 @@ use super::super::plan::{ChainDef, Ruleset, SetDef};
 use super::super::script::rule_text;
 use super::align;
 use super::batch::{Body, Builder};
+use super::cache::{print_text, rule_print};
 use super::elems::{self, key_spec, Unit};
 use super::expr::build_rule;
-use super::state::Current;
+use super::state::{Current, RulePrints};
 use super::udata::{udata_comment, udata_u32};
-use super::wrap::{Chain, Obj, Set, Table};
+use super::wrap::{Chain, Obj, Rule, Set, Table};
 
 pub struct Diff {
     pub batch: Builder,
@@ -31,6 +32,33 @@ pub struct Diff {
     /// How many of the messages only replace the base chain's rules, whose comment carries
     /// the generation: see [`unchanged_but_generation`].
     pub base_rule_messages: usize,
+    /// Per planned chain, where each of its rules will be once the batch is in: what the
+    /// record of the commit is made of (see [`super::cache::Layout`]).
+    pub placed: Vec<Vec<Placed>>,
+}
+
+/// Where a planned rule is after the batch.
+#[derive(Clone, Copy, Debug)]
+pub enum Placed {
+    /// Kept: the rule with this handle.
+    Kept(u64),
+    /// Inserted by the message with this sequence number (the kernel echoes its handle).
+    Sent(u32),
+}
+
+/// The fingerprints of chain `ch`'s planned rules, in the form `have`'s rules carry, with the
+/// built rules when building them was needed to print them.
+fn want_prints(ch: &ChainDef, have: &Current) -> (Vec<String>, Option<Vec<Rule>>) {
+    match have.rule_prints {
+        RulePrints::Kernel => {
+            let built: Vec<_> = ch.rules.iter().map(|r| build_rule(&ch.name, r)).collect();
+            (built.iter().map(|r| r.fingerprint()).collect(), Some(built))
+        }
+        RulePrints::Plan => (
+            ch.rules.iter().map(|r| print_text(rule_print(r))).collect(),
+            None,
+        ),
+    }
 }
 
 /// Whether `d`, the diff to the plan of the next generation, changes nothing but the
@@ -50,11 +78,11 @@ fn rules_match(ch: &ChainDef, have: &Current) -> bool {
     let cur = have.chains.iter().find(|c| c.name == ch.name);
     cur.is_some_and(|c| {
         c.rules.len() == ch.rules.len()
-            && ch
-                .rules
+            && want_prints(ch, have)
+                .0
                 .iter()
                 .zip(&c.rules)
-                .all(|(r, k)| build_rule(&ch.name, r).fingerprint() == k.fingerprint)
+                .all(|(w, k)| *w == k.fingerprint)
     })
 }
 
@@ -64,6 +92,7 @@ pub fn diff(rs: &Ruleset, cur: &Current) -> Diff {
         added: 0,
         removed: 0,
         base_rule_messages: 0,
+        placed: Vec::new(),
     };
     let rebuild = cur.table && !compatible(rs, cur);
     let empty = Current::default();
@@ -121,12 +150,14 @@ pub fn diff(rs: &Ruleset, cur: &Current) -> Diff {
     }
     for ch in &rs.chains {
         match have.chains.iter().find(|c| c.name == ch.name) {
-            None => d.batch.push(
-                libc::NFT_MSG_NEWCHAIN,
-                libc::NLM_F_CREATE,
-                Body::Chain(&chain_obj(ch)),
-                format!("add chain {}", ch.name),
-            ),
+            None => {
+                d.batch.push(
+                    libc::NFT_MSG_NEWCHAIN,
+                    libc::NLM_F_CREATE,
+                    Body::Chain(&chain_obj(ch)),
+                    format!("add chain {}", ch.name),
+                );
+            }
             // The base chain's policy is the one property of a chain that can be changed in
             // place (hook and priority are checked by `compatible`).
             Some(c) if ch.hook_priority.is_some() && c.policy != Some(libc::NF_ACCEPT as u32) => {
@@ -135,7 +166,7 @@ pub fn diff(rs: &Ruleset, cur: &Current) -> Diff {
                     0,
                     Body::Chain(&chain_obj(ch)),
                     format!("set policy accept on chain {}", ch.name),
-                )
+                );
             }
             Some(_) => {}
         }
@@ -209,9 +240,7 @@ impl Diff {
         if units.is_empty() {
             return;
         }
-        let carrier = Set::ours(&set.name);
-        carrier.set_u32(sys::NFTNL_SET_ID, id);
-        elems::fill(&carrier, interval, units);
+        let encoded = elems::encode(interval, units);
         let (verb, n) = if ty == libc::NFT_MSG_NEWSETELEM {
             self.added += units.len();
             ("add", units.len())
@@ -221,7 +250,9 @@ impl Diff {
         };
         self.batch.push_elems(
             ty,
-            &carrier,
+            &set.name,
+            id,
+            &encoded,
             format!("{verb} {n} element(s) of set {}", set.name),
         );
     }
@@ -240,8 +271,7 @@ impl Diff {
     }
 
     fn rules_in(&mut self, ch: &ChainDef, have: &Current, counted: bool) {
-        let built: Vec<_> = ch.rules.iter().map(|r| build_rule(&ch.name, r)).collect();
-        let want: Vec<String> = built.iter().map(|r| r.fingerprint()).collect();
+        let (want, built) = want_prints(ch, have);
         let cur = have
             .chains
             .iter()
@@ -250,8 +280,11 @@ impl Diff {
             .unwrap_or_default();
         let cur_prints: Vec<&str> = cur.iter().map(|r| r.fingerprint.as_str()).collect();
         if cur_prints == want {
+            self.placed
+                .push(cur.iter().map(|r| Placed::Kept(r.handle)).collect());
             return;
         }
+        let mut placed = Vec::with_capacity(ch.rules.len());
         let kept = align::keep(&cur_prints, &want);
         let mut kept_cur = kept.iter().map(|&(i, _)| i).peekable();
         for (i, r) in cur.iter().enumerate() {
@@ -271,11 +304,20 @@ impl Diff {
         // Each missing rule goes right before the next kept one (in order, so a run of them
         // keeps its order), or at the end after the last kept one.
         let mut next_kept = kept.iter().peekable();
-        for (j, (def, rule)) in ch.rules.iter().zip(&built).enumerate() {
+        for (j, def) in ch.rules.iter().enumerate() {
             while next_kept.next_if(|&&(_, w)| w < j).is_some() {}
-            if next_kept.next_if(|&&(_, w)| w == j).is_some() {
+            if let Some(&(i, _)) = next_kept.next_if(|&&(_, w)| w == j) {
+                placed.push(Placed::Kept(cur[i].handle));
                 continue;
             }
+            let fresh;
+            let rule = match &built {
+                Some(b) => &b[j],
+                None => {
+                    fresh = build_rule(&ch.name, def);
+                    &fresh
+                }
+            };
             self.added += counted as usize;
             let (flags, place) = match next_kept.peek() {
                 Some(&&(i, _)) => {
@@ -290,13 +332,15 @@ impl Diff {
                     "add rule to".to_string(),
                 ),
             };
-            self.batch.push(
+            let seq = self.batch.push(
                 libc::NFT_MSG_NEWRULE,
-                flags,
+                flags | libc::NLM_F_ECHO,
                 Body::Rule(rule),
                 format!("{place} chain {}: {}", ch.name, rule_text(def)),
             );
+            placed.push(Placed::Sent(seq));
         }
+        self.placed.push(placed);
     }
 
     fn flush_chain(&mut self, chain: &str, rules: usize) {
@@ -367,7 +411,7 @@ fn chain_obj(ch: &ChainDef) -> Chain {
 
 /// False when an object we want exists with another shape (key type, interval flag, hook):
 /// those cannot be changed in place.
-fn compatible(rs: &Ruleset, cur: &Current) -> bool {
+pub fn compatible(rs: &Ruleset, cur: &Current) -> bool {
     let sets_ok = rs.sets.iter().all(|s| match cur.sets.get(&s.name) {
         None => true,
         Some(c) => {

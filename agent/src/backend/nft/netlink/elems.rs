@@ -9,16 +9,40 @@ use nftnl::nftnl_sys as sys;
 
 use super::super::plan::{Elem, SetDef, SetKind};
 use super::udata::udata_u32;
-use super::wrap::Set;
 
 const INTERVAL_END: u32 = libc::NFT_SET_ELEM_INTERVAL_END as u32;
 const IFNAMSIZ: usize = 16;
 
 /// One interval (start, exclusive end; `None` = open to the top) or one plain key.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Unit {
-    pub start: Vec<u8>,
-    pub end: Option<Vec<u8>>,
+    pub start: Key,
+    pub end: Option<Key>,
+}
+
+/// A set key of at most [`IFNAMSIZ`] bytes, held inline: a large set has tens of thousands,
+/// and a heap allocation each was a good part of an apply's userspace time. Keys of one set
+/// all have the same length, so comparing the padded bytes orders them as the kernel does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    bytes: [u8; IFNAMSIZ],
+    len: u8,
+}
+
+impl Key {
+    /// `None` for a key longer than any set of ours has.
+    pub fn new(key: &[u8]) -> Option<Self> {
+        let mut bytes = [0u8; IFNAMSIZ];
+        bytes.get_mut(..key.len())?.copy_from_slice(key);
+        Some(Self {
+            bytes,
+            len: key.len() as u8,
+        })
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
 }
 
 /// Kernel key type ids, lengths and byte orders, as `nft` declares them (nftables datatype.h).
@@ -40,28 +64,42 @@ pub fn units(set: &SetDef) -> BTreeSet<Unit> {
 }
 
 fn unit(e: &Elem) -> Unit {
-    let interval = |s: Vec<u8>, end: Option<Vec<u8>>| Unit { start: s, end };
+    let key = |k: &[u8]| Key::new(k).expect("set keys are at most IFNAMSIZ bytes");
+    let interval = |s: &[u8], end: Option<&[u8]>| Unit {
+        start: key(s),
+        end: end.map(key),
+    };
     match e {
         Elem::V4(s, e) => interval(
-            s.to_be_bytes().to_vec(),
-            e.checked_add(1).map(|x| x.to_be_bytes().to_vec()),
+            &s.to_be_bytes(),
+            e.checked_add(1)
+                .map(|x| x.to_be_bytes())
+                .as_ref()
+                .map(|x| &x[..]),
         ),
         Elem::V6(s, e) => interval(
-            s.to_be_bytes().to_vec(),
-            e.checked_add(1).map(|x| x.to_be_bytes().to_vec()),
+            &s.to_be_bytes(),
+            e.checked_add(1)
+                .map(|x| x.to_be_bytes())
+                .as_ref()
+                .map(|x| &x[..]),
         ),
         Elem::Port(s, e) => interval(
-            s.to_be_bytes().to_vec(),
-            e.checked_add(1).map(|x| x.to_be_bytes().to_vec()),
+            &s.to_be_bytes(),
+            e.checked_add(1)
+                .map(|x| x.to_be_bytes())
+                .as_ref()
+                .map(|x| &x[..]),
         ),
         Elem::IfName(n) => {
-            let mut k = n.as_bytes().to_vec();
-            k.resize(IFNAMSIZ, 0);
-            interval(k, None)
+            let mut k = [0u8; IFNAMSIZ];
+            let n = &n.as_bytes()[..n.len().min(IFNAMSIZ)];
+            k[..n.len()].copy_from_slice(n);
+            interval(&k, None)
         }
-        Elem::Icmp(t) => interval(vec![*t], None),
-        Elem::Net4(a) => interval(a.to_be_bytes().to_vec(), None),
-        Elem::Net6(a) => interval(a.to_be_bytes().to_vec(), None),
+        Elem::Icmp(t) => interval(&[*t], None),
+        Elem::Net4(a) => interval(&a.to_be_bytes(), None),
+        Elem::Net6(a) => interval(&a.to_be_bytes(), None),
     }
 }
 
@@ -70,15 +108,15 @@ fn unit(e: &Elem) -> Unit {
 /// rewrites the whole set.
 pub fn units_from_kernel(interval: bool, elems: &[(Vec<u8>, u32)]) -> Option<BTreeSet<Unit>> {
     if !interval {
-        return Some(
-            elems
-                .iter()
-                .map(|(k, _)| Unit {
-                    start: k.clone(),
+        return elems
+            .iter()
+            .map(|(k, _)| {
+                Some(Unit {
+                    start: Key::new(k)?,
                     end: None,
                 })
-                .collect(),
-        );
+            })
+            .collect();
     }
     let mut sorted: Vec<&(Vec<u8>, u32)> = elems.iter().collect();
     // At equal keys an end element closes the previous interval before a start opens one.
@@ -96,12 +134,12 @@ pub fn units_from_kernel(interval: bool, elems: &[(Vec<u8>, u32)]) -> Option<BTr
         let end = match sorted.get(i + 1) {
             Some((k, f)) if f & INTERVAL_END != 0 => {
                 i += 1;
-                Some(k.clone())
+                Some(Key::new(k)?)
             }
             _ => None,
         };
         out.insert(Unit {
-            start: key.clone(),
+            start: Key::new(key)?,
             end,
         });
         i += 1;
@@ -109,22 +147,87 @@ pub fn units_from_kernel(interval: bool, elems: &[(Vec<u8>, u32)]) -> Option<BTr
     Some(out)
 }
 
-/// Puts the kernel elements of `units` into `carrier` (a set used only to build messages).
-pub fn fill(carrier: &Set, interval: bool, units: &BTreeSet<Unit>) {
+/// Kernel elements encoded as netlink attributes, ready to be copied into set element
+/// messages (see [`super::batch::Builder::push_elems`]).
+///
+/// Written here directly rather than through libnftnl element objects: a large policy has
+/// tens of thousands of elements, and allocating, filling and then serialising one object per
+/// element cost more than the rest of the apply's userspace work together.
+#[derive(Default)]
+pub struct Encoded {
+    /// NFTA_LIST_ELEM attributes, back to back.
+    pub bytes: Vec<u8>,
+    /// Where each element's attribute ends in `bytes`.
+    pub ends: Vec<usize>,
+}
+
+const NLA_F_NESTED: u16 = 1 << 15;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_FLAGS: u16 = 3;
+const NFTA_SET_ELEM_USERDATA: u16 = 6;
+const NFTA_DATA_VALUE: u16 = 1;
+
+/// Appends attribute `ty` holding `value`, padded to 4 bytes.
+pub fn put_attr(out: &mut Vec<u8>, ty: u16, value: &[u8]) {
+    out.extend_from_slice(&(4 + value.len() as u16).to_ne_bytes());
+    out.extend_from_slice(&ty.to_ne_bytes());
+    out.extend_from_slice(value);
+    out.resize(out.len().next_multiple_of(4), 0);
+}
+
+/// Starts nested attribute `ty`; [`end_nest`] writes its length.
+pub fn start_nest(out: &mut Vec<u8>, ty: u16) -> usize {
+    let at = out.len();
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+    at
+}
+
+pub fn end_nest(out: &mut [u8], at: usize) {
+    let len = (out.len() - at) as u16;
+    out[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+}
+
+impl Encoded {
+    fn push(&mut self, key: &[u8], flags: u32, userdata: &[u8]) {
+        let b = &mut self.bytes;
+        let elem = start_nest(b, NFTA_LIST_ELEM);
+        if flags != 0 {
+            put_attr(b, NFTA_SET_ELEM_FLAGS, &flags.to_be_bytes());
+        }
+        let k = start_nest(b, NFTA_SET_ELEM_KEY);
+        put_attr(b, NFTA_DATA_VALUE, key);
+        end_nest(b, k);
+        if !userdata.is_empty() {
+            put_attr(b, NFTA_SET_ELEM_USERDATA, userdata);
+        }
+        end_nest(b, elem);
+        self.ends.push(b.len());
+    }
+}
+
+/// The kernel elements of `units`, in order.
+pub fn encode(interval: bool, units: &BTreeSet<Unit>) -> Encoded {
     let open = udata_u32(
         sys::NFTNL_UDATA_SET_ELEM_FLAGS as u8,
         sys::NFTNL_SET_ELEM_F_INTERVAL_OPEN,
     );
+    let mut out = Encoded {
+        bytes: Vec::with_capacity(units.len() * 48),
+        ends: Vec::with_capacity(units.len() * 2),
+    };
     for u in units {
         match (&u.end, interval) {
             (Some(end), _) => {
-                carrier.add_elem(&u.start, 0, &[]);
-                carrier.add_elem(end, INTERVAL_END, &[]);
+                out.push(u.start.as_slice(), 0, &[]);
+                out.push(end.as_slice(), INTERVAL_END, &[]);
             }
-            (None, true) => carrier.add_elem(&u.start, 0, &open),
-            (None, false) => carrier.add_elem(&u.start, 0, &[]),
+            (None, true) => out.push(u.start.as_slice(), 0, &open),
+            (None, false) => out.push(u.start.as_slice(), 0, &[]),
         }
     }
+    out
 }
 
 #[cfg(test)]

@@ -11,10 +11,11 @@ pub mod state;
 mod udata;
 mod wrap;
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use super::names;
-use super::plan::Ruleset;
+use super::plan::{self, Ruleset};
 use state::Current;
 
 /// Set to `1` to append a message the kernel must reject (a rule using a set that does not
@@ -46,6 +47,8 @@ pub struct Applied {
     /// How many sets had their elements dumped (the others were vouched for by the record of
     /// our last commit).
     pub sets_dumped: usize,
+    /// Whether the table's objects and rules were dumped (else the record told them).
+    pub table_dumped: bool,
 }
 
 impl Nft {
@@ -82,20 +85,34 @@ impl Nft {
         record.filter(|r| r.genid == genid)
     }
 
-    /// The table, with the elements of the sets of `planned` that `record` vouches for left
-    /// out (and marked `as_planned`). `genid` is the id read before.
-    fn read_vouched(
+    /// The table as `record` says it is, if it knows the whole table and the kernel still
+    /// reports `genid`: no dump but the elements of the sets whose planned content changed.
+    /// Else the table with the elements of the sets of `planned` that `record` vouches for
+    /// left out (and marked `as_planned`), or dumped whole.
+    fn read_recorded(
         &mut self,
         genid: u32,
         record: &cache::Installed,
         planned: &cache::Planned,
     ) -> anyhow::Result<Current> {
         let vouched = record.vouched(genid, planned);
-        if vouched.is_empty() {
-            return self.read(&|_| true);
-        }
-        let mut cur = self.read(&|set| !vouched.contains(&set))?;
-        // The dump is consistent with the record only if nothing was committed meanwhile.
+        let layout = record.layout.as_ref().filter(|_| record.genid == genid);
+        let mut cur = match layout {
+            Some(l) => {
+                let mut cur = l.current();
+                for (name, set) in cur.sets.iter_mut() {
+                    if vouched.contains(&name.as_str()) {
+                        set.as_planned = true;
+                    } else {
+                        set.elems = state::read_elems(&mut self.sock, name)?;
+                    }
+                }
+                cur
+            }
+            None if vouched.is_empty() => return self.read(&|_| true),
+            None => self.read(&|set| !vouched.contains(&set))?,
+        };
+        // What was read is consistent with the record only if nothing was committed meanwhile.
         if self.genid()? != genid {
             return self.read(&|_| true);
         }
@@ -139,35 +156,35 @@ impl Nft {
     pub fn apply(&mut self, plan: impl Fn(u64) -> Ruleset) -> anyhow::Result<Applied> {
         let before = self.genid()?;
         let record = self.record_at(before);
-        // Only the base rule's comment depends on the generation, which the dump tells: the
-        // sets of a plan built before it are the ones the record may vouch for.
-        let probe = record.as_ref().map(|_| {
-            let p = plan(0);
-            let planned = cache::Planned::of(&p.sets);
-            (p, planned)
-        });
-        let mut cur = match (&record, &probe) {
-            (Some(r), Some((_, planned))) => self.read_vouched(before, r, planned)?,
-            _ => self.read(&|_| true)?,
+        // Only the base rule's comment depends on the generation, which the table tells: the
+        // plan is built (and its sets hashed) once, and restamped once the generation is known.
+        let mut next = plan(0);
+        let planned = cache::Planned::of(&next.sets);
+        let mut cur = match &record {
+            Some(r) => self.read_recorded(before, r, &planned)?,
+            None => self.read(&|_| true)?,
         };
+        let mut table_dumped = cur.rule_prints == state::RulePrints::Kernel;
+        if !table_dumped && !diff::compatible(&next, &cur) {
+            // A set changes shape: the table is rebuilt with its counters' values, which only
+            // a dump tells.
+            cur = self.read(&|_| true)?;
+            table_dumped = true;
+        }
         let generation = self.generation(&cur);
-        let next = plan(generation + 1);
-        let planned = match probe {
-            Some((p, planned)) if next.sets == p.sets => planned,
-            _ => {
-                if cur.sets.values().any(|s| s.as_planned) {
-                    // Not so after all: dump everything rather than trust the record.
-                    cur = self.read(&|_| true)?;
-                }
-                cache::Planned::of(&next.sets)
-            }
-        };
+        plan::restamp(&mut next, generation + 1);
         let sets_dumped = cur.sets.values().filter(|s| !s.as_planned).count();
         let fault = std::env::var(FAULT_ENV).as_deref() == Ok("1");
         let mut d = diff::diff(&next, &cur);
-        if !fault && diff::unchanged_but_generation(&d, || plan(generation), &cur) {
+        let now = || {
+            let mut p = next.clone();
+            plan::restamp(&mut p, generation);
+            p
+        };
+        if !fault && diff::unchanged_but_generation(&d, now, &cur) {
             self.last_generation = generation;
-            self.set_installed(Some(planned.at(before)));
+            let layout = self.layout_of(now(), generation, &cur);
+            self.set_installed(Some(planned.at(before, layout)));
             return Ok(Applied {
                 generation,
                 changed: false,
@@ -175,6 +192,7 @@ impl Nft {
                 removed: 0,
                 genid: Some(before),
                 sets_dumped,
+                table_dumped,
             });
         }
         if fault {
@@ -187,14 +205,34 @@ impl Nft {
                 .find(|(s, _)| *s == seq)
                 .map(|(_, w)| w.clone())
         };
-        if let Err(e) = self.sock.send_batch(&batch, describe) {
+        let mut handles = HashMap::new();
+        let echoed = |seq: u32, nlh: *const libc::nlmsghdr| {
+            if let Some(h) = socket::rule_handle(nlh) {
+                handles.insert(seq, h);
+            }
+        };
+        if let Err(e) = self.sock.send_batch(&batch, describe, echoed) {
             self.set_installed(None);
             return Err(e.context("applying table inet nodewall"));
         }
         self.last_generation = generation + 1;
         // The batch is in: failing to read the id only costs the next apply or verify a dump.
         let genid = self.genid().ok().filter(|&a| a == before.wrapping_add(1));
-        self.set_installed(genid.map(|g| planned.at(g)));
+        let placed = d
+            .placed
+            .iter()
+            .map(|chain| {
+                chain
+                    .iter()
+                    .map(|p| match *p {
+                        diff::Placed::Kept(h) => Some(h),
+                        diff::Placed::Sent(seq) => handles.get(&seq).copied(),
+                    })
+                    .collect::<Option<Vec<u64>>>()
+            })
+            .collect::<Option<Vec<_>>>();
+        let layout = placed.and_then(|h| cache::Layout::of(&next, generation + 1, h));
+        self.set_installed(genid.map(|g| planned.at(g, layout)));
         Ok(Applied {
             generation: generation + 1,
             changed: true,
@@ -202,7 +240,23 @@ impl Nft {
             removed: d.removed,
             genid,
             sets_dumped,
+            table_dumped,
         })
+    }
+
+    /// The layout of `plan` (of `generation`), which `cur` holds exactly.
+    fn layout_of(&self, plan: Ruleset, generation: u64, cur: &Current) -> Option<cache::Layout> {
+        let handles = plan
+            .chains
+            .iter()
+            .map(|ch| {
+                cur.chains
+                    .iter()
+                    .find(|c| c.name == ch.name)
+                    .map(|c| c.rules.iter().map(|r| r.handle).collect())
+            })
+            .collect::<Option<Vec<_>>>()?;
+        cache::Layout::of(&plan, generation, handles)
     }
 
     /// Deletes table `inet nodewall` (and with it everything nodewall installed). Returns
@@ -220,8 +274,11 @@ impl Nft {
             "delete table inet nodewall".into(),
         );
         let (batch, _) = b.finish();
-        self.sock
-            .send_batch(&batch, |_| Some("delete table inet nodewall".into()))?;
+        self.sock.send_batch(
+            &batch,
+            |_| Some("delete table inet nodewall".into()),
+            |_, _| {},
+        )?;
         Ok(true)
     }
 }

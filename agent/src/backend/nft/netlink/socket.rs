@@ -93,11 +93,14 @@ impl Socket {
     }
 
     /// Sends a finalized batch and collects the kernel's verdict. `describe(seq)` names the
-    /// object a message with that sequence number carried, for error messages.
+    /// object a message with that sequence number carried, for error messages; `echoed` gets
+    /// every other message the kernel sends back (the objects echoed for NLM_F_ECHO
+    /// requests), with the sequence number of the request.
     pub fn send_batch(
         &mut self,
         batch: &FinalizedBatch,
         describe: impl Fn(u32) -> Option<String>,
+        mut echoed: impl FnMut(u32, *const libc::nlmsghdr),
     ) -> anyhow::Result<()> {
         let pages: Vec<&[u8]> = batch.iter().collect();
         let total: usize = pages.iter().map(|p| p.len()).sum();
@@ -155,10 +158,12 @@ impl Socket {
                 }
             }
             for msg in messages(&buf.bytes()[..n as usize]) {
-                if let Reply::Error { seq, errno, text } = msg {
-                    if errno != 0 {
-                        errors.push((seq, errno, text));
+                match msg {
+                    Reply::Error { seq, errno, text } if errno != 0 => {
+                        errors.push((seq, errno, text))
                     }
+                    Reply::Data { seq, nlh, .. } => echoed(seq, nlh),
+                    _ => {}
                 }
             }
         }
@@ -342,8 +347,33 @@ fn gen_id(nlh: *const libc::nlmsghdr) -> Option<u32> {
     Some(u32::from_be_bytes(v.get(..4)?.try_into().unwrap()))
 }
 
+/// NFTA_RULE_HANDLE of a NEWRULE message for a rule of our table (the kernel's echo of a rule
+/// we sent with NLM_F_ECHO).
+pub fn rule_handle(nlh: *const libc::nlmsghdr) -> Option<u64> {
+    const NFTA_RULE_TABLE: u16 = 1;
+    const NFTA_RULE_HANDLE: u16 = 3;
+    const HDR: usize = std::mem::size_of::<libc::nlmsghdr>();
+    // SAFETY: as in `gen_id`.
+    let msg = unsafe {
+        if (*nlh).nlmsg_type as i32 != (libc::NFNL_SUBSYS_NFTABLES << 8) | libc::NFT_MSG_NEWRULE {
+            return None;
+        }
+        std::slice::from_raw_parts(nlh as *const u8, (*nlh).nlmsg_len as usize)
+    };
+    let (mut table, mut handle) = (None, None);
+    for (ty, v) in attrs(msg.get(HDR + 4..)?) {
+        match ty {
+            NFTA_RULE_TABLE => table = Some(v),
+            NFTA_RULE_HANDLE => handle = Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?)),
+            _ => {}
+        }
+    }
+    let name = table?.split(|&b| b == 0).next()?;
+    (name == crate::backend::nft::names::TABLE.as_bytes()).then_some(handle?)
+}
+
 /// The netlink attributes in `rest`, as (type, value), up to the first malformed one.
-fn attrs(mut rest: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+pub(super) fn attrs(mut rest: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
         if rest.len() < 4 {
             return None;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use nftnl::nftnl_sys as sys;
 
-use super::socket::{Interrupted, Socket};
+use super::socket::{attrs, Interrupted, Socket};
 use super::wrap::{Chain, Obj, Rule, Set, Table};
 use crate::backend::nft::names::TABLE;
 
@@ -18,6 +18,20 @@ pub struct Current {
     pub counters: BTreeMap<String, CurrentCounter>,
     /// In the kernel's order.
     pub chains: Vec<CurrentChain>,
+    /// What the rules' fingerprints are.
+    pub rule_prints: RulePrints,
+}
+
+/// Where the table's rule fingerprints come from, hence what the plan's rules are compared
+/// with.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum RulePrints {
+    /// Dumped: the kernel's expressions as libnftnl prints them.
+    #[default]
+    Kernel,
+    /// From the record of our own last commit: [`super::cache::rule_print`]s of the planned
+    /// rules that are installed.
+    Plan,
 }
 
 #[derive(Debug)]
@@ -193,18 +207,105 @@ fn read_once(sock: &mut Socket, elements_of: &dyn Fn(&str) -> bool) -> anyhow::R
     Ok(cur)
 }
 
-fn read_elems(sock: &mut Socket, set: &str) -> anyhow::Result<Vec<(Vec<u8>, u32)>> {
+pub fn read_elems(sock: &mut Socket, set: &str) -> anyhow::Result<Vec<(Vec<u8>, u32)>> {
     let filter = Set::ours(set);
-    let holder = Set::alloc();
+    let mut out = Vec::new();
     sock.dump(
         libc::NFT_MSG_GETSETELEM,
         // SAFETY: an element-less set builds the table and set name filter.
         |nlh| unsafe { sys::nftnl_set_elems_nlmsg_build_payload(nlh, filter.ptr()) },
-        |nlh| {
-            // SAFETY: each reply appends its elements to the holder set.
-            unsafe { sys::nftnl_set_elems_nlmsg_parse(nlh, holder.ptr()) };
-        },
+        |nlh| elems_of(nlh, &mut out),
     )
     .with_context(|| format!("listing the elements of set {set}"))?;
-    Ok(holder.elems())
+    Ok(out)
+}
+
+/// Appends the (key, flags) of the elements in a NEWSETELEM dump reply to `out`.
+///
+/// Read straight from the attributes rather than through libnftnl, which allocates an object
+/// per element: a set can hold tens of thousands, and the daemon's drift check reads them all.
+fn elems_of(nlh: *const libc::nlmsghdr, out: &mut Vec<(Vec<u8>, u32)>) {
+    const HDR: usize = std::mem::size_of::<libc::nlmsghdr>();
+    const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+    const NFTA_SET_ELEM_KEY: u16 = 1;
+    const NFTA_SET_ELEM_FLAGS: u16 = 3;
+    const NFTA_DATA_VALUE: u16 = 1;
+    // SAFETY: the socket hands out headers whose nlmsg_len bytes lie in its buffer.
+    let msg = unsafe { std::slice::from_raw_parts(nlh as *const u8, (*nlh).nlmsg_len as usize) };
+    let Some(body) = msg.get(HDR + 4..) else {
+        return;
+    };
+    for (_, list) in attrs(body).filter(|(t, _)| *t == NFTA_SET_ELEM_LIST_ELEMENTS) {
+        for (_, elem) in attrs(list) {
+            let (mut key, mut flags) = (None, 0);
+            for (t, v) in attrs(elem) {
+                match t {
+                    NFTA_SET_ELEM_KEY => {
+                        key = attrs(v)
+                            .find(|(t, _)| *t == NFTA_DATA_VALUE)
+                            .map(|(_, k)| k.to_vec())
+                    }
+                    NFTA_SET_ELEM_FLAGS if v.len() >= 4 => {
+                        flags = u32::from_be_bytes(v[..4].try_into().unwrap())
+                    }
+                    _ => {}
+                }
+            }
+            out.push((key.unwrap_or_default(), flags));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::elems::{encode, end_nest, put_attr, start_nest, units};
+    use super::*;
+    use crate::backend::nft::plan::{Elem, SetDef, SetKind};
+
+    /// A NEWSETELEM message (what a dump replies) holding `set`'s kernel elements.
+    fn reply(set: &SetDef) -> Vec<u64> {
+        let mut m = vec![0u8; std::mem::size_of::<libc::nlmsghdr>() + 4];
+        put_attr(&mut m, 1, b"nodewall\0");
+        put_attr(&mut m, 2, format!("{}\0", set.name).as_bytes());
+        let nest = start_nest(&mut m, 3);
+        m.extend(encode(set.kind.interval(), &units(set)).bytes);
+        end_nest(&mut m, nest);
+        let len = m.len() as u32;
+        m[..4].copy_from_slice(&len.to_ne_bytes());
+        let ty = ((libc::NFNL_SUBSYS_NFTABLES << 8) | libc::NFT_MSG_NEWSETELEM) as u16;
+        m[4..6].copy_from_slice(&ty.to_ne_bytes());
+        m[16] = libc::NFPROTO_INET as u8;
+        // Aligned for nlmsghdr, as the socket's receive buffer is.
+        let mut out = vec![0u64; m.len().div_ceil(8)];
+        // SAFETY: `out` has room for every byte of `m`.
+        unsafe { std::ptr::copy_nonoverlapping(m.as_ptr(), out.as_mut_ptr() as *mut u8, m.len()) };
+        out
+    }
+
+    #[test]
+    fn elements_are_read_as_libnftnl_reads_them() {
+        for set in [
+            SetDef {
+                name: "src4.r".into(),
+                kind: SetKind::Addr4,
+                elems: vec![Elem::V4(10, 20), Elem::V4(30, 30), Elem::V4(40, u32::MAX)],
+            },
+            SetDef {
+                name: "src6p64.r".into(),
+                kind: SetKind::Net6,
+                elems: vec![Elem::Net6(1 << 64), Elem::Net6(3 << 64)],
+            },
+        ] {
+            let msg = reply(&set);
+            let nlh = msg.as_ptr() as *const libc::nlmsghdr;
+            let mut ours = Vec::new();
+            elems_of(nlh, &mut ours);
+            let holder = Set::alloc();
+            // SAFETY: a complete NEWSETELEM message.
+            let r = unsafe { sys::nftnl_set_elems_nlmsg_parse(nlh, holder.ptr()) };
+            assert!(r >= 0, "libnftnl refused the message");
+            assert_eq!(ours, holder.elems(), "{}", set.name);
+            assert!(!ours.is_empty());
+        }
+    }
 }

@@ -254,7 +254,9 @@ impl Set {
         }
     }
 
-    /// Appends an element: `key`, element flags (e.g. interval end) and userdata.
+    /// Appends an element: `key`, element flags (e.g. interval end) and userdata (the tests
+    /// compare libnftnl's encoding of elements with [`super::elems::encode`]'s).
+    #[cfg(test)]
     pub fn add_elem(&self, key: &[u8], flags: u32, userdata: &[u8]) {
         // SAFETY: the element is handed over to the set, which frees it; data is copied.
         unsafe {
@@ -281,7 +283,9 @@ impl Set {
         }
     }
 
-    /// The elements held (after parsing a GETSETELEM reply): key bytes and flags.
+    /// The elements held (after libnftnl parsed a GETSETELEM reply): key bytes and flags
+    /// (the tests compare it with [`super::state`]'s own parser).
+    #[cfg(test)]
     pub fn elems(&self) -> Vec<(Vec<u8>, u32)> {
         unsafe extern "C" fn collect(e: *mut sys::nftnl_set_elem, data: *mut c_void) -> i32 {
             // SAFETY: called by nftnl_set_elem_foreach with a live element and our Vec.
