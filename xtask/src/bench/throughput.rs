@@ -148,8 +148,13 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Row>)> {
          runtime over the window, divided by the frames received, is the **receive-CPU ns per frame**: \
          the datapath's cost, whoever the bottleneck is. `receive CPU busy` is that runtime's share of \
          the window: well below 100%, the generator (which pays the skb allocation and the veth \
-         transmit) is the bottleneck and the Mpps of cheap filters are alike; note that other jobs on \
-         a shared machine also take CPU time from the kthread. Each row is measured on its own pair \
+         transmit) is the bottleneck and the Mpps of cheap filters are alike; other jobs on a shared \
+         machine also take CPU time from the kthread. The generator is slower than any cheap receive \
+         path, so without batching a cheap filter's kthread would sleep after every few frames and \
+         its wake-ups, not the filter, would dominate its time (a saturated receive path never \
+         sleeps): the node veth uses the kernel's software interrupt coalescing \
+         (`gro_flush_timeout` 200 µs, `napi_defer_hard_irqs` 1), as a loaded NIC would; `frames per \
+         wakeup` is frames / times the kthread got the CPU. Each row is measured on its own pair \
          of namespaces: first the passed frame with no filter (the row's baseline), then the filter \
          is installed and the passed and dropped frames are sent; `cost vs no filter` is the frame's \
          receive-CPU ns / the baseline's. Policies: 8 UDP allow rules over the given IPv4 CIDRs; the \
