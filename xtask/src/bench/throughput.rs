@@ -1,5 +1,6 @@
-//! Section 2: packets per second through the node's receive path on a veth pair, for passed and
-//! dropped IPv4 UDP frames, with nodewall's backends and linear iptables rules, each against a
+//! Section 2: the node's receive path on a veth pair, for passed and dropped IPv4 UDP frames,
+//! with nodewall's backends and linear iptables rules: receive-CPU time per frame (the receive
+//! path runs in a NAPI kthread on a CPU of its own) and frames per second, each against a
 //! no-filter run on the same pair of namespaces just before the filter is installed (so the
 //! ratio cancels the drift of a shared machine between rows).
 
@@ -18,8 +19,8 @@ use super::Ctx;
 pub enum Filter {
     Nodewall(Backend),
     IptablesLinear,
-    /// A two-instruction XDP program that drops everything: the cheapest drop there is, which
-    /// every drop rate on this rig (the generator shares the CPU) approaches.
+    /// A two-instruction XDP program that drops everything: the cheapest drop there is on veth,
+    /// the floor of every receive-CPU cost here.
     BareXdpDrop,
 }
 

@@ -309,8 +309,8 @@ fn send_until(stop: &AtomicBool, frame: &[u8]) -> anyhow::Result<u64> {
     }
 }
 
-/// Pins the calling thread to the machine's last CPU, so the sender and the receive work veth
-/// does in its context stay on one CPU from window to window.
+/// Pins the calling thread to the machine's last CPU, away from the receive path's
+/// ([`RECEIVE_CPU`]), and on the same CPU from window to window.
 fn pin_to_last_cpu() {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
