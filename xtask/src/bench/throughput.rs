@@ -155,7 +155,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Row>)> {
          its wake-ups, not the filter, would dominate its time (a saturated receive path never \
          sleeps): the node veth uses the kernel's software interrupt coalescing \
          (`gro_flush_timeout` 200 µs, `napi_defer_hard_irqs` 1), as a loaded NIC would; `frames per \
-         wakeup` is frames / times the kthread got the CPU. Each row is measured on its own pair \
+         wakeup` is frames / times the scheduler switched the kthread in (`/proc/PID/schedstat`). Each row is measured on its own pair \
          of namespaces: first the passed frame with no filter (the row's baseline), then the filter \
          is installed and the passed and dropped frames are sent; `cost vs no filter` is the frame's \
          receive-CPU ns / the baseline's. Policies: 8 UDP allow rules over the given IPv4 CIDRs; the \
