@@ -140,8 +140,9 @@ fn human(v: f64) -> String {
     format!("{v:.digits$}{unit}")
 }
 
-/// Per filter, the cost of a dropped frame relative to the unfiltered stack of the same pair
-/// (no-filter rate / drop rate), and the no-filter reference at 1.
+/// Per filter, the receive-CPU cost of a dropped frame relative to the unfiltered stack of the
+/// same pair (ns per dropped frame / ns per passed frame with no filter), and the no-filter
+/// reference at 1.
 fn throughput_lines(rows: &[throughput::Row]) -> Vec<Line> {
     let mut filters: Vec<Filter> = Vec::new();
     for r in rows {
@@ -155,7 +156,7 @@ fn throughput_lines(rows: &[throughput::Row]) -> Vec<Line> {
             let pts = rows
                 .iter()
                 .filter(|r| r.filter == f)
-                .map(|r| (r.cidrs as f64, 1.0 / r.drop_ratio()))
+                .map(|r| (r.cidrs as f64, r.drop_cost_ratio()))
                 .collect();
             (format!("{} (dropped)", f.label()), pts)
         })
@@ -171,7 +172,7 @@ fn throughput_lines(rows: &[throughput::Row]) -> Vec<Line> {
     ) {
         lines.push(("no filter (passed)".into(), vec![(lo, 1.0), (hi, 1.0)]));
         if let Some(bare) = rows.iter().find(|r| r.filter == Filter::BareXdpDrop) {
-            let y = 1.0 / bare.drop_ratio();
+            let y = bare.drop_cost_ratio();
             lines.push(("bare XDP_DROP (reference)".into(), vec![(lo, y), (hi, y)]));
         }
     }
@@ -242,8 +243,8 @@ pub fn attach(s: &Series, out_dir: &Path, sections: &mut [Section]) -> anyhow::R
         (
             "Datapath throughput on veth",
             "datapath-cost-vs-cidrs.png",
-            "Cost of a dropped frame vs CIDRs, relative to no filter (veth)",
-            "× the unfiltered receive path",
+            "Receive-CPU cost of a dropped frame vs CIDRs, relative to no filter (veth)",
+            "× the unfiltered receive path's ns/frame",
             throughput_lines(&s.throughput),
         ),
         (

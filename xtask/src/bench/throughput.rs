@@ -1,5 +1,6 @@
-//! Section 2: packets per second through the node's receive path on a veth pair, for passed and
-//! dropped IPv4 UDP frames, with nodewall's backends and linear iptables rules, each against a
+//! Section 2: the node's receive path on a veth pair, for passed and dropped IPv4 UDP frames,
+//! with nodewall's backends and linear iptables rules: receive-CPU time per frame (the receive
+//! path runs in a NAPI kthread on a CPU of its own) and frames per second, each against a
 //! no-filter run on the same pair of namespaces just before the filter is installed (so the
 //! ratio cancels the drift of a shared machine between rows).
 
@@ -10,7 +11,7 @@ use super::netns::{Pair, NODE_IF, NODE_V4};
 use super::nodewall::{check_xdp_mode, ifindex, Backend, Nodewall};
 use super::peers;
 use super::report::{count, mpps, ratio, Section, Table, INFO};
-use super::traffic::{blast, Rate};
+use super::traffic::{blast, Rate, Receiver};
 use super::workload::{parse_mac, udp_frame, Family, Workload};
 use super::Ctx;
 
@@ -18,8 +19,8 @@ use super::Ctx;
 pub enum Filter {
     Nodewall(Backend),
     IptablesLinear,
-    /// A two-instruction XDP program that drops everything: the cheapest drop there is, which
-    /// every drop rate on this rig (the generator shares the CPU) approaches.
+    /// A two-instruction XDP program that drops everything: the cheapest drop there is on veth,
+    /// the floor of every receive-CPU cost here.
     BareXdpDrop,
 }
 
@@ -44,11 +45,13 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn pass_ratio(&self) -> Option<f64> {
-        self.pass.as_ref().map(|p| p.pps / self.base.pps)
-    }
     pub fn drop_ratio(&self) -> f64 {
         self.drop.pps / self.base.pps
+    }
+    /// Receive-CPU time per dropped frame relative to a passed frame with no filter (the
+    /// unfiltered stack's cost on the same pair).
+    pub fn drop_cost_ratio(&self) -> f64 {
+        self.drop.rx_ns / self.base.rx_ns
     }
 }
 
@@ -64,6 +67,7 @@ fn measure(
 ) -> anyhow::Result<Row> {
     let pair = Pair::new("tp")?;
     pair.route_sources_via_client()?;
+    let rx = Receiver::on_own_cpu(&pair)?;
     let w = Workload::v4_only(RULES, cidrs);
     let (node_mac, client_mac) = (parse_mac(&pair.node_mac)?, parse_mac(&pair.client_mac)?);
     let dst = NODE_V4.parse()?;
@@ -83,7 +87,7 @@ fn measure(
         40000,
         w.last_port(),
     );
-    let base = blast(&pair, &pass_frame, window, rounds)?;
+    let base = blast(&pair, &rx, &pass_frame, window, rounds)?;
     match filter {
         Filter::Nodewall(b) => {
             let cfg = ctx.dir.join("throughput.yaml");
@@ -109,7 +113,7 @@ fn measure(
                 .join()
                 .expect("attach thread")?;
             // The link detaches when its fd closes, after the measurement.
-            let rate = blast(&pair, &drop_frame, window, rounds)?;
+            let rate = blast(&pair, &rx, &drop_frame, window, rounds)?;
             drop(attached);
             return Ok(Row {
                 filter,
@@ -120,8 +124,8 @@ fn measure(
             });
         }
     }
-    let pass = Some(blast(&pair, &pass_frame, window, rounds)?);
-    let drop = blast(&pair, &drop_frame, window, rounds)?;
+    let pass = Some(blast(&pair, &rx, &pass_frame, window, rounds)?);
+    let drop = blast(&pair, &rx, &drop_frame, window, rounds)?;
     Ok(Row {
         filter,
         cidrs: w.distinct,
@@ -134,23 +138,38 @@ fn measure(
 pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Row>)> {
     let mut sec = Section::new(
         "Datapath throughput on veth",
-        "Frames per second through the node's receive path: a generator thread pinned to one CPU \
-         (raw AF_PACKET socket, qdisc bypass, `sendmmsg` in batches of 64) sends one 60-byte IPv4 UDP \
-         frame over and over from a client namespace into the node namespace over a veth pair; veth delivers in the sender's context, so the rate is bounded by \
-         the receive path, filter included. Each row is measured on its own pair of namespaces: first \
-         the passed frame with no filter (the row's baseline), then the filter is installed and the \
-         passed and dropped frames are sent. Policies: 8 UDP allow rules over the given IPv4 CIDRs; \
-         the passed frame matches only the last rule, the dropped one no rule. `iptables linear` is one \
+        "The cost of a frame on the node's receive path, and frames per second: a generator thread \
+         pinned to one CPU (raw AF_PACKET socket, qdisc bypass, `sendmmsg` in batches of 64) sends one \
+         60-byte IPv4 UDP frame over and over from a client namespace into the node namespace over a \
+         veth pair. veth would deliver in the sender's context (generator and receive path on one CPU, \
+         every cheap drop saturating at the generator's own cost), so the node's veth receives through \
+         NAPI for every filter alike (GRO on; TSO off on the client's side, or veth bypasses NAPI for \
+         non-GRO frames) with threaded NAPI: the whole receive path (veth ring, XDP, GRO, IP, \
+         netfilter, UDP) runs in the kthread `napi/nwb-<id>`, pinned to the other CPU. Its scheduler \
+         runtime over the window, divided by the frames received, is the **receive-CPU ns per frame**: \
+         the datapath's cost, whoever the bottleneck is. `receive CPU busy` is that runtime's share of \
+         the window: well below 100%, the generator (which pays the skb allocation and the veth \
+         transmit) is the bottleneck and the Mpps of cheap filters are alike; other jobs on a shared \
+         machine also take CPU time from the kthread. The generator is slower than any cheap receive \
+         path, so without batching a cheap filter's kthread would sleep after every few frames and \
+         its wake-ups, not the filter, would dominate its time (a saturated receive path never \
+         sleeps): the node veth uses the kernel's software interrupt coalescing \
+         (`gro_flush_timeout` 200 µs, `napi_defer_hard_irqs` 1), as a loaded NIC would; `frames per \
+         wakeup` is frames / times the scheduler switched the kthread in (`/proc/PID/schedstat`). Each row is measured on its own pair \
+         of namespaces: first the passed frame with no filter (the row's baseline), then the filter \
+         is installed and the passed and dropped frames are sent; `cost vs no filter` is the frame's \
+         receive-CPU ns / the baseline's. Policies: 8 UDP allow rules over the given IPv4 CIDRs; the \
+         passed frame matches only the last rule, the dropped one no rule. `iptables linear` is one \
          ACCEPT rule per CIDR (after the conntrack ESTABLISHED rule, before a final DROP), what one \
-         would write by hand. nodewall-xdp (generic) is the agent's own fallback when the driver refuses \
-         native XDP, provoked by a 9000-byte MTU on the client's veth (veth refuses native XDP while its \
-         peer's MTU exceeds a page); the attach mode is checked. A ratio above 1× means faster than \
-         the unfiltered stack: an XDP drop skips it, and with an XDP program attached veth receives \
-         through NAPI in batches. `bare XDP_DROP` (a two-instruction program dropping everything, attached \
-         natively) is the cheapest drop there is: the generator shares the CPU with the receive path, \
-         so every drop rate here saturates near it, within the noise of a shared machine (rows are \
-         measured minutes apart). Best of several windows per measurement; `delivered` is the share of \
-         sent frames that reached the node's UDP layer (≈100% passed, 0% dropped, else suspect).",
+         would write by hand. nodewall-xdp (generic) is the agent's own fallback when the driver \
+         refuses native XDP, provoked by a 9000-byte MTU on the client's veth (veth refuses native XDP \
+         while its peer's MTU exceeds a page); the attach mode is checked. `bare XDP_DROP` (a \
+         two-instruction program dropping everything, attached natively) is the cheapest drop there \
+         is on veth. It is not free: veth hands XDP an skb the sender already allocated, and copies \
+         it into a page when its headroom is short (raw frames' is), costs a NIC driver's XDP never \
+         pays, so this rig understates XDP's advantage over the stack. Best of several windows per \
+         measurement; `delivered` is the share of sent frames that reached the node's UDP layer \
+         (≈100% passed, 0% dropped, else suspect).",
     );
     let (sizes, window, rounds): (&[usize], _, _) = if ctx.quick {
         (&[10, 1_000], Duration::from_millis(500), 1)
@@ -204,20 +223,30 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Row>)> {
         }
     }
     let mut table = Table::new(
-        "Mpps = million frames per second. Ratio = the filter's rate / the no-filter rate of the same pair.",
-        &["ratio vs no filter", "filter", "CIDRs", "frame", "Mpps", "no-filter Mpps", "delivered"],
+        "Cost = receive-CPU ns per frame / the no-filter passed frame's, same pair. Mpps = million \
+         frames per second; its ratio is the filter's rate / the no-filter rate of the same pair.",
+        &[
+            "cost vs no filter",
+            "filter",
+            "CIDRs",
+            "frame",
+            "receive-CPU ns/frame",
+            "receive CPU busy",
+            "frames per wakeup",
+            "Mpps",
+            "Mpps vs no filter",
+            "no-filter Mpps",
+            "delivered",
+        ],
     );
     for r in &rows {
         let measured = [
-            r.pass
-                .as_ref()
-                .zip(r.pass_ratio())
-                .map(|(rate, x)| ("passed", rate, x)),
-            Some(("dropped", &r.drop, r.drop_ratio())),
+            r.pass.as_ref().map(|rate| ("passed", rate)),
+            Some(("dropped", &r.drop)),
         ];
-        for (kind, rate, x) in measured.into_iter().flatten() {
+        for (kind, rate) in measured.into_iter().flatten() {
             table.row(vec![
-                ratio(x),
+                ratio(rate.rx_ns / r.base.rx_ns),
                 r.filter.label().into(),
                 if r.filter == Filter::BareXdpDrop {
                     "–".into()
@@ -225,7 +254,11 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Row>)> {
                     count(r.cidrs)
                 },
                 kind.into(),
+                format!("{:.0}", rate.rx_ns),
+                format!("{:.0}%", rate.rx_busy * 100.0),
+                format!("{:.0}", rate.per_wakeup),
                 mpps(rate.pps),
+                ratio(rate.pps / r.base.pps),
                 mpps(r.base.pps),
                 format!("{:.0}%", rate.delivered * 100.0),
             ]);
@@ -237,33 +270,42 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Row>)> {
 }
 
 fn headlines(sec: &mut Section, rows: &[Row], big: usize, small: usize) {
-    let drop_at = |f: Filter, c: usize| {
-        rows.iter()
-            .find(|r| r.filter == f && r.cidrs == c)
-            .map(Row::drop_ratio)
-    };
+    let row = |f: Filter, c: usize| rows.iter().find(|r| r.filter == f && r.cidrs == c);
+    let cost_at = |f: Filter, c: usize| row(f, c).map(Row::drop_cost_ratio);
+    let rate_at = |f: Filter, c: usize| row(f, c).map(Row::drop_ratio);
     let (xdp, nft) = (
         Filter::Nodewall(Backend::Xdp { generic: false }),
         Filter::Nodewall(Backend::Nft),
     );
     sec.headline(
         &format!(
-            "XDP (native) drop rate vs nft drop rate, {} CIDRs (each vs its no-filter baseline)",
+            "receive-CPU ns per dropped frame, nft / XDP (native), {} CIDRs (each vs its no-filter baseline)",
             count(big)
         ),
-        drop_at(xdp, big).zip(drop_at(nft, big)).map(|(a, b)| a / b),
+        cost_at(nft, big).zip(cost_at(xdp, big)).map(|(a, b)| a / b),
         "≥ 3×",
         |r| r >= 3.0,
     );
+    sec.headline(
+        &format!(
+            "XDP (native) drop rate vs nft drop rate, {} CIDRs (Mpps, each vs its no-filter baseline)",
+            count(big)
+        ),
+        rate_at(xdp, big).zip(rate_at(nft, big)).map(|(a, b)| a / b),
+        INFO,
+        |_| true,
+    );
+    // Frames per receive-CPU second, so that ≥ 1 still means "no slower with more CIDRs".
+    let per_cpu = |f: Filter| cost_at(f, small).zip(cost_at(f, big)).map(|(s, b)| s / b);
     for f in [xdp, nft] {
         sec.headline(
             &format!(
-                "{} drop rate at {} CIDRs vs at {}",
+                "{} dropped frames per receive-CPU second at {} CIDRs vs at {}",
                 f.label(),
                 count(big),
                 count(small)
             ),
-            drop_at(f, big).zip(drop_at(f, small)).map(|(a, b)| a / b),
+            per_cpu(f),
             "≥ 0.95×",
             |r| r >= 0.95,
         );
@@ -271,25 +313,23 @@ fn headlines(sec: &mut Section, rows: &[Row], big: usize, small: usize) {
     let reference = rows
         .iter()
         .find(|r| r.filter == Filter::BareXdpDrop)
-        .map(Row::drop_ratio);
+        .map(Row::drop_cost_ratio);
     sec.headline(
         &format!(
-            "bare XDP_DROP vs nft drop rate, {} CIDRs (what this rig can show at most, ± noise)",
+            "receive-CPU ns per dropped frame, nft at {} CIDRs / bare XDP_DROP (what this rig can show at most, ± noise)",
             count(big)
         ),
-        reference.zip(drop_at(nft, big)).map(|(a, b)| a / b),
+        cost_at(nft, big).zip(reference).map(|(a, b)| a / b),
         INFO,
         |_| true,
     );
     sec.headline(
         &format!(
-            "iptables linear drop rate at {} CIDRs vs at {} (contrast)",
+            "iptables linear dropped frames per receive-CPU second at {} CIDRs vs at {} (contrast)",
             count(big),
             count(small)
         ),
-        drop_at(Filter::IptablesLinear, big)
-            .zip(drop_at(Filter::IptablesLinear, small))
-            .map(|(a, b)| a / b),
+        per_cpu(Filter::IptablesLinear),
         INFO,
         |_| true,
     );
