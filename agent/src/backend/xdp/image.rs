@@ -198,7 +198,8 @@ fn push_down(
     let mut prefixes: Vec<(u128, u8)> = sources.iter().flat_map(|s| prefixes_of(s)).collect();
     prefixes.sort_unstable();
     prefixes.dedup();
-    let mut out = BTreeMap::new();
+    // Collected in key order, then built in bulk (linear), not inserted one by one.
+    let mut out = Vec::with_capacity(prefixes.len());
     for (addr, len) in prefixes {
         let last = addr | host_mask(len, bits);
         let mut set = RuleBits::EMPTY;
@@ -210,9 +211,9 @@ fn push_down(
                 set.set(i);
             }
         }
-        out.insert((addr, len), set);
+        out.push(((addr, len), set));
     }
-    out
+    BTreeMap::from_iter(out)
 }
 
 fn host_mask(len: u8, bits: u8) -> u128 {
