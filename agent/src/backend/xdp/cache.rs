@@ -497,6 +497,25 @@ mod tests {
     }
 
     #[test]
+    fn zero_roots_record_in_a_few_bytes() {
+        let ident = Identity {
+            object: 1,
+            boot_id: "b".into(),
+            map_ids: [1; GEN_MAPS.len()],
+            netns: (6, 7),
+            pin_dir: "/p".into(),
+        };
+        let mut g = KernelGen::zeroed();
+        g.sources.roots[70_000] = 3;
+        g.sources.nodes = vec![SrcNode([0; 256]); 100];
+        let gens = [KernelGen::zeroed(), g];
+        let bytes = encode(&ident, &Switch::default(), &gens);
+        // 2 x 131,072 roots and 100 nodes as runs, not 512 KiB + 50 KiB raw.
+        assert!(bytes.len() < 2048, "{} bytes", bytes.len());
+        assert_eq!(decode(&bytes).unwrap().2, gens);
+    }
+
+    #[test]
     fn files_of_maps_that_are_gone_are_pruned() {
         let dir = tempfile::tempdir().unwrap();
         let gone = Identity {
