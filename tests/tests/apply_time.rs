@@ -4,7 +4,7 @@
 //!
 //! XDP double-buffers the policy: an apply rewrites the inactive generation against what that
 //! generation held two applies ago. The first change after the initial apply therefore fills
-//! the still-empty second generation (every entry); only from the second change on does an
+//! the still-empty second generation (every non-zero entry); only from the second change on does an
 //! apply write just the difference. The XDP run makes two changes and asserts the second.
 //! (One CIDR is one element out and one in for nft; for XDP's flat source tables it is the
 //! few entries on the two prefixes' paths.)

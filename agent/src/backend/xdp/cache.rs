@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use aya::maps::MapInfo;
 use nodewall_common::xdp::{
     map_names, GenConfig, RuleBits, RuleRef, SrcNode, Switch, MAX_RULES, RULE_WORDS,
+    SRC_NODES_PER_GEN, SRC_ROOT_ENTRIES_PER_GEN,
 };
 
 use super::flat::SourceTables;
@@ -25,7 +26,7 @@ use super::image::PortTable;
 use super::maps::KernelGen;
 
 /// Bumped whenever the encoding or [`KernelGen`] changes meaning.
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 const MAGIC: &[u8; 4] = b"NWXG";
 /// The maps a generation lives in: their kernel ids identify the install.
 const GEN_MAPS: [&str; 8] = [
@@ -184,16 +185,9 @@ fn encode(ident: &Identity, sw: &Switch, gens: &[KernelGen; 2]) -> Vec<u8> {
             src4,
             src6,
         } = sources;
-        w.u32(roots.len() as u32);
-        for &r in roots {
-            w.0.extend_from_slice(&r.to_le_bytes());
-        }
+        w.runs(roots.iter().copied());
         w.u32(nodes.len() as u32);
-        for n in nodes {
-            for &e in &n.0 {
-                w.0.extend_from_slice(&e.to_le_bytes());
-            }
-        }
+        w.runs(nodes.iter().flat_map(|n| n.0));
         w.u32(classes.len() as u32);
         for c in classes {
             w.bits(c);
@@ -234,23 +228,18 @@ fn decode(b: &[u8]) -> Result<(Identity, Switch, [KernelGen; 2])> {
     let mut gens = [KernelGen::empty(), KernelGen::empty()];
     for g in &mut gens {
         g.config = r.config()?;
+        g.sources.roots = r.runs(SRC_ROOT_ENTRIES_PER_GEN as usize)?;
         let n = r.u32()? as usize;
-        let roots = r.take(2 * n)?;
-        g.sources.roots = roots
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect();
-        let n = r.u32()? as usize;
-        let nodes = r.take(n * 512)?;
-        g.sources.nodes = nodes
-            .chunks_exact(512)
-            .map(|c| {
-                let mut node = SrcNode([0; 256]);
-                for (e, b) in node.0.iter_mut().zip(c.chunks_exact(2)) {
-                    *e = u16::from_le_bytes([b[0], b[1]]);
-                }
-                node
-            })
+        if n > SRC_NODES_PER_GEN as usize {
+            bail!("{n} source nodes");
+        }
+        let entries = r.runs(n * 256)?;
+        if entries.len() != n * 256 {
+            bail!("{} node entries for {n} nodes", entries.len());
+        }
+        g.sources.nodes = entries
+            .chunks_exact(256)
+            .map(|c| SrcNode(c.try_into().expect("256 entries")))
             .collect();
         let n = r.u32()? as usize;
         g.sources.classes = (0..n).map(|_| r.bits()).collect::<Result<_>>()?;
@@ -341,6 +330,23 @@ impl Enc {
         self.u32(v.len() as u32);
         self.0.extend_from_slice(v);
     }
+    /// A u16 sequence as its length and runs of equal entries (count, value): source roots and
+    /// nodes are mostly zeros, so 256 KiB of roots per generation record as a few bytes.
+    fn runs(&mut self, entries: impl Iterator<Item = u16>) {
+        let mut runs: Vec<(u32, u16)> = Vec::new();
+        for e in entries {
+            match runs.last_mut() {
+                Some((n, v)) if *v == e => *n += 1,
+                _ => runs.push((1, e)),
+            }
+        }
+        self.u32(runs.iter().map(|r| r.0).sum());
+        self.u32(runs.len() as u32);
+        for (n, v) in runs {
+            self.u32(n);
+            self.0.extend_from_slice(&v.to_le_bytes());
+        }
+    }
     /// Rule sets are mostly a few low bits: a mask of the non-zero words, then those words.
     fn bits(&mut self, b: &RuleBits) {
         let mask = (0..RULE_WORDS).fold(0u8, |m, i| m | (((b.0[i] != 0) as u8) << i));
@@ -385,6 +391,26 @@ impl<'a> Dec<'a> {
     fn bytes(&mut self) -> Result<&'a [u8]> {
         let n = self.u32()? as usize;
         self.take(n)
+    }
+    /// What [`Enc::runs`] wrote, at most `max` entries.
+    fn runs(&mut self, max: usize) -> Result<Vec<u16>> {
+        let len = self.u32()? as usize;
+        if len > max {
+            bail!("{len} entries, at most {max} expected");
+        }
+        let mut out = Vec::with_capacity(len);
+        for _ in 0..self.u32()? {
+            let n = self.u32()? as usize;
+            let v = u16::from_le_bytes(self.take(2)?.try_into()?);
+            if out.len() + n > len {
+                bail!("runs longer than their length");
+            }
+            out.resize(out.len() + n, v);
+        }
+        if out.len() != len {
+            bail!("runs shorter than their length");
+        }
+        Ok(out)
     }
     fn bits(&mut self) -> Result<RuleBits> {
         let mask = self.take(1)?[0];
@@ -468,6 +494,26 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(decode(&longer).is_err());
+    }
+
+    #[test]
+    fn zero_roots_record_in_a_few_bytes() {
+        let ident = Identity {
+            object: 1,
+            boot_id: "b".into(),
+            map_ids: [1; GEN_MAPS.len()],
+            netns: (6, 7),
+            pin_dir: "/p".into(),
+        };
+        let mut g = KernelGen::zeroed();
+        g.sources.roots[70_000] = 3;
+        g.sources.nodes = vec![SrcNode([0; 256]); 100];
+        let gens = [KernelGen::zeroed(), g];
+        let bytes = encode(&ident, &Switch::default(), &gens);
+        // 2 x 131,072 roots and 100 nodes as runs, not 512 KiB + 50 KiB raw (the rest is the
+        // two headers).
+        assert!(bytes.len() < 4096, "{} bytes", bytes.len());
+        assert_eq!(decode(&bytes).unwrap().2, gens);
     }
 
     #[test]

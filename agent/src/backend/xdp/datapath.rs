@@ -78,12 +78,18 @@ impl Datapath {
     pub fn open(pin_dir: &Path, cache: Option<GenCache>) -> Result<(Self, bool)> {
         if let Some(progs) = pinned_programs(pin_dir)? {
             let maps = Maps::open_pinned(pin_dir)?;
-            return Ok((Self::adopt(progs, maps, Some(pin_dir), cache)?, false));
+            return Ok((
+                Self::adopt(progs, maps, Some(pin_dir), cache, false)?,
+                false,
+            ));
         }
         Ok((Self::load_object(Some(pin_dir), cache)?, true))
     }
 
     fn load_object(pin_dir: Option<&Path>, cache: Option<GenCache>) -> Result<Self> {
+        // Maps the loader creates (none pinned yet) are all zero; pinned ones may hold anything.
+        let fresh =
+            pin_dir.is_none_or(|dir| map_names::ALL.iter().all(|name| !dir.join(name).exists()));
         let mut loader = EbpfLoader::new();
         if let Some(dir) = pin_dir {
             for name in map_names::ALL {
@@ -97,20 +103,24 @@ impl Datapath {
         tc.load()
             .context("loading the TC egress program (verifier)")?;
         let maps = Maps::take(&mut ebpf)?;
-        Self::adopt(Programs::Object(ebpf), maps, pin_dir, cache)
+        Self::adopt(Programs::Object(ebpf), maps, pin_dir, cache, fresh)
     }
 
     /// Takes over the maps: checks they are ours to write and learns what they hold (from
-    /// the cache when it provably describes them, else by reading them back).
+    /// the cache when it provably describes them, else by reading them back). `fresh`: the
+    /// maps were just created, so they hold zeros.
     fn adopt(
         programs: Programs,
         maps: Maps,
         pin_dir: Option<&Path>,
         cache: Option<GenCache>,
+        fresh: bool,
     ) -> Result<Self> {
         let switch = maps.read_switch()?;
         let netns = current_netns()?;
-        let (shadow, slots) = if switch.layout == 0 {
+        let (shadow, slots) = if switch.layout == 0 && fresh {
+            ([KernelGen::zeroed(), KernelGen::zeroed()], Slots::empty())
+        } else if switch.layout == 0 {
             ([KernelGen::empty(), KernelGen::empty()], Slots::empty())
         } else if switch.layout != LAYOUT_VERSION {
             bail!(

@@ -184,25 +184,40 @@ impl SourceTables {
 }
 
 impl SourceTables {
-    /// The class ids the tables refer to.
+    /// The class ids the tables refer to, in order. Marked in a table indexed by id rather
+    /// than collected and sorted: the roots alone are 131,072 entries, and this runs on every
+    /// apply (twice on a change).
     fn live_classes(&self) -> Vec<usize> {
-        let mut out: Vec<usize> = self
-            .src4
-            .values()
-            .chain(self.src6.values())
-            .map(|&c| c as usize)
-            .collect();
-        let mut stack: Vec<u16> = self.roots.clone();
-        while let Some(e) = stack.pop() {
-            if e & SRC_CHILD == 0 {
-                out.push(e as usize);
-            } else if let Some(node) = self.nodes.get((e & !SRC_CHILD) as usize) {
-                stack.extend_from_slice(&node.0);
+        let mut live = vec![false; self.classes.len()];
+        let mut mark = |c: usize| {
+            if c >= live.len() {
+                live.resize(c + 1, false);
+            }
+            live[c] = true;
+        };
+        for &c in self.src4.values().chain(self.src6.values()) {
+            mark(c as usize);
+        }
+        let mut stack: Vec<usize> = Vec::new();
+        let mut visit = |entries: &[u16], stack: &mut Vec<usize>| {
+            for &e in entries {
+                if e & SRC_CHILD == 0 {
+                    mark(e as usize);
+                } else {
+                    stack.push((e & !SRC_CHILD) as usize);
+                }
+            }
+        };
+        visit(&self.roots, &mut stack);
+        while let Some(n) = stack.pop() {
+            if let Some(node) = self.nodes.get(n) {
+                visit(&node.0, &mut stack);
             }
         }
-        out.sort_unstable();
-        out.dedup();
-        out
+        live.iter()
+            .enumerate()
+            .filter_map(|(c, &l)| l.then_some(c))
+            .collect()
     }
 }
 
@@ -262,7 +277,8 @@ impl Builder {
         root: usize,
         mut prefixes: Vec<(Vec<u8>, u8, &RuleBits)>,
     ) -> Option<()> {
-        prefixes.sort_by_key(|(addr, len, _)| (*len, addr.clone()));
+        // Compared in place: a key cloning the address allocates on every comparison.
+        prefixes.sort_by(|(a, alen, _), (b, blen, _)| (alen, a).cmp(&(blen, b)));
         for (addr, len, bits) in prefixes {
             let class = self.class(bits)?;
             self.insert(root, &addr, len as usize, class)?;
