@@ -86,12 +86,17 @@ pub fn tcp_ok(ns: &Netns, addr: IpAddr, port: u16) -> bool {
 /// Sends a datagram from `ns` to `addr:port` and waits for the echo.
 pub fn udp_ok(ns: &Netns, addr: IpAddr, port: u16) -> bool {
     ns.enter(|| {
-        let bind: SocketAddr = if addr.is_ipv6() {
-            "[::]:0".parse().unwrap()
+        // A source port no earlier datagram of this process used: an ephemeral port may repeat
+        // one whose flow conntrack still remembers as answered (under an earlier policy), and
+        // the datagram would pass as `established` whatever the current policy says.
+        let any: IpAddr = if addr.is_ipv6() {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
         } else {
-            "0.0.0.0:0".parse().unwrap()
+            std::net::Ipv4Addr::UNSPECIFIED.into()
         };
-        let Ok(s) = UdpSocket::bind(bind) else {
+        let Ok(s) = UdpSocket::bind(SocketAddr::new(any, crate::probe::next_port()))
+            .or_else(|_| UdpSocket::bind(SocketAddr::new(any, 0)))
+        else {
             return false;
         };
         let _ = s.set_read_timeout(Some(DROP_TIMEOUT));
