@@ -612,32 +612,52 @@ fn by_prefix_length(ranges: &[(u128, u128)], bits: u32) -> Option<BTreeMap<u8, V
     Some(groups)
 }
 
-/// The aligned prefixes (network, length) whose union is exactly `[s, e]` in a `bits`-wide space.
-fn prefixes(mut s: u128, e: u128, bits: u32) -> Vec<(u128, u8)> {
-    let host_mask = |k: u32| {
-        if k >= 128 {
+/// The aligned prefixes (network, length) whose union is exactly `[s, e]` in a `bits`-wide
+/// space, in address order. An iterator that sizes each block in O(1): a re-apply builds the
+/// plan of every rule again, 10k ranges and more.
+fn prefixes(s: u128, e: u128, bits: u32) -> Prefixes {
+    Prefixes {
+        next: Some(s),
+        end: e,
+        bits,
+    }
+}
+
+struct Prefixes {
+    /// The start of the next block, `None` once `end` was reached.
+    next: Option<u128>,
+    end: u128,
+    bits: u32,
+}
+
+impl Iterator for Prefixes {
+    type Item = (u128, u8);
+
+    fn next(&mut self) -> Option<(u128, u8)> {
+        let s = self.next?;
+        // The largest block aligned at `s` ...
+        let aligned = if s == 0 {
+            self.bits
+        } else {
+            s.trailing_zeros().min(self.bits)
+        };
+        // ... that ends within `end`: 2^k - 1 <= end - s.
+        let fits = match (self.end - s).checked_add(1) {
+            Some(n) => 127 - n.leading_zeros(),
+            None => 128,
+        };
+        let k = aligned.min(fits);
+        let last = if k >= 128 {
             u128::MAX
         } else {
-            (1u128 << k) - 1
-        }
-    };
-    let mut out = Vec::new();
-    loop {
-        // The largest block aligned at `s` that ends within `e`.
-        let mut k = if s == 0 {
-            bits
-        } else {
-            s.trailing_zeros().min(bits)
+            s | ((1u128 << k) - 1)
         };
-        while s | host_mask(k) > e {
-            k -= 1;
-        }
-        out.push((s, (bits - k) as u8));
-        let last = s | host_mask(k);
-        if last == e {
-            return out;
-        }
-        s = last + 1;
+        self.next = if last == self.end {
+            None
+        } else {
+            Some(last + 1)
+        };
+        Some((s, (self.bits - k) as u8))
     }
 }
 
@@ -743,22 +763,37 @@ mod tests {
 
     #[test]
     fn prefixes_cover_exactly_their_range() {
-        assert_eq!(prefixes(0, u32::MAX as u128, 32), vec![(0, 0)]);
-        assert_eq!(prefixes(0, u128::MAX, 128), vec![(0, 0)]);
-        assert_eq!(prefixes(8, 11, 32), vec![(8, 30)]);
-        assert_eq!(prefixes(5, 5, 32), vec![(5, 32)]);
+        assert_eq!(
+            prefixes(0, u32::MAX as u128, 32).collect::<Vec<_>>(),
+            vec![(0, 0)]
+        );
+        assert_eq!(
+            prefixes(0, u128::MAX, 128).collect::<Vec<_>>(),
+            vec![(0, 0)]
+        );
+        assert_eq!(prefixes(8, 11, 32).collect::<Vec<_>>(), vec![(8, 30)]);
+        assert_eq!(prefixes(5, 5, 32).collect::<Vec<_>>(), vec![(5, 32)]);
         // 1..=14: 1/32, 2/31, 4/30, 8/30, 12/31, 14/32.
         assert_eq!(
-            prefixes(1, 14, 32),
+            prefixes(1, 14, 32).collect::<Vec<_>>(),
             vec![(1, 32), (2, 31), (4, 30), (8, 30), (12, 31), (14, 32)]
         );
         assert_eq!(
-            prefixes(u32::MAX as u128 - 1, u32::MAX as u128, 32),
+            prefixes(u32::MAX as u128 - 1, u32::MAX as u128, 32).collect::<Vec<_>>(),
             vec![(u32::MAX as u128 - 1, 31)]
+        );
+        assert_eq!(
+            prefixes(u128::MAX - 1, u128::MAX, 128).collect::<Vec<_>>(),
+            vec![(u128::MAX - 1, 127)]
+        );
+        assert_eq!(
+            prefixes(1, u128::MAX, 128).count(),
+            128,
+            "one block per bit from 1 up to the top"
         );
         // Every address of a few odd ranges is in exactly one prefix, and nothing outside.
         for (s, e) in [(3u128, 200u128), (0, 77), (64, 191), (255, 256)] {
-            let ps = prefixes(s, e, 32);
+            let ps: Vec<_> = prefixes(s, e, 32).collect();
             for a in 0..300u128 {
                 let hits = ps
                     .iter()
