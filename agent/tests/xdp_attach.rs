@@ -203,6 +203,20 @@ fn allow_icmp_from_peer() -> nodewall::policy::Policy {
     ])
 }
 
+/// `pol` with its IPv6 deny rule replaced by an allow: the peer's pings pass on both families.
+fn opened(pol: &nodewall::policy::Policy) -> nodewall::policy::Policy {
+    let mut open = pol.clone();
+    open.rules.remove(0);
+    open.rules.push(rule(
+        "icmp6-peer",
+        Action::Allow,
+        Protocol::Icmpv6,
+        &[],
+        &["fd00::/64"],
+    ));
+    open
+}
+
 fn lifecycle(tag: &str, attach: XdpAttach, expect_mode: &str) {
     let Some(lab) = Lab::new(tag) else { return };
     let mut pol = allow_icmp_from_peer();
@@ -263,16 +277,7 @@ fn lifecycle(tag: &str, attach: XdpAttach, expect_mode: &str) {
     let (same, changed) = lab.in_node(|| {
         let mut b = lab.backend(attach);
         let same = b.apply(&pol).unwrap();
-        let mut open = pol.clone();
-        open.rules.remove(0);
-        open.rules.push(rule(
-            "icmp6-peer",
-            Action::Allow,
-            Protocol::Icmpv6,
-            &[],
-            &["fd00::/64"],
-        ));
-        (same, b.apply(&open).unwrap())
+        (same, b.apply(&opened(&pol)).unwrap())
     });
     assert!(!same.changed);
     assert_eq!(same.generation, report.generation);
@@ -366,15 +371,7 @@ fn a_new_agent_reuses_pinned_programs_of_the_same_object() {
     let Some(lab) = Lab::new("r") else { return };
     let mut pol = allow_icmp_from_peer();
     pol.interfaces = vec![lab.dev.clone()];
-    let mut open = pol.clone();
-    open.rules.remove(0);
-    open.rules.push(rule(
-        "icmp6-peer",
-        Action::Allow,
-        Protocol::Icmpv6,
-        &[],
-        &["fd00::/64"],
-    ));
+    let open = opened(&pol);
     let apply = |p: &nodewall::policy::Policy| {
         lab.in_node(|| lab.backend(XdpAttach::Auto).apply(p).unwrap())
     };

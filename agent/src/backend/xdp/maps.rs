@@ -76,14 +76,13 @@ pub struct Maps {
     pub config: Array<MapData, GenConfig>,
     pub src4: LpmTrie<MapData, Src4Key, u32>,
     pub src6: LpmTrie<MapData, Src6Key, u32>,
-    pub src_nodes: Array<MapData, SrcNode>,
-    pub src_classes: Array<MapData, RuleBits>,
-    pub ports: Array<MapData, RuleBits>,
     pub rule_stats: PerCpuArray<MapData, Stat>,
     pub drop_stats: PerCpuArray<MapData, Stat>,
     pub pass_stats: PerCpuArray<MapData, Stat>,
     pub slot_names: Array<MapData, SlotName>,
-    /// A descriptor of `ports` for batched reads and writes (aya has none).
+    // The maps below are only ever read and written in batches, which aya lacks: their
+    // descriptors are all the agent keeps.
+    /// `NW_PORTS`.
     ports_fd: MapFd,
     /// A descriptor of `slot_names`, read whole in one batch when an agent starts.
     slot_names_fd: MapFd,
@@ -124,23 +123,36 @@ impl Maps {
                     .with_context(|| format!("map {} has an unexpected type", $name))?
             };
         }
-        let fd_of = |map: &Map, name: &str| match map {
-            Map::Array(data) | Map::LpmTrie(data) => Ok(data.info()?.fd()?),
+        // A descriptor for batched access, once the map's value size is the one this agent
+        // reads and writes (what aya's typed maps check for the others).
+        let fd_of = |map: &Map, name: &str, value: usize| match map {
+            Map::Array(data) | Map::LpmTrie(data) => {
+                let info = data.info()?;
+                anyhow::ensure!(
+                    info.value_size() as usize == value,
+                    "map {name} holds {}-byte values, not {value}",
+                    info.value_size()
+                );
+                Ok(info.fd()?)
+            }
             _ => anyhow::bail!("map {name} has an unexpected type"),
         };
-        let roots_fd = fd_of(&get(names::SRC_ROOTS)?, names::SRC_ROOTS)?;
-        let src_nodes = get(names::SRC_NODES)?;
-        let nodes_fd = fd_of(&src_nodes, names::SRC_NODES)?;
-        let src_classes = get(names::SRC_CLASSES)?;
-        let classes_fd = fd_of(&src_classes, names::SRC_CLASSES)?;
+        use std::mem::size_of;
+        let bits = size_of::<RuleBits>();
+        let roots_fd = fd_of(&get(names::SRC_ROOTS)?, names::SRC_ROOTS, size_of::<u16>())?;
+        let nodes_fd = fd_of(
+            &get(names::SRC_NODES)?,
+            names::SRC_NODES,
+            size_of::<SrcNode>(),
+        )?;
+        let classes_fd = fd_of(&get(names::SRC_CLASSES)?, names::SRC_CLASSES, bits)?;
         let src4 = get(names::SRC4)?;
-        let src4_fd = fd_of(&src4, names::SRC4)?;
+        let src4_fd = fd_of(&src4, names::SRC4, size_of::<u32>())?;
         let src6 = get(names::SRC6)?;
-        let src6_fd = fd_of(&src6, names::SRC6)?;
-        let ports = get(names::PORTS)?;
-        let ports_fd = fd_of(&ports, names::PORTS)?;
+        let src6_fd = fd_of(&src6, names::SRC6, size_of::<u32>())?;
+        let ports_fd = fd_of(&get(names::PORTS)?, names::PORTS, bits)?;
         let slot_names = get(names::SLOT_NAMES)?;
-        let slot_names_fd = fd_of(&slot_names, names::SLOT_NAMES)?;
+        let slot_names_fd = fd_of(&slot_names, names::SLOT_NAMES, size_of::<SlotName>())?;
         Ok(Self {
             ports_fd,
             slot_names_fd,
@@ -150,9 +162,6 @@ impl Maps {
             roots_fd,
             nodes_fd,
             classes_fd,
-            ports: ports
-                .try_into()
-                .with_context(|| format!("map {} has an unexpected type", names::PORTS))?,
             switch: typed!(names::SWITCH),
             config: typed!(names::CONFIG),
             src4: src4
@@ -163,12 +172,6 @@ impl Maps {
                 .with_context(|| format!("map {} has an unexpected type", names::SRC6))?,
             src4_fd,
             src6_fd,
-            src_nodes: src_nodes
-                .try_into()
-                .with_context(|| format!("map {} has an unexpected type", names::SRC_NODES))?,
-            src_classes: src_classes
-                .try_into()
-                .with_context(|| format!("map {} has an unexpected type", names::SRC_CLASSES))?,
             rule_stats: typed!(names::RULE_STATS),
             drop_stats: typed!(names::DROP_STATS),
             pass_stats: typed!(names::PASS_STATS),

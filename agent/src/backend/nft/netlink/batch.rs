@@ -274,28 +274,7 @@ mod tests {
 
     #[test]
     fn elements_are_encoded_as_libnftnl_encodes_them() {
-        let sets = [
-            SetDef {
-                name: "src4.r".into(),
-                kind: SetKind::Addr4,
-                elems: vec![Elem::V4(10, 20), Elem::V4(30, 30), Elem::V4(40, u32::MAX)],
-            },
-            SetDef {
-                name: "src6p64.r".into(),
-                kind: SetKind::Net6,
-                elems: vec![Elem::Net6(1 << 64), Elem::Net6(3 << 64)],
-            },
-            SetDef {
-                name: "uplinks".into(),
-                kind: SetKind::IfName,
-                elems: vec![Elem::IfName("eth0".into()), Elem::IfName("ens5".into())],
-            },
-            SetDef {
-                name: "ports".into(),
-                kind: SetKind::Port,
-                elems: vec![Elem::Port(22, 22), Elem::Port(30000, 32767)],
-            },
-        ];
+        let sets = super::super::elems::sample_sets();
         for (i, set) in sets.iter().enumerate() {
             assert_eq!(
                 ours(set, i as u32 + 1),

@@ -230,6 +230,35 @@ pub fn encode(interval: bool, units: &BTreeSet<Unit>) -> Encoded {
     out
 }
 
+/// Sets of every element layout (interval, hash of prefixes, names, port ranges), for the
+/// tests that compare our encoding and parsing with libnftnl's.
+#[cfg(test)]
+pub(super) fn sample_sets() -> Vec<crate::backend::nft::plan::SetDef> {
+    use crate::backend::nft::plan::{Elem, SetDef, SetKind};
+    vec![
+        SetDef {
+            name: "src4.r".into(),
+            kind: SetKind::Addr4,
+            elems: vec![Elem::V4(10, 20), Elem::V4(30, 30), Elem::V4(40, u32::MAX)],
+        },
+        SetDef {
+            name: "src6p64.r".into(),
+            kind: SetKind::Net6,
+            elems: vec![Elem::Net6(1 << 64), Elem::Net6(3 << 64)],
+        },
+        SetDef {
+            name: "uplinks".into(),
+            kind: SetKind::IfName,
+            elems: vec![Elem::IfName("eth0".into()), Elem::IfName("ens5".into())],
+        },
+        SetDef {
+            name: "ports".into(),
+            kind: SetKind::Port,
+            elems: vec![Elem::Port(22, 22), Elem::Port(30000, 32767)],
+        },
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -260,7 +260,7 @@ fn elems_of(nlh: *const libc::nlmsghdr, out: &mut Vec<(Vec<u8>, u32)>) {
 mod tests {
     use super::super::elems::{encode, end_nest, put_attr, start_nest, units};
     use super::*;
-    use crate::backend::nft::plan::{Elem, SetDef, SetKind};
+    use crate::backend::nft::plan::SetDef;
 
     /// A NEWSETELEM message (what a dump replies) holding `set`'s kernel elements.
     fn reply(set: &SetDef) -> Vec<u64> {
@@ -284,18 +284,8 @@ mod tests {
 
     #[test]
     fn elements_are_read_as_libnftnl_reads_them() {
-        for set in [
-            SetDef {
-                name: "src4.r".into(),
-                kind: SetKind::Addr4,
-                elems: vec![Elem::V4(10, 20), Elem::V4(30, 30), Elem::V4(40, u32::MAX)],
-            },
-            SetDef {
-                name: "src6p64.r".into(),
-                kind: SetKind::Net6,
-                elems: vec![Elem::Net6(1 << 64), Elem::Net6(3 << 64)],
-            },
-        ] {
+        // The interval and the hash set of the shared samples: one of each element layout.
+        for set in super::super::elems::sample_sets().into_iter().take(2) {
             let msg = reply(&set);
             let nlh = msg.as_ptr() as *const libc::nlmsghdr;
             let mut ours = Vec::new();
