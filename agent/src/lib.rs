@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod config;
 pub mod daemon;
+pub mod fnv;
 pub mod metrics;
 pub mod policy;
 pub mod profiles;

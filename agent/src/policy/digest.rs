@@ -5,17 +5,15 @@
 //! Interfaces are left out: uplink names differ between nodes without changing the policy.
 
 use super::model::Policy;
+use crate::fnv::Fnv;
 
 impl Policy {
     /// 16 hex digits of FNV-1a over the canonical JSON of mode, implicit allowances and rules.
     pub fn digest(&self) -> String {
         let canonical = serde_json::to_vec(&(&self.mode, &self.implicit, &self.rules))
             .expect("policy serialises");
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in canonical {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        format!("{hash:016x}")
+        let mut hash = Fnv::new();
+        hash.write(&canonical);
+        format!("{:016x}", hash.finish())
     }
 }

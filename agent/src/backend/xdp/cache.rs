@@ -59,7 +59,7 @@ struct Identity {
 impl GenCache {
     /// The cache under `dir` for the maps pinned in `pin_dir` of network namespace `netns`.
     pub fn new(dir: &Path, pin_dir: &Path, netns: (u64, u64)) -> Self {
-        let mut h = super::objhash::Fnv::new();
+        let mut h = crate::fnv::Fnv::new();
         h.write(pin_dir.as_os_str().as_encoded_bytes());
         h.write(&netns.0.to_le_bytes());
         h.write(&netns.1.to_le_bytes());
