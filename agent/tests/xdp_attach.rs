@@ -38,12 +38,15 @@ impl Lab {
             return None;
         }
         sweep();
-        let id = format!("{}{tag}", std::process::id() % 100000);
+        // Names carry the whole pid, so a later run can tell a dead run's leftovers from a
+        // live parallel run's; interface names (15 bytes at most) only a short id.
+        let pid = std::process::id();
+        let id = format!("{}{tag}", pid % 100000);
         let lab = Lab {
-            node: format!("{PREFIX}-{id}-n"),
-            peer: format!("{PREFIX}-{id}-p"),
+            node: format!("{PREFIX}-{pid}-{tag}-n"),
+            peer: format!("{PREFIX}-{pid}-{tag}-p"),
             dev: format!("nwx{id}"),
-            bpffs: std::env::temp_dir().join(format!("{PREFIX}-{id}-bpffs")),
+            bpffs: std::env::temp_dir().join(format!("{PREFIX}-{pid}-{tag}-bpffs")),
         };
         let peer_dev = format!("nwy{id}");
         let (node, peer, dev) = (&lab.node, &lab.peer, &lab.dev);
@@ -172,16 +175,48 @@ fn unmount(p: &Path) {
     }
 }
 
-/// Leftovers of earlier runs that died: namespaces and bpffs mounts with our prefix.
+/// Leftovers of earlier runs that died (killed mid-test, so `Lab::drop` never ran):
+/// namespaces, bpffs mounts (which hold pinned programs and maps) and cache directories
+/// named after a process that no longer exists.
 fn sweep() {
     let out = sh(&["ip", "netns", "list"]);
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
-        if name.starts_with(PREFIX) && !name.contains(&format!("-{}", std::process::id() % 100000))
-        {
+        if dead_owner(name) {
             let _ = sh(&["ip", "netns", "del", name]);
         }
     }
+    let tmp = std::env::temp_dir();
+    // Mount points are the 5th field of mountinfo (octal escapes only for odd characters,
+    // which our paths do not have).
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for point in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
+        let point = Path::new(point);
+        if point.parent() == Some(tmp.as_path())
+            && point
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(dead_owner)
+        {
+            unmount(point);
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(&tmp) {
+        for e in entries.flatten() {
+            if e.file_name().to_str().is_some_and(dead_owner) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// `nwt-xdpa-<pid>-...` of a process that is gone.
+fn dead_owner(name: &str) -> bool {
+    name.strip_prefix(PREFIX)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
 fn allow_icmp_from_peer() -> nodewall::policy::Policy {
