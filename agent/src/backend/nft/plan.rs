@@ -170,6 +170,8 @@ pub enum Match {
     SaddrPrefixIn(Family, u8, String),
     /// `tcp dport @SET` / `udp dport @SET`
     DportIn(u8, String),
+    /// `tcp dport A` / `udp dport A-B`: a compare (or range) of one port range, no set.
+    Dport(u8, u16, u16),
     /// `icmp type @SET` / `icmpv6 type @SET`
     IcmpTypeIn(Family, String),
     /// `udp sport A udp dport B`; nft loads both ports with one 4-byte payload expression.
@@ -473,15 +475,21 @@ impl Builder {
             Protocol::Icmpv6 => Some(IPPROTO_ICMPV6),
             Protocol::All => None,
         };
-        let ports = (!rule.ports.is_any()).then(|| {
-            let elems = rule
-                .ports
-                .ranges()
-                .iter()
-                .map(|r| Elem::Port(r.start, r.end))
-                .collect();
-            self.set(names::ports_set(&id), SetKind::Port, elems)
-        });
+        // One port range is a compare, as cheap as the protocol test; a set lookup (a tree
+        // walk, then the catch-all check on a miss) costs tens of ns more for every packet of
+        // that protocol that reaches the rule, and most rules name one port or one range.
+        let ports = match (l4, rule.ports.ranges()) {
+            _ if rule.ports.is_any() => None,
+            (Some(p), [r]) => Some(Match::Dport(p, r.start, r.end)),
+            (Some(p), ranges) => {
+                let elems = ranges.iter().map(|r| Elem::Port(r.start, r.end)).collect();
+                Some(Match::DportIn(
+                    p,
+                    self.set(names::ports_set(&id), SetKind::Port, elems),
+                ))
+            }
+            (None, _) => None,
+        };
         for f in Family::BOTH {
             let family_ok = match rule.protocol {
                 Protocol::Icmp => f == Family::V4,
@@ -509,27 +517,28 @@ impl Builder {
                 elems[..],
                 [Elem::V4(0, u32::MAX)] | [Elem::V6(0, u128::MAX)]
             );
-            // The protocol and port come before the source: nft stops a rule at its first
-            // failing match, and the port test (a compare, or a lookup in a set of a few port
-            // ranges) is far cheaper than a source lookup in a set of thousands of intervals.
-            // Rules mostly differ by port, so a packet pays the source lookup only in the
-            // rules its port matches, not in every rule before its verdict.
-            let mut matches = Vec::new();
+            // The family, protocol and port come before the source: nft stops a rule at its
+            // first failing match, the family and protocol are register compares, and the port
+            // test (a compare, or a lookup in a set of a few port ranges) is far cheaper than a
+            // source lookup in a set of thousands of intervals. Rules mostly differ by port, so
+            // a packet pays the source lookup only in the rules its port matches, not in every
+            // rule before its verdict, and no lookup at all in the other family's rules.
+            let mut matches = vec![Match::NfProto(f)];
             match (l4, &ports) {
-                (Some(p), Some(set)) => matches.push(Match::DportIn(p, set.clone())),
+                (Some(_), Some(port)) => matches.push(port.clone()),
                 (Some(p), None) => matches.push(Match::L4Proto(p)),
                 (None, _) => {}
             }
             let sources = if everything {
-                vec![Match::NfProto(f)]
+                vec![None]
             } else {
-                self.sources(f, &id, elems)
+                self.sources(f, &id, elems).into_iter().map(Some).collect()
             };
             // Several nft rules for one policy rule are adjacent, share its counter and verdict
             // and match disjoint sources: together they act as one rule.
             for src in sources {
                 let mut matches = matches.clone();
-                matches.push(src);
+                matches.extend(src);
                 out.push(RuleDef {
                     matches,
                     log: None,
@@ -716,6 +725,16 @@ mod tests {
             .filter(|r| r.comment.as_deref() == Some("a"))
             .collect();
         assert_eq!(a.len(), 2, "one nft rule per family");
+        // The family first, then one port range as a compare (no set), then the source.
+        assert_eq!(
+            a[1].matches,
+            vec![
+                Match::NfProto(Family::V6),
+                Match::Dport(IPPROTO_TCP, 30000, 32768),
+                Match::SaddrIn(Family::V6, "src6.a".into())
+            ]
+        );
+        assert!(!rs.sets.iter().any(|s| s.name == "ports.a"));
         let b: Vec<_> = inbound
             .rules
             .iter()
@@ -724,7 +743,7 @@ mod tests {
         assert_eq!(b.len(), 1, "icmp is IPv4 only");
         assert_eq!(
             b[0].matches,
-            vec![Match::L4Proto(IPPROTO_ICMP), Match::NfProto(Family::V4)],
+            vec![Match::NfProto(Family::V4), Match::L4Proto(IPPROTO_ICMP)],
             "0.0.0.0/0 needs no set"
         );
         assert_eq!(b[0].verdict, Some(Verdict::Goto("drop.rule.b".into())));
@@ -827,12 +846,15 @@ mod tests {
                 .map(|r| r.matches.clone())
                 .collect()
         };
-        // Few intervals: one interval set, the port tested before the source.
+        // Few intervals: one interval set, the family and port tested before the source.
         let rs = build_one(nets(HASHED_MIN_INTERVALS - 1, 28));
+        let port = Match::Dport(IPPROTO_UDP, 30000, 32768);
+        let v4 = Match::NfProto(Family::V4);
         assert_eq!(
             a_rules(&rs),
             vec![vec![
-                Match::DportIn(IPPROTO_UDP, "ports.a".into()),
+                v4.clone(),
+                port.clone(),
                 Match::SaddrIn(Family::V4, "src4.a".into())
             ]]
         );
@@ -844,11 +866,13 @@ mod tests {
             a_rules(&rs),
             vec![
                 vec![
-                    Match::DportIn(IPPROTO_UDP, "ports.a".into()),
+                    v4.clone(),
+                    port.clone(),
                     Match::SaddrPrefixIn(Family::V4, 24, "src4p24.a".into())
                 ],
                 vec![
-                    Match::DportIn(IPPROTO_UDP, "ports.a".into()),
+                    v4.clone(),
+                    port.clone(),
                     Match::SaddrPrefixIn(Family::V4, 28, "src4p28.a".into())
                 ],
             ]
@@ -861,8 +885,32 @@ mod tests {
         let mut three = nets(HASHED_MIN_INTERVALS, 28);
         three.extend(["198.19.0.0/24".into(), "198.19.2.0/23".into()]);
         assert_eq!(
-            a_rules(&build_one(three))[0][1],
+            a_rules(&build_one(three))[0][2],
             Match::SaddrIn(Family::V4, "src4.a".into())
         );
+    }
+
+    #[test]
+    fn several_port_ranges_are_a_set_one_is_a_compare() {
+        let mut r = rule("a", Action::Allow, Protocol::Udp, &["10.0.0.0/8"]);
+        r.ports = PortSet::new(vec![PortRange::new(53, 53), PortRange::new(8000, 8080)]);
+        let mut one = rule("b", Action::Allow, Protocol::Udp, &["10.0.0.0/8"]);
+        one.ports = PortSet::new(vec![PortRange::new(53, 53)]);
+        let rs = build(&policy(vec![r, one]), &["eth0".into()], 1);
+        let ports = rs.sets.iter().find(|s| s.name == "ports.a").unwrap();
+        assert_eq!(
+            ports.elems,
+            vec![Elem::Port(53, 53), Elem::Port(8000, 8080)]
+        );
+        let matches = |name: &str| {
+            let r = rs.chains[1]
+                .rules
+                .iter()
+                .find(|r| r.comment.as_deref() == Some(name));
+            r.unwrap().matches[1].clone()
+        };
+        assert_eq!(matches("a"), Match::DportIn(IPPROTO_UDP, "ports.a".into()));
+        assert_eq!(matches("b"), Match::Dport(IPPROTO_UDP, 53, 53));
+        assert!(!rs.sets.iter().any(|s| s.name == "ports.b"));
     }
 }

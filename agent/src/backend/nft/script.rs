@@ -161,6 +161,8 @@ fn match_text(m: &Match) -> String {
             }
         }
         Match::DportIn(p, set) => format!("{} dport @{set}", proto_name(*p)),
+        Match::Dport(p, a, b) if a == b => format!("{} dport {a}", proto_name(*p)),
+        Match::Dport(p, a, b) => format!("{} dport {a}-{b}", proto_name(*p)),
         Match::IcmpTypeIn(Family::V4, set) => format!("icmp type @{set}"),
         Match::IcmpTypeIn(Family::V6, set) => format!("icmpv6 type @{set}"),
         Match::UdpPorts(s, d) => format!("udp sport {s} udp dport {d}"),

@@ -16,8 +16,9 @@ const NFT_LIMIT_PKTS: u32 = 0;
 
 pub fn build_rule(chain: &str, def: &RuleDef) -> Rule {
     let rule = Rule::ours(chain);
+    let mut family = None;
     for m in &def.matches {
-        for e in match_exprs(m) {
+        for e in match_exprs(m, &mut family) {
             rule.push(e);
         }
     }
@@ -44,7 +45,9 @@ pub fn build_rule(chain: &str, def: &RuleDef) -> Rule {
     rule
 }
 
-fn match_exprs(m: &Match) -> Vec<Expr> {
+/// The expressions of `m`. `family` is the family an earlier match of the rule established:
+/// like nft, a source match adds its `meta nfproto` dependency only when none did.
+fn match_exprs(m: &Match, family: &mut Option<Family>) -> Vec<Expr> {
     match m {
         Match::IifnameIn(set) => vec![meta(libc::NFT_META_IIFNAME), lookup(set)],
         Match::CtState(bit) => vec![
@@ -59,7 +62,10 @@ fn match_exprs(m: &Match) -> Vec<Expr> {
                 .data(sys::NFTNL_EXPR_BITWISE_XOR, &0u32.to_ne_bytes()),
             cmp(libc::NFT_CMP_NEQ, &0u32.to_ne_bytes()),
         ],
-        Match::NfProto(f) => nfproto(*f),
+        Match::NfProto(f) => {
+            *family = Some(*f);
+            nfproto(*f)
+        }
         Match::L4Proto(p) => vec![meta(libc::NFT_META_L4PROTO), cmp(libc::NFT_CMP_EQ, &[*p])],
         Match::L4ProtoNot(p) => {
             vec![meta(libc::NFT_META_L4PROTO), cmp(libc::NFT_CMP_NEQ, &[*p])]
@@ -69,7 +75,7 @@ fn match_exprs(m: &Match) -> Vec<Expr> {
                 Family::V4 => IPV4_SADDR,
                 Family::V6 => IPV6_SADDR,
             };
-            let mut v = nfproto(*f);
+            let mut v = dependency(*f, family);
             v.push(payload(
                 libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
                 offset,
@@ -83,7 +89,7 @@ fn match_exprs(m: &Match) -> Vec<Expr> {
                 Family::V4 => (IPV4_SADDR, netmask(*len, 32)[12..].to_vec()),
                 Family::V6 => (IPV6_SADDR, netmask(*len, 128).to_vec()),
             };
-            let mut v = nfproto(*f);
+            let mut v = dependency(*f, family);
             v.push(payload(
                 libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
                 offset,
@@ -108,8 +114,25 @@ fn match_exprs(m: &Match) -> Vec<Expr> {
             payload(libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32, 2, 2),
             lookup(set),
         ],
+        Match::Dport(p, a, b) => {
+            let mut v = vec![
+                meta(libc::NFT_META_L4PROTO),
+                cmp(libc::NFT_CMP_EQ, &[*p]),
+                payload(libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32, 2, 2),
+            ];
+            v.push(if a == b {
+                cmp(libc::NFT_CMP_EQ, &a.to_be_bytes())
+            } else {
+                Expr::new("range")
+                    .u32(sys::NFTNL_EXPR_RANGE_SREG, REG1)
+                    .u32(sys::NFTNL_EXPR_RANGE_OP, libc::NFT_RANGE_EQ as u32)
+                    .data(sys::NFTNL_EXPR_RANGE_FROM_DATA, &a.to_be_bytes())
+                    .data(sys::NFTNL_EXPR_RANGE_TO_DATA, &b.to_be_bytes())
+            });
+            v
+        }
         Match::IcmpTypeIn(f, set) => {
-            let mut v = nfproto(*f);
+            let mut v = dependency(*f, family);
             v.push(meta(libc::NFT_META_L4PROTO));
             v.push(cmp(libc::NFT_CMP_EQ, &[f.icmp()]));
             v.push(payload(libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32, 0, 1));
@@ -145,6 +168,15 @@ fn netmask(len: u8, bits: u32) -> [u8; 16] {
         ones & ((1u128 << bits) - 1)
     };
     mask.to_be_bytes()
+}
+
+/// `meta nfproto` for a match of family `f`, unless an earlier match of the rule tested it.
+fn dependency(f: Family, family: &mut Option<Family>) -> Vec<Expr> {
+    if *family == Some(f) {
+        return Vec::new();
+    }
+    *family = Some(f);
+    nfproto(f)
 }
 
 fn nfproto(f: Family) -> Vec<Expr> {
