@@ -1,5 +1,5 @@
 //! XDP drift: every way the XDP datapath can be taken apart behind `nodewall run`, one after
-//! the other against one agent, in both attach modes. Each time the agent notices within 2 s,
+//! the other against one agent, in both attach modes. Each time the agent notices within 3 s,
 //! restores exactly what was removed, counts one repair, and enforces again.
 //!
 //! - the XDP link detached (`bpftool link detach`): pinned but dead;
@@ -21,7 +21,10 @@ use nodewall_netns_tests::topology::{node_addr, Topology, UPLINK};
 use nodewall_netns_tests::traffic::{tcp_ok, Server};
 use nodewall_netns_tests::Backend;
 
-const REPAIR_WITHIN: Duration = Duration::from_secs(2);
+/// One drift check (every second) plus the repair. Restoring removed pins reloads the
+/// programs (the verifier alone takes a few hundred ms), 1.2-1.6 s in all on a quiet machine;
+/// the margin is for a loaded CI machine running both attach modes at once.
+const REPAIR_WITHIN: Duration = Duration::from_secs(3);
 
 #[derive(Clone, Copy, Debug)]
 enum Sabotage {
