@@ -7,6 +7,8 @@
 //! - the TC egress link detached: return traffic would stop being recognised;
 //! - the policy switch flipped to the other generation (`bpftool map update`);
 //! - the whole pin directory removed: links detached and maps unpinned.
+//!
+//! After each repair, a dropped packet is sampled to the log again.
 
 mod daemon_support;
 
@@ -93,6 +95,15 @@ fn intact(node: &Netns, backend: Backend, rules: usize) -> bool {
     installed::present(node, backend) && egress && pins && policy
 }
 
+/// Drop samples logged for connections to the kubelet port.
+fn kubelet_samples(agent: &Agent) -> usize {
+    agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("packet dropped") && l.contains("dport=10250"))
+        .count()
+}
+
 fn every_kind_of_xdp_drift_is_repaired(backend: Backend) -> anyhow::Result<()> {
     let topo = Topology::new()?;
     let _kubelet = Server::tcp(&topo.node, 10250)?;
@@ -134,7 +145,15 @@ fn every_kind_of_xdp_drift_is_repaired(backend: Backend) -> anyhow::Result<()> {
             repairs == round,
             "{how:?}: {repairs} repairs counted, want {round}"
         );
+        let sampled_before = kubelet_samples(&agent);
         ensure!(kubelet_closed(), "{how:?}: enforcing again");
+        // The drop is sampled too: after the pins are removed, the rebuilt datapath writes to
+        // a new ring buffer, which the agent must find.
+        ensure!(
+            wait_until(Duration::from_secs(5), || kubelet_samples(&agent)
+                > sampled_before),
+            "{how:?}: a dropped kubelet connection is sampled again"
+        );
         ensure!(return_traffic(), "{how:?}: return traffic recognised again");
         // Let one drift check pass clean, so the repairs do not count as a streak.
         std::thread::sleep(Duration::from_millis(1200));

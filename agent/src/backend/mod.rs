@@ -108,6 +108,12 @@ pub trait DropSamples: Send {
     fn fd(&self) -> BorrowedFd<'_>;
     /// Every sample waiting now.
     fn drain(&mut self) -> Vec<DropEvent>;
+    /// Whether the datapath now writes its samples somewhere else (it was rebuilt, e.g. after
+    /// its pins were removed), so that this reader would wait forever: the daemon then asks
+    /// the backend for a new one.
+    fn replaced(&self) -> bool {
+        false
+    }
 }
 
 mod secs {

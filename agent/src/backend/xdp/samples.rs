@@ -4,10 +4,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use aya::maps::{Array, Map, MapData, RingBuf};
+use aya::maps::{Array, Map, MapData, MapInfo, RingBuf};
 use nodewall_common::xdp::{
     map_names, DropSample, SlotName, DROP_CAUSE_DEFAULT, DROP_CAUSE_INVALID, DROP_CAUSE_RULE_BASE,
     FAMILY_IPV4, MAX_NAME_LEN,
@@ -19,6 +19,10 @@ use crate::metrics::drops::DropEvent;
 
 pub struct RingSamples {
     ring: RingBuf<MapData>,
+    /// The ring buffer's pin and kernel id when opened: a different map pinned there later
+    /// is the one the program writes to.
+    ring_pin: PathBuf,
+    ring_id: u32,
     /// Rule names by counter slot, read when a sample names a slot (rules change over time).
     names: Array<MapData, SlotName>,
 }
@@ -30,9 +34,16 @@ impl RingSamples {
             MapData::from_pin(&path)
                 .with_context(|| format!("opening pinned map {}", path.display()))
         };
-        let ring = RingBuf::try_from(Map::RingBuf(open(map_names::DROP_SAMPLES)?))?;
+        let ring = open(map_names::DROP_SAMPLES)?;
+        let ring_id = ring.info().context("reading the ring buffer's id")?.id();
+        let ring = RingBuf::try_from(Map::RingBuf(ring))?;
         let names = Array::try_from(Map::Array(open(map_names::SLOT_NAMES)?))?;
-        Ok(Self { ring, names })
+        Ok(Self {
+            ring,
+            ring_pin: pin_dir.join(map_names::DROP_SAMPLES),
+            ring_id,
+            names,
+        })
     }
 
     fn rule_name(&self, slot: u32) -> String {
@@ -69,6 +80,12 @@ impl DropSamples for RingSamples {
                 event(s, rule)
             })
             .collect()
+    }
+
+    /// A missing pin is not a replacement yet: the datapath is being repaired, and the new
+    /// ring buffer appears with it.
+    fn replaced(&self) -> bool {
+        MapInfo::from_pin(&self.ring_pin).is_ok_and(|i| i.id() != self.ring_id)
     }
 }
 
