@@ -184,15 +184,24 @@ fn is_icmp_error(family: u32, icmp_type: u8) -> bool {
 #[inline(always)]
 fn source_class(ip: &Ip, gen: u32) -> Option<u32> {
     if ip.family == FAMILY_IPV4 {
-        let mut k = [0u8; 5];
-        k[0] = gen as u8;
-        k[1..5].copy_from_slice(&ip.src.0[..4]);
-        NW_SRC4.get(Key::new(GEN_PREFIX_BITS + 32, k)).copied()
+        let mut k = Key::new(GEN_PREFIX_BITS + 32, [gen as u8; 5]);
+        put_bytes(&mut k.data[1..], &ip.src.0[..4]);
+        NW_SRC4.get(&k).copied()
     } else {
-        let mut k = [0u8; 17];
-        k[0] = gen as u8;
-        k[1..17].copy_from_slice(&ip.src.0);
-        NW_SRC6.get(Key::new(GEN_PREFIX_BITS + 128, k)).copied()
+        let mut k = Key::new(GEN_PREFIX_BITS + 128, [gen as u8; 17]);
+        put_bytes(&mut k.data[1..], &ip.src.0);
+        NW_SRC6.get(&k).copied()
+    }
+}
+
+/// Copies byte by byte, each store volatile so LLVM cannot merge them: behind the generation
+/// byte the address sits at an odd offset on the stack, and the verifier rejects misaligned
+/// stack access (unlike packet access, which the build allows, see ebpf/.cargo/config.toml).
+#[inline(always)]
+fn put_bytes(dst: &mut [u8], src: &[u8]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        // SAFETY: `d` is a valid, exclusive reference.
+        unsafe { core::ptr::write_volatile(d, *s) };
     }
 }
 
