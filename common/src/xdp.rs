@@ -8,7 +8,7 @@
 
 /// Bumped whenever a map's key, value or size changes; pinned maps of another layout are not
 /// adopted.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Rules per policy: the width of [`RuleBits`].
 pub const MAX_RULES: usize = 256;
@@ -239,12 +239,21 @@ pub const GEN_PREFIX_BITS: u32 = 8;
 /// `NW_SRC_CLASSES`, which holds the distinct rule sets (a policy has few, however many
 /// prefixes it lists; class 0 is empty). Prefixes are expanded and leaf-pushed by the agent,
 /// so the first class met is the answer. Roots are in `NW_SRC_ROOTS` ([`src_root_index`]);
-/// node and class indexes are per generation: generation `g` owns entries
-/// `g * SRC_NODES_PER_GEN ..` and `g * SRC_CLASSES_PER_GEN ..`. A policy that needs more
-/// falls back to the LPM tries ([`flags::FLAT_SOURCES`] unset).
+/// nodes are in `NW_SRC_NODES`, whose entry `g` holds all of generation `g`'s ([`SrcNodes`]);
+/// class indexes are per generation: generation `g` owns entries `g * SRC_CLASSES_PER_GEN ..`.
+/// A policy that needs more falls back to the LPM tries ([`flags::FLAT_SOURCES`] unset).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SrcNode(pub [u16; 256]);
+
+/// One generation's nodes, as one value of `NW_SRC_NODES`. One value rather than one entry
+/// per node: the program looks the generation up once per packet and then every step of the
+/// walk is a load at a bounded offset, where an entry per node cost an (inlined) map lookup
+/// per step, with its key spilled to the stack, its bounds check and its null check. The agent
+/// writes a generation's nodes whole (2 MiB), once per apply that changes them.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SrcNodes(pub [SrcNode; SRC_NODES_PER_GEN as usize]);
 
 pub const SRC_CHILD: u16 = 0x8000;
 /// Array maps are allocated whole: 2 x 4,096 nodes of 512 bytes is 4 MiB, plus 2 MiB of
@@ -433,6 +442,7 @@ mod pod {
     use super::*;
     unsafe impl aya::Pod for RuleBits {}
     unsafe impl aya::Pod for SrcNode {}
+    unsafe impl aya::Pod for SrcNodes {}
     unsafe impl aya::Pod for GenConfig {}
     unsafe impl aya::Pod for Switch {}
     unsafe impl aya::Pod for Stat {}

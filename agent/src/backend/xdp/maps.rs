@@ -12,8 +12,8 @@ use aya::maps::{Array, Map, MapData, MapFd, PerCpuArray, PerCpuValues};
 use aya::Ebpf;
 use nodewall_common::xdp::{
     flags, map_names as names, port_index, src_root_index, GenConfig, RuleBits, SlotName, Src4Key,
-    Src6Key, SrcNode, Stat, Switch, GEN_PREFIX_BITS, MAX_SLOTS, PORT_PROTO_TCP, PORT_PROTO_UDP,
-    SRC_CLASSES_PER_GEN, SRC_NODES_PER_GEN, SRC_ROOT_ENTRIES_PER_GEN,
+    Src6Key, SrcNode, SrcNodes, Stat, Switch, GEN_PREFIX_BITS, MAX_SLOTS, PORT_PROTO_TCP,
+    PORT_PROTO_UDP, SRC_CLASSES_PER_GEN, SRC_NODES_PER_GEN, SRC_ROOT_ENTRIES_PER_GEN,
 };
 
 use super::flat::SourceTables;
@@ -143,7 +143,7 @@ impl Maps {
         let nodes_fd = fd_of(
             &get(names::SRC_NODES)?,
             names::SRC_NODES,
-            size_of::<SrcNode>(),
+            size_of::<SrcNodes>(),
         )?;
         let classes_fd = fd_of(&get(names::SRC_CLASSES)?, names::SRC_CLASSES, bits)?;
         let src4 = get(names::SRC4)?;
@@ -217,8 +217,12 @@ impl Maps {
             sys::array_lookup_batch(self.roots_fd.as_fd(), first, &mut out.sources.roots)
                 .with_context(|| format!("reading map {}", names::SRC_ROOTS))?;
         }
-        out.sources.nodes = read_slice(&self.nodes_fd, gen, SRC_NODES_PER_GEN, nodes)
+        out.sources.nodes = vec![SrcNode([0; 256]); SRC_NODES_PER_GEN as usize];
+        sys::array_lookup(self.nodes_fd.as_fd(), gen, &mut out.sources.nodes)
             .with_context(|| format!("reading map {}", names::SRC_NODES))?;
+        out.sources
+            .nodes
+            .truncate(nodes.min(SRC_NODES_PER_GEN) as usize);
         out.sources.classes = read_slice(&self.classes_fd, gen, SRC_CLASSES_PER_GEN, classes)
             .with_context(|| format!("reading map {}", names::SRC_CLASSES))?;
         out.tcp = self.read_ports(gen, PORT_PROTO_TCP)?;
@@ -270,8 +274,7 @@ impl Maps {
         sys::update_batch(self.roots_fd.as_fd(), &keys, &values)
             .with_context(|| format!("writing map {}", names::SRC_ROOTS))?;
         w.added += keys.len();
-        let nodes = (&self.nodes_fd, gen * SRC_NODES_PER_GEN);
-        sync_slice(nodes, &old_s.nodes, &new_s.nodes, &mut w)
+        self.write_nodes(gen, &old_s.nodes, &new_s.nodes, &mut w)
             .with_context(|| format!("writing map {}", names::SRC_NODES))?;
         let classes = (&self.classes_fd, gen * SRC_CLASSES_PER_GEN);
         sync_slice(classes, &old_s.classes, &new_s.classes, &mut w)
@@ -296,6 +299,27 @@ impl Maps {
             w.added += 1;
         }
         Ok(w)
+    }
+
+    /// Writes generation `gen`'s nodes (one map value, see `SrcNodes`) when any differ from
+    /// `old`; counts the nodes that changed.
+    fn write_nodes(
+        &self,
+        gen: u32,
+        old: &[SrcNode],
+        new: &[SrcNode],
+        w: &mut Writes,
+    ) -> Result<()> {
+        let changed = (0..new.len()).filter(|&i| old.get(i) != new.get(i)).count();
+        if changed == 0 {
+            return Ok(());
+        }
+        let mut all = vec![SrcNode([0; 256]); SRC_NODES_PER_GEN as usize];
+        anyhow::ensure!(new.len() <= all.len(), "{} source nodes", new.len());
+        all[..new.len()].copy_from_slice(new);
+        sys::array_update(self.nodes_fd.as_fd(), gen, &all)?;
+        w.added += changed;
+        Ok(())
     }
 
     /// Sums a per-CPU counter.

@@ -112,6 +112,46 @@ pub fn link_info(fd: &OwnedFd) -> Result<LinkInfo> {
     })
 }
 
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+
+/// `union bpf_attr` for BPF_MAP_LOOKUP_ELEM and BPF_MAP_UPDATE_ELEM.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// Reads entry `key` of an array map into `out`, which must be exactly the map's value: for
+/// values too large for aya's typed maps, which return them by value (on the stack).
+pub fn array_lookup<T: Copy>(fd: BorrowedFd<'_>, key: u32, out: &mut [T]) -> Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: fd.as_raw_fd() as u32,
+        key: &key as *const u32 as u64,
+        value: out.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).context("BPF_MAP_LOOKUP_ELEM")?;
+    Ok(())
+}
+
+/// Writes entry `key` of an array map from `value`, which must be exactly the map's value
+/// (see [`array_lookup`]).
+pub fn array_update<T: Copy>(fd: BorrowedFd<'_>, key: u32, value: &[T]) -> Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: fd.as_raw_fd() as u32,
+        key: &key as *const u32 as u64,
+        value: value.as_ptr() as u64,
+        ..Default::default()
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).context("BPF_MAP_UPDATE_ELEM")?;
+    Ok(())
+}
+
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
