@@ -116,37 +116,32 @@ impl RuleBits {
     }
 }
 
-/// Index of the lowest set bit of a non-zero word. A branchy binary search rather than
-/// `trailing_zeros`, which the BPF backend lowers to a lookup table in `.rodata`.
+/// Index of the lowest set bit of a non-zero word. BPF has no count-trailing-zeros
+/// instruction: the bit is isolated, multiplied by a de Bruijn sequence (whose top 6 bits then
+/// differ for each of the 64 powers of two), and those bits index a table in `.rodata`. Five
+/// instructions and a load, where a branchy binary search took over fifty.
 #[inline(always)]
 pub fn lowest_bit(x: u64) -> u32 {
-    let mut x = x & x.wrapping_neg();
-    let mut n = 0;
-    if x & 0xffff_ffff == 0 {
-        n += 32;
-        x >>= 32;
-    }
-    if x & 0xffff == 0 {
-        n += 16;
-        x >>= 16;
-    }
-    if x & 0xff == 0 {
-        n += 8;
-        x >>= 8;
-    }
-    if x & 0xf == 0 {
-        n += 4;
-        x >>= 4;
-    }
-    if x & 0x3 == 0 {
-        n += 2;
-        x >>= 2;
-    }
-    if x & 0x1 == 0 {
-        n += 1;
-    }
-    n
+    LOWEST_BIT[debruijn_slot(x & x.wrapping_neg())] as u32
 }
+
+const DEBRUIJN: u64 = 0x03f7_9d71_b4cb_0a89;
+
+#[inline(always)]
+const fn debruijn_slot(power_of_two: u64) -> usize {
+    (power_of_two.wrapping_mul(DEBRUIJN) >> 58) as usize
+}
+
+/// Slot -> bit index; a `static`, so the eBPF object holds it once, as data.
+static LOWEST_BIT: [u8; 64] = {
+    let mut t = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        t[debruijn_slot(1 << i)] = i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// Bits of [`GenConfig::flags`].
 pub mod flags {
