@@ -241,7 +241,8 @@ pub struct SrcNode(pub [u16; 256]);
 /// then the root, every step of the walk and the class are loads at bounded offsets, where an
 /// entry each cost an (inlined) map lookup per step, with its key spilled to the stack, its
 /// bounds check and its null check. The agent writes a generation's tables whole (2.4 MiB,
-/// under the kernel's 4 MiB limit for a value), once per apply that changes them.
+/// under the kernel's 4 MiB limit for a value), once per apply that changes them; kernels
+/// before 5.15 copy it through one contiguous kernel buffer (see the agent's `sys::elem_op`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SrcTables {

@@ -135,8 +135,8 @@ pub fn array_lookup<T: Copy>(fd: BorrowedFd<'_>, key: u32, out: &mut [T]) -> Res
         value: out.as_mut_ptr() as u64,
         ..Default::default()
     };
-    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).context("BPF_MAP_LOOKUP_ELEM")?;
-    Ok(())
+    elem_op(BPF_MAP_LOOKUP_ELEM, &mut attr, std::mem::size_of_val(out))
+        .context("BPF_MAP_LOOKUP_ELEM")
 }
 
 /// Writes entry `key` of an array map from `value`, which must be exactly the map's value
@@ -148,8 +148,31 @@ pub fn array_update<T: Copy>(fd: BorrowedFd<'_>, key: u32, value: &[T]) -> Resul
         value: value.as_ptr() as u64,
         ..Default::default()
     };
-    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).context("BPF_MAP_UPDATE_ELEM")?;
-    Ok(())
+    elem_op(BPF_MAP_UPDATE_ELEM, &mut attr, std::mem::size_of_val(value))
+        .context("BPF_MAP_UPDATE_ELEM")
+}
+
+/// Tries of [`elem_op`] when the kernel is out of contiguous memory, 50 ms apart.
+const ENOMEM_TRIES: u32 = 20;
+
+/// One element syscall, retried on ENOMEM: kernels before 5.15 copy the value through one
+/// physically contiguous buffer (`kmalloc`), which for a value of megabytes can fail while
+/// memory is fragmented, until reclaim and compaction catch up.
+fn elem_op(cmd: libc::c_long, attr: &mut ElemAttr, bytes: usize) -> Result<()> {
+    for _ in 1..ENOMEM_TRIES {
+        match bpf(cmd, attr) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            r => return r.map(drop).map_err(Into::into),
+        }
+    }
+    bpf(cmd, attr).map(drop).with_context(|| {
+        format!(
+            "the kernel could not allocate a {bytes}-byte buffer for the value \
+             (before Linux 5.15 it must be physically contiguous)"
+        )
+    })
 }
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
