@@ -2,7 +2,7 @@
 //! egress program that records the node's own flows so their return traffic passes.
 //!
 //! Per-packet work does not depend on the size of the policy: a walk of the flat source
-//! tables, one array lookup per address byte until a class (source -> rules containing it;
+//! tables, one load per address byte until a class (source -> rules containing it;
 //! the LPM tries instead when the policy did not fit them), one array lookup (protocol/port ->
 //! rules matching it), and the lowest set bit of their intersection is the first matching
 //! rule. The flow table (return traffic) is only hashed for ports the node has sent from.

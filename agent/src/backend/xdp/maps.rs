@@ -342,8 +342,17 @@ fn changed<T: PartialEq>(old: &[T], new: &[T]) -> usize {
 
 /// All-zero source tables, on the heap (2.4 MiB: never on the stack).
 fn zeroed_tables() -> Box<SrcTables> {
-    // SAFETY: `SrcTables` is plain integers, for which all zeros is a valid value.
-    unsafe { Box::<SrcTables>::new_zeroed().assume_init() }
+    let layout = std::alloc::Layout::new::<SrcTables>();
+    // SAFETY: the layout is not zero-sized; `SrcTables` is plain integers, for which all
+    // zeros is a valid value; the pointer comes from the global allocator with the layout
+    // `Box` frees it with.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout) as *mut SrcTables;
+        if p.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Box::from_raw(p)
+    }
 }
 
 /// The entries of one generation of a source trie, as (address, prefix length).
