@@ -8,7 +8,7 @@
 
 /// Bumped whenever a map's key, value or size changes; pinned maps of another layout are not
 /// adopted.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Rules per policy: the width of [`RuleBits`].
 pub const MAX_RULES: usize = 256;
@@ -34,10 +34,8 @@ pub mod map_names {
     pub const DROP_SAMPLES: &str = "NW_DROP_SAMPLES";
     pub const SAMPLE_BUDGET: &str = "NW_SAMPLE_BUDGET";
     pub const FLOW_MARKS: &str = "NW_FLOW_MARKS";
-    pub const SRC_ROOTS: &str = "NW_SRC_ROOTS";
-    pub const SRC_NODES: &str = "NW_SRC_NODES";
-    pub const SRC_CLASSES: &str = "NW_SRC_CLASSES";
-    pub const ALL: [&str; 16] = [
+    pub const SOURCES: &str = "NW_SOURCES";
+    pub const ALL: [&str; 14] = [
         SWITCH,
         CONFIG,
         SRC4,
@@ -51,9 +49,7 @@ pub mod map_names {
         DROP_SAMPLES,
         SAMPLE_BUDGET,
         FLOW_MARKS,
-        SRC_ROOTS,
-        SRC_NODES,
-        SRC_CLASSES,
+        SOURCES,
     ];
 }
 
@@ -116,37 +112,32 @@ impl RuleBits {
     }
 }
 
-/// Index of the lowest set bit of a non-zero word. A branchy binary search rather than
-/// `trailing_zeros`, which the BPF backend lowers to a lookup table in `.rodata`.
+/// Index of the lowest set bit of a non-zero word. BPF has no count-trailing-zeros
+/// instruction: the bit is isolated, multiplied by a de Bruijn sequence (whose top 6 bits then
+/// differ for each of the 64 powers of two), and those bits index a table in `.rodata`. Five
+/// instructions and a load, where a branchy binary search took over fifty.
 #[inline(always)]
 pub fn lowest_bit(x: u64) -> u32 {
-    let mut x = x & x.wrapping_neg();
-    let mut n = 0;
-    if x & 0xffff_ffff == 0 {
-        n += 32;
-        x >>= 32;
-    }
-    if x & 0xffff == 0 {
-        n += 16;
-        x >>= 16;
-    }
-    if x & 0xff == 0 {
-        n += 8;
-        x >>= 8;
-    }
-    if x & 0xf == 0 {
-        n += 4;
-        x >>= 4;
-    }
-    if x & 0x3 == 0 {
-        n += 2;
-        x >>= 2;
-    }
-    if x & 0x1 == 0 {
-        n += 1;
-    }
-    n
+    LOWEST_BIT[debruijn_slot(x & x.wrapping_neg())] as u32
 }
+
+const DEBRUIJN: u64 = 0x03f7_9d71_b4cb_0a89;
+
+#[inline(always)]
+const fn debruijn_slot(power_of_two: u64) -> usize {
+    (power_of_two.wrapping_mul(DEBRUIJN) >> 58) as usize
+}
+
+/// Slot -> bit index; a `static`, so the eBPF object holds it once, as data.
+static LOWEST_BIT: [u8; 64] = {
+    let mut t = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        t[debruijn_slot(1 << i)] = i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// Bits of [`GenConfig::flags`].
 pub mod flags {
@@ -156,7 +147,7 @@ pub mod flags {
     pub const DHCP_CLIENT: u32 = 1 << 3;
     /// Count drops but pass the packets.
     pub const AUDIT: u32 = 1 << 4;
-    /// Sources are in the flat tables (`NW_SRC_NODES`/`NW_SRC_CLASSES`), not the LPM tries.
+    /// Sources are in the flat tables (roots and nodes of [`SrcTables`]), not the LPM tries.
     pub const FLAT_SOURCES: u32 = 1 << 5;
 }
 
@@ -230,34 +221,42 @@ pub const GEN_PREFIX_BITS: u32 = 8;
 
 /// The flat source tables: a multibit trie whose root is indexed by the first 16 bits of the
 /// address and every further node by the next byte (so at most 3 steps for IPv4 and 15 for
-/// IPv6), each step one lookup in an array map, which the verifier inlines, so that the cost
-/// per packet depends on the depth of the address's longest prefix and not on how many
-/// prefixes there are (the kernel's LPM trie walks one node per prefix bit that distinguishes
-/// stored prefixes, with a helper call per lookup).
+/// IPv6), each step one load, so that the cost per packet depends on the depth of the
+/// address's longest prefix and not on how many prefixes there are (the kernel's LPM trie
+/// walks one node per prefix bit that distinguishes stored prefixes, with a helper call per
+/// lookup).
 ///
 /// An entry is either a child node (`SRC_CHILD | node`) or a *class*: an index into
-/// `NW_SRC_CLASSES`, which holds the distinct rule sets (a policy has few, however many
+/// [`SrcTables::classes`], which holds the distinct rule sets (a policy has few, however many
 /// prefixes it lists; class 0 is empty). Prefixes are expanded and leaf-pushed by the agent,
-/// so the first class met is the answer. Roots are in `NW_SRC_ROOTS` ([`src_root_index`]);
-/// node and class indexes are per generation: generation `g` owns entries
-/// `g * SRC_NODES_PER_GEN ..` and `g * SRC_CLASSES_PER_GEN ..`. A policy that needs more
-/// falls back to the LPM tries ([`flags::FLAT_SOURCES`] unset).
+/// so the first class met is the answer. A policy that needs more nodes or classes than a
+/// generation holds falls back to the LPM tries ([`flags::FLAT_SOURCES`] unset), whose
+/// values are class indexes too.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SrcNode(pub [u16; 256]);
 
+/// One generation's source tables: entry `g` of `NW_SOURCES`. One value rather than a map
+/// entry per root, node and class: the program looks the generation up once per packet and
+/// then the root, every step of the walk and the class are loads at bounded offsets, where an
+/// entry each cost an (inlined) map lookup per step, with its key spilled to the stack, its
+/// bounds check and its null check. The agent writes a generation's tables whole (2.4 MiB,
+/// under the kernel's 4 MiB limit for a value), once per apply that changes them; kernels
+/// before 5.15 copy it through one contiguous kernel buffer (see the agent's `sys::elem_op`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SrcTables {
+    pub classes: [RuleBits; SRC_CLASSES_PER_GEN as usize],
+    /// By family ([`FAMILY_IPV4`], [`FAMILY_IPV6`]), then the first 16 address bits.
+    pub roots: [[u16; 65536]; 2],
+    pub nodes: [SrcNode; SRC_NODES_PER_GEN as usize],
+}
+
 pub const SRC_CHILD: u16 = 0x8000;
-/// Array maps are allocated whole: 2 x 4,096 nodes of 512 bytes is 4 MiB, plus 2 MiB of
-/// roots (the kernel stores each u16 entry in 8 bytes).
 pub const SRC_NODES_PER_GEN: u32 = 4096;
 pub const SRC_CLASSES_PER_GEN: u32 = 4096;
-/// `NW_SRC_ROOTS` holds one u16 entry per (generation, family, first 16 address bits).
+/// Roots of both families, IPv4's first.
 pub const SRC_ROOT_ENTRIES_PER_GEN: u32 = 2 * 65536;
-
-#[inline(always)]
-pub const fn src_root_index(gen: u32, family: u32, top16: u32) -> u32 {
-    ((gen * 2 + family) << 16) | top16
-}
 
 /// The destination-port tables: one `RuleBits` per (generation, protocol, port).
 pub const PORT_PROTO_TCP: u32 = 0;
@@ -433,6 +432,7 @@ mod pod {
     use super::*;
     unsafe impl aya::Pod for RuleBits {}
     unsafe impl aya::Pod for SrcNode {}
+    unsafe impl aya::Pod for SrcTables {}
     unsafe impl aya::Pod for GenConfig {}
     unsafe impl aya::Pod for Switch {}
     unsafe impl aya::Pod for Stat {}

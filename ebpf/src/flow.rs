@@ -18,7 +18,7 @@ use nodewall_common::xdp::{
     FLOW_TIMEOUT_TCP_NS, FLOW_TIMEOUT_UDP_NS, PORT_PROTO_TCP, PORT_PROTO_UDP,
 };
 
-use crate::parse::{Addr, Frame, Ip, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4};
+use crate::parse::{Addr, Frame, Ip, Ipv4Header, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4};
 
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;
@@ -72,13 +72,12 @@ pub fn inbound_key(ip: &Ip, l4: L4) -> Option<FlowKey> {
 pub fn quoted_key(f: &Frame, ip: &Ip) -> Option<FlowKey> {
     let q = ip.l4 + 8;
     let (proto, src, dst, ql4) = if ip.family == FAMILY_IPV4 {
-        let h = f.load::<[u8; 20]>(q)?;
-        let ihl = ((h[0] & 0x0f) as usize) * 4;
-        if h[0] >> 4 != 4 || ihl < 20 || u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
+        let h = f.load::<Ipv4Header>(q)?;
+        let ihl = h.ihl();
+        if h.version() != 4 || ihl < 20 || h.is_later_fragment() {
             return None;
         }
-        let (src, dst) = (Addr::v4(&h[12..16]), Addr::v4(&h[16..20]));
-        (h[9], src, dst, q + ihl)
+        (h.proto, Addr::v4(h.src), Addr::v4(h.dst), q + ihl)
     } else {
         let h = f.load::<[u8; 8]>(q)?;
         if h[0] >> 4 != 6 {

@@ -2,7 +2,7 @@
 //! egress program that records the node's own flows so their return traffic passes.
 //!
 //! Per-packet work does not depend on the size of the policy: a walk of the flat source
-//! tables, one array lookup per address byte until a class (source -> rules containing it;
+//! tables, one load per address byte until a class (source -> rules containing it;
 //! the LPM tries instead when the policy did not fit them), one array lookup (protocol/port ->
 //! rules matching it), and the lowest set bit of their intersection is the first matching
 //! rule. The flow table (return traffic) is only hashed for ports the node has sent from.
@@ -32,11 +32,7 @@ static NW_SRC4: LpmTrie<Src4Key, u32> = LpmTrie::with_max_entries(SRC_TRIE_ENTRI
 #[map]
 static NW_SRC6: LpmTrie<Src6Key, u32> = LpmTrie::with_max_entries(SRC_TRIE_ENTRIES, 0);
 #[map]
-static NW_SRC_ROOTS: Array<u16> = Array::with_max_entries(GENERATIONS * SRC_ROOT_ENTRIES_PER_GEN, 0);
-#[map]
-static NW_SRC_NODES: Array<SrcNode> = Array::with_max_entries(GENERATIONS * SRC_NODES_PER_GEN, 0);
-#[map]
-static NW_SRC_CLASSES: Array<RuleBits> = Array::with_max_entries(GENERATIONS * SRC_CLASSES_PER_GEN, 0);
+static NW_SOURCES: Array<SrcTables> = Array::with_max_entries(GENERATIONS, 0);
 #[map]
 static NW_PORTS: Array<RuleBits> = Array::with_max_entries(PORT_TABLE_ENTRIES, 0);
 #[map]
@@ -143,10 +139,11 @@ fn decide(f: &Frame, gen: u32, cfg: &GenConfig) -> Verdict {
         L4::Icmp { .. } => Some(&cfg.icmp6),
         L4::Other { .. } => Some(&cfg.other),
     };
-    let class = if flags & flags::FLAT_SOURCES != 0 { flat_source_class(&ip, gen) } else { source_class(&ip, gen) };
-    // One class lookup after both paths: were it in each, LLVM would merge it with the trie
-    // lookups into one call the verifier cannot inline.
-    let by_src = class.and_then(|c| NW_SRC_CLASSES.get(gen * SRC_CLASSES_PER_GEN + (c & (SRC_CLASSES_PER_GEN - 1))));
+    let Some(tables) = NW_SOURCES.get(gen) else {
+        return Verdict::Drop { cause: DROP_CAUSE_DEFAULT, family, proto, len };
+    };
+    let class = if flags & flags::FLAT_SOURCES != 0 { flat_source_class(&ip, tables) } else { source_class(&ip, gen) };
+    let by_src = class.map(|c| &tables.classes[(c & (SRC_CLASSES_PER_GEN - 1)) as usize]);
     if let (Some(a), Some(b)) = (by_src, by_l4) {
         if let Some(pos) = a.first_common(b) {
             if pos < cfg.nrules && (pos as usize) < MAX_RULES {
@@ -177,33 +174,41 @@ fn is_icmp_error(family: u32, icmp_type: u8) -> bool {
     }
 }
 
-/// The class (index into `NW_SRC_CLASSES`) of the rules whose sources contain the packet's
+/// The class (index into [`SrcTables::classes`]) of the rules whose sources contain the packet's
 /// source: the longest prefix holds them all, because the agent pushes every rule's bit down
 /// into the prefixes its sources contain. This is the LPM tries' path, for policies whose
 /// prefixes do not fit the flat tables.
 #[inline(always)]
 fn source_class(ip: &Ip, gen: u32) -> Option<u32> {
     if ip.family == FAMILY_IPV4 {
-        let mut k = [0u8; 5];
-        k[0] = gen as u8;
-        k[1..5].copy_from_slice(&ip.src.0[..4]);
-        NW_SRC4.get(Key::new(GEN_PREFIX_BITS + 32, k)).copied()
+        let mut k = Key::new(GEN_PREFIX_BITS + 32, [gen as u8; 5]);
+        put_bytes(&mut k.data[1..], &ip.src.0[..4]);
+        NW_SRC4.get(&k).copied()
     } else {
-        let mut k = [0u8; 17];
-        k[0] = gen as u8;
-        k[1..17].copy_from_slice(&ip.src.0);
-        NW_SRC6.get(Key::new(GEN_PREFIX_BITS + 128, k)).copied()
+        let mut k = Key::new(GEN_PREFIX_BITS + 128, [gen as u8; 17]);
+        put_bytes(&mut k.data[1..], &ip.src.0);
+        NW_SRC6.get(&k).copied()
+    }
+}
+
+/// Copies byte by byte, each store volatile so LLVM cannot merge them: behind the generation
+/// byte the address sits at an odd offset on the stack, and the verifier rejects misaligned
+/// stack access (unlike packet access, which the build allows, see ebpf/.cargo/config.toml).
+#[inline(always)]
+fn put_bytes(dst: &mut [u8], src: &[u8]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        // SAFETY: `d` is a valid, exclusive reference.
+        unsafe { core::ptr::write_volatile(d, *s) };
     }
 }
 
 /// [`source_class`] from the flat tables: the root by the first two address bytes, then one
-/// array lookup per further byte until a class.
+/// load per further byte until a class.
 #[inline(always)]
-fn flat_source_class(ip: &Ip, gen: u32) -> Option<u32> {
+fn flat_source_class(ip: &Ip, tables: &SrcTables) -> Option<u32> {
     let bytes = if ip.family == FAMILY_IPV4 { 4 } else { 16 };
-    let top = ((ip.src.0[0] as u32) << 8) | ip.src.0[1] as u32;
-    let mut e = *NW_SRC_ROOTS.get(src_root_index(gen, ip.family & 1, top))?;
-    let nodes = gen * SRC_NODES_PER_GEN;
+    let top = ((ip.src.0[0] as usize) << 8) | ip.src.0[1] as usize;
+    let mut e = tables.roots[(ip.family & 1) as usize][top];
     // Every way out of the walk leads to the one test below: with a return per step, the
     // verifier would check the rest of the program once per step, and loading would take
     // twice as long.
@@ -211,10 +216,8 @@ fn flat_source_class(ip: &Ip, gen: u32) -> Option<u32> {
         if e & SRC_CHILD == 0 || i >= bytes {
             break;
         }
-        let Some(n) = NW_SRC_NODES.get(nodes + ((e & !SRC_CHILD) as u32 & (SRC_NODES_PER_GEN - 1))) else {
-            break;
-        };
-        e = n.0[ip.src.0[i] as usize];
+        // Masked, the index is provably inside the value: no bounds check, for LLVM or the verifier.
+        e = tables.nodes[(e & (SRC_NODES_PER_GEN as u16 - 1)) as usize].0[ip.src.0[i] as usize];
     }
     if e & SRC_CHILD == 0 {
         Some(e as u32)

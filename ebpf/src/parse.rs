@@ -119,27 +119,62 @@ pub fn parse_ip(f: &Frame) -> Parsed {
 fn parse_v4(f: &Frame, l3: usize) -> Parsed {
     let avail = f.avail(l3);
     let invalid = Parsed::Invalid { family: FAMILY_IPV4, len: avail as u32 };
-    let Some(hdr) = f.load::<[u8; 20]>(l3) else {
+    let Some(hdr) = f.load::<Ipv4Header>(l3) else {
         return invalid;
     };
-    let ihl = ((hdr[0] & 0x0f) as usize) * 4;
-    let total = u16::from_be_bytes([hdr[2], hdr[3]]) as usize;
-    if hdr[0] >> 4 != 4 || ihl < 20 || total < ihl || total > avail {
+    let ihl = hdr.ihl();
+    let total = u16::from_be_bytes(hdr.total) as usize;
+    if hdr.version() != 4 || ihl < 20 || total < ihl || total > avail {
         return invalid;
     }
-    if u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff != 0 {
+    if hdr.is_later_fragment() {
         return Parsed::LaterFragment;
     }
-    let (src, dst) = (Addr::v4(&hdr[12..16]), Addr::v4(&hdr[16..20]));
     Parsed::Ip(Ip {
         family: FAMILY_IPV4,
-        src,
-        dst,
-        proto: hdr[9],
+        src: Addr::v4(hdr.src),
+        dst: Addr::v4(hdr.dst),
+        proto: hdr.proto,
         l4: l3 + ihl,
         l4_len: total - ihl,
         len: total as u32,
     })
+}
+
+/// The fixed IPv4 header. The addresses are words: read from a `[u8; 20]`, LLVM assembled
+/// each from four byte loads, shifts and ORs.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Ipv4Header {
+    version_ihl: u8,
+    _tos: u8,
+    total: [u8; 2],
+    _id: [u8; 2],
+    frag: [u8; 2],
+    _ttl: u8,
+    pub proto: u8,
+    _check: [u8; 2],
+    pub src: u32,
+    pub dst: u32,
+}
+
+impl Ipv4Header {
+    #[inline(always)]
+    pub fn version(&self) -> u8 {
+        self.version_ihl >> 4
+    }
+
+    /// Header length in bytes.
+    #[inline(always)]
+    pub fn ihl(&self) -> usize {
+        ((self.version_ihl & 0x0f) as usize) * 4
+    }
+
+    /// A fragment other than the first (non-zero offset).
+    #[inline(always)]
+    pub fn is_later_fragment(&self) -> bool {
+        u16::from_be_bytes(self.frag) & 0x1fff != 0
+    }
 }
 
 /// An address, IPv4 in the first 4 bytes and the rest zero. 8-aligned: zeroing the 12
@@ -150,12 +185,12 @@ fn parse_v4(f: &Frame, l3: usize) -> Parsed {
 pub struct Addr(pub [u8; 16]);
 
 impl Addr {
+    /// An IPv4 address as read from the header, in network order.
     #[inline(always)]
-    pub fn v4(a: &[u8]) -> Self {
-        let words = [u32::from_ne_bytes([a[0], a[1], a[2], a[3]]) as u64, 0u64];
+    pub fn v4(a: u32) -> Self {
         // SAFETY: same size and alignment; every bit pattern is a valid `[u8; 16]`. On a
         // little-endian target the address's bytes come first.
-        unsafe { core::mem::transmute::<[u64; 2], Addr>(words) }
+        unsafe { core::mem::transmute::<[u64; 2], Addr>([a as u64, 0]) }
     }
 }
 

@@ -84,7 +84,16 @@ pub fn build(root: &Path) -> Result<PathBuf, String> {
     }
     cmd.env(
         "CARGO_ENCODED_RUSTFLAGS",
-        ["-C", "debuginfo=2", "-C", "link-arg=--btf"].join("\x1f"),
+        // As in ebpf/.cargo/config.toml (why: see there).
+        [
+            "-C",
+            "debuginfo=2",
+            "-C",
+            "link-arg=--btf",
+            "-C",
+            "link-arg=--cpu-features=+allows-misaligned-mem-access",
+        ]
+        .join("\x1f"),
     );
     let status = cmd.status().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => missing("rustup on PATH"),

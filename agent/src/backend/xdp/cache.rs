@@ -29,14 +29,12 @@ use super::maps::KernelGen;
 const FORMAT: u32 = 3;
 const MAGIC: &[u8; 4] = b"NWXG";
 /// The maps a generation lives in: their kernel ids identify the install.
-const GEN_MAPS: [&str; 8] = [
+const GEN_MAPS: [&str; 6] = [
     map_names::SWITCH,
     map_names::CONFIG,
     map_names::SRC4,
     map_names::SRC6,
-    map_names::SRC_ROOTS,
-    map_names::SRC_NODES,
-    map_names::SRC_CLASSES,
+    map_names::SOURCES,
     map_names::PORTS,
 ];
 
@@ -476,7 +474,7 @@ mod tests {
         let ident = Identity {
             object: 1,
             boot_id: "b".into(),
-            map_ids: [1, 2, 3, 4, 5, 6, 7, 8],
+            map_ids: [1, 2, 3, 4, 5, 6],
             netns: (6, 7),
             pin_dir: "/sys/fs/bpf/nodewall".into(),
         };

@@ -1,6 +1,6 @@
 //! A generation's source tables (see `nodewall_common::xdp::SrcNode`): the pushed-down
 //! prefixes of an [`super::image::Image`] expanded into a multibit trie of stride 8, so that
-//! the XDP program finds a source's rules with one inlined array lookup per address byte
+//! the XDP program finds a source's rules with one load per address byte
 //! instead of a walk of the kernel's LPM trie, whose cost grows with the number of prefixes.
 //! A policy whose prefixes need more nodes than a generation holds keeps the LPM tries, whose
 //! values are then class ids too: both paths end in the same class lookup.

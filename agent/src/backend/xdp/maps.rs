@@ -11,9 +11,9 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, Map, MapData, MapFd, PerCpuArray, PerCpuValues};
 use aya::Ebpf;
 use nodewall_common::xdp::{
-    flags, map_names as names, port_index, src_root_index, GenConfig, RuleBits, SlotName, Src4Key,
-    Src6Key, SrcNode, Stat, Switch, GEN_PREFIX_BITS, MAX_SLOTS, PORT_PROTO_TCP, PORT_PROTO_UDP,
-    SRC_CLASSES_PER_GEN, SRC_NODES_PER_GEN, SRC_ROOT_ENTRIES_PER_GEN,
+    flags, map_names as names, port_index, GenConfig, RuleBits, SlotName, Src4Key, Src6Key,
+    SrcTables, Stat, Switch, GEN_PREFIX_BITS, MAX_SLOTS, PORT_PROTO_TCP, PORT_PROTO_UDP,
+    SRC_ROOT_ENTRIES_PER_GEN,
 };
 
 use super::flat::SourceTables;
@@ -89,11 +89,8 @@ pub struct Maps {
     /// Descriptors of the tries, for batched writes.
     src4_fd: MapFd,
     src6_fd: MapFd,
-    /// A descriptor of `NW_SRC_ROOTS`, read and written in batches.
-    roots_fd: MapFd,
-    /// Descriptors of `NW_SRC_NODES` and `NW_SRC_CLASSES`, read and written in batches.
-    nodes_fd: MapFd,
-    classes_fd: MapFd,
+    /// `NW_SOURCES`: one value per generation, too large for aya's typed maps.
+    sources_fd: MapFd,
 }
 
 impl Maps {
@@ -139,13 +136,11 @@ impl Maps {
         };
         use std::mem::size_of;
         let bits = size_of::<RuleBits>();
-        let roots_fd = fd_of(&get(names::SRC_ROOTS)?, names::SRC_ROOTS, size_of::<u16>())?;
-        let nodes_fd = fd_of(
-            &get(names::SRC_NODES)?,
-            names::SRC_NODES,
-            size_of::<SrcNode>(),
+        let sources_fd = fd_of(
+            &get(names::SOURCES)?,
+            names::SOURCES,
+            size_of::<SrcTables>(),
         )?;
-        let classes_fd = fd_of(&get(names::SRC_CLASSES)?, names::SRC_CLASSES, bits)?;
         let src4 = get(names::SRC4)?;
         let src4_fd = fd_of(&src4, names::SRC4, size_of::<u32>())?;
         let src6 = get(names::SRC6)?;
@@ -159,9 +154,7 @@ impl Maps {
             slot_names: slot_names
                 .try_into()
                 .with_context(|| format!("map {} has an unexpected type", names::SLOT_NAMES))?,
-            roots_fd,
-            nodes_fd,
-            classes_fd,
+            sources_fd,
             switch: typed!(names::SWITCH),
             config: typed!(names::CONFIG),
             src4: src4
@@ -210,17 +203,22 @@ impl Maps {
         out.sources.src6 = read_trie(&self.src6, gen, |d| {
             u128::from_be_bytes(d[1..].try_into().expect("16 bytes"))
         })?;
-        let (nodes, classes) = (out.config.src_nodes, out.config.src_classes);
+        let mut tables = zeroed_tables();
+        sys::array_lookup(
+            self.sources_fd.as_fd(),
+            gen,
+            std::slice::from_mut(&mut *tables),
+        )
+        .with_context(|| format!("reading map {}", names::SOURCES))?;
+        let (nodes, classes) = (
+            out.config.src_nodes as usize,
+            out.config.src_classes as usize,
+        );
         if out.config.flags & flags::FLAT_SOURCES != 0 {
-            out.sources.roots = vec![0; SRC_ROOT_ENTRIES_PER_GEN as usize];
-            let first = src_root_index(gen, 0, 0);
-            sys::array_lookup_batch(self.roots_fd.as_fd(), first, &mut out.sources.roots)
-                .with_context(|| format!("reading map {}", names::SRC_ROOTS))?;
+            out.sources.roots = tables.roots.concat();
         }
-        out.sources.nodes = read_slice(&self.nodes_fd, gen, SRC_NODES_PER_GEN, nodes)
-            .with_context(|| format!("reading map {}", names::SRC_NODES))?;
-        out.sources.classes = read_slice(&self.classes_fd, gen, SRC_CLASSES_PER_GEN, classes)
-            .with_context(|| format!("reading map {}", names::SRC_CLASSES))?;
+        out.sources.nodes = tables.nodes[..nodes.min(tables.nodes.len())].to_vec();
+        out.sources.classes = tables.classes[..classes.min(tables.classes.len())].to_vec();
         out.tcp = self.read_ports(gen, PORT_PROTO_TCP)?;
         out.udp = self.read_ports(gen, PORT_PROTO_UDP)?;
         Ok(out)
@@ -260,22 +258,8 @@ impl Maps {
             .with_context(|| format!("writing map {}", names::SRC4))?;
         sync_trie(self.src6_fd.as_fd(), &old_s.src6, &new_s.src6, key6, &mut w)
             .with_context(|| format!("writing map {}", names::SRC6))?;
-        let (mut keys, mut values) = (Vec::new(), Vec::new());
-        for (i, &e) in new_s.roots.iter().enumerate() {
-            if old_s.roots.get(i) != Some(&e) {
-                keys.push(src_root_index(gen, 0, 0) + i as u32);
-                values.push(e);
-            }
-        }
-        sys::update_batch(self.roots_fd.as_fd(), &keys, &values)
-            .with_context(|| format!("writing map {}", names::SRC_ROOTS))?;
-        w.added += keys.len();
-        let nodes = (&self.nodes_fd, gen * SRC_NODES_PER_GEN);
-        sync_slice(nodes, &old_s.nodes, &new_s.nodes, &mut w)
-            .with_context(|| format!("writing map {}", names::SRC_NODES))?;
-        let classes = (&self.classes_fd, gen * SRC_CLASSES_PER_GEN);
-        sync_slice(classes, &old_s.classes, &new_s.classes, &mut w)
-            .with_context(|| format!("writing map {}", names::SRC_CLASSES))?;
+        self.write_tables(gen, old_s, new_s, &mut w)
+            .with_context(|| format!("writing map {}", names::SOURCES))?;
         let (mut keys, mut values) = (Vec::new(), Vec::new());
         for (proto, old_t, new_t) in [
             (PORT_PROTO_TCP, &old.tcp, &new.tcp),
@@ -298,6 +282,40 @@ impl Maps {
         Ok(w)
     }
 
+    /// Writes generation `gen`'s flat tables (one map value, see `SrcTables`) when any of
+    /// their entries differ from `old`; counts the entries that changed.
+    fn write_tables(
+        &self,
+        gen: u32,
+        old: &SourceTables,
+        new: &SourceTables,
+        w: &mut Writes,
+    ) -> Result<()> {
+        let changed = changed(&old.roots, &new.roots)
+            + changed(&old.nodes, &new.nodes)
+            + changed(&old.classes, &new.classes);
+        if changed == 0 {
+            return Ok(());
+        }
+        let mut t = zeroed_tables();
+        let roots = t.roots.as_flattened_mut();
+        anyhow::ensure!(
+            new.roots.len() <= roots.len()
+                && new.nodes.len() <= t.nodes.len()
+                && new.classes.len() <= t.classes.len(),
+            "{} roots, {} nodes, {} classes",
+            new.roots.len(),
+            new.nodes.len(),
+            new.classes.len()
+        );
+        roots[..new.roots.len()].copy_from_slice(&new.roots);
+        t.nodes[..new.nodes.len()].copy_from_slice(&new.nodes);
+        t.classes[..new.classes.len()].copy_from_slice(&new.classes);
+        sys::array_update(self.sources_fd.as_fd(), gen, std::slice::from_ref(&*t))?;
+        w.added += changed;
+        Ok(())
+    }
+
     /// Sums a per-CPU counter.
     pub fn stat(map: &PerCpuArray<MapData, Stat>, index: u32) -> Result<Stat> {
         let values = map.get(&index, 0)?;
@@ -314,40 +332,27 @@ impl Maps {
     }
 }
 
-/// The first `len` entries of generation `gen`'s part (`per_gen` entries) of an array, in
-/// batched reads.
-fn read_slice<T: aya::Pod>(fd: &MapFd, gen: u32, per_gen: u32, len: u32) -> Result<Vec<T>> {
-    let mut out = vec![pod_zero::<T>(); len.min(per_gen) as usize];
-    sys::array_lookup_batch(fd.as_fd(), gen * per_gen, &mut out)?;
-    Ok(out)
+/// Entries of `new` that `old` does not hold at the same index.
+fn changed<T: PartialEq>(old: &[T], new: &[T]) -> usize {
+    new.iter()
+        .enumerate()
+        .filter(|&(i, v)| old.get(i) != Some(v))
+        .count()
 }
 
-/// An all-zero value (what an array entry never written holds).
-fn pod_zero<T: aya::Pod>() -> T {
-    // SAFETY: `Pod` types are plain data for which any bit pattern, all zeros included, is a
-    // valid value.
-    unsafe { std::mem::zeroed() }
-}
-
-/// Writes the entries of `new` that differ from `old` at `base + index`, in batched updates
-/// (a fresh generation of 10k prefixes has hundreds of 512-byte nodes: one syscall, not one
-/// per node). Entries past `new` are left as they are: nothing refers to them.
-fn sync_slice<T: Copy + PartialEq>(
-    (fd, base): (&MapFd, u32),
-    old: &[T],
-    new: &[T],
-    w: &mut Writes,
-) -> Result<()> {
-    let (mut keys, mut values) = (Vec::new(), Vec::new());
-    for (i, value) in new.iter().enumerate() {
-        if old.get(i) != Some(value) {
-            keys.push(base + i as u32);
-            values.push(*value);
+/// All-zero source tables, on the heap (2.4 MiB: never on the stack).
+fn zeroed_tables() -> Box<SrcTables> {
+    let layout = std::alloc::Layout::new::<SrcTables>();
+    // SAFETY: the layout is not zero-sized; `SrcTables` is plain integers, for which all
+    // zeros is a valid value; the pointer comes from the global allocator with the layout
+    // `Box` frees it with.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout) as *mut SrcTables;
+        if p.is_null() {
+            std::alloc::handle_alloc_error(layout);
         }
+        Box::from_raw(p)
     }
-    sys::update_batch(fd.as_fd(), &keys, &values)?;
-    w.added += keys.len();
-    Ok(())
 }
 
 /// The entries of one generation of a source trie, as (address, prefix length).
