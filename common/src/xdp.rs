@@ -8,7 +8,7 @@
 
 /// Bumped whenever a map's key, value or size changes; pinned maps of another layout are not
 /// adopted.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Rules per policy: the width of [`RuleBits`].
 pub const MAX_RULES: usize = 256;
@@ -240,9 +240,8 @@ pub struct SrcNode(pub [u16; 256]);
 /// entry per root, node and class: the program looks the generation up once per packet and
 /// then the root, every step of the walk and the class are loads at bounded offsets, where an
 /// entry each cost an (inlined) map lookup per step, with its key spilled to the stack, its
-/// bounds check and its null check. The agent writes a generation's tables whole (2.4 MiB,
-/// under the kernel's 4 MiB limit for a value), once per apply that changes them; kernels
-/// before 5.15 copy it through one contiguous kernel buffer (see the agent's `sys::elem_op`).
+/// bounds check and its null check. The map is created mmapable: the agent writes the
+/// entries that changed in place, in the generation the switch does not point at.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SrcTables {

@@ -18,6 +18,7 @@ use nodewall_common::xdp::{
 
 use super::flat::SourceTables;
 use super::image::PortTable;
+use super::mapped::MappedSources;
 use super::sys;
 
 /// What one generation holds in the kernel, with rule names already turned into slots.
@@ -89,8 +90,11 @@ pub struct Maps {
     /// Descriptors of the tries, for batched writes.
     src4_fd: MapFd,
     src6_fd: MapFd,
-    /// `NW_SOURCES`: one value per generation, too large for aya's typed maps.
+    /// `NW_SOURCES`: one value per generation, too large for aya's typed maps, read and
+    /// written in place; mapped on first use, after the layout check, so that maps of another
+    /// layout are reported as such.
     sources_fd: MapFd,
+    sources: Option<MappedSources>,
 }
 
 impl Maps {
@@ -155,6 +159,7 @@ impl Maps {
                 .try_into()
                 .with_context(|| format!("map {} has an unexpected type", names::SLOT_NAMES))?,
             sources_fd,
+            sources: None,
             switch: typed!(names::SWITCH),
             config: typed!(names::CONFIG),
             src4: src4
@@ -171,11 +176,21 @@ impl Maps {
         })
     }
 
+    fn sources(&mut self) -> Result<&mut MappedSources> {
+        if self.sources.is_none() {
+            let mapped = MappedSources::map(self.sources_fd.as_fd())
+                .with_context(|| format!("map {}", names::SOURCES))?;
+            self.sources = Some(mapped);
+        }
+        Ok(self.sources.as_mut().expect("mapped above"))
+    }
+
     pub fn read_switch(&self) -> Result<Switch> {
         Ok(self.switch.get(&0, 0)?)
     }
 
     pub fn write_switch(&mut self, sw: Switch) -> Result<()> {
+        MappedSources::publish();
         Ok(self.switch.set(0, sw, 0)?)
     }
 
@@ -192,7 +207,7 @@ impl Maps {
     }
 
     /// Reads a whole generation back (used once, when adopting pinned maps).
-    pub fn read_gen(&self, gen: u32) -> Result<KernelGen> {
+    pub fn read_gen(&mut self, gen: u32) -> Result<KernelGen> {
         let mut out = KernelGen {
             config: self.read_config(gen)?,
             ..KernelGen::empty()
@@ -203,13 +218,7 @@ impl Maps {
         out.sources.src6 = read_trie(&self.src6, gen, |d| {
             u128::from_be_bytes(d[1..].try_into().expect("16 bytes"))
         })?;
-        let mut tables = zeroed_tables();
-        sys::array_lookup(
-            self.sources_fd.as_fd(),
-            gen,
-            std::slice::from_mut(&mut *tables),
-        )
-        .with_context(|| format!("reading map {}", names::SOURCES))?;
+        let tables = self.sources()?.get(gen);
         let (nodes, classes) = (
             out.config.src_nodes as usize,
             out.config.src_classes as usize,
@@ -282,22 +291,16 @@ impl Maps {
         Ok(w)
     }
 
-    /// Writes generation `gen`'s flat tables (one map value, see `SrcTables`) when any of
-    /// their entries differ from `old`; counts the entries that changed.
+    /// Writes the entries of generation `gen`'s flat tables (one map value, see `SrcTables`)
+    /// that differ from `old`, in place; counts them.
     fn write_tables(
-        &self,
+        &mut self,
         gen: u32,
         old: &SourceTables,
         new: &SourceTables,
         w: &mut Writes,
     ) -> Result<()> {
-        let changed = changed(&old.roots, &new.roots)
-            + changed(&old.nodes, &new.nodes)
-            + changed(&old.classes, &new.classes);
-        if changed == 0 {
-            return Ok(());
-        }
-        let mut t = zeroed_tables();
+        let t = self.sources()?.get_mut(gen);
         let roots = t.roots.as_flattened_mut();
         anyhow::ensure!(
             new.roots.len() <= roots.len()
@@ -308,11 +311,9 @@ impl Maps {
             new.nodes.len(),
             new.classes.len()
         );
-        roots[..new.roots.len()].copy_from_slice(&new.roots);
-        t.nodes[..new.nodes.len()].copy_from_slice(&new.nodes);
-        t.classes[..new.classes.len()].copy_from_slice(&new.classes);
-        sys::array_update(self.sources_fd.as_fd(), gen, std::slice::from_ref(&*t))?;
-        w.added += changed;
+        w.added += write_changed(roots, &old.roots, &new.roots)
+            + write_changed(&mut t.nodes, &old.nodes, &new.nodes)
+            + write_changed(&mut t.classes, &old.classes, &new.classes);
         Ok(())
     }
 
@@ -332,27 +333,17 @@ impl Maps {
     }
 }
 
-/// Entries of `new` that `old` does not hold at the same index.
-fn changed<T: PartialEq>(old: &[T], new: &[T]) -> usize {
-    new.iter()
-        .enumerate()
-        .filter(|&(i, v)| old.get(i) != Some(v))
-        .count()
-}
-
-/// All-zero source tables, on the heap (2.4 MiB: never on the stack).
-fn zeroed_tables() -> Box<SrcTables> {
-    let layout = std::alloc::Layout::new::<SrcTables>();
-    // SAFETY: the layout is not zero-sized; `SrcTables` is plain integers, for which all
-    // zeros is a valid value; the pointer comes from the global allocator with the layout
-    // `Box` frees it with.
-    unsafe {
-        let p = std::alloc::alloc_zeroed(layout) as *mut SrcTables;
-        if p.is_null() {
-            std::alloc::handle_alloc_error(layout);
+/// Writes into `table` the entries of `new` that `old` (what `table` holds) does not hold at
+/// the same index; returns how many.
+fn write_changed<T: PartialEq + Copy>(table: &mut [T], old: &[T], new: &[T]) -> usize {
+    let mut n = 0;
+    for (i, v) in new.iter().enumerate() {
+        if old.get(i) != Some(v) {
+            table[i] = *v;
+            n += 1;
         }
-        Box::from_raw(p)
     }
+    n
 }
 
 /// The entries of one generation of a source trie, as (address, prefix length).

@@ -27,6 +27,7 @@ mod counters;
 mod datapath;
 mod flat;
 mod image;
+mod mapped;
 mod maps;
 mod objhash;
 mod options;

@@ -1,9 +1,8 @@
 //! BPF syscalls aya does not expose in the form nodewall needs: opening a pinned object by
 //! path and reading a link's info including the interface it is attached to (aya's
 //! `LinkInfo` hides the per-type part, which is where that interface is), for the drift
-//! check; batched map reads and writes, for the 262,144-entry port table and the source
-//! tries; and element reads and writes of values too large for aya's typed maps (the source
-//! tables).
+//! check; and batched map reads and writes, for the 262,144-entry port table and the source
+//! tries.
 //!
 //! A link detached behind the agent's back (`bpftool link detach`, the device going away)
 //! stays a valid object with its pin, but the kernel reports interface 0 for it: that is how
@@ -110,71 +109,6 @@ pub fn link_info(fd: &OwnedFd) -> Result<LinkInfo> {
         link_type: info.link_type,
         prog_id: info.prog_id,
         ifindex: info.ifindex,
-    })
-}
-
-const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-
-/// `union bpf_attr` for BPF_MAP_LOOKUP_ELEM and BPF_MAP_UPDATE_ELEM.
-#[repr(C)]
-#[derive(Default)]
-struct ElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-/// Reads entry `key` of an array map into `out`, which must be exactly the map's value: for
-/// values too large for aya's typed maps, which return them by value (on the stack).
-pub fn array_lookup<T: Copy>(fd: BorrowedFd<'_>, key: u32, out: &mut [T]) -> Result<()> {
-    let bytes = std::mem::size_of_val(out);
-    elem_op(BPF_MAP_LOOKUP_ELEM, fd, key, out.as_mut_ptr() as u64, bytes)
-        .context("BPF_MAP_LOOKUP_ELEM")
-}
-
-/// Writes entry `key` of an array map from `value`, which must be exactly the map's value
-/// (see [`array_lookup`]).
-pub fn array_update<T: Copy>(fd: BorrowedFd<'_>, key: u32, value: &[T]) -> Result<()> {
-    let bytes = std::mem::size_of_val(value);
-    elem_op(BPF_MAP_UPDATE_ELEM, fd, key, value.as_ptr() as u64, bytes)
-        .context("BPF_MAP_UPDATE_ELEM")
-}
-
-/// Tries of [`elem_op`] when the kernel is out of contiguous memory, 50 ms apart.
-const ENOMEM_TRIES: u32 = 20;
-
-/// One element syscall, retried on ENOMEM: kernels before 5.15 copy the value through one
-/// physically contiguous buffer (`kmalloc`), which for a value of megabytes can fail while
-/// memory is fragmented, until reclaim and compaction catch up.
-fn elem_op(
-    cmd: libc::c_long,
-    fd: BorrowedFd<'_>,
-    key: u32,
-    value: u64,
-    bytes: usize,
-) -> Result<()> {
-    let attr = &mut ElemAttr {
-        map_fd: fd.as_raw_fd() as u32,
-        key: &key as *const u32 as u64,
-        value,
-        ..Default::default()
-    };
-    for _ in 1..ENOMEM_TRIES {
-        match bpf(cmd, attr) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => {
-                std::thread::sleep(std::time::Duration::from_millis(50))
-            }
-            r => return r.map(drop).map_err(Into::into),
-        }
-    }
-    bpf(cmd, attr).map(drop).with_context(|| {
-        format!(
-            "the kernel could not allocate a {bytes}-byte buffer for the value \
-             (before Linux 5.15 it must be physically contiguous)"
-        )
     })
 }
 

@@ -1,0 +1,95 @@
+//! `NW_SOURCES` (one 2.4 MiB [`SrcTables`] value per generation) mapped into the agent's memory.
+//!
+//! The map is created `BPF_F_MMAPABLE`, so the agent reads and writes the tables in place: a
+//! re-apply that changes one CIDR rewrites the few node and class entries that differ, where a
+//! map update would copy the whole value twice (into a kernel buffer, then into the map) and
+//! needs a buffer of that size in the kernel (physically contiguous before Linux 5.15).
+//!
+//! The program only reads the generation the switch points at, and the agent only writes the
+//! other one, then flips the switch with a syscall, after a fence: the program never sees a
+//! half-written generation.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::{fence, Ordering};
+
+use anyhow::{Context, Result};
+use nodewall_common::xdp::{SrcTables, GENERATIONS};
+
+pub struct MappedSources {
+    base: *mut SrcTables,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by this value, which only hands out references tied to its own
+// borrows; the program's concurrent reads are of the other generation (see the module docs).
+unsafe impl Send for MappedSources {}
+
+impl MappedSources {
+    /// Maps the whole of the `NW_SOURCES` map behind `fd`.
+    pub fn map(fd: BorrowedFd<'_>) -> Result<Self> {
+        // An array's values are 8-byte aligned and follow each other; the kernel maps them
+        // from offset 0, in whole pages.
+        let value = std::mem::size_of::<SrcTables>().next_multiple_of(8);
+        anyhow::ensure!(value == std::mem::size_of::<SrcTables>(), "SrcTables is 8-byte sized");
+        let page = page_size();
+        let len = (value * GENERATIONS as usize).next_multiple_of(page);
+        // SAFETY: a fresh shared mapping of a BPF map descriptor; the kernel checks the length
+        // against the map's size and refuses maps not created mmapable.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error())
+                .context("mapping the source tables (a map created without BPF_F_MMAPABLE?)");
+        }
+        Ok(Self {
+            base: p.cast(),
+            len,
+        })
+    }
+
+    /// Generation `gen`'s tables.
+    pub fn get(&self, gen: u32) -> &SrcTables {
+        assert!(gen < GENERATIONS);
+        // SAFETY: in bounds (the mapping holds GENERATIONS values) and aligned (page-aligned
+        // base, 8-byte-sized values); the program never writes the map.
+        unsafe { &*self.base.add(gen as usize) }
+    }
+
+    /// Generation `gen`'s tables, to write before the switch points at it.
+    pub fn get_mut(&mut self, gen: u32) -> &mut SrcTables {
+        assert!(gen < GENERATIONS);
+        // SAFETY: as in `get`; `&mut self` makes this the only reference from this process.
+        unsafe { &mut *self.base.add(gen as usize) }
+    }
+
+    /// Orders the writes to the tables before the switch flip that publishes them (a syscall
+    /// is a barrier on x86 but need not be on every architecture).
+    pub fn publish() {
+        fence(Ordering::SeqCst);
+    }
+}
+
+impl Drop for MappedSources {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`, which no reference outlives.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as usize
+    } else {
+        4096
+    }
+}
