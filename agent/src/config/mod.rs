@@ -2,6 +2,7 @@
 
 mod document;
 mod fields;
+mod flow;
 mod model;
 mod naming;
 mod networks;
