@@ -135,7 +135,7 @@ fn rollback_target(state: &StateDir, backend: &dyn Backend) -> anyhow::Result<Op
         Some(s) => Ok(Some(s)),
         None => anyhow::bail!(
             "--confirm: a policy is installed but {} holds no snapshot of it to roll back to; apply once without --confirm",
-            state.file("applied.json").display()
+            state.applied_file().display()
         ),
     }
 }
