@@ -7,6 +7,7 @@ mod model;
 mod naming;
 mod networks;
 mod parse;
+mod quick_cidr;
 mod rules;
 mod schema;
 mod suggest;
