@@ -48,7 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return watchdog(fd, &args.state_dir);
     }
     let path = &args.config.config;
-    let desired = match source::read(path).and_then(|t| source::parse_config(&t, path)) {
+    let desired = match source::read_config(path) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("{e}");

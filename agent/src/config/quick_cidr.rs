@@ -26,7 +26,7 @@ pub fn quick(s: &str) -> Option<IpNet> {
         None => max,
         Some(l) => decimal(l, 3)?,
     };
-    if len > u32::from(max) {
+    if len > max {
         return None;
     }
     let net = IpNet::new(ip, len as u8).ok()?;
