@@ -5,6 +5,8 @@
 //! document order, and each node carries the 1-based `line:column` where it starts.
 //! Scalars are resolved with the YAML 1.2 core schema (`saphyr::Scalar`), so `yes` is a
 //! string and `true` a boolean.
+//! Long one-line lists of simple scalars (big CIDR lists) are read past the parser's scanner,
+//! into the same nodes at the same positions: see [`super::flow`].
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
