@@ -625,3 +625,28 @@ mod mangled {
         }
     }
 }
+
+/// Long one-line lists (the shape of big CIDR lists) are read past the YAML scanner; their
+/// mistakes are still reported at the item's own column, among every other error.
+#[test]
+fn mistakes_in_long_cidr_lists() {
+    let mut items: Vec<String> = (0..40).map(|i| format!("\"10.0.{i}.0/24\"")).collect();
+    items[17] = "\"10.0.17.1/24\"".into();
+    items[30] = "10.0.30.0/33".into();
+    let list = items.join(", ");
+    let text = format!(
+        "rules:\n  - name: a\n    action: allow\n    protocol: udp\n    ports: [\"53\"]\n    from: [{list}]\n"
+    );
+    let column =
+        |i: usize| "    from: [".len() + items[..i].iter().map(|s| s.len() + 2).sum::<usize>() + 1;
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    check(
+        &errs[0],
+        "rules[0].from[17]",
+        6,
+        column(17),
+        "did you mean `10.0.17.0/24`",
+    );
+    check(&errs[1], "rules[0].from[30]", 6, column(30), "from 0 to 32");
+}

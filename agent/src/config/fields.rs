@@ -12,6 +12,9 @@ use super::yaml::{Kind, Node};
 /// Host bits must be clear: `10.0.0.1/16` is almost always a typo for a host or a network,
 /// so we refuse it and propose the network form.
 pub fn cidr(s: &str) -> Result<IpNet, String> {
+    if let Some(net) = super::quick_cidr::quick(s) {
+        return Ok(net);
+    }
     let Some((addr, len)) = s.split_once('/') else {
         return match s.parse::<IpAddr>() {
             Ok(ip) => Ok(IpNet::from(ip)),

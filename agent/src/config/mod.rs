@@ -2,10 +2,12 @@
 
 mod document;
 mod fields;
+mod flow;
 mod model;
 mod naming;
 mod networks;
 mod parse;
+mod quick_cidr;
 mod rules;
 mod schema;
 mod suggest;

@@ -198,7 +198,7 @@ pub fn sources(
         ctx.error(path, node.pos, "empty list: a rule must say where traffic comes from (use 0.0.0.0/0 and ::/0 for anywhere)");
         return None;
     }
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(items.len());
     let mut ok = true;
     // The item's path is only formatted for an error: lists of 10k CIDRs are common.
     for (i, item) in items.iter().enumerate() {

@@ -5,12 +5,16 @@
 //! document order, and each node carries the 1-based `line:column` where it starts.
 //! Scalars are resolved with the YAML 1.2 core schema (`saphyr::Scalar`), so `yes` is a
 //! string and `true` a boolean.
+//! Long one-line lists of simple scalars (big CIDR lists) are read past the parser's scanner,
+//! into the same nodes at the same positions: see [`super::flow`].
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use saphyr::{Scalar, ScalarStyle, Tag};
 use saphyr_parser::{Event, Parser, Span};
+
+use super::flow::{self, Flow};
 
 /// 1-based position of a node in the source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -91,15 +95,20 @@ enum Frame {
 }
 
 #[derive(Default)]
-struct Builder {
+struct Builder<'t> {
     stack: Vec<Frame>,
     anchors: HashMap<usize, (Node, usize)>,
     /// Nodes created by expanding aliases so far.
     copies: usize,
     root: Option<Node>,
+    /// Lists emptied out of the parsed text (see [`flow`]), in document order: each is filled
+    /// back in when the parser reports a sequence at its position.
+    hollowed: VecDeque<Flow<'t>>,
+    /// Set when the sequence just filled in must end at once, as an emptied list does.
+    filled: bool,
 }
 
-impl Builder {
+impl<'t> Builder<'t> {
     /// Attaches a finished node to its parent (or makes it the document root). `size` is the
     /// node count of its subtree.
     fn finish(&mut self, node: Node, anchor: usize, size: usize) -> Result<(), SyntaxError> {
@@ -161,16 +170,34 @@ impl Builder {
 
     fn event(&mut self, ev: Event<'_>, span: Span) -> Result<(), SyntaxError> {
         let pos = Pos::of(span);
+        if std::mem::take(&mut self.filled) && ev != Event::SequenceEnd {
+            return Err(SyntaxError {
+                pos,
+                message: "an emptied list was not empty".into(),
+            });
+        }
         match ev {
             Event::Scalar(text, style, anchor, tag) => {
                 self.scalar(text, style, anchor, tag, pos)?
             }
-            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq {
-                pos,
-                anchor,
-                size: 1,
-                items: Vec::new(),
-            }),
+            Event::SequenceStart(anchor, _) => {
+                self.stack.push(Frame::Seq {
+                    pos,
+                    anchor,
+                    size: 1,
+                    items: Vec::new(),
+                });
+                let here = self.hollowed.front().is_some_and(|f| f.pos == pos);
+                if let Some(f) = here.then(|| self.hollowed.pop_front()).flatten() {
+                    if let Some(Frame::Seq { items, .. }) = self.stack.last_mut() {
+                        items.reserve_exact(f.items.len());
+                    }
+                    for it in f.items {
+                        self.scalar(Cow::Borrowed(it.text), it.style, 0, None, it.pos)?;
+                    }
+                    self.filled = true;
+                }
+            }
             Event::MappingStart(anchor, _) => self.stack.push(Frame::Map {
                 pos,
                 anchor,
@@ -246,7 +273,27 @@ impl Builder {
 
 /// Parses one YAML document. An empty document is `Null` at 1:1.
 pub fn load(text: &str) -> Result<Node, SyntaxError> {
-    let mut builder = Builder::default();
+    let flows = flow::find(text);
+    if !flows.is_empty() {
+        // Any error, or a list not found where it was cut out, and the original text is
+        // parsed the slow way: it is the one that tells what is wrong, and where.
+        let hollow = flow::hollow(text, &flows);
+        if let Ok((root, rest)) = build(&hollow, flows) {
+            if rest.is_empty() {
+                return Ok(root);
+            }
+        }
+    }
+    build(text, Vec::new()).map(|(root, _)| root)
+}
+
+/// The tree of `text`, with the lists of `hollowed` filled back in; the lists that were not
+/// found are returned.
+fn build<'t>(text: &str, hollowed: Vec<Flow<'t>>) -> Result<(Node, Vec<Flow<'t>>), SyntaxError> {
+    let mut builder = Builder {
+        hollowed: hollowed.into(),
+        ..Builder::default()
+    };
     for item in Parser::new_from_str(text) {
         let (ev, span) = item.map_err(|e| SyntaxError {
             pos: Pos {
@@ -257,10 +304,11 @@ pub fn load(text: &str) -> Result<Node, SyntaxError> {
         })?;
         builder.event(ev, span)?;
     }
-    Ok(builder.root.unwrap_or(Node {
+    let root = builder.root.unwrap_or(Node {
         kind: Kind::Null,
         pos: Pos { line: 1, column: 1 },
-    }))
+    });
+    Ok((root, builder.hollowed.into()))
 }
 
 #[cfg(test)]
@@ -343,6 +391,84 @@ mod tests {
         }
         // Never Debug-print the expanded tree: it is what this test guards against.
         assert!(matches!(load(&doc), Err(e) if e.message.contains("too large")));
+    }
+
+    /// `n` items of `item(i)`, as the inside of a flow list.
+    fn items(n: usize, item: impl Fn(usize) -> String) -> String {
+        (0..n).map(item).collect::<Vec<_>>().join(", ")
+    }
+
+    /// The shortcut past the scanner (see `flow`) gives the tree, positions included, or the
+    /// error that the parser alone gives; `taken` says whether it must have been used.
+    fn same_as_parser(doc: &str, taken: bool) {
+        let slow = build(doc, Vec::new()).map(|(root, _)| root);
+        assert_eq!(load(doc), slow, "{doc}");
+        let flows = flow::find(doc);
+        let used = !flows.is_empty()
+            && build(&flow::hollow(doc, &flows), flows).is_ok_and(|(_, rest)| rest.is_empty());
+        assert_eq!(used, taken, "{}", &doc[..doc.len().min(120)]);
+    }
+
+    #[test]
+    fn long_flow_lists_read_as_the_parser_reads_them() {
+        let quoted = items(40, |i| format!("\"198.18.{i}.0/24\""));
+        let mixed = items(20, |i| {
+            [
+                "\"fd00::/64\"",
+                "'10.0.0.0/8'",
+                "10.1.0.0/16",
+                "fd00::1",
+                "a::b",
+                "true",
+                "null",
+                "0x1f",
+                "1e3",
+                "12",
+                "yes",
+                "\" spaced  out \"",
+                "'it''s'",
+                "cluster-net_1",
+            ][i % 14]
+                .to_string()
+        });
+        let big = items(20_000, |i| format!("\"fd00:0:{i:x}::/64\""));
+        for doc in [
+            format!("rules:\n  - name: a\n    from: [{quoted}]\n    ports: [\"1\"]\n"),
+            format!("a: [{mixed}]   # comment\nb: [{quoted}]\nc:\n  - [{quoted}]\n"),
+            format!("[{quoted}]\n"),
+            format!("a: [ {quoted} ]\n"),
+            format!("n\u{e9}: 1\nb: [{quoted}]\n"),
+            format!("? [{quoted}]\n: v\n"),
+            format!("a: [{big}]\n"),
+        ] {
+            same_as_parser(&doc, true);
+        }
+        for doc in [
+            // Text, not lists: the shortcut finds them but the parser does not report them.
+            format!("a: |\n  b: [{quoted}]\nc: [{quoted}]\n"),
+            format!("a: \"x\n  [{quoted}]\"\n"),
+            // Forms the shortcut leaves to the parser.
+            format!("a: &x [{quoted}]\nb: *x\n"),
+            format!("a: !!seq [{quoted}]\n"),
+            format!("a: [{quoted}, ]\n"),
+            format!("a: [{quoted}, x: y]\n"),
+            format!("a: [{quoted}, fd00::]\n"),
+            format!("a: [{quoted}, \"\\t\"]\n"),
+            format!("a: [{quoted}, \"caf\u{e9}\"]\n"),
+            format!("a: [{quoted}, two words]\n"),
+            format!("a: [{quoted}]: v\n"),
+            format!("a: [{quoted}]#x\n"),
+            format!("a: {{b: [{quoted}]}}\n"),
+            format!("a: [{quoted}]\r\nb: 1\r\n"),
+            format!("a: [{}]\n", items(15, |i| i.to_string())),
+            // Errors are the parser's.
+            format!("a: [{quoted}]\n b: 1\n"),
+            format!("a: [{quoted}]\n---\nb: [{quoted}]\n"),
+            format!("a: [{quoted}]\nb: [1\n"),
+            format!("a: [{quoted}]\n\tb: 1\n"),
+        ] {
+            same_as_parser(&doc, false);
+        }
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! none of this is meaningful any more.
 //!
 //! - `lock`: see [`super::lock`];
-//! - `applied.json`: the config last installed and confirmed, which a confirmed apply rolls back
-//!   to;
+//! - `applied.snapshot`: the config last installed and confirmed, which a confirmed apply rolls
+//!   back to (one JSON line naming its backend and path, then the config text verbatim; an
+//!   `applied.json` left by an older version is still read);
 //! - `pending.json`: an `apply --confirm` waiting for `nodewall confirm` (see [`super::confirm`]);
 //! - `last-rollback.json`: the last unconfirmed apply that was rolled back;
 //! - `nft-sets.json`: what the nft backend's last commit left in its table (set fingerprints,
@@ -67,11 +68,35 @@ impl StateDir {
     }
 
     pub fn applied(&self) -> anyhow::Result<Option<Snapshot>> {
-        read_json(&self.file(APPLIED))
+        let path = self.file(APPLIED);
+        match std::fs::read(&path) {
+            Ok(bytes) => from_snapshot_file(&bytes)
+                .map(Some)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                read_json(&self.file(LEGACY_APPLIED))
+            }
+            Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+        }
     }
 
+    /// Saves the snapshot with its config text verbatim: escaping it into JSON cost more than
+    /// the rest of the file handling of an apply of a config with 10k CIDRs.
     pub fn save_applied(&self, snapshot: &Snapshot) -> anyhow::Result<()> {
-        write_json(&self.file(APPLIED), snapshot)
+        write_atomic(&self.file(APPLIED), &to_snapshot_file(snapshot)?)?;
+        // An older version's snapshot must not be read in place of this one.
+        match std::fs::remove_file(self.file(LEGACY_APPLIED)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(anyhow::anyhow!(
+                "{}: {e}",
+                self.file(LEGACY_APPLIED).display()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The file [`Self::applied`] reads.
+    pub fn applied_file(&self) -> PathBuf {
+        self.file(APPLIED)
     }
 
     pub fn save_pending(&self, pending: &Pending) -> anyhow::Result<()> {
@@ -109,7 +134,8 @@ impl StateDir {
     }
 }
 
-const APPLIED: &str = "applied.json";
+const APPLIED: &str = "applied.snapshot";
+const LEGACY_APPLIED: &str = "applied.json";
 const PENDING: &str = "pending.json";
 const LAST_ROLLBACK: &str = "last-rollback.json";
 
@@ -123,20 +149,107 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Option
     }
 }
 
+/// The first line of `applied.snapshot`: the snapshot but its config, which follows it.
+#[derive(Serialize, Deserialize)]
+struct SnapshotHeader<'a> {
+    backend: std::borrow::Cow<'a, str>,
+    config_path: std::borrow::Cow<'a, str>,
+}
+
+fn to_snapshot_file(s: &Snapshot) -> anyhow::Result<Vec<u8>> {
+    let header = SnapshotHeader {
+        backend: s.backend.as_str().into(),
+        config_path: s.config_path.as_str().into(),
+    };
+    // Compact JSON escapes every line break: the header is exactly one line.
+    let mut bytes = serde_json::to_vec(&header)?;
+    bytes.push(b'\n');
+    bytes.extend_from_slice(s.config.as_bytes());
+    Ok(bytes)
+}
+
+fn from_snapshot_file(bytes: &[u8]) -> anyhow::Result<Snapshot> {
+    let Some(end) = bytes.iter().position(|&b| b == b'\n') else {
+        anyhow::bail!("no header line");
+    };
+    let header: SnapshotHeader = serde_json::from_slice(&bytes[..end])?;
+    Ok(Snapshot {
+        backend: header.backend.into_owned(),
+        config_path: header.config_path.into_owned(),
+        config: String::from_utf8(bytes[end + 1..].to_vec())?,
+    })
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    write_atomic(path, &serde_json::to_vec_pretty(value)?)
+}
+
 /// Writes a temporary file and renames it over `path`, so readers (and a process that dies
 /// halfway) never see half a file. Not synced to disk: these files describe what the running
 /// kernel holds and mean nothing after a reboot, so surviving a power loss buys nothing, while
 /// an fsync costs a journal commit (milliseconds, more than the rest of a small apply) when
 /// the state directory is not on a tmpfs.
-fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let ctx = |e: std::io::Error| anyhow::anyhow!("{}: {e}", path.display());
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(ctx)?;
     }
-    let tmp = path.with_extension("json.tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
     let mut f = std::fs::File::create(&tmp).map_err(ctx)?;
-    f.write_all(&serde_json::to_vec_pretty(value)?)
-        .map_err(ctx)?;
+    f.write_all(bytes).map_err(ctx)?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(config: &str) -> Snapshot {
+        Snapshot {
+            backend: "nft".into(),
+            config_path: "/etc/node\"wall\"/config\n.yaml".into(),
+            config: config.into(),
+        }
+    }
+
+    #[test]
+    fn applied_keeps_the_config_verbatim() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        assert_eq!(state.applied().unwrap(), None);
+        let text = "rules:\n  - from: [\"10.0.0.0/8\"] # \\ \"é\"\n\n";
+        state.save_applied(&snapshot(text)).unwrap();
+        assert_eq!(state.applied().unwrap(), Some(snapshot(text)));
+        let file = std::fs::read_to_string(state.applied_file()).unwrap();
+        assert!(file.ends_with(&format!("\n{text}")), "{file}");
+        assert_eq!(file.lines().count(), 1 + text.lines().count());
+        // A later save replaces it whole.
+        state.save_applied(&snapshot("a: 1")).unwrap();
+        assert_eq!(state.applied().unwrap(), Some(snapshot("a: 1")));
+    }
+
+    #[test]
+    fn an_older_versions_applied_json_is_read_until_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        write_json(&state.file(LEGACY_APPLIED), &snapshot("old: 1\n")).unwrap();
+        assert_eq!(state.applied().unwrap(), Some(snapshot("old: 1\n")));
+        state.save_applied(&snapshot("new: 2\n")).unwrap();
+        assert!(!state.file(LEGACY_APPLIED).exists());
+        assert_eq!(state.applied().unwrap(), Some(snapshot("new: 2\n")));
+    }
+
+    #[test]
+    fn a_damaged_snapshot_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        std::fs::write(state.applied_file(), "no header").unwrap();
+        let e = format!("{:#}", state.applied().unwrap_err());
+        assert!(
+            e.contains("applied.snapshot") && e.contains("no header line"),
+            "{e}"
+        );
+    }
 }
