@@ -209,21 +209,30 @@ impl Datapath {
             self.resync()?;
         }
         let active = self.switch.active & 1;
+        // The new generation, numbered like the active one (see `renumbered_like`): built
+        // once, it both tells whether anything changed and is what gets written. Numbering
+        // like the active generation rather than the one about to be overwritten keeps one
+        // numbering across generations, and the writes into the inactive one are plain stores
+        // into the mapped tables (plus trie and port-table entries, whose values do not
+        // depend on node numbering).
+        let mut lowered = None;
         if self.is_installed() {
             let current: Option<Vec<u16>> = image
                 .rules
                 .iter()
                 .map(|(n, _)| self.slots.find(n))
                 .collect();
-            let active_gen = &self.shadow[active as usize];
-            if current.is_some_and(|slots| {
-                lower(&image, &slots).renumbered_like(active_gen) == *active_gen
-            }) {
-                return Ok(Installed {
-                    changed: false,
-                    generation: self.switch.generation,
-                    writes: Writes::default(),
-                });
+            if let Some(slots) = current {
+                let active_gen = &self.shadow[active as usize];
+                let new = lower(&image, &slots).renumbered_like(active_gen);
+                if new == *active_gen {
+                    return Ok(Installed {
+                        changed: false,
+                        generation: self.switch.generation,
+                        writes: Writes::default(),
+                    });
+                }
+                lowered = Some((slots, new));
             }
         }
         let busy: HashSet<u16> = if self.is_installed() {
@@ -244,7 +253,13 @@ impl Datapath {
                 .write(&mut self.maps, slot, Some(image.rules[i].1))?;
         }
         let target = if self.is_installed() { active ^ 1 } else { 1 };
-        let new = lower(&image, &slots).renumbered_like(&self.shadow[target as usize]);
+        let new = match lowered {
+            Some((same, new)) if same == slots => new,
+            _ => {
+                let like = if self.is_installed() { active } else { target };
+                lower(&image, &slots).renumbered_like(&self.shadow[like as usize])
+            }
+        };
         if let Some(cache) = &self.cache {
             // From here until the new content is recorded, the next agent reads the maps back.
             cache.invalidate()?;

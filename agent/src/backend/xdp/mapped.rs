@@ -30,7 +30,10 @@ impl MappedSources {
         // An array's values are 8-byte aligned and follow each other; the kernel maps them
         // from offset 0, in whole pages.
         let value = std::mem::size_of::<SrcTables>().next_multiple_of(8);
-        anyhow::ensure!(value == std::mem::size_of::<SrcTables>(), "SrcTables is 8-byte sized");
+        anyhow::ensure!(
+            value == std::mem::size_of::<SrcTables>(),
+            "SrcTables is 8-byte sized"
+        );
         let page = page_size();
         let len = (value * GENERATIONS as usize).next_multiple_of(page);
         // SAFETY: a fresh shared mapping of a BPF map descriptor; the kernel checks the length
