@@ -101,6 +101,21 @@ fn reapply_unchanged_changes_nothing(backend: Backend) -> anyhow::Result<()> {
         first["changed"] == true && first["generation"] == 1,
         "{first}"
     );
+    // The backend's record of what it installed is in the state directory `apply` was given
+    // (which is not the default /run/nodewall), where the second apply finds it.
+    let state = node.state_dir()?;
+    let record = match backend {
+        Backend::Nft => state.join("nft-sets.json"),
+        Backend::XdpNative | Backend::XdpGeneric => std::fs::read_dir(state.join("xdp"))?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("gens-"))
+            })
+            .unwrap_or_else(|| state.join("xdp/gens-*")),
+    };
+    anyhow::ensure!(record.is_file(), "no record at {}", record.display());
     let before = fingerprint(&node, backend)?;
     let second = apply(&node, &file)?;
     anyhow::ensure!(

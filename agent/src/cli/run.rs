@@ -33,6 +33,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .thread_name("nodewall")
         .enable_all()
         .build()?;
+    let state_dir = args.state_dir.clone();
     let opts = Options {
         config: args.config.config,
         metrics_addr: args.metrics_addr,
@@ -41,7 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         check_interval: Duration::from_secs(1),
     };
     let open: daemon::OpenBackend =
-        Box::new(|kind| select::for_apply(BackendArg::Auto, kind, None));
+        Box::new(move |kind| select::for_apply(BackendArg::Auto, kind, Some(&state_dir)));
     let result =
         runtime.block_on(daemon::run(opts, source::config_parser(), open).instrument(node_span()));
     match result {

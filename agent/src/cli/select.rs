@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use clap::ValueEnum;
-use nodewall::backend::{nft::NftBackend, xdp::XdpBackend, Backend};
+use nodewall::backend::nft::NftBackend;
+use nodewall::backend::xdp::{XdpBackend, XdpOptions};
+use nodewall::backend::Backend;
 use nodewall::config::BackendKind;
 
 #[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
@@ -14,8 +16,9 @@ pub enum BackendArg {
     Auto,
 }
 
-/// The backend for `apply`: the command-line choice, else the config's. The nft backend keeps
-/// its record of the installed sets in `state_dir` (see [`NftBackend::remember_in`]).
+/// The backend for `apply` and `run`: the command-line choice, else the config's. Each keeps
+/// its record of what it installed in `state_dir`: the nft backend its sets (see
+/// [`NftBackend::remember_in`]), the XDP backend what its map generations hold (under `xdp/`).
 pub fn for_apply(
     arg: BackendArg,
     configured: BackendKind,
@@ -26,12 +29,21 @@ pub fn for_apply(
         BackendArg::Xdp => BackendKind::Xdp,
         BackendArg::Auto => configured,
     };
+    let kind = match kind {
+        BackendKind::Auto if xdp_capable() => BackendKind::Xdp,
+        BackendKind::Auto => BackendKind::Nft,
+        k => k,
+    };
     match (kind, state_dir) {
         (BackendKind::Nft, Some(dir)) => {
             let mut nft = NftBackend::new()?;
             nft.remember_in(dir);
             Ok(Box::new(nft))
         }
+        (BackendKind::Xdp, Some(dir)) => Ok(Box::new(XdpBackend::with_options(XdpOptions {
+            cache: Some(dir.join("xdp")),
+            ..XdpOptions::from_env()?
+        }))),
         _ => open(kind),
     }
 }

@@ -34,8 +34,9 @@ impl Default for XdpOptions {
 /// hosts whose bpffs is mounted elsewhere, and for tests: `ip netns exec` remounts `/sys`, so
 /// a process it starts does not see the host's `/sys/fs/bpf`.
 pub const BPFFS_ENV: &str = "NODEWALL_BPFFS";
-/// Default of [`XdpOptions::cache`]: beside the agent's lock and rollback state; a tmpfs, like
-/// the maps it describes it does not outlive a reboot.
+/// Default of [`XdpOptions::cache`]: beside the agent's lock and rollback state (`apply` and
+/// `run` use `<--state-dir>/xdp`, this same place by default); a tmpfs, like the maps it
+/// describes it does not outlive a reboot.
 pub const DEFAULT_CACHE_DIR: &str = "/run/nodewall/xdp";
 /// Environment variable: `auto` (default: native, else generic), `native` or `generic`.
 pub const MODE_ENV: &str = "NODEWALL_XDP_MODE";
