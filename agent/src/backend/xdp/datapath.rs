@@ -111,7 +111,7 @@ impl Datapath {
     /// maps were just created, so they hold zeros.
     fn adopt(
         programs: Programs,
-        mut maps: Maps,
+        maps: Maps,
         pin_dir: Option<&Path>,
         cache: Option<GenCache>,
         fresh: bool,

@@ -91,10 +91,11 @@ pub struct Maps {
     src4_fd: MapFd,
     src6_fd: MapFd,
     /// `NW_SOURCES`: one value per generation, too large for aya's typed maps, read and
-    /// written in place; mapped on first use, after the layout check, so that maps of another
-    /// layout are reported as such.
+    /// written in place. Mapped only while read or written: after the layout check, so that
+    /// maps of another layout are reported as such, and not between applies, when the
+    /// daemon has no use for 4.8 MiB of mapped kernel memory (the maps are already counted,
+    /// once, as the program's memory).
     sources_fd: MapFd,
-    sources: Option<MappedSources>,
 }
 
 impl Maps {
@@ -159,7 +160,6 @@ impl Maps {
                 .try_into()
                 .with_context(|| format!("map {} has an unexpected type", names::SLOT_NAMES))?,
             sources_fd,
-            sources: None,
             switch: typed!(names::SWITCH),
             config: typed!(names::CONFIG),
             src4: src4
@@ -176,13 +176,9 @@ impl Maps {
         })
     }
 
-    fn sources(&mut self) -> Result<&mut MappedSources> {
-        if self.sources.is_none() {
-            let mapped = MappedSources::map(self.sources_fd.as_fd())
-                .with_context(|| format!("map {}", names::SOURCES))?;
-            self.sources = Some(mapped);
-        }
-        Ok(self.sources.as_mut().expect("mapped above"))
+    fn map_sources(&self) -> Result<MappedSources> {
+        MappedSources::map(self.sources_fd.as_fd())
+            .with_context(|| format!("map {}", names::SOURCES))
     }
 
     pub fn read_switch(&self) -> Result<Switch> {
@@ -207,7 +203,7 @@ impl Maps {
     }
 
     /// Reads a whole generation back (used once, when adopting pinned maps).
-    pub fn read_gen(&mut self, gen: u32) -> Result<KernelGen> {
+    pub fn read_gen(&self, gen: u32) -> Result<KernelGen> {
         let mut out = KernelGen {
             config: self.read_config(gen)?,
             ..KernelGen::empty()
@@ -218,7 +214,8 @@ impl Maps {
         out.sources.src6 = read_trie(&self.src6, gen, |d| {
             u128::from_be_bytes(d[1..].try_into().expect("16 bytes"))
         })?;
-        let tables = self.sources()?.get(gen);
+        let mapped = self.map_sources()?;
+        let tables = mapped.get(gen);
         let (nodes, classes) = (
             out.config.src_nodes as usize,
             out.config.src_classes as usize,
@@ -300,7 +297,8 @@ impl Maps {
         new: &SourceTables,
         w: &mut Writes,
     ) -> Result<()> {
-        let t = self.sources()?.get_mut(gen);
+        let mut mapped = self.map_sources()?;
+        let t = mapped.get_mut(gen);
         let roots = t.roots.as_flattened_mut();
         anyhow::ensure!(
             new.roots.len() <= roots.len()
