@@ -1,7 +1,9 @@
 //! What both map generations hold, kept in a file between agent runs, so that a new agent
 //! process (every `nodewall apply` is one) knows the inactive generation without reading it
 //! back: reading it back costs two syscalls per source prefix and the four 65,536-entry port
-//! tables, far more than the one-CIDR change it usually precedes.
+//! tables, far more than the one-CIDR change it usually precedes. The flat source tables are
+//! not in it: the agent reads them from the map itself, mapped into its memory, which costs
+//! less than recording them would (see `Maps::read_tables`).
 //!
 //! The file is only trusted when it provably describes these very maps: same boot, same
 //! kernel map ids (a flush and reinstall creates new maps), same network namespace and pin
@@ -17,8 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use aya::maps::MapInfo;
 use nodewall_common::xdp::{
-    map_names, GenConfig, RuleBits, RuleRef, SrcNode, Switch, MAX_RULES, RULE_WORDS,
-    SRC_NODES_PER_GEN, SRC_ROOT_ENTRIES_PER_GEN,
+    map_names, GenConfig, RuleBits, RuleRef, Switch, MAX_RULES, RULE_WORDS,
 };
 
 use super::flat::SourceTables;
@@ -26,7 +27,7 @@ use super::image::PortTable;
 use super::maps::KernelGen;
 
 /// Bumped whenever the encoding or [`KernelGen`] changes meaning.
-const FORMAT: u32 = 3;
+const FORMAT: u32 = 4;
 const MAGIC: &[u8; 4] = b"NWXG";
 /// The maps a generation lives in: their kernel ids identify the install.
 const GEN_MAPS: [&str; 6] = [
@@ -87,7 +88,8 @@ impl GenCache {
     }
 
     /// Both generations as the file describes them, if it describes the maps as they are
-    /// (`switch` and `configs` just read from the kernel). Any doubt reads as `None`.
+    /// (`switch` and `configs` just read from the kernel), without their flat source tables
+    /// (roots, nodes, classes), which the caller reads from the map. Any doubt reads as `None`.
     pub fn load(
         &self,
         netns: (u64, u64),
@@ -176,20 +178,14 @@ fn encode(ident: &Identity, sw: &Switch, gens: &[KernelGen; 2]) -> Vec<u8> {
             udp,
         } = g;
         w.config(config);
+        // The flat tables are read from the mapped map instead (see the module docs).
         let SourceTables {
-            roots,
-            nodes,
-            classes,
+            roots: _,
+            nodes: _,
+            classes: _,
             src4,
             src6,
         } = sources;
-        w.runs(roots.iter().copied());
-        w.u32(nodes.len() as u32);
-        w.runs(nodes.iter().flat_map(|n| n.0));
-        w.u32(classes.len() as u32);
-        for c in classes {
-            w.bits(c);
-        }
         w.u32(src4.len() as u32);
         for (&(addr, len), &class) in src4 {
             w.u32(addr);
@@ -226,21 +222,6 @@ fn decode(b: &[u8]) -> Result<(Identity, Switch, [KernelGen; 2])> {
     let mut gens = [KernelGen::empty(), KernelGen::empty()];
     for g in &mut gens {
         g.config = r.config()?;
-        g.sources.roots = r.runs(SRC_ROOT_ENTRIES_PER_GEN as usize)?;
-        let n = r.u32()? as usize;
-        if n > SRC_NODES_PER_GEN as usize {
-            bail!("{n} source nodes");
-        }
-        let entries = r.runs(n * 256)?;
-        if entries.len() != n * 256 {
-            bail!("{} node entries for {n} nodes", entries.len());
-        }
-        g.sources.nodes = entries
-            .chunks_exact(256)
-            .map(|c| SrcNode(c.try_into().expect("256 entries")))
-            .collect();
-        let n = r.u32()? as usize;
-        g.sources.classes = (0..n).map(|_| r.bits()).collect::<Result<_>>()?;
         // Written in key order: collected whole, the maps are built in bulk, not key by key.
         let n = r.u32()? as usize;
         let mut src4 = Vec::with_capacity(n.min(b.len()));
@@ -328,23 +309,6 @@ impl Enc {
         self.u32(v.len() as u32);
         self.0.extend_from_slice(v);
     }
-    /// A u16 sequence as its length and runs of equal entries (count, value): source roots and
-    /// nodes are mostly zeros, so 256 KiB of roots per generation record as a few bytes.
-    fn runs(&mut self, entries: impl Iterator<Item = u16>) {
-        let mut runs: Vec<(u32, u16)> = Vec::new();
-        for e in entries {
-            match runs.last_mut() {
-                Some((n, v)) if *v == e => *n += 1,
-                _ => runs.push((1, e)),
-            }
-        }
-        self.u32(runs.iter().map(|r| r.0).sum());
-        self.u32(runs.len() as u32);
-        for (n, v) in runs {
-            self.u32(n);
-            self.0.extend_from_slice(&v.to_le_bytes());
-        }
-    }
     /// Rule sets are mostly a few low bits: a mask of the non-zero words, then those words.
     fn bits(&mut self, b: &RuleBits) {
         let mask = (0..RULE_WORDS).fold(0u8, |m, i| m | (((b.0[i] != 0) as u8) << i));
@@ -390,26 +354,6 @@ impl<'a> Dec<'a> {
         let n = self.u32()? as usize;
         self.take(n)
     }
-    /// What [`Enc::runs`] wrote, at most `max` entries.
-    fn runs(&mut self, max: usize) -> Result<Vec<u16>> {
-        let len = self.u32()? as usize;
-        if len > max {
-            bail!("{len} entries, at most {max} expected");
-        }
-        let mut out = Vec::with_capacity(len);
-        for _ in 0..self.u32()? {
-            let n = self.u32()? as usize;
-            let v = u16::from_le_bytes(self.take(2)?.try_into()?);
-            if out.len() + n > len {
-                bail!("runs longer than their length");
-            }
-            out.resize(out.len() + n, v);
-        }
-        if out.len() != len {
-            bail!("runs shorter than their length");
-        }
-        Ok(out)
-    }
     fn bits(&mut self) -> Result<RuleBits> {
         let mask = self.take(1)?[0];
         let mut b = RuleBits::EMPTY;
@@ -446,6 +390,7 @@ impl<'a> Dec<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nodewall_common::xdp::SrcNode;
 
     #[test]
     fn round_trips_and_refuses_damage() {
@@ -455,12 +400,6 @@ mod tests {
         bits.set(200);
         g.sources.src4.insert((0xc612_0000, 15), 1);
         g.sources.src6.insert((0xfd00 << 112, 8), 2);
-        g.sources.classes = vec![RuleBits::EMPTY, bits, bits];
-        g.sources.roots = vec![0, 1 | nodewall_common::xdp::SRC_CHILD, 7];
-        let mut node = SrcNode([0; 256]);
-        node.0[5] = 2;
-        node.0[255] = 0x8001;
-        g.sources.nodes = vec![SrcNode([1; 256]), node];
         g.config.src_nodes = 2;
         g.config.src_classes = 3;
         g.udp = PortTable(vec![
@@ -495,7 +434,7 @@ mod tests {
     }
 
     #[test]
-    fn zero_roots_record_in_a_few_bytes() {
+    fn flat_tables_are_left_to_the_map() {
         let ident = Identity {
             object: 1,
             boot_id: "b".into(),
@@ -506,12 +445,12 @@ mod tests {
         let mut g = KernelGen::zeroed();
         g.sources.roots[70_000] = 3;
         g.sources.nodes = vec![SrcNode([0; 256]); 100];
+        g.sources.classes = vec![RuleBits::EMPTY; 3];
         let gens = [KernelGen::zeroed(), g];
-        let bytes = encode(&ident, &Switch::default(), &gens);
-        // 2 x 131,072 roots and 100 nodes as runs, not 512 KiB + 50 KiB raw (the rest is the
-        // two headers).
-        assert!(bytes.len() < 4096, "{} bytes", bytes.len());
-        assert_eq!(decode(&bytes).unwrap().2, gens);
+        let decoded = decode(&encode(&ident, &Switch::default(), &gens))
+            .unwrap()
+            .2;
+        assert_eq!(decoded, [KernelGen::empty(), KernelGen::empty()]);
     }
 
     #[test]

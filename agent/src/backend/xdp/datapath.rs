@@ -139,7 +139,12 @@ impl Datapath {
                 .as_ref()
                 .and_then(|c| c.load(netns, &switch, &configs));
             let shadow = match cached {
-                Some(gens) => gens,
+                Some(mut gens) => {
+                    for (gen, g) in (0..).zip(&mut gens) {
+                        maps.read_tables(gen, g)?;
+                    }
+                    gens
+                }
                 None => [maps.read_gen(0)?, maps.read_gen(1)?],
             };
             (shadow, Slots::read(&maps)?)

@@ -43,9 +43,8 @@ impl KernelGen {
     }
 
     /// What a generation of freshly created maps holds: nothing, and source roots that are
-    /// known to be all zero. Knowing that, the first write of a generation sends only the
-    /// policy's non-zero root entries (a handful) instead of all 131,072 (about 30 ms of
-    /// batched updates), which every first install and every first re-apply paid.
+    /// known to be all zero. Knowing that, the first write of a generation stores only the
+    /// policy's non-zero root entries (a handful) instead of all 131,072.
     pub fn zeroed() -> Self {
         let mut g = Self::empty();
         g.sources.roots = vec![0; SRC_ROOT_ENTRIES_PER_GEN as usize];
@@ -214,20 +213,26 @@ impl Maps {
         out.sources.src6 = read_trie(&self.src6, gen, |d| {
             u128::from_be_bytes(d[1..].try_into().expect("16 bytes"))
         })?;
-        let mapped = self.map_sources()?;
-        let tables = mapped.get(gen);
-        let (nodes, classes) = (
-            out.config.src_nodes as usize,
-            out.config.src_classes as usize,
-        );
-        if out.config.flags & flags::FLAT_SOURCES != 0 {
-            out.sources.roots = tables.roots.concat();
-        }
-        out.sources.nodes = tables.nodes[..nodes.min(tables.nodes.len())].to_vec();
-        out.sources.classes = tables.classes[..classes.min(tables.classes.len())].to_vec();
+        self.read_tables(gen, &mut out)?;
         out.tcp = self.read_ports(gen, PORT_PROTO_TCP)?;
         out.udp = self.read_ports(gen, PORT_PROTO_UDP)?;
         Ok(out)
+    }
+
+    /// Fills in `g`'s flat source tables (roots, nodes, classes) from generation `gen` of the
+    /// mapped map, as far as `g.config` says they are in use.
+    pub fn read_tables(&self, gen: u32, g: &mut KernelGen) -> Result<()> {
+        let mapped = self.map_sources()?;
+        let tables = mapped.get(gen);
+        let (nodes, classes) = (g.config.src_nodes as usize, g.config.src_classes as usize);
+        g.sources.roots = if g.config.flags & flags::FLAT_SOURCES != 0 {
+            tables.roots.concat()
+        } else {
+            Vec::new()
+        };
+        g.sources.nodes = tables.nodes[..nodes.min(tables.nodes.len())].to_vec();
+        g.sources.classes = tables.classes[..classes.min(tables.classes.len())].to_vec();
+        Ok(())
     }
 
     fn read_ports(&self, gen: u32, proto: u32) -> Result<PortTable> {
