@@ -15,6 +15,11 @@ use std::sync::atomic::{fence, Ordering};
 use anyhow::{Context, Result};
 use nodewall_common::xdp::{SrcTables, GENERATIONS};
 
+/// One value: an array's values are 8-byte aligned and follow each other, and the kernel maps
+/// them from offset 0, in whole pages; `SrcTables` needs no padding for that.
+const VALUE: usize = std::mem::size_of::<SrcTables>();
+const _: () = assert!(VALUE % 8 == 0);
+
 pub struct MappedSources {
     base: *mut SrcTables,
     len: usize,
@@ -27,15 +32,7 @@ unsafe impl Send for MappedSources {}
 impl MappedSources {
     /// Maps the whole of the `NW_SOURCES` map behind `fd`.
     pub fn map(fd: BorrowedFd<'_>) -> Result<Self> {
-        // An array's values are 8-byte aligned and follow each other; the kernel maps them
-        // from offset 0, in whole pages.
-        let value = std::mem::size_of::<SrcTables>().next_multiple_of(8);
-        anyhow::ensure!(
-            value == std::mem::size_of::<SrcTables>(),
-            "SrcTables is 8-byte sized"
-        );
-        let page = page_size();
-        let len = (value * GENERATIONS as usize).next_multiple_of(page);
+        let len = (VALUE * GENERATIONS as usize).next_multiple_of(page_size());
         // SAFETY: a fresh shared mapping of a BPF map descriptor; the kernel checks the length
         // against the map's size and refuses maps not created mmapable.
         let p = unsafe {
