@@ -29,48 +29,45 @@ pub fn for_apply(
         BackendArg::Xdp => BackendKind::Xdp,
         BackendArg::Auto => configured,
     };
-    let kind = match kind {
-        BackendKind::Auto if xdp_capable() => BackendKind::Xdp,
-        BackendKind::Auto => BackendKind::Nft,
-        k => k,
-    };
-    match (kind, state_dir) {
-        (BackendKind::Nft, Some(dir)) => {
-            let mut nft = NftBackend::new()?;
-            nft.remember_in(dir);
-            Ok(Box::new(nft))
-        }
-        (BackendKind::Xdp, Some(dir)) => Ok(Box::new(XdpBackend::with_options(XdpOptions {
-            cache: Some(dir.join("xdp")),
-            ..XdpOptions::from_env()?
-        }))),
-        _ => open(kind),
-    }
+    open(kind, state_dir)
 }
 
 /// The backend for `status`/`flush`: with `auto`, the one that has a policy installed (XDP
 /// state is found through its pins; otherwise nft, whose `status` says if nothing is there).
 pub fn for_inspect(arg: BackendArg) -> anyhow::Result<Box<dyn Backend>> {
     match arg {
-        BackendArg::Xdp => open(BackendKind::Xdp),
-        BackendArg::Nft => open(BackendKind::Nft),
+        BackendArg::Xdp => open(BackendKind::Xdp, None),
+        BackendArg::Nft => open(BackendKind::Nft, None),
         BackendArg::Auto => {
             let xdp = XdpBackend::new()?;
             if xdp.status().is_ok_and(|s| s.installed) {
                 Ok(Box::new(xdp))
             } else {
-                open(BackendKind::Nft)
+                open(BackendKind::Nft, None)
             }
         }
     }
 }
 
-fn open(kind: BackendKind) -> anyhow::Result<Box<dyn Backend>> {
-    match kind {
-        BackendKind::Auto if xdp_capable() => Ok(Box::new(XdpBackend::new()?)),
-        BackendKind::Nft | BackendKind::Auto => Ok(Box::new(NftBackend::new()?)),
-        BackendKind::Xdp => Ok(Box::new(XdpBackend::new()?)),
+/// The backend of `kind` (`auto` resolved here), keeping its record in `state_dir` if given.
+fn open(kind: BackendKind, state_dir: Option<&Path>) -> anyhow::Result<Box<dyn Backend>> {
+    let xdp = match kind {
+        BackendKind::Auto => xdp_capable(),
+        BackendKind::Xdp => true,
+        BackendKind::Nft => false,
+    };
+    if xdp {
+        let mut opts = XdpOptions::from_env()?;
+        if let Some(dir) = state_dir {
+            opts.cache = Some(dir.join("xdp"));
+        }
+        return Ok(Box::new(XdpBackend::with_options(opts)));
     }
+    let mut nft = NftBackend::new()?;
+    if let Some(dir) = state_dir {
+        nft.remember_in(dir);
+    }
+    Ok(Box::new(nft))
 }
 
 /// `backend: auto` picks XDP on kernels that expose BTF (5.x+, the ones whose verifier and
