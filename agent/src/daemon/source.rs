@@ -27,31 +27,24 @@ pub fn config_parser() -> Parser {
 }
 
 pub fn parse_config(text: &str, path: &Path) -> Result<Desired, String> {
-    let (backend, policy) = compile(text, path)?;
-    Ok(Desired {
-        backend,
-        policy,
-        text: text.to_string(),
-    })
+    desired(text.to_string(), path)
 }
 
 /// Reads and parses the file, keeping the text read as [`Desired::text`] rather than a copy
 /// (a one-shot `apply` of a large config has no other use for it).
 pub fn read_config(path: &Path) -> Result<Desired, String> {
-    let text = read(path)?;
-    let (backend, policy) = compile(&text, path)?;
+    desired(read(path)?, path)
+}
+
+fn desired(text: String, path: &Path) -> Result<Desired, String> {
+    let file = path.display().to_string();
+    let config = config::parse(&text, &file).map_err(|e| e.to_string())?;
+    let policy = policy::compile(&config).map_err(|e| format!("{file}: {e}"))?;
     Ok(Desired {
-        backend,
+        backend: config.backend,
         policy,
         text,
     })
-}
-
-fn compile(text: &str, path: &Path) -> Result<(BackendKind, Policy), String> {
-    let file = path.display().to_string();
-    let config = config::parse(text, &file).map_err(|e| e.to_string())?;
-    let policy = policy::compile(&config).map_err(|e| format!("{file}: {e}"))?;
-    Ok((config.backend, policy))
 }
 
 /// Reads the file; the error names it.
