@@ -125,7 +125,7 @@ impl Rig {
     }
 
     fn blast(&self, frame: &[u8], window: Duration) -> anyhow::Result<Rate> {
-        blast(&self.pair, &self.rx, frame, window, 1)
+        blast(&self.pair, &self.rx, frame, window)
     }
 }
 
