@@ -172,6 +172,35 @@ fn non_ip_and_vlans() {
     assert_eq!(p.xdp(&qinq6), (XDP_PASS, rule_seen("web")));
     let vlan_arp = eth(ETH_ARP, &[5], &[0u8; 28]);
     assert_eq!(p.xdp(&vlan_arp), (XDP_PASS, Seen::Pass("unfiltered")));
+    // The kernel strips priority tags (VID 0) at any depth and hands what is under them to
+    // IP: every depth the parser reads is classified, deeper stacks are invalid, never passed.
+    for depth in 1..=8 {
+        let tags = vec![0u16; depth];
+        let denied = eth(ETH_IP, &tags, &ipv4(PEER4, ME4, 6, &tcp(1, 23)));
+        assert_eq!(
+            p.xdp(&denied),
+            (XDP_DROP, Seen::Drop("default-deny", "ipv4", "tcp")),
+            "{depth} tags"
+        );
+        let allowed = eth(ETH_IPV6, &tags, &ipv6(peer6(), me6(), 6, &tcp(1, 8000)));
+        assert_eq!(
+            p.xdp(&allowed),
+            (XDP_PASS, rule_seen("web")),
+            "{depth} tags"
+        );
+    }
+    for depth in [9, 12] {
+        let deep = eth(
+            ETH_IP,
+            &vec![0u16; depth],
+            &ipv4(PEER4, ME4, 6, &tcp(1, 22)),
+        );
+        assert_eq!(
+            p.xdp(&deep),
+            (XDP_DROP, Seen::Drop("invalid", "ipv4", "other")),
+            "{depth} tags"
+        );
+    }
 }
 
 #[test]
@@ -474,15 +503,18 @@ fn return_traffic_of_our_flows() {
     let Some(mut p) = probe(&policy(vec![])) else {
         return;
     };
-    let reply = in4(PEER4, 6, &tcp(443, 40000));
+    // A lone ACK of no flow is picked up as new (conntrack's loose pickup): the rules decide.
+    let ack = in4(PEER4, 6, &tcpf(443, 40000, ACK));
     assert_eq!(
-        p.xdp(&reply),
+        p.xdp(&ack),
         (XDP_DROP, Seen::Drop("default-deny", "ipv4", "tcp"))
     );
     p.egress(&eth(ETH_IP, &[], &ipv4(ME4, PEER4, 6, &tcp(40000, 443))));
-    assert_eq!(p.xdp(&reply), (XDP_PASS, Seen::Pass("established")));
+    let synack = in4(PEER4, 6, &tcpf(443, 40000, SYN | ACK));
+    assert_eq!(p.xdp(&synack), (XDP_PASS, Seen::Pass("established")));
+    assert_eq!(p.xdp(&ack), (XDP_PASS, Seen::Pass("established")));
     // Another port of the same peer is not part of the flow.
-    let other = in4(PEER4, 6, &tcp(443, 40001));
+    let other = in4(PEER4, 6, &tcpf(443, 40001, ACK));
     assert_eq!(
         p.xdp(&other),
         (XDP_DROP, Seen::Drop("default-deny", "ipv4", "tcp"))
@@ -499,7 +531,8 @@ fn return_traffic_of_our_flows() {
         &ipv6(peer6(), me6(), 17, &udp(53, 5000, b"a")),
     );
     assert_eq!(p.xdp(&answer), (XDP_PASS, Seen::Pass("established")));
-    // Echo replies of our echo requests, per identifier.
+    // Echo replies of our echo requests, per identifier; an echo reply to nothing is invalid
+    // (conntrack cannot make a flow of it).
     p.egress(&eth(
         ETH_IP,
         &[],
@@ -510,7 +543,7 @@ fn return_traffic_of_our_flows() {
     let stray = in4(PEER4, 1, &icmp(0, 0, 78, b""));
     assert_eq!(
         p.xdp(&stray),
-        (XDP_DROP, Seen::Drop("default-deny", "ipv4", "icmp"))
+        (XDP_DROP, Seen::Drop("invalid", "ipv4", "icmp"))
     );
     p.egress(&eth(
         ETH_IPV6,
@@ -523,7 +556,7 @@ fn return_traffic_of_our_flows() {
         &ipv6(peer6(), me6(), 58, &icmp(129, 0, 9, b"")),
     );
     assert_eq!(p.xdp(&pong6), (XDP_PASS, Seen::Pass("established")));
-    // ICMP errors quoting a packet we sent are related; quoting anything else is not.
+    // ICMP errors quoting a packet we sent are related; quoting anything else is invalid.
     let quoted = ipv4(ME4, PEER4, 6, &tcp(40000, 443));
     let unreach = eth(
         ETH_IP,
@@ -539,7 +572,7 @@ fn return_traffic_of_our_flows() {
     );
     assert_eq!(
         p.xdp(&unreach2),
-        (XDP_DROP, Seen::Drop("default-deny", "ipv4", "icmp"))
+        (XDP_DROP, Seen::Drop("invalid", "ipv4", "icmp"))
     );
     let quoted6 = ipv6(me6(), peer6(), 17, &udp(5000, 53, b"q"));
     let too_big = eth(
@@ -561,7 +594,7 @@ fn return_traffic_of_our_flows() {
     off.implicit.icmp_errors = false;
     p.install(&off);
     assert_eq!(
-        p.xdp(&reply),
+        p.xdp(&ack),
         (XDP_DROP, Seen::Drop("default-deny", "ipv4", "tcp"))
     );
     assert_eq!(
@@ -576,7 +609,7 @@ fn return_traffic_of_our_flows() {
         p.xdp(&unreach),
         (XDP_DROP, Seen::Drop("default-deny", "ipv4", "icmp"))
     );
-    assert_eq!(p.xdp(&reply), (XDP_PASS, Seen::Pass("established")));
+    assert_eq!(p.xdp(&ack), (XDP_PASS, Seen::Pass("established")));
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! `no_std` and `#[repr(C)]` so the same layout is read by the kernel program and by the agent.
 #![no_std]
 
+pub mod ct;
 pub mod xdp;
 
 /// Why a packet was dropped (or, in audit mode, would have been). The numeric values index the

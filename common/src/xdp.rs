@@ -6,9 +6,11 @@
 //! publish it with a single 4-byte write. Counters are indexed by a *slot* that stays with a
 //! rule name across applies, so inserting a rule does not shift other rules' counters.
 
+use crate::ct::Timeouts;
+
 /// Bumped whenever a map's key, value or size changes; pinned maps of another layout are not
 /// adopted.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Rules per policy: the width of [`RuleBits`].
 pub const MAX_RULES: usize = 256;
@@ -27,6 +29,7 @@ pub mod map_names {
     pub const SRC6: &str = "NW_SRC6";
     pub const PORTS: &str = "NW_PORTS";
     pub const FLOWS: &str = "NW_FLOWS";
+    pub const FLOWS_NEW: &str = "NW_FLOWS_NEW";
     pub const RULE_STATS: &str = "NW_RULE_STATS";
     pub const DROP_STATS: &str = "NW_DROP_STATS";
     pub const PASS_STATS: &str = "NW_PASS_STATS";
@@ -35,13 +38,14 @@ pub mod map_names {
     pub const SAMPLE_BUDGET: &str = "NW_SAMPLE_BUDGET";
     pub const FLOW_MARKS: &str = "NW_FLOW_MARKS";
     pub const SOURCES: &str = "NW_SOURCES";
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         SWITCH,
         CONFIG,
         SRC4,
         SRC6,
         PORTS,
         FLOWS,
+        FLOWS_NEW,
         RULE_STATS,
         DROP_STATS,
         PASS_STATS,
@@ -55,6 +59,7 @@ pub mod map_names {
 
 /// Names of the programs in the eBPF object.
 pub const XDP_PROGRAM: &str = "nodewall_xdp";
+/// The TC egress program: tracks the node's outbound packets in the flow tables.
 pub const TC_EGRESS_PROGRAM: &str = "nodewall_egress";
 /// A bare `XDP_PASS`, only loaded by the benchmark as its baseline.
 pub const BENCH_PASS_PROGRAM: &str = "nodewall_bench_pass";
@@ -178,6 +183,8 @@ pub struct GenConfig {
     pub icmp6: RuleBits,
     /// Rules matching any other protocol (`all` rules).
     pub other: RuleBits,
+    /// Connection-tracking timeouts (the node's conntrack sysctls when the policy was applied).
+    pub ct: Timeouts,
     pub rules: [RuleRef; MAX_RULES],
 }
 
@@ -190,6 +197,7 @@ impl GenConfig {
         icmp4: RuleBits::EMPTY,
         icmp6: RuleBits::EMPTY,
         other: RuleBits::EMPTY,
+        ct: Timeouts::DEFAULT,
         rules: [RuleRef {
             slot: 0,
             action: 0,
@@ -340,10 +348,11 @@ impl SlotName {
     };
 }
 
-/// A connection the node takes part in, keyed as its *inbound* packets look: `remote` sent
-/// them to `local`. The egress program writes these; the XDP program looks them up.
-/// Ports are host-order; for ICMP echo, `remote_port` is the echo identifier and
-/// `local_port` is 0; other protocols have both ports 0. IPv4 addresses fill the first 4 bytes.
+/// A flow the node takes part in, keyed as its *inbound* packets look: `remote` sent them to
+/// `local` (the node, or a pod behind it). Ports are host-order; TCP, UDP, UDP-Lite, SCTP and
+/// DCCP have both, ICMP queries carry the identifier in `remote_port` and
+/// [`crate::ct::icmp_query_port`] in `local_port`, other protocols have both 0. IPv4
+/// addresses fill the first 4 bytes. The value is a [`crate::ct::FlowState`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -356,22 +365,19 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// How long a flow stays established after the node last sent on it. LRU eviction bounds
-/// the table; these bound how stale an entry may be (shorter than conntrack's, which also
-/// sees the inbound side).
-pub const FLOW_TIMEOUT_TCP_NS: u64 = 24 * 3600 * 1_000_000_000;
-pub const FLOW_TIMEOUT_UDP_NS: u64 = 180 * 1_000_000_000;
-pub const FLOW_TIMEOUT_ICMP_NS: u64 = 30 * 1_000_000_000;
-pub const FLOW_TIMEOUT_OTHER_NS: u64 = 600 * 1_000_000_000;
-/// The egress program rewrites an entry's timestamp at most this often.
-pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
+/// Flows live in two LRU tables, as conntrack's unassured and assured entries do: a flow
+/// starts in `NW_FLOWS_NEW` and moves to `NW_FLOWS` once it is assured (a TCP handshake
+/// completed, a UDP exchange that lasts). A flood of new flows (spoofed SYNs to an open port)
+/// then evicts only other new flows, never a live connection, the way conntrack's early drop
+/// spares assured entries.
 pub const FLOW_TABLE_ENTRIES: u32 = 65536;
+pub const FLOW_NEW_TABLE_ENTRIES: u32 = 65536;
 
-/// `NW_FLOW_MARKS`: one byte per (TCP or UDP, local port), set by the egress program whenever
-/// it records a flow from that local port. A TCP or UDP packet whose destination port is not
-/// marked cannot belong to a recorded flow, so the XDP program skips the flow-table hash for
-/// it: unsolicited traffic (what a firewall drops under a flood) never pays for the lookup.
-/// Marks are never cleared; a stale one only costs the lookup it would have cost anyway.
+/// `NW_FLOW_MARKS`: one byte per (TCP or UDP, local port), set whenever a flow with that local
+/// port is created. A TCP or UDP packet whose destination port is not marked cannot belong to
+/// a flow, so the XDP program skips the flow-table hash for it: unsolicited traffic (what a
+/// firewall drops under a flood) never pays for the lookup. Marks are never cleared; a stale
+/// one only costs the lookup it would have cost anyway.
 pub const FLOW_MARK_ENTRIES: u32 = 2 * 65536;
 
 #[inline(always)]
@@ -437,6 +443,7 @@ mod pod {
     unsafe impl aya::Pod for Stat {}
     unsafe impl aya::Pod for SlotName {}
     unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for crate::ct::FlowState {}
     unsafe impl aya::Pod for DropSample {}
     unsafe impl aya::Pod for SampleBudget {}
 }

@@ -1,108 +1,186 @@
-//! Connection tracking of our own: the TC egress program records every flow the node sends
-//! on, keyed as its replies will look; the XDP program looks replies (and ICMP errors quoting
-//! our packets) up.
+//! The flow tables: connection tracking of our own. The XDP program tracks what arrives on the
+//! uplinks, the TC egress program what leaves through them; both run every packet through
+//! [`nodewall_common::ct`] (classification and state machine), which the agent's reference
+//! tracker uses too.
 //!
-//! Why not the kernel's conntrack through the `bpf_xdp_ct_lookup` kfunc: conntrack only
-//! tracks a namespace once some netfilter rule asks for it, so with the XDP backend alone
-//! the lookup would find nothing; the kfunc also needs `nf_conntrack` loaded, and cannot be
-//! exercised with BPF_PROG_TEST_RUN without that whole setup. An LRU map of our own works on
-//! any kernel with TCX/clsact, is testable packet by packet, and its cost per packet is one
-//! hash lookup.
+//! Why not the kernel's conntrack through the `bpf_xdp_ct_lookup` kfunc (measured and tried
+//! on this project's kernel and toolchain, see also README "The XDP backend"):
+//! - the loader cannot call it: aya 0.14 (pinned; newer releases need a newer Rust) does not
+//!   relocate kfunc calls (`.ksyms`), and Rust has no CO-RE field access, so the TCP state
+//!   inside `struct nf_conn` could only be read at offsets of one kernel build;
+//! - conntrack only tracks a namespace once a netfilter rule there asks for it, so the XDP
+//!   backend alone would find nothing; it would need an nft table of its own to switch it on;
+//! - at XDP, conntrack has not seen the packet yet: the lookup answers with the state *before*
+//!   it (a RST or the last FIN still finds the flow open), so the closing rules below could
+//!   not be enforced at the same point;
+//! - it needs Linux 5.18 (6.1 for what reads state), where everything else here needs 5.8,
+//!   and cannot be exercised with BPF_PROG_TEST_RUN without a conntrack entry per case.
+//! The cost of our own table is a hash lookup per packet that may belong to a flow (the port
+//! marks below spare unsolicited traffic even that), and an insert per new flow that passes.
 
 use aya_ebpf::{
+    bindings::xdp_md,
     helpers::bpf_ktime_get_ns,
+    macros::map,
     maps::{Array, LruHashMap},
+    programs::XdpContext,
 };
+use nodewall_common::ct::{self, icmp, Class, Dir, FlowState, Write};
 use nodewall_common::xdp::{
-    flow_mark_index, FlowKey, FAMILY_IPV4, FLOW_REFRESH_NS, FLOW_TIMEOUT_ICMP_NS, FLOW_TIMEOUT_OTHER_NS,
-    FLOW_TIMEOUT_TCP_NS, FLOW_TIMEOUT_UDP_NS, PORT_PROTO_TCP, PORT_PROTO_UDP,
+    flags, flow_mark_index, FlowKey, GenConfig, PassReason, FAMILY_IPV4, FLOW_MARK_ENTRIES, FLOW_NEW_TABLE_ENTRIES,
+    FLOW_TABLE_ENTRIES, PORT_PROTO_TCP, PORT_PROTO_UDP,
 };
 
-use crate::parse::{Addr, Frame, Ip, Ipv4Header, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4};
+use crate::parse::{
+    l4_offset, pkt, Addr, Frame, Ipv4Header, Pkt, IPPROTO_DCCP, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP,
+    IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE,
+};
 
-const ICMP_ECHO_REPLY: u8 = 0;
-const ICMP_ECHO_REQUEST: u8 = 8;
-const ICMPV6_ECHO_REQUEST: u8 = 128;
-const ICMPV6_ECHO_REPLY: u8 = 129;
+/// Assured flows (see [`nodewall_common::xdp::FLOW_TABLE_ENTRIES`]).
+#[map]
+static NW_FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(FLOW_TABLE_ENTRIES, 0);
+/// Flows not assured yet: a flood of new flows evicts only these.
+#[map]
+static NW_FLOWS_NEW: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(FLOW_NEW_TABLE_ENTRIES, 0);
+#[map]
+static NW_FLOW_MARKS: Array<u8> = Array::with_max_entries(FLOW_MARK_ENTRIES, 0);
 
+/// The key of the flow an inbound ICMP error is about. The error quotes the IP header and the
+/// first 8 bytes of a packet the node sent, and goes back to that packet's sender (conntrack
+/// checks the outer destination against the quoted source too). Quoted IPv6 packets with
+/// extension headers, and quoted non-first fragments, are not matched (so `invalid`).
 #[inline(always)]
-fn key(family: u32, proto: u8, remote: Addr, local: Addr, remote_port: u16, local_port: u16) -> FlowKey {
-    FlowKey { remote: remote.0, local: local.0, remote_port, local_port, proto, family: family as u8, _pad: [0; 2] }
-}
-
-#[inline(always)]
-fn is_echo_request(family: u32, icmp_type: u8) -> bool {
-    icmp_type == if family == FAMILY_IPV4 { ICMP_ECHO_REQUEST } else { ICMPV6_ECHO_REQUEST }
-}
-
-#[inline(always)]
-fn is_echo_reply(family: u32, icmp_type: u8) -> bool {
-    icmp_type == if family == FAMILY_IPV4 { ICMP_ECHO_REPLY } else { ICMPV6_ECHO_REPLY }
-}
-
-/// The key under which the replies of an outbound packet will be found, if it opens or
-/// continues something that has replies (ICMP other than echo requests does not).
-#[inline(always)]
-pub fn outbound_key(ip: &Ip, l4: L4) -> Option<FlowKey> {
-    let (rport, lport) = match l4 {
-        L4::Tcp { sport, dport } | L4::Udp { sport, dport } => (dport, sport),
-        L4::Icmp { icmp_type, id } if is_echo_request(ip.family, icmp_type) => (id, 0),
-        L4::Icmp { .. } => return None,
-        L4::Other { .. } => (0, 0),
-    };
-    Some(key(ip.family, ip.proto, ip.dst, ip.src, rport, lport))
-}
-
-/// The key an inbound packet would be found under if it is return traffic.
-#[inline(always)]
-pub fn inbound_key(ip: &Ip, l4: L4) -> Option<FlowKey> {
-    let (rport, lport) = match l4 {
-        L4::Tcp { sport, dport } | L4::Udp { sport, dport } => (sport, dport),
-        L4::Icmp { icmp_type, id } if is_echo_reply(ip.family, icmp_type) => (id, 0),
-        L4::Icmp { .. } => return None,
-        L4::Other { .. } => (0, 0),
-    };
-    Some(key(ip.family, ip.proto, ip.src, ip.dst, rport, lport))
-}
-
-/// The key of the flow an ICMP error is about: the error quotes the IP header and the first
-/// 8 bytes of a packet the node sent, so the quoted packet is looked up as outbound.
-/// Quoted IPv6 packets with extension headers, and quoted non-first fragments, are not matched.
-#[inline(always)]
-pub fn quoted_key(f: &Frame, ip: &Ip) -> Option<FlowKey> {
-    let q = ip.l4 + 8;
-    let (proto, src, dst, ql4) = if ip.family == FAMILY_IPV4 {
-        let h = f.load::<Ipv4Header>(q)?;
+fn quoted_key(f: &Frame, p: &Pkt) -> Option<FlowKey> {
+    let at = l4_offset(p) + 8;
+    let mut q = Pkt::EMPTY;
+    q.family = p.family;
+    let ql4 = if p.family == FAMILY_IPV4 {
+        let h = f.load::<Ipv4Header>(at)?;
         let ihl = h.ihl();
         if h.version() != 4 || ihl < 20 || h.is_later_fragment() {
             return None;
         }
-        (h.proto, Addr::v4(h.src), Addr::v4(h.dst), q + ihl)
+        q.proto = h.proto;
+        q.src = Addr::v4(h.src).0;
+        q.dst = Addr::v4(h.dst).0;
+        at + ihl
     } else {
-        let h = f.load::<[u8; 8]>(q)?;
+        let h = f.load::<[u8; 8]>(at)?;
         if h[0] >> 4 != 6 {
             return None;
         }
-        (h[6], Addr(f.load::<[u8; 16]>(q + 8)?), Addr(f.load::<[u8; 16]>(q + 24)?), q + 40)
+        q.proto = h[6];
+        q.src = f.load::<[u8; 16]>(at + 8)?;
+        q.dst = f.load::<[u8; 16]>(at + 24)?;
+        at + 40
     };
-    let icmp = if ip.family == FAMILY_IPV4 { IPPROTO_ICMP } else { IPPROTO_ICMPV6 };
-    // The ports as `outbound_key` would take them, computed directly: an `L4::Other` built
-    // here (its payload undefined) leads LLVM to code the verifier rejects.
-    let (rport, lport) = match proto {
-        IPPROTO_TCP | IPPROTO_UDP => {
+    if q.src != p.dst {
+        return None;
+    }
+    let icmp = if p.family == FAMILY_IPV4 { IPPROTO_ICMP } else { IPPROTO_ICMPV6 };
+    match q.proto {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP | IPPROTO_DCCP => {
             let h = f.load::<[u8; 4]>(ql4)?;
-            (u16::from_be_bytes([h[2], h[3]]), u16::from_be_bytes([h[0], h[1]]))
+            q.kind = if q.proto == IPPROTO_TCP {
+                pkt::TCP
+            } else if q.proto == IPPROTO_UDP {
+                pkt::UDP
+            } else {
+                pkt::OTHER
+            };
+            q.sport = u16::from_be_bytes([h[0], h[1]]);
+            q.dport = u16::from_be_bytes([h[2], h[3]]);
         }
-        p if p == icmp => {
+        proto if proto == icmp => {
             let h = f.load::<[u8; 6]>(ql4)?;
-            if !is_echo_request(ip.family, h[0]) {
-                return None;
-            }
-            (u16::from_be_bytes([h[4], h[5]]), 0)
+            q.kind = pkt::ICMP;
+            q.flags = h[0];
+            q.sport = u16::from_be_bytes([h[4], h[5]]);
         }
-        _ => (0, 0),
-    };
-    Some(key(ip.family, proto, dst, src, rport, lport))
+        _ => q.kind = pkt::OTHER,
+    }
+    ct::quoted_key(&q)
+}
+
+/// Where a flow's value is (null: no entry), and whether in `NW_FLOWS_NEW`. No padding and
+/// no `Option` around it: undefined bytes in a value the program copies let LLVM fill them
+/// from any register, which the verifier refuses.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Entry {
+    ptr: *mut FlowState,
+    fresh: u64,
+}
+
+impl Entry {
+    pub const NONE: Entry = Entry { ptr: core::ptr::null_mut(), fresh: 0 };
+
+    #[inline(always)]
+    pub fn state(&self) -> Option<&FlowState> {
+        // SAFETY: null or the value of a map lookup, valid for the rest of this program run.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+/// The flow stored under `k`, assured or not.
+#[inline(always)]
+pub fn lookup(k: &FlowKey) -> Entry {
+    if let Some(ptr) = NW_FLOWS.get_ptr_mut(k) {
+        return Entry { ptr, fresh: 0 };
+    }
+    match NW_FLOWS_NEW.get_ptr_mut(k) {
+        Some(ptr) => Entry { ptr, fresh: 1 },
+        None => Entry::NONE,
+    }
+}
+
+/// Carries out what [`ct::track`] decided (`w`, with the new state `n`) for the flow `k`
+/// found as `e`.
+#[inline(always)]
+pub fn apply(k: &FlowKey, e: Entry, w: Write, n: &FlowState) {
+    match w {
+        Write::Keep => {}
+        Write::Update => {
+            if e.ptr.is_null() {
+                return;
+            }
+            if e.fresh != 0 && n.assured != 0 {
+                if NW_FLOWS.insert(k, n, 0).is_ok() {
+                    let _ = NW_FLOWS_NEW.remove(k);
+                }
+            } else {
+                // SAFETY: as in `Entry::state`; a plain store of the whole value.
+                unsafe { *e.ptr = *n };
+            }
+        }
+        Write::Delete => {
+            if e.ptr.is_null() {
+                return;
+            }
+            let _ = if e.fresh != 0 { NW_FLOWS_NEW.remove(k) } else { NW_FLOWS.remove(k) };
+        }
+        Write::Create => {
+            forget_assured(k, e);
+            create(k, n);
+        }
+    }
+}
+
+/// Before a flow is created over `e`, an ended one: removed from the assured table, where it
+/// would be found before the new flow (harmless if the new one is not created after all).
+#[inline(always)]
+pub fn forget_assured(k: &FlowKey, e: Entry) {
+    if !e.ptr.is_null() && e.fresh == 0 {
+        let _ = NW_FLOWS.remove(k);
+    }
+}
+
+/// Stores a new flow (see [`forget_assured`]).
+#[inline(always)]
+pub fn create(k: &FlowKey, n: &FlowState) {
+    // Marked first: once the flow is in the table, its packets find the mark set.
+    mark(k);
+    let _ = NW_FLOWS_NEW.insert(k, n, 0);
 }
 
 /// The mark of a local TCP/UDP port; other protocols have none.
@@ -115,24 +193,24 @@ fn mark_index(proto: u8, local_port: u16) -> Option<u32> {
     }
 }
 
-/// Whether an inbound packet may be return traffic at all: false when its local (destination)
-/// TCP/UDP port never sent anything, so the flow-table lookup could not hit. Other protocols
-/// are always looked up.
+/// Whether an inbound packet may belong to a flow at all: false when no flow was ever
+/// created with its local (destination) TCP/UDP port, so the lookup could not hit. Other
+/// protocols are always looked up.
 #[inline(always)]
-pub fn may_be_tracked(marks: &Array<u8>, l4: L4) -> bool {
-    let i = match l4 {
-        L4::Tcp { dport, .. } => flow_mark_index(PORT_PROTO_TCP, dport),
-        L4::Udp { dport, .. } => flow_mark_index(PORT_PROTO_UDP, dport),
+pub fn may_be_tracked(p: &Pkt) -> bool {
+    let i = match p.kind {
+        pkt::TCP => flow_mark_index(PORT_PROTO_TCP, p.dport),
+        pkt::UDP => flow_mark_index(PORT_PROTO_UDP, p.dport),
         _ => return true,
     };
-    marks.get(i).is_some_and(|m| *m != 0)
+    NW_FLOW_MARKS.get(i).is_some_and(|m| *m != 0)
 }
 
-/// Marks the local port of an outbound flow, written only when not set yet so that a busy
-/// port's cache line stays shared between CPUs.
+/// Marks the local port of a new flow, written only when not set yet so that a busy port's
+/// cache line stays shared between CPUs.
 #[inline(always)]
-pub fn mark(marks: &Array<u8>, k: &FlowKey) {
-    if let Some(m) = mark_index(k.proto, k.local_port).and_then(|i| marks.get_ptr_mut(i)) {
+fn mark(k: &FlowKey) {
+    if let Some(m) = mark_index(k.proto, k.local_port).and_then(|i| NW_FLOW_MARKS.get_ptr_mut(i)) {
         // SAFETY: a byte of an array map; concurrent writers all store the same value.
         unsafe {
             if *m == 0 {
@@ -142,37 +220,120 @@ pub fn mark(marks: &Array<u8>, k: &FlowKey) {
     }
 }
 
-#[inline(always)]
-fn timeout(proto: u8) -> u64 {
-    match proto {
-        IPPROTO_TCP => FLOW_TIMEOUT_TCP_NS,
-        IPPROTO_UDP => FLOW_TIMEOUT_UDP_NS,
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => FLOW_TIMEOUT_ICMP_NS,
-        _ => FLOW_TIMEOUT_OTHER_NS,
+/// What [`nw_conntrack`] decided about an inbound packet.
+pub mod step {
+    /// On to the rules: a new flow, an untracked message, a related error the implicit
+    /// allowance does not cover, or return traffic with the `established` allowance off.
+    pub const RULES: u32 = 0;
+    /// Dropped as invalid.
+    pub const INVALID: u32 = 1;
+    /// Passed: `PASS + PassReason`.
+    pub const PASS: u32 = 2;
+}
+
+/// A flow an inbound packet opens (`valid != 0`): stored only if the packet passes (conntrack
+/// confirms a flow when its first packet leaves the stack, so a dropped packet opens
+/// nothing). A flag rather than an `Option`, for the reason given at [`Entry`].
+#[repr(C)]
+pub struct Opens {
+    pub key: FlowKey,
+    pub state: FlowState,
+    pub valid: u64,
+}
+
+impl Opens {
+    pub const NONE: Opens = Opens {
+        key: FlowKey { remote: [0; 16], local: [0; 16], remote_port: 0, local_port: 0, proto: 0, family: 0, _pad: [0; 2] },
+        state: FlowState { deadline: 0, created: 0, tcp: 0, origin: 0, replied: 0, assured: 0, fin_in: 0, fin_out: 0, _pad: [0; 2] },
+        valid: 0,
+    };
+
+    /// Stores the flow, if there is one.
+    #[inline(always)]
+    pub fn open(&self) {
+        if self.valid != 0 {
+            create(&self.key, &self.state);
+        }
     }
 }
 
-#[inline(always)]
-pub fn is_tracked(flows: &LruHashMap<FlowKey, u64>, k: &FlowKey) -> bool {
-    // SAFETY: the value is a plain u64 copied out at once.
-    match unsafe { flows.get(k) } {
-        Some(seen) => {
+/// Connection tracking of an inbound packet `p` under `cfg`, up to where the rules take over
+/// (the order of `nodewall::policy::evaluate`): ICMPv6 neighbour discovery, `invalid`, return
+/// traffic of live flows, ICMP errors about them. A flow the packet would open is left in
+/// `opens`. A BPF global function: the verifier checks it once whatever way the parser took,
+/// and it has a stack frame of its own (see `nw_xdp`).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn nw_conntrack(ctx: *mut xdp_md, p: *const Pkt, cfg: *const GenConfig, opens: *mut Opens) -> u32 {
+    // SAFETY: the verifier checked each pointer's size against its type; null is checked here.
+    let (Some(p), Some(cfg), Some(opens)) = (unsafe { p.as_ref() }, unsafe { cfg.as_ref() }, unsafe { opens.as_mut() })
+    else {
+        return step::INVALID;
+    };
+    let flags = cfg.flags;
+    let v6 = p.is_v6();
+    // Neighbour discovery first: conntrack does not track it, and marks redirects invalid.
+    if p.kind == pkt::ICMP && flags & flags::NEIGHBOUR_DISCOVERY != 0 && icmp::is_nd(v6, p.flags) {
+        return step::PASS + PassReason::NeighbourDiscovery as u32;
+    }
+    match ct::classify(p, Dir::In) {
+        Class::Invalid => step::INVALID,
+        Class::Untracked => step::RULES,
+        Class::Error => {
+            let ctx = XdpContext::new(ctx);
+            let f = Frame { start: ctx.data(), end: ctx.data_end() };
+            let quoted = match quoted_key(&f, p) {
+                Some(k) => lookup(&k),
+                None => Entry::NONE,
+            };
+            // SAFETY: a helper without preconditions.
             let now = unsafe { bpf_ktime_get_ns() };
-            now.wrapping_sub(*seen) < timeout(k.proto)
+            if !ct::error_is_related(quoted.state(), now) {
+                return step::INVALID;
+            }
+            // conntrack's `related`: accepted if it is one of the errors the implicit allowance
+            // names, otherwise judged by the rules like a new packet.
+            if flags & flags::ICMP_ERRORS != 0 && icmp::is_error(v6, p.flags) {
+                step::PASS + PassReason::IcmpError as u32
+            } else {
+                step::RULES
+            }
         }
-        None => false,
+        Class::Flow(key, kind) => {
+            let found = if may_be_tracked(p) { lookup(&key) } else { Entry::NONE };
+            // SAFETY: a helper without preconditions.
+            let now = unsafe { bpf_ktime_get_ns() };
+            let t = ct::track(found.state(), kind, Dir::In, now, &cfg.ct);
+            if t.write == Write::Create {
+                forget_assured(&key, found);
+                *opens = Opens { key, state: t.next, valid: 1 };
+            } else {
+                apply(&key, found, t.write, &t.next);
+            }
+            match t.ct {
+                ct::Ct::Invalid => step::INVALID,
+                ct::Ct::Established if flags & flags::ESTABLISHED != 0 => step::PASS + PassReason::Established as u32,
+                _ => step::RULES,
+            }
+        }
     }
 }
 
-/// Records (or refreshes, at most every [`FLOW_REFRESH_NS`]) an outbound flow.
-#[inline(always)]
-pub fn record(flows: &LruHashMap<FlowKey, u64>, k: &FlowKey) {
-    let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: as above.
-    if let Some(seen) = unsafe { flows.get(k) } {
-        if now.wrapping_sub(*seen) < FLOW_REFRESH_NS {
-            return;
-        }
+/// Connection tracking of an outbound packet (the TC egress program), a BPF global function
+/// for the reasons given at [`nw_conntrack`].
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn nw_egress_track(p: *const Pkt, cfg: *const GenConfig) -> u32 {
+    // SAFETY: as in `nw_conntrack`.
+    let (Some(p), Some(cfg)) = (unsafe { p.as_ref() }, unsafe { cfg.as_ref() }) else {
+        return 0;
+    };
+    if let Class::Flow(key, kind) = ct::classify(p, Dir::Out) {
+        let found = lookup(&key);
+        // SAFETY: a helper without preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let t = ct::track(found.state(), kind, Dir::Out, now, &cfg.ct);
+        apply(&key, found, t.write, &t.next);
     }
-    let _ = flows.insert(k, now, 0);
+    0
 }

@@ -15,22 +15,25 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ICMPV6: u8 = 58;
+pub use nodewall_common::ct::{
+    pkt, Pkt, IPPROTO_DCCP, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE,
+};
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_AH: u8 = 51;
 const IPPROTO_DSTOPTS: u8 = 60;
 
-/// QinQ at most: deeper stacks are not IP as far as the policy is concerned (passed).
-const MAX_VLAN_TAGS: usize = 2;
+/// VLAN tags read before giving up. The kernel strips priority tags (VID 0) at any depth and
+/// delivers what is under them to IP, so a frame still tagged after these is `invalid`
+/// (dropped), never passed unparsed.
+pub const MAX_VLAN_TAGS: usize = 8;
 /// IPv6 extension headers walked before giving up (and calling the packet invalid).
 const MAX_EXT_HEADERS: usize = 8;
 /// No header is looked for beyond this offset; it bounds offsets for the verifier.
 const MAX_L4_OFFSET: usize = 1024;
+const L4_OFFSET_MASK: usize = 2047;
+const _: () = assert!(MAX_L4_OFFSET <= L4_OFFSET_MASK && (L4_OFFSET_MASK + 1).is_power_of_two());
 
 /// The packet bytes `[start, end)` as the program sees them.
 #[derive(Clone, Copy)]
@@ -79,7 +82,7 @@ pub struct Ip {
 }
 
 pub enum Parsed {
-    /// ARP, LLDP and every other non-IP frame.
+    /// ARP, LLDP and every other frame the kernel never hands to IP.
     NotIp,
     /// A fragment other than the first: it cannot be reassembled without the first one,
     /// which carried the ports and was classified (or dropped).
@@ -91,7 +94,8 @@ pub enum Parsed {
     Ip(Ip),
 }
 
-/// Finds and validates the IP header after the Ethernet header and up to two VLAN tags.
+/// Finds and validates the IP header after the Ethernet header and up to [`MAX_VLAN_TAGS`]
+/// 802.1Q / 802.1ad tags.
 #[inline(always)]
 pub fn parse_ip(f: &Frame) -> Parsed {
     let Some(mut ethertype) = f.u16be(12) else {
@@ -99,20 +103,30 @@ pub fn parse_ip(f: &Frame) -> Parsed {
     };
     let mut l3 = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
-        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+        if !is_vlan(ethertype) {
             break;
         }
         match f.u16be(l3 + 2) {
             Some(t) => ethertype = t,
+            // A truncated tag: nothing the kernel could deliver to IP.
             None => return Parsed::NotIp,
         }
         l3 += 4;
+    }
+    if is_vlan(ethertype) {
+        // Deeper than we read: the IP family is unknown, counted as IPv4.
+        return Parsed::Invalid { family: FAMILY_IPV4, len: f.avail(l3) as u32 };
     }
     match ethertype {
         ETH_P_IP => parse_v4(f, l3),
         ETH_P_IPV6 => parse_v6(f, l3),
         _ => Parsed::NotIp,
     }
+}
+
+#[inline(always)]
+fn is_vlan(ethertype: u16) -> bool {
+    ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD
 }
 
 #[inline(always)]
@@ -267,18 +281,22 @@ pub enum L4 {
     Tcp {
         sport: u16,
         dport: u16,
+        flags: u8,
     },
     Udp {
         sport: u16,
         dport: u16,
     },
-    /// ICMP in IPv4 or ICMPv6 in IPv6; `id` is only meaningful for echo messages.
+    /// ICMP in IPv4 or ICMPv6 in IPv6; `id` is only meaningful for queries and their answers.
     Icmp {
         icmp_type: u8,
         id: u16,
     },
+    /// Any other protocol; the ports of SCTP, DCCP and UDP-Lite (which conntrack keys flows
+    /// by), 0 for the rest.
     Other {
-        _zero: [u16; 2],
+        sport: u16,
+        dport: u16,
     },
 }
 
@@ -288,23 +306,6 @@ impl Ip {
     pub fn is_icmp(&self) -> bool {
         (self.family == FAMILY_IPV4 && self.proto == IPPROTO_ICMP)
             || (self.family == FAMILY_IPV6 && self.proto == IPPROTO_ICMPV6)
-    }
-
-    /// The `protocol` label of counters.
-    #[inline(always)]
-    pub fn proto_label(&self) -> u32 {
-        match self.proto {
-            IPPROTO_TCP => PROTO_TCP,
-            IPPROTO_UDP => PROTO_UDP,
-            _ if self.is_icmp() => {
-                if self.family == FAMILY_IPV4 {
-                    PROTO_ICMP
-                } else {
-                    PROTO_ICMPV6
-                }
-            }
-            _ => PROTO_OTHER,
-        }
     }
 
     /// Reads the upper-layer header; `None` when it is truncated or malformed (conntrack's
@@ -321,7 +322,11 @@ impl Ip {
                 if doff < 20 || doff > self.l4_len {
                     return None;
                 }
-                Some(L4::Tcp { sport: u16::from_be_bytes([h[0], h[1]]), dport: u16::from_be_bytes([h[2], h[3]]) })
+                Some(L4::Tcp {
+                    sport: u16::from_be_bytes([h[0], h[1]]),
+                    dport: u16::from_be_bytes([h[2], h[3]]),
+                    flags: h[13],
+                })
             }
             IPPROTO_UDP => {
                 if self.l4_len < 8 {
@@ -337,7 +342,82 @@ impl Ip {
                 let h = f.load::<[u8; 8]>(self.l4)?;
                 Some(L4::Icmp { icmp_type: h[0], id: u16::from_be_bytes([h[4], h[5]]) })
             }
-            _ => Some(L4::Other { _zero: [0; 2] }),
+            IPPROTO_SCTP | IPPROTO_DCCP | IPPROTO_UDPLITE => {
+                // Too short to hold the ports: conntrack cannot track it either.
+                if self.l4_len < 4 {
+                    return None;
+                }
+                let h = f.load::<[u8; 4]>(self.l4)?;
+                Some(L4::Other { sport: u16::from_be_bytes([h[0], h[1]]), dport: u16::from_be_bytes([h[2], h[3]]) })
+            }
+            _ => Some(L4::Other { sport: 0, dport: 0 }),
         }
+    }
+}
+
+/// Parses a frame into the plain [`Pkt`] the rest of the program reads.
+#[inline(always)]
+pub fn parse_pkt(f: &Frame) -> Pkt {
+    let mut p = Pkt::EMPTY;
+    let ip = match parse_ip(f) {
+        Parsed::NotIp => return p,
+        Parsed::LaterFragment => {
+            p.kind = pkt::LATER_FRAGMENT;
+            return p;
+        }
+        Parsed::Invalid { family, len } => {
+            p.kind = pkt::INVALID;
+            p.family = family;
+            p.len = len;
+            return p;
+        }
+        Parsed::Ip(ip) => ip,
+    };
+    p.src = ip.src.0;
+    p.dst = ip.dst.0;
+    p.len = ip.len;
+    p.l4 = ip.l4 as u32;
+    p.l4_len = ip.l4_len as u32;
+    p.family = ip.family;
+    p.proto = ip.proto;
+    p.kind = match ip.l4(f) {
+        None => pkt::INVALID,
+        Some(L4::Tcp { sport, dport, flags }) => {
+            (p.sport, p.dport, p.flags) = (sport, dport, flags);
+            pkt::TCP
+        }
+        Some(L4::Udp { sport, dport }) => {
+            (p.sport, p.dport) = (sport, dport);
+            pkt::UDP
+        }
+        Some(L4::Icmp { icmp_type, id }) => {
+            (p.sport, p.flags) = (id, icmp_type);
+            pkt::ICMP
+        }
+        Some(L4::Other { sport, dport }) => {
+            (p.sport, p.dport) = (sport, dport);
+            pkt::OTHER
+        }
+    };
+    p
+}
+
+/// [`Pkt::l4`], bounded for the verifier (which reads a `Pkt` handed to a global function as
+/// unknown values): the parser never puts the header past [`MAX_L4_OFFSET`], so the mask
+/// changes nothing.
+#[inline(always)]
+pub fn l4_offset(p: &Pkt) -> usize {
+    p.l4 as usize & L4_OFFSET_MASK
+}
+
+/// The `protocol` label of counters.
+#[inline(always)]
+pub fn proto_label(family: u32, proto: u8) -> u32 {
+    match proto {
+        IPPROTO_TCP => PROTO_TCP,
+        IPPROTO_UDP => PROTO_UDP,
+        IPPROTO_ICMP if family == FAMILY_IPV4 => PROTO_ICMP,
+        IPPROTO_ICMPV6 if family == FAMILY_IPV6 => PROTO_ICMPV6,
+        _ => PROTO_OTHER,
     }
 }

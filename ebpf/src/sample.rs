@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use nodewall_common::xdp::{DropSample, SampleBudget, SAMPLES_PER_SECOND, SAMPLE_CLOCK_EVERY, SAMPLE_RING_BYTES};
 
-use crate::parse::{parse_ip, Frame, Parsed, L4};
+use crate::parse::{l4_offset, pkt, Frame, Pkt};
 
 #[map]
 static NW_DROP_SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLE_RING_BYTES, 0);
@@ -58,33 +58,40 @@ fn take_budget() -> bool {
 
 /// Samples the packet in `f`, dropped for `cause`, unless the budget is spent or the ring full.
 #[inline(always)]
-pub fn record(ctx: &XdpContext, f: &Frame, cause: u32) {
+pub fn record(ctx: &XdpContext, p: &Pkt, cause: u32) {
     if !take_budget() {
         return;
     }
-    let mut s = DropSample { cause, ifindex: ctx.ingress_ifindex() as u32, ..DropSample::default() };
-    match parse_ip(f) {
-        Parsed::Ip(ip) => {
-            s.family = ip.family as u8;
-            s.proto = ip.proto;
-            s.src = ip.src.0;
-            s.dst = ip.dst.0;
-            match ip.l4(f) {
-                Some(L4::Tcp { sport, dport }) | Some(L4::Udp { sport, dport }) => {
-                    s.sport = sport;
-                    s.dport = dport;
-                }
-                Some(L4::Icmp { .. }) => {
-                    if let Some(h) = f.load::<[u8; 2]>(ip.l4) {
-                        s.sport = h[0] as u16;
-                        s.dport = h[1] as u16;
-                    }
-                }
-                _ => {}
+    let Some(mut entry) = NW_DROP_SAMPLES.reserve::<DropSample>(0) else {
+        return;
+    };
+    let (mut sport, mut dport) = (0, 0);
+    match p.kind {
+        pkt::TCP | pkt::UDP | pkt::OTHER => (sport, dport) = (p.sport, p.dport),
+        pkt::ICMP => {
+            let f = Frame { start: ctx.data(), end: ctx.data_end() };
+            if let Some(h) = f.load::<[u8; 2]>(l4_offset(p)) {
+                (sport, dport) = (h[0] as u16, h[1] as u16);
             }
         }
-        Parsed::Invalid { family, .. } => s.family = family as u8,
-        Parsed::NotIp | Parsed::LaterFragment => {}
+        _ => {}
     }
-    let _ = NW_DROP_SAMPLES.output::<DropSample>(&s, 0);
+    let ip = p.kind != pkt::NOT_IP && p.kind != pkt::LATER_FRAGMENT;
+    let s = entry.as_mut_ptr();
+    // Field by field, straight into the ring buffer: a `DropSample` built on the stack came out
+    // with misaligned stack stores, which the verifier refuses (packet and ring-buffer memory
+    // may be accessed misaligned, the stack may not).
+    // SAFETY: `s` points to a reserved, writable `DropSample`.
+    unsafe {
+        core::ptr::addr_of_mut!((*s).src).write(if ip { p.src } else { [0; 16] });
+        core::ptr::addr_of_mut!((*s).dst).write(if ip { p.dst } else { [0; 16] });
+        core::ptr::addr_of_mut!((*s).cause).write(cause);
+        core::ptr::addr_of_mut!((*s).ifindex).write(ctx.ingress_ifindex() as u32);
+        core::ptr::addr_of_mut!((*s).sport).write(sport);
+        core::ptr::addr_of_mut!((*s).dport).write(dport);
+        core::ptr::addr_of_mut!((*s).family).write(p.family as u8);
+        core::ptr::addr_of_mut!((*s).proto).write(if ip { p.proto } else { 0 });
+        core::ptr::addr_of_mut!((*s)._pad).write([0; 2]);
+    }
+    entry.submit(0);
 }

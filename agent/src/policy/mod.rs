@@ -5,6 +5,7 @@ mod compile;
 mod digest;
 mod evaluate;
 mod model;
+pub mod track;
 
 pub use addrset::AddrSet;
 pub use compile::{compile, CompileError};

@@ -109,12 +109,27 @@ pub fn frag6(next: u8, offset: u16, more: bool) -> Vec<u8> {
     e
 }
 
+/// A TCP SYN.
 pub fn tcp(sport: u16, dport: u16) -> Vec<u8> {
+    tcpf(sport, dport, SYN)
+}
+
+pub const FIN: u8 = 0x01;
+pub const SYN: u8 = 0x02;
+pub const RST: u8 = 0x04;
+pub const PSH: u8 = 0x08;
+pub const ACK: u8 = 0x10;
+pub const URG: u8 = 0x20;
+pub const ECE: u8 = 0x40;
+pub const CWR: u8 = 0x80;
+
+/// A TCP header with the given flags.
+pub fn tcpf(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     let mut h = vec![0u8; 20];
     h[0..2].copy_from_slice(&sport.to_be_bytes());
     h[2..4].copy_from_slice(&dport.to_be_bytes());
     h[12] = 5 << 4;
-    h[13] = 0x02; // SYN
+    h[13] = flags;
     h
 }
 
@@ -391,4 +406,90 @@ pub fn proto_label(pkt: &nodewall::policy::Packet) -> u32 {
         L4::Icmp { .. } => 3,
         L4::Other { .. } => 4,
     }
+}
+
+// ---- stateful packets -----------------------------------------------------------------
+
+use nodewall::policy::track::{build, Tracker};
+use nodewall_common::ct::{pkt, Pkt, Timeouts};
+
+/// Timeouts no test run outlives: the tests that check expiry set their own.
+pub const NEVER: Timeouts = Timeouts {
+    tcp_syn_sent: 86_400,
+    tcp_syn_recv: 86_400,
+    tcp_established: 86_400,
+    tcp_fin_wait: 86_400,
+    tcp_time_wait: 86_400,
+    tcp_unacknowledged: 86_400,
+    udp: 86_400,
+    udp_stream: 86_400,
+    icmp: 86_400,
+    icmpv6: 86_400,
+    gre: 86_400,
+    gre_stream: 86_400,
+    generic: 86_400,
+    tcp_loose: 1,
+};
+
+/// Installs `pol` with flow timeouts `ct` (the agent would read the node's conntrack sysctls).
+pub fn install_with(dp: &mut Datapath, pol: &Policy, ct: Timeouts) {
+    let mut img = nodewall::backend::xdp::Image::build(pol).expect("building the image");
+    img.ct = ct;
+    dp.install_image(img).expect("installing the policy");
+}
+
+/// The monotonic clock the eBPF program reads (`bpf_ktime_get_ns`).
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub const ME4_ADDR: &str = "198.18.0.1";
+pub const ME6_ADDR: &str = "fd00::1";
+
+/// The parsed form of an evaluator packet sent to ME (as [`frame_of`] builds it), with TCP
+/// flags `flags`.
+pub fn pkt_of(p: &nodewall::policy::Packet, flags: u8) -> Pkt {
+    use nodewall::policy::L4;
+    let me: IpAddr = if p.src.is_ipv6() { ME6_ADDR } else { ME4_ADDR }
+        .parse()
+        .unwrap();
+    match p.l4 {
+        L4::Tcp { sport, dport } => build::tcp(p.src, me, sport, dport, flags),
+        L4::Udp { sport, dport } => build::udp(p.src, me, sport, dport),
+        L4::Icmp { icmp_type, .. } => build::icmp(p.src, me, icmp_type, 0),
+        L4::Other { number } => build::other(p.src, me, number, 0, 0),
+    }
+}
+
+/// The Ethernet frame of a parsed packet (IPv4 or IPv6 by its family), with `payload` after
+/// the transport header.
+pub fn frame_of_pkt(p: &Pkt) -> Vec<u8> {
+    let l4 = match p.kind {
+        pkt::TCP => tcpf(p.sport, p.dport, p.flags),
+        pkt::UDP => udp(p.sport, p.dport, b""),
+        pkt::ICMP => icmp(p.flags, 0, p.sport, b""),
+        _ => {
+            let mut h = vec![0u8; 8];
+            h[0..2].copy_from_slice(&p.sport.to_be_bytes());
+            h[2..4].copy_from_slice(&p.dport.to_be_bytes());
+            h
+        }
+    };
+    if p.is_v6() {
+        eth(ETH_IPV6, &[], &ipv6(p.src, p.dst, p.proto, &l4))
+    } else {
+        let a = |b: &[u8; 16]| [b[0], b[1], b[2], b[3]];
+        eth(ETH_IP, &[], &ipv4(a(&p.src), a(&p.dst), p.proto, &l4))
+    }
+}
+
+/// A tracker with the datapath's timeouts.
+pub fn tracker(ct: Timeouts) -> Tracker {
+    Tracker::new(ct)
 }

@@ -176,6 +176,8 @@ pub enum Match {
     IcmpTypeIn(Family, String),
     /// `udp sport A udp dport B`; nft loads both ports with one 4-byte payload expression.
     UdpPorts(u16, u16),
+    /// `tcp flags & (syn | ack) != syn`: anything but a bare SYN (a connection attempt).
+    TcpNotBareSyn,
     /// `limit rate R/second burst B packets`: true while the rule's token bucket has packets
     /// left.
     Limit { per_second: u32, burst: u32 },
@@ -403,9 +405,27 @@ impl Builder {
 
     fn implicit(&mut self, policy: &Policy, out: &mut Vec<RuleDef>) {
         let imp = policy.implicit;
+        if imp.established {
+            // A bare SYN is never return traffic, whatever conntrack says: conntrack lets one
+            // pass as `established` when it reuses the tuple of a connection it still holds
+            // (one whose end it did not see), and the XDP backend sends every connection
+            // attempt to the rules. Two rules, one counter.
+            let counter = self.counter(
+                "implicit.established".into(),
+                "implicit established (accepted)".into(),
+            );
+            for m in [Match::L4ProtoNot(IPPROTO_TCP), Match::TcpNotBareSyn] {
+                out.push(RuleDef {
+                    matches: vec![Match::CtState(CT_ESTABLISHED), m],
+                    log: None,
+                    counter: Some(counter.clone()),
+                    verdict: Some(Verdict::Accept),
+                    comment: Some("implicit: established".into()),
+                });
+            }
+        }
         let mut allow = |b: &mut Self, what: &str, matches: Vec<Match>| b.allow(out, what, matches);
         if imp.established {
-            allow(self, "established", vec![Match::CtState(CT_ESTABLISHED)]);
             // Related ICMP is the `icmp-errors` allowance's business; every other related flow
             // (e.g. an FTP data connection) is return traffic.
             for f in Family::BOTH {

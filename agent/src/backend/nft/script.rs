@@ -166,6 +166,7 @@ fn match_text(m: &Match) -> String {
         Match::IcmpTypeIn(Family::V4, set) => format!("icmp type @{set}"),
         Match::IcmpTypeIn(Family::V6, set) => format!("icmpv6 type @{set}"),
         Match::UdpPorts(s, d) => format!("udp sport {s} udp dport {d}"),
+        Match::TcpNotBareSyn => "tcp flags & (syn | ack) != syn".into(),
         Match::Limit { per_second, burst } => {
             format!("limit rate {per_second}/second burst {burst} packets")
         }

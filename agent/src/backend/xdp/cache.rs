@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use aya::maps::MapInfo;
+use nodewall_common::ct::Timeouts;
 use nodewall_common::xdp::{
     map_names, GenConfig, RuleBits, RuleRef, Switch, MAX_RULES, RULE_WORDS,
 };
@@ -27,7 +28,7 @@ use super::image::PortTable;
 use super::maps::KernelGen;
 
 /// Bumped whenever the encoding or [`KernelGen`] changes meaning.
-const FORMAT: u32 = 4;
+const FORMAT: u32 = 5;
 const MAGIC: &[u8; 4] = b"NWXG";
 /// The maps a generation lives in: their kernel ids identify the install.
 const GEN_MAPS: [&str; 6] = [
@@ -298,6 +299,42 @@ fn maybe_live(path: &Path, boot_id: &str) -> bool {
 
 struct Enc(Vec<u8>);
 
+/// Every field of [`Timeouts`], in the order [`Dec::timeouts`] reads them back.
+fn timeout_fields(t: &Timeouts) -> [u32; 14] {
+    let Timeouts {
+        tcp_syn_sent,
+        tcp_syn_recv,
+        tcp_established,
+        tcp_fin_wait,
+        tcp_time_wait,
+        tcp_unacknowledged,
+        udp,
+        udp_stream,
+        icmp,
+        icmpv6,
+        gre,
+        gre_stream,
+        generic,
+        tcp_loose,
+    } = *t;
+    [
+        tcp_syn_sent,
+        tcp_syn_recv,
+        tcp_established,
+        tcp_fin_wait,
+        tcp_time_wait,
+        tcp_unacknowledged,
+        udp,
+        udp_stream,
+        icmp,
+        icmpv6,
+        gre,
+        gre_stream,
+        generic,
+        tcp_loose,
+    ]
+}
+
 impl Enc {
     fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_le_bytes());
@@ -317,6 +354,11 @@ impl Enc {
             self.u64(*w);
         }
     }
+    fn timeouts(&mut self, t: &Timeouts) {
+        for v in timeout_fields(t) {
+            self.u32(v);
+        }
+    }
     fn config(&mut self, c: &GenConfig) {
         self.u32(c.flags);
         self.u32(c.nrules);
@@ -325,6 +367,7 @@ impl Enc {
         self.bits(&c.icmp4);
         self.bits(&c.icmp6);
         self.bits(&c.other);
+        self.timeouts(&c.ct);
         for r in &c.rules {
             self.0.extend_from_slice(&r.slot.to_le_bytes());
             self.0.push(r.action);
@@ -364,6 +407,28 @@ impl<'a> Dec<'a> {
         }
         Ok(b)
     }
+    fn timeouts(&mut self) -> Result<Timeouts> {
+        let mut v = [0u32; 14];
+        for x in &mut v {
+            *x = self.u32()?;
+        }
+        Ok(Timeouts {
+            tcp_syn_sent: v[0],
+            tcp_syn_recv: v[1],
+            tcp_established: v[2],
+            tcp_fin_wait: v[3],
+            tcp_time_wait: v[4],
+            tcp_unacknowledged: v[5],
+            udp: v[6],
+            udp_stream: v[7],
+            icmp: v[8],
+            icmpv6: v[9],
+            gre: v[10],
+            gre_stream: v[11],
+            generic: v[12],
+            tcp_loose: v[13],
+        })
+    }
     fn config(&mut self) -> Result<GenConfig> {
         let mut c = GenConfig {
             flags: self.u32()?,
@@ -373,6 +438,7 @@ impl<'a> Dec<'a> {
             icmp4: self.bits()?,
             icmp6: self.bits()?,
             other: self.bits()?,
+            ct: self.timeouts()?,
             ..GenConfig::EMPTY
         };
         for r in c.rules.iter_mut().take(MAX_RULES) {

@@ -359,6 +359,10 @@ impl Datapath {
         Ok(prog)
     }
 
+    pub fn maps_mut(&mut self) -> &mut Maps {
+        &mut self.maps
+    }
+
     pub fn maps(&self) -> &Maps {
         &self.maps
     }
@@ -452,6 +456,7 @@ fn lower(image: &Image, slots: &[u16]) -> KernelGen {
         icmp4: image.icmp4,
         icmp6: image.icmp6,
         other: image.other,
+        ct: image.ct,
         ..GenConfig::EMPTY
     };
     for (i, ((_, action), &slot)) in image.rules.iter().zip(slots).enumerate() {

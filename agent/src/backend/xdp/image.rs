@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
+use nodewall_common::ct::Timeouts;
 use nodewall_common::xdp::{flags, RuleBits, MAX_NAME_LEN, MAX_RULES};
 
 use super::flat::SourceTables;
@@ -70,6 +71,8 @@ pub struct Image {
     pub sources: SourceTables,
     pub tcp: PortTable,
     pub udp: PortTable,
+    /// Flow timeouts (not part of the policy: the backend sets the node's, see `conntrack`).
+    pub ct: Timeouts,
 }
 
 impl Image {
@@ -87,6 +90,7 @@ impl Image {
                 .expect("no prefix fits"),
             tcp: PortTable::empty(),
             udp: PortTable::empty(),
+            ct: Timeouts::DEFAULT,
         }
     }
 
@@ -141,6 +145,7 @@ impl Image {
             src6,
             tcp: port_table(policy, Protocol::Tcp),
             udp: port_table(policy, Protocol::Udp),
+            ct: Timeouts::DEFAULT,
         })
     }
 }

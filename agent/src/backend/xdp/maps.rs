@@ -8,11 +8,12 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, Map, MapData, MapFd, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, HashMap, Map, MapData, MapFd, PerCpuArray, PerCpuValues};
 use aya::Ebpf;
+use nodewall_common::ct::FlowState;
 use nodewall_common::xdp::{
-    flags, map_names as names, port_index, GenConfig, RuleBits, SlotName, Src4Key, Src6Key,
-    SrcTables, Stat, Switch, GEN_PREFIX_BITS, MAX_SLOTS, PORT_PROTO_TCP, PORT_PROTO_UDP,
+    flags, map_names as names, port_index, FlowKey, GenConfig, RuleBits, SlotName, Src4Key,
+    Src6Key, SrcTables, Stat, Switch, GEN_PREFIX_BITS, MAX_SLOTS, PORT_PROTO_TCP, PORT_PROTO_UDP,
     SRC_ROOT_ENTRIES_PER_GEN,
 };
 
@@ -80,6 +81,9 @@ pub struct Maps {
     pub drop_stats: PerCpuArray<MapData, Stat>,
     pub pass_stats: PerCpuArray<MapData, Stat>,
     pub slot_names: Array<MapData, SlotName>,
+    /// The flow tables (connection tracking): assured flows, and those not assured yet.
+    pub flows: HashMap<MapData, FlowKey, FlowState>,
+    pub flows_new: HashMap<MapData, FlowKey, FlowState>,
     // The maps below are only ever read and written in batches, which aya lacks: their
     // descriptors are all the agent keeps.
     /// `NW_PORTS`.
@@ -172,7 +176,29 @@ impl Maps {
             rule_stats: typed!(names::RULE_STATS),
             drop_stats: typed!(names::DROP_STATS),
             pass_stats: typed!(names::PASS_STATS),
+            flows: typed!(names::FLOWS),
+            flows_new: typed!(names::FLOWS_NEW),
         })
+    }
+
+    /// Flows in both tables (live or not yet evicted), assured first.
+    pub fn flows(&self) -> Result<(Vec<(FlowKey, FlowState)>, Vec<(FlowKey, FlowState)>)> {
+        let read = |m: &HashMap<MapData, FlowKey, FlowState>| -> Result<Vec<_>> {
+            Ok(m.iter().collect::<Result<_, _>>()?)
+        };
+        Ok((read(&self.flows)?, read(&self.flows_new)?))
+    }
+
+    /// Forgets every flow: their packets are judged by the rules again.
+    pub fn clear_flows(&mut self) -> Result<()> {
+        for m in [&mut self.flows, &mut self.flows_new] {
+            let keys: Vec<FlowKey> = m.keys().collect::<Result<_, _>>()?;
+            for k in keys {
+                // Gone already (evicted, or removed by the datapath) is as good.
+                let _ = m.remove(&k);
+            }
+        }
+        Ok(())
     }
 
     fn map_sources(&self) -> Result<MappedSources> {

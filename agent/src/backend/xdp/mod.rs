@@ -1,7 +1,9 @@
 //! XDP backend: the policy compiled into BPF maps read by an XDP program on each uplink, plus
-//! a TC egress program that records the node's flows so their return traffic passes.
+//! a TC egress program that tracks the node's outbound packets so return traffic of live
+//! flows passes (connection tracking of its own: `ebpf/src/flow.rs`).
 //!
 //! - `image`: policy -> map content (pure); `maps`: typed maps, generation diff writes;
+//! - `conntrack`: the flow timeouts, from the namespace's conntrack sysctls;
 //! - `datapath`: the loaded object and the two-generation install; `slots`: counter slots;
 //! - `attach`: bpffs, pinned links (live or dead), native/generic XDP; `counters`: labelled
 //!   counters; `options`: pin location and attach mode (environment); `samples`: drop samples
@@ -23,6 +25,7 @@
 
 mod attach;
 mod cache;
+mod conntrack;
 mod counters;
 mod datapath;
 mod flat;
@@ -42,6 +45,7 @@ use anyhow::{Context, Result};
 use nodewall_common::xdp::map_names;
 
 pub use attach::{ensure_bpffs, if_index, if_name, Attached, LinkState, XdpAttach};
+pub use conntrack::timeouts as conntrack_timeouts;
 pub use datapath::{current_netns, Datapath, Installed};
 pub use image::{Image, PortTable};
 pub use maps::{KernelGen, Maps, Writes};
@@ -132,7 +136,8 @@ impl Backend for XdpBackend {
     fn apply(&mut self, policy: &Policy) -> Result<ApplyReport> {
         let started = Instant::now();
         // Everything that can be refused is checked before the kernel is touched.
-        let image = Image::build(policy)?;
+        let mut image = Image::build(policy)?;
+        image.ct = conntrack::timeouts();
         let wanted = Self::interfaces(policy)?;
         ensure_bpffs(&self.opts.bpffs)?;
         let dir = self.pin_dir();

@@ -149,6 +149,18 @@ fn match_exprs(m: &Match, family: &mut Option<Family>) -> Vec<Expr> {
                 cmp(libc::NFT_CMP_EQ, &ports),
             ]
         }
+        Match::TcpNotBareSyn => vec![
+            meta(libc::NFT_META_L4PROTO),
+            cmp(libc::NFT_CMP_EQ, &[super::super::plan::IPPROTO_TCP]),
+            payload(libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32, 13, 1),
+            Expr::new("bitwise")
+                .u32(sys::NFTNL_EXPR_BITWISE_SREG, REG1)
+                .u32(sys::NFTNL_EXPR_BITWISE_DREG, REG1)
+                .u32(sys::NFTNL_EXPR_BITWISE_LEN, 1)
+                .data(sys::NFTNL_EXPR_BITWISE_MASK, &[TCP_SYN | TCP_ACK])
+                .data(sys::NFTNL_EXPR_BITWISE_XOR, &[0]),
+            cmp(libc::NFT_CMP_NEQ, &[TCP_SYN]),
+        ],
         Match::Limit { per_second, burst } => vec![Expr::new("limit")
             .u64(sys::NFTNL_EXPR_LIMIT_RATE, *per_second as u64)
             .u64(sys::NFTNL_EXPR_LIMIT_UNIT, 1)
@@ -157,6 +169,9 @@ fn match_exprs(m: &Match, family: &mut Option<Family>) -> Vec<Expr> {
             .u32(sys::NFTNL_EXPR_LIMIT_FLAGS, 0)],
     }
 }
+
+const TCP_SYN: u8 = nodewall_common::ct::tcp_flags::SYN;
+const TCP_ACK: u8 = nodewall_common::ct::tcp_flags::ACK;
 
 /// The netmask of a `len`-bit prefix in a `bits`-wide space, as 16 big-endian bytes
 /// right-aligned (an IPv4 mask is the last 4).

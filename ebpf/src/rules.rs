@@ -1,0 +1,113 @@
+//! The policy's rules: which rule, if any, matches a packet by its source and its protocol and
+//! destination port. Two lookups whose cost does not grow with the policy: a walk of the flat
+//! source tables, one load per address byte until a class (source -> rules containing it; the
+//! LPM tries instead when the policy did not fit them), and one array lookup (protocol/port ->
+//! rules matching it); the lowest set bit of their intersection is the first matching rule.
+
+use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
+    macros::map,
+    maps::{lpm_trie::Key, Array, LpmTrie},
+};
+use nodewall_common::xdp::*;
+
+use crate::parse::{pkt, Pkt};
+
+#[map]
+static NW_SRC4: LpmTrie<Src4Key, u32> = LpmTrie::with_max_entries(SRC_TRIE_ENTRIES, 0);
+#[map]
+static NW_SRC6: LpmTrie<Src6Key, u32> = LpmTrie::with_max_entries(SRC_TRIE_ENTRIES, 0);
+#[map]
+static NW_SOURCES: Array<SrcTables> = Array::with_max_entries(GENERATIONS, BPF_F_MMAPABLE);
+#[map]
+static NW_PORTS: Array<RuleBits> = Array::with_max_entries(PORT_TABLE_ENTRIES, 0);
+
+/// [`nw_rules`]'s answer when no rule matches.
+pub const NO_RULE: u32 = u32::MAX;
+
+/// The counter slot and action of the first rule of generation `gen` (configured as `cfg`)
+/// that matches `p`, as `action << 16 | slot`, or [`NO_RULE`]. A BPF global function: checked
+/// once by the verifier, with a stack frame of its own (see `nw_xdp`). It returns the rule
+/// rather than its position: a position indexed in the caller lost its bound on the way.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn nw_rules(p: *const Pkt, cfg: *const GenConfig, gen: u32) -> u32 {
+    // SAFETY: the verifier checked each pointer's size against its type; null is checked here.
+    let (Some(p), Some(cfg)) = (unsafe { p.as_ref() }, unsafe { cfg.as_ref() }) else {
+        return NO_RULE;
+    };
+    let gen = gen & 1;
+    let by_l4 = match p.kind {
+        pkt::TCP => NW_PORTS.get(port_index(gen, PORT_PROTO_TCP, p.dport)),
+        pkt::UDP => NW_PORTS.get(port_index(gen, PORT_PROTO_UDP, p.dport)),
+        pkt::ICMP if p.family == FAMILY_IPV4 => Some(&cfg.icmp4),
+        pkt::ICMP => Some(&cfg.icmp6),
+        _ => Some(&cfg.other),
+    };
+    let Some(tables) = NW_SOURCES.get(gen) else {
+        return NO_RULE;
+    };
+    let class = if cfg.flags & flags::FLAT_SOURCES != 0 { flat_source_class(p, tables) } else { source_class(p, gen) };
+    let by_src = class.map(|c| &tables.classes[(c & (SRC_CLASSES_PER_GEN - 1)) as usize]);
+    if let (Some(a), Some(b)) = (by_src, by_l4) {
+        if let Some(pos) = a.first_common(b) {
+            if pos < cfg.nrules && (pos as usize) < MAX_RULES {
+                let r = cfg.rules[pos as usize];
+                return (r.action as u32) << 16 | r.slot as u32;
+            }
+        }
+    }
+    NO_RULE
+}
+
+/// The class (index into [`SrcTables::classes`]) of the rules whose sources contain the packet's
+/// source: the longest prefix holds them all, because the agent pushes every rule's bit down
+/// into the prefixes its sources contain. This is the LPM tries' path, for policies whose
+/// prefixes do not fit the flat tables.
+#[inline(always)]
+fn source_class(p: &Pkt, gen: u32) -> Option<u32> {
+    if p.family == FAMILY_IPV4 {
+        let mut k = Key::new(GEN_PREFIX_BITS + 32, [gen as u8; 5]);
+        put_bytes(&mut k.data[1..], &p.src[..4]);
+        NW_SRC4.get(&k).copied()
+    } else {
+        let mut k = Key::new(GEN_PREFIX_BITS + 128, [gen as u8; 17]);
+        put_bytes(&mut k.data[1..], &p.src);
+        NW_SRC6.get(&k).copied()
+    }
+}
+
+/// Copies byte by byte, each store volatile so LLVM cannot merge them: behind the generation
+/// byte the address sits at an odd offset on the stack, and the verifier rejects misaligned
+/// stack access (unlike packet access, which the build allows, see ebpf/.cargo/config.toml).
+#[inline(always)]
+fn put_bytes(dst: &mut [u8], src: &[u8]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        // SAFETY: `d` is a valid, exclusive reference.
+        unsafe { core::ptr::write_volatile(d, *s) };
+    }
+}
+
+/// [`source_class`] from the flat tables: the root by the first two address bytes, then one
+/// load per further byte until a class.
+#[inline(always)]
+fn flat_source_class(p: &Pkt, tables: &SrcTables) -> Option<u32> {
+    let bytes = if p.family == FAMILY_IPV4 { 4 } else { 16 };
+    let top = ((p.src[0] as usize) << 8) | p.src[1] as usize;
+    let mut e = tables.roots[(p.family & 1) as usize][top];
+    // Every way out of the walk leads to the one test below: with a return per step, the
+    // verifier would check the rest of the program once per step, and loading would take
+    // twice as long.
+    for i in 2..16 {
+        if e & SRC_CHILD == 0 || i >= bytes {
+            break;
+        }
+        // Masked, the index is provably inside the value: no bounds check, for LLVM or the verifier.
+        e = tables.nodes[(e & (SRC_NODES_PER_GEN as u16 - 1)) as usize].0[p.src[i] as usize];
+    }
+    if e & SRC_CHILD == 0 {
+        Some(e as u32)
+    } else {
+        None
+    }
+}
