@@ -11,9 +11,7 @@ mod xdp_support;
 
 use aya::maps::{MapData, PerCpuArray};
 use nodewall::backend::xdp::{Datapath, Maps};
-use nodewall::config::Action;
-use nodewall::policy::Reason;
-use nodewall_common::xdp::{PassReason, Stat, DROP_STATS_ENTRIES, MAX_SLOTS, PASS_STATS_ENTRIES};
+use nodewall_common::xdp::{Stat, DROP_STATS_ENTRIES, MAX_SLOTS, PASS_STATS_ENTRIES};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use xdp_random::*;
@@ -77,26 +75,6 @@ fn one_million_random_packets_agree_with_evaluate() {
             let flags = random_tcp_flags(&mut rng);
             let parsed = pkt_of(&pkt, flags);
             let want = tracker.judge(&pol, &parsed, None, now_ns());
-            let (family, proto) = (family_of(pkt.src), proto_label(&pkt));
-            let m = dp.maps();
-            let (map, index) = match want.reason {
-                Reason::Rule => (&m.rule_stats, slots[want.rule.unwrap()] as u32),
-                Reason::DefaultDeny => (
-                    &m.drop_stats,
-                    drop_cause_index("default-deny", None, family, proto),
-                ),
-                Reason::NeighbourDiscovery => {
-                    (&m.pass_stats, PassReason::NeighbourDiscovery as u32)
-                }
-                Reason::DhcpClient => (&m.pass_stats, PassReason::DhcpClient as u32),
-                Reason::Invalid => (
-                    &m.drop_stats,
-                    drop_cause_index("invalid", None, family, proto),
-                ),
-                Reason::Established => (&m.pass_stats, PassReason::Established as u32),
-                Reason::IcmpError => (&m.pass_stats, PassReason::IcmpError as u32),
-            };
-            let deny_rule = want.reason == Reason::Rule && want.action == Action::Deny;
             *kinds
                 .entry(format!(
                     "{:?}/{:?}/{}",
@@ -105,21 +83,10 @@ fn one_million_random_packets_agree_with_evaluate() {
                     if want.enforced { "enforce" } else { "audit" }
                 ))
                 .or_default() += 1;
-            let old = Maps::stat(map, index).unwrap().packets;
-            let frame = frame_of_pkt(&parsed);
-            let ret = run(dp.xdp().unwrap(), &frame);
-            let m = dp.maps();
-            let map = match want.reason {
-                Reason::Rule => &m.rule_stats,
-                Reason::DefaultDeny | Reason::Invalid => &m.drop_stats,
-                _ => &m.pass_stats,
-            };
-            let moved = Maps::stat(map, index).unwrap().packets - old;
-            let want_ret = if want.passes() { XDP_PASS } else { XDP_DROP };
-            if ret != want_ret || moved != 1 {
-                mismatches.push(format!("{pkt:?} flags {flags:#x}: evaluate {want:?}, xdp returned {ret} and moved the expected counter by {moved}"));
+            match check_verdict(&mut dp, &slots, &want, &parsed, &frame_of_pkt(&parsed)) {
+                Ok(moves) => expected_moves += moves,
+                Err(e) => mismatches.push(format!("{pkt:?} flags {flags:#x}: {e}")),
             }
-            expected_moves += 1 + u64::from(deny_rule);
             checked += 1;
         }
         let moved = totals(&dp) - before;

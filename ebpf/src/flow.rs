@@ -115,6 +115,12 @@ pub struct Entry {
 impl Entry {
     pub const NONE: Entry = Entry { ptr: core::ptr::null_mut(), fresh: 0 };
 
+    /// Whether it is an entry of the assured table.
+    #[inline(always)]
+    pub fn assured(&self) -> bool {
+        !self.ptr.is_null() && self.fresh == 0
+    }
+
     #[inline(always)]
     pub fn state(&self) -> Option<&FlowState> {
         // SAFETY: null or the value of a map lookup, valid for the rest of this program run.
@@ -159,25 +165,17 @@ pub fn apply(k: &FlowKey, e: Entry, w: Write, n: &FlowState) {
             }
             let _ = if e.fresh != 0 { NW_FLOWS_NEW.remove(k) } else { NW_FLOWS.remove(k) };
         }
-        Write::Create => {
-            forget_assured(k, e);
-            create(k, n);
-        }
+        Write::Create => create(k, n, e.assured()),
     }
 }
 
-/// Before a flow is created over `e`, an ended one: removed from the assured table, where it
-/// would be found before the new flow (harmless if the new one is not created after all).
+/// Stores a new flow. `over_assured`: the flow replaces one of the assured table (a TCP
+/// connection reopened after its close), which must go, or it would be found first.
 #[inline(always)]
-pub fn forget_assured(k: &FlowKey, e: Entry) {
-    if !e.ptr.is_null() && e.fresh == 0 {
+pub fn create(k: &FlowKey, n: &FlowState, over_assured: bool) {
+    if over_assured {
         let _ = NW_FLOWS.remove(k);
     }
-}
-
-/// Stores a new flow (see [`forget_assured`]).
-#[inline(always)]
-pub fn create(k: &FlowKey, n: &FlowState) {
     // Marked first: once the flow is in the table, its packets find the mark set.
     mark(k);
     let _ = NW_FLOWS_NEW.insert(k, n, 0);
@@ -239,20 +237,16 @@ pub struct Opens {
     pub key: FlowKey,
     pub state: FlowState,
     pub valid: u64,
+    /// It replaces a flow of the assured table (see [`create`]).
+    pub over_assured: u64,
 }
 
 impl Opens {
-    pub const NONE: Opens = Opens {
-        key: FlowKey { remote: [0; 16], local: [0; 16], remote_port: 0, local_port: 0, proto: 0, family: 0, _pad: [0; 2] },
-        state: FlowState { deadline: 0, created: 0, tcp: 0, origin: 0, replied: 0, assured: 0, fin_in: 0, fin_out: 0, _pad: [0; 2] },
-        valid: 0,
-    };
-
     /// Stores the flow, if there is one.
     #[inline(always)]
     pub fn open(&self) {
         if self.valid != 0 {
-            create(&self.key, &self.state);
+            create(&self.key, &self.state, self.over_assured != 0);
         }
     }
 }
@@ -305,8 +299,7 @@ pub extern "C" fn nw_conntrack(ctx: *mut xdp_md, p: *const Pkt, cfg: *const GenC
             let now = unsafe { bpf_ktime_get_ns() };
             let t = ct::track(found.state(), kind, Dir::In, now, &cfg.ct);
             if t.write == Write::Create {
-                forget_assured(&key, found);
-                *opens = Opens { key, state: t.next, valid: 1 };
+                *opens = Opens { key, state: t.next, valid: 1, over_assured: found.assured() as u64 };
             } else {
                 apply(&key, found, t.write, &t.next);
             }

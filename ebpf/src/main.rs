@@ -47,10 +47,29 @@ static NW_SLOT_NAMES: Array<SlotName> = Array::with_max_entries(MAX_SLOTS, 0);
 /// TCX_NEXT / TC_ACT_UNSPEC: the egress program never decides, it only watches.
 const TC_NEXT: i32 = -1;
 
+/// What the XDP program keeps per packet outside its stack: BPF allows 512 bytes of stack
+/// along a chain of calls, and the parse, the decision and connection tracking each need a
+/// frame of their own (see [`nw_xdp`]).
+#[repr(C)]
+pub struct Scratch {
+    pkt: Pkt,
+    opens: Opens,
+}
+
+#[map]
+static NW_XDP_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
 #[xdp]
 pub fn nodewall_xdp(ctx: XdpContext) -> u32 {
-    let p = parse_pkt(&Frame { start: ctx.data(), end: ctx.data_end() });
-    nw_xdp(ctx.ctx, &p)
+    let Some(s) = NW_XDP_SCRATCH.get_ptr_mut(0) else {
+        return XDP_DROP;
+    };
+    // SAFETY: a per-CPU value, only this CPU writes it, and this program runs to completion.
+    unsafe {
+        (*s).pkt = parse_pkt(&Frame { start: ctx.data(), end: ctx.data_end() });
+        (*s).opens.valid = 0;
+    }
+    nw_xdp(ctx.ctx, s)
 }
 
 /// Everything after the header parse. The verifier follows every path through a program with
@@ -61,11 +80,12 @@ pub fn nodewall_xdp(ctx: XdpContext) -> u32 {
 /// which have stack frames of their own (BPF allows 512 bytes per call chain).
 #[no_mangle]
 #[inline(never)]
-pub extern "C" fn nw_xdp(ctx: *mut xdp_md, p: *const Pkt) -> u32 {
+pub extern "C" fn nw_xdp(ctx: *mut xdp_md, s: *mut Scratch) -> u32 {
     // SAFETY: the verifier checked the pointer's size against its type; null is checked here.
-    let Some(p) = (unsafe { p.as_ref() }) else {
+    let Some(s) = (unsafe { s.as_mut() }) else {
         return XDP_DROP;
     };
+    let (p, opens) = (&s.pkt, &mut s.opens);
     let Some(sw) = NW_SWITCH.get(0) else {
         return XDP_PASS;
     };
@@ -76,7 +96,6 @@ pub extern "C" fn nw_xdp(ctx: *mut xdp_md, p: *const Pkt) -> u32 {
     let family = p.family & 1;
     let proto = parse::proto_label(family, p.proto);
     let len = p.len;
-    let mut opens = Opens::NONE;
     let cause = match p.kind {
         pkt::NOT_IP | pkt::LATER_FRAGMENT => {
             // SAFETY: `ctx` is the program's context.
@@ -85,7 +104,7 @@ pub extern "C" fn nw_xdp(ctx: *mut xdp_md, p: *const Pkt) -> u32 {
             return XDP_PASS;
         }
         pkt::INVALID => DROP_CAUSE_INVALID,
-        _ => match nw_conntrack(ctx, p, cfg, &mut opens) {
+        _ => match nw_conntrack(ctx, p, cfg, opens) {
             step::INVALID => DROP_CAUSE_INVALID,
             step::RULES => match rule(p, cfg, gen) {
                 Ok(()) => {

@@ -493,3 +493,117 @@ pub fn frame_of_pkt(p: &Pkt) -> Vec<u8> {
 pub fn tracker(ct: Timeouts) -> Tracker {
     Tracker::new(ct)
 }
+
+/// The IP packet (no Ethernet header) of a parsed packet, with `payload` after a transport
+/// header built from its fields (for ICMP: the type, code 0 and the identifier).
+pub fn ip_of_pkt(p: &Pkt, payload: &[u8]) -> Vec<u8> {
+    let l4 = match p.kind {
+        pkt::TCP => {
+            let mut h = tcpf(p.sport, p.dport, p.flags);
+            h.extend_from_slice(payload);
+            h
+        }
+        pkt::UDP => udp(p.sport, p.dport, payload),
+        pkt::ICMP => icmp(p.flags, 0, p.sport, payload),
+        _ => {
+            let mut h = vec![0u8; 8];
+            h[0..2].copy_from_slice(&p.sport.to_be_bytes());
+            h[2..4].copy_from_slice(&p.dport.to_be_bytes());
+            h.extend_from_slice(payload);
+            h
+        }
+    };
+    if p.is_v6() {
+        ipv6(p.src, p.dst, p.proto, &l4)
+    } else {
+        let a = |b: &[u8; 16]| [b[0], b[1], b[2], b[3]];
+        ipv4(a(&p.src), a(&p.dst), p.proto, &l4)
+    }
+}
+
+/// The Ethernet frame of an ICMP error `err` quoting (the start of) `quoted`, as routers
+/// send them: the quoted IP header and 8 bytes above it.
+pub fn frame_of_error(err: &Pkt, quoted: &Pkt) -> Vec<u8> {
+    let q = ip_of_pkt(quoted, b"");
+    let header = if quoted.is_v6() { 40 } else { 20 };
+    let mut e = *err;
+    e.sport = 0;
+    let ip = ip_of_pkt(&e, &q[..(header + 8).min(q.len())]);
+    eth(if err.is_v6() { ETH_IPV6 } else { ETH_IP }, &[], &ip)
+}
+
+/// Runs `frame` (whose parsed form is `p`) through the XDP program and checks it against the
+/// verdict `want` and the one counter it names (rule slot, drop reason with family and
+/// protocol, or implicit allowance), which must move by exactly one. Returns how many
+/// counter moves the verdict accounts for (a deny rule moves its rule and its drop counter).
+pub fn check_verdict(
+    dp: &mut Datapath,
+    slots: &[u16],
+    want: &nodewall::policy::Verdict,
+    p: &Pkt,
+    frame: &[u8],
+) -> Result<u64, String> {
+    use nodewall::policy::Reason;
+    let family = p.family;
+    let proto = match (p.kind, p.proto) {
+        (pkt::TCP, _) => 0,
+        (pkt::UDP, _) => 1,
+        (pkt::ICMP, _) if family == 0 => 2,
+        (pkt::ICMP, _) => 3,
+        _ => 4,
+    };
+    let m = dp.maps();
+    let (map, index) = match want.reason {
+        Reason::Rule => (&m.rule_stats, slots[want.rule.unwrap()] as u32),
+        Reason::DefaultDeny => (
+            &m.drop_stats,
+            drop_cause_index("default-deny", None, family, proto),
+        ),
+        Reason::Invalid => (
+            &m.drop_stats,
+            drop_cause_index("invalid", None, family, proto),
+        ),
+        Reason::NeighbourDiscovery => (&m.pass_stats, PassReason::NeighbourDiscovery as u32),
+        Reason::DhcpClient => (&m.pass_stats, PassReason::DhcpClient as u32),
+        Reason::Established => (&m.pass_stats, PassReason::Established as u32),
+        Reason::IcmpError => (&m.pass_stats, PassReason::IcmpError as u32),
+    };
+    let old = nodewall::backend::xdp::Maps::stat(map, index)
+        .unwrap()
+        .packets;
+    let ret = run(dp.xdp().unwrap(), frame);
+    let m = dp.maps();
+    let map = match want.reason {
+        Reason::Rule => &m.rule_stats,
+        Reason::DefaultDeny | Reason::Invalid => &m.drop_stats,
+        _ => &m.pass_stats,
+    };
+    let moved = nodewall::backend::xdp::Maps::stat(map, index)
+        .unwrap()
+        .packets
+        - old;
+    let want_ret = if want.passes() { XDP_PASS } else { XDP_DROP };
+    if ret != want_ret || moved != 1 {
+        return Err(format!(
+            "evaluate {want:?}, xdp returned {ret} and moved the expected counter by {moved}"
+        ));
+    }
+    let deny_rule = want.reason == Reason::Rule && want.action == nodewall::config::Action::Deny;
+    Ok(1 + u64::from(deny_rule))
+}
+
+/// Runs an outbound frame through the TC egress program (which only tracks).
+pub fn egress(dp: &mut Datapath, frame: &[u8]) {
+    let r = dp
+        .egress()
+        .unwrap()
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        r.return_value as i32, -1,
+        "the egress program never decides"
+    );
+}
