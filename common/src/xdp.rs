@@ -38,7 +38,8 @@ pub mod map_names {
     pub const SAMPLE_BUDGET: &str = "NW_SAMPLE_BUDGET";
     pub const FLOW_MARKS: &str = "NW_FLOW_MARKS";
     pub const SOURCES: &str = "NW_SOURCES";
-    pub const ALL: [&str; 15] = [
+    pub const XDP_SCRATCH: &str = "NW_XDP_SCRATCH";
+    pub const ALL: [&str; 16] = [
         SWITCH,
         CONFIG,
         SRC4,
@@ -54,6 +55,7 @@ pub mod map_names {
         SAMPLE_BUDGET,
         FLOW_MARKS,
         SOURCES,
+        XDP_SCRATCH,
     ];
 }
 

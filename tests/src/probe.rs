@@ -72,15 +72,21 @@ impl Probe {
         }
     }
 
-    /// The probe as a line of `nodewall explain --batch` (always a new connection: probes use
-    /// distinct tuples, so conntrack never sees one as established).
+    /// The probe as a line of `nodewall explain --batch`: probes use distinct tuples, so none
+    /// belongs to a flow, and `explain` says what such a packet is (new, or invalid for one
+    /// no flow can start with).
     pub fn explain_json(&self) -> Value {
-        let mut v = json!({ "from": self.src.to_string(), "state": "new" });
+        let mut v = json!({ "from": self.src.to_string() });
         match self.l4 {
-            L4::Tcp { sport, dport, .. } => {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
                 v["protocol"] = json!("tcp");
                 v["port"] = json!(dport);
                 v["source_port"] = json!(sport);
+                v["tcp_flags"] = json!(flags.to_string());
             }
             L4::TcpBadOffset { sport, dport } => {
                 v["protocol"] = json!("tcp");

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::ValueEnum;
-use nodewall::policy::{self, CtState, Origin, Packet, Policy, Verdict, L4};
+use nodewall::policy::{self, track, CtState, Origin, Packet, Policy, Verdict, L4};
 use serde::{Deserialize, Serialize};
 
 use super::{output, ConfigArg, EXIT_INVALID};
@@ -55,7 +55,14 @@ pub struct Probe {
     /// IP protocol number for --protocol other.
     #[arg(long)]
     pub proto_number: Option<u8>,
-    /// Connection-tracking state of the packet.
+    /// TCP flags (tcp only), as names (`syn,ack`) or a number (`0x12`); default a SYN.
+    #[arg(long, value_name = "FLAGS")]
+    #[serde(default)]
+    pub tcp_flags: Option<String>,
+    /// Connection-tracking state of the packet: by default what a packet gets when it
+    /// belongs to no flow yet (`new` for a SYN or a lone ACK, `invalid` for a stray
+    /// SYN+ACK, FIN or RST, an echo reply or an ICMP error about nothing). A packet no flow
+    /// could have (e.g. SYN+FIN) is invalid whatever this says.
     #[arg(long, value_enum)]
     #[serde(default)]
     pub state: Option<State>,
@@ -209,11 +216,88 @@ pub fn to_packet(p: &Probe) -> anyhow::Result<Packet> {
                 .context("--proto-number is required for --protocol other")?,
         },
     };
-    let ct = match p.state.unwrap_or_default() {
-        State::New => CtState::New,
-        State::Established => CtState::Established,
-        State::Related => CtState::Related,
-        State::Invalid => CtState::Invalid,
+    let flags = match (&p.tcp_flags, l4) {
+        (Some(f), L4::Tcp { .. }) => tcp_flags(f)?,
+        (Some(_), _) => bail!("--tcp-flags applies to tcp only"),
+        (None, _) => TCP_SYN,
+    };
+    // What the packet is to connection tracking when it belongs to no flow.
+    let first = track::first_state(&pkt_of(src, l4, flags));
+    let ct = match p.state {
+        _ if first == CtState::Invalid && !invalid_only_without_flow(v6, l4, flags) => first,
+        None => first,
+        Some(State::New) => CtState::New,
+        // A SYN is never return traffic: every backend judges it by the rules.
+        Some(State::Established) if matches!(l4, L4::Tcp { .. }) && is_bare_syn(flags) => {
+            CtState::New
+        }
+        Some(State::Established) => CtState::Established,
+        Some(State::Related) => CtState::Related,
+        Some(State::Invalid) => CtState::Invalid,
     };
     Ok(Packet { src, l4, ct })
+}
+
+const TCP_SYN: u8 = nodewall_common::ct::tcp_flags::SYN;
+
+/// `syn,ack` (names as nft spells them), `0x12` or `18`.
+fn tcp_flags(s: &str) -> anyhow::Result<u8> {
+    use nodewall_common::ct::tcp_flags::*;
+    let s = s.trim();
+    if let Some(hex) = s.strip_prefix("0x") {
+        return u8::from_str_radix(hex, 16)
+            .with_context(|| format!("--tcp-flags {s}: not a byte in hex"));
+    }
+    if let Ok(n) = s.parse::<u8>() {
+        return Ok(n);
+    }
+    s.split([',', '|', ' '])
+        .filter(|w| !w.is_empty())
+        .try_fold(0u8, |acc, w| {
+            let bit = match w.to_ascii_lowercase().as_str() {
+                "fin" => FIN,
+                "syn" => SYN,
+                "rst" => RST,
+                "psh" => PSH,
+                "ack" => ACK,
+                "urg" => URG,
+                "ece" => ECE,
+                "cwr" => CWR,
+                other => bail!(
+                    "--tcp-flags: unknown flag `{other}` (fin, syn, rst, psh, ack, urg, ece, cwr, or a number)"
+                ),
+            };
+            Ok(acc | bit)
+        })
+}
+
+/// Invalid only for want of a flow (a SYN+ACK, FIN or RST, an ICMP answer or error): with
+/// `--state` the caller says which flow it belongs to. Anything else invalid (a flag
+/// combination or ICMP type conntrack refuses) is invalid whatever `--state` says.
+fn invalid_only_without_flow(v6: bool, l4: L4, flags: u8) -> bool {
+    use nodewall_common::ct::{icmp_kind, tcp_segment, IcmpKind, Seg};
+    match l4 {
+        L4::Tcp { .. } => tcp_segment(flags) != Seg::Invalid,
+        L4::Icmp { icmp_type, .. } => icmp_kind(v6, icmp_type) != IcmpKind::Invalid,
+        _ => true,
+    }
+}
+
+fn is_bare_syn(flags: u8) -> bool {
+    nodewall_common::ct::tcp_segment(flags) == nodewall_common::ct::Seg::Syn
+}
+
+/// The parsed form of a probe to the node, for the tracker.
+fn pkt_of(src: IpAddr, l4: L4, flags: u8) -> nodewall_common::ct::Pkt {
+    let dst: IpAddr = if src.is_ipv6() {
+        std::net::Ipv6Addr::LOCALHOST.into()
+    } else {
+        std::net::Ipv4Addr::LOCALHOST.into()
+    };
+    match l4 {
+        L4::Tcp { sport, dport } => track::build::tcp(src, dst, sport, dport, flags),
+        L4::Udp { sport, dport } => track::build::udp(src, dst, sport, dport),
+        L4::Icmp { icmp_type, .. } => track::build::icmp(src, dst, icmp_type, 0),
+        L4::Other { number } => track::build::other(src, dst, number, 0, 0),
+    }
 }

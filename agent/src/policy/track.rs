@@ -125,6 +125,12 @@ impl Tracker {
     }
 }
 
+/// The state a packet gets when it belongs to no flow: `new` when it may open one,
+/// `invalid` when conntrack refuses it, `related`/`established` never.
+pub fn first_state(p: &Pkt) -> CtState {
+    Tracker::default().inbound(p, None, 0, |_| false)
+}
+
 /// The evaluator's view of a parsed packet.
 pub fn packet(p: &Pkt, ct: CtState) -> Packet {
     let l4 = match p.kind {
