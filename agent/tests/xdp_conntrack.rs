@@ -215,6 +215,7 @@ fn short() -> Timeouts {
     Timeouts {
         tcp_syn_sent: 1,
         tcp_time_wait: 1,
+        tcp_close: 1,
         udp: 2,
         udp_stream: 2,
         icmp: 1,

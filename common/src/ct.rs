@@ -8,15 +8,17 @@
 //! policy). The nft backend gets these states from conntrack itself; the tests send the same
 //! sequences through both and compare.
 //!
-//! Deliberate differences from conntrack, all on the strict side:
+//! The TCP states and transitions are conntrack's (`tcp_conntracks` in
+//! `nf_conntrack_proto_tcp.c`), folded into fewer states where conntrack's only differ in
+//! their timeouts. Deliberate differences, all on the strict side:
 //! - a TCP SYN without ACK is never `established`: it always goes to the policy (conntrack
 //!   lets a SYN on a live connection pass as established; the nft backend skips the
 //!   established accept for such SYNs, so both backends agree);
-//! - a RST ends the flow at once (conntrack keeps it 10 s in CLOSE);
-//! - after FINs in both directions the flow lives for the TIME_WAIT timeout from the second
-//!   FIN, not refreshed by later segments;
+//! - a closing flow (TIME_WAIT after FINs both ways, CLOSE after a RST) ends at a deadline set
+//!   when it began closing, which later segments do not extend (conntrack refreshes it);
 //! - sequence numbers are not tracked: an in-state segment with a wrong sequence number is
-//!   `established` here and `invalid` for conntrack (the TCP stack discards it either way).
+//!   `established` here and `invalid` for conntrack (the TCP stack discards it either way);
+//! - no simultaneous open: a SYN+ACK from the side that sent the first SYN is `invalid`.
 
 /// TCP header flag bits.
 pub mod tcp_flags {
@@ -349,6 +351,8 @@ pub mod tcp_state {
     pub const FIN_WAIT: u8 = 4;
     /// Both sides sent a FIN: the flow ends at its deadline, which no segment extends.
     pub const TIME_WAIT: u8 = 5;
+    /// A RST ended an answered flow: as TIME_WAIT, with conntrack's CLOSE timeout.
+    pub const CLOSE: u8 = 6;
 }
 
 /// The value of a flow entry. 24 bytes; the fields each direction writes are separate bytes,
@@ -385,6 +389,7 @@ pub struct Timeouts {
     pub tcp_established: u32,
     pub tcp_fin_wait: u32,
     pub tcp_time_wait: u32,
+    pub tcp_close: u32,
     /// A flow picked up in the middle (no reply seen yet).
     pub tcp_unacknowledged: u32,
     pub udp: u32,
@@ -406,6 +411,7 @@ impl Timeouts {
         tcp_established: 432_000,
         tcp_fin_wait: 120,
         tcp_time_wait: 120,
+        tcp_close: 10,
         tcp_unacknowledged: 300,
         udp: 30,
         udp_stream: 120,
@@ -604,11 +610,16 @@ fn tcp(e: Option<&FlowState>, seg: Seg, dir: Dir, now: u64, t: &Timeouts) -> Tra
     } else {
         Ct::New
     };
+    let closing = e.tcp == TIME_WAIT || e.tcp == CLOSE;
     match seg {
         Seg::Invalid => tracked(Ct::Invalid, Write::Keep),
-        // A SYN is never return traffic. After a close it reopens the tuple (conntrack
-        // kills the old flow and starts a new one); otherwise the flow stays as it is.
-        Seg::Syn if e.tcp == TIME_WAIT => create(dir, SYN_SENT, now, t.tcp_syn_sent),
+        // A SYN is never return traffic. After a close it reopens the tuple (conntrack kills
+        // the old flow and starts a new one), except from the answering side after a RST.
+        Seg::Syn if closing && !(reply && e.tcp == CLOSE) => {
+            create(dir, SYN_SENT, now, t.tcp_syn_sent)
+        }
+        // From the answering side of a flow past its first SYN, conntrack refuses a SYN.
+        Seg::Syn if reply && e.tcp != SYN_SENT => tracked(Ct::Invalid, Write::Keep),
         Seg::Syn => tracked(Ct::New, Write::Keep),
         Seg::SynAck => {
             if reply && e.tcp == SYN_SENT {
@@ -622,14 +633,28 @@ fn tcp(e: Option<&FlowState>, seg: Seg, dir: Dir, now: u64, t: &Timeouts) -> Tra
                     next: n,
                 }
             } else if reply || e.tcp == SYN_RECV {
-                // A retransmitted SYN+ACK (or simultaneous open): ignored, not a change.
+                // A retransmitted SYN+ACK: ignored, not a change.
                 tracked(ct, Write::Keep)
             } else {
                 tracked(Ct::Invalid, Write::Keep)
             }
         }
-        // The origin's RST before any answer kills the flow and is judged as new.
-        Seg::Rst => tracked(ct, Write::Delete),
+        // A RST before any answer kills the flow (the origin's is judged as new).
+        Seg::Rst if e.replied == 0 => tracked(ct, Write::Delete),
+        Seg::Rst if e.tcp == CLOSE => tracked(ct, Write::Keep),
+        Seg::Rst => {
+            let mut n = *e;
+            n.tcp = CLOSE;
+            n.deadline = now + secs(t.tcp_close);
+            if reply {
+                n.replied = 1;
+            }
+            Tracked {
+                ct,
+                write: Write::Update,
+                next: n,
+            }
+        }
         Seg::Ack | Seg::Fin if e.tcp == SYN_SENT => {
             if reply && seg == Seg::Ack {
                 tracked(Ct::Established, Write::Keep)
@@ -637,6 +662,7 @@ fn tcp(e: Option<&FlowState>, seg: Seg, dir: Dir, now: u64, t: &Timeouts) -> Tra
                 tracked(Ct::Invalid, Write::Keep)
             }
         }
+        Seg::Ack | Seg::Fin if e.tcp == CLOSE => tracked(ct, Write::Keep),
         Seg::Ack | Seg::Fin => {
             let mut n = *e;
             if reply {
@@ -756,6 +782,7 @@ mod tests {
 
     #[test]
     fn a_syn_is_never_established() {
+        // From the side that answered, a SYN on a live flow is invalid, as for conntrack.
         let s = run(&[
             (Out, SYN, 0),
             (In, SYNACK, 0),
@@ -769,35 +796,42 @@ mod tests {
                 Some(New),
                 Some(Established),
                 Some(Established),
-                Some(New),
+                Some(Invalid),
                 Some(New)
             ]
         );
+        let s = run(&[(In, SYN, 0), (Out, SYNACK, 0), (In, ACK, 0), (In, SYN, 1)]);
+        assert_eq!(s[3], Some(New));
     }
 
     #[test]
-    fn rst_ends_the_flow() {
+    fn rst_ends_the_flow_after_the_close_timeout() {
         let s = run(&[
             (In, SYN, 0),
             (Out, SYNACK, 0),
             (In, ACK, 0),
             (In, RST, 1),
-            (In, RST, 1),
-            (In, FIN, 1),
-            (In, ACK, 1),
+            (In, ACK, 5),
+            (Out, SYN, 5),
+            (In, RST, 12),
+            (In, FIN, 12),
+            (In, ACK, 12),
         ]);
-        assert_eq!(
-            &s[..7],
-            &[
-                Some(New),
-                Some(Established),
-                Some(Established),
-                Some(Established),
-                Some(Invalid),
-                Some(Invalid),
-                Some(New)
-            ]
-        );
+        let want = [
+            New,
+            Established,
+            Established,
+            Established,
+            Established,
+            Invalid,
+            Invalid,
+            Invalid,
+            New,
+        ];
+        assert_eq!(&s[..9], &want.map(Some));
+        // Refused: the answer is the RST, and the flow goes at once.
+        let s = run(&[(Out, SYN, 0), (In, RST, 0), (In, ACK, 0)]);
+        assert_eq!(&s[..3], &[Some(New), Some(Established), Some(New)]);
     }
 
     #[test]

@@ -301,14 +301,19 @@ mod tests {
         assert_eq!((v.passes(), v.reason), (true, Reason::Established));
         // A new SYN from the same port is a new connection: the rules say no.
         assert!(!t.judge(&closed, &syn, None, 3 * S).passes());
-        // Closed by a RST, the tuple is nothing: a stale ACK is judged as new, a RST invalid.
+        // Closed by a RST: established for the close timeout (10 s), then the tuple is nothing:
+        // a stale RST is invalid, a stale ACK judged as new.
         t.outbound(&reversed(&tcp(peer(), me(), 40000, 22, 0x04)), 4 * S);
         assert_eq!(
-            t.judge(&closed, &ack, None, 5 * S).reason,
-            Reason::DefaultDeny
+            t.judge(&closed, &ack, None, 13 * S).reason,
+            Reason::Established
         );
         let rst = tcp(peer(), me(), 40000, 22, 0x04);
-        assert_eq!(t.judge(&closed, &rst, None, 5 * S).reason, Reason::Invalid);
+        assert_eq!(t.judge(&closed, &rst, None, 15 * S).reason, Reason::Invalid);
+        assert_eq!(
+            t.judge(&closed, &ack, None, 15 * S).reason,
+            Reason::DefaultDeny
+        );
     }
 
     #[test]

@@ -420,6 +420,7 @@ pub const NEVER: Timeouts = Timeouts {
     tcp_established: 86_400,
     tcp_fin_wait: 86_400,
     tcp_time_wait: 86_400,
+    tcp_close: 86_400,
     tcp_unacknowledged: 86_400,
     udp: 86_400,
     udp_stream: 86_400,

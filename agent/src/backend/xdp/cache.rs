@@ -300,13 +300,14 @@ fn maybe_live(path: &Path, boot_id: &str) -> bool {
 struct Enc(Vec<u8>);
 
 /// Every field of [`Timeouts`], in the order [`Dec::timeouts`] reads them back.
-fn timeout_fields(t: &Timeouts) -> [u32; 14] {
+fn timeout_fields(t: &Timeouts) -> [u32; 15] {
     let Timeouts {
         tcp_syn_sent,
         tcp_syn_recv,
         tcp_established,
         tcp_fin_wait,
         tcp_time_wait,
+        tcp_close,
         tcp_unacknowledged,
         udp,
         udp_stream,
@@ -323,6 +324,7 @@ fn timeout_fields(t: &Timeouts) -> [u32; 14] {
         tcp_established,
         tcp_fin_wait,
         tcp_time_wait,
+        tcp_close,
         tcp_unacknowledged,
         udp,
         udp_stream,
@@ -408,7 +410,7 @@ impl<'a> Dec<'a> {
         Ok(b)
     }
     fn timeouts(&mut self) -> Result<Timeouts> {
-        let mut v = [0u32; 14];
+        let mut v = [0u32; 15];
         for x in &mut v {
             *x = self.u32()?;
         }
@@ -418,15 +420,16 @@ impl<'a> Dec<'a> {
             tcp_established: v[2],
             tcp_fin_wait: v[3],
             tcp_time_wait: v[4],
-            tcp_unacknowledged: v[5],
-            udp: v[6],
-            udp_stream: v[7],
-            icmp: v[8],
-            icmpv6: v[9],
-            gre: v[10],
-            gre_stream: v[11],
-            generic: v[12],
-            tcp_loose: v[13],
+            tcp_close: v[5],
+            tcp_unacknowledged: v[6],
+            udp: v[7],
+            udp_stream: v[8],
+            icmp: v[9],
+            icmpv6: v[10],
+            gre: v[11],
+            gre_stream: v[12],
+            generic: v[13],
+            tcp_loose: v[14],
         })
     }
     fn config(&mut self) -> Result<GenConfig> {

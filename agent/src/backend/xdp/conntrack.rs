@@ -30,6 +30,7 @@ pub fn from_dir(dir: &Path) -> Timeouts {
         tcp_established: read("tcp_timeout_established", d.tcp_established),
         tcp_fin_wait: read("tcp_timeout_fin_wait", d.tcp_fin_wait),
         tcp_time_wait: read("tcp_timeout_time_wait", d.tcp_time_wait),
+        tcp_close: read("tcp_timeout_close", d.tcp_close),
         tcp_unacknowledged: read("tcp_timeout_unacknowledged", d.tcp_unacknowledged),
         udp: read("udp_timeout", d.udp),
         udp_stream: read("udp_timeout_stream", d.udp_stream),
