@@ -8,6 +8,9 @@
 //! [`Backend::ALL`] through [`backend_tests!`]: nftables, XDP in native mode and XDP in
 //! generic mode.
 
+pub mod craft;
+pub mod delivery;
+pub mod inject;
 pub mod installed;
 pub mod netns;
 pub mod nodewall;

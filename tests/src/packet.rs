@@ -142,7 +142,7 @@ fn tcp_header(sport: u16, dport: u16, flags: u8, offset: u8) -> Vec<u8> {
     h
 }
 
-fn pseudo_header(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> Vec<u8> {
+pub fn pseudo_header(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> Vec<u8> {
     let mut v = Vec::new();
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
@@ -163,7 +163,7 @@ fn pseudo_header(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> Vec<u8> {
 }
 
 /// The Internet checksum over the concatenation of `parts` (each of even length but the last).
-fn checksum(parts: &[&[u8]]) -> u16 {
+pub fn checksum(parts: &[&[u8]]) -> u16 {
     let mut sum: u32 = 0;
     let bytes: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
     for chunk in bytes.chunks(2) {

@@ -7,13 +7,13 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde_json::{json, Value};
 
+use crate::inject::Injector;
 use crate::packet::{frame, L4, TCP_SYN};
-use crate::topology::{node_addr, Topology, FABRIC_MAC, FABRIC_TO_NODE, NODE_MAC};
+use crate::topology::{node_addr, Topology, FABRIC_MAC, NODE_MAC};
 
 /// Source ports (and ICMP identifiers) unique within the process, so that no probe ever
 /// belongs to a connection conntrack has already seen answered (it would be `established`).
@@ -134,8 +134,7 @@ table inet nwtest {
 /// Sends probes into the node and reports which ones the datapath let through.
 pub struct Prober<'t> {
     topo: &'t Topology,
-    sock: OwnedFd,
-    ifindex: i32,
+    wire: Injector,
     next_tag: u32,
 }
 
@@ -144,58 +143,15 @@ impl<'t> Prober<'t> {
         topo.node
             .nft_load(OBSERVER.as_bytes())
             .context("installing the observer table")?;
-        let (sock, ifindex) = topo.fabric.enter(|| -> anyhow::Result<(OwnedFd, i32)> {
-            // SAFETY: plain socket(2); the fd is owned right away.
-            let fd = unsafe {
-                libc::socket(
-                    libc::AF_PACKET,
-                    libc::SOCK_RAW,
-                    (libc::ETH_P_ALL as u16).to_be() as i32,
-                )
-            };
-            if fd < 0 {
-                bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
-            }
-            // SAFETY: fd is a fresh, valid descriptor.
-            let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-            let name = std::ffi::CString::new(FABRIC_TO_NODE).unwrap();
-            // SAFETY: NUL-terminated name.
-            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
-            if ifindex == 0 {
-                bail!("no interface {FABRIC_TO_NODE} in the fabric");
-            }
-            Ok((sock, ifindex))
-        })??;
         Ok(Self {
             topo,
-            sock,
-            ifindex,
+            wire: Injector::new(topo)?,
             next_tag: 1,
         })
     }
 
     fn send_frame(&self, frame: &[u8]) -> anyhow::Result<()> {
-        // SAFETY: zeroed sockaddr_ll is valid; the fields we need are set below.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = self.ifindex;
-        addr.sll_halen = 6;
-        addr.sll_addr[..6].copy_from_slice(&NODE_MAC);
-        // SAFETY: the frame and address outlive the call.
-        let n = unsafe {
-            libc::sendto(
-                self.sock.as_raw_fd(),
-                frame.as_ptr() as *const libc::c_void,
-                frame.len(),
-                0,
-                &addr as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if n < 0 {
-            bail!("sending a probe: {}", std::io::Error::last_os_error());
-        }
-        Ok(())
+        self.wire.send(frame)
     }
 
     /// Sends every probe once; `result[i]` tells whether probe `i` got through.
