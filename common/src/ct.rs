@@ -17,8 +17,7 @@
 //! - a closing flow (TIME_WAIT after FINs both ways, CLOSE after a RST) ends at a deadline set
 //!   when it began closing, which later segments do not extend (conntrack refreshes it);
 //! - sequence numbers are not tracked: an in-state segment with a wrong sequence number is
-//!   `established` here and `invalid` for conntrack (the TCP stack discards it either way);
-//! - no simultaneous open: a SYN+ACK from the side that sent the first SYN is `invalid`.
+//!   `established` here and `invalid` for conntrack (the TCP stack discards it either way).
 
 /// TCP header flag bits.
 pub mod tcp_flags {
@@ -349,10 +348,13 @@ pub mod tcp_state {
     pub const ESTABLISHED: u8 = 3;
     /// One side sent a FIN.
     pub const FIN_WAIT: u8 = 4;
-    /// Both sides sent a FIN: the flow ends at its deadline, which no segment extends.
+    /// The last ACK after FINs both ways came: the flow ends at its deadline, which no segment
+    /// extends.
     pub const TIME_WAIT: u8 = 5;
     /// A RST ended an answered flow: as TIME_WAIT, with conntrack's CLOSE timeout.
     pub const CLOSE: u8 = 6;
+    /// Both sides sent a FIN, the last ACK has not come (a SYN does not reopen the tuple yet).
+    pub const LAST_ACK: u8 = 7;
 }
 
 /// The value of a flow entry. 24 bytes; the fields each direction writes are separate bytes,
@@ -376,7 +378,20 @@ pub struct FlowState {
     /// FIN seen from the remote / from the node.
     pub fin_in: u8,
     pub fin_out: u8,
-    pub _pad: [u8; 2],
+    /// The last TCP segment, when conntrack's next decision depends on it: [`last`].
+    pub last: u8,
+    pub _pad: u8,
+}
+
+/// Values of [`FlowState::last`]: conntrack remembers the last segment (`last_index`,
+/// `last_dir`); a closed flow reopens on a SYN only from the side whose RST closed it (or
+/// after FINs), and a SYN it ignored is confirmed by the other side's SYN+ACK.
+pub mod last {
+    pub const OTHER: u8 = 0;
+    pub const RST_IN: u8 = 1;
+    pub const RST_OUT: u8 = 2;
+    pub const SYN_IN: u8 = 3;
+    pub const SYN_OUT: u8 = 4;
 }
 
 /// Timeouts in seconds, from the network namespace's `net.netfilter.nf_conntrack_*`
@@ -388,6 +403,7 @@ pub struct Timeouts {
     pub tcp_syn_recv: u32,
     pub tcp_established: u32,
     pub tcp_fin_wait: u32,
+    pub tcp_last_ack: u32,
     pub tcp_time_wait: u32,
     pub tcp_close: u32,
     /// A flow picked up in the middle (no reply seen yet).
@@ -410,6 +426,7 @@ impl Timeouts {
         tcp_syn_recv: 60,
         tcp_established: 432_000,
         tcp_fin_wait: 120,
+        tcp_last_ack: 30,
         tcp_time_wait: 120,
         tcp_close: 10,
         tcp_unacknowledged: 300,
@@ -605,24 +622,65 @@ fn tcp(e: Option<&FlowState>, seg: Seg, dir: Dir, now: u64, t: &Timeouts) -> Tra
         };
     };
     let reply = dir as u8 != e.origin;
+    let r = tcp_live(e, seg, reply, dir, now, t);
+    if r.ct == Ct::Invalid || !matches!(r.write, Write::Keep | Write::Update) {
+        return r;
+    }
+    let mut n = if r.write == Write::Update { r.next } else { *e };
+    // Whatever conntrack accepts from the answering side, even a packet it ignores, marks the
+    // flow answered (`SEEN_REPLY`): a RST then closes it rather than killing it.
+    if reply {
+        n.replied = 1;
+    }
+    let inbound = dir as u8 == Dir::In as u8;
+    n.last = match seg {
+        Seg::Rst if inbound => last::RST_IN,
+        Seg::Rst => last::RST_OUT,
+        // A SYN conntrack ignores (the flow is not new to it).
+        Seg::Syn if inbound => last::SYN_IN,
+        Seg::Syn => last::SYN_OUT,
+        _ => last::OTHER,
+    };
+    if n == *e {
+        return tracked(r.ct, Write::Keep);
+    }
+    Tracked {
+        ct: r.ct,
+        write: Write::Update,
+        next: n,
+    }
+}
+
+/// [`tcp`] for a live flow `e`, `reply` when the packet comes from the side that answered.
+#[inline(always)]
+fn tcp_live(e: &FlowState, seg: Seg, reply: bool, dir: Dir, now: u64, t: &Timeouts) -> Tracked {
+    use tcp_state::*;
     let ct = if reply || e.replied != 0 {
         Ct::Established
     } else {
         Ct::New
     };
-    let closing = e.tcp == TIME_WAIT || e.tcp == CLOSE;
+    let inbound = dir as u8 == Dir::In as u8;
+    // conntrack reopens a closed tuple on a SYN (kills the old flow and starts a new one)
+    // after FINs, or when the last segment was a RST from the SYN's own side.
+    let fins = e.fin_in != 0 || e.fin_out != 0;
+    let own_rst = e.last == if inbound { last::RST_IN } else { last::RST_OUT };
+    let reopens = e.tcp == TIME_WAIT || (e.tcp == CLOSE && !reply && (fins || own_rst));
     match seg {
         Seg::Invalid => tracked(Ct::Invalid, Write::Keep),
-        // A SYN is never return traffic. After a close it reopens the tuple (conntrack kills
-        // the old flow and starts a new one), except from the answering side after a RST.
-        Seg::Syn if closing && !(reply && e.tcp == CLOSE) => {
-            create(dir, SYN_SENT, now, t.tcp_syn_sent)
-        }
-        // From the answering side of a flow past its first SYN, conntrack refuses a SYN.
+        // A SYN is never return traffic.
+        Seg::Syn if reopens => create(dir, SYN_SENT, now, t.tcp_syn_sent),
+        // From the answering side of a flow past its first SYN, conntrack refuses a SYN; to
+        // the first one it is a simultaneous open (SYN_SENT, answered).
         Seg::Syn if reply && e.tcp != SYN_SENT => tracked(Ct::Invalid, Write::Keep),
         Seg::Syn => tracked(Ct::New, Write::Keep),
         Seg::SynAck => {
-            if reply && e.tcp == SYN_SENT {
+            // Answering the first SYN, or, in a simultaneous open, either side's SYN; or a
+            // SYN conntrack ignored (the ends restarted their connection): it gets in step.
+            let answers_ignored = e.last == if inbound { last::SYN_OUT } else { last::SYN_IN };
+            if (e.tcp == SYN_SENT && (reply || e.replied != 0))
+                || (answers_ignored && e.tcp != SYN_SENT)
+            {
                 let mut n = *e;
                 n.tcp = SYN_RECV;
                 n.replied = 1;
@@ -640,15 +698,13 @@ fn tcp(e: Option<&FlowState>, seg: Seg, dir: Dir, now: u64, t: &Timeouts) -> Tra
             }
         }
         // A RST before any answer kills the flow (the origin's is judged as new).
-        Seg::Rst if e.replied == 0 => tracked(ct, Write::Delete),
+        Seg::Rst if e.replied == 0 && !reply => tracked(ct, Write::Delete),
+        Seg::Rst if e.replied == 0 => tracked(Ct::Established, Write::Delete),
         Seg::Rst if e.tcp == CLOSE => tracked(ct, Write::Keep),
         Seg::Rst => {
             let mut n = *e;
             n.tcp = CLOSE;
             n.deadline = now + secs(t.tcp_close);
-            if reply {
-                n.replied = 1;
-            }
             Tracked {
                 ct,
                 write: Write::Update,
@@ -677,14 +733,17 @@ fn tcp(e: Option<&FlowState>, seg: Seg, dir: Dir, now: u64, t: &Timeouts) -> Tra
             }
             n.tcp = match e.tcp {
                 TIME_WAIT => TIME_WAIT,
-                _ if n.fin_in != 0 && n.fin_out != 0 => TIME_WAIT,
+                LAST_ACK if seg == Seg::Ack => TIME_WAIT,
+                LAST_ACK => LAST_ACK,
+                _ if n.fin_in != 0 && n.fin_out != 0 => LAST_ACK,
                 _ if seg == Seg::Fin || e.tcp == FIN_WAIT => FIN_WAIT,
                 SYN_RECV if !reply => ESTABLISHED,
                 s => s,
             };
             n.deadline = match n.tcp {
-                TIME_WAIT if e.tcp == TIME_WAIT => e.deadline,
+                TIME_WAIT | LAST_ACK if e.tcp == n.tcp => e.deadline,
                 TIME_WAIT => now + secs(t.tcp_time_wait),
+                LAST_ACK => now + secs(t.tcp_last_ack),
                 FIN_WAIT => now + secs(t.tcp_fin_wait),
                 SYN_RECV => now + secs(t.tcp_syn_recv),
                 _ if n.replied != 0 => now + secs(t.tcp_established),

@@ -115,12 +115,6 @@ pub struct Entry {
 impl Entry {
     pub const NONE: Entry = Entry { ptr: core::ptr::null_mut(), fresh: 0 };
 
-    /// Whether it is an entry of the assured table.
-    #[inline(always)]
-    pub fn assured(&self) -> bool {
-        !self.ptr.is_null() && self.fresh == 0
-    }
-
     #[inline(always)]
     pub fn state(&self) -> Option<&FlowState> {
         // SAFETY: null or the value of a map lookup, valid for the rest of this program run.
@@ -159,23 +153,26 @@ pub fn apply(k: &FlowKey, e: Entry, w: Write, n: &FlowState) {
                 unsafe { *e.ptr = *n };
             }
         }
-        Write::Delete => {
-            if e.ptr.is_null() {
-                return;
-            }
-            let _ = if e.fresh != 0 { NW_FLOWS_NEW.remove(k) } else { NW_FLOWS.remove(k) };
+        Write::Delete => remove(k, e),
+        Write::Create => {
+            remove(k, e);
+            create(k, n);
         }
-        Write::Create => create(k, n, e.assured()),
     }
 }
 
-/// Stores a new flow. `over_assured`: the flow replaces one of the assured table (a TCP
-/// connection reopened after its close), which must go, or it would be found first.
+/// Removes the flow `k` found as `e`, if any.
 #[inline(always)]
-pub fn create(k: &FlowKey, n: &FlowState, over_assured: bool) {
-    if over_assured {
-        let _ = NW_FLOWS.remove(k);
+pub fn remove(k: &FlowKey, e: Entry) {
+    if e.ptr.is_null() {
+        return;
     }
+    let _ = if e.fresh != 0 { NW_FLOWS_NEW.remove(k) } else { NW_FLOWS.remove(k) };
+}
+
+/// Stores a new flow (the caller removed whatever it replaces).
+#[inline(always)]
+pub fn create(k: &FlowKey, n: &FlowState) {
     // Marked first: once the flow is in the table, its packets find the mark set.
     mark(k);
     let _ = NW_FLOWS_NEW.insert(k, n, 0);
@@ -237,8 +234,6 @@ pub struct Opens {
     pub key: FlowKey,
     pub state: FlowState,
     pub valid: u64,
-    /// It replaces a flow of the assured table (see [`create`]).
-    pub over_assured: u64,
 }
 
 impl Opens {
@@ -246,7 +241,7 @@ impl Opens {
     #[inline(always)]
     pub fn open(&self) {
         if self.valid != 0 {
-            create(&self.key, &self.state, self.over_assured != 0);
+            create(&self.key, &self.state);
         }
     }
 }
@@ -299,7 +294,11 @@ pub extern "C" fn nw_conntrack(ctx: *mut xdp_md, p: *const Pkt, cfg: *const GenC
             let now = unsafe { bpf_ktime_get_ns() };
             let t = ct::track(found.state(), kind, Dir::In, now, &cfg.ct);
             if t.write == Write::Create {
-                *opens = Opens { key, state: t.next, valid: 1, over_assured: found.assured() as u64 };
+                // What it replaces (an ended flow, or one closing that a SYN reopens) goes now,
+                // whether or not the new flow is stored: conntrack kills the old connection
+                // before it looks at the new one.
+                remove(&key, found);
+                *opens = Opens { key, state: t.next, valid: 1 };
             } else {
                 apply(&key, found, t.write, &t.next);
             }

@@ -64,23 +64,36 @@ pub fn nodewall_xdp(ctx: XdpContext) -> u32 {
     let Some(s) = NW_XDP_SCRATCH.get_ptr_mut(0) else {
         return XDP_DROP;
     };
+    let Some(cfg) = NW_SWITCH.get(0).and_then(|sw| NW_CONFIG.get(sw.active & 1)) else {
+        return XDP_PASS;
+    };
     // SAFETY: a per-CPU value, only this CPU writes it, and this program runs to completion.
-    unsafe {
+    let step = unsafe {
         (*s).pkt = parse_pkt(&Frame { start: ctx.data(), end: ctx.data_end() });
         (*s).opens.valid = 0;
-    }
-    nw_xdp(ctx.ctx, s)
+        match (*s).pkt.kind {
+            pkt::NOT_IP | pkt::LATER_FRAGMENT => step::PASS + PassReason::Unfiltered as u32,
+            pkt::INVALID => step::INVALID,
+            _ => nw_conntrack(ctx.ctx, &(*s).pkt, cfg, &mut (*s).opens),
+        }
+    };
+    nw_xdp(ctx.ctx, s, step)
 }
 
-/// Everything after the header parse. The verifier follows every path through a program with
-/// the values it knows; each VLAN depth and IPv6 extension-header chain leaves the headers at
-/// other offsets, and checked inline, those paths times the ones through connection tracking
-/// and the rules were past its limit of a million instructions. So the steps after the parse
-/// are BPF global functions, which it checks once each, with the parse result unknown, and
-/// which have stack frames of their own (BPF allows 512 bytes per call chain).
+/// The verdict on a parsed packet that connection tracking has seen (`step`, see
+/// [`nw_conntrack`]): the rules if it says so, then counters, drop samples, and the flow the
+/// packet opens if it passes.
+///
+/// The steps after the parse are BPF global functions, called one after the other from the
+/// program. The verifier follows every path through a program with the values it knows; each
+/// VLAN depth and IPv6 extension-header chain leaves the headers at other offsets, and checked
+/// inline, those paths times the ones through connection tracking and the rules were past its
+/// limit of a million instructions. It checks a global function once, with the parse result
+/// unknown, and gives it a stack frame of its own; BPF allows 512 bytes of stack along a
+/// chain of calls, which is why they are not called from one another.
 #[no_mangle]
 #[inline(never)]
-pub extern "C" fn nw_xdp(ctx: *mut xdp_md, s: *mut Scratch) -> u32 {
+pub extern "C" fn nw_xdp(ctx: *mut xdp_md, s: *mut Scratch, step: u32) -> u32 {
     // SAFETY: the verifier checked the pointer's size against its type; null is checked here.
     let Some(s) = (unsafe { s.as_mut() }) else {
         return XDP_DROP;
@@ -96,29 +109,28 @@ pub extern "C" fn nw_xdp(ctx: *mut xdp_md, s: *mut Scratch) -> u32 {
     let family = p.family & 1;
     let proto = parse::proto_label(family, p.proto);
     let len = p.len;
-    let cause = match p.kind {
-        pkt::NOT_IP | pkt::LATER_FRAGMENT => {
-            // SAFETY: `ctx` is the program's context.
-            let ctx = XdpContext::new(ctx);
-            bump(&NW_PASS_STATS, PassReason::Unfiltered as u32, (ctx.data_end() - ctx.data()) as u32);
-            return XDP_PASS;
-        }
-        pkt::INVALID => DROP_CAUSE_INVALID,
-        _ => match nw_conntrack(ctx, p, cfg, opens) {
-            step::INVALID => DROP_CAUSE_INVALID,
-            step::RULES => match rule(p, cfg, gen) {
-                Ok(()) => {
-                    opens.open();
-                    return XDP_PASS;
-                }
-                Err(cause) => cause,
-            },
-            reason => {
-                bump(&NW_PASS_STATS, reason - step::PASS, len);
+    let cause = match step {
+        step::INVALID => DROP_CAUSE_INVALID,
+        step::RULES => match rule(p, cfg, gen) {
+            Ok(()) => {
                 opens.open();
                 return XDP_PASS;
             }
+            Err(cause) => cause,
         },
+        reason => {
+            let reason = reason - step::PASS;
+            let len = if reason == PassReason::Unfiltered as u32 {
+                // SAFETY: `ctx` is the program's context.
+                let ctx = XdpContext::new(ctx);
+                (ctx.data_end() - ctx.data()) as u32
+            } else {
+                len
+            };
+            bump(&NW_PASS_STATS, reason, len);
+            opens.open();
+            return XDP_PASS;
+        }
     };
     bump(&NW_DROP_STATS, drop_index(cause, family, proto), len);
     sample::record(&XdpContext::new(ctx), p, cause);

@@ -65,3 +65,73 @@ impl Injector {
         Ok(())
     }
 }
+
+/// Whole IP packets sent from inside a namespace through its IP stack (`IPPROTO_RAW`, the
+/// header as given): routed, and seen by every hook and program on the way out, as the
+/// namespace's own traffic would be.
+pub struct RawIp {
+    v4: OwnedFd,
+    v6: OwnedFd,
+}
+
+impl RawIp {
+    pub fn new(ns: &crate::netns::Netns) -> anyhow::Result<Self> {
+        let (v4, v6) = ns.enter(|| -> anyhow::Result<(OwnedFd, OwnedFd)> {
+            let open = |family: i32| -> anyhow::Result<OwnedFd> {
+                // SAFETY: plain socket(2); the fd is owned right away.
+                let fd = unsafe { libc::socket(family, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+                if fd < 0 {
+                    bail!("raw IP socket: {}", std::io::Error::last_os_error());
+                }
+                // SAFETY: fd is fresh and valid.
+                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            };
+            Ok((open(libc::AF_INET)?, open(libc::AF_INET6)?))
+        })??;
+        Ok(Self { v4, v6 })
+    }
+
+    /// Sends one IP packet (IPv4 or IPv6 by its first byte) to its destination address.
+    pub fn send(&self, ip: &[u8]) -> anyhow::Result<()> {
+        let n = if ip[0] >> 4 == 6 {
+            // SAFETY: zeroed sockaddr_in6 is valid; family and address set below.
+            let mut a: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            a.sin6_family = libc::AF_INET6 as u16;
+            a.sin6_addr.s6_addr.copy_from_slice(&ip[24..40]);
+            // SAFETY: the packet and address outlive the call.
+            unsafe {
+                libc::sendto(
+                    self.v6.as_raw_fd(),
+                    ip.as_ptr().cast(),
+                    ip.len(),
+                    0,
+                    &a as *const _ as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_in6>() as u32,
+                )
+            }
+        } else {
+            // SAFETY: zeroed sockaddr_in is valid; family and address set below.
+            let mut a: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            a.sin_family = libc::AF_INET as u16;
+            a.sin_addr.s_addr = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+            // SAFETY: as above.
+            unsafe {
+                libc::sendto(
+                    self.v4.as_raw_fd(),
+                    ip.as_ptr().cast(),
+                    ip.len(),
+                    0,
+                    &a as *const _ as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                )
+            }
+        };
+        if n < 0 {
+            bail!(
+                "sending a raw IP packet: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    }
+}

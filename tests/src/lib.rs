@@ -8,6 +8,7 @@
 //! [`Backend::ALL`] through [`backend_tests!`]: nftables, XDP in native mode and XDP in
 //! generic mode.
 
+pub mod capture;
 pub mod craft;
 pub mod delivery;
 pub mod inject;

@@ -61,6 +61,9 @@ impl Tracker {
                     Ct::Invalid => CtState::Invalid,
                 };
                 if t.write == Write::Create {
+                    // What the new flow replaces goes whether or not it is stored: conntrack
+                    // kills a closing connection that a SYN reopens before judging the SYN.
+                    self.flows.remove(&key);
                     if passes(state) {
                         self.flows.insert(key, t.next);
                     }

@@ -419,6 +419,7 @@ pub const NEVER: Timeouts = Timeouts {
     tcp_syn_recv: 86_400,
     tcp_established: 86_400,
     tcp_fin_wait: 86_400,
+    tcp_last_ack: 86_400,
     tcp_time_wait: 86_400,
     tcp_close: 86_400,
     tcp_unacknowledged: 86_400,

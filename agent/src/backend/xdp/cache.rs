@@ -300,12 +300,13 @@ fn maybe_live(path: &Path, boot_id: &str) -> bool {
 struct Enc(Vec<u8>);
 
 /// Every field of [`Timeouts`], in the order [`Dec::timeouts`] reads them back.
-fn timeout_fields(t: &Timeouts) -> [u32; 15] {
+fn timeout_fields(t: &Timeouts) -> [u32; 16] {
     let Timeouts {
         tcp_syn_sent,
         tcp_syn_recv,
         tcp_established,
         tcp_fin_wait,
+        tcp_last_ack,
         tcp_time_wait,
         tcp_close,
         tcp_unacknowledged,
@@ -323,6 +324,7 @@ fn timeout_fields(t: &Timeouts) -> [u32; 15] {
         tcp_syn_recv,
         tcp_established,
         tcp_fin_wait,
+        tcp_last_ack,
         tcp_time_wait,
         tcp_close,
         tcp_unacknowledged,
@@ -410,7 +412,7 @@ impl<'a> Dec<'a> {
         Ok(b)
     }
     fn timeouts(&mut self) -> Result<Timeouts> {
-        let mut v = [0u32; 15];
+        let mut v = [0u32; 16];
         for x in &mut v {
             *x = self.u32()?;
         }
@@ -419,17 +421,18 @@ impl<'a> Dec<'a> {
             tcp_syn_recv: v[1],
             tcp_established: v[2],
             tcp_fin_wait: v[3],
-            tcp_time_wait: v[4],
-            tcp_close: v[5],
-            tcp_unacknowledged: v[6],
-            udp: v[7],
-            udp_stream: v[8],
-            icmp: v[9],
-            icmpv6: v[10],
-            gre: v[11],
-            gre_stream: v[12],
-            generic: v[13],
-            tcp_loose: v[14],
+            tcp_last_ack: v[4],
+            tcp_time_wait: v[5],
+            tcp_close: v[6],
+            tcp_unacknowledged: v[7],
+            udp: v[8],
+            udp_stream: v[9],
+            icmp: v[10],
+            icmpv6: v[11],
+            gre: v[12],
+            gre_stream: v[13],
+            generic: v[14],
+            tcp_loose: v[15],
         })
     }
     fn config(&mut self) -> Result<GenConfig> {

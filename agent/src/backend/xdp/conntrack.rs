@@ -29,6 +29,7 @@ pub fn from_dir(dir: &Path) -> Timeouts {
         tcp_syn_recv: read("tcp_timeout_syn_recv", d.tcp_syn_recv),
         tcp_established: read("tcp_timeout_established", d.tcp_established),
         tcp_fin_wait: read("tcp_timeout_fin_wait", d.tcp_fin_wait),
+        tcp_last_ack: read("tcp_timeout_last_ack", d.tcp_last_ack),
         tcp_time_wait: read("tcp_timeout_time_wait", d.tcp_time_wait),
         tcp_close: read("tcp_timeout_close", d.tcp_close),
         tcp_unacknowledged: read("tcp_timeout_unacknowledged", d.tcp_unacknowledged),
