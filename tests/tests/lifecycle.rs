@@ -8,7 +8,7 @@
 
 use nodewall_netns_tests::installed::{fingerprint, leftovers};
 use nodewall_netns_tests::netns::Netns;
-use nodewall_netns_tests::nodewall::{apply, flush, status, Config};
+use nodewall_netns_tests::nodewall::{apply, flush, run, status, Config, ConfigFile};
 use nodewall_netns_tests::topology::lone_node;
 use nodewall_netns_tests::{backend_tests, Backend};
 
@@ -133,7 +133,47 @@ fn reapply_unchanged_changes_nothing(backend: Backend) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An interface whose frames are not Ethernet (loopback here; IP tunnels, WireGuard): the
+/// XDP program parses Ethernet and would pass what it cannot make out, so the XDP backend
+/// refuses it by name and installs nothing; nft filters it like any other.
+fn interfaces_without_ethernet(backend: Backend) -> anyhow::Result<()> {
+    let node = lone_node("node")?;
+    let cfg = Config::new(backend, Some("tke-node"));
+    let file = ConfigFile::new(
+        &cfg.yaml()
+            .replace("interfaces: [eth0]", "interfaces: [eth0, lo]"),
+    )?;
+    let state = node.state_dir()?;
+    let out = run(
+        &node,
+        &[
+            "apply",
+            "-c",
+            file.path.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        backend.env(),
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if backend == Backend::Nft {
+        anyhow::ensure!(out.status.success(), "nft filters lo: {stderr}");
+        return Ok(());
+    }
+    anyhow::ensure!(
+        !out.status.success() && stderr.contains("interfaces: lo is not an Ethernet interface"),
+        "{}: {stderr}",
+        out.status
+    );
+    anyhow::ensure!(
+        status(&node, backend)?["installed"] == false,
+        "nothing may be installed"
+    );
+    Ok(())
+}
+
 backend_tests!(
     foreign_tables_survive_apply_and_flush,
-    reapply_unchanged_changes_nothing
+    reapply_unchanged_changes_nothing,
+    interfaces_without_ethernet
 );

@@ -75,6 +75,45 @@ pub fn if_index(name: &str) -> Result<u32> {
     }
 }
 
+/// Refuses an interface whose frames do not start with an Ethernet header (loopback, IP
+/// tunnels, WireGuard, ...): the program parses Ethernet, and on such a device it would read
+/// the IP header as MAC addresses and pass what it cannot make out. Asked of the kernel with
+/// `SIOCGIFHWADDR` in the calling thread's namespace (`/sys/class/net` may be another's).
+pub fn ensure_ethernet(name: &str) -> Result<()> {
+    // SAFETY: plain socket(2), closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        bail!(
+            "interfaces: {name}: socket: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: zeroed ifreq is valid; the name (checked shorter than IFNAMSIZ) is copied in.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= libc::IFNAMSIZ {
+        bail!("interfaces: {name:?} is longer than an interface name can be");
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: a valid ifreq for SIOCGIFHWADDR on a valid socket.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        bail!("interfaces: {name}: {err}");
+    }
+    // SAFETY: the kernel filled the hardware-address member.
+    let kind = unsafe { req.ifr_ifru.ifru_hwaddr.sa_family };
+    if kind != libc::ARPHRD_ETHER {
+        bail!(
+            "interfaces: {name} is not an Ethernet interface (ARPHRD {kind}); the xdp backend parses Ethernet frames: use `backend: nft` for it"
+        );
+    }
+    Ok(())
+}
+
 pub fn if_name(index: u32) -> Option<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: the buffer holds IF_NAMESIZE bytes as if_indextoname requires.

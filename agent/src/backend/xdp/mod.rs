@@ -95,7 +95,11 @@ impl XdpBackend {
     fn interfaces(policy: &Policy) -> Result<Vec<(String, u32)>> {
         crate::backend::interfaces::resolve(&policy.interfaces)?
             .into_iter()
-            .map(|n| if_index(&n).map(|i| (n, i)))
+            .map(|n| {
+                let i = if_index(&n)?;
+                attach::ensure_ethernet(&n)?;
+                Ok((n, i))
+            })
             .collect()
     }
 
