@@ -363,8 +363,14 @@ fn removing_an_interface_from_the_policy_detaches_it() {
     lab.in_node(|| lab.backend(XdpAttach::Auto).apply(&pol).unwrap());
     assert!(!lab.ping_node(false), "default deny");
     assert_ne!(lab.xdp_mode(), "none");
+    // Another Ethernet interface of the node (a veth pair inside it) takes the policy.
+    sh(&[
+        "ip", "-n", &lab.node, "link", "add", "nwother0", "type", "veth", "peer", "name",
+        "nwother1",
+    ]);
+    sh(&["ip", "-n", &lab.node, "link", "set", "nwother0", "up"]);
     let mut lo_only = pol.clone();
-    lo_only.interfaces = vec!["lo".into()];
+    lo_only.interfaces = vec!["nwother0".into()];
     let r = lab.in_node(|| lab.backend(XdpAttach::Auto).apply(&lo_only).unwrap());
     assert!(r.changed && r.removed >= 1);
     assert_eq!(lab.xdp_mode(), "none");

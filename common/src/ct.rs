@@ -357,8 +357,11 @@ pub mod tcp_state {
     pub const LAST_ACK: u8 = 7;
 }
 
-/// The value of a flow entry. 24 bytes; the fields each direction writes are separate bytes,
-/// so the XDP and TC programs updating one entry on two CPUs never undo each other's bits.
+/// The value of a flow entry: 24 bytes, three words. The small fields are bytes of `bits`
+/// behind accessors rather than fields of their own: built on the eBPF program's stack, byte
+/// fields next to each other came out as misaligned 2-byte stores, which the verifier refuses
+/// (the build allows misaligned access for packet reads), and copies of them as `memmove`
+/// calls of byte loops.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowState {
@@ -366,21 +369,47 @@ pub struct FlowState {
     pub deadline: u64,
     /// When it was created (ns): UDP's 2 s rule.
     pub created: u64,
-    /// [`tcp_state`] (0 for other protocols).
-    pub tcp: u8,
-    /// [`Dir`] of the packet that opened the flow.
-    pub origin: u8,
-    /// Whether the other side has sent anything (conntrack's `SEEN_REPLY`).
-    pub replied: u8,
-    /// Whether the flow is in the assured table (conntrack's `ASSURED`): it survives floods
-    /// of new flows.
-    pub assured: u8,
-    /// FIN seen from the remote / from the node.
-    pub fin_in: u8,
-    pub fin_out: u8,
-    /// The last TCP segment, when conntrack's next decision depends on it: [`last`].
-    pub last: u8,
-    pub _pad: u8,
+    /// [`tcp_state`] (0 for other protocols), the [`Dir`] of the packet that opened the flow,
+    /// whether the other side has sent anything (conntrack's `SEEN_REPLY`), whether the flow
+    /// is in the assured table (conntrack's `ASSURED`: it survives floods of new flows), FIN
+    /// seen from the remote and from the node, and the last TCP segment when conntrack's next
+    /// decision depends on it ([`last`]): a byte each, from the lowest.
+    pub bits: u64,
+}
+
+macro_rules! byte_field {
+    ($get:ident, $set:ident, $at:expr) => {
+        #[inline(always)]
+        pub fn $get(&self) -> u8 {
+            (self.bits >> $at) as u8
+        }
+        #[inline(always)]
+        pub fn $set(&mut self, v: u8) {
+            self.bits = (self.bits & !(0xff << $at)) | ((v as u64) << $at);
+        }
+    };
+}
+
+impl FlowState {
+    byte_field!(tcp, set_tcp, 0);
+    byte_field!(origin, set_origin, 8);
+    byte_field!(replied, set_replied, 16);
+    byte_field!(assured, set_assured, 24);
+    byte_field!(fin_in, set_fin_in, 32);
+    byte_field!(fin_out, set_fin_out, 40);
+    byte_field!(last, set_last, 48);
+
+    /// A copy made word by word. A plain `*e` of a value in map memory is an aggregate copy
+    /// that LLVM may lower to a `memmove` call, which the BPF backend turns into a call of a
+    /// byte-by-byte loop.
+    #[inline(always)]
+    pub fn copy(&self) -> FlowState {
+        FlowState {
+            deadline: self.deadline,
+            created: self.created,
+            bits: self.bits,
+        }
+    }
 }
 
 /// Values of [`FlowState::last`]: conntrack remembers the last segment (`last_index`,
@@ -448,6 +477,7 @@ impl Default for Timeouts {
 }
 
 /// The state conntrack gives a packet.
+#[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Ct {
     /// Opens a flow (or belongs to one the other side has not answered): the policy decides.
@@ -473,12 +503,21 @@ pub enum Write {
     Delete,
 }
 
+/// `repr(C)`: the two verdict bytes after the words of `next` (see [`FlowState`]).
+#[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tracked {
-    pub ct: Ct,
-    pub write: Write,
     /// The entry to store for `Create` and `Update` (all zero otherwise).
     pub next: FlowState,
+    pub ct: Ct,
+    pub write: Write,
+}
+
+impl Tracked {
+    #[inline(always)]
+    pub fn new(ct: Ct, write: Write, next: FlowState) -> Tracked {
+        Tracked { next, ct, write }
+    }
 }
 
 use crate::xdp::FlowKey;
@@ -497,26 +536,19 @@ fn secs(s: u32) -> u64 {
 
 #[inline(always)]
 fn tracked(ct: Ct, write: Write) -> Tracked {
-    Tracked {
-        ct,
-        write,
-        next: FlowState::default(),
-    }
+    Tracked::new(ct, write, FlowState::default())
 }
 
 #[inline(always)]
 fn create(dir: Dir, tcp: u8, now: u64, timeout: u32) -> Tracked {
-    Tracked {
-        ct: Ct::New,
-        write: Write::Create,
-        next: FlowState {
-            deadline: now + secs(timeout),
-            created: now,
-            tcp,
-            origin: dir as u8,
-            ..FlowState::default()
-        },
-    }
+    let mut next = FlowState {
+        deadline: now + secs(timeout),
+        created: now,
+        bits: 0,
+    };
+    next.set_tcp(tcp);
+    next.set_origin(dir as u8);
+    Tracked::new(Ct::New, Write::Create, next)
 }
 
 /// Writes `n` if it differs from `old` in anything but a deadline moved by less than
@@ -525,14 +557,10 @@ fn create(dir: Dir, tcp: u8, now: u64, timeout: u32) -> Tracked {
 fn update(ct: Ct, old: &FlowState, n: FlowState) -> Tracked {
     let mut same = n;
     same.deadline = old.deadline;
-    if same == *old && n.deadline < old.deadline + REFRESH_NS {
+    if same == old.copy() && n.deadline < old.deadline + REFRESH_NS {
         return tracked(ct, Write::Keep);
     }
-    Tracked {
-        ct,
-        write: Write::Update,
-        next: n,
-    }
+    Tracked::new(ct, Write::Update, n)
 }
 
 /// Whether `e` is a live flow at `now`.
@@ -561,12 +589,12 @@ pub fn track(entry: Option<&FlowState>, kind: Kind, dir: Dir, now: u64, t: &Time
                 None if answer => tracked(Ct::Invalid, Write::Keep),
                 None => create(dir, 0, now, timeout),
                 Some(e) => {
-                    let mut n = *e;
+                    let mut n = e.copy();
                     n.deadline = now + secs(timeout);
                     if answer {
-                        n.replied = 1;
+                        n.set_replied(1);
                     }
-                    let ct = if answer || e.replied != 0 {
+                    let ct = if answer || e.replied() != 0 {
                         Ct::Established
                     } else {
                         Ct::New
@@ -592,21 +620,21 @@ fn datagram(
     let Some(e) = e else {
         return create(dir, 0, now, timeout);
     };
-    let reply = dir as u8 != e.origin;
-    let ct = if reply || e.replied != 0 {
+    let reply = dir as u8 != e.origin();
+    let ct = if reply || e.replied() != 0 {
         Ct::Established
     } else {
         Ct::New
     };
-    let mut n = *e;
+    let mut n = e.copy();
     // conntrack looks at SEEN_REPLY as it was before this packet.
-    let stream = e.replied != 0 && now.saturating_sub(e.created) > stream_after;
+    let stream = e.replied() != 0 && now.saturating_sub(e.created) > stream_after;
     n.deadline = now + secs(if stream { reply_timeout } else { timeout });
     if reply {
-        n.replied = 1;
+        n.set_replied(1);
     }
     if stream {
-        n.assured = 1;
+        n.set_assured(1);
     }
     update(ct, e, n)
 }
@@ -621,41 +649,41 @@ fn tcp(e: Option<&FlowState>, seg: Seg, dir: Dir, now: u64, t: &Timeouts) -> Tra
             _ => tracked(Ct::Invalid, Write::Keep),
         };
     };
-    let reply = dir as u8 != e.origin;
+    let reply = dir as u8 != e.origin();
     let r = tcp_live(e, seg, reply, dir, now, t);
     if r.ct == Ct::Invalid || !matches!(r.write, Write::Keep | Write::Update) {
         return r;
     }
-    let mut n = if r.write == Write::Update { r.next } else { *e };
+    let mut n = if r.write == Write::Update {
+        r.next
+    } else {
+        e.copy()
+    };
     // Whatever conntrack accepts from the answering side, even a packet it ignores, marks the
     // flow answered (`SEEN_REPLY`): a RST then closes it rather than killing it.
     if reply {
-        n.replied = 1;
+        n.set_replied(1);
     }
     let inbound = dir as u8 == Dir::In as u8;
-    n.last = match seg {
+    n.set_last(match seg {
         Seg::Rst if inbound => last::RST_IN,
         Seg::Rst => last::RST_OUT,
         // A SYN conntrack ignores (the flow is not new to it).
         Seg::Syn if inbound => last::SYN_IN,
         Seg::Syn => last::SYN_OUT,
         _ => last::OTHER,
-    };
-    if n == *e {
+    });
+    if n == e.copy() {
         return tracked(r.ct, Write::Keep);
     }
-    Tracked {
-        ct: r.ct,
-        write: Write::Update,
-        next: n,
-    }
+    Tracked::new(r.ct, Write::Update, n)
 }
 
 /// [`tcp`] for a live flow `e`, `reply` when the packet comes from the side that answered.
 #[inline(always)]
 fn tcp_live(e: &FlowState, seg: Seg, reply: bool, dir: Dir, now: u64, t: &Timeouts) -> Tracked {
     use tcp_state::*;
-    let ct = if reply || e.replied != 0 {
+    let ct = if reply || e.replied() != 0 {
         Ct::Established
     } else {
         Ct::New
@@ -663,34 +691,30 @@ fn tcp_live(e: &FlowState, seg: Seg, reply: bool, dir: Dir, now: u64, t: &Timeou
     let inbound = dir as u8 == Dir::In as u8;
     // conntrack reopens a closed tuple on a SYN (kills the old flow and starts a new one)
     // after FINs, or when the last segment was a RST from the SYN's own side.
-    let fins = e.fin_in != 0 || e.fin_out != 0;
-    let own_rst = e.last == if inbound { last::RST_IN } else { last::RST_OUT };
-    let reopens = e.tcp == TIME_WAIT || (e.tcp == CLOSE && !reply && (fins || own_rst));
+    let fins = e.fin_in() != 0 || e.fin_out() != 0;
+    let own_rst = e.last() == if inbound { last::RST_IN } else { last::RST_OUT };
+    let reopens = e.tcp() == TIME_WAIT || (e.tcp() == CLOSE && !reply && (fins || own_rst));
     match seg {
         Seg::Invalid => tracked(Ct::Invalid, Write::Keep),
         // A SYN is never return traffic.
         Seg::Syn if reopens => create(dir, SYN_SENT, now, t.tcp_syn_sent),
         // From the answering side of a flow past its first SYN, conntrack refuses a SYN; to
         // the first one it is a simultaneous open (SYN_SENT, answered).
-        Seg::Syn if reply && e.tcp != SYN_SENT => tracked(Ct::Invalid, Write::Keep),
+        Seg::Syn if reply && e.tcp() != SYN_SENT => tracked(Ct::Invalid, Write::Keep),
         Seg::Syn => tracked(Ct::New, Write::Keep),
         Seg::SynAck => {
             // Answering the first SYN, or, in a simultaneous open, either side's SYN; or a
             // SYN conntrack ignored (the ends restarted their connection): it gets in step.
-            let answers_ignored = e.last == if inbound { last::SYN_OUT } else { last::SYN_IN };
-            if (e.tcp == SYN_SENT && (reply || e.replied != 0))
-                || (answers_ignored && e.tcp != SYN_SENT)
+            let answers_ignored = e.last() == if inbound { last::SYN_OUT } else { last::SYN_IN };
+            if (e.tcp() == SYN_SENT && (reply || e.replied() != 0))
+                || (answers_ignored && e.tcp() != SYN_SENT)
             {
-                let mut n = *e;
-                n.tcp = SYN_RECV;
-                n.replied = 1;
+                let mut n = e.copy();
+                n.set_tcp(SYN_RECV);
+                n.set_replied(1);
                 n.deadline = now + secs(t.tcp_syn_recv);
-                Tracked {
-                    ct: Ct::Established,
-                    write: Write::Update,
-                    next: n,
-                }
-            } else if reply || e.tcp == SYN_RECV {
+                Tracked::new(Ct::Established, Write::Update, n)
+            } else if reply || e.tcp() == SYN_RECV {
                 // A retransmitted SYN+ACK: ignored, not a change.
                 tracked(ct, Write::Keep)
             } else {
@@ -698,59 +722,55 @@ fn tcp_live(e: &FlowState, seg: Seg, reply: bool, dir: Dir, now: u64, t: &Timeou
             }
         }
         // A RST before any answer kills the flow (the origin's is judged as new).
-        Seg::Rst if e.replied == 0 && !reply => tracked(ct, Write::Delete),
-        Seg::Rst if e.replied == 0 => tracked(Ct::Established, Write::Delete),
-        Seg::Rst if e.tcp == CLOSE => tracked(ct, Write::Keep),
+        Seg::Rst if e.replied() == 0 && !reply => tracked(ct, Write::Delete),
+        Seg::Rst if e.replied() == 0 => tracked(Ct::Established, Write::Delete),
+        Seg::Rst if e.tcp() == CLOSE => tracked(ct, Write::Keep),
         Seg::Rst => {
-            let mut n = *e;
-            n.tcp = CLOSE;
+            let mut n = e.copy();
+            n.set_tcp(CLOSE);
             n.deadline = now + secs(t.tcp_close);
-            Tracked {
-                ct,
-                write: Write::Update,
-                next: n,
-            }
+            Tracked::new(ct, Write::Update, n)
         }
-        Seg::Ack | Seg::Fin if e.tcp == SYN_SENT => {
+        Seg::Ack | Seg::Fin if e.tcp() == SYN_SENT => {
             if reply && seg == Seg::Ack {
                 tracked(Ct::Established, Write::Keep)
             } else {
                 tracked(Ct::Invalid, Write::Keep)
             }
         }
-        Seg::Ack | Seg::Fin if e.tcp == CLOSE => tracked(ct, Write::Keep),
+        Seg::Ack | Seg::Fin if e.tcp() == CLOSE => tracked(ct, Write::Keep),
         Seg::Ack | Seg::Fin => {
-            let mut n = *e;
+            let mut n = e.copy();
             if reply {
-                n.replied = 1;
+                n.set_replied(1);
             }
             if seg == Seg::Fin {
                 if dir as u8 == Dir::In as u8 {
-                    n.fin_in = 1;
+                    n.set_fin_in(1);
                 } else {
-                    n.fin_out = 1;
+                    n.set_fin_out(1);
                 }
             }
-            n.tcp = match e.tcp {
+            n.set_tcp(match e.tcp() {
                 TIME_WAIT => TIME_WAIT,
                 LAST_ACK if seg == Seg::Ack => TIME_WAIT,
                 LAST_ACK => LAST_ACK,
-                _ if n.fin_in != 0 && n.fin_out != 0 => LAST_ACK,
-                _ if seg == Seg::Fin || e.tcp == FIN_WAIT => FIN_WAIT,
+                _ if n.fin_in() != 0 && n.fin_out() != 0 => LAST_ACK,
+                _ if seg == Seg::Fin || e.tcp() == FIN_WAIT => FIN_WAIT,
                 SYN_RECV if !reply => ESTABLISHED,
                 s => s,
-            };
-            n.deadline = match n.tcp {
-                TIME_WAIT | LAST_ACK if e.tcp == n.tcp => e.deadline,
+            });
+            n.deadline = match n.tcp() {
+                TIME_WAIT | LAST_ACK if e.tcp() == n.tcp() => e.deadline,
                 TIME_WAIT => now + secs(t.tcp_time_wait),
                 LAST_ACK => now + secs(t.tcp_last_ack),
                 FIN_WAIT => now + secs(t.tcp_fin_wait),
                 SYN_RECV => now + secs(t.tcp_syn_recv),
-                _ if n.replied != 0 => now + secs(t.tcp_established),
+                _ if n.replied() != 0 => now + secs(t.tcp_established),
                 _ => now + secs(t.tcp_unacknowledged),
             };
-            if n.tcp == ESTABLISHED && n.replied != 0 {
-                n.assured = 1;
+            if n.tcp() == ESTABLISHED && n.replied() != 0 {
+                n.set_assured(1);
             }
             update(ct, e, n)
         }

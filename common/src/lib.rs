@@ -2,6 +2,9 @@
 //!
 //! `no_std` and `#[repr(C)]` so the same layout is read by the kernel program and by the agent.
 #![no_std]
+// In the eBPF program a memset or memcpy LLVM makes up is a call of a byte-by-byte loop (the BPF
+// backend expands neither inline): a few of them cost more than the classifier.
+#![cfg_attr(target_arch = "bpf", no_builtins)]
 
 pub mod ct;
 pub mod xdp;

@@ -144,13 +144,13 @@ pub fn apply(k: &FlowKey, e: Entry, w: Write, n: &FlowState) {
             if e.ptr.is_null() {
                 return;
             }
-            if e.fresh != 0 && n.assured != 0 {
+            if e.fresh != 0 && n.assured() != 0 {
                 if NW_FLOWS.insert(k, n, 0).is_ok() {
                     let _ = NW_FLOWS_NEW.remove(k);
                 }
             } else {
                 // SAFETY: as in `Entry::state`; a plain store of the whole value.
-                unsafe { *e.ptr = *n };
+                unsafe { *e.ptr = n.copy() };
             }
         }
         Write::Delete => remove(k, e),

@@ -9,6 +9,8 @@
 //! rule. The flow tables are only hashed for packets that may belong to a flow.
 #![no_std]
 #![no_main]
+// See common/src/lib.rs: no made-up memset or memcpy calls.
+#![no_builtins]
 
 mod flow;
 mod parse;

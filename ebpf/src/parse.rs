@@ -355,51 +355,57 @@ impl Ip {
     }
 }
 
-/// Parses a frame into the plain [`Pkt`] the rest of the program reads.
+/// Parses a frame into the plain [`Pkt`] the rest of the program reads. Built in one
+/// literal, the addresses as words: a zeroed `Pkt` or a 16-byte array expression becomes a
+/// `memset` call, which the BPF backend makes a byte-by-byte loop.
 #[inline(always)]
 pub fn parse_pkt(f: &Frame) -> Pkt {
-    let mut p = Pkt::EMPTY;
-    let ip = match parse_ip(f) {
-        Parsed::NotIp => return p,
-        Parsed::LaterFragment => {
-            p.kind = pkt::LATER_FRAGMENT;
-            return p;
-        }
-        Parsed::Invalid { family, len } => {
-            p.kind = pkt::INVALID;
-            p.family = family;
-            p.len = len;
-            return p;
-        }
-        Parsed::Ip(ip) => ip,
+    let (kind, family, len) = match parse_ip(f) {
+        Parsed::Ip(ip) => return ip_pkt(f, &ip),
+        Parsed::NotIp => (pkt::NOT_IP, FAMILY_IPV4, 0),
+        Parsed::LaterFragment => (pkt::LATER_FRAGMENT, FAMILY_IPV4, 0),
+        Parsed::Invalid { family, len } => (pkt::INVALID, family, len),
     };
-    p.src = ip.src.0;
-    p.dst = ip.dst.0;
-    p.len = ip.len;
-    p.l4 = ip.l4 as u32;
-    p.l4_len = ip.l4_len as u32;
-    p.family = ip.family;
-    p.proto = ip.proto;
-    p.kind = match ip.l4(f) {
-        None => pkt::INVALID,
-        Some(L4::Tcp { sport, dport, flags }) => {
-            (p.sport, p.dport, p.flags) = (sport, dport, flags);
-            pkt::TCP
-        }
-        Some(L4::Udp { sport, dport }) => {
-            (p.sport, p.dport) = (sport, dport);
-            pkt::UDP
-        }
-        Some(L4::Icmp { icmp_type, id }) => {
-            (p.sport, p.flags) = (id, icmp_type);
-            pkt::ICMP
-        }
-        Some(L4::Other { sport, dport }) => {
-            (p.sport, p.dport) = (sport, dport);
-            pkt::OTHER
-        }
+    let zero = Addr::v4(0).0;
+    Pkt {
+        src: zero,
+        dst: zero,
+        len,
+        l4: 0,
+        l4_len: 0,
+        family,
+        kind,
+        proto: 0,
+        flags: 0,
+        _pad: 0,
+        sport: 0,
+        dport: 0,
+    }
+}
+
+#[inline(always)]
+fn ip_pkt(f: &Frame, ip: &Ip) -> Pkt {
+    let (kind, sport, dport, flags) = match ip.l4(f) {
+        None => (pkt::INVALID, 0, 0, 0),
+        Some(L4::Tcp { sport, dport, flags }) => (pkt::TCP, sport, dport, flags),
+        Some(L4::Udp { sport, dport }) => (pkt::UDP, sport, dport, 0),
+        Some(L4::Icmp { icmp_type, id }) => (pkt::ICMP, id, 0, icmp_type),
+        Some(L4::Other { sport, dport }) => (pkt::OTHER, sport, dport, 0),
     };
-    p
+    Pkt {
+        src: ip.src.0,
+        dst: ip.dst.0,
+        len: ip.len,
+        l4: ip.l4 as u32,
+        l4_len: ip.l4_len as u32,
+        family: ip.family,
+        kind,
+        proto: ip.proto,
+        flags,
+        _pad: 0,
+        sport,
+        dport,
+    }
 }
 
 /// [`Pkt::l4`], bounded for the verifier (which reads a `Pkt` handed to a global function as

@@ -66,12 +66,18 @@ pub extern "C" fn nw_rules(p: *const Pkt, cfg: *const GenConfig, gen: u32) -> u3
 /// prefixes do not fit the flat tables.
 #[inline(always)]
 fn source_class(p: &Pkt, gen: u32) -> Option<u32> {
+    // Keys filled byte by byte (see `put_bytes`), not from an array expression, which is a
+    // `memset` call of a byte loop in BPF.
     if p.family == FAMILY_IPV4 {
-        let mut k = Key::new(GEN_PREFIX_BITS + 32, [gen as u8; 5]);
+        let mut k = Key::new(GEN_PREFIX_BITS + 32, [0u8; 5]);
+        // SAFETY: `k.data[0]` is a valid, exclusive place.
+        unsafe { core::ptr::write_volatile(&mut k.data[0], gen as u8) };
         put_bytes(&mut k.data[1..], &p.src[..4]);
         NW_SRC4.get(&k).copied()
     } else {
-        let mut k = Key::new(GEN_PREFIX_BITS + 128, [gen as u8; 17]);
+        let mut k = Key::new(GEN_PREFIX_BITS + 128, [0u8; 17]);
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(&mut k.data[0], gen as u8) };
         put_bytes(&mut k.data[1..], &p.src);
         NW_SRC6.get(&k).copied()
     }

@@ -58,6 +58,12 @@ fn take_budget() -> bool {
 
 /// Samples the packet in `f`, dropped for `cause`, unless the budget is spent or the ring full.
 #[inline(always)]
+fn words(a: &[u8; 16]) -> [u64; 2] {
+    // SAFETY: 16 bytes read as two unaligned words.
+    unsafe { core::ptr::read_unaligned(a.as_ptr() as *const [u64; 2]) }
+}
+
+#[inline(always)]
 pub fn record(ctx: &XdpContext, p: &Pkt, cause: u32) {
     if !take_budget() {
         return;
@@ -83,8 +89,14 @@ pub fn record(ctx: &XdpContext, p: &Pkt, cause: u32) {
     // may be accessed misaligned, the stack may not).
     // SAFETY: `s` points to a reserved, writable `DropSample`.
     unsafe {
-        core::ptr::addr_of_mut!((*s).src).write(if ip { p.src } else { [0; 16] });
-        core::ptr::addr_of_mut!((*s).dst).write(if ip { p.dst } else { [0; 16] });
+        // As words, and volatile: a 16-byte array store is a `memset`/`memmove` call of a byte
+        // loop in BPF. Ring-buffer records are 8-byte aligned, and the addresses come first.
+        let (src, dst) = if ip { (words(&p.src), words(&p.dst)) } else { ([0; 2], [0; 2]) };
+        let at = s as *mut u64;
+        core::ptr::write_volatile(at, src[0]);
+        core::ptr::write_volatile(at.add(1), src[1]);
+        core::ptr::write_volatile(at.add(2), dst[0]);
+        core::ptr::write_volatile(at.add(3), dst[1]);
         core::ptr::addr_of_mut!((*s).cause).write(cause);
         core::ptr::addr_of_mut!((*s).ifindex).write(ctx.ingress_ifindex() as u32);
         core::ptr::addr_of_mut!((*s).sport).write(sport);
