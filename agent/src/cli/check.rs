@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::process::ExitCode;
 
 use super::{output, ConfigArg};
@@ -36,11 +37,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     match output::load_policy(&args.config) {
         Ok((_, policy)) => {
-            println!(
+            let mut out = output::stdout();
+            writeln!(
+                out,
                 "{}: valid ({} rules)",
                 args.config.config.display(),
                 policy.rules.len()
-            );
+            )?;
+            out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
         Err(code) => Ok(code),

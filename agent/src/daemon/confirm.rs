@@ -77,12 +77,15 @@ pub fn rollback(pending: &Pending, open: OpenByName, parser: &Parser) -> anyhow:
     let desired = parser(&previous.config, Path::new(&previous.config_path))
         .map_err(|e| anyhow::anyhow!("the previous config no longer parses: {e}"))?;
     let mut policy = desired.policy;
-    policy.interfaces = interfaces::resolve(&policy.interfaces)?;
     let report = if previous.backend == pending.new.backend {
+        policy.interfaces = interfaces::resolve(&policy.interfaces, new_backend.matches_by_name())?;
         new_backend.apply(&policy)?
     } else {
         // Previous first, then remove the new one: never a moment without a policy.
-        let report = open(&previous.backend)?.apply(&policy)?;
+        let mut previous_backend = open(&previous.backend)?;
+        policy.interfaces =
+            interfaces::resolve(&policy.interfaces, previous_backend.matches_by_name())?;
+        let report = previous_backend.apply(&policy)?;
         new_backend.flush()?;
         report
     };
@@ -164,6 +167,32 @@ mod tests {
             confirm(&state).unwrap(),
             Confirmed::NothingPending(Some(pending))
         );
+        std::fs::remove_dir_all(state.root()).unwrap();
+    }
+
+    #[test]
+    fn a_confirmed_apply_after_a_rollback_is_not_reported_as_rolled_back() {
+        let state = state("after-rollback");
+        let old = Pending {
+            deadline_unix: now_unix(),
+            previous: Some(snapshot("ssh 22\n")),
+            new: snapshot("web 80\n"),
+        };
+        state.save_pending(&old).unwrap();
+        assert_eq!(wait(&state).unwrap(), Some(old), "rolled back");
+        state
+            .save_pending(&Pending {
+                deadline_unix: now_unix() + 30,
+                previous: Some(snapshot("ssh 22\n")),
+                new: snapshot("web 8080\n"),
+            })
+            .unwrap();
+        assert_eq!(
+            confirm(&state).unwrap(),
+            Confirmed::Kept(snapshot("web 8080\n"))
+        );
+        // A second confirm: nothing pending, and no older rollback passed off as this one's.
+        assert_eq!(confirm(&state).unwrap(), Confirmed::NothingPending(None));
         std::fs::remove_dir_all(state.root()).unwrap();
     }
 

@@ -99,12 +99,8 @@ fn validate(policy: &Policy) -> anyhow::Result<()> {
         bail!("interfaces: no interface to filter on");
     }
     for (i, name) in policy.interfaces.iter().enumerate() {
-        if name.is_empty()
-            || name.len() > 15
-            || name.contains(['\0', '/'])
-            || name.contains(char::is_whitespace)
-        {
-            bail!("interfaces[{i}]: {name:?} is not a valid interface name (1-15 bytes, no '/', NUL or spaces)");
+        if let Err(e) = crate::policy::interface_name(name) {
+            bail!("interfaces[{i}]: {e}");
         }
     }
     for r in &policy.rules {
@@ -123,6 +119,10 @@ fn validate(policy: &Policy) -> anyhow::Result<()> {
 impl Backend for NftBackend {
     fn name(&self) -> &'static str {
         "nft"
+    }
+
+    fn matches_by_name(&self) -> bool {
+        true
     }
 
     fn apply(&mut self, policy: &Policy) -> anyhow::Result<ApplyReport> {

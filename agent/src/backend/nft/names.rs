@@ -16,6 +16,8 @@ pub const PRIORITY: i32 = -150;
 pub const INBOUND_CHAIN: &str = "inbound";
 pub const UPLINKS_SET: &str = "uplinks";
 pub const TABLE_COMMENT: &str = "managed by nodewall: change it with nodewall apply/flush";
+/// Prefix of the comment of a base chain rule that matches an interface name pattern (`eth*`).
+pub const UPLINK_PATTERN_PREFIX: &str = "uplinks ";
 /// Prefix of the base chain rule's comment, which carries the generation.
 pub const GENERATION_PREFIX: &str = "nodewall generation ";
 

@@ -155,6 +155,9 @@ pub const CT_RELATED: u32 = 4;
 pub enum Match {
     /// `iifname @SET`
     IifnameIn(String),
+    /// `iifname "PREFIX*"`: every interface whose name starts with PREFIX, including those
+    /// created later.
+    IifnamePrefix(String),
     /// `ct state S` for one state bit.
     CtState(u32),
     /// `meta nfproto ipv4|ipv6`
@@ -231,21 +234,33 @@ pub fn restamp(rs: &mut Ruleset, generation: u64) {
 
 pub fn build(policy: &Policy, interfaces: &[String], generation: u64) -> Ruleset {
     let mut b = Builder::default();
+    // Names go into the set (nft matches them by name, so an interface created later is
+    // filtered as it appears); each `eth*` pattern is a prefix compare of its own.
+    let (patterns, names): (Vec<&String>, Vec<&String>) =
+        interfaces.iter().partition(|i| i.ends_with('*'));
     b.sets.push(SetDef {
         name: names::UPLINKS_SET.into(),
         kind: SetKind::IfName,
-        elems: interfaces.iter().map(|i| Elem::IfName(i.clone())).collect(),
+        elems: names.into_iter().map(|i| Elem::IfName(i.clone())).collect(),
     });
+    let mut base = vec![RuleDef {
+        matches: vec![Match::IifnameIn(names::UPLINKS_SET.into())],
+        log: None,
+        counter: None,
+        verdict: Some(Verdict::Goto(names::INBOUND_CHAIN.into())),
+        comment: Some(generation_comment(generation)),
+    }];
+    base.extend(patterns.into_iter().map(|p| RuleDef {
+        matches: vec![Match::IifnamePrefix(p.trim_end_matches('*').to_string())],
+        log: None,
+        counter: None,
+        verdict: Some(Verdict::Goto(names::INBOUND_CHAIN.into())),
+        comment: Some(format!("{}{p}", names::UPLINK_PATTERN_PREFIX)),
+    }));
     b.chains.push(ChainDef {
         name: names::BASE_CHAIN.into(),
         hook_priority: Some(names::PRIORITY),
-        rules: vec![RuleDef {
-            matches: vec![Match::IifnameIn(names::UPLINKS_SET.into())],
-            log: None,
-            counter: None,
-            verdict: Some(Verdict::Goto(names::INBOUND_CHAIN.into())),
-            comment: Some(generation_comment(generation)),
-        }],
+        rules: base,
     });
     let mut inbound = Vec::new();
     // Neighbour discovery comes before the invalid check: conntrack does not track ND and marks

@@ -78,6 +78,7 @@ impl Backend for FakeBackend {
                 backend: "fake",
                 installed: k.installed.is_some(),
                 generation: k.generation,
+                mode: k.installed.as_ref().map(|p| p.mode),
                 interfaces: k
                     .installed
                     .as_ref()
