@@ -4,6 +4,7 @@
 
 pub mod interfaces;
 pub mod nft;
+mod sample;
 pub mod xdp;
 
 use std::os::fd::BorrowedFd;
@@ -11,9 +12,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::metrics::drops::DropEvent;
 use crate::policy::Policy;
 use crate::policy::{Action, Mode};
+pub use sample::DropEvent;
 
 /// Packets and bytes seen by one rule (allow or deny), monotonic for the life of the node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -8,13 +8,13 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
+use nodewall::apply::confirm;
+use nodewall::apply::lock::{Role, StateLock};
+use nodewall::apply::lockout;
+use nodewall::apply::source;
+use nodewall::apply::state::{self, Pending, Snapshot, StateDir};
 use nodewall::backend::{interfaces, ApplyReport, Backend};
 use nodewall::config::BackendKind;
-use nodewall::daemon::confirm;
-use nodewall::daemon::lock::{Role, StateLock};
-use nodewall::daemon::lockout;
-use nodewall::daemon::source;
-use nodewall::daemon::state::{self, Pending, Snapshot, StateDir};
 use nodewall::policy::Mode;
 
 use super::select::{self, BackendArg};

@@ -4,8 +4,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use nodewall::daemon::confirm::{self, Confirmed};
-use nodewall::daemon::state::{self, StateDir};
+use nodewall::apply::confirm::{self, Confirmed};
+use nodewall::apply::state::{self, StateDir};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
-use nodewall::daemon::confirm;
-use nodewall::daemon::lock::{LockError, StateLock};
-use nodewall::daemon::state::StateDir;
+use nodewall::apply::confirm;
+use nodewall::apply::lock::{LockError, StateLock};
+use nodewall::apply::state::StateDir;
 
 /// Takes the lock through `take`; when another nodewall holds it, says who and what to do,
 /// and returns exit code 1.

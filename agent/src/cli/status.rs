@@ -4,8 +4,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use nodewall::apply::state::{self, StateDir};
 use nodewall::backend::Status;
-use nodewall::daemon::state::{self, StateDir};
 use nodewall::policy::Mode;
 
 use super::output;

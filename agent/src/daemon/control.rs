@@ -12,10 +12,10 @@ use tokio::sync::mpsc;
 
 use super::diff::{Names, PolicyDiff};
 use super::health::Health;
-use super::source::{self, Desired, Parser};
-use super::state::{Snapshot, StateDir};
 use super::watch::ConfigWatcher;
 use super::worker::Worker;
+use crate::apply::source::{self, Desired, Parser};
+use crate::apply::state::{Snapshot, StateDir};
 use crate::backend::interfaces;
 use crate::metrics::Metrics;
 use crate::policy::Policy;

@@ -11,7 +11,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use crate::metrics::drops::{parse_nflog_prefix, DropEvent, RateLimit, NFLOG_GROUP};
+use crate::backend::nft::nflog::{parse_nflog_prefix, NFLOG_GROUP};
+use crate::backend::DropEvent;
+use crate::metrics::drops::{self, RateLimit};
 use crate::metrics::Metrics;
 
 /// Drop sample log lines per second (and burst), on top of the kernel's per-rule limit.
@@ -65,7 +67,7 @@ impl SampleLog {
             let logged = self.limit.allow(now);
             self.metrics.drop_sampled(logged);
             if logged {
-                event.log(self.metrics.audit());
+                drops::log(&event, self.metrics.audit());
             }
         }
         if let Some(n) = self.limit.take_suppressed(now, SUPPRESSED_REPORT) {

@@ -315,10 +315,10 @@ impl Metrics {
     }
 }
 
-fn action_str(action: crate::config::Action) -> &'static str {
+fn action_str(action: crate::policy::Action) -> &'static str {
     match action {
-        crate::config::Action::Allow => "allow",
-        crate::config::Action::Deny => "deny",
+        crate::policy::Action::Allow => "allow",
+        crate::policy::Action::Deny => "deny",
     }
 }
 

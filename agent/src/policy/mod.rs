@@ -6,7 +6,7 @@ mod digest;
 mod evaluate;
 mod model;
 
-pub use addrset::AddrSet;
+pub use addrset::{prefixes, AddrSet};
 pub use compile::{compile, CompileError};
 pub use evaluate::evaluate;
 pub use model::*;

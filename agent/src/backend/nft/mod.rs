@@ -7,10 +7,11 @@
 //! removed or altered is exactly what the next apply puts back.
 //!
 //! Every drop chain first sends a rate-limited sample of its packets to the NFLOG group the
-//! daemon reads (see [`crate::metrics::drops`]).
+//! daemon reads (see [`nflog`]).
 
 mod names;
 mod netlink;
+pub mod nflog;
 mod plan;
 mod script;
 mod status;
@@ -21,9 +22,10 @@ use std::time::Instant;
 use anyhow::bail;
 
 use crate::backend::{ApplyReport, Backend, Counters, Status};
-use crate::config::Mode;
+use crate::policy::Mode;
 use crate::policy::Policy;
 
+#[cfg(feature = "fault-injection")]
 pub use netlink::FAULT_ENV;
 
 /// The `nft -f` script that the backend installs (with generation 0 in the base rule's comment;

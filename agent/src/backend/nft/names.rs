@@ -89,7 +89,7 @@ pub fn drop_counter(chain: &str, family: &str, protocol: &str) -> String {
 
 /// Comments on counter objects, parsed back by `status`.
 pub mod comment {
-    use crate::config::Action;
+    use crate::policy::Action;
 
     /// `allow NAME` / `deny NAME` on a rule counter.
     pub fn rule(action: Action, name: &str) -> String {
@@ -154,7 +154,7 @@ pub mod comment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Action;
+    use crate::policy::Action;
 
     #[test]
     fn clean_names_are_kept_and_others_are_hashed_apart() {

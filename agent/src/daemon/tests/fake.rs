@@ -7,7 +7,7 @@ use crate::backend::{ApplyReport, Backend, Counters, DropCounter, RuleCounter, S
 use crate::config::{Action, BackendKind, PortRange, Protocol};
 use crate::policy::{AddrSet, Implicit, Mode, Origin, Policy, PortSet, Rule};
 
-use super::super::source::Desired;
+use crate::apply::source::Desired;
 
 #[derive(Default)]
 pub struct Kernel {

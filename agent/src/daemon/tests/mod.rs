@@ -2,7 +2,7 @@
 //! drift repair, retries, the lock, probes and metrics. Kernel behaviour is tested with real
 //! namespaces in `tests/tests/daemon_*.rs`.
 
-pub(super) mod fake;
+pub(crate) mod fake;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
