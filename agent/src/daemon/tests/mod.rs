@@ -180,6 +180,43 @@ async fn applies_at_start_and_becomes_ready() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_bounded_and_never_block_a_scrape() {
+    let h = Harness::start("idle", "ssh 22\n").await;
+    assert_eq!(h.metric("nodewall_mode{mode=\"enforce\"}").await, 1.0);
+    assert_eq!(h.metric("nodewall_mode{mode=\"audit\"}").await, 0.0);
+    // Connections that never send a request, as a slow or hostile client leaves them.
+    let extra = 40;
+    let mut idle = Vec::new();
+    for _ in 0..http::MAX_CONNECTIONS + extra {
+        idle.push(tokio::net::TcpStream::connect(h.addr).await.unwrap());
+    }
+    let t = Instant::now();
+    let (code, body) = tokio::time::timeout(2 * SECOND, h.get("/metrics"))
+        .await
+        .expect("a scrape is answered at once, idle connections or not");
+    assert_eq!(code, 200);
+    assert!(body.contains("nodewall_policy_generation"));
+    assert!(t.elapsed() < 2 * SECOND);
+    // The server holds at most MAX_CONNECTIONS: the oldest idle ones were closed (EOF).
+    let mut closed = 0;
+    for s in &mut idle {
+        let mut buf = [0u8; 1];
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed > extra,
+        "{closed} of {} idle connections closed; the server keeps at most {}",
+        idle.len(),
+        http::MAX_CONNECTIONS
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adopts_a_previous_runs_policy_without_a_gap() {
     let kernel = FakeKernel::default();
     let first = Harness::start_with("adopt", "ssh 22\n", false, kernel.clone()).await;

@@ -187,7 +187,7 @@ impl Nft {
         plan::restamp(&mut next, generation + 1);
         let sets_dumped = cur.sets.values().filter(|s| !s.as_planned).count();
         let fault = fault_injected();
-        let mut d = diff::diff(&next, &cur);
+        let d = diff::diff(&next, &cur);
         let now = || {
             let mut p = next.clone();
             plan::restamp(&mut p, generation);
@@ -208,9 +208,13 @@ impl Nft {
             });
         }
         #[cfg(feature = "fault-injection")]
-        if fault {
-            inject_fault(&mut d.batch);
-        }
+        let d = {
+            let mut d = d;
+            if fault {
+                inject_fault(&mut d.batch);
+            }
+            d
+        };
         let (batch, described) = d.batch.finish();
         let describe = |seq: u32| {
             described
