@@ -93,7 +93,11 @@ fn index_name(index: u32) -> Option<String> {
     // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname writes at most.
     let name = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
     // SAFETY: on success if_indextoname NUL-terminated `buf`.
-    (!name.is_null()).then(|| unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned())
+    (!name.is_null()).then(|| {
+        unsafe { CStr::from_ptr(name) }
+            .to_string_lossy()
+            .into_owned()
+    })
 }
 
 /// The names of the interfaces of this network namespace (`if_nameindex`, a netlink dump).
@@ -186,7 +190,11 @@ mod tests {
     fn default_routes_agree_with_procfs() {
         // The kernel's own text view of the same table, as the agent read it before.
         let mut procfs = std::collections::BTreeSet::new();
-        for line in std::fs::read_to_string("/proc/net/route").unwrap().lines().skip(1) {
+        for line in std::fs::read_to_string("/proc/net/route")
+            .unwrap()
+            .lines()
+            .skip(1)
+        {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() > 7 && f[1] == "00000000" && f[7] == "00000000" {
                 procfs.insert(f[0].to_string());
@@ -194,7 +202,10 @@ mod tests {
         }
         let found = default_route_interfaces().unwrap();
         for name in &procfs {
-            assert!(found.contains(name), "{name} of {procfs:?} missing from {found:?}");
+            assert!(
+                found.contains(name),
+                "{name} of {procfs:?} missing from {found:?}"
+            );
         }
     }
 }

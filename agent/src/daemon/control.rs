@@ -87,6 +87,8 @@ pub(super) struct Control {
     last_poll: Instant,
     /// The backend's [`crate::backend::Backend::matches_by_name`], asked at start.
     by_name: bool,
+    /// The last apply failed because no interface matched the config's yet.
+    waiting_for_interfaces: bool,
 }
 
 impl Control {
@@ -102,6 +104,7 @@ impl Control {
             rejected: None,
             last_poll: Instant::now(),
             by_name: false,
+            waiting_for_interfaces: false,
         }
     }
 
@@ -159,6 +162,11 @@ impl Control {
         if !self.in_sync {
             if Instant::now() >= self.next_attempt {
                 self.apply(Trigger::Retry).await;
+            } else if self.waiting_for_interfaces
+                && interfaces::resolve(&self.desired.policy.interfaces, self.by_name).is_ok()
+            {
+                // An interface the config selects appeared: no need to wait for the backoff.
+                self.apply(Trigger::InterfacesChanged).await;
             }
             return;
         }
@@ -284,7 +292,9 @@ impl Control {
     async fn apply(&mut self, trigger: Trigger) -> bool {
         let started = Instant::now();
         let mut policy = self.desired.policy.clone();
-        let result = match interfaces::resolve(&policy.interfaces, self.by_name) {
+        let resolved = interfaces::resolve(&policy.interfaces, self.by_name);
+        self.waiting_for_interfaces = resolved.is_err();
+        let result = match resolved {
             Ok(ifaces) => {
                 policy.interfaces = ifaces;
                 let metrics = self.cx.metrics.clone();

@@ -110,7 +110,11 @@ impl Open {
 async fn respond(req: &Request<Incoming>, e: &Endpoints) -> Response<Full<Bytes>> {
     let plain = "text/plain; charset=utf-8";
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return reply(StatusCode::METHOD_NOT_ALLOWED, plain, "method not allowed\n");
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            plain,
+            "method not allowed\n",
+        );
     }
     match req.uri().path() {
         "/metrics" => {
@@ -120,7 +124,11 @@ async fn respond(req: &Request<Incoming>, e: &Endpoints) -> Response<Full<Bytes>
             reply(StatusCode::OK, ctype, body)
         }
         "/healthz" if e.health.live() => reply(StatusCode::OK, plain, "ok\n"),
-        "/healthz" => reply(StatusCode::SERVICE_UNAVAILABLE, plain, "control loop stalled\n"),
+        "/healthz" => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            plain,
+            "control loop stalled\n",
+        ),
         "/readyz" if e.health.ready() => reply(StatusCode::OK, plain, "ok\n"),
         "/readyz" => reply(
             StatusCode::SERVICE_UNAVAILABLE,

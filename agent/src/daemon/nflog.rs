@@ -6,16 +6,14 @@
 //! IP and L4 headers are read here. NFLOG groups belong to the network namespace, like the
 //! nft table.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_netfilter::nflog::{
     config_request, ConfigCmd, ConfigMode, PacketNla, ULogMessage,
 };
-use netlink_packet_netfilter::{
-    NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
-};
+use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
 use netlink_sys::constants::NETLINK_NETFILTER;
 use netlink_sys::{AsyncSocket, AsyncSocketExt, TokioSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::backend::nft::nflog::{parse_nflog_prefix, NFLOG_GROUP};
 use crate::backend::DropEvent;

@@ -63,9 +63,10 @@ impl ConfigWatcher {
     }
 
     fn add_watch(&mut self, dir: &Path) -> std::io::Result<()> {
-        self.watches.add(dir, MASK).map(|_| ()).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("watching {}: {e}", dir.display()))
-        })
+        self.watches
+            .add(dir, MASK)
+            .map(|_| ())
+            .map_err(|e| std::io::Error::new(e.kind(), format!("watching {}: {e}", dir.display())))
     }
 
     /// Waits until something changed in a watched directory and then stayed quiet for a

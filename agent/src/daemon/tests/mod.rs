@@ -201,8 +201,7 @@ async fn idle_connections_are_bounded_and_never_block_a_scrape() {
     let mut closed = 0;
     for s in &mut idle {
         let mut buf = [0u8; 1];
-        if let Ok(Ok(0)) =
-            tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await
         {
             closed += 1;
         }
