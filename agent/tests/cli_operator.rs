@@ -336,3 +336,27 @@ fn completions_and_man_page() {
         "{page}"
     );
 }
+
+#[test]
+fn check_warns_about_rules_that_cannot_do_what_they_seem_to() {
+    let cfg = temp_config(
+        "failsafe: []\nrules:\n  - name: web\n    action: allow\n    protocol: tcp\n    ports: [\"80\", \"443\"]\n    from: [\"198.18.0.0/15\"]\n  - name: web-lab\n    action: deny\n    protocol: tcp\n    ports: [\"443\"]\n    from: [\"198.18.5.0/24\"]\n  - name: deny-all\n    action: deny\n    protocol: all\n    from: [\"0.0.0.0/0\", \"::/0\"]\n",
+    );
+    let p = cfg.path().to_str().unwrap();
+    let o = nodewall(&["check", "-c", p]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("{p}:8:5: rules[1]: warning: rule `web-lab` can never match: the earlier rule `web` (allow)")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{p}:13:5: rules[2]: warning: the failsafe is disabled")),
+        "{err}"
+    );
+    assert!(stdout(&o).contains("2 warning(s)"), "{}", stdout(&o));
+    let o = nodewall(&["check", "--json", "-c", p]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["warnings"].as_array().unwrap().len(), 2, "{v}");
+}

@@ -16,5 +16,5 @@ mod yaml;
 
 pub use fields::{interface_name, shown};
 pub use model::*;
-pub use parse::{load, parse, read, ConfigError, ConfigErrors, MAX_CONFIG_BYTES};
+pub use parse::{item_positions, load, parse, read, ConfigError, ConfigErrors, MAX_CONFIG_BYTES};
 pub use schema::json_schema;
