@@ -351,7 +351,9 @@ fn check_warns_about_rules_that_cannot_do_what_they_seem_to() {
         "{err}"
     );
     assert!(
-        err.contains(&format!("{p}:13:5: rules[2]: warning: the failsafe is disabled")),
+        err.contains(&format!(
+            "{p}:13:5: rules[2]: warning: the failsafe is disabled"
+        )),
         "{err}"
     );
     assert!(stdout(&o).contains("2 warning(s)"), "{}", stdout(&o));
