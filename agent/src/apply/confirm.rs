@@ -100,7 +100,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::daemon::tests::fake::{self, FakeKernel};
+    use crate::apply::fake::{self, FakeKernel};
 
     fn snapshot(text: &str) -> Snapshot {
         Snapshot {

@@ -8,3 +8,7 @@ pub mod lock;
 pub mod lockout;
 pub mod source;
 pub mod state;
+
+/// An in-memory backend and config parser for the unit tests of `apply` and `daemon`.
+#[cfg(test)]
+pub(crate) mod fake;

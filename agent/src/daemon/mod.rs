@@ -213,4 +213,4 @@ fn observe_counters(backend: &dyn Backend, metrics: &Metrics) {
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

@@ -2,8 +2,6 @@
 //! drift repair, retries, the lock, probes and metrics. Kernel behaviour is tested with real
 //! namespaces in `tests/tests/daemon_*.rs`.
 
-pub(crate) mod fake;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
-use fake::FakeKernel;
+use crate::apply::fake::{self, FakeKernel};
 
 struct Harness {
     dir: PathBuf,
