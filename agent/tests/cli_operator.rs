@@ -27,7 +27,7 @@ fn output_into_a_closed_pipe_ends_quietly() {
     let cfg = example("tke-node.yaml");
     let big = big_config();
     let big = big.path().to_str().unwrap();
-    let probe = r#"{"from":"203.0.113.7","protocol":"tcp","port":22}"#.repeat(1);
+    let probe = "{\"from\":\"203.0.113.7\",\"protocol\":\"tcp\",\"port\":22}\n".repeat(100);
     let mut runs: Vec<(Vec<&str>, Option<&[u8]>)> = vec![
         (vec!["profiles"], None),
         (vec!["profiles", "tke-node"], None),

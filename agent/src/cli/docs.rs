@@ -36,7 +36,7 @@ pub fn man(args: &ManArgs) -> anyhow::Result<ExitCode> {
         Some(name) => match cmd.find_subcommand(name) {
             Some(sub) => sub.clone(),
             None => {
-                let names: Vec<_> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+                let names: Vec<_> = cmd.get_subcommands().map(clap::Command::get_name).collect();
                 eprintln!(
                     "nodewall: man: unknown command {name:?}; commands: {}",
                     names.join(", ")

@@ -107,6 +107,7 @@ fn line_column(bytes: &[u8], at: usize) -> (usize, usize) {
         .iter()
         .rposition(|&b| b == b'\n')
         .map_or(0, |i| i + 1);
+    #[allow(clippy::naive_bytecount)] // once, on an error path
     let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
     let column = 1 + String::from_utf8_lossy(&before[line_start..])
         .chars()

@@ -199,7 +199,7 @@ struct Failsafe {
 
 #[derive(JsonSchema, Default)]
 #[schemars(inline, deny_unknown_fields)]
-#[allow(dead_code)]
+#[allow(dead_code, clippy::struct_excessive_bools)] // one switch per key of the file
 struct Implicit {
     #[schemars(default = "on")]
     established: bool,

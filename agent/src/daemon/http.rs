@@ -91,7 +91,10 @@ impl Open {
     /// the returned receiver fires when `id` is evicted in turn.
     fn admit(&self, id: u64) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         while open.len() >= MAX_CONNECTIONS {
             if let Some((_, evict)) = open.pop_front() {
                 let _ = evict.send(());
@@ -102,7 +105,10 @@ impl Open {
     }
 
     fn leave(&self, id: u64) {
-        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         open.retain(|(i, _)| *i != id);
     }
 }

@@ -1,4 +1,4 @@
-//! Reading drop samples from an NFLOG group (nfnetlink_log), for the nft backend.
+//! Reading drop samples from an NFLOG group (`nfnetlink_log`), for the nft backend.
 //!
 //! Through `netlink-packet-netfilter`: one `NFULNL_MSG_CONFIG` request binds the group and
 //! asks for the first bytes of each packet (headers are all we need), then every
@@ -160,7 +160,7 @@ pub fn parse_messages(mut buf: &[u8]) -> Vec<DropEvent> {
     out
 }
 
-/// One NFULNL_MSG_PACKET's attributes as a drop event, if it carries our prefix.
+/// One `NFULNL_MSG_PACKET`'s attributes as a drop event, if it carries our prefix.
 fn parse_packet(nlas: Vec<PacketNla>) -> Option<DropEvent> {
     let (mut prefix, mut payload, mut ifindex) = (None, None, None);
     for nla in nlas {
@@ -263,7 +263,7 @@ mod tests {
         }
     }
 
-    /// One NFULNL_MSG_PACKET as the kernel sends it, for a TCP SYN 198.18.0.9:40000 ->
+    /// One `NFULNL_MSG_PACKET` as the kernel sends it, for a TCP SYN 198.18.0.9:40000 ->
     /// 198.18.0.2:10250.
     fn sample_message(prefix: &str) -> Vec<u8> {
         let mut ip = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0];
