@@ -5,7 +5,7 @@ mod cli_support;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use cli_support::{example, nodewall, stderr, stdout, temp_config};
+use cli_support::{example, explain_tcp, nodewall, stderr, stdout, temp_config};
 
 #[test]
 fn help_is_available_for_every_command() {
@@ -118,35 +118,14 @@ fn check_exits_0_on_examples_and_2_with_located_errors() {
 #[test]
 fn explain_names_the_rule_and_seed_row() {
     let cfg = example("tke-node.yaml");
-    let o = nodewall(&[
-        "explain",
-        "-c",
-        &cfg,
-        "--from",
-        "203.0.113.7",
-        "--protocol",
-        "tcp",
-        "--port",
-        "30080",
-        "--json",
-    ]);
+    let o = nodewall(&explain_tcp(&cfg, "30080", &["--json"]));
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["verdict"], "accept");
     assert_eq!(v["rule"], "tke-node/nodeport-tcp");
     assert_eq!(v["origin"]["provenance"]["row"], 3);
 
-    let o = nodewall(&[
-        "explain",
-        "-c",
-        &cfg,
-        "--from",
-        "203.0.113.7",
-        "--protocol",
-        "tcp",
-        "--port",
-        "10250",
-    ]);
+    let o = nodewall(&explain_tcp(&cfg, "10250", &[]));
     assert!(o.status.success());
     assert!(
         stdout(&o).contains("DENY") && stdout(&o).contains("default-deny"),

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cli_support::{
-    example, is_root, nodewall, nodewall_into_closed_pipe, stderr, stdout, temp_config,
+    example, explain_tcp, is_root, nodewall, nodewall_into_closed_pipe, stderr, stdout, temp_config,
 };
 
 /// A config whose rendered script is far larger than a pipe's buffer.
@@ -34,20 +34,7 @@ fn output_into_a_closed_pipe_ends_quietly() {
         (vec!["profiles", "--json"], None),
         (vec!["schema"], None),
         (vec!["check", "-c", &cfg], None),
-        (
-            vec![
-                "explain",
-                "-c",
-                &cfg,
-                "--from",
-                "203.0.113.7",
-                "--protocol",
-                "tcp",
-                "--port",
-                "22",
-            ],
-            None,
-        ),
+        (explain_tcp(&cfg, "22", &[]), None),
         (
             vec!["explain", "--batch", "-c", &cfg],
             Some(probe.as_bytes()),
@@ -243,21 +230,9 @@ fn explain_batch_goes_on_past_a_bad_line_and_names_the_json_field() {
 fn explain_expect_lets_a_script_assert_the_decision() {
     let cfg = example("tke-node.yaml");
     let probe = |port: &str, expect: &str| {
-        nodewall(&[
-            "explain",
-            "-c",
-            &cfg,
-            "--from",
-            "203.0.113.7",
-            "--protocol",
-            "tcp",
-            "--port",
-            port,
-            "--expect",
-            expect,
-        ])
-        .status
-        .code()
+        nodewall(&explain_tcp(&cfg, port, &["--expect", expect]))
+            .status
+            .code()
     };
     assert_eq!(probe("30080", "allow"), Some(0));
     assert_eq!(probe("30080", "deny"), Some(1));

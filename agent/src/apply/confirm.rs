@@ -110,6 +110,24 @@ mod tests {
         }
     }
 
+    /// `pending.json` for `new`, replacing `ssh 22`, due in `secs` (0: now).
+    fn pending(new: &str, secs: u64) -> Pending {
+        Pending {
+            deadline_unix: now_unix() + secs,
+            previous: Some(snapshot("ssh 22\n")),
+            new: snapshot(new),
+        }
+    }
+
+    /// Records `pending(new, 0)` and lets the watchdog claim it, as at a missed deadline.
+    fn missed(state: &StateDir, new: &str) -> Pending {
+        let p = pending(new, 0);
+        state.save_pending(&p).unwrap();
+        let claimed = wait(state).unwrap().expect("deadline passed");
+        assert_eq!(claimed, p);
+        claimed
+    }
+
     fn state(name: &str) -> StateDir {
         let dir =
             std::env::temp_dir().join(format!("nodewall-confirm-{}-{name}", std::process::id()));
@@ -120,13 +138,7 @@ mod tests {
     #[test]
     fn confirmed_in_time_keeps_the_new_policy() {
         let state = state("kept");
-        state
-            .save_pending(&Pending {
-                deadline_unix: now_unix() + 60,
-                previous: Some(snapshot("ssh 22\n")),
-                new: snapshot("web 80\n"),
-            })
-            .unwrap();
+        state.save_pending(&pending("web 80\n", 60)).unwrap();
         let waiter = {
             let s = state.clone();
             std::thread::spawn(move || wait(&s).unwrap())
@@ -149,14 +161,7 @@ mod tests {
     #[test]
     fn unconfirmed_rolls_back_to_the_previous_config() {
         let state = state("rollback");
-        let pending = Pending {
-            deadline_unix: now_unix(),
-            previous: Some(snapshot("ssh 22\n")),
-            new: snapshot("web 80\n"),
-        };
-        state.save_pending(&pending).unwrap();
-        let claimed = wait(&state).unwrap().expect("deadline passed");
-        assert_eq!(claimed, pending);
+        let claimed = missed(&state, "web 80\n");
         let kernel = FakeKernel::default();
         let parser: Parser = Arc::new(fake::parse);
         let said = rollback(&claimed, &|_| Ok(kernel.backend()), &parser).unwrap();
@@ -165,7 +170,7 @@ mod tests {
         // Too late to confirm: the user is told what happened.
         assert_eq!(
             confirm(&state).unwrap(),
-            Confirmed::NothingPending(Some(pending))
+            Confirmed::NothingPending(Some(claimed))
         );
         std::fs::remove_dir_all(state.root()).unwrap();
     }
@@ -173,20 +178,8 @@ mod tests {
     #[test]
     fn a_confirmed_apply_after_a_rollback_is_not_reported_as_rolled_back() {
         let state = state("after-rollback");
-        let old = Pending {
-            deadline_unix: now_unix(),
-            previous: Some(snapshot("ssh 22\n")),
-            new: snapshot("web 80\n"),
-        };
-        state.save_pending(&old).unwrap();
-        assert_eq!(wait(&state).unwrap(), Some(old), "rolled back");
-        state
-            .save_pending(&Pending {
-                deadline_unix: now_unix() + 30,
-                previous: Some(snapshot("ssh 22\n")),
-                new: snapshot("web 8080\n"),
-            })
-            .unwrap();
+        missed(&state, "web 80\n");
+        state.save_pending(&pending("web 8080\n", 30)).unwrap();
         assert_eq!(
             confirm(&state).unwrap(),
             Confirmed::Kept(snapshot("web 8080\n"))

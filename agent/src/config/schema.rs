@@ -157,44 +157,53 @@ struct RuleName(#[schemars(regex(pattern = NAME_PATTERN))] String);
 
 /// A user rule.
 #[derive(JsonSchema)]
-#[schemars(rename = "rule", deny_unknown_fields)]
-#[schemars(extend(
-    "if" = { "properties": { "protocol": { "enum": ["icmp", "icmpv6", "all"] } } },
-    "then" = { "properties": { "ports": false } }
-))]
+#[schemars(rename = "rule", deny_unknown_fields, transform = ports_only_for_tcp_udp)]
 #[allow(dead_code)]
 struct UserRule {
     name: RuleName,
     #[schemars(schema_with = "action")]
     action: String,
-    /// icmp is ICMP for IPv4, icmpv6 is ICMPv6, all is any protocol.
-    #[schemars(schema_with = "protocol")]
-    protocol: String,
-    #[schemars(default)]
-    ports: Ports,
+    #[schemars(flatten)]
+    matching: Matching,
     from: Sources,
 }
 
 /// A failsafe entry: `name` defaults to failsafe-PROTO-PORTS, `from` to anywhere, and `action` can only be allow.
 #[derive(JsonSchema)]
-#[schemars(rename = "failsafe", deny_unknown_fields)]
-#[schemars(extend(
-    "if" = { "properties": { "protocol": { "enum": ["icmp", "icmpv6", "all"] } } },
-    "then" = { "properties": { "ports": false } }
-))]
+#[schemars(rename = "failsafe", deny_unknown_fields, transform = ports_only_for_tcp_udp)]
 #[allow(dead_code)]
 struct Failsafe {
     #[schemars(default)]
     name: RuleName,
     #[schemars(default, extend("const" = "allow"))]
     action: Unset,
+    #[schemars(flatten)]
+    matching: Matching,
+    #[schemars(default)]
+    from: Sources,
+}
+
+/// What user rules and failsafe entries both match on besides the source.
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+struct Matching {
     /// icmp is ICMP for IPv4, icmpv6 is ICMPv6, all is any protocol.
     #[schemars(schema_with = "protocol")]
     protocol: String,
     #[schemars(default)]
     ports: Ports,
-    #[schemars(default)]
-    from: Sources,
+}
+
+/// `ports` only with a protocol that has ports.
+fn ports_only_for_tcp_udp(schema: &mut Schema) {
+    schema.insert(
+        "if".into(),
+        serde_json::json!({ "properties": { "protocol": { "enum": ["icmp", "icmpv6", "all"] } } }),
+    );
+    schema.insert(
+        "then".into(),
+        serde_json::json!({ "properties": { "ports": false } }),
+    );
 }
 
 #[derive(JsonSchema, Default)]

@@ -43,6 +43,23 @@ pub fn temp_config(text: &str) -> tempfile::NamedTempFile {
     f
 }
 
+/// `explain` of a TCP packet from 203.0.113.7 to `port` under `cfg`, then `extra`.
+pub fn explain_tcp<'a>(cfg: &'a str, port: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "explain",
+        "-c",
+        cfg,
+        "--from",
+        "203.0.113.7",
+        "--protocol",
+        "tcp",
+        "--port",
+        port,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// Runs nodewall with its standard output on a pipe whose reader is already gone, as
 /// `nodewall ... | head -1` is once `head` has its line: every write fails with EPIPE.
 pub fn nodewall_into_closed_pipe(args: &[&str], stdin: Option<&[u8]>) -> Output {
