@@ -337,3 +337,16 @@ fn check_warns_about_rules_that_cannot_do_what_they_seem_to() {
     assert_eq!(v["valid"], true);
     assert_eq!(v["warnings"].as_array().unwrap().len(), 2, "{v}");
 }
+
+#[test]
+fn verbose_logs_are_nodewall_s_not_every_library_s() {
+    if !is_root() {
+        eprintln!("skipped: reading the kernel's nft state needs root");
+        return;
+    }
+    let o = nodewall(&["-v", "status", "--backend", "nft"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("mnl::"), "{}", stderr(&o));
+    let o = nodewall(&["-vvv", "status", "--backend", "nft"]);
+    assert!(stderr(&o).contains("mnl::socket"), "-vvv shows them: {}", stderr(&o));
+}
