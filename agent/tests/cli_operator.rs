@@ -348,5 +348,9 @@ fn verbose_logs_are_nodewall_s_not_every_library_s() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!stderr(&o).contains("mnl::"), "{}", stderr(&o));
     let o = nodewall(&["-vvv", "status", "--backend", "nft"]);
-    assert!(stderr(&o).contains("mnl::socket"), "-vvv shows them: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("mnl::socket"),
+        "-vvv shows them: {}",
+        stderr(&o)
+    );
 }

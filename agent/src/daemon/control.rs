@@ -327,7 +327,10 @@ impl Control {
                     changed = report.changed,
                     entries_added = report.added,
                     entries_removed = report.removed,
-                    mode = ?policy.mode,
+                    mode = match policy.mode {
+                        crate::policy::Mode::Enforce => "enforce",
+                        crate::policy::Mode::Audit => "audit",
+                    },
                     rules_added = diff.added.len(),
                     rules_removed = diff.removed.len(),
                     rules_changed = diff.changed.len(),

@@ -1,15 +1,17 @@
 //! `/metrics`, `/healthz` and `/readyz` over HTTP/1.1, served by hyper.
 //!
 //! Every limit a scraper or probe never reaches but a misbehaving client would: at most
-//! [`MAX_CONNECTIONS`] at once (a new one beyond that evicts the oldest, so that a pile of
-//! idle connections never locks out the next scrape), a request head of at most
-//! [`MAX_HEAD`] read within [`HEAD_TIMEOUT`], a whole exchange within [`CONNECTION_DEADLINE`],
-//! one request per connection, and request bodies never read (only GET and HEAD are served).
+//! [`MAX_CONNECTIONS`] at once (a new one beyond that closes the oldest connection that has
+//! sent no complete request head for [`IDLE_GRACE`], so that a pile of idle connections never
+//! locks out the next scrape, or else waits in the listen backlog for one to finish), a request head of at most [`MAX_HEAD`] read within [`HEAD_TIMEOUT`], a whole
+//! exchange within [`CONNECTION_DEADLINE`], one request per connection, and request bodies
+//! never read (only GET and HEAD are served).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -18,7 +20,7 @@ use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use super::health::Health;
 use super::worker::Worker;
@@ -31,6 +33,9 @@ const MAX_HEAD: usize = 16 * 1024;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection is closed this long after it was accepted, whatever it is doing.
 const CONNECTION_DEADLINE: Duration = Duration::from_secs(15);
+/// How long a new connection may take to send its request head before a newer one may close
+/// it to make room: a scraper sends its head at once, a connection left idle is not a scrape.
+const IDLE_GRACE: Duration = Duration::from_millis(500);
 /// A scrape waits this long for fresh kernel counters, then serves the last ones.
 const COUNTERS_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -54,7 +59,8 @@ pub async fn serve(listener: TcpListener, endpoints: Endpoints) {
             }
         };
         next_id += 1;
-        let (id, closed) = (next_id, open.admit(next_id));
+        let id = next_id;
+        let (answering, evicted) = open.admit(id).await;
         let (e, open) = (endpoints.clone(), open.clone());
         super::spawn(async move {
             let mut http = hyper::server::conn::http1::Builder::new();
@@ -65,6 +71,8 @@ pub async fn serve(listener: TcpListener, endpoints: Endpoints) {
             let conn = http.serve_connection(
                 TokioIo::new(stream),
                 hyper::service::service_fn(move |req| {
+                    // A complete head: from now on the connection is being answered.
+                    answering.store(true, Ordering::Relaxed);
                     let e = e.clone();
                     async move { Ok::<_, Infallible>(respond(&req, &e).await) }
                 }),
@@ -75,41 +83,71 @@ pub async fn serve(listener: TcpListener, endpoints: Endpoints) {
                     Err(_) => tracing::debug!("metrics connection: deadline passed, closed"),
                     Ok(Ok(())) => {}
                 },
-                _ = closed => tracing::debug!("metrics connection: evicted by a newer one"),
+                _ = evicted => tracing::debug!("metrics connection: idle, closed for a newer one"),
             }
             open.leave(id);
         });
     }
 }
 
-/// The connections being served, oldest first, each with the switch that closes it.
+/// One connection being served.
+struct Conn {
+    id: u64,
+    /// Whether its request head arrived (it is being answered, never evicted).
+    answering: Arc<AtomicBool>,
+    accepted: Instant,
+    evict: oneshot::Sender<()>,
+}
+
+/// The connections being served, oldest first.
 #[derive(Default)]
-struct Open(Mutex<VecDeque<(u64, oneshot::Sender<()>)>>);
+struct Open {
+    conns: Mutex<VecDeque<Conn>>,
+    left: Notify,
+}
 
 impl Open {
-    /// Registers connection `id`, evicting the oldest one when [`MAX_CONNECTIONS`] are open;
-    /// the returned receiver fires when `id` is evicted in turn.
-    fn admit(&self, id: u64) -> oneshot::Receiver<()> {
-        let (tx, rx) = oneshot::channel();
-        let mut open = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        while open.len() >= MAX_CONNECTIONS {
-            if let Some((_, evict)) = open.pop_front() {
-                let _ = evict.send(());
+    /// Registers connection `id` once there is room: at [`MAX_CONNECTIONS`] the oldest one
+    /// that has waited [`IDLE_GRACE`] for its request head is closed; when there is none,
+    /// this waits for a connection to finish (or for one to have idled that long). Returns the connection's "answering" flag and what fires
+    /// when it is evicted in turn.
+    async fn admit(&self, id: u64) -> (Arc<AtomicBool>, oneshot::Receiver<()>) {
+        loop {
+            let left = self.left.notified();
+            {
+                let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+                let idle = conns.iter().position(|c| {
+                    !c.answering.load(Ordering::Relaxed) && c.accepted.elapsed() >= IDLE_GRACE
+                });
+                if conns.len() >= MAX_CONNECTIONS {
+                    if let Some(i) = idle {
+                        let victim = conns.remove(i).expect("index found above");
+                        let _ = victim.evict.send(());
+                    }
+                }
+                if conns.len() < MAX_CONNECTIONS {
+                    let (evict, evicted) = oneshot::channel();
+                    let answering = Arc::new(AtomicBool::new(false));
+                    conns.push_back(Conn {
+                        id,
+                        answering: answering.clone(),
+                        accepted: Instant::now(),
+                        evict,
+                    });
+                    return (answering, evicted);
+                }
+            }
+            tokio::select! {
+                () = left => {}
+                () = tokio::time::sleep(IDLE_GRACE) => {}
             }
         }
-        open.push_back((id, tx));
-        rx
     }
 
     fn leave(&self, id: u64) {
-        let mut open = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        open.retain(|(i, _)| *i != id);
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        conns.retain(|c| c.id != id);
+        self.left.notify_waiters();
     }
 }
 

@@ -188,6 +188,8 @@ async fn idle_connections_are_bounded_and_never_block_a_scrape() {
     for _ in 0..http::MAX_CONNECTIONS + extra {
         idle.push(tokio::net::TcpStream::connect(h.addr).await.unwrap());
     }
+    // Past the grace a new connection has to send its request head.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let t = Instant::now();
     let (code, body) = tokio::time::timeout(2 * SECOND, h.get("/metrics"))
         .await
@@ -210,6 +212,13 @@ async fn idle_connections_are_bounded_and_never_block_a_scrape() {
         idle.len(),
         http::MAX_CONNECTIONS
     );
+    // More scrapes at once than the limit: each waits its turn, none is cut off.
+    let scrapes: Vec<_> = (0..http::MAX_CONNECTIONS + 36)
+        .map(|_| tokio::spawn(http_get(h.addr, "/metrics")))
+        .collect();
+    for s in scrapes {
+        assert_eq!(s.await.unwrap().0, 200);
+    }
     h.stop().await;
 }
 
