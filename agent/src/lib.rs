@@ -5,6 +5,7 @@
 //! backend-neutral model, and its evaluator) -> `backend::{nft, xdp}` (kernel) -> `metrics`
 //! (counters read back from the kernel).
 
+pub mod apply;
 pub mod backend;
 pub mod config;
 pub mod daemon;
@@ -12,3 +13,4 @@ pub mod fnv;
 pub mod metrics;
 pub mod policy;
 pub mod profiles;
+pub mod vocab;

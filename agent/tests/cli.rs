@@ -1,46 +1,49 @@
 //! The command line as a user drives it: exit codes, text and JSON output, `--help`.
 
+mod cli_support;
+
 use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-fn nodewall(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nodewall"))
-        .args(args)
-        .output()
-        .expect("run nodewall")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn example(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/examples")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-fn temp_config(text: &str) -> tempfile::NamedTempFile {
-    let mut f = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-    f
-}
+use cli_support::{example, explain_tcp, nodewall, stderr, stdout, temp_config};
 
 #[test]
 fn help_is_available_for_every_command() {
-    for cmd in [
-        "profiles", "check", "schema", "render", "explain", "apply", "status", "flush",
+    let o = nodewall(&["--help"]);
+    assert!(o.status.success());
+    let help = stdout(&o);
+    // Every command that `--help` lists, not a hand-kept copy of the list.
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        // A wrapped description continues further in.
+        .filter(|l| !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    for expected in [
+        "profiles",
+        "check",
+        "schema",
+        "render",
+        "explain",
+        "apply",
+        "confirm",
+        "run",
+        "status",
+        "flush",
+        "completions",
+        "man",
     ] {
+        assert!(commands.contains(&expected), "{expected} missing: {help}");
+    }
+    assert!(help.contains("Exit codes:"), "{help}");
+    for cmd in commands {
         let o = nodewall(&[cmd, "--help"]);
         assert!(o.status.success(), "{cmd} --help: {}", stderr(&o));
-        assert!(stdout(&o).contains("Usage:"), "{cmd}");
+        assert!(stdout(&o).contains("Usage: nodewall"), "{cmd}");
     }
 }
 
@@ -115,35 +118,14 @@ fn check_exits_0_on_examples_and_2_with_located_errors() {
 #[test]
 fn explain_names_the_rule_and_seed_row() {
     let cfg = example("tke-node.yaml");
-    let o = nodewall(&[
-        "explain",
-        "-c",
-        &cfg,
-        "--from",
-        "203.0.113.7",
-        "--protocol",
-        "tcp",
-        "--port",
-        "30080",
-        "--json",
-    ]);
+    let o = nodewall(&explain_tcp(&cfg, "30080", &["--json"]));
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["verdict"], "accept");
     assert_eq!(v["rule"], "tke-node/nodeport-tcp");
     assert_eq!(v["origin"]["provenance"]["row"], 3);
 
-    let o = nodewall(&[
-        "explain",
-        "-c",
-        &cfg,
-        "--from",
-        "203.0.113.7",
-        "--protocol",
-        "tcp",
-        "--port",
-        "10250",
-    ]);
+    let o = nodewall(&explain_tcp(&cfg, "10250", &[]));
     assert!(o.status.success());
     assert!(
         stdout(&o).contains("DENY") && stdout(&o).contains("default-deny"),
@@ -167,7 +149,7 @@ fn explain_names_the_rule_and_seed_row() {
 #[test]
 fn explain_batch_answers_one_json_line_per_probe() {
     let cfg = example("tke-node.yaml");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nodewall"))
+    let mut child = Command::new(cli_support::bin())
         .args(["explain", "--batch", "-c", &cfg])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

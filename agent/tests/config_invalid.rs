@@ -586,7 +586,7 @@ fn load_reports_unreadable_files() {
     assert_eq!(e.errors.len(), 1);
     assert!(
         e.to_string()
-            .starts_with("/nonexistent/nodewall.yaml:0:0: (file): "),
+            .starts_with("/nonexistent/nodewall.yaml:1:1: (file): cannot open: "),
         "{e}"
     );
 }
@@ -610,7 +610,16 @@ mod mangled {
             let at = (0..=at).rev().find(|i| BASE.is_char_boundary(*i)).unwrap();
             let end = ((at + len).min(BASE.len())..=BASE.len()).find(|i| BASE.is_char_boundary(*i)).unwrap();
             let text = format!("{}{insert}{}", &BASE[..at], &BASE[end..]);
-            if let Err(e) = nodewall::config::parse(&text, "x.yaml") {
+            match nodewall::config::parse(&text, "x.yaml") {
+                // Accepted: then it is a config the rest of nodewall takes, and one that means
+                // what the original means when only comments or blank space were damaged.
+                Ok(config) => {
+                    prop_assert!(nodewall::policy::compile(&config).is_ok());
+                    if meaning(&text) == meaning(BASE) {
+                        prop_assert_eq!(Ok(config), nodewall::config::parse(BASE, "x.yaml"));
+                    }
+                }
+                Err(e) => {
                 prop_assert!(!e.errors.is_empty());
                 let lines = text.lines().count().max(1);
                 for err in &e.errors {
@@ -621,8 +630,17 @@ mod mangled {
                 let mut sorted = pos.clone();
                 sorted.sort();
                 prop_assert_eq!(pos, sorted);
+                }
             }
         }
+    }
+
+    /// The lines of `text` that are not comments or blank, without trailing space.
+    fn meaning(text: &str) -> Vec<&str> {
+        text.lines()
+            .map(str::trim_end)
+            .filter(|l| !l.is_empty() && !l.trim_start().starts_with('#'))
+            .collect()
     }
 }
 

@@ -64,25 +64,33 @@ fn every_example_validates() {
     assert!(n >= 7, "only {n} examples");
 }
 
-#[test]
-fn defaults_and_aliases_validate() {
-    let v = validator();
-    for ok in [
+/// Documents a config schema must accept.
+const VALID: &[&str] = &[
         "profile: tke-node\nnetworks: {cluster: [10.0.0.0/16], container: [172.16.0.0/16]}\n",
         "rules:\n  - {name: a, action: deny, protocol: all, from: [10.0.0.1, \"fd00::/8\"]}\nfailsafe: []\n",
         "rules: [{name: a, action: allow, protocol: tcp, ports: [22, \"80-90\"], from: [x]}]\nimplicit: {neighbor-discovery: false}\n",
         "rules: []\nfailsafe:\n  - protocol: tcp\n    ports: [\"22\"]\n",
-    ] {
+];
+
+#[test]
+fn defaults_and_aliases_validate() {
+    let v = validator();
+    for ok in VALID {
         let doc = yaml(ok);
-        assert!(v.is_valid(&doc), "{ok}: {:?}", v.iter_errors(&doc).map(|e| e.to_string()).collect::<Vec<_>>());
+        assert!(
+            v.is_valid(&doc),
+            "{ok}: {:?}",
+            v.iter_errors(&doc)
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+        );
     }
 }
 
-#[test]
-fn invalid_documents_are_rejected() {
-    let v = validator();
+/// Documents a config schema must reject.
+fn invalid() -> Vec<String> {
     let rule = "{name: a, action: allow, protocol: tcp, from: [0.0.0.0/0]}";
-    for bad in [
+    vec![
         "backend: ebpf\n".to_string(),
         "mode: strict\n".to_string(),
         "backedn: nft\n".to_string(),
@@ -107,9 +115,54 @@ fn invalid_documents_are_rejected() {
         format!("rules: [{rule}]\nimplicit: {{established: \"yes\"}}\n"),
         format!("rules: [{rule}]\nimplicit: {{stateful: true}}\n"),
         "- a\n".to_string(),
-    ] {
+        "interfaces: [\"*\"]\n".to_string(),
+        "interfaces: [\"e*th\"]\n".to_string(),
+        "rules: [{name: a, action: allow, protocol: tcp, ports: [70000], from: [x]}]\n".to_string(),
+        "failsafe: [{protocol: tcp, name: Bad}]\n".to_string(),
+        "networks: {pods: [\"10.0.0.0/8\", 5]}\n".to_string(),
+    ]
+}
+
+#[test]
+fn invalid_documents_are_rejected() {
+    let v = validator();
+    for bad in invalid() {
         assert!(!v.is_valid(&yaml(&bad)), "schema accepted {bad}");
     }
+}
+
+/// The schema derived with schemars decides every document as the hand-written one it
+/// replaced did (`fixtures/config.schema.before.json`), except where it was meant to change:
+/// `eth*` is accepted by both (and means a pattern now), while a `*` anywhere else, which the
+/// old schema let through as part of a name that no interface has, is refused. Structurally
+/// the derived schema inlines the old `common` definition into `rule` and `failsafe`, and says
+/// `anyOf` where the old said `oneOf` for a port (an integer or a string: never both).
+#[test]
+fn the_derived_schema_decides_as_the_hand_written_one() {
+    let before: Value =
+        serde_json::from_str(include_str!("fixtures/config.schema.before.json")).unwrap();
+    let before = jsonschema::draft202012::new(&before).unwrap();
+    let now = validator();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let mut docs: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    docs.extend(VALID.iter().map(|s| s.to_string()));
+    docs.extend(invalid());
+    let star_elsewhere = ["interfaces: [\"*\"]\n", "interfaces: [\"e*th\"]\n"];
+    for doc in &docs {
+        let d = yaml(doc);
+        if star_elsewhere.contains(&doc.as_str()) {
+            assert!(!now.is_valid(&d) && before.is_valid(&d), "{doc}");
+        } else {
+            assert_eq!(now.is_valid(&d), before.is_valid(&d), "{doc}");
+        }
+    }
+    let pattern = yaml("interfaces: [\"eth*\", \"ens3\"]\n");
+    assert!(now.is_valid(&pattern) && before.is_valid(&pattern));
 }
 
 #[test]
@@ -122,7 +175,7 @@ fn enums_match_the_parser() {
         json!(["nft", "xdp", "auto"])
     );
     assert_eq!(
-        schema["$defs"]["common"]["properties"]["protocol"]["enum"],
+        schema["$defs"]["rule"]["properties"]["protocol"]["enum"],
         json!(["tcp", "udp", "icmp", "icmpv6", "all"])
     );
 }

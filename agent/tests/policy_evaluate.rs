@@ -1,54 +1,11 @@
 //! The evaluator's fixed parts: implicit allowances (each switchable), invalid packets, deny
 //! rules, rule order, family separation and audit mode.
 
-use std::collections::BTreeMap;
+mod policy_support;
 
-use nodewall::config::{
-    Action, BackendKind, Config, Implicit, Mode, PortRange, Protocol, RuleConfig, Source,
-};
+use nodewall::config::{Action, Config, Mode, Protocol};
 use nodewall::policy::{self, CtState, Packet, Reason, Verdict, L4};
-
-fn rule(
-    name: &str,
-    action: Action,
-    protocol: Protocol,
-    ports: &[(u16, u16)],
-    from: &[&str],
-) -> RuleConfig {
-    RuleConfig {
-        name: name.into(),
-        action,
-        protocol,
-        ports: ports.iter().map(|&(a, b)| PortRange::new(a, b)).collect(),
-        from: from
-            .iter()
-            .map(|s| match (s.parse(), s.parse::<std::net::IpAddr>()) {
-                (Ok(net), _) => Source::Cidr(net),
-                (_, Ok(ip)) => Source::Cidr(ip.into()),
-                _ => Source::Network(s.to_string()),
-            })
-            .collect(),
-    }
-}
-
-fn config(rules: Vec<RuleConfig>) -> Config {
-    Config {
-        backend: BackendKind::Nft,
-        mode: Mode::Enforce,
-        interfaces: vec![],
-        profile: None,
-        networks: BTreeMap::from([(
-            "lab".to_string(),
-            vec![
-                "198.18.0.0/24".parse().unwrap(),
-                "fd00:1::/64".parse().unwrap(),
-            ],
-        )]),
-        rules,
-        failsafe: vec![],
-        implicit: Implicit::default(),
-    }
-}
+use policy_support::{config, rule};
 
 fn eval(cfg: &Config, src: &str, l4: L4, ct: CtState) -> Verdict {
     let policy = policy::compile(cfg).unwrap();

@@ -364,6 +364,7 @@ pub mod tcp_state {
 /// calls of byte loops.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct FlowState {
     /// The flow is live while the monotonic clock (ns) is before this.
     pub deadline: u64,
@@ -427,6 +428,7 @@ pub mod last {
 /// sysctls (so the nft and XDP backends of one node agree), or conntrack's defaults.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct Timeouts {
     pub tcp_syn_sent: u32,
     pub tcp_syn_recv: u32,

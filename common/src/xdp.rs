@@ -72,6 +72,7 @@ pub const BENCH_PARSE_PROGRAM: &str = "nodewall_bench_parse";
 /// lowest set bit of an intersection is the verdict).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct RuleBits(pub [u64; RULE_WORDS]);
 
 impl RuleBits {
@@ -164,6 +165,7 @@ pub const ACTION_DENY: u8 = 1;
 /// Rule position -> counter slot and action.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct RuleRef {
     pub slot: u16,
     pub action: u8,
@@ -173,6 +175,7 @@ pub struct RuleRef {
 /// Everything of one generation that is not keyed by address or port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct GenConfig {
     pub flags: u32,
     pub nrules: u32,
@@ -211,6 +214,7 @@ impl GenConfig {
 /// The one value the agent flips to publish a generation (index 0 of `NW_SWITCH`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct Switch {
     pub layout: u32,
     /// Generation the program reads: 0 or 1.
@@ -244,6 +248,7 @@ pub const GEN_PREFIX_BITS: u32 = 8;
 /// values are class indexes too.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct SrcNode(pub [u16; 256]);
 
 /// One generation's source tables: entry `g` of `NW_SOURCES`. One value rather than a map
@@ -254,6 +259,7 @@ pub struct SrcNode(pub [u16; 256]);
 /// entries that changed in place, in the generation the switch does not point at.
 #[repr(C)]
 #[derive(Clone, Copy)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct SrcTables {
     pub classes: [RuleBits; SRC_CLASSES_PER_GEN as usize],
     /// By family ([`FAMILY_IPV4`], [`FAMILY_IPV6`]), then the first 16 address bits.
@@ -280,6 +286,7 @@ pub const fn port_index(gen: u32, proto: u32, port: u16) -> u32 {
 /// Packets and bytes (of the IP packet, as nft counts them) in a per-CPU counter.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct Stat {
     pub packets: u64,
     pub bytes: u64,
@@ -332,6 +339,7 @@ pub const fn drop_index_parts(index: u32) -> (u32, u32, u32) {
 /// A rule name kept with its counter slot so `status` can label counters after a restart.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct SlotName {
     pub len: u16,
     pub action: u8,
@@ -357,6 +365,7 @@ impl SlotName {
 /// addresses fill the first 4 bytes. The value is a [`crate::ct::FlowState`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct FlowKey {
     pub remote: [u8; 16],
     pub local: [u8; 16],
@@ -392,6 +401,7 @@ pub const fn flow_mark_index(proto: u32, port: u16) -> u32 {
 /// the type and `dport` the code. A packet too malformed to parse leaves what it lacks at 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct DropSample {
     pub src: [u8; 16],
     pub dst: [u8; 16],
@@ -417,6 +427,7 @@ pub const SAMPLE_RING_BYTES: u32 = 256 * 1024;
 /// The per-CPU state of the sample rate limit (`NW_SAMPLE_BUDGET`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct SampleBudget {
     pub window_start_ns: u64,
     pub taken: u32,
@@ -437,17 +448,33 @@ pub const SRC_TRIE_ENTRIES: u32 = 1 << 18;
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    unsafe impl aya::Pod for RuleBits {}
-    unsafe impl aya::Pod for SrcNode {}
-    unsafe impl aya::Pod for SrcTables {}
-    unsafe impl aya::Pod for GenConfig {}
-    unsafe impl aya::Pod for Switch {}
-    unsafe impl aya::Pod for Stat {}
-    unsafe impl aya::Pod for SlotName {}
-    unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for crate::ct::FlowState {}
-    unsafe impl aya::Pod for DropSample {}
-    unsafe impl aya::Pod for SampleBudget {}
+
+    /// aya's `Pod` has no derive: each type's `bytemuck::Pod` derive above is the compile-time
+    /// proof (`repr(C)`, no padding, every bit pattern valid) that implementing it is sound.
+    macro_rules! aya_pod {
+        ($($t:ty),* $(,)?) => {$(
+            const _: fn() = || {
+                fn proven<T: bytemuck::Pod>() {}
+                proven::<$t>();
+            };
+            // SAFETY: `$t: bytemuck::Pod`, checked just above.
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+
+    aya_pod!(
+        RuleBits,
+        SrcNode,
+        SrcTables,
+        GenConfig,
+        Switch,
+        Stat,
+        SlotName,
+        FlowKey,
+        crate::ct::FlowState,
+        DropSample,
+        SampleBudget,
+    );
 }
 
 #[cfg(test)]

@@ -17,7 +17,8 @@ use nodewall_netns_tests::{backend_tests, Backend};
 /// Probes for one profile rule, from `src`: in-range cells (`true`) and neighbours (`false`).
 fn cells(rule: &profiles::ProfileRule, src: IpAddr) -> Vec<(Probe, bool)> {
     let mut out = Vec::new();
-    let ports = |p: Protocol| -> Vec<(u16, bool)> {
+    // The rule's port ranges, each with its two ends (in) and the ports just outside (out).
+    let port_cells = || -> Vec<(u16, bool)> {
         if rule.ports.is_empty() {
             return vec![(1, true), (10250, true), (65535, true)];
         }
@@ -32,20 +33,18 @@ fn cells(rule: &profiles::ProfileRule, src: IpAddr) -> Vec<(Probe, bool)> {
                 v.push((r.end + 1, false));
             }
         }
-        let _ = p;
         v
     };
+    let on_port: Option<fn(IpAddr, u16) -> Probe> = match rule.protocol {
+        Protocol::Tcp => Some(Probe::tcp),
+        Protocol::Udp => Some(Probe::udp),
+        _ => None,
+    };
+    if let Some(probe) = on_port {
+        out.extend(port_cells().into_iter().map(|(p, c)| (probe(src, p), c)));
+    }
     match rule.protocol {
-        Protocol::Tcp => out.extend(
-            ports(Protocol::Tcp)
-                .into_iter()
-                .map(|(p, c)| (Probe::tcp(src, p), c)),
-        ),
-        Protocol::Udp => out.extend(
-            ports(Protocol::Udp)
-                .into_iter()
-                .map(|(p, c)| (Probe::udp(src, p), c)),
-        ),
+        Protocol::Tcp | Protocol::Udp => {}
         Protocol::Icmp if src.is_ipv4() => out.push((Probe::ping(src), true)),
         Protocol::Icmpv6 if src.is_ipv6() => out.push((Probe::ping(src), true)),
         Protocol::Icmp | Protocol::Icmpv6 => {}

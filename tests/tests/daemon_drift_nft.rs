@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use daemon_support::{wait_until, Agent, TempDir};
-use nodewall::metrics::drops::KERNEL_SAMPLE_RATE;
+use nodewall::backend::nft::nflog::KERNEL_SAMPLE_RATE;
 use nodewall_netns_tests::netns::Netns;
 use nodewall_netns_tests::nodewall::{self as cli, drop_packets, Config};
 use nodewall_netns_tests::topology::{node_addr, Topology};

@@ -59,7 +59,8 @@ fn reload_on_file_change(backend: Backend) -> anyhow::Result<()> {
         "the apply is logged with its trigger"
     );
     ensure!(
-        agent.log().contains("rules_added=[web-from-internet]"),
+        agent.log().contains("rules_added=1")
+            && agent.log().contains("added_rules=web-from-internet"),
         "the log line carries the diff"
     );
 

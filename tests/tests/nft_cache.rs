@@ -49,7 +49,7 @@ fn policy_of(moved: bool, extra: bool) -> anyhow::Result<Policy> {
             "  - name: deny-b\n    action: deny\n    protocol: udp\n    ports: [\"10250\"]\n    from: [{}]",
         cidrs(base + 4096, None)
     )]);
-    let desired = nodewall::daemon::source::parse_config(&cfg.yaml(), Path::new("cache.yaml"))
+    let desired = nodewall::apply::source::parse_config(&cfg.yaml(), Path::new("cache.yaml"))
         .map_err(anyhow::Error::msg)?;
     Ok(desired.policy)
 }

@@ -24,7 +24,7 @@ const DENY_RULE: &str = "  - name: deny-inet\n    action: deny\n    protocol: tc
 fn policy() -> anyhow::Result<Policy> {
     let mut cfg = Config::new(Backend::Nft, Some("tke-node"));
     cfg.rules = vec![DENY_RULE.into()];
-    let desired = nodewall::daemon::source::parse_config(&cfg.yaml(), Path::new("drift.yaml"))
+    let desired = nodewall::apply::source::parse_config(&cfg.yaml(), Path::new("drift.yaml"))
         .map_err(anyhow::Error::msg)?;
     Ok(desired.policy)
 }

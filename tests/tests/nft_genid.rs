@@ -26,7 +26,7 @@ fn policy(cidrs: u32) -> anyhow::Result<Policy> {
         "  - name: deny-many\n    action: deny\n    protocol: tcp\n    ports: [\"10250\"]\n    from: [{}]",
         from.join(", ")
     )];
-    let desired = nodewall::daemon::source::parse_config(&cfg.yaml(), Path::new("genid.yaml"))
+    let desired = nodewall::apply::source::parse_config(&cfg.yaml(), Path::new("genid.yaml"))
         .map_err(anyhow::Error::msg)?;
     Ok(desired.policy)
 }

@@ -4,6 +4,7 @@
 
 pub mod interfaces;
 pub mod nft;
+mod sample;
 pub mod xdp;
 
 use std::os::fd::BorrowedFd;
@@ -11,9 +12,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::Action;
-use crate::metrics::drops::DropEvent;
 use crate::policy::Policy;
+use crate::policy::{Action, Mode};
+pub use sample::DropEvent;
 
 /// Packets and bytes seen by one rule (allow or deny), monotonic for the life of the node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -50,6 +51,8 @@ pub struct Status {
     pub installed: bool,
     /// Increases by one on every apply that changed something.
     pub generation: u64,
+    /// Enforce or audit, as the kernel holds it; `None` when nothing is installed.
+    pub mode: Option<Mode>,
     pub interfaces: Vec<String>,
     /// Rule names in evaluation order.
     pub rules: Vec<String>,
@@ -91,6 +94,14 @@ pub trait Backend {
         Ok(status.installed
             && have == want
             && status.rules.iter().eq(policy.rules.iter().map(|r| &r.name)))
+    }
+
+    /// Whether the kernel matches the policy's interfaces by name, so that names and `eth*`
+    /// patterns are given as they are and cover interfaces created later (nft's `iifname`);
+    /// otherwise the backend is given the existing interfaces they select (see
+    /// [`interfaces::resolve`]).
+    fn matches_by_name(&self) -> bool {
+        false
     }
 
     /// Dropped-packet samples that the datapath hands to this process, to be read off the

@@ -3,17 +3,19 @@
 //! `--confirm SECS` (roll back unless `nodewall confirm` runs in time).
 
 use std::fs::OpenOptions;
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
-use nodewall::backend::{interfaces, Backend};
+use nodewall::apply::confirm;
+use nodewall::apply::lock::{Role, StateLock};
+use nodewall::apply::lockout;
+use nodewall::apply::source;
+use nodewall::apply::state::{self, Pending, Snapshot, StateDir};
+use nodewall::backend::{interfaces, ApplyReport, Backend};
 use nodewall::config::BackendKind;
-use nodewall::daemon::confirm;
-use nodewall::daemon::lock::{Role, StateLock};
-use nodewall::daemon::lockout;
-use nodewall::daemon::source;
-use nodewall::daemon::state::{self, Pending, Snapshot, StateDir};
+use nodewall::policy::Mode;
 
 use super::select::{self, BackendArg};
 use super::{output, ConfigArg, EXIT_INVALID};
@@ -57,7 +59,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let mut policy = desired.policy;
-    policy.interfaces = interfaces::resolve(&policy.interfaces)?;
     if !args.force {
         if let Ok(session) = std::env::var("SSH_CONNECTION") {
             if let Err(lockout) = lockout::check_ssh(&policy, &session) {
@@ -67,21 +68,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let state = StateDir::new(&args.state_dir);
-    let lock = match state.lock_for_apply() {
+    let lock = match super::lock::take(&state, StateDir::lock_for_apply) {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("nodewall: error: {e}");
-            if let Ok(Some(p)) = state.pending() {
-                eprintln!(
-                    "nodewall: an apply --confirm of {} is pending ({} s left): `nodewall confirm` first",
-                    p.new.config_path,
-                    p.deadline_unix.saturating_sub(confirm::now_unix())
-                );
-            }
-            return Ok(ExitCode::from(1));
-        }
+        Err(code) => return Ok(code),
     };
     let mut backend = select::for_apply(args.backend, desired.backend, Some(&args.state_dir))?;
+    let configured = std::mem::take(&mut policy.interfaces);
+    policy.interfaces = match interfaces::resolve(&configured, backend.matches_by_name()) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("{}: {e:#} (backend {})", path.display(), backend.name());
+            return Ok(ExitCode::from(EXIT_INVALID));
+        }
+    };
     let previous = match args.confirm {
         Some(_) => rollback_target(&state, backend.as_ref())?,
         None => None,
@@ -104,25 +103,74 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             None
         }
     };
+    let done = Applied {
+        report,
+        backend: backend.name(),
+        mode: policy.mode,
+        unmatched: interfaces::unmatched(&policy.interfaces, &interfaces::links()?)
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        interfaces: policy.interfaces.clone(),
+    };
     if args.json {
-        output::print_json(&report)?;
+        output::print_json(&done)?;
     } else {
-        println!(
-            "applied generation {} with backend {} on {} ({} rules, +{} -{}, {:.1} ms{})",
-            report.generation,
-            backend.name(),
-            policy.interfaces.join(","),
-            policy.rules.len(),
-            report.added,
-            report.removed,
-            report.duration.as_secs_f64() * 1e3,
-            if report.changed { "" } else { ", unchanged" }
-        );
+        let mut out = output::stdout();
+        print_applied(&mut out, &done, policy.rules.len())?;
+        out.flush()?;
     }
     if let Some(secs) = deadline {
         eprintln!("nodewall: rolls back in {secs} s unless `nodewall confirm` is run");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `apply` reports (`--json`: this object).
+#[derive(serde::Serialize)]
+struct Applied {
+    #[serde(flatten)]
+    report: ApplyReport,
+    backend: &'static str,
+    mode: Mode,
+    /// What the backend was given: names and `eth*` patterns (nft), or interfaces (XDP).
+    interfaces: Vec<String>,
+    /// Of `interfaces`, those that select no interface now: nothing is filtered there until
+    /// an interface of a matching name appears.
+    unmatched: Vec<String>,
+}
+
+fn print_applied(out: &mut impl Write, a: &Applied, rules: usize) -> std::io::Result<()> {
+    let r = &a.report;
+    let mode = match a.mode {
+        Mode::Enforce => "enforce mode",
+        Mode::Audit => "audit mode (nothing is dropped: would-be drops are counted and accepted)",
+    };
+    let verb = if a.unmatched.len() == a.interfaces.len() {
+        "installed (filtering nothing yet)"
+    } else {
+        "applied"
+    };
+    writeln!(
+        out,
+        "{verb} generation {} with backend {} in {mode} on {} ({rules} rules, +{} -{}, {:.1} ms{})",
+        r.generation,
+        a.backend,
+        a.interfaces.join(","),
+        r.added,
+        r.removed,
+        r.duration.as_secs_f64() * 1e3,
+        if r.changed { "" } else { ", unchanged" }
+    )?;
+    if !a.unmatched.is_empty() {
+        writeln!(
+            out,
+            "note: no interface matches {} yet: nothing is filtered there until an interface of that name appears, which the {} backend then filters at once",
+            a.unmatched.join(", "),
+            a.backend
+        )?;
+    }
+    Ok(())
 }
 
 /// Lets this one-shot process reuse the memory it frees instead of handing it back to the

@@ -1,6 +1,13 @@
+//! `nodewall check`: every error of a config, or "valid" with the warnings about rules that
+//! cannot do what they seem to (see `policy::lint`).
+
+use std::io::Write;
 use std::process::ExitCode;
 
-use super::{output, ConfigArg};
+use nodewall::config::{self, Config};
+use nodewall::policy::{self, Finding, Origin, Policy};
+
+use super::{output, ConfigArg, EXIT_INVALID};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -11,38 +18,97 @@ pub struct Args {
     json: bool,
 }
 
+/// A warning as `check` reports it: `FILE:LINE:COL: FIELD: warning: REASON`.
+#[derive(serde::Serialize)]
+struct Warning {
+    path: String,
+    line: usize,
+    column: usize,
+    message: String,
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.json {
-        return match nodewall::config::load(&args.config.config) {
-            Err(errs) => {
-                output::print_json(&errs)?;
-                Ok(ExitCode::from(super::EXIT_INVALID))
-            }
-            Ok(config) => match nodewall::policy::compile(&config) {
-                Ok(policy) => {
-                    output::print_json(
-                        &serde_json::json!({ "valid": true, "rules": policy.rules.len() }),
-                    )?;
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    output::print_json(
-                        &serde_json::json!({ "valid": false, "error": e.to_string() }),
-                    )?;
-                    Ok(ExitCode::from(super::EXIT_INVALID))
-                }
-            },
-        };
-    }
-    match output::load_policy(&args.config) {
-        Ok((_, policy)) => {
-            println!(
-                "{}: valid ({} rules)",
-                args.config.config.display(),
-                policy.rules.len()
-            );
-            Ok(ExitCode::SUCCESS)
+    let path = &args.config.config;
+    let file = path.display().to_string();
+    let loaded = config::read(path).and_then(|text| config::parse(&text, &file).map(|c| (text, c)));
+    let (text, config) = match loaded {
+        Ok(v) => v,
+        Err(errs) if args.json => {
+            output::print_json(&errs)?;
+            return Ok(ExitCode::from(EXIT_INVALID));
         }
-        Err(code) => Ok(code),
+        Err(errs) => {
+            eprintln!("{errs}");
+            eprintln!("nodewall: {} error(s) in {}", errs.errors.len(), errs.file);
+            return Ok(ExitCode::from(EXIT_INVALID));
+        }
+    };
+    let policy = match policy::compile(&config) {
+        Ok(p) => p,
+        Err(e) if args.json => {
+            output::print_json(&serde_json::json!({ "valid": false, "error": e.to_string() }))?;
+            return Ok(ExitCode::from(EXIT_INVALID));
+        }
+        Err(e) => {
+            eprintln!("{file}: {e}");
+            return Ok(ExitCode::from(EXIT_INVALID));
+        }
+    };
+    let warnings = warnings(&text, &config, &policy, &policy::lint(&policy));
+    if args.json {
+        output::print_json(&serde_json::json!({
+            "valid": true,
+            "rules": policy.rules.len(),
+            "warnings": warnings,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
     }
+    for w in &warnings {
+        eprintln!(
+            "{file}:{}:{}: {}: warning: {}",
+            w.line, w.column, w.path, w.message
+        );
+    }
+    let mut out = output::stdout();
+    match warnings.len() {
+        0 => writeln!(out, "{file}: valid ({} rules)", policy.rules.len())?,
+        n => writeln!(
+            out,
+            "{file}: valid ({} rules), {n} warning(s)",
+            policy.rules.len()
+        )?,
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Each finding located at its rule in the file (a profile's rules are at `profile`).
+fn warnings(text: &str, config: &Config, policy: &Policy, found: &[Finding]) -> Vec<Warning> {
+    let rules = config::item_positions(text, "rules");
+    let failsafe = config::item_positions(text, "failsafe");
+    found
+        .iter()
+        .map(|f| {
+            let rule = &policy.rules[f.rule];
+            let index = |list: &[config::RuleConfig]| list.iter().position(|r| r.name == rule.name);
+            let (path, at) = match rule.origin {
+                Origin::User => {
+                    let i = index(&config.rules).unwrap_or(0);
+                    (format!("rules[{i}]"), rules.get(i))
+                }
+                Origin::Failsafe => {
+                    let i = index(&config.failsafe).unwrap_or(0);
+                    (format!("failsafe[{i}]"), failsafe.get(i))
+                }
+                Origin::Profile { .. } => ("profile".to_string(), None),
+            };
+            let (line, column) = at.copied().unwrap_or((1, 1));
+            Warning {
+                path,
+                line,
+                column,
+                message: f.message.clone(),
+            }
+        })
+        .collect()
 }

@@ -1,10 +1,11 @@
 //! `nodewall confirm`: keep the policy installed by `apply --confirm`.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use nodewall::daemon::confirm::{self, Confirmed};
-use nodewall::daemon::state::{self, StateDir};
+use nodewall::apply::confirm::{self, Confirmed};
+use nodewall::apply::state::{self, StateDir};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -15,7 +16,9 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match confirm::confirm(&StateDir::new(&args.state_dir))? {
         Confirmed::Kept(s) => {
-            println!("confirmed: {} stays installed", s.config_path);
+            let mut out = super::output::stdout();
+            writeln!(out, "confirmed: {} stays installed", s.config_path)?;
+            out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
         Confirmed::NothingPending(last) => {
@@ -25,7 +28,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     p.new.config_path,
                     confirm::now_unix().saturating_sub(p.deadline_unix)
                 ),
-                None => eprintln!("nodewall: nothing to confirm"),
+                None => match StateDir::new(&args.state_dir).applied() {
+                    Ok(Some(s)) => eprintln!(
+                        "nodewall: nothing to confirm; the policy of {} is installed and confirmed",
+                        s.config_path
+                    ),
+                    _ => eprintln!("nodewall: nothing to confirm"),
+                },
             }
             Ok(ExitCode::from(1))
         }

@@ -1,12 +1,11 @@
 //! `nodewall explain`: the reference verdict for a packet, as the backends must enforce it.
 
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::net::IpAddr;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
 use clap::ValueEnum;
-use nodewall::policy::{self, track, CtState, Origin, Packet, Policy, Verdict, L4};
+use nodewall::policy::{self, track, Action, CtState, Origin, Packet, Policy, Verdict, L4};
 use serde::{Deserialize, Serialize};
 
 use super::{output, ConfigArg, EXIT_INVALID};
@@ -69,6 +68,11 @@ pub struct Probe {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Exit codes:
+  0  evaluated (and, with --expect, the decision is the expected one)
+  1  --expect: the decision differs (for any probe, with --batch)
+  2  invalid input: config errors, a bad probe (with --batch: any bad line; the others are
+     still answered, and a bad line gets {\"line\": N, \"error\": ...} in its place)")]
 pub struct Args {
     #[command(flatten)]
     config: ConfigArg,
@@ -81,19 +85,63 @@ pub struct Args {
     /// Print the verdict as JSON.
     #[arg(long)]
     json: bool,
+    /// Exit 1 unless the policy decides this (for every probe, with --batch).
+    #[arg(long, value_enum, value_name = "ACTION")]
+    expect: Option<Expect>,
+}
+
+/// The decision `--expect` asserts.
+#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Expect {
+    Allow,
+    Deny,
+}
+
+impl Expect {
+    fn holds(self, action: Action) -> bool {
+        matches!(
+            (self, action),
+            (Expect::Allow, Action::Allow) | (Expect::Deny, Action::Deny)
+        )
+    }
+}
+
+/// Exit code when the decision is not the one `--expect` names.
+pub const EXIT_UNEXPECTED: u8 = 1;
+
+/// A probe field that is missing or does not fit the others.
+#[derive(Debug)]
+pub struct ProbeError {
+    /// The field, as the JSON input of `--batch` names it (`--port` is `port`).
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl ProbeError {
+    fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// As the command line names the field.
+    fn flag(&self) -> String {
+        format!("--{}: {}", self.field.replace('_', "-"), self.reason)
+    }
 }
 
 /// The JSON form of a verdict.
 #[derive(Serialize)]
 pub struct Explained<'a> {
     /// What the policy decides: allow or deny.
-    pub action: nodewall::config::Action,
+    pub action: Action,
     /// What the kernel does with the packet: audit mode accepts would-be drops.
     pub verdict: &'static str,
     pub reason: &'static str,
     pub rule: Option<&'a str>,
     pub origin: Option<&'a Origin>,
-    pub mode: nodewall::config::Mode,
+    pub mode: nodewall::policy::Mode,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -102,12 +150,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     if args.batch {
-        return batch(&policy);
+        return batch(&policy, args.expect);
     }
     let pkt = match to_packet(&args.probe) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("nodewall: {e:#}");
+            eprintln!("nodewall: {}", e.flag());
             return Ok(ExitCode::from(EXIT_INVALID));
         }
     };
@@ -116,25 +164,61 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.json {
         output::print_json(&explained)?;
     } else {
-        print_text(&explained);
+        let mut out = output::stdout();
+        print_text(&mut out, &explained)?;
+        out.flush()?;
     }
-    Ok(ExitCode::SUCCESS)
+    match args.expect {
+        Some(want) if !want.holds(explained.action) => Ok(ExitCode::from(EXIT_UNEXPECTED)),
+        _ => Ok(ExitCode::SUCCESS),
+    }
 }
 
-fn batch(policy: &Policy) -> anyhow::Result<ExitCode> {
+/// One verdict per input line, in order; a line that is not a valid probe gets
+/// `{"line": N, "error": ...}` in its place (and a message on stderr), and the batch goes on.
+/// Exit 2 if any line was invalid, else 1 if any decision differs from `--expect`.
+fn batch(policy: &Policy, expect: Option<Expect>) -> anyhow::Result<ExitCode> {
     let stdin = std::io::stdin();
+    // Line-buffered: a script may write a probe and wait for its verdict.
+    let mut out = std::io::LineWriter::new(std::io::stdout().lock());
+    let (mut invalid, mut unexpected) = (0usize, 0usize);
     for (n, line) in stdin.lock().lines().enumerate() {
         let line = line?;
         if line.trim().is_empty() {
             continue;
         }
-        let probe: Probe =
-            serde_json::from_str(&line).with_context(|| format!("stdin line {}", n + 1))?;
-        let pkt = to_packet(&probe).with_context(|| format!("stdin line {}", n + 1))?;
-        let verdict = policy::evaluate(policy, &pkt);
-        println!("{}", serde_json::to_string(&explain(policy, &verdict))?);
+        let probe = serde_json::from_str::<Probe>(&line)
+            .map_err(|e| e.to_string())
+            .and_then(|p| to_packet(&p).map_err(|e| format!("{}: {}", e.field, e.reason)));
+        match probe {
+            Ok(pkt) => {
+                let explained = explain(policy, &policy::evaluate(policy, &pkt));
+                if expect.is_some_and(|want| !want.holds(explained.action)) {
+                    unexpected += 1;
+                }
+                writeln!(out, "{}", serde_json::to_string(&explained)?)?;
+            }
+            Err(error) => {
+                invalid += 1;
+                eprintln!("nodewall: stdin:{}: {error}", n + 1);
+                let line = n + 1;
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({ "line": line, "error": error })
+                )?;
+            }
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    out.flush()?;
+    Ok(if invalid > 0 {
+        eprintln!("nodewall: {invalid} invalid probe line(s)");
+        ExitCode::from(EXIT_INVALID)
+    } else if unexpected > 0 {
+        ExitCode::from(EXIT_UNEXPECTED)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 pub fn explain<'a>(policy: &'a Policy, v: &Verdict) -> Explained<'a> {
@@ -149,46 +233,54 @@ pub fn explain<'a>(policy: &'a Policy, v: &Verdict) -> Explained<'a> {
     }
 }
 
-fn print_text(e: &Explained) {
+fn print_text(out: &mut impl Write, e: &Explained) -> std::io::Result<()> {
     let action = match e.action {
-        nodewall::config::Action::Allow => "ALLOW",
-        nodewall::config::Action::Deny => "DENY",
+        Action::Allow => "ALLOW",
+        Action::Deny => "DENY",
     };
-    let audit = if e.verdict == "accept" && matches!(e.action, nodewall::config::Action::Deny) {
+    let audit = if e.verdict == "accept" && e.action == Action::Deny {
         " (audit mode: counted, accepted)"
     } else {
         ""
     };
     match e.rule {
-        Some(rule) => println!("{action}{audit} by rule {rule}"),
-        None => println!("{action}{audit}: {}", e.reason),
+        Some(rule) => writeln!(out, "{action}{audit} by rule {rule}")?,
+        None => writeln!(out, "{action}{audit}: {}", e.reason)?,
     }
     match e.origin {
         Some(Origin::Profile {
             profile,
             provenance,
-        }) => println!(
+        }) => writeln!(
+            out,
             "  from profile {profile}: seed {}, table \"{}\", row {}",
             provenance.seed, provenance.table, provenance.row
-        ),
-        Some(Origin::Failsafe) => {
-            println!("  failsafe entry (accepted before the profile, anti-lockout)")
-        }
-        Some(Origin::User) => println!("  user rule from the config's `rules`"),
+        )?,
+        Some(Origin::Failsafe) => writeln!(
+            out,
+            "  failsafe entry (accepted before the profile, anti-lockout)"
+        )?,
+        Some(Origin::User) => writeln!(out, "  user rule from the config's `rules`")?,
         None => {}
     }
-    println!("  reason: {}", e.reason);
+    writeln!(out, "  reason: {}", e.reason)
 }
 
-pub fn to_packet(p: &Probe) -> anyhow::Result<Packet> {
-    let src = p.from.context("--from is required")?;
-    let proto = p.protocol.context("--protocol is required")?;
+pub fn to_packet(p: &Probe) -> Result<Packet, ProbeError> {
+    let src = p
+        .from
+        .ok_or_else(|| ProbeError::new("from", "is required"))?;
+    let proto = p
+        .protocol
+        .ok_or_else(|| ProbeError::new("protocol", "is required"))?;
     let v6 = src.is_ipv6();
     let l4 = match proto {
         ProbeProto::Tcp | ProbeProto::Udp => {
-            let dport = p.port.context("--port is required for tcp and udp")?;
+            let dport = p
+                .port
+                .ok_or_else(|| ProbeError::new("port", "is required for tcp and udp"))?;
             if dport == 0 {
-                bail!("--port must be 1-65535");
+                return Err(ProbeError::new("port", "must be 1-65535"));
             }
             let sport = p.source_port.unwrap_or(40000);
             if proto == ProbeProto::Tcp {
@@ -199,11 +291,16 @@ pub fn to_packet(p: &Probe) -> anyhow::Result<Packet> {
         }
         ProbeProto::Icmp | ProbeProto::Icmpv6 => {
             if (proto == ProbeProto::Icmpv6) != v6 {
-                bail!("--protocol {} does not fit a source of the other IP family (icmp is IPv4, icmpv6 is IPv6)",
-                    if v6 { "icmp" } else { "icmpv6" });
+                return Err(ProbeError::new(
+                    "protocol",
+                    format!(
+                        "{} does not fit a source of the other IP family (icmp is IPv4, icmpv6 is IPv6)",
+                        if v6 { "icmp" } else { "icmpv6" }
+                    ),
+                ));
             }
             if p.port.is_some() {
-                bail!("--port applies to tcp and udp only");
+                return Err(ProbeError::new("port", "applies to tcp and udp only"));
             }
             L4::Icmp {
                 icmp_type: p.icmp_type.unwrap_or(if v6 { 128 } else { 8 }),
@@ -213,12 +310,12 @@ pub fn to_packet(p: &Probe) -> anyhow::Result<Packet> {
         ProbeProto::Other => L4::Other {
             number: p
                 .proto_number
-                .context("--proto-number is required for --protocol other")?,
+                .ok_or_else(|| ProbeError::new("proto_number", "is required for protocol other"))?,
         },
     };
     let flags = match (&p.tcp_flags, l4) {
         (Some(f), L4::Tcp { .. }) => tcp_flags(f)?,
-        (Some(_), _) => bail!("--tcp-flags applies to tcp only"),
+        (Some(_), _) => return Err(ProbeError::new("tcp_flags", "applies to tcp only")),
         (None, _) => TCP_SYN,
     };
     // What the packet is to connection tracking when it belongs to no flow.
@@ -241,12 +338,12 @@ pub fn to_packet(p: &Probe) -> anyhow::Result<Packet> {
 const TCP_SYN: u8 = nodewall_common::ct::tcp_flags::SYN;
 
 /// `syn,ack` (names as nft spells them), `0x12` or `18`.
-fn tcp_flags(s: &str) -> anyhow::Result<u8> {
+fn tcp_flags(s: &str) -> Result<u8, ProbeError> {
     use nodewall_common::ct::tcp_flags::*;
     let s = s.trim();
     if let Some(hex) = s.strip_prefix("0x") {
         return u8::from_str_radix(hex, 16)
-            .with_context(|| format!("--tcp-flags {s}: not a byte in hex"));
+            .map_err(|_| ProbeError::new("tcp_flags", format!("{s} is not a byte in hex")));
     }
     if let Ok(n) = s.parse::<u8>() {
         return Ok(n);
@@ -263,9 +360,12 @@ fn tcp_flags(s: &str) -> anyhow::Result<u8> {
                 "urg" => URG,
                 "ece" => ECE,
                 "cwr" => CWR,
-                other => bail!(
-                    "--tcp-flags: unknown flag `{other}` (fin, syn, rst, psh, ack, urg, ece, cwr, or a number)"
-                ),
+                other => {
+                    return Err(ProbeError::new(
+                        "tcp_flags",
+                        format!("unknown flag `{other}` (fin, syn, rst, psh, ack, urg, ece, cwr, or a number)"),
+                    ))
+                }
             };
             Ok(acc | bit)
         })

@@ -1,10 +1,13 @@
 //! Subcommands. Exit codes: 0 success, 1 runtime failure (kernel, I/O), 2 invalid input
-//! (config errors, bad arguments; clap also uses 2 for usage errors).
+//! (config errors, bad arguments; clap also uses 2 for usage errors); `explain --expect`
+//! exits 1 when the decision differs. Output into a closed pipe ends quietly with 0.
 
 mod apply;
 mod check;
 mod confirm;
+mod docs;
 mod explain;
+mod lock;
 mod output;
 mod profiles;
 mod render;
@@ -17,13 +20,23 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub use output::is_broken_pipe;
+
 pub const EXIT_INVALID: u8 = 2;
+
+/// The exit codes, shown under `--help` and in the man page.
+pub const EXIT_CODES: &str = "Exit codes:
+  0  success
+  1  runtime failure (kernel, I/O, lock held by another nodewall); explain --expect: the
+     decision differs
+  2  invalid input: config errors (FILE:LINE:COL: FIELD: REASON), bad arguments";
 
 #[derive(Parser, Debug)]
 #[command(
     name = "nodewall",
     version,
-    about = "Node-local firewall enforcing cloud security-group baselines (nftables or XDP)"
+    about = "Node-local firewall enforcing cloud security-group baselines (nftables or XDP)",
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -31,7 +44,8 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// More logging (-v debug, -vv trace). RUST_LOG overrides.
+    /// More logging (-v nodewall's debug lines, -vv its trace, -vvv every library's too).
+    /// RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
@@ -75,8 +89,15 @@ enum Command {
     Run(run::Args),
     /// Show what nodewall has installed, with counters.
     Status(status::Args),
-    /// Remove everything nodewall installed (and nothing else).
+    /// Remove everything nodewall installed (and nothing else); refused while `nodewall run`
+    /// holds the node lock.
     Flush(status::FlushArgs),
+    /// Print a shell completion script (e.g. `nodewall completions bash >
+    /// /etc/bash_completion.d/nodewall`).
+    Completions(docs::CompletionsArgs),
+    /// Print the man page (roff): `nodewall man | man -l -`; `nodewall man apply` for one
+    /// command.
+    Man(docs::ManArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -84,10 +105,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Profiles(a) => profiles::run(a),
         Command::Check(a) => check::run(a),
         Command::Schema => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&nodewall::config::json_schema())?
-            );
+            output::print_json(&nodewall::config::json_schema())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Render(a) => render::run(a),
@@ -97,14 +115,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(a) => run::run(a),
         Command::Status(a) => status::run(a),
         Command::Flush(a) => status::flush(a),
+        Command::Completions(a) => docs::completions(&a),
+        Command::Man(a) => docs::man(&a),
     }
 }
 
 pub fn init_logging(format: LogFormat, verbose: u8) {
     use tracing_subscriber::EnvFilter;
+    // -v and -vv are about nodewall: the libraries' own debug lines (every netlink message of
+    // `mnl::socket`) drown it out, and come only with -vvv or RUST_LOG.
     let default = match verbose {
         0 => "info",
-        1 => "debug",
+        1 => "info,nodewall=debug",
+        2 => "info,nodewall=trace",
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
@@ -118,5 +141,15 @@ pub fn init_logging(format: LogFormat, verbose: u8) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -1,11 +1,31 @@
-//! Loading a config for a command, printing located errors the same way everywhere.
+//! Loading a config for a command, printing located errors the same way everywhere, and the
+//! standard output every command writes through.
+//!
+//! Output goes through [`stdout`], never `println!`: a reader that goes away (`| head -1`)
+//! makes the next write fail with `BrokenPipe`, which travels up as an error like any other
+//! and ends the process quietly with exit 0 (see [`is_broken_pipe`]), as ripgrep does, where
+//! `println!` would panic.
 
+use std::io::{BufWriter, StdoutLock, Write};
 use std::process::ExitCode;
 
 use nodewall::config::{self, Config};
 use nodewall::policy::{self, Policy};
 
 use super::{ConfigArg, EXIT_INVALID};
+
+/// Buffered standard output; callers end with `flush()?` so that a failed write is seen.
+pub fn stdout() -> BufWriter<StdoutLock<'static>> {
+    BufWriter::with_capacity(64 * 1024, std::io::stdout().lock())
+}
+
+/// Whether `err` is a write to a closed pipe: the reader has all it wanted.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
 
 /// Loads, validates and compiles; on invalid input prints every error to stderr and returns the
 /// exit code to use.
@@ -22,7 +42,13 @@ pub fn load_policy(arg: &ConfigArg) -> Result<(Config, Policy), ExitCode> {
     Ok((config, policy))
 }
 
+/// Pretty JSON and a newline on standard output.
 pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    // Serialised first: serde_json's error would hide the `BrokenPipe` of a failed write.
+    let mut text = serde_json::to_vec_pretty(value)?;
+    text.push(b'\n');
+    let mut out = stdout();
+    out.write_all(&text)?;
+    out.flush()?;
     Ok(())
 }

@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::process::ExitCode;
 
 use nodewall::config::PortRange;
@@ -19,14 +20,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if args.json {
             super::output::print_json(&profiles::all())?;
         } else {
+            let mut out = super::output::stdout();
             for p in profiles::all() {
-                println!(
+                writeln!(
+                    out,
                     "{:<24} {:<30} {}",
                     p.name,
                     p.networks().join(","),
                     p.summary
-                );
+                )?;
             }
+            out.flush()?;
         }
         return Ok(ExitCode::SUCCESS);
     };
@@ -41,19 +45,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.json {
         super::output::print_json(profile)?;
     } else {
-        print_profile(profile);
+        let mut out = super::output::stdout();
+        print_profile(&mut out, profile)?;
+        out.flush()?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_profile(p: &Profile) {
-    println!("{} — {}", p.name, p.summary);
-    println!("needs networks: {}", p.networks().join(", "));
-    println!();
-    println!(
+fn print_profile(out: &mut impl Write, p: &Profile) -> std::io::Result<()> {
+    writeln!(out, "{} — {}", p.name, p.summary)?;
+    writeln!(out, "needs networks: {}", p.networks().join(", "))?;
+    writeln!(out)?;
+    writeln!(
+        out,
         "{:<28} {:<7} {:<34} {:<24} SOURCE (seed, table, row)",
         "RULE", "PROTO", "PORTS", "FROM"
-    );
+    )?;
     for r in p.rules {
         let from: Vec<_> = r
             .from
@@ -63,7 +70,8 @@ fn print_profile(p: &Profile) {
                 From::Network(n) => (*n).to_string(),
             })
             .collect();
-        println!(
+        writeln!(
+            out,
             "{:<28} {:<7} {:<34} {:<24} {}, {}, row {}",
             format!("{}/{}", p.name, r.name),
             format!("{:?}", r.protocol).to_lowercase(),
@@ -72,13 +80,14 @@ fn print_profile(p: &Profile) {
             r.provenance.seed,
             r.provenance.table,
             r.provenance.row
-        );
-        println!("{:<28} {}", "", r.description);
+        )?;
+        writeln!(out, "{:<28} {}", "", r.description)?;
     }
-    println!();
+    writeln!(out)?;
     for n in p.notes {
-        println!("note: {n}");
+        writeln!(out, "note: {n}")?;
     }
+    Ok(())
 }
 
 pub fn format_ports(ports: &[PortRange]) -> String {

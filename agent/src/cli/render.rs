@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::ValueEnum;
@@ -18,7 +19,7 @@ pub struct Args {
     backend: RenderBackend,
     /// Interfaces to render for, overriding the config (default: the config's, or `eth0` when
     /// the config leaves them to be discovered at apply time).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_name = "NAMES", value_parser = interface)]
     interfaces: Vec<String>,
 }
 
@@ -34,8 +35,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         vec!["eth0".to_string()]
     };
-    match args.backend {
-        RenderBackend::Nft => print!("{}", nodewall::backend::nft::render(&policy, &interfaces)),
-    }
+    let text = match args.backend {
+        RenderBackend::Nft => nodewall::backend::nft::render(&policy, &interfaces),
+    };
+    let mut out = output::stdout();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// An interface name or `PREFIX*` pattern, as the config's `interfaces` takes them.
+fn interface(s: &str) -> Result<String, String> {
+    nodewall::policy::interface_name(s).map(|()| s.to_string())
 }

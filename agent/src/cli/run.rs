@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use nodewall::daemon::{self, source, state, Options};
+use nodewall::apply::{source, state};
+use nodewall::daemon::{self, Options};
 use tracing::Instrument;
 
 use super::select::{self, BackendArg};

@@ -12,18 +12,49 @@ use super::yaml::{Kind, Node};
 /// Host bits must be clear: `10.0.0.1/16` is almost always a typo for a host or a network,
 /// so we refuse it and propose the network form.
 pub fn cidr(s: &str) -> Result<IpNet, String> {
-    if let Some(net) = super::quick_cidr::quick(s) {
+    let net = match super::quick_cidr::quick(s) {
+        Some(net) => net,
+        None => parse_cidr(s)?,
+    };
+    not_v4_mapped(s, net)
+}
+
+/// Refuses an IPv4-mapped IPv6 prefix (`::ffff:1.2.3.4`): IPv4 packets carry the IPv4 address
+/// and no IPv6 packet has such a source, so a rule with it would silently never match.
+fn not_v4_mapped(s: &str, net: IpNet) -> Result<IpNet, String> {
+    let IpNet::V6(v6) = net else {
         return Ok(net);
+    };
+    match v6.addr().to_ipv4_mapped() {
+        Some(v4) if v6.prefix_len() >= 96 => {
+            let hint = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(|n| {
+                    if n.prefix_len() == 32 {
+                        v4.to_string()
+                    } else {
+                        n.to_string()
+                    }
+                })
+                .unwrap_or_else(|_| v4.to_string());
+            Err(format!("`{s}` is an IPv4-mapped IPv6 address, which no packet carries as its source (IPv4 packets carry the IPv4 address), so it would never match; write `{hint}`"))
+        }
+        _ => Ok(net),
     }
+}
+
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
     let Some((addr, len)) = s.split_once('/') else {
         return match s.parse::<IpAddr>() {
             Ok(ip) => Ok(IpNet::from(ip)),
-            Err(_) => Err(format!("`{s}` is not an IP address or CIDR prefix")),
+            Err(_) => Err(format!(
+                "`{}` is not an IP address or CIDR prefix",
+                shown(s)
+            )),
         };
     };
     let ip: IpAddr = addr
         .parse()
-        .map_err(|_| format!("`{addr}` in `{s}` is not an IP address"))?;
+        .map_err(|_| format!("`{}` in `{}` is not an IP address", shown(addr), shown(s)))?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let len: u8 = match len.parse::<u8>() {
         Ok(n) if n <= max && !len.starts_with('+') => n,
@@ -122,18 +153,40 @@ pub fn network_name(s: &str) -> Result<(), String> {
     label(s, "network name")
 }
 
-/// Linux interface names (`dev_valid_name`): 1..15 bytes, not `.`/`..`, no '/', ':' or whitespace.
+/// Linux interface names (`dev_valid_name`): 1..15 bytes, not `.`/`..`, no '/', ':' or
+/// whitespace; or a pattern `PREFIX*` (nft's `iifname "eth*"`) with a non-empty PREFIX.
 pub fn interface_name(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 15 {
         return Err(format!(
-            "interface name `{s}` must be 1 to 15 characters long"
+            "interface name `{}` must be 1 to 15 characters long",
+            shown(s)
         ));
     }
     if s == "." || s == ".." || s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
         return Err(format!("invalid interface name `{s}`: it must not be `.` or `..` nor contain '/', ':' or whitespace"));
     }
-    Ok(())
+    if s.contains('\0') {
+        return Err(format!(
+            "invalid interface name {s:?}: it contains a NUL byte"
+        ));
+    }
+    match s.find('*') {
+        Some(0) => Err(format!("invalid interface pattern `{s}`: give a prefix before '*' (`eth*`); a bare `*` would filter every interface, loopback included")),
+        Some(i) if i != s.len() - 1 => Err(format!("invalid interface pattern `{s}`: '*' may only end a name, as in `eth*` (interfaces whose name starts with `eth`)")),
+        _ => Ok(()),
+    }
 }
+
+/// At most [`SHOWN_CHARS`] characters of a value quoted back in a message, with how long it
+/// was: a 50 MB scalar must not come back whole in an error.
+pub fn shown(s: &str) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(SHOWN_CHARS) {
+        None => s.into(),
+        Some((cut, _)) => format!("{}... ({} bytes)", &s[..cut], s.len()).into(),
+    }
+}
+
+pub const SHOWN_CHARS: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -202,5 +255,9 @@ mod tests {
         assert!(interface_name("eth0").is_ok());
         assert!(interface_name("a-very-long-interface").is_err());
         assert!(interface_name("eth0:1").is_err());
+        assert!(interface_name("eth*").is_ok());
+        assert!(interface_name("*").is_err());
+        assert!(interface_name("e*th").is_err());
+        assert!(interface_name("").is_err());
     }
 }

@@ -14,6 +14,7 @@ mod suggest;
 mod walk;
 mod yaml;
 
+pub use fields::{interface_name, shown};
 pub use model::*;
-pub use parse::{load, parse, ConfigError, ConfigErrors};
+pub use parse::{item_positions, load, parse, read, ConfigError, ConfigErrors, MAX_CONFIG_BYTES};
 pub use schema::json_schema;

@@ -46,19 +46,94 @@ impl std::fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// Largest config file read: a config with 100k CIDRs is about 2 MB, and reading stops here
+/// rather than exhaust memory on a wrong path (`-c /dev/zero`).
+pub const MAX_CONFIG_BYTES: usize = 32 << 20;
+
 /// Parses and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
-        file: file.clone(),
+    let text = read(path)?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Reads a config file as UTF-8 text, at most [`MAX_CONFIG_BYTES`]: the one reader of config
+/// files, so that every command reports a missing, oversized or undecodable file the same
+/// way, as `FILE:LINE:COL: (file): REASON`.
+pub fn read(path: &Path) -> Result<String, ConfigErrors> {
+    use std::io::Read;
+    let fail = |line, column, message: String| ConfigErrors {
+        file: path.display().to_string(),
         errors: vec![ConfigError {
             path: "(file)".into(),
-            line: 0,
-            column: 0,
-            message: e.to_string(),
+            line,
+            column,
+            message,
         }],
-    })?;
-    parse(&text, &file)
+    };
+    let file = std::fs::File::open(path).map_err(|e| fail(1, 1, format!("cannot open: {e}")))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(1, 1, format!("cannot read: {e}")))?;
+    if bytes.len() > MAX_CONFIG_BYTES {
+        return Err(fail(
+            1,
+            1,
+            format!(
+                "larger than {} MiB: not a nodewall config (is the path right?)",
+                MAX_CONFIG_BYTES >> 20
+            ),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let at = e.utf8_error().valid_up_to();
+        let (line, column) = line_column(bytes, at);
+        fail(
+            line,
+            column,
+            format!(
+                "not UTF-8 text: byte 0x{:02x} at offset {at} cannot be decoded (save the file as UTF-8)",
+                bytes[at]
+            ),
+        )
+    })
+}
+
+/// 1-based line and column (in characters) of byte `at`, all of whose predecessors are UTF-8.
+fn line_column(bytes: &[u8], at: usize) -> (usize, usize) {
+    let before = &bytes[..at];
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    #[allow(clippy::naive_bytecount)] // once, on an error path
+    let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+    let column = 1 + String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count();
+    (line, column)
+}
+
+/// Where each item of the top-level list `section` (`rules`, `failsafe`) starts, as 1-based
+/// (line, column): for messages about items of a config that parsed.
+pub fn item_positions(text: &str, section: &str) -> Vec<(usize, usize)> {
+    let Ok(root) = yaml::load(text) else {
+        return Vec::new();
+    };
+    let yaml::Kind::Map(entries) = root.kind else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .find(|(k, _)| k.kind == yaml::Kind::Str(section.to_string()))
+        .and_then(|(_, v)| match v.kind {
+            yaml::Kind::Seq(items) => {
+                Some(items.iter().map(|i| (i.pos.line, i.pos.column)).collect())
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 /// Parses and validates config text; `file` is only used in messages.

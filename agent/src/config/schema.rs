@@ -1,13 +1,18 @@
-//! JSON Schema (draft 2020-12) of the config file, for editors and CI linters.
+//! JSON Schema (draft 2020-12) of the config file, for editors and CI linters, derived with
+//! `schemars` from the types below, which describe the file as written (the parser reads the
+//! YAML tree itself, for located errors, and does not use them).
 //!
 //! The schema checks shape, enums and patterns; the checks that need the whole document
 //! (unknown network names, host bits, duplicate rule names, profile networks) are only done
 //! by [`super::parse`]. Enum values come from the same tables the parser uses, so the two
 //! cannot drift apart.
 
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
-use super::document::{BACKENDS, IMPLICIT_KEYS, MODES};
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde_json::Value;
+
+use super::document::{BACKENDS, MODES};
 use super::rules::{ACTIONS, PROTOCOLS};
 use crate::profiles;
 
@@ -17,131 +22,252 @@ const NAME_PATTERN: &str = "^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$";
 const PORT_PATTERN: &str = "^[0-9]{1,5}(-[0-9]{1,5})?$";
 /// Address characters with an optional prefix length; the parser checks the value itself.
 const CIDR_PATTERN: &str = "^[0-9a-fA-F:.]+(/[0-9]{1,3})?$";
-/// Linux interface names: 1-15 characters without '/', ':' or whitespace.
-const INTERFACE_PATTERN: &str = "^[^/:\\s]{1,15}$";
+/// Linux interface names (1-15 characters without '/', ':' or whitespace), or a `PREFIX*`
+/// pattern.
+const INTERFACE_PATTERN: &str = "^([^/:\\s*]{1,15}|[^/:\\s*]{1,14}\\*)$";
+
+/// The schema as a JSON value; `nodewall schema` prints it.
+pub fn json_schema() -> Value {
+    let mut schema = schemars::generate::SchemaSettings::draft2020_12()
+        .into_generator()
+        .into_root_schema_for::<ConfigFile>();
+    schema.insert(
+        "$id".into(),
+        "https://example.invalid/nodewall/config.schema.json".into(),
+    );
+    schema.to_value()
+}
+
+#[derive(JsonSchema)]
+#[schemars(
+    title = "nodewall configuration",
+    description = "Inbound firewall policy for a node: an optional built-in security-group \
+        baseline (profile), named networks, user rules and failsafe entries. Evaluation order: \
+        implicit allowances, failsafe, profile rules, user rules (first match wins), then \
+        default deny.",
+    deny_unknown_fields
+)]
+#[allow(dead_code)]
+struct ConfigFile {
+    #[schemars(
+        description = "Datapath that enforces the policy: nftables, XDP, or XDP where \
+            supported and nft otherwise.",
+        schema_with = "backend",
+        default = "Defaults::nft"
+    )]
+    backend: String,
+    /// `audit` counts would-be drops but lets the packets through.
+    #[schemars(schema_with = "mode", default = "Defaults::enforce")]
+    mode: String,
+    #[schemars(
+        description = "Uplinks to filter: names, or `PREFIX*` for every interface whose name \
+            starts with PREFIX (as nft's `iifname \"eth*\"`). Empty: the interfaces that carry \
+            default routes, resolved when the policy is applied.",
+        default,
+        schema_with = "interfaces"
+    )]
+    interfaces: Vec<String>,
+    #[schemars(
+        description = "Built-in baseline whose rules come before the user rules. Its named \
+            networks must be defined under `networks`.",
+        schema_with = "profile",
+        default
+    )]
+    profile: Unset,
+    /// Named address lists, referred to by name in `from`.
+    #[schemars(default, extend("propertyNames" = { "pattern": NAME_PATTERN }))]
+    networks: BTreeMap<String, Network>,
+    /// User rules, evaluated after the profile's; first match wins.
+    #[schemars(default)]
+    rules: Vec<UserRule>,
+    #[schemars(
+        description = "Allow entries evaluated before everything else. Absent: tcp/22 from \
+            anywhere. `[]` disables the failsafe.",
+        default
+    )]
+    failsafe: Vec<Failsafe>,
+    #[schemars(
+        description = "Implicit allowances of a stateful security group, each on by default. \
+            `neighbor-discovery` is an alias of `neighbour-discovery`.",
+        default
+    )]
+    implicit: Implicit,
+}
+
+/// Defaults shown in the schema.
+struct Defaults;
+
+impl Defaults {
+    fn nft() -> String {
+        "nft".into()
+    }
+    fn enforce() -> String {
+        "enforce".into()
+    }
+}
+
+/// A key that may be left out and has no default worth showing (its type is not
+/// `Serialize`, so schemars writes none).
+#[derive(Default)]
+struct Unset;
+
+#[derive(JsonSchema)]
+#[schemars(inline, extend("minItems" = 1))]
+#[allow(dead_code)]
+struct Network(Vec<Cidr>);
+
+/// IPv4 or IPv6 prefix with host bits clear, or a bare address (/32 or /128).
+#[derive(JsonSchema)]
+#[schemars(rename = "cidr")]
+#[allow(dead_code)]
+struct Cidr(#[schemars(regex(pattern = CIDR_PATTERN))] String);
+
+/// A CIDR, a bare address, or the name of a `networks` entry.
+#[derive(JsonSchema)]
+#[schemars(rename = "source")]
+#[allow(dead_code)]
+struct Source(#[schemars(length(min = 1))] String);
+
+/// Where the traffic comes from.
+#[derive(JsonSchema, Default)]
+#[schemars(inline, extend("minItems" = 1))]
+#[allow(dead_code)]
+struct Sources(Vec<Source>);
+
+/// Destination ports, only for tcp and udp. Omitted: every port.
+#[derive(JsonSchema, Default)]
+#[schemars(rename = "ports", extend("minItems" = 1))]
+#[allow(dead_code)]
+struct Ports(Vec<Port>);
+
+#[derive(JsonSchema)]
+#[schemars(inline, untagged)]
+#[allow(dead_code)]
+enum Port {
+    Number(#[schemars(range(min = 1, max = 65535))] u16),
+    /// "N" or "A-B" with 1 <= A <= B <= 65535
+    Range(#[schemars(regex(pattern = PORT_PATTERN))] String),
+}
+
+/// Unique rule name, the `rule` label of metrics. '/' is reserved for profile rules (PROFILE/RULE).
+#[derive(JsonSchema, Default)]
+#[schemars(inline)]
+#[allow(dead_code)]
+struct RuleName(#[schemars(regex(pattern = NAME_PATTERN))] String);
+
+/// A user rule.
+#[derive(JsonSchema)]
+#[schemars(rename = "rule", deny_unknown_fields, transform = ports_only_for_tcp_udp)]
+#[allow(dead_code)]
+struct UserRule {
+    name: RuleName,
+    #[schemars(schema_with = "action")]
+    action: String,
+    #[schemars(flatten)]
+    matching: Matching,
+    from: Sources,
+}
+
+/// A failsafe entry: `name` defaults to failsafe-PROTO-PORTS, `from` to anywhere, and `action` can only be allow.
+#[derive(JsonSchema)]
+#[schemars(rename = "failsafe", deny_unknown_fields, transform = ports_only_for_tcp_udp)]
+#[allow(dead_code)]
+struct Failsafe {
+    #[schemars(default)]
+    name: RuleName,
+    #[schemars(default, extend("const" = "allow"))]
+    action: Unset,
+    #[schemars(flatten)]
+    matching: Matching,
+    #[schemars(default)]
+    from: Sources,
+}
+
+/// What user rules and failsafe entries both match on besides the source.
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+struct Matching {
+    /// icmp is ICMP for IPv4, icmpv6 is ICMPv6, all is any protocol.
+    #[schemars(schema_with = "protocol")]
+    protocol: String,
+    #[schemars(default)]
+    ports: Ports,
+}
+
+/// `ports` only with a protocol that has ports.
+fn ports_only_for_tcp_udp(schema: &mut Schema) {
+    schema.insert(
+        "if".into(),
+        serde_json::json!({ "properties": { "protocol": { "enum": ["icmp", "icmpv6", "all"] } } }),
+    );
+    schema.insert(
+        "then".into(),
+        serde_json::json!({ "properties": { "ports": false } }),
+    );
+}
+
+#[derive(JsonSchema, Default)]
+#[schemars(inline, deny_unknown_fields)]
+#[allow(dead_code, clippy::struct_excessive_bools)] // one switch per key of the file
+struct Implicit {
+    #[schemars(default = "on")]
+    established: bool,
+    #[schemars(rename = "icmp-errors", default = "on")]
+    icmp_errors: bool,
+    #[schemars(rename = "neighbour-discovery", default = "on")]
+    neighbour_discovery: bool,
+    #[schemars(rename = "neighbor-discovery", default = "on")]
+    neighbor_discovery: bool,
+    #[schemars(rename = "dhcp-client", default = "on")]
+    dhcp_client: bool,
+}
+
+fn on() -> bool {
+    true
+}
 
 fn names<T>(table: &[(&str, T)]) -> Vec<String> {
     table.iter().map(|(n, _)| n.to_string()).collect()
 }
 
-/// The schema as a JSON value; `nodewall schema` can print it.
-pub fn json_schema() -> Value {
-    let profiles: Vec<&str> = profiles::all().iter().map(|p| p.name).collect();
-    let implicit: serde_json::Map<String, Value> = IMPLICIT_KEYS
-        .iter()
-        .map(|k| (k.to_string(), json!({ "type": "boolean", "default": true })))
-        .collect();
-    json!({
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "https://example.invalid/nodewall/config.schema.json",
-        "title": "nodewall configuration",
-        "description": "Inbound firewall policy for a node: an optional built-in security-group baseline (profile), named networks, user rules and failsafe entries. Evaluation order: implicit allowances, failsafe, profile rules, user rules (first match wins), then default deny.",
-        "type": "object",
-        "additionalProperties": false,
-        "properties": {
-            "backend": {
-                "description": "Datapath that enforces the policy: nftables, XDP, or XDP where supported and nft otherwise.",
-                "enum": names(BACKENDS),
-                "default": "nft"
-            },
-            "mode": {
-                "description": "`audit` counts would-be drops but lets the packets through.",
-                "enum": names(MODES),
-                "default": "enforce"
-            },
-            "interfaces": {
-                "description": "Uplinks to filter. Empty: the interfaces that carry default routes, resolved when the policy is applied.",
-                "type": "array",
-                "items": { "type": "string", "pattern": INTERFACE_PATTERN, "not": { "enum": [".", ".."] } },
-                "uniqueItems": true,
-                "default": []
-            },
-            "profile": {
-                "description": "Built-in baseline whose rules come before the user rules. Its named networks must be defined under `networks`.",
-                "enum": profiles
-            },
-            "networks": {
-                "description": "Named address lists, referred to by name in `from`.",
-                "type": "object",
-                "propertyNames": { "pattern": NAME_PATTERN },
-                "additionalProperties": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": { "$ref": "#/$defs/cidr" }
-                }
-            },
-            "rules": {
-                "description": "User rules, evaluated after the profile's; first match wins.",
-                "type": "array",
-                "items": { "$ref": "#/$defs/rule" }
-            },
-            "failsafe": {
-                "description": "Allow entries evaluated before everything else. Absent: tcp/22 from anywhere. `[]` disables the failsafe.",
-                "type": "array",
-                "items": { "$ref": "#/$defs/failsafe" }
-            },
-            "implicit": {
-                "description": "Implicit allowances of a stateful security group, each on by default. `neighbor-discovery` is an alias of `neighbour-discovery`.",
-                "type": "object",
-                "additionalProperties": false,
-                "properties": implicit
-            }
-        },
-        "$defs": {
-            "cidr": {
-                "description": "IPv4 or IPv6 prefix with host bits clear, or a bare address (/32 or /128).",
-                "type": "string",
-                "pattern": CIDR_PATTERN
-            },
-            "source": {
-                "description": "A CIDR, a bare address, or the name of a `networks` entry.",
-                "type": "string",
-                "minLength": 1
-            },
-            "ports": {
-                "description": "Destination ports, only for tcp and udp. Omitted: every port.",
-                "type": "array",
-                "minItems": 1,
-                "items": {
-                    "oneOf": [
-                        { "type": "integer", "minimum": 1, "maximum": 65535 },
-                        { "type": "string", "pattern": PORT_PATTERN, "description": "\"N\" or \"A-B\" with 1 <= A <= B <= 65535" }
-                    ]
-                }
-            },
-            "common": {
-                "type": "object",
-                "properties": {
-                    "name": {
-                        "description": "Unique rule name, the `rule` label of metrics. '/' is reserved for profile rules (PROFILE/RULE).",
-                        "type": "string",
-                        "pattern": NAME_PATTERN
-                    },
-                    "action": { "enum": names(ACTIONS) },
-                    "protocol": { "description": "icmp is ICMP for IPv4, icmpv6 is ICMPv6, all is any protocol.", "enum": names(PROTOCOLS) },
-                    "ports": { "$ref": "#/$defs/ports" },
-                    "from": {
-                        "description": "Where the traffic comes from.",
-                        "type": "array",
-                        "minItems": 1,
-                        "items": { "$ref": "#/$defs/source" }
-                    }
-                },
-                "additionalProperties": false,
-                "required": ["protocol"],
-                "if": { "properties": { "protocol": { "enum": ["icmp", "icmpv6", "all"] } } },
-                "then": { "properties": { "ports": false } }
-            },
-            "rule": {
-                "description": "A user rule.",
-                "$ref": "#/$defs/common",
-                "required": ["name", "action", "protocol", "from"]
-            },
-            "failsafe": {
-                "description": "A failsafe entry: `name` defaults to failsafe-PROTO-PORTS, `from` to anywhere, and `action` can only be allow.",
-                "$ref": "#/$defs/common",
-                "properties": { "action": { "const": "allow" } }
-            }
-        }
+fn backend(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "enum": names(BACKENDS) })
+}
+
+fn mode(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "enum": names(MODES) })
+}
+
+fn action(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "enum": names(ACTIONS) })
+}
+
+fn protocol(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "enum": names(PROTOCOLS) })
+}
+
+/// `Unset` stands for keys whose schema is given whole (`profile`) or by `extend`.
+impl JsonSchema for Unset {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Unset".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({})
+    }
+}
+
+fn profile(_: &mut SchemaGenerator) -> Schema {
+    let names: Vec<&str> = profiles::all().iter().map(|p| p.name).collect();
+    json_schema!({ "enum": names })
+}
+
+fn interfaces(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "items": { "type": "string", "pattern": INTERFACE_PATTERN, "not": { "enum": [".", ".."] } },
+        "uniqueItems": true
     })
 }

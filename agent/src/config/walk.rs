@@ -69,13 +69,28 @@ impl<'n> Fields<'n> {
     }
 }
 
+/// Longest error message kept whole (see [`Ctx::error`]).
+const MAX_MESSAGE: usize = 1024;
+
 impl Ctx {
+    /// Records an error. Messages quote the values they complain about; one that quotes a
+    /// huge value (a 50 MB scalar) is cut, so that the error stays readable.
     pub fn error(&mut self, path: impl Into<String>, pos: Pos, message: impl Into<String>) {
+        let mut message = message.into();
+        if message.len() > MAX_MESSAGE {
+            let cut = (0..=MAX_MESSAGE)
+                .rev()
+                .find(|&i| message.is_char_boundary(i))
+                .unwrap_or(0);
+            let total = message.len();
+            message.truncate(cut);
+            message.push_str(&format!("... (message cut, {total} bytes)"));
+        }
         self.errors.push(ConfigError {
             path: path.into(),
             line: pos.line,
             column: pos.column,
-            message: message.into(),
+            message,
         });
     }
 

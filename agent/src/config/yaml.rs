@@ -58,7 +58,7 @@ impl Node {
             Kind::Bool(b) => format!("boolean {b}"),
             Kind::Int(i) => format!("integer {i}"),
             Kind::Float(f) => format!("number {f}"),
-            Kind::Str(s) => format!("string {s:?}"),
+            Kind::Str(s) => format!("string {:?}", super::fields::shown(s)),
             Kind::Seq(_) => "a list".into(),
             Kind::Map(_) => "a mapping".into(),
         }
@@ -170,6 +170,12 @@ impl<'t> Builder<'t> {
 
     fn event(&mut self, ev: Event<'_>, span: Span) -> Result<(), SyntaxError> {
         let pos = Pos::of(span);
+        if let Event::Scalar(_, _, _, Some(tag))
+        | Event::SequenceStart(_, Some(tag))
+        | Event::MappingStart(_, Some(tag)) = &ev
+        {
+            check_tag(tag, pos)?;
+        }
         if std::mem::take(&mut self.filled) && ev != Event::SequenceEnd {
             return Err(SyntaxError {
                 pos,
@@ -271,6 +277,28 @@ impl<'t> Builder<'t> {
     }
 }
 
+/// Refuses every tag but the core schema's: a config is plain data, and a tag such as
+/// `!!python/object` or `!Ref` asks for a meaning this reader would otherwise silently drop.
+fn check_tag(tag: &Tag, pos: Pos) -> Result<(), SyntaxError> {
+    const CORE: [&str; 7] = ["str", "int", "bool", "null", "float", "seq", "map"];
+    if tag.is_yaml_core_schema() && CORE.contains(&tag.suffix.as_str()) {
+        return Ok(());
+    }
+    let shown = if tag.is_yaml_core_schema() {
+        format!("!!{}", tag.suffix)
+    } else if tag.handle == "!" {
+        format!("!{}", tag.suffix)
+    } else {
+        format!("{}{}", tag.handle, tag.suffix)
+    };
+    Err(SyntaxError {
+        pos,
+        message: format!(
+            "YAML tag `{shown}` is not supported: a nodewall config is plain data (only the core schema's !!str, !!int, !!bool, !!null, !!float, !!seq and !!map)"
+        ),
+    })
+}
+
 /// Parses one YAML document. An empty document is `Null` at 1:1.
 pub fn load(text: &str) -> Result<Node, SyntaxError> {
     let flows = flow::find(text);
@@ -345,6 +373,21 @@ mod tests {
         );
         assert_eq!(items[1].kind, Kind::Str("yes".into()));
         assert_eq!(items[2].kind, Kind::Bool(true));
+    }
+
+    #[test]
+    fn tags_outside_the_core_schema_are_refused() {
+        for doc in [
+            "a: !!python/object:os.system x\n",
+            "a: !Ref x\n",
+            "a: !!set {x: null}\n",
+            "a: !custom [1]\n",
+        ] {
+            let e = load(doc).unwrap_err();
+            assert!(e.message.contains("is not supported"), "{doc}: {e:?}");
+            assert_eq!(e.pos.line, 1, "{doc}");
+        }
+        assert_eq!(load("a: !!str 5\n").unwrap(), load("a: \"5\"\n").unwrap());
     }
 
     #[test]

@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::diff::{List, PolicyDiff};
+use super::diff::{Names, PolicyDiff};
 use super::health::Health;
-use super::source::{self, Desired, Parser};
-use super::state::{Snapshot, StateDir};
 use super::watch::ConfigWatcher;
 use super::worker::Worker;
+use crate::apply::source::{self, Desired, Parser};
+use crate::apply::state::{Snapshot, StateDir};
 use crate::backend::interfaces;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
@@ -85,6 +85,10 @@ pub(super) struct Control {
     /// The text of the last config that was rejected, so the same bad file is reported once.
     rejected: Option<String>,
     last_poll: Instant,
+    /// The backend's [`crate::backend::Backend::matches_by_name`], asked at start.
+    by_name: bool,
+    /// The last apply failed because no interface matched the config's yet.
+    waiting_for_interfaces: bool,
 }
 
 impl Control {
@@ -99,11 +103,19 @@ impl Control {
             repair_streak: 0,
             rejected: None,
             last_poll: Instant::now(),
+            by_name: false,
+            waiting_for_interfaces: false,
         }
     }
 
     /// First apply: replaces whatever a previous run left, atomically (no flush, no gap).
     pub async fn start(&mut self) {
+        self.by_name = self
+            .cx
+            .worker
+            .call(|b| b.matches_by_name())
+            .await
+            .unwrap_or(false);
         let adopted = self
             .cx
             .worker
@@ -150,6 +162,11 @@ impl Control {
         if !self.in_sync {
             if Instant::now() >= self.next_attempt {
                 self.apply(Trigger::Retry).await;
+            } else if self.waiting_for_interfaces
+                && interfaces::resolve(&self.desired.policy.interfaces, self.by_name).is_ok()
+            {
+                // An interface the config selects appeared: no need to wait for the backoff.
+                self.apply(Trigger::InterfacesChanged).await;
             }
             return;
         }
@@ -172,16 +189,19 @@ impl Control {
         self.check_drift().await;
     }
 
-    /// With no `interfaces:` in the config, the default-route interfaces are enforced; follow
-    /// them when routing changes.
+    /// Follows the interfaces a policy is enforced on: the default-route ones when the config
+    /// names none (routing changes), and, for a backend that attaches to interfaces (XDP),
+    /// the existing ones that the config's names and `eth*` patterns select (interfaces come
+    /// and go). A backend that matches names in the kernel (nft) needs nothing of this.
     fn interfaces_changed(&self) -> bool {
         let Some(applied) = &self.applied else {
             return false;
         };
-        if !self.desired.policy.interfaces.is_empty() {
+        let configured = &self.desired.policy.interfaces;
+        if !configured.is_empty() && self.by_name {
             return false;
         }
-        match interfaces::resolve(&[]) {
+        match interfaces::resolve(configured, self.by_name) {
             Ok(now) => now != applied.interfaces,
             Err(_) => false,
         }
@@ -272,7 +292,9 @@ impl Control {
     async fn apply(&mut self, trigger: Trigger) -> bool {
         let started = Instant::now();
         let mut policy = self.desired.policy.clone();
-        let result = match interfaces::resolve(&policy.interfaces) {
+        let resolved = interfaces::resolve(&policy.interfaces, self.by_name);
+        self.waiting_for_interfaces = resolved.is_err();
+        let result = match resolved {
             Ok(ifaces) => {
                 policy.interfaces = ifaces;
                 let metrics = self.cx.metrics.clone();
@@ -305,9 +327,16 @@ impl Control {
                     changed = report.changed,
                     entries_added = report.added,
                     entries_removed = report.removed,
-                    rules_added = %List(&diff.added),
-                    rules_removed = %List(&diff.removed),
-                    rules_changed = %List(&diff.changed),
+                    mode = match policy.mode {
+                        crate::policy::Mode::Enforce => "enforce",
+                        crate::policy::Mode::Audit => "audit",
+                    },
+                    rules_added = diff.added.len(),
+                    rules_removed = diff.removed.len(),
+                    rules_changed = diff.changed.len(),
+                    added_rules = %Names(&diff.added),
+                    removed_rules = %Names(&diff.removed),
+                    changed_rules = %Names(&diff.changed),
                     "policy applied"
                 );
                 self.cx
@@ -316,7 +345,7 @@ impl Control {
                 self.cx.metrics.policy_enforced(&policy.digest());
                 self.cx
                     .metrics
-                    .set_audit(policy.mode == crate::config::Mode::Audit);
+                    .set_audit(policy.mode == crate::policy::Mode::Audit);
                 self.cx.health.set_ready();
                 self.save_snapshot();
                 self.applied = Some(policy);

@@ -40,11 +40,12 @@ impl PolicyDiff {
     }
 }
 
-/// `[a, b]`, for log fields.
-pub struct List<'a>(pub &'a [String]);
+/// `a,b`, for the log fields that name rules; their counts are numeric fields of their own,
+/// so that JSON logs carry numbers where a program would sum or compare.
+pub struct Names<'a>(pub &'a [String]);
 
-impl fmt::Display for List<'_> {
+impl fmt::Display for Names<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}]", self.0.join(","))
+        f.write_str(&self.0.join(","))
     }
 }

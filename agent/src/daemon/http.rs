@@ -1,21 +1,41 @@
-//! `/metrics`, `/healthz` and `/readyz` over plain HTTP/1.1.
+//! `/metrics`, `/healthz` and `/readyz` over HTTP/1.1, served by hyper.
 //!
-//! Three GET endpoints with small bodies do not justify an HTTP stack: this reads one request
-//! head (bounded in size and time), answers, and closes the connection, which every scraper
-//! and kubelet probe accepts.
+//! Every limit a scraper or probe never reaches but a misbehaving client would: at most
+//! [`MAX_CONNECTIONS`] at once (a new one beyond that closes the oldest connection that has
+//! sent no complete request head for [`IDLE_GRACE`], so that a pile of idle connections never
+//! locks out the next scrape, or else waits in the listen backlog for one to finish), a request head of at most [`MAX_HEAD`] read within [`HEAD_TIMEOUT`], a whole
+//! exchange within [`CONNECTION_DEADLINE`], one request per connection, and request bodies
+//! never read (only GET and HEAD are served).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Notify};
 
 use super::health::Health;
 use super::worker::Worker;
 use crate::metrics::Metrics;
 
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Request heads larger than this are refused (hyper's smallest buffer).
 const MAX_HEAD: usize = 16 * 1024;
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection is closed this long after it was accepted, whatever it is doing.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(15);
+/// How long a new connection may take to send its request head before a newer one may close
+/// it to make room: a scraper sends its head at once, a connection left idle is not a scrape.
+const IDLE_GRACE: Duration = Duration::from_millis(500);
 /// A scrape waits this long for fresh kernel counters, then serves the last ones.
 const COUNTERS_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -27,63 +47,149 @@ pub struct Endpoints {
 }
 
 pub async fn serve(listener: TcpListener, endpoints: Endpoints) {
+    let open = Arc::new(Open::default());
+    let mut next_id = 0u64;
     loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let e = endpoints.clone();
-                super::spawn(async move {
-                    if let Err(err) = handle(stream, e).await {
-                        tracing::debug!(error = %err, "metrics connection");
-                    }
-                });
-            }
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
             Err(err) => {
                 tracing::warn!(error = %err, "metrics listener: accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        next_id += 1;
+        let id = next_id;
+        let (answering, evicted) = open.admit(id).await;
+        let (e, open) = (endpoints.clone(), open.clone());
+        super::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(MAX_HEAD)
+                .keep_alive(false);
+            let conn = http.serve_connection(
+                TokioIo::new(stream),
+                hyper::service::service_fn(move |req| {
+                    // A complete head: from now on the connection is being answered.
+                    answering.store(true, Ordering::Relaxed);
+                    let e = e.clone();
+                    async move { Ok::<_, Infallible>(respond(&req, &e).await) }
+                }),
+            );
+            tokio::select! {
+                r = tokio::time::timeout(CONNECTION_DEADLINE, conn) => match r {
+                    Ok(Err(err)) => tracing::debug!(error = %err, "metrics connection"),
+                    Err(_) => tracing::debug!("metrics connection: deadline passed, closed"),
+                    Ok(Ok(())) => {}
+                },
+                _ = evicted => tracing::debug!("metrics connection: idle, closed for a newer one"),
+            }
+            open.leave(id);
+        });
+    }
+}
+
+/// One connection being served.
+struct Conn {
+    id: u64,
+    /// Whether its request head arrived (it is being answered, never evicted).
+    answering: Arc<AtomicBool>,
+    accepted: Instant,
+    evict: oneshot::Sender<()>,
+}
+
+/// The connections being served, oldest first.
+#[derive(Default)]
+struct Open {
+    conns: Mutex<VecDeque<Conn>>,
+    left: Notify,
+}
+
+impl Open {
+    /// Registers connection `id` once there is room: at [`MAX_CONNECTIONS`] the oldest one
+    /// that has waited [`IDLE_GRACE`] for its request head is closed; when there is none,
+    /// this waits for a connection to finish (or for one to have idled that long). Returns the connection's "answering" flag and what fires
+    /// when it is evicted in turn.
+    async fn admit(&self, id: u64) -> (Arc<AtomicBool>, oneshot::Receiver<()>) {
+        loop {
+            let left = self.left.notified();
+            {
+                let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+                let idle = conns.iter().position(|c| {
+                    !c.answering.load(Ordering::Relaxed) && c.accepted.elapsed() >= IDLE_GRACE
+                });
+                if conns.len() >= MAX_CONNECTIONS {
+                    if let Some(i) = idle {
+                        let victim = conns.remove(i).expect("index found above");
+                        let _ = victim.evict.send(());
+                    }
+                }
+                if conns.len() < MAX_CONNECTIONS {
+                    let (evict, evicted) = oneshot::channel();
+                    let answering = Arc::new(AtomicBool::new(false));
+                    conns.push_back(Conn {
+                        id,
+                        answering: answering.clone(),
+                        accepted: Instant::now(),
+                        evict,
+                    });
+                    return (answering, evicted);
+                }
+            }
+            tokio::select! {
+                () = left => {}
+                () = tokio::time::sleep(IDLE_GRACE) => {}
             }
         }
     }
-}
 
-struct Request {
-    method: String,
-    path: String,
-    accept: Option<String>,
-}
-
-async fn handle(mut stream: TcpStream, e: Endpoints) -> std::io::Result<()> {
-    let req = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
-        Ok(Ok(Some(req))) => req,
-        Ok(Ok(None)) => return respond(&mut stream, 400, "text/plain", "bad request\n").await,
-        Ok(Err(err)) => return Err(err),
-        Err(_) => return Ok(()),
-    };
-    if req.method != "GET" && req.method != "HEAD" {
-        return respond(&mut stream, 405, "text/plain", "method not allowed\n").await;
+    fn leave(&self, id: u64) {
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        conns.retain(|c| c.id != id);
+        self.left.notify_waiters();
     }
-    let (code, ctype, body) = route(&req, &e).await;
-    let head = head(code, ctype, body.len());
-    stream.write_all(head.as_bytes()).await?;
-    if req.method == "GET" {
-        stream.write_all(body.as_bytes()).await?;
-    }
-    stream.shutdown().await
 }
 
-async fn route(req: &Request, e: &Endpoints) -> (u16, &'static str, String) {
+async fn respond(req: &Request<Incoming>, e: &Endpoints) -> Response<Full<Bytes>> {
     let plain = "text/plain; charset=utf-8";
-    match req.path.split('?').next().unwrap_or("") {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            plain,
+            "method not allowed\n",
+        );
+    }
+    match req.uri().path() {
         "/metrics" => {
             refresh_counters(e).await;
-            let (ctype, body) = e.metrics.encode_for(req.accept.as_deref());
-            (200, ctype, body)
+            let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
+            let (ctype, body) = e.metrics.encode_for(accept);
+            reply(StatusCode::OK, ctype, body)
         }
-        "/healthz" if e.health.live() => (200, plain, "ok\n".into()),
-        "/healthz" => (503, plain, "control loop stalled\n".into()),
-        "/readyz" if e.health.ready() => (200, plain, "ok\n".into()),
-        "/readyz" => (503, plain, "policy not applied yet\n".into()),
-        _ => (404, plain, "not found\n".into()),
+        "/healthz" if e.health.live() => reply(StatusCode::OK, plain, "ok\n"),
+        "/healthz" => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            plain,
+            "control loop stalled\n",
+        ),
+        "/readyz" if e.health.ready() => reply(StatusCode::OK, plain, "ok\n"),
+        "/readyz" => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            plain,
+            "policy not applied yet\n",
+        ),
+        _ => reply(StatusCode::NOT_FOUND, plain, "not found\n"),
     }
+}
+
+/// A response; hyper leaves the body out for HEAD and sets Content-Length.
+fn reply(code: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = code;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
 }
 
 /// Reads the kernel counters now, so a scrape sees current values.
@@ -92,80 +198,5 @@ async fn refresh_counters(e: &Endpoints) {
     let read = e.worker.call(move |b| super::observe_counters(b, &metrics));
     if tokio::time::timeout(COUNTERS_TIMEOUT, read).await.is_err() {
         tracing::warn!("scrape: backend busy, serving the last counters read");
-    }
-}
-
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Request>> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        if buf.len() > MAX_HEAD {
-            return Ok(None);
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Ok(parse_head(&String::from_utf8_lossy(&buf)))
-}
-
-fn parse_head(head: &str) -> Option<Request> {
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next()?.split(' ');
-    let method = first.next()?.to_string();
-    let path = first.next()?.to_string();
-    first.next().filter(|v| v.starts_with("HTTP/1."))?;
-    let accept = lines.find_map(|l| {
-        let (name, value) = l.split_once(':')?;
-        name.trim()
-            .eq_ignore_ascii_case("accept")
-            .then(|| value.trim().to_string())
-    });
-    Some(Request {
-        method,
-        path,
-        accept,
-    })
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    code: u16,
-    ctype: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    stream
-        .write_all(head(code, ctype, body.len()).as_bytes())
-        .await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-fn head(code: u16, ctype: &str, len: usize) -> String {
-    let reason = match code {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
-    };
-    format!("HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_head;
-
-    #[test]
-    fn parses_a_prometheus_scrape_head() {
-        let r = parse_head("GET /metrics HTTP/1.1\r\nHost: x\r\nACCEPT: application/openmetrics-text;version=1.0.0\r\n\r\n").unwrap();
-        assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/metrics"));
-        assert_eq!(
-            r.accept.as_deref(),
-            Some("application/openmetrics-text;version=1.0.0")
-        );
-        assert!(parse_head("garbage\r\n\r\n").is_none());
     }
 }

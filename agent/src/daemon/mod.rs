@@ -1,22 +1,15 @@
 //! `nodewall run`: the agent that keeps a node's firewall equal to its config file.
 //!
-//! Layout: [`lock`] (one agent per node), [`source`] (file -> desired policy), [`watch`]
-//! (inotify), [`worker`] (the backend on its own thread), `control` (the loop that applies,
-//! reloads and repairs drift), `http` (metrics and probes), [`state`] (files under the state
-//! directory, shared with `apply --confirm`), [`confirm`] (commit-confirmed rollback) and
-//! [`lockout`] (the SSH session check of `apply`).
+//! Layout: [`watch`] (inotify), [`worker`] (the backend on its own thread), `control` (the
+//! loop that applies, reloads and repairs drift), `http` (metrics and probes). The lock, the
+//! state directory and the config source are [`crate::apply`]'s, shared with `nodewall apply`.
 
-pub mod confirm;
 mod control;
 mod diff;
 mod health;
 mod http;
-pub mod lock;
-pub mod lockout;
 pub mod nflog;
 mod samples;
-pub mod source;
-pub mod state;
 pub mod watch;
 pub mod worker;
 
@@ -28,15 +21,15 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use crate::apply::lock::{LockError, StateLock};
+use crate::apply::source::{self, Parser};
+use crate::apply::state::StateDir;
 use crate::backend::Backend;
 use crate::config::BackendKind;
 use crate::metrics::Metrics;
 pub use control::Event;
 use control::{Context, Control};
 use health::Health;
-use lock::{LockError, StateLock};
-use source::Parser;
-use state::StateDir;
 use watch::ConfigWatcher;
 use worker::Worker;
 

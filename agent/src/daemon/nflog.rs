@@ -1,17 +1,23 @@
-//! Reading drop samples from an NFLOG group (nfnetlink_log), for the nft backend.
+//! Reading drop samples from an NFLOG group (`nfnetlink_log`), for the nft backend.
 //!
-//! The protocol is small enough to speak directly: one `NFULNL_MSG_CONFIG` request binds the
-//! group and asks for the first bytes of each packet (headers are all we need), then every
-//! `NFULNL_MSG_PACKET` carries the payload and the rule's log prefix. NFLOG groups belong to
-//! the network namespace, like the nft table.
+//! Through `netlink-packet-netfilter`: one `NFULNL_MSG_CONFIG` request binds the group and
+//! asks for the first bytes of each packet (headers are all we need), then every
+//! `NFULNL_MSG_PACKET` carries the payload and the rule's log prefix. Only the packet's own
+//! IP and L4 headers are read here. NFLOG groups belong to the network namespace, like the
+//! nft table.
 
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_netfilter::nflog::{
+    config_request, ConfigCmd, ConfigMode, PacketNla, ULogMessage,
+};
+use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
+use netlink_sys::constants::NETLINK_NETFILTER;
+use netlink_sys::{AsyncSocket, AsyncSocketExt, TokioSocket};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
-
-use crate::metrics::drops::{parse_nflog_prefix, DropEvent, RateLimit, NFLOG_GROUP};
+use crate::backend::nft::nflog::{parse_nflog_prefix, NFLOG_GROUP};
+use crate::backend::DropEvent;
+use crate::metrics::drops::{self, RateLimit};
 use crate::metrics::Metrics;
 
 /// Drop sample log lines per second (and burst), on top of the kernel's per-rule limit.
@@ -23,7 +29,7 @@ const SUPPRESSED_REPORT: std::time::Duration = std::time::Duration::from_secs(10
 /// Starts logging drop samples from [`NFLOG_GROUP`], rate-limited; logs and returns if the
 /// group cannot be bound (sampling is an aid, never a reason to stop enforcing).
 pub fn spawn_sampler(metrics: std::sync::Arc<Metrics>) {
-    let sock = match NflogSocket::bind(NFLOG_GROUP) {
+    let mut sock = match NflogSocket::bind(NFLOG_GROUP) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(group = NFLOG_GROUP, error = %e, "drop sampling disabled: cannot bind the NFLOG group");
@@ -65,7 +71,7 @@ impl SampleLog {
             let logged = self.limit.allow(now);
             self.metrics.drop_sampled(logged);
             if logged {
-                event.log(self.metrics.audit());
+                drops::log(&event, self.metrics.audit());
             }
         }
         if let Some(n) = self.limit.take_suppressed(now, SUPPRESSED_REPORT) {
@@ -74,198 +80,100 @@ impl SampleLog {
     }
 }
 
-const NFNL_SUBSYS_ULOG: u16 = 4;
-const NFULNL_MSG_PACKET: u16 = 0;
-const NFULNL_MSG_CONFIG: u16 = 1;
-const NFULA_CFG_CMD: u16 = 1;
-const NFULA_CFG_MODE: u16 = 2;
-const NFULNL_CFG_CMD_BIND: u8 = 1;
-const NFULNL_COPY_PACKET: u8 = 2;
-const NFULA_IFINDEX_INDEV: u16 = 4;
-const NFULA_PAYLOAD: u16 = 9;
-const NFULA_PREFIX: u16 = 10;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 /// Bytes of each packet to copy: IPv6 header (40) + TCP header without options (20), rounded.
 const COPY_RANGE: u32 = 96;
 
 pub struct NflogSocket {
-    fd: AsyncFd<OwnedFd>,
+    sock: TokioSocket,
 }
 
 impl NflogSocket {
     /// Binds `group` in the current network namespace. Fails (EBUSY) if another process
     /// already listens to it.
     pub fn bind(group: u16) -> std::io::Result<Self> {
-        // SAFETY: plain syscalls on a descriptor we own from here on.
-        let fd = unsafe {
-            let raw = libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_NETFILTER,
-            );
-            if raw < 0 {
-                return Err(std::io::Error::last_os_error());
+        let mut sock = TokioSocket::new(NETLINK_NETFILTER)?;
+        sock.socket_mut().bind_auto()?;
+        // Blocking while configuring: wait for the acknowledgement.
+        sock.socket_mut().set_non_blocking(false)?;
+        let request = config_request(
+            NetfilterProtoFamily::Unspec,
+            group,
+            vec![
+                ConfigCmd::Bind.into(),
+                ConfigMode::new_packet(COPY_RANGE).into(),
+            ],
+        );
+        let mut buf = vec![0; request.header.length as usize];
+        request.serialize(&mut buf);
+        sock.socket_ref().send(&buf, 0)?;
+        let mut reply = vec![0u8; 4096];
+        let n = sock.socket_ref().recv(&mut &mut reply[..], 0)?;
+        match NetlinkMessage::<NetfilterMessage>::deserialize(&reply[..n]).map(|m| m.payload) {
+            Ok(NetlinkPayload::Error(e)) => match e.code {
+                None => {}
+                Some(code) => return Err(std::io::Error::from_raw_os_error(-code.get())),
+            },
+            _ => {
+                return Err(std::io::Error::other(
+                    "NFLOG: unexpected reply to config request",
+                ))
             }
-            OwnedFd::from_raw_fd(raw)
-        };
-        // SAFETY: a zeroed sockaddr_nl is valid; nl_pid 0 lets the kernel pick the port id.
-        let rc = unsafe {
-            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-            addr.nl_family = libc::AF_NETLINK as u16;
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error());
         }
-        let mut cmd = Vec::new();
-        push_attr(&mut cmd, NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND]);
-        let mut mode = COPY_RANGE.to_be_bytes().to_vec();
-        mode.extend_from_slice(&[NFULNL_COPY_PACKET, 0]);
-        push_attr(&mut cmd, NFULA_CFG_MODE, &mode);
-        // Blocking while configuring: wait for each acknowledgement.
-        request(&fd, group, &cmd)?;
-        set_nonblocking(&fd)?;
-        // SAFETY: the OwnedFd moves into the AsyncFd and stays open until it is dropped.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok(Self { fd })
+        sock.socket_mut().set_non_blocking(true)?;
+        Ok(Self { sock })
     }
 
     /// Waits for the next batch of samples. Packets logged by others (prefix not ours) are
     /// skipped; kernel buffer overruns (ENOBUFS) only lose samples.
-    pub async fn recv(&self) -> std::io::Result<Vec<DropEvent>> {
-        let mut buf = vec![0u8; 64 * 1024];
+    pub async fn recv(&mut self) -> std::io::Result<Vec<DropEvent>> {
+        let mut buf = Vec::with_capacity(64 * 1024);
         loop {
-            let mut guard = self.fd.readable().await?;
-            let read = guard.try_io(|fd| {
-                // SAFETY: reading into a buffer of the given length.
-                let n =
-                    unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-                if n < 0 {
-                    Err(std::io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
-            match read {
-                Ok(Ok(n)) => return Ok(parse_messages(&buf[..n])),
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+            buf.clear();
+            match self.sock.recv(&mut buf).await {
+                Ok(()) => return Ok(parse_messages(&buf)),
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     tracing::debug!("drop samples lost: NFLOG socket buffer overrun");
                 }
-                Ok(Err(e)) => return Err(e),
-                Err(_would_block) => continue,
+                Err(e) => return Err(e),
             }
         }
-    }
-}
-
-fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe {
-        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// Sends one NFULNL_MSG_CONFIG for `group` and waits for its acknowledgement.
-fn request(fd: &OwnedFd, group: u16, attrs: &[u8]) -> std::io::Result<()> {
-    let mut msg = Vec::with_capacity(20 + attrs.len());
-    let len = (16 + 4 + attrs.len()) as u32;
-    msg.extend_from_slice(&len.to_ne_bytes());
-    msg.extend_from_slice(&((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG).to_ne_bytes());
-    msg.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
-                                                // nfgenmsg: family AF_UNSPEC, version 0, resource id = group (big-endian).
-    msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0]);
-    msg.extend_from_slice(&group.to_be_bytes());
-    msg.extend_from_slice(attrs);
-    // SAFETY: sending a buffer of the given length.
-    if unsafe { libc::send(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut buf = [0u8; 4096];
-    // SAFETY: reading into a buffer of the given length.
-    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let n = n as usize;
-    // NLMSG_ERROR (type 2) with error 0 is the acknowledgement.
-    if n >= 20 && u16::from_ne_bytes([buf[4], buf[5]]) == libc::NLMSG_ERROR as u16 {
-        let errno = i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]);
-        if errno != 0 {
-            return Err(std::io::Error::from_raw_os_error(-errno));
-        }
-        return Ok(());
-    }
-    Err(std::io::Error::other(
-        "NFLOG: unexpected reply to config request",
-    ))
-}
-
-fn push_attr(out: &mut Vec<u8>, kind: u16, data: &[u8]) {
-    out.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(data);
-    while out.len() % 4 != 0 {
-        out.push(0);
     }
 }
 
 /// Every drop sample with our prefix in one datagram of netlink messages.
 pub fn parse_messages(mut buf: &[u8]) -> Vec<DropEvent> {
     let mut out = Vec::new();
-    while buf.len() >= 16 {
-        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        if len < 16 || len > buf.len() {
+    while let Ok(msg) = NetlinkMessage::<NetfilterMessage>::deserialize(buf) {
+        let len = msg.header.length as usize;
+        if let NetlinkPayload::InnerMessage(NetfilterMessage {
+            inner: NetfilterMessageInner::ULog(ULogMessage::Packet(nlas)),
+            ..
+        }) = msg.payload
+        {
+            out.extend(parse_packet(nlas));
+        }
+        if len == 0 || len > buf.len() {
             break;
         }
-        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
-        if kind == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET && len >= 20 {
-            if let Some(ev) = parse_packet(&buf[20..len]) {
-                out.push(ev);
-            }
-        }
-        buf = &buf[align4(len).min(buf.len())..];
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
     }
     out
 }
 
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// The attributes of one NFULNL_MSG_PACKET (after its nfgenmsg).
-fn parse_packet(mut attrs: &[u8]) -> Option<DropEvent> {
+/// One `NFULNL_MSG_PACKET`'s attributes as a drop event, if it carries our prefix.
+fn parse_packet(nlas: Vec<PacketNla>) -> Option<DropEvent> {
     let (mut prefix, mut payload, mut ifindex) = (None, None, None);
-    while attrs.len() >= 4 {
-        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
-        if len < 4 || len > attrs.len() {
-            break;
-        }
-        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & NLA_TYPE_MASK;
-        let data = &attrs[4..len];
-        match kind {
-            NFULA_PREFIX => prefix = Some(String::from_utf8_lossy(data).into_owned()),
-            NFULA_PAYLOAD => payload = Some(data),
-            NFULA_IFINDEX_INDEV if data.len() == 4 => {
-                ifindex = Some(u32::from_be_bytes([data[0], data[1], data[2], data[3]]))
-            }
+    for nla in nlas {
+        match nla {
+            PacketNla::Prefix(p) => prefix = Some(p.to_string_lossy().into_owned()),
+            PacketNla::Payload(p) => payload = Some(p),
+            PacketNla::IfIndexInDev(i) => ifindex = Some(i),
             _ => {}
         }
-        attrs = &attrs[align4(len).min(attrs.len())..];
     }
     let prefix = prefix?;
     let (reason, rule) = parse_nflog_prefix(&prefix)?;
-    let headers = parse_headers(payload?)?;
+    let headers = parse_headers(&payload?)?;
     Some(DropEvent {
         src: headers.src,
         dst: headers.dst,
@@ -341,7 +249,21 @@ fn parse_headers(p: &[u8]) -> Option<Headers> {
 mod tests {
     use super::*;
 
-    /// One NFULNL_MSG_PACKET as the kernel sends it, for a TCP SYN 198.18.0.9:40000 ->
+    const NFNL_SUBSYS_ULOG: u16 = 4;
+    const NFULA_IFINDEX_INDEV: u16 = 4;
+    const NFULA_PAYLOAD: u16 = 9;
+    const NFULA_PREFIX: u16 = 10;
+
+    fn push_attr(out: &mut Vec<u8>, kind: u16, data: &[u8]) {
+        out.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(data);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+    }
+
+    /// One `NFULNL_MSG_PACKET` as the kernel sends it, for a TCP SYN 198.18.0.9:40000 ->
     /// 198.18.0.2:10250.
     fn sample_message(prefix: &str) -> Vec<u8> {
         let mut ip = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0];

@@ -55,6 +55,11 @@ struct PolicyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    mode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: String,
 }
@@ -74,6 +79,8 @@ pub struct Metrics {
     drift_repairs: Counter,
     generation: Gauge,
     policy_info: Family<PolicyLabels, Gauge>,
+    /// 1 for the mode in force (`enforce` or `audit`), 0 for the other.
+    mode: Family<ModeLabels, Gauge>,
     last_apply_success: Gauge<f64, AtomicU64>,
     drop_samples: Family<OutcomeLabels, Counter>,
     /// Whether the enforced policy is in audit mode (drop samples then say "would be dropped").
@@ -96,6 +103,7 @@ impl Metrics {
             drift_repairs: Counter::default(),
             generation: Gauge::default(),
             policy_info: Family::default(),
+            mode: Family::default(),
             last_apply_success: Gauge::default(),
             drop_samples: Family::default(),
             audit: std::sync::atomic::AtomicBool::new(false),
@@ -173,6 +181,11 @@ impl Metrics {
             m.policy_info.clone(),
         );
         registry.register(
+            "mode",
+            "1 for the mode the installed policy is in (enforce, or audit: would-be drops are counted and accepted), 0 for the other",
+            m.mode.clone(),
+        );
+        registry.register(
             "last_apply_success_timestamp_seconds",
             "Unix time of the last successful policy installation",
             m.last_apply_success.clone(),
@@ -238,6 +251,11 @@ impl Metrics {
     pub fn set_audit(&self, audit: bool) {
         self.audit
             .store(audit, std::sync::atomic::Ordering::Relaxed);
+        for (mode, on) in [("enforce", !audit), ("audit", audit)] {
+            self.mode
+                .get_or_create(&ModeLabels { mode: mode.into() })
+                .set(i64::from(on));
+        }
     }
 
     pub fn audit(&self) -> bool {
@@ -297,10 +315,10 @@ impl Metrics {
     }
 }
 
-fn action_str(action: crate::config::Action) -> &'static str {
+fn action_str(action: crate::policy::Action) -> &'static str {
     match action {
-        crate::config::Action::Allow => "allow",
-        crate::config::Action::Deny => "deny",
+        crate::policy::Action::Allow => "allow",
+        crate::policy::Action::Deny => "deny",
     }
 }
 

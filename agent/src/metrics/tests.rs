@@ -1,6 +1,6 @@
 use super::*;
 use crate::backend::{DropCounter, RuleCounter};
-use crate::config::Action;
+use crate::policy::Action;
 
 fn counters(rule_pkts: u64, drop_pkts: u64) -> Counters {
     Counters {

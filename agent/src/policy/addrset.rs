@@ -71,7 +71,7 @@ impl AddrSet {
     pub fn v4_prefixes(&self) -> Vec<Ipv4Net> {
         self.v4
             .iter()
-            .flat_map(|&(s, e)| range_to_prefixes(s as u128, e as u128, 32))
+            .flat_map(|&(s, e)| prefixes(u128::from(s), u128::from(e), 32))
             .map(|(a, len)| Ipv4Net::new(Ipv4Addr::from(a as u32), len).expect("valid prefix"))
             .collect()
     }
@@ -80,7 +80,7 @@ impl AddrSet {
     pub fn v6_prefixes(&self) -> Vec<Ipv6Net> {
         self.v6
             .iter()
-            .flat_map(|&(s, e)| range_to_prefixes(s, e, 128))
+            .flat_map(|&(s, e)| prefixes(s, e, 128))
             .map(|(a, len)| Ipv6Net::new(Ipv6Addr::from(a), len).expect("valid prefix"))
             .collect()
     }
@@ -109,32 +109,53 @@ fn contains<T: Copy + Ord>(ranges: &[(T, T)], x: T) -> bool {
     idx > 0 && x <= ranges[idx - 1].1
 }
 
-/// Splits an inclusive range of a `bits`-wide address space into the fewest aligned prefixes.
-fn range_to_prefixes(mut start: u128, end: u128, bits: u8) -> Vec<(u128, u8)> {
-    let mut out = Vec::new();
-    loop {
-        let align = if start == 0 {
-            bits as u32
+/// The aligned prefixes (network, length) whose union is exactly `[s, e]` in a `bits`-wide
+/// space, in address order. An iterator that sizes each block in O(1): a re-apply builds the
+/// plan of every rule again, 10k ranges and more. The one range-to-prefix routine: the nft
+/// backend's hash sets by prefix length and the XDP backend's LPM tries both use it.
+pub fn prefixes(s: u128, e: u128, bits: u32) -> Prefixes {
+    Prefixes {
+        next: Some(s),
+        end: e,
+        bits,
+    }
+}
+
+pub struct Prefixes {
+    /// The start of the next block, `None` once `end` was reached.
+    next: Option<u128>,
+    end: u128,
+    bits: u32,
+}
+
+impl Iterator for Prefixes {
+    type Item = (u128, u8);
+
+    fn next(&mut self) -> Option<(u128, u8)> {
+        let s = self.next?;
+        // The largest block aligned at `s` ...
+        let aligned = if s == 0 {
+            self.bits
         } else {
-            start.trailing_zeros().min(bits as u32)
+            s.trailing_zeros().min(self.bits)
         };
-        let span = end - start;
-        // floor(log2(span + 1)): the largest block that fits in what is left of the range.
-        let fit = if span == u128::MAX {
-            128
+        // ... that ends within `end`: 2^k - 1 <= end - s.
+        let fits = match (self.end - s).checked_add(1) {
+            Some(n) => 127 - n.leading_zeros(),
+            None => 128,
+        };
+        let k = aligned.min(fits);
+        let last = if k >= 128 {
+            u128::MAX
         } else {
-            127 - (span + 1).leading_zeros()
+            s | ((1u128 << k) - 1)
         };
-        let k = align.min(fit);
-        out.push((start, bits - k as u8));
-        if k == 128 {
-            return out;
-        }
-        let last = start + ((1u128 << k) - 1);
-        if last >= end {
-            return out;
-        }
-        start = last + 1;
+        self.next = if last == self.end {
+            None
+        } else {
+            Some(last + 1)
+        };
+        Some((s, (self.bits - k) as u8))
     }
 }
 
@@ -152,5 +173,53 @@ impl One for u128 {
     const MAX: Self = u128::MAX;
     fn add_one(self) -> Self {
         self + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_cover_exactly_their_range() {
+        assert_eq!(
+            prefixes(0, u32::MAX as u128, 32).collect::<Vec<_>>(),
+            vec![(0, 0)]
+        );
+        assert_eq!(
+            prefixes(0, u128::MAX, 128).collect::<Vec<_>>(),
+            vec![(0, 0)]
+        );
+        assert_eq!(prefixes(8, 11, 32).collect::<Vec<_>>(), vec![(8, 30)]);
+        assert_eq!(prefixes(5, 5, 32).collect::<Vec<_>>(), vec![(5, 32)]);
+        // 1..=14: 1/32, 2/31, 4/30, 8/30, 12/31, 14/32.
+        assert_eq!(
+            prefixes(1, 14, 32).collect::<Vec<_>>(),
+            vec![(1, 32), (2, 31), (4, 30), (8, 30), (12, 31), (14, 32)]
+        );
+        assert_eq!(
+            prefixes(u32::MAX as u128 - 1, u32::MAX as u128, 32).collect::<Vec<_>>(),
+            vec![(u32::MAX as u128 - 1, 31)]
+        );
+        assert_eq!(
+            prefixes(u128::MAX - 1, u128::MAX, 128).collect::<Vec<_>>(),
+            vec![(u128::MAX - 1, 127)]
+        );
+        assert_eq!(
+            prefixes(1, u128::MAX, 128).count(),
+            128,
+            "one block per bit from 1 up to the top"
+        );
+        // Every address of a few odd ranges is in exactly one prefix, and nothing outside.
+        for (s, e) in [(3u128, 200u128), (0, 77), (64, 191), (255, 256)] {
+            let ps: Vec<_> = prefixes(s, e, 32).collect();
+            for a in 0..300u128 {
+                let hits = ps
+                    .iter()
+                    .filter(|&&(n, len)| a >> (32 - len) == n >> (32 - len))
+                    .count();
+                assert_eq!(hits, usize::from((s..=e).contains(&a)), "{a} in {s}-{e}");
+            }
+        }
     }
 }

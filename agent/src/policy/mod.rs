@@ -4,10 +4,12 @@ mod addrset;
 mod compile;
 mod digest;
 mod evaluate;
+mod lint;
 mod model;
 pub mod track;
 
-pub use addrset::AddrSet;
+pub use addrset::{prefixes, AddrSet};
 pub use compile::{compile, CompileError};
 pub use evaluate::evaluate;
+pub use lint::{lint, Finding};
 pub use model::*;

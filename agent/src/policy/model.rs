@@ -13,7 +13,7 @@
 
 use serde::Serialize;
 
-pub use crate::config::{Action, Mode, PortRange, Protocol};
+pub use crate::config::{interface_name, Action, Mode, PortRange, Protocol};
 pub use crate::policy::addrset::AddrSet;
 use crate::profiles::Provenance;
 

@@ -4,7 +4,7 @@
 //! as the `cluster` network plus the `control-plane` network.
 
 use super::{From, Profile, ProfileRule, Provenance, NET_CLUSTER, NET_CONTROL_PLANE};
-use crate::config::{PortRange, Protocol::*};
+use crate::vocab::{PortRange, Protocol::*};
 
 const SEED: &str = "004_0e57c02a51b57d6c.txt";
 const TABLE: &str = "安全组 / 最小化与推荐出入方向 (security group, minimal and recommended)";

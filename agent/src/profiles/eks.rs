@@ -4,7 +4,7 @@
 //! (自身) is read as the `cluster` (node) network plus the `control-plane` network.
 
 use super::{From, Profile, ProfileRule, Provenance, NET_CLUSTER, NET_CONTROL_PLANE};
-use crate::config::{PortRange, Protocol::*};
+use crate::vocab::{PortRange, Protocol::*};
 
 const SEED: &str = "003_09e96d8841d40d21.txt";
 

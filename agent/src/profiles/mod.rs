@@ -14,7 +14,7 @@ mod tke;
 
 use serde::Serialize;
 
-use crate::config::{PortRange, Protocol};
+use crate::vocab::{PortRange, Protocol};
 
 /// The named networks profiles refer to; users define them under `networks:`.
 pub const NET_CLUSTER: &str = "cluster";

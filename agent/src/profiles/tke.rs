@@ -2,7 +2,7 @@
 //! Rules follow 002, the newest; all three agree on protocols, ports and sources.
 
 use super::{From, Profile, ProfileRule, Provenance, NET_CLUSTER, NET_CONTAINER, NODEPORTS};
-use crate::config::{PortRange, Protocol::*};
+use crate::vocab::{PortRange, Protocol::*};
 
 const SEED: &str = "002_45cfe4d06b09d118.txt";
 const NODE_TABLE: &str = "Default security group rules for node / Inbound rules";

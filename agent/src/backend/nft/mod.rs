@@ -7,10 +7,11 @@
 //! removed or altered is exactly what the next apply puts back.
 //!
 //! Every drop chain first sends a rate-limited sample of its packets to the NFLOG group the
-//! daemon reads (see [`crate::metrics::drops`]).
+//! daemon reads (see [`nflog`]).
 
 mod names;
 mod netlink;
+pub mod nflog;
 mod plan;
 mod script;
 mod status;
@@ -21,9 +22,10 @@ use std::time::Instant;
 use anyhow::bail;
 
 use crate::backend::{ApplyReport, Backend, Counters, Status};
-use crate::config::Mode;
+use crate::policy::Mode;
 use crate::policy::Policy;
 
+#[cfg(feature = "fault-injection")]
 pub use netlink::FAULT_ENV;
 
 /// The `nft -f` script that the backend installs (with generation 0 in the base rule's comment;
@@ -99,12 +101,8 @@ fn validate(policy: &Policy) -> anyhow::Result<()> {
         bail!("interfaces: no interface to filter on");
     }
     for (i, name) in policy.interfaces.iter().enumerate() {
-        if name.is_empty()
-            || name.len() > 15
-            || name.contains(['\0', '/'])
-            || name.contains(char::is_whitespace)
-        {
-            bail!("interfaces[{i}]: {name:?} is not a valid interface name (1-15 bytes, no '/', NUL or spaces)");
+        if let Err(e) = crate::policy::interface_name(name) {
+            bail!("interfaces[{i}]: {e}");
         }
     }
     for r in &policy.rules {
@@ -123,6 +121,10 @@ fn validate(policy: &Policy) -> anyhow::Result<()> {
 impl Backend for NftBackend {
     fn name(&self) -> &'static str {
         "nft"
+    }
+
+    fn matches_by_name(&self) -> bool {
+        true
     }
 
     fn apply(&mut self, policy: &Policy) -> anyhow::Result<ApplyReport> {

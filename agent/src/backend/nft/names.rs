@@ -16,6 +16,8 @@ pub const PRIORITY: i32 = -150;
 pub const INBOUND_CHAIN: &str = "inbound";
 pub const UPLINKS_SET: &str = "uplinks";
 pub const TABLE_COMMENT: &str = "managed by nodewall: change it with nodewall apply/flush";
+/// Prefix of the comment of a base chain rule that matches an interface name pattern (`eth*`).
+pub const UPLINK_PATTERN_PREFIX: &str = "uplinks ";
 /// Prefix of the base chain rule's comment, which carries the generation.
 pub const GENERATION_PREFIX: &str = "nodewall generation ";
 
@@ -87,7 +89,7 @@ pub fn drop_counter(chain: &str, family: &str, protocol: &str) -> String {
 
 /// Comments on counter objects, parsed back by `status`.
 pub mod comment {
-    use crate::config::Action;
+    use crate::policy::Action;
 
     /// `allow NAME` / `deny NAME` on a rule counter.
     pub fn rule(action: Action, name: &str) -> String {
@@ -152,7 +154,7 @@ pub mod comment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Action;
+    use crate::policy::Action;
 
     #[test]
     fn clean_names_are_kept_and_others_are_hashed_apart() {

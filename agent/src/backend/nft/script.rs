@@ -136,6 +136,7 @@ pub fn rule_text(r: &RuleDef) -> String {
 fn match_text(m: &Match) -> String {
     match m {
         Match::IifnameIn(set) => format!("iifname @{set}"),
+        Match::IifnamePrefix(prefix) => format!("iifname \"{}*\"", quote(prefix)),
         Match::CtState(bit) => format!("ct state {}", ct_state_name(*bit)),
         Match::NfProto(f) => format!("meta nfproto {}", family_name(*f)),
         Match::L4Proto(p) => format!("meta l4proto {}", proto_name(*p)),

@@ -6,6 +6,7 @@ use nodewall_common::DropReason;
 use super::names::{self, comment};
 use super::netlink::state::Current;
 use crate::backend::{Counters, DropCounter, RuleCounter, Status};
+use crate::policy::Mode;
 
 const FAMILIES: [&str; 2] = ["ipv4", "ipv6"];
 const PROTOCOLS: [&str; 5] = ["tcp", "udp", "icmp", "icmpv6", "other"];
@@ -16,35 +17,64 @@ pub fn status(cur: &Current) -> Status {
             backend: "nft",
             installed: false,
             generation: 0,
+            mode: None,
             interfaces: Vec::new(),
             rules: Vec::new(),
             counters: Counters::default(),
         };
     }
-    let interfaces = cur
+    let mut interfaces: Vec<String> = cur
         .sets
         .get(names::UPLINKS_SET)
         .map(|s| {
-            let mut v: Vec<String> = s
-                .elems
+            s.elems
                 .iter()
                 .map(|(k, _)| {
                     let end = k.iter().position(|&b| b == 0).unwrap_or(k.len());
                     String::from_utf8_lossy(&k[..end]).into_owned()
                 })
-                .collect();
-            v.sort();
-            v
+                .collect()
         })
         .unwrap_or_default();
+    let base = cur.chains.iter().find(|c| c.name == names::BASE_CHAIN);
+    interfaces.extend(
+        base.map(|c| c.rules.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| {
+                r.comment
+                    .as_deref()?
+                    .strip_prefix(names::UPLINK_PATTERN_PREFIX)
+            })
+            .map(String::from),
+    );
+    interfaces.sort();
     let rules = rule_order(cur);
     Status {
         backend: "nft",
         installed: true,
         generation: super::netlink::generation(cur),
+        mode: Some(mode(cur)),
         interfaces,
         counters: counters(cur, &rules),
         rules,
+    }
+}
+
+/// The mode the table enforces: the drop chains' verdict is `accept` in audit mode (would-be
+/// drops are counted, then accepted).
+fn mode(cur: &Current) -> Mode {
+    let chain = names::drop_chain(DropReason::DefaultDeny.as_str(), None);
+    let audit = cur
+        .chains
+        .iter()
+        .filter(|c| c.name == chain)
+        .flat_map(|c| &c.rules)
+        .any(|r| r.fingerprint.contains("immediate reg 0 accept"));
+    if audit {
+        Mode::Audit
+    } else {
+        Mode::Enforce
     }
 }
 

@@ -10,7 +10,7 @@ use nodewall_common::DropReason;
 use super::maps::Maps;
 use super::slots::Slots;
 use crate::backend::{Counters, DropCounter, RuleCounter};
-use crate::config::Action;
+use crate::policy::Action;
 
 /// Counters of the active generation's rules (every rule, even at zero) and every non-zero
 /// drop counter.

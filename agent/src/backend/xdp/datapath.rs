@@ -24,7 +24,7 @@ use super::image::Image;
 use super::maps::{KernelGen, Maps, Writes};
 use super::slots::Slots;
 use crate::backend::Counters;
-use crate::config::Action;
+use crate::policy::Action;
 use crate::policy::Policy;
 
 /// The eBPF object built by `build.rs` from the `ebpf/` crate.

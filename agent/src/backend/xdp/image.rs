@@ -18,7 +18,7 @@ use nodewall_common::ct::Timeouts;
 use nodewall_common::xdp::{flags, RuleBits, MAX_NAME_LEN, MAX_RULES};
 
 use super::flat::SourceTables;
-use crate::config::{Action, Mode, Protocol};
+use crate::policy::{Action, Mode, Protocol};
 use crate::policy::{AddrSet, Policy, PortSet};
 
 /// A destination-port table: `(first port, rules)` segments, sorted, the first at port 0.

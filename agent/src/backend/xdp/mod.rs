@@ -93,7 +93,7 @@ impl XdpBackend {
     /// The interfaces to enforce on (the policy's, or those holding a default route), with
     /// their indexes.
     fn interfaces(policy: &Policy) -> Result<Vec<(String, u32)>> {
-        crate::backend::interfaces::resolve(&policy.interfaces)?
+        crate::backend::interfaces::resolve(&policy.interfaces, false)?
             .into_iter()
             .map(|n| {
                 let i = if_index(&n)?;
@@ -209,13 +209,19 @@ impl Backend for XdpBackend {
                 .iter()
                 .map(|r| slots.name(r.slot).unwrap_or("?").to_string())
                 .collect();
-            Ok((sw.generation, rules, counters::read(maps)?))
+            let mode = if cfg.flags & nodewall_common::xdp::flags::AUDIT != 0 {
+                crate::policy::Mode::Audit
+            } else {
+                crate::policy::Mode::Enforce
+            };
+            Ok((sw.generation, mode, rules, counters::read(maps)?))
         })?;
         Ok(match found {
-            Some((generation, rules, counters)) => Status {
+            Some((generation, mode, rules, counters)) => Status {
                 backend: "xdp",
                 installed: true,
                 generation,
+                mode: Some(mode),
                 interfaces,
                 rules,
                 counters,
@@ -224,6 +230,7 @@ impl Backend for XdpBackend {
                 backend: "xdp",
                 installed: false,
                 generation: 0,
+                mode: None,
                 interfaces,
                 rules: Vec::new(),
                 counters: Counters::default(),

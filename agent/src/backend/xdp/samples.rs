@@ -14,8 +14,8 @@ use nodewall_common::xdp::{
 };
 use nodewall_common::DropReason;
 
+use crate::backend::DropEvent;
 use crate::backend::DropSamples;
-use crate::metrics::drops::DropEvent;
 
 pub struct RingSamples {
     ring: RingBuf<MapData>,

@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use nodewall_common::xdp::{SlotName, ACTION_ALLOW, ACTION_DENY, MAX_NAME_LEN, MAX_SLOTS};
 
 use super::maps::Maps;
-use crate::config::Action;
+use crate::policy::Action;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Slots {

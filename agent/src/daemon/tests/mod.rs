@@ -2,8 +2,6 @@
 //! drift repair, retries, the lock, probes and metrics. Kernel behaviour is tested with real
 //! namespaces in `tests/tests/daemon_*.rs`.
 
-pub(super) mod fake;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
-use fake::FakeKernel;
+use crate::apply::fake::{self, FakeKernel};
 
 struct Harness {
     dir: PathBuf,
@@ -177,6 +175,51 @@ async fn applies_at_start_and_becomes_ready() {
         k.rule_names().is_some(),
         "the policy stays installed on exit by default"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_bounded_and_never_block_a_scrape() {
+    let h = Harness::start("idle", "ssh 22\n").await;
+    assert_eq!(h.metric("nodewall_mode{mode=\"enforce\"}").await, 1.0);
+    assert_eq!(h.metric("nodewall_mode{mode=\"audit\"}").await, 0.0);
+    // Connections that never send a request, as a slow or hostile client leaves them.
+    let extra = 40;
+    let mut idle = Vec::new();
+    for _ in 0..http::MAX_CONNECTIONS + extra {
+        idle.push(tokio::net::TcpStream::connect(h.addr).await.unwrap());
+    }
+    // Past the grace a new connection has to send its request head.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let t = Instant::now();
+    let (code, body) = tokio::time::timeout(2 * SECOND, h.get("/metrics"))
+        .await
+        .expect("a scrape is answered at once, idle connections or not");
+    assert_eq!(code, 200);
+    assert!(body.contains("nodewall_policy_generation"));
+    assert!(t.elapsed() < 2 * SECOND);
+    // The server holds at most MAX_CONNECTIONS: the oldest idle ones were closed (EOF).
+    let mut closed = 0;
+    for s in &mut idle {
+        let mut buf = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed > extra,
+        "{closed} of {} idle connections closed; the server keeps at most {}",
+        idle.len(),
+        http::MAX_CONNECTIONS
+    );
+    // More scrapes at once than the limit: each waits its turn, none is cut off.
+    let scrapes: Vec<_> = (0..http::MAX_CONNECTIONS + 36)
+        .map(|_| tokio::spawn(http_get(h.addr, "/metrics")))
+        .collect();
+    for s in scrapes {
+        assert_eq!(s.await.unwrap().0, 200);
+    }
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,6 +50,11 @@ pub fn build_rule(chain: &str, def: &RuleDef) -> Rule {
 fn match_exprs(m: &Match, family: &mut Option<Family>) -> Vec<Expr> {
     match m {
         Match::IifnameIn(set) => vec![meta(libc::NFT_META_IIFNAME), lookup(set)],
+        // As nft compiles `iifname "eth*"`: the name's first bytes, without the NUL.
+        Match::IifnamePrefix(prefix) => vec![
+            meta(libc::NFT_META_IIFNAME),
+            cmp(libc::NFT_CMP_EQ, prefix.as_bytes()),
+        ],
         Match::CtState(bit) => vec![
             Expr::new("ct")
                 .u32(sys::NFTNL_EXPR_CT_KEY, libc::NFT_CT_STATE as u32)

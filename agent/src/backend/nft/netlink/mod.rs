@@ -20,8 +20,20 @@ use state::Current;
 
 /// Set to `1` to append a message the kernel must reject (a rule using a set that does not
 /// exist) to the next batch: how the integration tests prove that a failed batch leaves the
-/// previous ruleset untouched and that the error names the offending object.
+/// previous ruleset untouched and that the error names the offending object. Only in builds
+/// with the `fault-injection` feature (the test suite's), never in a release.
+#[cfg(feature = "fault-injection")]
 pub const FAULT_ENV: &str = "NODEWALL_NFT_INJECT_FAULT";
+
+#[cfg(feature = "fault-injection")]
+fn fault_injected() -> bool {
+    std::env::var(FAULT_ENV).as_deref() == Ok("1")
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn fault_injected() -> bool {
+    false
+}
 
 pub struct Nft {
     sock: socket::Socket,
@@ -174,8 +186,8 @@ impl Nft {
         let generation = self.generation(&cur);
         plan::restamp(&mut next, generation + 1);
         let sets_dumped = cur.sets.values().filter(|s| !s.as_planned).count();
-        let fault = std::env::var(FAULT_ENV).as_deref() == Ok("1");
-        let mut d = diff::diff(&next, &cur);
+        let fault = fault_injected();
+        let d = diff::diff(&next, &cur);
         let now = || {
             let mut p = next.clone();
             plan::restamp(&mut p, generation);
@@ -195,9 +207,14 @@ impl Nft {
                 table_dumped,
             });
         }
-        if fault {
-            inject_fault(&mut d.batch);
-        }
+        #[cfg(feature = "fault-injection")]
+        let d = {
+            let mut d = d;
+            if fault {
+                inject_fault(&mut d.batch);
+            }
+            d
+        };
         let (batch, described) = d.batch.finish();
         let describe = |seq: u32| {
             described
@@ -295,6 +312,7 @@ pub fn generation(cur: &Current) -> u64 {
         .unwrap_or(0)
 }
 
+#[cfg(feature = "fault-injection")]
 fn inject_fault(b: &mut batch::Builder) {
     use super::plan::{Match, RuleDef, Verdict};
     let def = RuleDef {

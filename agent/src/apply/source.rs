@@ -47,7 +47,7 @@ fn desired(text: String, path: &Path) -> Result<Desired, String> {
     })
 }
 
-/// Reads the file; the error names it.
+/// Reads the file (see [`config::read`]); the error is `FILE:LINE:COL: (file): REASON`.
 pub fn read(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+    config::read(path).map_err(|e| e.to_string())
 }

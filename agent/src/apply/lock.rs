@@ -24,6 +24,7 @@ pub struct StateLock {
 pub enum Role {
     Run,
     Apply,
+    Flush,
     RollbackWatchdog,
 }
 
@@ -32,12 +33,13 @@ impl Role {
         match self {
             Role::Run => "run",
             Role::Apply => "apply",
+            Role::Flush => "flush",
             Role::RollbackWatchdog => "rollback-watchdog",
         }
     }
 
     fn from_tag(tag: &str) -> Option<Role> {
-        [Role::Run, Role::Apply, Role::RollbackWatchdog]
+        [Role::Run, Role::Apply, Role::Flush, Role::RollbackWatchdog]
             .into_iter()
             .find(|r| r.tag() == tag)
     }
@@ -46,6 +48,7 @@ impl Role {
         match self {
             Role::Run => "`nodewall run`",
             Role::Apply => "`nodewall apply`",
+            Role::Flush => "`nodewall flush`",
             Role::RollbackWatchdog => "the rollback watchdog of an unconfirmed `apply --confirm`",
         }
     }
@@ -124,8 +127,8 @@ impl StateLock {
         Ok(lock)
     }
 
-    /// Like [`StateLock::acquire`], but while another `apply` holds the lock, waits up to
-    /// `patience` for it to finish (one-shot commands may run back to back).
+    /// Like [`StateLock::acquire`], but while another one-shot command (`apply`, `flush`) holds
+    /// the lock, waits up to `patience` for it to finish (they may run back to back).
     pub fn acquire_waiting(
         state_dir: &Path,
         role: Role,
@@ -137,7 +140,7 @@ impl StateLock {
                 // No role yet: the holder took the lock a moment ago and is still writing
                 // its record (`record` truncates, then writes); look again.
                 Err(LockError::Held { holder, .. })
-                    if matches!(holder.role, Some(Role::Apply) | None)
+                    if matches!(holder.role, Some(Role::Apply | Role::Flush) | None)
                         && Instant::now() < deadline =>
                 {
                     std::thread::sleep(Duration::from_millis(50))

@@ -77,12 +77,15 @@ pub fn rollback(pending: &Pending, open: OpenByName, parser: &Parser) -> anyhow:
     let desired = parser(&previous.config, Path::new(&previous.config_path))
         .map_err(|e| anyhow::anyhow!("the previous config no longer parses: {e}"))?;
     let mut policy = desired.policy;
-    policy.interfaces = interfaces::resolve(&policy.interfaces)?;
     let report = if previous.backend == pending.new.backend {
+        policy.interfaces = interfaces::resolve(&policy.interfaces, new_backend.matches_by_name())?;
         new_backend.apply(&policy)?
     } else {
         // Previous first, then remove the new one: never a moment without a policy.
-        let report = open(&previous.backend)?.apply(&policy)?;
+        let mut previous_backend = open(&previous.backend)?;
+        policy.interfaces =
+            interfaces::resolve(&policy.interfaces, previous_backend.matches_by_name())?;
+        let report = previous_backend.apply(&policy)?;
         new_backend.flush()?;
         report
     };
@@ -97,7 +100,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::daemon::tests::fake::{self, FakeKernel};
+    use crate::apply::fake::{self, FakeKernel};
 
     fn snapshot(text: &str) -> Snapshot {
         Snapshot {
@@ -105,6 +108,24 @@ mod tests {
             config_path: "/etc/nodewall/config.yaml".into(),
             config: text.into(),
         }
+    }
+
+    /// `pending.json` for `new`, replacing `ssh 22`, due in `secs` (0: now).
+    fn pending(new: &str, secs: u64) -> Pending {
+        Pending {
+            deadline_unix: now_unix() + secs,
+            previous: Some(snapshot("ssh 22\n")),
+            new: snapshot(new),
+        }
+    }
+
+    /// Records `pending(new, 0)` and lets the watchdog claim it, as at a missed deadline.
+    fn missed(state: &StateDir, new: &str) -> Pending {
+        let p = pending(new, 0);
+        state.save_pending(&p).unwrap();
+        let claimed = wait(state).unwrap().expect("deadline passed");
+        assert_eq!(claimed, p);
+        claimed
     }
 
     fn state(name: &str) -> StateDir {
@@ -117,13 +138,7 @@ mod tests {
     #[test]
     fn confirmed_in_time_keeps_the_new_policy() {
         let state = state("kept");
-        state
-            .save_pending(&Pending {
-                deadline_unix: now_unix() + 60,
-                previous: Some(snapshot("ssh 22\n")),
-                new: snapshot("web 80\n"),
-            })
-            .unwrap();
+        state.save_pending(&pending("web 80\n", 60)).unwrap();
         let waiter = {
             let s = state.clone();
             std::thread::spawn(move || wait(&s).unwrap())
@@ -146,14 +161,7 @@ mod tests {
     #[test]
     fn unconfirmed_rolls_back_to_the_previous_config() {
         let state = state("rollback");
-        let pending = Pending {
-            deadline_unix: now_unix(),
-            previous: Some(snapshot("ssh 22\n")),
-            new: snapshot("web 80\n"),
-        };
-        state.save_pending(&pending).unwrap();
-        let claimed = wait(&state).unwrap().expect("deadline passed");
-        assert_eq!(claimed, pending);
+        let claimed = missed(&state, "web 80\n");
         let kernel = FakeKernel::default();
         let parser: Parser = Arc::new(fake::parse);
         let said = rollback(&claimed, &|_| Ok(kernel.backend()), &parser).unwrap();
@@ -162,8 +170,22 @@ mod tests {
         // Too late to confirm: the user is told what happened.
         assert_eq!(
             confirm(&state).unwrap(),
-            Confirmed::NothingPending(Some(pending))
+            Confirmed::NothingPending(Some(claimed))
         );
+        std::fs::remove_dir_all(state.root()).unwrap();
+    }
+
+    #[test]
+    fn a_confirmed_apply_after_a_rollback_is_not_reported_as_rolled_back() {
+        let state = state("after-rollback");
+        missed(&state, "web 80\n");
+        state.save_pending(&pending("web 8080\n", 30)).unwrap();
+        assert_eq!(
+            confirm(&state).unwrap(),
+            Confirmed::Kept(snapshot("web 8080\n"))
+        );
+        // A second confirm: nothing pending, and no older rollback passed off as this one's.
+        assert_eq!(confirm(&state).unwrap(), Confirmed::NothingPending(None));
         std::fs::remove_dir_all(state.root()).unwrap();
     }
 

@@ -67,6 +67,12 @@ impl StateDir {
         StateLock::acquire_waiting(&self.root, Role::Apply, ONE_SHOT_PATIENCE)
     }
 
+    /// The lock for `nodewall flush`: as for `apply`, so that a flush never races an agent
+    /// that would re-install the policy a moment later.
+    pub fn lock_for_flush(&self) -> Result<StateLock, LockError> {
+        StateLock::acquire_waiting(&self.root, Role::Flush, ONE_SHOT_PATIENCE)
+    }
+
     pub fn applied(&self) -> anyhow::Result<Option<Snapshot>> {
         let path = self.file(APPLIED);
         match std::fs::read(&path) {
@@ -84,6 +90,7 @@ impl StateDir {
     /// the rest of the file handling of an apply of a config with 10k CIDRs.
     pub fn save_applied(&self, snapshot: &Snapshot) -> anyhow::Result<()> {
         write_atomic(&self.file(APPLIED), &to_snapshot_file(snapshot)?)?;
+        self.forget_last_rollback()?;
         // An older version's snapshot must not be read in place of this one.
         match std::fs::remove_file(self.file(LEGACY_APPLIED)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(anyhow::anyhow!(
@@ -99,8 +106,21 @@ impl StateDir {
         self.file(APPLIED)
     }
 
+    /// Records an unconfirmed apply. An older rollback is forgotten: it no longer tells what
+    /// happened to the policy in force.
     pub fn save_pending(&self, pending: &Pending) -> anyhow::Result<()> {
-        write_json(&self.file(PENDING), pending)
+        write_json(&self.file(PENDING), pending)?;
+        self.forget_last_rollback()
+    }
+
+    fn forget_last_rollback(&self) -> anyhow::Result<()> {
+        match std::fs::remove_file(self.file(LAST_ROLLBACK)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(anyhow::anyhow!(
+                "{}: {e}",
+                self.file(LAST_ROLLBACK).display()
+            )),
+            _ => Ok(()),
+        }
     }
 
     pub fn pending(&self) -> anyhow::Result<Option<Pending>> {

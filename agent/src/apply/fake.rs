@@ -7,7 +7,7 @@ use crate::backend::{ApplyReport, Backend, Counters, DropCounter, RuleCounter, S
 use crate::config::{Action, BackendKind, PortRange, Protocol};
 use crate::policy::{AddrSet, Implicit, Mode, Origin, Policy, PortSet, Rule};
 
-use super::super::source::Desired;
+use crate::apply::source::Desired;
 
 #[derive(Default)]
 pub struct Kernel {
@@ -78,6 +78,7 @@ impl Backend for FakeBackend {
                 backend: "fake",
                 installed: k.installed.is_some(),
                 generation: k.generation,
+                mode: k.installed.as_ref().map(|p| p.mode),
                 interfaces: k
                     .installed
                     .as_ref()

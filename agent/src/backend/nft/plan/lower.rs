@@ -1,194 +1,18 @@
-//! Policy -> the objects of table `inet nodewall`: sets, named counters, chains and rules.
-//!
-//! This description is the single source for both outputs of the backend: the `nft -f` script
-//! (`script.rs`) and the netlink batch (`netlink/`). Both must therefore map every [`Match`] to
-//! exactly what `nft` itself generates for the rendered text, so `nft list` shows the same
-//! table whichever way it was loaded.
-//!
-//! Each policy rule becomes, per address family, an nft rule testing protocol and port first
-//! and the source last (the source is the costly lookup; see [`Builder::rule`]). Sources are an
-//! interval set, or, for many networks of few prefix lengths, one hash set per prefix length
-//! and one nft rule per set (see [`by_prefix_length`]): these adjacent rules share the policy
-//! rule's counter and verdict and match disjoint sources, so they act as one rule.
-
-use std::collections::BTreeMap;
+//! Policy -> [`Ruleset`]: the evaluation order of `policy::model` as nft chains and rules.
 
 use nodewall_common::DropReason;
 
-use super::names::{self, comment};
-use crate::config::{Action, Mode};
-use crate::metrics::drops;
+use super::cost::by_prefix_length;
+use super::{
+    ChainDef, CounterDef, Elem, Family, Log, Match, RuleDef, Ruleset, SetDef, SetKind, Verdict,
+    CT_ESTABLISHED, CT_INVALID, CT_RELATED, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+};
+use crate::backend::nft::names::{self, comment};
+use crate::backend::nft::nflog as drops;
 use crate::policy::{
-    Policy, Protocol, Rule, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, ICMPV4_ERROR_TYPES,
+    Action, Mode, Policy, Protocol, Rule, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, ICMPV4_ERROR_TYPES,
     ICMPV6_ERROR_TYPES, ICMPV6_ND_TYPES,
 };
-
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ICMPV6: u8 = 58;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
-
-    /// The `family` label of drop counters.
-    pub fn label(self) -> &'static str {
-        match self {
-            Family::V4 => "ipv4",
-            Family::V6 => "ipv6",
-        }
-    }
-
-    /// Bits in an address of this family.
-    pub fn bits(self) -> u32 {
-        match self {
-            Family::V4 => 32,
-            Family::V6 => 128,
-        }
-    }
-
-    /// The ICMP protocol of this family.
-    pub fn icmp(self) -> u8 {
-        match self {
-            Family::V4 => IPPROTO_ICMP,
-            Family::V6 => IPPROTO_ICMPV6,
-        }
-    }
-}
-
-/// The complete table.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Ruleset {
-    pub sets: Vec<SetDef>,
-    pub counters: Vec<CounterDef>,
-    /// Base chain first, then the chains it reaches, in the order they are created.
-    pub chains: Vec<ChainDef>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum SetKind {
-    Addr4,
-    Addr6,
-    Port,
-    IfName,
-    IcmpType,
-    Icmpv6Type,
-    /// Network addresses of one prefix length (a hash set, looked up with the packet's masked
-    /// source address).
-    Net4,
-    Net6,
-}
-
-impl SetKind {
-    /// Interval sets hold ranges; the others single values.
-    pub fn interval(self) -> bool {
-        matches!(self, SetKind::Addr4 | SetKind::Addr6 | SetKind::Port)
-    }
-}
-
-/// One element. Ranges are inclusive; a single value is a range of one for interval sets.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Elem {
-    V4(u32, u32),
-    V6(u128, u128),
-    Port(u16, u16),
-    IfName(String),
-    Icmp(u8),
-    /// The network address of a prefix, in a [`SetKind::Net4`] / [`SetKind::Net6`] set.
-    Net4(u32),
-    Net6(u128),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SetDef {
-    pub name: String,
-    pub kind: SetKind,
-    pub elems: Vec<Elem>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CounterDef {
-    pub name: String,
-    pub comment: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChainDef {
-    pub name: String,
-    /// Some for the base chain: hooked at prerouting with this priority, policy accept.
-    pub hook_priority: Option<i32>,
-    pub rules: Vec<RuleDef>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct RuleDef {
-    pub matches: Vec<Match>,
-    /// Sends the packet to an NFLOG group (a drop sample for the daemon).
-    pub log: Option<Log>,
-    /// Name of the counter object this rule updates.
-    pub counter: Option<String>,
-    /// `None`: evaluation goes on with the next rule (a rule that only logs).
-    pub verdict: Option<Verdict>,
-    pub comment: Option<String>,
-}
-
-/// `log prefix PREFIX group GROUP`: a copy of the packet's headers to an NFLOG group.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Log {
-    pub prefix: String,
-    pub group: u16,
-}
-
-/// `ct state` bits as the kernel defines them.
-pub const CT_INVALID: u32 = 1;
-pub const CT_ESTABLISHED: u32 = 2;
-pub const CT_RELATED: u32 = 4;
-
-/// A match, with the dependencies `nft` adds for it (e.g. `ip saddr` implies `meta nfproto ipv4`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Match {
-    /// `iifname @SET`
-    IifnameIn(String),
-    /// `ct state S` for one state bit.
-    CtState(u32),
-    /// `meta nfproto ipv4|ipv6`
-    NfProto(Family),
-    /// `meta l4proto P`
-    L4Proto(u8),
-    /// `meta l4proto != P`
-    L4ProtoNot(u8),
-    /// `ip saddr @SET` / `ip6 saddr @SET`
-    SaddrIn(Family, String),
-    /// `ip saddr & MASK @SET` / `ip6 saddr & MASK @SET`, MASK the prefix length's netmask
-    /// (no mask at the full length), SET a [`SetKind::Net4`] / [`SetKind::Net6`] set.
-    SaddrPrefixIn(Family, u8, String),
-    /// `tcp dport @SET` / `udp dport @SET`
-    DportIn(u8, String),
-    /// `tcp dport A` / `udp dport A-B`: a compare (or range) of one port range, no set.
-    Dport(u8, u16, u16),
-    /// `icmp type @SET` / `icmpv6 type @SET`
-    IcmpTypeIn(Family, String),
-    /// `udp sport A udp dport B`; nft loads both ports with one 4-byte payload expression.
-    UdpPorts(u16, u16),
-    /// `tcp flags & (syn | ack) != syn`: anything but a bare SYN (a connection attempt).
-    TcpNotBareSyn,
-    /// `limit rate R/second burst B packets`: true while the rule's token bucket has packets
-    /// left.
-    Limit { per_second: u32, burst: u32 },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Verdict {
-    Accept,
-    Drop,
-    Goto(String),
-}
 
 /// Drop samples a drop chain may send at once: one second's worth.
 const SAMPLE_BURST: u32 = drops::KERNEL_SAMPLE_RATE;
@@ -198,7 +22,7 @@ const ICMPV6_ERRORS_SET: &str = "icmpv6-errors";
 const ND_SET: &str = "nd-types";
 
 /// The protocols drop counters are split by, per family.
-pub fn drop_protocols(f: Family) -> [(&'static str, Option<u8>); 4] {
+fn drop_protocols(f: Family) -> [(&'static str, Option<u8>); 4] {
     let icmp = match f {
         Family::V4 => "icmp",
         Family::V6 => "icmpv6",
@@ -211,8 +35,6 @@ pub fn drop_protocols(f: Family) -> [(&'static str, Option<u8>); 4] {
     ]
 }
 
-/// Builds the table for `policy` filtering `interfaces`; `generation` goes into the base rule's
-/// comment.
 /// The comment of the base chain's rule, which carries the generation.
 fn generation_comment(generation: u64) -> String {
     format!("{}{generation}", names::GENERATION_PREFIX)
@@ -231,23 +53,37 @@ pub fn restamp(rs: &mut Ruleset, generation: u64) {
     }
 }
 
+/// Builds the table for `policy` filtering `interfaces`; `generation` goes into the base rule's
+/// comment.
 pub fn build(policy: &Policy, interfaces: &[String], generation: u64) -> Ruleset {
     let mut b = Builder::default();
+    // Names go into the set (nft matches them by name, so an interface created later is
+    // filtered as it appears); each `eth*` pattern is a prefix compare of its own.
+    let (patterns, names): (Vec<&String>, Vec<&String>) =
+        interfaces.iter().partition(|i| i.ends_with('*'));
     b.sets.push(SetDef {
         name: names::UPLINKS_SET.into(),
         kind: SetKind::IfName,
-        elems: interfaces.iter().map(|i| Elem::IfName(i.clone())).collect(),
+        elems: names.into_iter().map(|i| Elem::IfName(i.clone())).collect(),
     });
+    let mut base = vec![RuleDef {
+        matches: vec![Match::IifnameIn(names::UPLINKS_SET.into())],
+        log: None,
+        counter: None,
+        verdict: Some(Verdict::Goto(names::INBOUND_CHAIN.into())),
+        comment: Some(generation_comment(generation)),
+    }];
+    base.extend(patterns.into_iter().map(|p| RuleDef {
+        matches: vec![Match::IifnamePrefix(p.trim_end_matches('*').to_string())],
+        log: None,
+        counter: None,
+        verdict: Some(Verdict::Goto(names::INBOUND_CHAIN.into())),
+        comment: Some(format!("{}{p}", names::UPLINK_PATTERN_PREFIX)),
+    }));
     b.chains.push(ChainDef {
         name: names::BASE_CHAIN.into(),
         hook_priority: Some(names::PRIORITY),
-        rules: vec![RuleDef {
-            matches: vec![Match::IifnameIn(names::UPLINKS_SET.into())],
-            log: None,
-            counter: None,
-            verdict: Some(Verdict::Goto(names::INBOUND_CHAIN.into())),
-            comment: Some(generation_comment(generation)),
-        }],
+        rules: base,
     });
     let mut inbound = Vec::new();
     // Neighbour discovery comes before the invalid check: conntrack does not track ND and marks
@@ -603,98 +439,11 @@ impl Builder {
     }
 }
 
-/// Fewest intervals for which hash sets by prefix length may replace the interval set: below,
-/// the tree is shallow, the gain within noise, and the interval set reads better in `nft list`.
-const HASHED_MIN_INTERVALS: usize = 16;
-
-/// Per-packet costs of a source lookup in a rule whose other matches passed, measured on veth
-/// with kernel 6.18 (50 identical rules in one chain, a dropped frame, against no rule): a
-/// one-field interval set (the kernel's red-black tree) costs about 145 ns at 1 interval,
-/// 355 ns at 40 and 600 ns at 1 250, i.e. about TREE_BASE + TREE_LEVEL x log2(2 x intervals);
-/// a masked lookup in a hash set about HASH_LOOKUP at any size (130 to 200 ns across runs).
-const TREE_BASE_NS: f64 = 110.0;
-const TREE_LEVEL_NS: f64 = 37.0;
-const HASH_LOOKUP_NS: f64 = 140.0;
-
-/// The sources `ranges` (inclusive, in a `bits`-wide space) as network addresses grouped by
-/// prefix length, when one hash lookup per length is cheaper than one interval-set lookup.
-///
-/// A tree lookup grows with the set; a hash lookup does not. A rule whose sources are many
-/// networks of few prefix lengths (the usual shape of a cloud provider's address list) is thus
-/// faster as one masked hash lookup per length, the way ipset's `hash:net` does it: a packet
-/// that no rule accepts (the default-deny path) pays that for every rule its port matches.
-fn by_prefix_length(ranges: &[(u128, u128)], bits: u32) -> Option<BTreeMap<u8, Vec<u128>>> {
-    if ranges.len() < HASHED_MIN_INTERVALS {
-        return None;
-    }
-    let tree = TREE_BASE_NS + TREE_LEVEL_NS * ((2 * ranges.len()) as f64).log2();
-    let max_lengths = (tree / HASH_LOOKUP_NS) as usize;
-    let mut groups: BTreeMap<u8, Vec<u128>> = BTreeMap::new();
-    for &(s, e) in ranges {
-        for (net, len) in prefixes(s, e, bits) {
-            groups.entry(len).or_default().push(net);
-            if groups.len() > max_lengths {
-                return None;
-            }
-        }
-    }
-    Some(groups)
-}
-
-/// The aligned prefixes (network, length) whose union is exactly `[s, e]` in a `bits`-wide
-/// space, in address order. An iterator that sizes each block in O(1): a re-apply builds the
-/// plan of every rule again, 10k ranges and more.
-fn prefixes(s: u128, e: u128, bits: u32) -> Prefixes {
-    Prefixes {
-        next: Some(s),
-        end: e,
-        bits,
-    }
-}
-
-struct Prefixes {
-    /// The start of the next block, `None` once `end` was reached.
-    next: Option<u128>,
-    end: u128,
-    bits: u32,
-}
-
-impl Iterator for Prefixes {
-    type Item = (u128, u8);
-
-    fn next(&mut self) -> Option<(u128, u8)> {
-        let s = self.next?;
-        // The largest block aligned at `s` ...
-        let aligned = if s == 0 {
-            self.bits
-        } else {
-            s.trailing_zeros().min(self.bits)
-        };
-        // ... that ends within `end`: 2^k - 1 <= end - s.
-        let fits = match (self.end - s).checked_add(1) {
-            Some(n) => 127 - n.leading_zeros(),
-            None => 128,
-        };
-        let k = aligned.min(fits);
-        let last = if k >= 128 {
-            u128::MAX
-        } else {
-            s | ((1u128 << k) - 1)
-        };
-        self.next = if last == self.end {
-            None
-        } else {
-            Some(last + 1)
-        };
-        Some((s, (self.bits - k) as u8))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Implicit, PortRange};
     use crate::policy::{AddrSet, Origin, PortSet};
+    use crate::policy::{Implicit, PortRange};
 
     fn policy(rules: Vec<Rule>) -> Policy {
         Policy {
@@ -801,49 +550,6 @@ mod tests {
     }
 
     #[test]
-    fn prefixes_cover_exactly_their_range() {
-        assert_eq!(
-            prefixes(0, u32::MAX as u128, 32).collect::<Vec<_>>(),
-            vec![(0, 0)]
-        );
-        assert_eq!(
-            prefixes(0, u128::MAX, 128).collect::<Vec<_>>(),
-            vec![(0, 0)]
-        );
-        assert_eq!(prefixes(8, 11, 32).collect::<Vec<_>>(), vec![(8, 30)]);
-        assert_eq!(prefixes(5, 5, 32).collect::<Vec<_>>(), vec![(5, 32)]);
-        // 1..=14: 1/32, 2/31, 4/30, 8/30, 12/31, 14/32.
-        assert_eq!(
-            prefixes(1, 14, 32).collect::<Vec<_>>(),
-            vec![(1, 32), (2, 31), (4, 30), (8, 30), (12, 31), (14, 32)]
-        );
-        assert_eq!(
-            prefixes(u32::MAX as u128 - 1, u32::MAX as u128, 32).collect::<Vec<_>>(),
-            vec![(u32::MAX as u128 - 1, 31)]
-        );
-        assert_eq!(
-            prefixes(u128::MAX - 1, u128::MAX, 128).collect::<Vec<_>>(),
-            vec![(u128::MAX - 1, 127)]
-        );
-        assert_eq!(
-            prefixes(1, u128::MAX, 128).count(),
-            128,
-            "one block per bit from 1 up to the top"
-        );
-        // Every address of a few odd ranges is in exactly one prefix, and nothing outside.
-        for (s, e) in [(3u128, 200u128), (0, 77), (64, 191), (255, 256)] {
-            let ps: Vec<_> = prefixes(s, e, 32).collect();
-            for a in 0..300u128 {
-                let hits = ps
-                    .iter()
-                    .filter(|&&(n, len)| a >> (32 - len) == n >> (32 - len))
-                    .count();
-                assert_eq!(hits, usize::from((s..=e).contains(&a)), "{a} in {s}-{e}");
-            }
-        }
-    }
-
-    #[test]
     fn many_sources_of_few_prefix_lengths_become_hash_sets() {
         let nets = |n: usize, len: u8| -> Vec<String> {
             (0..n)
@@ -867,7 +573,7 @@ mod tests {
                 .collect()
         };
         // Few intervals: one interval set, the family and port tested before the source.
-        let rs = build_one(nets(HASHED_MIN_INTERVALS - 1, 28));
+        let rs = build_one(nets(super::super::cost::HASHED_MIN_INTERVALS - 1, 28));
         let port = Match::Dport(IPPROTO_UDP, 30000, 32768);
         let v4 = Match::NfProto(Family::V4);
         assert_eq!(
@@ -879,7 +585,7 @@ mod tests {
             ]]
         );
         // Many, of two lengths: one hash set and one rule per length, sharing the counter.
-        let mut two = nets(HASHED_MIN_INTERVALS, 28);
+        let mut two = nets(super::super::cost::HASHED_MIN_INTERVALS, 28);
         two.push("198.19.0.0/24".into());
         let rs = build_one(two);
         assert_eq!(
@@ -899,10 +605,10 @@ mod tests {
         );
         let p28 = rs.sets.iter().find(|s| s.name == "src4p28.a").unwrap();
         assert_eq!(p28.kind, SetKind::Net4);
-        assert_eq!(p28.elems.len(), HASHED_MIN_INTERVALS);
+        assert_eq!(p28.elems.len(), super::super::cost::HASHED_MIN_INTERVALS);
         assert_eq!(p28.elems[1], Elem::Net4(0xc612_0020));
         // More lengths than that: back to the interval set.
-        let mut three = nets(HASHED_MIN_INTERVALS, 28);
+        let mut three = nets(super::super::cost::HASHED_MIN_INTERVALS, 28);
         three.extend(["198.19.0.0/24".into(), "198.19.2.0/23".into()]);
         assert_eq!(
             a_rules(&build_one(three))[0][2],

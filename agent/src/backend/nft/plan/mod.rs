@@ -1,0 +1,191 @@
+//! The objects of table `inet nodewall` (sets, named counters, chains and rules), and how a
+//! policy becomes them.
+//!
+//! This description is the single source for both outputs of the backend: the `nft -f` script
+//! (`script.rs`) and the netlink batch (`netlink/`). Both must therefore map every [`Match`] to
+//! exactly what `nft` itself generates for the rendered text, so `nft list` shows the same
+//! table whichever way it was loaded.
+//!
+//! Each policy rule becomes, per address family, an nft rule testing protocol and port first
+//! and the source last (the source is the costly lookup; see [`Builder::rule`]). Sources are an
+//! interval set, or, for many networks of few prefix lengths, one hash set per prefix length
+//! and one nft rule per set (see [`by_prefix_length`]): these adjacent rules share the policy
+//! rule's counter and verdict and match disjoint sources, so they act as one rule.
+//!
+//! Here: the description itself (an IR of nft objects). [`lower`]: policy -> IR. [`cost`]: the
+//! measured cost model that picks how a rule's sources are looked up.
+
+mod cost;
+mod lower;
+
+pub use lower::{build, restamp};
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
+
+    /// The `family` label of drop counters.
+    pub fn label(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        }
+    }
+
+    /// Bits in an address of this family.
+    pub fn bits(self) -> u32 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+
+    /// The ICMP protocol of this family.
+    pub fn icmp(self) -> u8 {
+        match self {
+            Family::V4 => IPPROTO_ICMP,
+            Family::V6 => IPPROTO_ICMPV6,
+        }
+    }
+}
+
+/// The complete table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ruleset {
+    pub sets: Vec<SetDef>,
+    pub counters: Vec<CounterDef>,
+    /// Base chain first, then the chains it reaches, in the order they are created.
+    pub chains: Vec<ChainDef>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SetKind {
+    Addr4,
+    Addr6,
+    Port,
+    IfName,
+    IcmpType,
+    Icmpv6Type,
+    /// Network addresses of one prefix length (a hash set, looked up with the packet's masked
+    /// source address).
+    Net4,
+    Net6,
+}
+
+impl SetKind {
+    /// Interval sets hold ranges; the others single values.
+    pub fn interval(self) -> bool {
+        matches!(self, SetKind::Addr4 | SetKind::Addr6 | SetKind::Port)
+    }
+}
+
+/// One element. Ranges are inclusive; a single value is a range of one for interval sets.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Elem {
+    V4(u32, u32),
+    V6(u128, u128),
+    Port(u16, u16),
+    IfName(String),
+    Icmp(u8),
+    /// The network address of a prefix, in a [`SetKind::Net4`] / [`SetKind::Net6`] set.
+    Net4(u32),
+    Net6(u128),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetDef {
+    pub name: String,
+    pub kind: SetKind,
+    pub elems: Vec<Elem>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CounterDef {
+    pub name: String,
+    pub comment: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainDef {
+    pub name: String,
+    /// Some for the base chain: hooked at prerouting with this priority, policy accept.
+    pub hook_priority: Option<i32>,
+    pub rules: Vec<RuleDef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RuleDef {
+    pub matches: Vec<Match>,
+    /// Sends the packet to an NFLOG group (a drop sample for the daemon).
+    pub log: Option<Log>,
+    /// Name of the counter object this rule updates.
+    pub counter: Option<String>,
+    /// `None`: evaluation goes on with the next rule (a rule that only logs).
+    pub verdict: Option<Verdict>,
+    pub comment: Option<String>,
+}
+
+/// `log prefix PREFIX group GROUP`: a copy of the packet's headers to an NFLOG group.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Log {
+    pub prefix: String,
+    pub group: u16,
+}
+
+/// `ct state` bits as the kernel defines them.
+pub const CT_INVALID: u32 = 1;
+pub const CT_ESTABLISHED: u32 = 2;
+pub const CT_RELATED: u32 = 4;
+
+/// A match, with the dependencies `nft` adds for it (e.g. `ip saddr` implies `meta nfproto ipv4`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Match {
+    /// `iifname @SET`
+    IifnameIn(String),
+    /// `iifname "PREFIX*"`: every interface whose name starts with PREFIX, including those
+    /// created later.
+    IifnamePrefix(String),
+    /// `ct state S` for one state bit.
+    CtState(u32),
+    /// `meta nfproto ipv4|ipv6`
+    NfProto(Family),
+    /// `meta l4proto P`
+    L4Proto(u8),
+    /// `meta l4proto != P`
+    L4ProtoNot(u8),
+    /// `ip saddr @SET` / `ip6 saddr @SET`
+    SaddrIn(Family, String),
+    /// `ip saddr & MASK @SET` / `ip6 saddr & MASK @SET`, MASK the prefix length's netmask
+    /// (no mask at the full length), SET a [`SetKind::Net4`] / [`SetKind::Net6`] set.
+    SaddrPrefixIn(Family, u8, String),
+    /// `tcp dport @SET` / `udp dport @SET`
+    DportIn(u8, String),
+    /// `tcp dport A` / `udp dport A-B`: a compare (or range) of one port range, no set.
+    Dport(u8, u16, u16),
+    /// `icmp type @SET` / `icmpv6 type @SET`
+    IcmpTypeIn(Family, String),
+    /// `udp sport A udp dport B`; nft loads both ports with one 4-byte payload expression.
+    UdpPorts(u16, u16),
+    /// `tcp flags & (syn | ack) != syn`: anything but a bare SYN (a connection attempt).
+    TcpNotBareSyn,
+    /// `limit rate R/second burst B packets`: true while the rule's token bucket has packets
+    /// left.
+    Limit { per_second: u32, burst: u32 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    Accept,
+    Drop,
+    Goto(String),
+}

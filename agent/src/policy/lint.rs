@@ -1,0 +1,151 @@
+//! Rules that are valid but almost certainly not what was meant: a user rule that can never
+//! match because an earlier rule decides every packet it would, and a deny of every source on
+//! SSH's port with the failsafe switched off. `nodewall check` reports them as warnings.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::model::{Action, CtState, Mode, Origin, Packet, Policy, PortSet, Protocol, Rule, L4};
+
+/// One warning about `policy.rules[rule]`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Finding {
+    pub rule: usize,
+    pub message: String,
+}
+
+pub fn lint(policy: &Policy) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for (j, later) in policy.rules.iter().enumerate() {
+        if later.origin != Origin::User {
+            continue;
+        }
+        if !has_sources(later) {
+            out.push(Finding {
+                rule: j,
+                message: format!(
+                    "rule `{}` can never match: protocol {} is {} only, and none of its sources is",
+                    later.name,
+                    proto_name(later.protocol),
+                    if later.protocol == Protocol::Icmp {
+                        "IPv4"
+                    } else {
+                        "IPv6"
+                    }
+                ),
+            });
+            continue;
+        }
+        if let Some(earlier) = policy.rules[..j].iter().find(|e| covers(e, later)) {
+            out.push(Finding {
+                rule: j,
+                message: format!(
+                    "rule `{}` can never match: the earlier rule `{}` ({}) matches every packet it would",
+                    later.name,
+                    earlier.name,
+                    match earlier.action {
+                        Action::Allow => "allow",
+                        Action::Deny => "deny",
+                    }
+                ),
+            });
+        }
+    }
+    out.extend(ssh_denied_without_failsafe(policy));
+    out
+}
+
+/// With `failsafe: []`, a deny rule that covers every address of a family on tcp/22: a typo
+/// away from locking everybody out, and nothing accepted before it.
+fn ssh_denied_without_failsafe(policy: &Policy) -> Option<Finding> {
+    if policy.mode != Mode::Enforce || policy.rules.iter().any(|r| r.origin == Origin::Failsafe) {
+        return None;
+    }
+    let any_source = [
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+    ];
+    any_source.into_iter().find_map(|src| {
+        let ssh = Packet {
+            src,
+            l4: L4::Tcp {
+                sport: 40000,
+                dport: 22,
+            },
+            ct: CtState::New,
+        };
+        let i = super::evaluate(policy, &ssh).rule?;
+        let rule = &policy.rules[i];
+        let everyone = match src {
+            IpAddr::V4(_) => rule.sources.v4_ranges() == [(0, u32::MAX)],
+            IpAddr::V6(_) => rule.sources.v6_ranges() == [(0, u128::MAX)],
+        };
+        (rule.action == Action::Deny && everyone).then(|| Finding {
+            rule: i,
+            message: format!(
+                "the failsafe is disabled (`failsafe: []`) and rule `{}` drops new SSH connections (tcp/22) from every address: a management network in `failsafe` keeps the node reachable",
+                rule.name
+            ),
+        })
+    })
+}
+
+/// Whether `rule` has a source of a family its protocol exists in.
+fn has_sources(rule: &Rule) -> bool {
+    match rule.protocol {
+        Protocol::Icmp => !rule.sources.v4_ranges().is_empty(),
+        Protocol::Icmpv6 => !rule.sources.v6_ranges().is_empty(),
+        _ => !rule.sources.is_empty(),
+    }
+}
+
+/// Whether every packet `later` matches is matched by `earlier`.
+fn covers(earlier: &Rule, later: &Rule) -> bool {
+    let protocol = match (earlier.protocol, later.protocol) {
+        (Protocol::All, _) => true,
+        (a, b) => a == b && ports_cover(&earlier.ports, &later.ports),
+    };
+    let (v4, v6) = match later.protocol {
+        Protocol::Icmp => (true, false),
+        Protocol::Icmpv6 => (false, true),
+        _ => (true, true),
+    };
+    protocol
+        && (!v4 || ranges_cover(earlier.sources.v4_ranges(), later.sources.v4_ranges()))
+        && (!v6 || ranges_cover(earlier.sources.v6_ranges(), later.sources.v6_ranges()))
+        // An ICMP rule matches IPv4 sources only: it cannot cover another protocol's IPv6 ones.
+        && !(earlier.protocol == Protocol::Icmp && !later.sources.v6_ranges().is_empty() && v6)
+        && !(earlier.protocol == Protocol::Icmpv6 && !later.sources.v4_ranges().is_empty() && v4)
+}
+
+fn ports_cover(earlier: &PortSet, later: &PortSet) -> bool {
+    if earlier.is_any() {
+        return true;
+    }
+    if later.is_any() {
+        return false;
+    }
+    later.ranges().iter().all(|l| {
+        earlier
+            .ranges()
+            .iter()
+            .any(|e| e.start <= l.start && l.end <= e.end)
+    })
+}
+
+/// Whether the sorted, merged ranges `outer` contain every range of `inner`.
+fn ranges_cover<T: Copy + Ord>(outer: &[(T, T)], inner: &[(T, T)]) -> bool {
+    inner.iter().all(|&(s, e)| {
+        let i = outer.partition_point(|&(os, _)| os <= s);
+        i > 0 && e <= outer[i - 1].1
+    })
+}
+
+fn proto_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Icmp => "icmp",
+        Protocol::Icmpv6 => "icmpv6",
+        Protocol::All => "all",
+    }
+}
