@@ -159,7 +159,7 @@ fn explain_batch_answers_one_json_line_per_probe() {
         r#"{"from":"203.0.113.7","protocol":"udp","port":32768}"#,
         r#"{"from":"203.0.113.7","protocol":"udp","port":32769}"#,
         r#"{"from":"2001:db8::1","protocol":"icmpv6","icmp_type":128}"#,
-        r#"{"from":"203.0.113.7","protocol":"tcp","port":443,"state":"established"}"#,
+        r#"{"from":"203.0.113.7","protocol":"tcp","port":443,"tcp_flags":"ack","state":"established"}"#,
     ];
     child
         .stdin

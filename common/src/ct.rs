@@ -179,7 +179,7 @@ pub const IPPROTO_UDPLITE: u8 = 136;
 
 /// A parsed packet as plain scalars: what the XDP program's parser produces, what the rules
 /// and the tracker read, and what the agent's reference tracker builds for the same questions.
-/// The eBPF program hands it by pointer to BPF global functions, which need a plain struct.
+/// The eBPF program keeps it in map memory between the parse and the rest (see `forget` there).
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Pkt {
@@ -413,6 +413,18 @@ impl FlowState {
     }
 }
 
+impl FlowState {
+    /// The flow [`track`] created at time 0, created at `now` instead.
+    #[inline(always)]
+    pub fn started(&self, now: u64) -> FlowState {
+        FlowState {
+            deadline: self.deadline + now,
+            created: self.created + now,
+            bits: self.bits,
+        }
+    }
+}
+
 /// Values of [`FlowState::last`]: conntrack remembers the last segment (`last_index`,
 /// `last_dir`); a closed flow reopens on a SYN only from the side whose RST closed it (or
 /// after FINs), and a SYN it ignored is confirmed by the other side's SYN+ACK.
@@ -573,6 +585,11 @@ pub fn live(e: &FlowState, now: u64) -> bool {
 
 /// The state of a packet of kind `kind` going `dir`, given the entry stored under its flow
 /// key (live or not), and what to write back.
+///
+/// Without an entry, nothing in the answer depends on `now` but the new flow's times, which
+/// are `now` plus constants: a caller may judge with `now = 0` and [`FlowState::started`] the
+/// flow when it stores it. The XDP program does, so that unsolicited packets (most of what it
+/// drops) never read the clock.
 #[inline(always)]
 pub fn track(entry: Option<&FlowState>, kind: Kind, dir: Dir, now: u64, t: &Timeouts) -> Tracked {
     let e = match entry {
@@ -818,6 +835,53 @@ mod tests {
     const ACK: Kind = Kind::Tcp(Seg::Ack);
     const FIN: Kind = Kind::Tcp(Seg::Fin);
     const RST: Kind = Kind::Tcp(Seg::Rst);
+
+    /// What lets the XDP program leave the clock unread for packets without a flow.
+    #[test]
+    fn judging_without_an_entry_does_not_need_the_clock() {
+        let kinds = [
+            Kind::Udp,
+            Kind::Gre,
+            Kind::Other,
+            Kind::IcmpQuery { v6: false },
+            Kind::IcmpQuery { v6: true },
+            Kind::IcmpAnswer { v6: false },
+            Kind::IcmpAnswer { v6: true },
+            Kind::Tcp(Seg::Syn),
+            Kind::Tcp(Seg::SynAck),
+            Kind::Tcp(Seg::Fin),
+            Kind::Tcp(Seg::Ack),
+            Kind::Tcp(Seg::Rst),
+            Kind::Tcp(Seg::Invalid),
+        ];
+        let strict = Timeouts { tcp_loose: 0, ..T };
+        for t in [T, strict] {
+            for &kind in &kinds {
+                for dir in [In, Out] {
+                    for now in [1, 7 * NS + 3, u64::MAX / 4] {
+                        let at_zero = track(None, kind, dir, 0, &t);
+                        let want = track(None, kind, dir, now, &t);
+                        assert_eq!(
+                            (at_zero.ct, at_zero.write),
+                            (want.ct, want.write),
+                            "{kind:?} {dir:?}"
+                        );
+                        assert!(
+                            matches!(want.write, Write::Create | Write::Keep),
+                            "{kind:?} {dir:?}"
+                        );
+                        if want.write == Write::Create {
+                            assert_eq!(
+                                at_zero.next.started(now),
+                                want.next,
+                                "{kind:?} {dir:?} at {now}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn segments_follow_conntracks_flag_table() {

@@ -39,7 +39,8 @@ pub mod map_names {
     pub const FLOW_MARKS: &str = "NW_FLOW_MARKS";
     pub const SOURCES: &str = "NW_SOURCES";
     pub const XDP_SCRATCH: &str = "NW_XDP_SCRATCH";
-    pub const ALL: [&str; 16] = [
+    pub const EGRESS_SCRATCH: &str = "NW_EGRESS_SCRATCH";
+    pub const ALL: [&str; 17] = [
         SWITCH,
         CONFIG,
         SRC4,
@@ -56,6 +57,7 @@ pub mod map_names {
         FLOW_MARKS,
         SOURCES,
         XDP_SCRATCH,
+        EGRESS_SCRATCH,
     ];
 }
 
@@ -363,7 +365,7 @@ impl SlotName {
 /// DCCP have both, ICMP queries carry the identifier in `remote_port` and
 /// [`crate::ct::icmp_query_port`] in `local_port`, other protocols have both 0. IPv4
 /// addresses fill the first 4 bytes. The value is a [`crate::ct::FlowState`].
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct FlowKey {

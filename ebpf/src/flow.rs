@@ -19,8 +19,7 @@
 //! marks below spare unsolicited traffic even that), and an insert per new flow that passes.
 
 use aya_ebpf::{
-    bindings::xdp_md,
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, LruHashMap},
     programs::XdpContext,
@@ -100,6 +99,16 @@ fn quoted_key(f: &Frame, p: &Pkt) -> Option<FlowKey> {
         _ => q.kind = pkt::OTHER,
     }
     ct::quoted_key(&q)
+}
+
+/// The clock flows live by: the coarse monotonic clock, which ticks with jiffies as
+/// conntrack's timeouts do. The fine one reads the clocksource through an indirect call; on
+/// this project's VM (retpolines) it cost ~25 ns more per packet of a flow. Packets without
+/// one read no clock at all unless they pass (see [`conntrack`]).
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: a helper without preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// Where a flow's value is (null: no entry), and whether in `NW_FLOWS_NEW`. No padding and
@@ -215,7 +224,7 @@ fn mark(k: &FlowKey) {
     }
 }
 
-/// What [`nw_conntrack`] decided about an inbound packet.
+/// What [`conntrack`] decided about an inbound packet.
 pub mod step {
     /// On to the rules: a new flow, an untracked message, a related error the implicit
     /// allowance does not cover, or return traffic with the `established` allowance off.
@@ -233,15 +242,22 @@ pub mod step {
 pub struct Opens {
     pub key: FlowKey,
     pub state: FlowState,
+    /// 0, [`Opens::DATED`], or [`Opens::UNDATED`]: `state` created at time 0, to be dated
+    /// when stored.
     pub valid: u64,
 }
 
 impl Opens {
+    pub const DATED: u64 = 1;
+    pub const UNDATED: u64 = 2;
+
     /// Stores the flow, if there is one.
     #[inline(always)]
     pub fn open(&self) {
-        if self.valid != 0 {
-            create(&self.key, &self.state);
+        match self.valid {
+            Opens::DATED => create(&self.key, &self.state),
+            Opens::UNDATED => create(&self.key, &self.state.started(now())),
+            _ => {}
         }
     }
 }
@@ -249,16 +265,9 @@ impl Opens {
 /// Connection tracking of an inbound packet `p` under `cfg`, up to where the rules take over
 /// (the order of `nodewall::policy::evaluate`): ICMPv6 neighbour discovery, `invalid`, return
 /// traffic of live flows, ICMP errors about them. A flow the packet would open is left in
-/// `opens`. A BPF global function: the verifier checks it once whatever way the parser took,
-/// and it has a stack frame of its own (see `nw_xdp`).
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn nw_conntrack(ctx: *mut xdp_md, p: *const Pkt, cfg: *const GenConfig, opens: *mut Opens) -> u32 {
-    // SAFETY: the verifier checked each pointer's size against its type; null is checked here.
-    let (Some(p), Some(cfg), Some(opens)) = (unsafe { p.as_ref() }, unsafe { cfg.as_ref() }, unsafe { opens.as_mut() })
-    else {
-        return step::INVALID;
-    };
+/// `opens`.
+#[inline(always)]
+pub fn conntrack(ctx: &XdpContext, p: &Pkt, cfg: &GenConfig, opens: &mut Opens) -> u32 {
     let flags = cfg.flags;
     let v6 = p.is_v6();
     // Neighbour discovery first: conntrack does not track it, and marks redirects invalid.
@@ -269,15 +278,12 @@ pub extern "C" fn nw_conntrack(ctx: *mut xdp_md, p: *const Pkt, cfg: *const GenC
         Class::Invalid => step::INVALID,
         Class::Untracked => step::RULES,
         Class::Error => {
-            let ctx = XdpContext::new(ctx);
             let f = Frame { start: ctx.data(), end: ctx.data_end() };
             let quoted = match quoted_key(&f, p) {
                 Some(k) => lookup(&k),
                 None => Entry::NONE,
             };
-            // SAFETY: a helper without preconditions.
-            let now = unsafe { bpf_ktime_get_ns() };
-            if !ct::error_is_related(quoted.state(), now) {
+            if quoted.ptr.is_null() || !ct::error_is_related(quoted.state(), now()) {
                 return step::INVALID;
             }
             // conntrack's `related`: accepted if it is one of the errors the implicit allowance
@@ -290,15 +296,17 @@ pub extern "C" fn nw_conntrack(ctx: *mut xdp_md, p: *const Pkt, cfg: *const GenC
         }
         Class::Flow(key, kind) => {
             let found = if may_be_tracked(p) { lookup(&key) } else { Entry::NONE };
-            // SAFETY: a helper without preconditions.
-            let now = unsafe { bpf_ktime_get_ns() };
+            // Without a flow the clock only dates the one this packet may open (see
+            // `ct::track`), and is read when that is stored: not for packets that are dropped.
+            let now = if found.ptr.is_null() { 0 } else { now() };
             let t = ct::track(found.state(), kind, Dir::In, now, &cfg.ct);
             if t.write == Write::Create {
                 // What it replaces (an ended flow, or one closing that a SYN reopens) goes now,
                 // whether or not the new flow is stored: conntrack kills the old connection
                 // before it looks at the new one.
                 remove(&key, found);
-                *opens = Opens { key, state: t.next, valid: 1 };
+                let valid = if now == 0 { Opens::UNDATED } else { Opens::DATED };
+                *opens = Opens { key, state: t.next, valid };
             } else {
                 apply(&key, found, t.write, &t.next);
             }
@@ -311,21 +319,12 @@ pub extern "C" fn nw_conntrack(ctx: *mut xdp_md, p: *const Pkt, cfg: *const GenC
     }
 }
 
-/// Connection tracking of an outbound packet (the TC egress program), a BPF global function
-/// for the reasons given at [`nw_conntrack`].
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn nw_egress_track(p: *const Pkt, cfg: *const GenConfig) -> u32 {
-    // SAFETY: as in `nw_conntrack`.
-    let (Some(p), Some(cfg)) = (unsafe { p.as_ref() }, unsafe { cfg.as_ref() }) else {
-        return 0;
-    };
+/// Connection tracking of an outbound packet (the TC egress program).
+#[inline(always)]
+pub fn egress_track(p: &Pkt, cfg: &GenConfig) {
     if let Class::Flow(key, kind) = ct::classify(p, Dir::Out) {
         let found = lookup(&key);
-        // SAFETY: a helper without preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
-        let t = ct::track(found.state(), kind, Dir::Out, now, &cfg.ct);
+        let t = ct::track(found.state(), kind, Dir::Out, now(), &cfg.ct);
         apply(&key, found, t.write, &t.next);
     }
-    0
 }

@@ -408,8 +408,8 @@ fn ip_pkt(f: &Frame, ip: &Ip) -> Pkt {
     }
 }
 
-/// [`Pkt::l4`], bounded for the verifier (which reads a `Pkt` handed to a global function as
-/// unknown values): the parser never puts the header past [`MAX_L4_OFFSET`], so the mask
+/// [`Pkt::l4`], bounded for the verifier (which reads a `Pkt` back from map memory as unknown
+/// values, see `forget`): the parser never puts the header past [`MAX_L4_OFFSET`], so the mask
 /// changes nothing.
 #[inline(always)]
 pub fn l4_offset(p: &Pkt) -> usize {

@@ -22,20 +22,13 @@ static NW_SOURCES: Array<SrcTables> = Array::with_max_entries(GENERATIONS, BPF_F
 #[map]
 static NW_PORTS: Array<RuleBits> = Array::with_max_entries(PORT_TABLE_ENTRIES, 0);
 
-/// [`nw_rules`]'s answer when no rule matches.
+/// [`first_match`]'s answer when no rule matches.
 pub const NO_RULE: u32 = u32::MAX;
 
 /// The counter slot and action of the first rule of generation `gen` (configured as `cfg`)
-/// that matches `p`, as `action << 16 | slot`, or [`NO_RULE`]. A BPF global function: checked
-/// once by the verifier, with a stack frame of its own (see `nw_xdp`). It returns the rule
-/// rather than its position: a position indexed in the caller lost its bound on the way.
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn nw_rules(p: *const Pkt, cfg: *const GenConfig, gen: u32) -> u32 {
-    // SAFETY: the verifier checked each pointer's size against its type; null is checked here.
-    let (Some(p), Some(cfg)) = (unsafe { p.as_ref() }, unsafe { cfg.as_ref() }) else {
-        return NO_RULE;
-    };
+/// that matches `p`, as `action << 16 | slot`, or [`NO_RULE`].
+#[inline(always)]
+pub fn first_match(p: &Pkt, cfg: &GenConfig, gen: u32) -> u32 {
     let gen = gen & 1;
     let by_l4 = match p.kind {
         pkt::TCP => NW_PORTS.get(port_index(gen, PORT_PROTO_TCP, p.dport)),

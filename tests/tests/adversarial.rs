@@ -384,7 +384,7 @@ fn prepare(topo: &Topology) -> anyhow::Result<[u8; 6]> {
         .split(':')
         .map(|x| u8::from_str_radix(x, 16))
         .collect::<Result<_, _>>()?;
-    Ok(b.try_into().map_err(|_| anyhow::anyhow!("bad MAC {mac}"))?)
+    b.try_into().map_err(|_| anyhow::anyhow!("bad MAC {mac}"))
 }
 
 fn send_all(wire: &Injector, cases: &Cases) -> anyhow::Result<()> {

@@ -440,7 +440,7 @@ pub fn install_with(dp: &mut Datapath, pol: &Policy, ct: Timeouts) {
     dp.install_image(img).expect("installing the policy");
 }
 
-/// The monotonic clock the eBPF program reads (`bpf_ktime_get_ns`).
+/// The monotonic clock; the eBPF program reads its coarse form, up to a tick behind.
 pub fn now_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

@@ -72,6 +72,9 @@ pub struct Writes {
     pub removed: usize,
 }
 
+/// One entry of the flow tables.
+pub type Flow = (FlowKey, FlowState);
+
 pub struct Maps {
     pub switch: Array<MapData, Switch>,
     pub config: Array<MapData, GenConfig>,
@@ -182,7 +185,7 @@ impl Maps {
     }
 
     /// Flows in both tables (live or not yet evicted), assured first.
-    pub fn flows(&self) -> Result<(Vec<(FlowKey, FlowState)>, Vec<(FlowKey, FlowState)>)> {
+    pub fn flows(&self) -> Result<(Vec<Flow>, Vec<Flow>)> {
         let read = |m: &HashMap<MapData, FlowKey, FlowState>| -> Result<Vec<_>> {
             Ok(m.iter().collect::<Result<_, _>>()?)
         };
