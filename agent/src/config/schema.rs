@@ -7,6 +7,7 @@
 
 use serde_json::{json, Value};
 
+use super::api_sources::ADDRESS_TYPES;
 use super::document::{BACKENDS, IMPLICIT_KEYS, MODES};
 use super::rules::{ACTIONS, PROTOCOLS};
 use crate::profiles;
@@ -17,6 +18,8 @@ const NAME_PATTERN: &str = "^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$";
 const PORT_PATTERN: &str = "^[0-9]{1,5}(-[0-9]{1,5})?$";
 /// Address characters with an optional prefix length; the parser checks the value itself.
 const CIDR_PATTERN: &str = "^[0-9a-fA-F:.]+(/[0-9]{1,3})?$";
+/// Node names (DNS subdomains); the parser also checks each label's ends.
+const DNS_SUBDOMAIN_PATTERN: &str = "^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$";
 /// Linux interface names: 1-15 characters without '/', ':' or whitespace.
 const INTERFACE_PATTERN: &str = "^[^/:\\s]{1,15}$";
 
@@ -61,13 +64,23 @@ pub fn json_schema() -> Value {
                 "enum": profiles
             },
             "networks": {
-                "description": "Named address lists, referred to by name in `from`.",
+                "description": "Named address lists, referred to by name in `from`: CIDRs, and entries read from the Kubernetes API.",
                 "type": "object",
                 "propertyNames": { "pattern": NAME_PATTERN },
                 "additionalProperties": {
                     "type": "array",
                     "minItems": 1,
-                    "items": { "$ref": "#/$defs/cidr" }
+                    "items": { "oneOf": [{ "$ref": "#/$defs/cidr" }, { "$ref": "#/$defs/apiSource" }] }
+                }
+            },
+            "kubernetes": {
+                "description": "How the agent reaches the Kubernetes API (for networks with API entries) and whether it writes its node's NodewallNodeStatus object.",
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "kubeconfig": { "description": "Kubeconfig file. Default: the in-cluster service account, else $KUBECONFIG or ~/.kube/config.", "type": "string", "minLength": 1 },
+                    "node-name": { "description": "This node's Node name. Default: $NODE_NAME, else the host name.", "type": "string", "pattern": DNS_SUBDOMAIN_PATTERN, "maxLength": 253 },
+                    "status": { "description": "Write this node's NodewallNodeStatus object.", "type": "boolean", "default": true }
                 }
             },
             "rules": {
@@ -92,6 +105,39 @@ pub fn json_schema() -> Value {
                 "description": "IPv4 or IPv6 prefix with host bits clear, or a bare address (/32 or /128).",
                 "type": "string",
                 "pattern": CIDR_PATTERN
+            },
+            "apiSource": {
+                "description": "Addresses read from the Kubernetes API and kept current: `nodes` (Node addresses, by label selector and address type), `pod-cidrs` (Nodes' spec.podCIDRs), `api-server` (the default/kubernetes EndpointSlices).",
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": 1,
+                "additionalProperties": false,
+                "properties": {
+                    "nodes": {
+                        "type": ["object", "null"],
+                        "additionalProperties": false,
+                        "properties": {
+                            "selector": { "$ref": "#/$defs/selector" },
+                            "addresses": {
+                                "description": "Node address types to take. Default: [InternalIP].",
+                                "type": "array",
+                                "minItems": 1,
+                                "uniqueItems": true,
+                                "items": { "enum": names(ADDRESS_TYPES) }
+                            }
+                        }
+                    },
+                    "pod-cidrs": {
+                        "type": ["object", "null"],
+                        "additionalProperties": false,
+                        "properties": { "selector": { "$ref": "#/$defs/selector" } }
+                    },
+                    "api-server": { "type": ["object", "null"], "additionalProperties": false }
+                }
+            },
+            "selector": {
+                "description": "A label selector as `kubectl -l` takes it, e.g. `node-role.kubernetes.io/control-plane` or `zone in (a,b),!spot`. Default: every Node.",
+                "type": "string"
             },
             "source": {
                 "description": "A CIDR, a bare address, or the name of a `networks` entry.",

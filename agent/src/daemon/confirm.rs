@@ -76,6 +76,9 @@ pub fn rollback(pending: &Pending, open: OpenByName, parser: &Parser) -> anyhow:
     };
     let desired = parser(&previous.config, Path::new(&previous.config_path))
         .map_err(|e| anyhow::anyhow!("the previous config no longer parses: {e}"))?;
+    if let Some(missing) = desired.missing().first() {
+        anyhow::bail!("the previous config cannot be compiled offline: {missing}");
+    }
     let mut policy = desired.policy;
     policy.interfaces = interfaces::resolve(&policy.interfaces)?;
     let report = if previous.backend == pending.new.backend {
