@@ -9,6 +9,7 @@
 //! generic mode.
 
 pub mod installed;
+pub mod kube;
 pub mod netns;
 pub mod nodewall;
 pub mod packet;

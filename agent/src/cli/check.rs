@@ -12,37 +12,52 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.json {
-        return match nodewall::config::load(&args.config.config) {
-            Err(errs) => {
-                output::print_json(&errs)?;
-                Ok(ExitCode::from(super::EXIT_INVALID))
-            }
-            Ok(config) => match nodewall::policy::compile(&config) {
-                Ok(policy) => {
-                    output::print_json(
-                        &serde_json::json!({ "valid": true, "rules": policy.rules.len() }),
-                    )?;
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    output::print_json(
-                        &serde_json::json!({ "valid": false, "error": e.to_string() }),
-                    )?;
-                    Ok(ExitCode::from(super::EXIT_INVALID))
-                }
-            },
-        };
-    }
-    match output::load_policy(&args.config) {
-        Ok((_, policy)) => {
+    let loaded = if args.json {
+        nodewall::config::load(&args.config.config)
+            .map_err(|errs| output::print_json(&errs).map(|()| ExitCode::from(super::EXIT_INVALID)))
+    } else {
+        output::load_config(&args.config).map_err(Ok)
+    };
+    let config = match loaded {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    // Entries read from the Kubernetes API resolve when the agent runs; here they add nothing.
+    let discovered: Vec<&String> = config.discovered.keys().collect();
+    let offline = nodewall::discovery::resolve(&config, &Default::default()).config;
+    match nodewall::policy::compile(&offline) {
+        Ok(policy) if args.json => {
+            output::print_json(&serde_json::json!({
+                "valid": true,
+                "rules": policy.rules.len(),
+                "discovered_networks": discovered,
+            }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(policy) => {
+            let api = if discovered.is_empty() {
+                String::new()
+            } else {
+                let names: Vec<&str> = discovered.iter().map(|s| s.as_str()).collect();
+                format!(
+                    "; read from the Kubernetes API when the agent runs: networks {}",
+                    names.join(", ")
+                )
+            };
             println!(
-                "{}: valid ({} rules)",
+                "{}: valid ({} rules{api})",
                 args.config.config.display(),
                 policy.rules.len()
             );
             Ok(ExitCode::SUCCESS)
         }
-        Err(code) => Ok(code),
+        Err(e) if args.json => {
+            output::print_json(&serde_json::json!({ "valid": false, "error": e.to_string() }))?;
+            Ok(ExitCode::from(super::EXIT_INVALID))
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", args.config.config.display());
+            Ok(ExitCode::from(super::EXIT_INVALID))
+        }
     }
 }

@@ -4,6 +4,7 @@
 mod apply;
 mod check;
 mod confirm;
+mod discovered;
 mod explain;
 mod output;
 mod profiles;

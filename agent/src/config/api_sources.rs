@@ -130,6 +130,9 @@ pub fn item(ctx: &mut Ctx, node: &Node, path: &str) -> Option<ApiItem> {
     let f = ctx.map(node, path, Some(SOURCE_KEYS))?;
     let mut entries = f.iter();
     let Some((kind, _, options)) = entries.next() else {
+        if !matches!(&node.kind, Kind::Map(m) if m.is_empty()) {
+            return None; // its keys were reported
+        }
         ctx.error(path, node.pos, format!("empty mapping; a network entry is a CIDR or one of {{nodes: {{}}}}, {{pod-cidrs: {{}}}}, {{api-server: {{}}}}"));
         return None;
     };

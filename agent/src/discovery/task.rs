@@ -36,6 +36,8 @@ struct Held<K: kube::Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
     listed: bool,
     synced: bool,
+    /// Whether the current run of failures was logged.
+    warned: bool,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -101,26 +103,42 @@ impl Task {
 
     fn on_signal(&self, st: &mut State, signal: Signal) {
         let m = &self.metrics.discovery;
-        match signal {
-            Signal::Synced(resource) => {
-                if let Some(was) = set_sync(st, resource, true) {
-                    if !was {
-                        tracing::info!(resource, "in sync with the Kubernetes API");
-                    }
+        let (resource, synced, error) = match signal {
+            Signal::Changed(_) => return mark(st),
+            Signal::Synced(resource) => (resource, true, None),
+            Signal::Failed(resource, error) => (resource, false, Some(error)),
+        };
+        let held = match resource {
+            NODES => st
+                .nodes
+                .as_mut()
+                .map(|h| (&mut h.listed, &mut h.synced, &mut h.warned)),
+            _ => st
+                .slices
+                .as_mut()
+                .map(|h| (&mut h.listed, &mut h.synced, &mut h.warned)),
+        };
+        let Some((listed, was, warned)) = held else {
+            return;
+        };
+        m.synced(resource, synced);
+        match error {
+            None => {
+                if *warned {
+                    tracing::info!(resource, "in sync with the Kubernetes API again");
                 }
-                m.synced(resource, true);
+                (*listed, *was, *warned) = (true, true, false);
                 m.confirmed(resource, now_unix_f64());
                 mark(st);
             }
-            Signal::Changed(_) => mark(st),
-            Signal::Failed(resource, error) => {
+            Some(error) => {
                 m.failed(resource);
-                m.synced(resource, false);
-                if set_sync(st, resource, false) == Some(true) {
-                    tracing::warn!(resource, error = %error, "lost the Kubernetes API; keeping the last sets discovered");
+                if !*warned {
+                    tracing::warn!(resource, error = %error, "cannot read the Kubernetes API; keeping the last sets discovered (retrying)");
                 } else {
                     tracing::debug!(resource, error = %error, "Kubernetes API still failing");
                 }
+                (*was, *warned) = (false, true);
             }
         }
     }
@@ -272,18 +290,9 @@ where
         store,
         listed: false,
         synced: false,
+        warned: false,
         task,
     }
-}
-
-/// Records the sync state of `resource`; returns the previous one.
-fn set_sync(st: &mut State, resource: &str, synced: bool) -> Option<bool> {
-    let (listed, was) = match resource {
-        NODES => st.nodes.as_mut().map(|h| (&mut h.listed, &mut h.synced))?,
-        _ => st.slices.as_mut().map(|h| (&mut h.listed, &mut h.synced))?,
-    };
-    *listed |= synced;
-    Some(std::mem::replace(was, synced))
 }
 
 fn mark(st: &mut State) {
