@@ -133,7 +133,7 @@ pub fn item(ctx: &mut Ctx, node: &Node, path: &str) -> Option<ApiItem> {
         if !matches!(&node.kind, Kind::Map(m) if m.is_empty()) {
             return None; // its keys were reported
         }
-        ctx.error(path, node.pos, format!("empty mapping; a network entry is a CIDR or one of {{nodes: {{}}}}, {{pod-cidrs: {{}}}}, {{api-server: {{}}}}"));
+        ctx.error(path, node.pos, "empty mapping; a network entry is a CIDR or one of {nodes: {}}, {pod-cidrs: {}}, {api-server: {}}");
         return None;
     };
     if let Some((second, pos, _)) = entries.next() {
