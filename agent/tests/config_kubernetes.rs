@@ -1,31 +1,7 @@
 //! Network entries read from the Kubernetes API and the `kubernetes` section: what they parse
-//! to, where their mistakes are reported, and that the JSON Schema agrees.
+//! to, and that the JSON Schema agrees (their mistakes: `config_invalid.rs`).
 
-use nodewall::config::{self, AddressType, ApiSource, ConfigError, Kubernetes};
-
-fn errors(text: &str) -> Vec<ConfigError> {
-    match config::parse(text, "k.yaml") {
-        Ok(c) => panic!("expected errors, parsed {c:#?}"),
-        Err(e) => e.errors,
-    }
-}
-
-#[track_caller]
-fn one(text: &str, path: &str, line: usize, column: usize, needle: &str) {
-    let errs = errors(text);
-    assert_eq!(errs.len(), 1, "expected one error, got {errs:#?}");
-    let e = &errs[0];
-    assert_eq!(
-        (e.path.as_str(), e.line, e.column),
-        (path, line, column),
-        "{e:?}"
-    );
-    assert!(
-        e.message.contains(needle),
-        "{:?} lacks {needle:?}",
-        e.message
-    );
-}
+use nodewall::config::{self, AddressType, ApiSource, Kubernetes};
 
 #[test]
 fn entries_mix_with_cidrs_and_default_sensibly() {
@@ -82,115 +58,6 @@ fn the_kubernetes_section() {
     assert!(c.uses_api() && !c.writes_status());
     let plain = config::parse("networks: {a: [10.0.0.0/8]}\n", "k.yaml").unwrap();
     assert!(!plain.uses_api() && !plain.writes_status());
-}
-
-#[test]
-fn mistakes_are_located() {
-    one(
-        "networks:\n  a: [{nodes: {selector: \"a b\"}}]\n",
-        "networks.a[0].nodes.selector",
-        2,
-        26,
-        "not a requirement",
-    );
-    one(
-        "networks:\n  a: [{nodez: {}}]\n",
-        "networks.a[0].nodez",
-        2,
-        8,
-        "did you mean `nodes`",
-    );
-    one(
-        "networks:\n  a: [{}]\n",
-        "networks.a[0]",
-        2,
-        7,
-        "empty mapping",
-    );
-    one(
-        "networks:\n  a: [{nodes: {}, api-server: {}}]\n",
-        "networks.a[0].api-server",
-        2,
-        19,
-        "one source per entry",
-    );
-    one(
-        "networks:\n  a: [{nodes: {addresses: [Hostname]}}]\n",
-        "networks.a[0].nodes.addresses[0]",
-        2,
-        28,
-        "names, not IP addresses",
-    );
-    one(
-        "networks:\n  a: [{nodes: {addresses: [InternalIP, InternalIP]}}]\n",
-        "networks.a[0].nodes.addresses",
-        2,
-        27,
-        "listed twice",
-    );
-    one(
-        "networks:\n  a: [{nodes: {addresses: []}}]\n",
-        "networks.a[0].nodes.addresses",
-        2,
-        27,
-        "empty list",
-    );
-    one(
-        "networks:\n  a: [{nodes: {labels: x}}]\n",
-        "networks.a[0].nodes.labels",
-        2,
-        16,
-        "valid keys: selector, addresses",
-    );
-    one(
-        "networks:\n  a: [{api-server: {x: 1}}]\n",
-        "networks.a[0].api-server",
-        2,
-        21,
-        "takes no options",
-    );
-    one(
-        "networks:\n  a: [{pod-cidrs: []}]\n",
-        "networks.a[0].pod-cidrs",
-        2,
-        19,
-        "expected a mapping",
-    );
-    one(
-        "kubernetes: {node-name: Node_1}\n",
-        "kubernetes.node-name",
-        1,
-        25,
-        "not a Node name",
-    );
-    one(
-        "kubernetes: {kubeconfig: \"\"}\n",
-        "kubernetes.kubeconfig",
-        1,
-        26,
-        "empty path",
-    );
-    one(
-        "kubernetes: {status: yes}\n",
-        "kubernetes.status",
-        1,
-        22,
-        "true or false",
-    );
-    one(
-        "kubernetes: {nodename: a}\n",
-        "kubernetes.nodename",
-        1,
-        14,
-        "did you mean `node-name`",
-    );
-    one(
-        "networks:\n  a: []\n",
-        "networks.a",
-        2,
-        6,
-        "list at least one CIDR or API source",
-    );
 }
 
 #[test]

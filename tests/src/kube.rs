@@ -7,11 +7,9 @@
 //! with every object as ADDED), and needs each object to carry `metadata.resourceVersion`: the
 //! helpers here set one.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
@@ -99,24 +97,10 @@ impl Emulator {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<(u16, Value)> {
-        let addr = ADDR.parse()?;
-        let connect = || TcpStream::connect_timeout(&addr, Duration::from_secs(2));
-        let mut stream = crate::netns::enter(&self.ns, connect)??;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let head = format!("{method} {path} HTTP/1.0\r\nContent-Type: application/json");
         let body = body.map(Value::to_string).unwrap_or_default();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.0\r\nHost: {ADDR}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )?;
-        let mut out = String::new();
-        stream.read_to_string(&mut out)?;
-        let code = out
-            .get(9..12)
-            .and_then(|c| c.parse().ok())
-            .with_context(|| format!("bad HTTP answer: {out:?}"))?;
-        let text = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-        Ok((code, serde_json::from_str(text).unwrap_or(Value::Null)))
+        let (code, text) = crate::http::request(&self.ns, ADDR, &head, &body)?;
+        Ok((code, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
     /// Adds a Node with an InternalIP, and podCIDRs if given.

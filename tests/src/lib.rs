@@ -8,6 +8,7 @@
 //! [`Backend::ALL`] through [`backend_tests!`]: nftables, XDP in native mode and XDP in
 //! generic mode.
 
+pub mod http;
 pub mod installed;
 pub mod kube;
 pub mod netns;

@@ -98,6 +98,16 @@ fn cluster(backend: Backend, what: &str) -> anyhow::Result<Option<Cluster>> {
     }))
 }
 
+/// A cluster with n2 in it, and an agent started on it.
+fn started_with_n2(backend: Backend, what: &str) -> anyhow::Result<Option<(Cluster, Agent)>> {
+    let Some(mut c) = cluster(backend, what)? else {
+        return Ok(None);
+    };
+    join_n2(&mut c.api)?;
+    let agent = Agent::start(&c.topo.node, backend, &c.config, &c.dir, &[])?;
+    Ok(Some((c, agent)))
+}
+
 fn config_text(backend: Backend, kubeconfig: &Path) -> String {
     config(backend, "enforce", kubeconfig)
 }
@@ -170,11 +180,9 @@ fn nodes_join_and_leave(backend: Backend) -> anyhow::Result<()> {
 }
 
 fn api_down_then_back(backend: Backend) -> anyhow::Result<()> {
-    let Some(mut c) = cluster(backend, "kube-down")? else {
+    let Some((c, agent)) = started_with_n2(backend, "kube-down")? else {
         return Ok(());
     };
-    join_n2(&mut c.api)?;
-    let agent = Agent::start(&c.topo.node, backend, &c.config, &c.dir, &[])?;
     let member = &c.topo.cluster.ns;
     ensure!(reaches(member), "n2 admitted");
     ensure!(agent.metric(SYNCED) == Some(1.0), "in sync");
@@ -212,11 +220,9 @@ fn api_down_then_back(backend: Backend) -> anyhow::Result<()> {
 }
 
 fn restart_with_the_api_down(backend: Backend) -> anyhow::Result<()> {
-    let Some(mut c) = cluster(backend, "kube-restart")? else {
+    let Some((c, mut agent)) = started_with_n2(backend, "kube-restart")? else {
         return Ok(());
     };
-    join_n2(&mut c.api)?;
-    let mut agent = Agent::start(&c.topo.node, backend, &c.config, &c.dir, &[])?;
     ensure!(reaches(&c.topo.cluster.ns), "n2 admitted");
     agent.stop_with(libc::SIGTERM)?;
     drop(c.api);
@@ -264,11 +270,9 @@ fn first_start_with_the_api_down(backend: Backend) -> anyhow::Result<()> {
 }
 
 fn status_object_written_and_updated(backend: Backend) -> anyhow::Result<()> {
-    let Some(mut c) = cluster(backend, "kube-status")? else {
+    let Some((c, agent)) = started_with_n2(backend, "kube-status")? else {
         return Ok(());
     };
-    join_n2(&mut c.api)?;
-    let agent = Agent::start(&c.topo.node, backend, &c.config, &c.dir, &[])?;
     let read = |api: &Emulator| -> Option<Value> { api.get(STATUS).ok().flatten() };
     let mut obj = Value::Null;
     ensure!(

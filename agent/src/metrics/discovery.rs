@@ -27,6 +27,14 @@ struct ResultLabels {
     result: String,
 }
 
+const HELP: [&str; 5] = [
+    "1 while the agent is in sync with the Kubernetes API for this resource (a list completed and its watch has had no error since), else 0",
+    "Unix time the discovered sets of this resource were last known current (now, while in sync)",
+    "Failed lists and watches of this resource (each is retried after a backoff)",
+    "Addresses (CIDRs) in each network of the applied policy, by where they come from: cidrs (written out), nodes, pod-cidrs, api-server",
+    "Writes of the node's NodewallNodeStatus object, by result (ok, failed)",
+];
+
 #[derive(Default)]
 pub struct DiscoveryMetrics {
     synced: Family<ResourceLabels, Gauge>,
@@ -37,32 +45,16 @@ pub struct DiscoveryMetrics {
 }
 
 impl DiscoveryMetrics {
-    pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "discovery_synced",
-            "1 while the agent is in sync with the Kubernetes API for this resource (a list completed and its watch has had no error since), else 0",
-            self.synced.clone(),
-        );
-        registry.register(
+    pub fn register(&self, r: &mut Registry) {
+        r.register("discovery_synced", HELP[0], self.synced.clone());
+        r.register(
             "discovery_last_sync_timestamp_seconds",
-            "Unix time the discovered sets of this resource were last known current (now, while in sync)",
+            HELP[1],
             self.last_sync.clone(),
         );
-        registry.register(
-            "discovery_errors",
-            "Failed lists and watches of this resource (each is retried after a backoff)",
-            self.errors.clone(),
-        );
-        registry.register(
-            "network_addresses",
-            "Addresses (CIDRs) in each network of the applied policy, by where they come from: cidrs (written out), nodes, pod-cidrs, api-server",
-            self.addresses.clone(),
-        );
-        registry.register(
-            "status_writes",
-            "Writes of the node's NodewallNodeStatus object, by result (ok, failed)",
-            self.status_writes.clone(),
-        );
+        r.register("discovery_errors", HELP[2], self.errors.clone());
+        r.register("network_addresses", HELP[3], self.addresses.clone());
+        r.register("status_writes", HELP[4], self.status_writes.clone());
     }
 
     pub fn synced(&self, resource: &str, synced: bool) {
