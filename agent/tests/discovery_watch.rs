@@ -50,6 +50,15 @@ fn status(code: u16, reason: &str) -> serde_json::Value {
     json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "message": reason, "reason": reason, "code": code})
 }
 
+/// The next signal; `None` if none comes within five (virtual) minutes, so that a watch that
+/// stopped retrying fails the test instead of hanging it.
+async fn signal(signals: &mut mpsc::UnboundedReceiver<Signal>) -> Option<Signal> {
+    tokio::time::timeout(Duration::from_secs(300), signals.recv())
+        .await
+        .ok()
+        .flatten()
+}
+
 fn names(store: &Store<Node>) -> Vec<String> {
     let mut n: Vec<String> = store
         .state()
@@ -76,7 +85,7 @@ async fn errors_are_reported_retried_and_keep_the_store() {
     ));
 
     list(&mut mock, &["a"]).await;
-    assert_eq!(signals.recv().await, Some(Signal::Synced("nodes")));
+    assert_eq!(signal(&mut signals).await, Some(Signal::Synced("nodes")));
     assert_eq!(names(&store), ["a"]);
 
     // The watch says 410 Gone (the server's history no longer reaches our resourceVersion).
@@ -84,7 +93,7 @@ async fn errors_are_reported_retried_and_keep_the_store() {
     assert!(watch);
     let gone = json!({"type": "ERROR", "object": status(410, "Expired")});
     respond(send, 200, format!("{gone}\n"));
-    let Some(Signal::Failed("nodes", e)) = signals.recv().await else {
+    let Some(Signal::Failed("nodes", e)) = signal(&mut signals).await else {
         panic!("a failure")
     };
     assert!(e.contains("410") || e.contains("Expired"), "{e}");
@@ -92,14 +101,14 @@ async fn errors_are_reported_retried_and_keep_the_store() {
 
     // After a backoff it lists again, and the store becomes what the API now holds.
     list(&mut mock, &["b", "c"]).await;
-    assert_eq!(signals.recv().await, Some(Signal::Synced("nodes")));
+    assert_eq!(signal(&mut signals).await, Some(Signal::Synced("nodes")));
     assert_eq!(names(&store), ["b", "c"]);
 
     // The watch is forbidden (RBAC taken away): reported, store kept.
     let (watch, send) = next(&mut mock).await;
     assert!(watch);
     respond(send, 403, status(403, "Forbidden").to_string());
-    let Some(Signal::Failed(_, e)) = signals.recv().await else {
+    let Some(Signal::Failed(_, e)) = signal(&mut signals).await else {
         panic!("a failure")
     };
     assert!(e.contains("403") || e.contains("Forbidden"), "{e}");
@@ -108,11 +117,14 @@ async fn errors_are_reported_retried_and_keep_the_store() {
     // A list that is forbidden, then one that never answers: both reported, store kept.
     let (_, send) = next(&mut mock).await;
     respond(send, 403, status(403, "Forbidden").to_string());
-    assert!(matches!(signals.recv().await, Some(Signal::Failed(..))));
+    assert!(matches!(
+        signal(&mut signals).await,
+        Some(Signal::Failed(..))
+    ));
     let (watch, hung) = next(&mut mock).await;
     assert!(!watch);
     let started = tokio::time::Instant::now();
-    let Some(Signal::Failed(_, e)) = signals.recv().await else {
+    let Some(Signal::Failed(_, e)) = signal(&mut signals).await else {
         panic!("a failure")
     };
     assert!(e.contains("list not complete"), "{e}");
@@ -125,6 +137,6 @@ async fn errors_are_reported_retried_and_keep_the_store() {
 
     // And once the API answers again, in sync again.
     list(&mut mock, &["c"]).await;
-    assert_eq!(signals.recv().await, Some(Signal::Synced("nodes")));
+    assert_eq!(signal(&mut signals).await, Some(Signal::Synced("nodes")));
     assert_eq!(names(&store), ["c"]);
 }
