@@ -1,14 +1,16 @@
 //! nodewall: a node-local firewall that enforces cloud security-group baselines.
 //!
 //! The modules follow the flow of data:
-//! `config` (YAML, validated) -> `profiles` (built-in baselines) -> `policy` (one normalised,
-//! backend-neutral model, and its evaluator) -> `backend::{nft, xdp}` (kernel) -> `metrics`
-//! (counters read back from the kernel).
+//! `config` (YAML, validated) -> `discovery` (networks read from the Kubernetes API) ->
+//! `profiles` (built-in baselines) -> `policy` (one normalised, backend-neutral model, and its
+//! evaluator) -> `backend::{nft, xdp}` (kernel) -> `metrics` (counters read back from the
+//! kernel).
 
 pub mod apply;
 pub mod backend;
 pub mod config;
 pub mod daemon;
+pub mod discovery;
 pub mod fnv;
 pub mod metrics;
 pub mod policy;

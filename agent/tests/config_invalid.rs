@@ -668,3 +668,112 @@ fn mistakes_in_long_cidr_lists() {
     );
     check(&errs[1], "rules[0].from[30]", 6, column(30), "from 0 to 32");
 }
+
+#[test]
+fn kubernetes_api_entries_and_section() {
+    one(
+        "networks:\n  a: [{nodes: {selector: \"a b\"}}]\n",
+        "networks.a[0].nodes.selector",
+        2,
+        26,
+        "not a requirement",
+    );
+    one(
+        "networks:\n  a: [{nodez: {}}]\n",
+        "networks.a[0].nodez",
+        2,
+        8,
+        "did you mean `nodes`",
+    );
+    one(
+        "networks:\n  a: [{}]\n",
+        "networks.a[0]",
+        2,
+        7,
+        "empty mapping",
+    );
+    one(
+        "networks:\n  a: [{nodes: {}, api-server: {}}]\n",
+        "networks.a[0].api-server",
+        2,
+        19,
+        "one source per entry",
+    );
+    one(
+        "networks:\n  a: [{nodes: {addresses: [Hostname]}}]\n",
+        "networks.a[0].nodes.addresses[0]",
+        2,
+        28,
+        "names, not IP addresses",
+    );
+    one(
+        "networks:\n  a: [{nodes: {addresses: [InternalIP, InternalIP]}}]\n",
+        "networks.a[0].nodes.addresses",
+        2,
+        27,
+        "listed twice",
+    );
+    one(
+        "networks:\n  a: [{nodes: {addresses: []}}]\n",
+        "networks.a[0].nodes.addresses",
+        2,
+        27,
+        "empty list",
+    );
+    one(
+        "networks:\n  a: [{nodes: {labels: x}}]\n",
+        "networks.a[0].nodes.labels",
+        2,
+        16,
+        "valid keys: selector, addresses",
+    );
+    one(
+        "networks:\n  a: [{api-server: {x: 1}}]\n",
+        "networks.a[0].api-server",
+        2,
+        21,
+        "takes no options",
+    );
+    one(
+        "networks:\n  a: [{pod-cidrs: []}]\n",
+        "networks.a[0].pod-cidrs",
+        2,
+        19,
+        "expected a mapping",
+    );
+    one(
+        "kubernetes: {node-name: Node_1}\n",
+        "kubernetes.node-name",
+        1,
+        25,
+        "not a Node name",
+    );
+    one(
+        "kubernetes: {kubeconfig: \"\"}\n",
+        "kubernetes.kubeconfig",
+        1,
+        26,
+        "empty path",
+    );
+    one(
+        "kubernetes: {status: yes}\n",
+        "kubernetes.status",
+        1,
+        22,
+        "true or false",
+    );
+    one(
+        "kubernetes: {nodename: a}\n",
+        "kubernetes.nodename",
+        1,
+        14,
+        "did you mean `node-name`",
+    );
+    one(
+        "networks:\n  a: []\n",
+        "networks.a",
+        2,
+        6,
+        "list at least one CIDR or API source",
+    );
+}

@@ -53,6 +53,8 @@ fn config(profile: &str, mode: Mode) -> Config {
         interfaces: vec!["eth0".into(), "ens5".into()],
         profile: Some(profile.into()),
         networks,
+        discovered: Default::default(),
+        kubernetes: None,
         rules: vec![
             RuleConfig {
                 name: "deny-scanner".into(),

@@ -186,6 +186,8 @@ fn config(profile: &str) -> Config {
         interfaces: vec![],
         profile: Some(profile.into()),
         networks: networks(),
+        discovered: Default::default(),
+        kubernetes: None,
         rules: vec![],
         // No failsafe: only the seed table decides (tcp/22 is tested separately).
         failsafe: vec![],

@@ -41,7 +41,7 @@ fn big_policy() -> (nodewall::policy::Policy, Vec<(&'static str, Vec<u8>)>) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(64);
     let mut nets: Vec<IpNet> = Vec::new();
     while nets.len() < 10_000 {
-        let net = if nets.len() % 2 == 0 {
+        let net = if nets.len().is_multiple_of(2) {
             IpNet::V4(
                 Ipv4Net::new(Ipv4Addr::from(rng.gen::<u32>()), rng.gen_range(12..=32))
                     .unwrap()

@@ -134,6 +134,12 @@ def test_validation_catches_mistakes(renders):
     ds = yaml.safe_load(yaml.safe_dump(one(renders["eks"], "DaemonSet")))
     ds["spec"]["template"]["spec"]["hostNetwrok"] = True
     assert any("hostNetwrok" in e for e in validate_all([ds], "1.37.0"))
+    role = yaml.safe_load(yaml.safe_dump(one(renders["eks"], "ClusterRole")))
+    role["rules"][0]["verbz"] = ["get"]
+    assert any("verbz" in e for e in validate_all([role], "1.37.0"))
+    crd = yaml.safe_load(yaml.safe_dump(one(renders["eks"], "CustomResourceDefinition")))
+    crd["spec"]["scope"] = 7
+    assert validate_all([crd], "1.37.0")
     monitor = yaml.safe_load(yaml.safe_dump(one(renders["monitoring"], "PodMonitor")))
     monitor["spec"]["podMetricsEndpoints"][0]["intervall"] = "30s"
     assert crd_errors(monitor) == ["spec.podMetricsEndpoints[0].intervall: unknown field"]
@@ -154,7 +160,8 @@ def test_daemonset_runs_the_agent_on_every_node(renders, name):
     assert pod["hostNetwork"] is True
     assert pod["priorityClassName"] == "system-node-critical"
     assert {"operator": "Exists"} in pod["tolerations"], "must tolerate every taint"
-    assert pod["automountServiceAccountToken"] is False
+    # The token reaches the API for discovered networks and the node's status object.
+    assert pod["automountServiceAccountToken"] is True
     rolling = spec["updateStrategy"]["rollingUpdate"]
     assert spec["updateStrategy"]["type"] == "RollingUpdate"
     assert (rolling["maxUnavailable"], rolling["maxSurge"]) == (1, 0)
@@ -221,8 +228,13 @@ def test_overlay_sets_profile_and_networks_to_fill(renders, name):
     profile = OVERLAY_PROFILES[name]
     assert config["profile"] == profile
     assert set(config["networks"]) == PROFILE_NETWORKS[profile]
-    for net, cidrs in config["networks"].items():
-        assert cidrs and all(PLACEHOLDER.fullmatch(c) for c in cidrs), f"networks.{net} must be a FILL-ME placeholder"
+    for net, entries in config["networks"].items():
+        discovered = [e for e in entries if isinstance(e, dict)]
+        literal = [e for e in entries if not isinstance(e, dict)]
+        assert entries and (discovered or literal), f"networks.{net} is empty"
+        assert all(PLACEHOLDER.fullmatch(c) for c in literal), (
+            f"networks.{net}: literal entries must be FILL-ME placeholders, the rest discovered"
+        )
     kustomization = (K8S / "overlays" / name / "kustomization.yaml").read_text()
     for net in config["networks"]:
         assert re.search(rf"^#\s+networks\.{re.escape(net)}\s+\S", kustomization, re.M), (
@@ -235,8 +247,10 @@ def test_tke_node_and_master_can_share_a_cluster(renders):
     node, master = renders["tke-node"], renders["tke-master"]
     keys = lambda docs: {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d for d in docs}
     shared = keys(node).keys() & keys(master).keys()
-    assert shared == {("Namespace", None, "nodewall")}, f"objects both overlays would overwrite: {shared}"
-    assert keys(node)[("Namespace", None, "nodewall")] == keys(master)[("Namespace", None, "nodewall")]
+    crd = ("CustomResourceDefinition", None, "nodewallnodestatuses.nodewall.io")
+    assert shared == {("Namespace", None, "nodewall"), crd}, f"objects both overlays would overwrite: {shared}"
+    for key in shared:
+        assert keys(node)[key] == keys(master)[key], f"{key} differs between the overlays"
     sel_node = one(node, "DaemonSet")["spec"]["selector"]["matchLabels"]
     sel_master = one(master, "DaemonSet")["spec"]["selector"]["matchLabels"]
     assert sel_node != sel_master
@@ -272,3 +286,38 @@ def test_monitoring_objects(renders):
     dashboard = one(renders["monitoring"], "ConfigMap")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert list(dashboard["data"]) == ["nodewall.json"]
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_rbac_is_minimal(renders, name):
+    """The agent reads Nodes and EndpointSlices and writes its NodewallNodeStatus: nothing else."""
+    docs = renders[name]
+    role = one(docs, "ClusterRole")
+    rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]}
+    assert rules == {
+        (("",), ("nodes",)): {"get", "list", "watch"},
+        (("discovery.k8s.io",), ("endpointslices",)): {"get", "list", "watch"},
+        (("nodewall.io",), ("nodewallnodestatuses",)): {"create", "get", "patch", "update"},
+    }
+    binding = one(docs, "ClusterRoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]}
+    ds = one(docs, "DaemonSet")
+    sa = one(docs, "ServiceAccount")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": sa["metadata"]["namespace"]}]
+    assert ds["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+
+
+def test_status_crd(renders):
+    """Cluster-scoped, one version, printer columns that point at fields its schema has."""
+    crd = one(renders["tke-node"], "CustomResourceDefinition")
+    spec = crd["spec"]
+    assert crd["metadata"]["name"] == f"{spec['names']['plural']}.{spec['group']}"
+    assert (spec["group"], spec["scope"], spec["names"]["kind"]) == ("nodewall.io", "Cluster", "NodewallNodeStatus")
+    (version,) = spec["versions"]
+    assert version["served"] and version["storage"] and "subresources" not in version
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert {"Backend", "Mode", "Generation", "Digest", "Result", "Last Apply", "Drops"} <= set(columns)
+    for name, path in columns.items():
+        field = path.removeprefix(".status.")
+        assert field in status, f"printer column {name}: {path} is not in the schema"

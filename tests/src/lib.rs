@@ -11,8 +11,10 @@
 pub mod capture;
 pub mod craft;
 pub mod delivery;
+pub mod http;
 pub mod inject;
 pub mod installed;
+pub mod kube;
 pub mod netns;
 pub mod nodewall;
 pub mod packet;

@@ -96,20 +96,7 @@ impl Netns {
     /// Runs `f` on a thread that joined this namespace: sockets it creates belong here and keep
     /// working from any thread afterwards.
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| -> anyhow::Result<T> {
-                let file = File::open(&path).with_context(|| format!("opening {path}"))?;
-                // SAFETY: setns on a namespace file descriptor; affects this thread only,
-                // which ends when `f` returns.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    bail!("setns({path}): {}", std::io::Error::last_os_error());
-                }
-                Ok(f())
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("thread in namespace {} panicked", self.name))?
-        })
+        enter(&self.name, f)
     }
 
     /// Loads an nft script (`nft -f -`) into this namespace.
@@ -151,6 +138,24 @@ impl Drop for Netns {
         }
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
+}
+
+/// [`Netns::enter`] for a namespace known by name.
+pub fn enter<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+    let path = format!("/run/netns/{name}");
+    std::thread::scope(|s| {
+        s.spawn(|| -> anyhow::Result<T> {
+            let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+            // SAFETY: setns on a namespace file descriptor; affects this thread only,
+            // which ends when `f` returns.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!("setns({path}): {}", std::io::Error::last_os_error());
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in namespace {name} panicked"))?
+    })
 }
 
 fn mount_bpffs(dir: &Path) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use anyhow::bail;
 
-use crate::shell::{output, run as sh, succeeds};
+use crate::shell::{output, root, run as sh, succeeds};
 
 /// Debian packages: C libraries the nftnl/mnl bindings link, LLVM 22 for bpf-linker, the tools
 /// the tests drive (nft, socat, bpftool, iproute2, ping, python3 for probes), Prometheus for the
@@ -40,6 +40,7 @@ pub fn run_setup() -> anyhow::Result<()> {
     apt()?;
     nightly()?;
     bpf_linker()?;
+    test_venv()?;
     Ok(())
 }
 
@@ -124,6 +125,36 @@ fn bpf_linker() -> anyhow::Result<()> {
         .env("PATH", path)
         .env("LLVM_PREFIX", "/usr/lib/llvm-22")
         .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"))
+}
+
+/// The Python tools of the tests (the kmock Kubernetes API emulator), pinned in
+/// tests/kube/requirements.txt, in target/test-venv; reinstalled only when that file changes.
+fn test_venv() -> anyhow::Result<()> {
+    let req = root().join("tests/kube/requirements.txt");
+    let venv = root().join("target/test-venv");
+    let stamp = venv.join(".requirements");
+    let want = std::fs::read_to_string(&req)?;
+    let python = venv.join("bin/python");
+    if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask setup: installing the test API emulator (kmock) into {}",
+        venv.display()
+    );
+    sh(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    sh(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(&req))?;
+    std::fs::write(&stamp, want)?;
+    Ok(())
 }
 
 pub fn is_root() -> bool {

@@ -76,6 +76,9 @@ pub fn rollback(pending: &Pending, open: OpenByName, parser: &Parser) -> anyhow:
     };
     let desired = parser(&previous.config, Path::new(&previous.config_path))
         .map_err(|e| anyhow::anyhow!("the previous config no longer parses: {e}"))?;
+    if let Some(missing) = desired.missing().first() {
+        anyhow::bail!("the previous config cannot be compiled offline: {missing}");
+    }
     let mut policy = desired.policy;
     let report = if previous.backend == pending.new.backend {
         policy.interfaces = interfaces::resolve(&policy.interfaces, new_backend.matches_by_name())?;

@@ -174,5 +174,6 @@ pub fn parse(text: &str, path: &std::path::Path) -> Result<Desired, String> {
             profile: None,
         },
         text: text.to_string(),
+        api: None,
     })
 }

@@ -10,7 +10,10 @@
 //! - `last-rollback.json`: the last unconfirmed apply that was rolled back;
 //! - `nft-sets.json`: what the nft backend's last commit left in its table (set fingerprints,
 //!   chains, rule handles), so that the next `apply` dumps only the elements of the sets that
-//!   changed and no structure (see `backend/nft/netlink/cache.rs`).
+//!   changed and no structure (see `backend/nft/netlink/cache.rs`);
+//! - `discovered.json`: the networks discovered from the Kubernetes API that the agent applied
+//!   last, which a restarted agent applies until the API answers (and `explain`, `render` and
+//!   `apply` read offline).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,6 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::lock::{LockError, Role, StateLock};
+use crate::discovery::Discovered;
 
 pub const DEFAULT_DIR: &str = "/run/nodewall";
 /// How long `apply` waits for the lock: enough for another `apply` to finish, short enough to
@@ -149,6 +153,14 @@ impl StateDir {
         read_json(&self.file(LAST_ROLLBACK))
     }
 
+    pub fn discovered(&self) -> anyhow::Result<Option<Discovered>> {
+        read_json(&self.file(DISCOVERED))
+    }
+
+    pub fn save_discovered(&self, sets: &Discovered) -> anyhow::Result<()> {
+        write_json(&self.file(DISCOVERED), sets)
+    }
+
     pub fn file(&self, name: &str) -> PathBuf {
         self.root.join(name)
     }
@@ -158,6 +170,7 @@ const APPLIED: &str = "applied.snapshot";
 const LEGACY_APPLIED: &str = "applied.json";
 const PENDING: &str = "pending.json";
 const LAST_ROLLBACK: &str = "last-rollback.json";
+pub const DISCOVERED: &str = "discovered.json";
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Option<T>> {
     match std::fs::read(path) {

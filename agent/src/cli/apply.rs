@@ -51,7 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     keep_freed_memory();
     let path = &args.config.config;
-    let desired = match source::read_config(path) {
+    let desired = match source::read_config(path).and_then(|d| from_state(d, &args.state_dir)) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("{e}");
@@ -173,6 +173,28 @@ fn print_applied(out: &mut impl Write, a: &Applied, rules: usize) -> std::io::Re
     Ok(())
 }
 
+/// Resolves the config's networks discovered from the Kubernetes API from what the agent
+/// persisted in `state_dir`: a one-shot `apply` does not talk to the API. An entry with nothing
+/// persisted is an error, never an empty set.
+fn from_state(mut desired: source::Desired, state_dir: &Path) -> Result<source::Desired, String> {
+    if desired.api.is_none() {
+        return Ok(desired);
+    }
+    let sets = StateDir::new(state_dir)
+        .discovered()
+        .map_err(|e| format!("{e:#}"))?
+        .unwrap_or_default();
+    desired.resolve(&sets)?;
+    match desired.missing() {
+        [] => Ok(desired),
+        missing => Err(format!(
+            "{}\nnodewall: these networks come from the Kubernetes API and {} holds no sets an agent discovered: run `nodewall run`, or write them as CIDRs",
+            missing.join("\n"),
+            StateDir::new(state_dir).file(state::DISCOVERED).display()
+        )),
+    }
+}
+
 /// Lets this one-shot process reuse the memory it frees instead of handing it back to the
 /// kernel. With glibc's defaults every large buffer is a fresh `mmap` whose pages fault in one
 /// at a time and go back at `free`; an apply of a 10k-CIDR config frees its parse tree and
@@ -222,7 +244,11 @@ fn arm_rollback(
     if let Err(e) = spawn_watchdog(state, lock) {
         // Nobody would roll back: do it now rather than leave an unguarded policy.
         let _ = state.claim_pending("rolling-back.json");
-        let undone = confirm::rollback(&pending, &open_by_name, &source::config_parser());
+        let undone = confirm::rollback(
+            &pending,
+            &open_by_name,
+            &source::config_parser_from(state.clone()),
+        );
         anyhow::bail!(
             "--confirm: could not start the rollback watchdog ({e}); rolled back: {undone:?}"
         );
@@ -269,7 +295,11 @@ fn watchdog(fd: i32, state_dir: &Path) -> anyhow::Result<ExitCode> {
         tracing::info!("rollback watchdog: confirmed, exiting");
         return Ok(ExitCode::SUCCESS);
     };
-    match confirm::rollback(&pending, &open_by_name, &source::config_parser()) {
+    match confirm::rollback(
+        &pending,
+        &open_by_name,
+        &source::config_parser_from(state.clone()),
+    ) {
         Ok(done) => {
             tracing::warn!("not confirmed in time: {done}");
             Ok(ExitCode::SUCCESS)

@@ -8,7 +8,7 @@ use clap::ValueEnum;
 use nodewall::policy::{self, track, Action, CtState, Origin, Packet, Policy, Verdict, L4};
 use serde::{Deserialize, Serialize};
 
-use super::{output, ConfigArg, EXIT_INVALID};
+use super::{discovered, output, ConfigArg, EXIT_INVALID};
 
 #[derive(Copy, Clone, Debug, ValueEnum, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -76,6 +76,8 @@ pub struct Probe {
 pub struct Args {
     #[command(flatten)]
     config: ConfigArg,
+    #[command(flatten)]
+    discovered: discovered::DiscoveredArgs,
     #[command(flatten)]
     probe: Probe,
     /// Read probes as JSON lines on stdin ({"from":..,"protocol":..,"port":..}); print one JSON
@@ -145,7 +147,7 @@ pub struct Explained<'a> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (_, policy) = match output::load_policy(&args.config) {
+    let (_, policy) = match discovered::load_policy(&args.config, &args.discovered) {
         Ok(v) => v,
         Err(code) => return Ok(code),
     };

@@ -5,6 +5,7 @@
 mod apply;
 mod check;
 mod confirm;
+mod discovered;
 mod docs;
 mod explain;
 mod lock;

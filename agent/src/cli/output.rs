@@ -9,7 +9,7 @@
 use std::io::{BufWriter, StdoutLock, Write};
 use std::process::ExitCode;
 
-use nodewall::config::{self, Config};
+use nodewall::config::{self, Config, ConfigErrors};
 use nodewall::policy::{self, Policy};
 
 use super::{ConfigArg, EXIT_INVALID};
@@ -27,19 +27,28 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
-/// Loads, validates and compiles; on invalid input prints every error to stderr and returns the
-/// exit code to use.
-pub fn load_policy(arg: &ConfigArg) -> Result<(Config, Policy), ExitCode> {
-    let config = config::load(&arg.config).map_err(|errs| {
-        eprintln!("{errs}");
-        eprintln!("nodewall: {} error(s) in {}", errs.errors.len(), errs.file);
-        ExitCode::from(EXIT_INVALID)
-    })?;
-    let policy = policy::compile(&config).map_err(|e| {
+/// Prints every error of an invalid config to stderr, then their count; returns the exit code
+/// to use.
+pub fn invalid_config(errs: &ConfigErrors) -> ExitCode {
+    eprintln!("{errs}");
+    eprintln!("nodewall: {} error(s) in {}", errs.errors.len(), errs.file);
+    ExitCode::from(EXIT_INVALID)
+}
+
+/// Loads and validates (see [`invalid_config`] for what invalid input prints). Commands that
+/// need the policy too load it with `discovered::load_policy`, which resolves the networks
+/// read from the Kubernetes API before [`compile`].
+pub fn load_config(arg: &ConfigArg) -> Result<Config, ExitCode> {
+    config::load(&arg.config).map_err(|errs| invalid_config(&errs))
+}
+
+/// Compiles a loaded config; on failure prints `FILE: FIELD: REASON` and returns the exit code
+/// to use.
+pub fn compile(arg: &ConfigArg, config: &Config) -> Result<Policy, ExitCode> {
+    policy::compile(config).map_err(|e| {
         eprintln!("{}: {e}", arg.config.display());
         ExitCode::from(EXIT_INVALID)
-    })?;
-    Ok((config, policy))
+    })
 }
 
 /// Pretty JSON and a newline on standard output.

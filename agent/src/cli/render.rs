@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use clap::ValueEnum;
 
-use super::{output, ConfigArg};
+use super::{discovered, output, ConfigArg};
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
 pub enum RenderBackend {
@@ -15,6 +15,8 @@ pub enum RenderBackend {
 pub struct Args {
     #[command(flatten)]
     config: ConfigArg,
+    #[command(flatten)]
+    discovered: discovered::DiscoveredArgs,
     #[arg(long, value_enum, default_value_t = RenderBackend::Nft)]
     backend: RenderBackend,
     /// Interfaces to render for, overriding the config (default: the config's, or `eth0` when
@@ -24,7 +26,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (_, policy) = match output::load_policy(&args.config) {
+    let (_, policy) = match discovered::load_policy(&args.config, &args.discovered) {
         Ok(v) => v,
         Err(code) => return Ok(code),
     };

@@ -1,8 +1,7 @@
 //! The top level of a config file: every section, defaults, and the checks that span
 //! sections (profile networks, unique rule names, "something to enforce").
 
-use std::collections::BTreeMap;
-
+use super::api_sources;
 use super::fields;
 use super::model::{BackendKind, Config, Implicit, Mode};
 use super::naming::{name_rules, valid};
@@ -20,6 +19,7 @@ pub const TOP_KEYS: &[&str] = &[
     "rules",
     "failsafe",
     "implicit",
+    "kubernetes",
 ];
 pub const BACKENDS: &[(&str, BackendKind)] = &[
     ("nft", BackendKind::Nft),
@@ -49,7 +49,7 @@ pub fn document(ctx: &mut Ctx, root: &Node) -> Option<Config> {
         ctx.choice(n, p, "mode", MODES)
     });
     let interfaces = f.optional("interfaces", Vec::new(), |n, p| interfaces(ctx, n, p));
-    let networks = f.optional("networks", BTreeMap::new(), |n, p| networks(ctx, n, p));
+    let networks = f.optional("networks", Default::default(), |n, p| networks(ctx, n, p));
     let names = network_names(f.get("networks"));
     let profile = f.optional("profile", None, |n, p| {
         profile(ctx, n, p, names.as_deref()).map(Some)
@@ -62,6 +62,9 @@ pub fn document(ctx: &mut Ctx, root: &Node) -> Option<Config> {
         .get("failsafe")
         .map(|n| rules::list(ctx, n, "failsafe", Section::Failsafe, names.as_deref()));
     let implicit = f.optional("implicit", Implicit::default(), |n, p| implicit(ctx, n, p));
+    let kubernetes = f.optional("kubernetes", None, |n, p| {
+        api_sources::kubernetes(ctx, n, p).map(Some)
+    });
 
     name_rules(
         ctx,
@@ -72,12 +75,15 @@ pub fn document(ctx: &mut Ctx, root: &Node) -> Option<Config> {
             .unwrap_or_default(),
     );
 
+    let (networks, discovered) = networks?;
     let config = Config {
         backend: backend?,
         mode: mode?,
         interfaces: interfaces?,
         profile: profile?,
-        networks: networks?,
+        networks,
+        discovered,
+        kubernetes: kubernetes?,
         rules: valid(rules)?,
         failsafe: match failsafe {
             None => Config::default_failsafe(),

@@ -82,6 +82,8 @@ impl Default for Implicit {
     }
 }
 
+pub use super::api_sources::{AddressType, ApiItem, ApiSource, Kubernetes};
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Config {
     pub backend: BackendKind,
@@ -90,7 +92,15 @@ pub struct Config {
     /// apply time (`render`/`explain` do not need it).
     pub interfaces: Vec<String>,
     pub profile: Option<String>,
+    /// The CIDRs written out in each network (empty for a network whose entries all come from
+    /// the Kubernetes API).
     pub networks: BTreeMap<String, Vec<IpNet>>,
+    /// The entries of each network that come from the Kubernetes API, by network name; a
+    /// network's addresses are its CIDRs plus what these resolve to (`discovery::resolve`).
+    /// Compiling a config with any left is an error: see [`crate::policy::compile`].
+    pub discovered: BTreeMap<String, Vec<ApiItem>>,
+    /// The `kubernetes` section; `None` when absent.
+    pub kubernetes: Option<Kubernetes>,
     pub rules: Vec<RuleConfig>,
     /// Accepted before everything else. Default: tcp/22 from anywhere; `[]` disables.
     pub failsafe: Vec<RuleConfig>,
@@ -98,6 +108,18 @@ pub struct Config {
 }
 
 impl Config {
+    /// Whether the agent talks to the Kubernetes API: a network has an API source, or the
+    /// `kubernetes` section is there.
+    pub fn uses_api(&self) -> bool {
+        !self.discovered.is_empty() || self.kubernetes.is_some()
+    }
+
+    /// Whether the agent writes its node's status object (`kubernetes.status`, on by default
+    /// when the agent talks to the API).
+    pub fn writes_status(&self) -> bool {
+        self.uses_api() && self.kubernetes.as_ref().is_none_or(|k| k.status)
+    }
+
     /// The default failsafe: SSH from anywhere, like Calico's failsafe inbound ports.
     pub fn default_failsafe() -> Vec<RuleConfig> {
         vec![RuleConfig {

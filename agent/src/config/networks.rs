@@ -4,15 +4,19 @@ use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 
+use super::api_sources::{self, ApiItem};
 use super::fields;
 use super::suggest::did_you_mean;
 use super::walk::Ctx;
 use super::yaml::{Kind, Node};
 use crate::profiles;
 
-pub fn networks(ctx: &mut Ctx, node: &Node, path: &str) -> Option<BTreeMap<String, Vec<IpNet>>> {
+/// The CIDRs of each network, and its entries that come from the Kubernetes API.
+pub type Networks = (BTreeMap<String, Vec<IpNet>>, BTreeMap<String, Vec<ApiItem>>);
+
+pub fn networks(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Networks> {
     let f = ctx.map(node, path, None)?;
-    let mut out = BTreeMap::new();
+    let (mut out, mut discovered) = (BTreeMap::new(), BTreeMap::new());
     let mut ok = true;
     for (name, key_pos, value) in f.iter() {
         let p = f.path_of(name);
@@ -21,26 +25,39 @@ pub fn networks(ctx: &mut Ctx, node: &Node, path: &str) -> Option<BTreeMap<Strin
             ctx.error(&p, key_pos, e);
             ok = false;
         }
-        let nets = ctx.each(value, &p, |ctx, item, ip| {
-            let s = ctx.str(item, &ip)?;
-            fields::cidr(s).map_err(|e| ctx.error(ip, item.pos, e)).ok()
+        let mut api = Vec::new();
+        let nets = ctx.each(value, &p, |ctx, item, ip| match &item.kind {
+            Kind::Map(_) => {
+                api.push(api_sources::item(ctx, item, &ip)?);
+                Some(None)
+            }
+            _ => {
+                let s = ctx.str(item, &ip)?;
+                let net = fields::cidr(s)
+                    .map_err(|e| ctx.error(ip, item.pos, e))
+                    .ok()?;
+                Some(Some(net))
+            }
         });
         match nets {
             Some(nets) if nets.is_empty() => {
                 ctx.error(
                     &p,
                     value.pos,
-                    format!("network `{name}` is empty; list at least one CIDR"),
+                    format!("network `{name}` is empty; list at least one CIDR or API source (e.g. `{{nodes: {{}}}}`)"),
                 );
                 ok = false;
             }
             Some(nets) => {
-                out.insert(name.to_string(), nets);
+                out.insert(name.to_string(), nets.into_iter().flatten().collect());
+                if !api.is_empty() {
+                    discovered.insert(name.to_string(), api);
+                }
             }
             None => ok = false,
         }
     }
-    ok.then_some(out)
+    ok.then_some((out, discovered))
 }
 
 /// The keys of the `networks` node, for checking `from` and `profile` against them:

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde_json::Value;
 
+use super::api_sources::ADDRESS_TYPES;
 use super::document::{BACKENDS, MODES};
 use super::rules::{ACTIONS, PROTOCOLS};
 use crate::profiles;
@@ -22,6 +23,8 @@ const NAME_PATTERN: &str = "^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$";
 const PORT_PATTERN: &str = "^[0-9]{1,5}(-[0-9]{1,5})?$";
 /// Address characters with an optional prefix length; the parser checks the value itself.
 const CIDR_PATTERN: &str = "^[0-9a-fA-F:.]+(/[0-9]{1,3})?$";
+/// Node names (DNS subdomains); the parser also checks each label's ends.
+const DNS_SUBDOMAIN_PATTERN: &str = "^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$";
 /// Linux interface names (1-15 characters without '/', ':' or whitespace), or a `PREFIX*`
 /// pattern.
 const INTERFACE_PATTERN: &str = "^([^/:\\s*]{1,15}|[^/:\\s*]{1,14}\\*)$";
@@ -74,9 +77,16 @@ struct ConfigFile {
         default
     )]
     profile: Unset,
-    /// Named address lists, referred to by name in `from`.
+    /// Named address lists, referred to by name in `from`: CIDRs, and entries read from the
+    /// Kubernetes API.
     #[schemars(default, extend("propertyNames" = { "pattern": NAME_PATTERN }))]
     networks: BTreeMap<String, Network>,
+    #[schemars(
+        description = "How the agent reaches the Kubernetes API (for networks with API \
+            entries) and whether it writes its node's NodewallNodeStatus object.",
+        default
+    )]
+    kubernetes: KubernetesSection,
     /// User rules, evaluated after the profile's; first match wins.
     #[schemars(default)]
     rules: Vec<UserRule>,
@@ -114,7 +124,100 @@ struct Unset;
 #[derive(JsonSchema)]
 #[schemars(inline, extend("minItems" = 1))]
 #[allow(dead_code)]
-struct Network(Vec<Cidr>);
+struct Network(Vec<NetworkEntry>);
+
+/// A CIDR (a string) or an API entry (a mapping): never both.
+#[derive(JsonSchema)]
+#[schemars(inline, untagged)]
+#[allow(dead_code)]
+enum NetworkEntry {
+    Cidr(Cidr),
+    Api(ApiSource),
+}
+
+/// Addresses read from the Kubernetes API and kept current: `nodes` (Node addresses, by label
+/// selector and address type), `pod-cidrs` (Nodes' spec.podCIDRs), `api-server` (the
+/// default/kubernetes EndpointSlices).
+#[derive(JsonSchema)]
+#[schemars(
+    rename = "apiSource",
+    deny_unknown_fields,
+    extend("minProperties" = 1, "maxProperties" = 1)
+)]
+#[allow(dead_code)]
+struct ApiSource {
+    #[schemars(default)]
+    nodes: Option<NodesOptions>,
+    #[schemars(rename = "pod-cidrs", default)]
+    pod_cidrs: Option<PodCidrsOptions>,
+    /// `api-server` takes no options.
+    #[schemars(rename = "api-server", default)]
+    api_server: Option<NoOptions>,
+}
+
+/// `nodes`: `null` (`- nodes:`) means `{}`.
+#[derive(JsonSchema)]
+#[schemars(inline, deny_unknown_fields)]
+#[allow(dead_code)]
+struct NodesOptions {
+    #[schemars(default)]
+    selector: Selector,
+    #[schemars(
+        description = "Node address types to take. Default: [InternalIP].",
+        schema_with = "address_types",
+        default
+    )]
+    addresses: Unset,
+}
+
+/// `pod-cidrs`: `null` means `{}`.
+#[derive(JsonSchema)]
+#[schemars(inline, deny_unknown_fields)]
+#[allow(dead_code)]
+struct PodCidrsOptions {
+    #[schemars(default)]
+    selector: Selector,
+}
+
+#[derive(JsonSchema)]
+#[schemars(inline, deny_unknown_fields)]
+struct NoOptions {}
+
+/// A label selector as `kubectl -l` takes it, e.g. `node-role.kubernetes.io/control-plane` or
+/// `zone in (a,b),!spot`. Default: every Node.
+#[derive(JsonSchema, Default)]
+#[schemars(rename = "selector")]
+#[allow(dead_code)]
+struct Selector(String);
+
+/// The `kubernetes` section.
+#[derive(JsonSchema, Default)]
+#[schemars(inline, deny_unknown_fields)]
+#[allow(dead_code)]
+struct KubernetesSection {
+    /// Kubeconfig file. Default: the in-cluster service account, else $KUBECONFIG or
+    /// ~/.kube/config.
+    #[schemars(default)]
+    kubeconfig: Kubeconfig,
+    /// This node's Node name. Default: $NODE_NAME, else the host name.
+    #[schemars(rename = "node-name", default)]
+    node_name: NodeName,
+    /// Write this node's NodewallNodeStatus object.
+    #[schemars(default = "on")]
+    status: bool,
+}
+
+/// Not `Serialize`, so that schemars shows no default: the default is no file.
+#[derive(JsonSchema, Default)]
+#[schemars(inline)]
+#[allow(dead_code)]
+struct Kubeconfig(#[schemars(length(min = 1))] String);
+
+/// Not `Serialize` either: the default is the environment's.
+#[derive(JsonSchema, Default)]
+#[schemars(inline)]
+#[allow(dead_code)]
+struct NodeName(#[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(max = 253))] String);
 
 /// IPv4 or IPv6 prefix with host bits clear, or a bare address (/32 or /128).
 #[derive(JsonSchema)]
@@ -257,6 +360,15 @@ impl JsonSchema for Unset {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({})
     }
+}
+
+fn address_types(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "minItems": 1,
+        "uniqueItems": true,
+        "items": { "enum": names(ADDRESS_TYPES) }
+    })
 }
 
 fn profile(_: &mut SchemaGenerator) -> Schema {

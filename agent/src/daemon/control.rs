@@ -4,6 +4,7 @@
 //! re-read as a safety net), SIGHUP, the drift check and apply retries are all handled here in
 //! turn. Every apply is atomic in the backend; when one fails, the previous policy stays.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +18,9 @@ use super::worker::Worker;
 use crate::apply::source::{self, Desired, Parser};
 use crate::apply::state::{Snapshot, StateDir};
 use crate::backend::interfaces;
+use crate::config::ApiItem;
+use crate::discovery::status::{self, NetworkSize};
+use crate::discovery::{self, Change, Discovered, Discovery, NodeStatus};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 
@@ -38,6 +42,7 @@ enum Trigger {
     Retry,
     Drift,
     InterfacesChanged,
+    Discovery,
 }
 
 impl Trigger {
@@ -49,6 +54,7 @@ impl Trigger {
             Trigger::Retry => "retry",
             Trigger::Drift => "drift-repair",
             Trigger::InterfacesChanged => "interfaces-changed",
+            Trigger::Discovery => "discovery",
         }
     }
 }
@@ -89,6 +95,23 @@ pub(super) struct Control {
     by_name: bool,
     /// The last apply failed because no interface matched the config's yet.
     waiting_for_interfaces: bool,
+    api: ApiState,
+}
+
+/// What the loop keeps about the Kubernetes API (see `crate::discovery`).
+#[derive(Default)]
+struct ApiState {
+    /// Running when the config uses the API.
+    discovery: Option<Discovery>,
+    /// The discovered sets `desired` was resolved with (at start: the persisted ones).
+    sets: Arc<Discovered>,
+    /// The sets last saved in the state directory.
+    saved: Option<Arc<Discovered>>,
+    /// Why the next apply happens: (why, what changed), for discovery changes.
+    cause: Option<(String, String)>,
+    /// The API entries last reported missing or empty, so each state is logged once.
+    logged: (Vec<String>, Vec<String>),
+    generation: u64,
 }
 
 impl Control {
@@ -105,7 +128,167 @@ impl Control {
             last_poll: Instant::now(),
             by_name: false,
             waiting_for_interfaces: false,
+            api: ApiState::default(),
         }
+    }
+
+    /// Connects to the Kubernetes API if the config uses it, starting from the sets persisted
+    /// by the last run. Err (the config cannot be used) when it has no way to reach the API and
+    /// nothing persisted to start from.
+    pub async fn connect(&mut self) -> Result<(), String> {
+        if self.desired.api.is_some() {
+            match self.cx.state.discovered() {
+                Ok(sets) => self.api.sets = Arc::new(sets.unwrap_or_default()),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "ignoring the persisted discovered sets")
+                }
+            }
+        }
+        let mut desired = self.desired.clone();
+        self.follow_api(&mut desired).await?;
+        self.desired = desired;
+        Ok(())
+    }
+
+    /// Starts or stops discovery as `desired` needs it, tells it the API entries to follow, and
+    /// resolves `desired` against the sets at hand. Err: why `desired` cannot be used.
+    async fn follow_api(&mut self, desired: &mut Desired) -> Result<(), String> {
+        let Some(api) = desired.api.as_ref() else {
+            self.api.discovery = None;
+            return Ok(());
+        };
+        let (config, file) = (api.config.clone(), api.file.clone());
+        let entries: Vec<&ApiItem> = config.discovered.values().flatten().collect();
+        match &self.api.discovery {
+            Some(d) if d.settings() != config.kubernetes.as_ref() => {
+                return Err(format!(
+                    "{file}: kubernetes: changed; it is read at start, restart nodewall to apply it"
+                ));
+            }
+            Some(_) => {}
+            None => {
+                let started = Discovery::start(
+                    config.kubernetes.as_ref(),
+                    config.writes_status(),
+                    (*self.api.sets).clone(),
+                    self.cx.metrics.clone(),
+                )
+                .await;
+                match started {
+                    Ok(d) => self.api.discovery = Some(d),
+                    Err(e) => {
+                        desired.resolve(&self.api.sets)?;
+                        let Some(first) = entries.first().filter(|_| !desired.missing().is_empty())
+                        else {
+                            if entries.is_empty() {
+                                return Err(format!("{file}: kubernetes: {e}"));
+                            }
+                            tracing::warn!(error = %e, "applying the discovered networks persisted by the last run; they will not follow the cluster");
+                            return Ok(());
+                        };
+                        return Err(discovery::sets::located(&file, first, &e));
+                    }
+                }
+            }
+        }
+        if let Some(d) = &self.api.discovery {
+            d.set_sources(entries.iter().map(|i| i.source.clone()).collect());
+        }
+        desired.resolve(&self.api.sets)
+    }
+
+    /// New discovered sets: re-applies if the policy they make differs from the applied one.
+    async fn rediscovered(&mut self, change: Change) {
+        self.api.sets = change.sets;
+        let mut desired = self.desired.clone();
+        if let Err(e) = desired.resolve(&self.api.sets) {
+            tracing::error!(error = %e, "discovered networks");
+            return;
+        }
+        let same = self.in_sync
+            && desired.missing().is_empty()
+            && self
+                .applied
+                .as_ref()
+                .is_some_and(|a| a.rules == desired.policy.rules);
+        self.desired = desired;
+        if same {
+            tracing::debug!(why = %change.why, what = %change.what, "discovered sets changed, the policy did not");
+            self.save_sets();
+            return;
+        }
+        self.api.cause = Some((change.why, change.what));
+        self.in_sync = false;
+        self.apply(Trigger::Discovery).await;
+    }
+
+    fn save_sets(&mut self) {
+        if self.desired.api.is_none()
+            || self
+                .api
+                .saved
+                .as_ref()
+                .is_some_and(|s| Arc::ptr_eq(s, &self.api.sets))
+        {
+            return;
+        }
+        match self.cx.state.save_discovered(&self.api.sets) {
+            Ok(()) => self.api.saved = Some(self.api.sets.clone()),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "could not persist the discovered sets")
+            }
+        }
+    }
+
+    /// Logs the API entries that are missing or empty, each time that list changes.
+    fn log_entries(&mut self) {
+        let Some(api) = &self.desired.api else { return };
+        let now = (api.missing.clone(), api.empty.clone());
+        if now == self.api.logged {
+            return;
+        }
+        if !now.0.is_empty() {
+            tracing::warn!(entries = %now.0.join(" | "), "not applying: waiting for the first sync of networks discovered from the Kubernetes API");
+        }
+        if !now.1.is_empty() {
+            tracing::warn!(entries = %now.1.join(" | "), "networks discovered from the Kubernetes API: entries with no address");
+        }
+        self.api.logged = now;
+    }
+
+    /// Tells the status writer (if any) how the last apply went.
+    fn report(&self, result: &str, message: String) {
+        let Some(d) = &self.api.discovery else { return };
+        let policy = self.applied.as_ref().unwrap_or(&self.desired.policy);
+        let api = self.desired.api.as_ref();
+        let mut networks: BTreeMap<&str, u64> = BTreeMap::new();
+        for ((name, _), n) in api.map(|a| &a.counts).into_iter().flatten() {
+            *networks.entry(name).or_default() += *n as u64;
+        }
+        d.report(NodeStatus {
+            backend: self.cx.worker.backend_name().to_string(),
+            mode: match policy.mode {
+                crate::config::Mode::Enforce => "enforce".into(),
+                crate::config::Mode::Audit => "audit".into(),
+            },
+            generation: self.api.generation,
+            digest: policy.digest(),
+            last_apply_time: status::rfc3339(crate::apply::confirm::now_unix()),
+            result: result.into(),
+            message,
+            networks: networks
+                .into_iter()
+                .map(|(name, addresses)| NetworkSize {
+                    name: name.to_string(),
+                    addresses,
+                })
+                .collect(),
+            sets_synced_time: api
+                .and_then(|a| a.synced_at)
+                .map(status::rfc3339)
+                .unwrap_or_default(),
+            ..NodeStatus::default()
+        });
     }
 
     /// First apply: replaces whatever a previous run left, atomically (no flush, no gap).
@@ -153,6 +336,7 @@ impl Control {
                     }
                 },
                 _ = tick.tick() => self.on_tick().await,
+                change = next_change(&mut self.api.discovery) => self.rediscovered(change).await,
             }
         }
     }
@@ -261,6 +445,7 @@ impl Control {
             Ok(d) => d,
             Err(e) => return self.reject(trigger, e, Some(text)),
         };
+        let mut desired = desired;
         if desired.backend != self.desired.backend {
             let msg = format!(
                 "{}: backend: changed from {:?} to {:?}; the backend is chosen at start, restart nodewall to switch",
@@ -270,6 +455,9 @@ impl Control {
             )
             .to_lowercase();
             return self.reject(trigger, msg, Some(text));
+        }
+        if let Err(e) = self.follow_api(&mut desired).await {
+            return self.reject(trigger, e, Some(text));
         }
         self.rejected = None;
         self.desired = desired;
@@ -290,6 +478,13 @@ impl Control {
 
     /// Installs `desired`; returns whether it succeeded. On failure, schedules a retry.
     async fn apply(&mut self, trigger: Trigger) -> bool {
+        self.log_entries();
+        if !self.desired.missing().is_empty() {
+            self.report("Waiting", self.desired.missing().join("; "));
+            self.in_sync = false;
+            self.next_attempt = Instant::now() + self.cx.check_interval;
+            return false;
+        }
         let started = Instant::now();
         let mut policy = self.desired.policy.clone();
         let resolved = interfaces::resolve(&policy.interfaces, self.by_name);
@@ -317,6 +512,7 @@ impl Control {
         match result {
             Ok(report) => {
                 let diff = PolicyDiff::between(self.applied.as_ref(), &policy);
+                let (why, what) = self.api.cause.take().unzip();
                 tracing::info!(
                     trigger = trigger.as_str(),
                     backend = self.cx.worker.backend_name(),
@@ -337,6 +533,8 @@ impl Control {
                     added_rules = %Names(&diff.added),
                     removed_rules = %Names(&diff.removed),
                     changed_rules = %Names(&diff.changed),
+                    why = why.as_deref(),
+                    sets_changed = what.as_deref(),
                     "policy applied"
                 );
                 self.cx
@@ -352,6 +550,12 @@ impl Control {
                 self.in_sync = true;
                 self.failures = 0;
                 self.next_attempt = Instant::now();
+                if let Some(api) = &self.desired.api {
+                    self.cx.metrics.discovery.addresses(&api.counts);
+                }
+                self.save_sets();
+                self.api.generation = report.generation;
+                self.report("Applied", String::new());
                 true
             }
             Err(e) => {
@@ -366,6 +570,8 @@ impl Control {
                 self.cx.metrics.apply_failed(started.elapsed());
                 self.in_sync = false;
                 self.next_attempt = Instant::now() + wait;
+                self.api.cause = None;
+                self.report("Failed", format!("{e:#}"));
                 false
             }
         }
@@ -400,6 +606,17 @@ impl Control {
 async fn changed(watcher: &mut Option<ConfigWatcher>) -> std::io::Result<()> {
     match watcher {
         Some(w) => w.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next change of the discovered sets, or never without discovery.
+async fn next_change(discovery: &mut Option<Discovery>) -> Change {
+    match discovery {
+        Some(d) => match d.next_change().await {
+            Some(c) => c,
+            None => std::future::pending().await,
+        },
         None => std::future::pending().await,
     }
 }

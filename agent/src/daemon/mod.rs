@@ -142,6 +142,10 @@ impl Daemon {
             check_interval: opts.check_interval,
         };
         let mut control = Control::new(cx, desired);
+        control
+            .connect()
+            .await
+            .map_err(DaemonError::InvalidConfig)?;
         control.start().await;
         // After the first apply: that is what creates the XDP ring buffer.
         samples::spawn_sampler(&sample_worker, sample_metrics).await;

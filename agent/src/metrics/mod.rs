@@ -6,11 +6,12 @@
 //! remembers the last raw value it saw and adds only what is new: the difference when the raw
 //! value grew, the whole raw value when it went down (a reset happened in between).
 
+pub mod discovery;
 pub mod drops;
 mod reset;
 mod text;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -87,6 +88,9 @@ pub struct Metrics {
     audit: std::sync::atomic::AtomicBool,
     /// Last raw kernel values, per series; the lock also serialises concurrent observations.
     raw: Mutex<ResetTracker>,
+    /// Packets and bytes of every drop series, for the node's status object.
+    dropped_totals: (AtomicU64, AtomicU64),
+    pub discovery: discovery::DiscoveryMetrics,
 }
 
 impl Metrics {
@@ -108,6 +112,8 @@ impl Metrics {
             drop_samples: Family::default(),
             audit: std::sync::atomic::AtomicBool::new(false),
             raw: Mutex::new(ResetTracker::default()),
+            dropped_totals: Default::default(),
+            discovery: Default::default(),
             registry: Registry::default(),
         };
         m.register_all(backend)
@@ -207,6 +213,7 @@ impl Metrics {
             "Always 1; labels carry the agent version and the backend in use",
             build_info,
         );
+        m.discovery.register(&mut registry);
         self.registry = registry;
         self
     }
@@ -234,7 +241,17 @@ impl Metrics {
             let (dp, db) = raw.advance(reset::Key::Drop(labels.clone()), d.packets, d.bytes);
             self.dropped_packets.get_or_create(&labels).inc_by(dp);
             self.dropped_bytes.get_or_create(&labels).inc_by(db);
+            self.dropped_totals.0.fetch_add(dp, Ordering::Relaxed);
+            self.dropped_totals.1.fetch_add(db, Ordering::Relaxed);
         }
+    }
+
+    /// Packets and bytes of `nodewall_dropped_*_total`, all series together.
+    pub fn dropped_totals(&self) -> (u64, u64) {
+        (
+            self.dropped_totals.0.load(Ordering::Relaxed),
+            self.dropped_totals.1.load(Ordering::Relaxed),
+        )
     }
 
     /// Marks `digest` as the enforced policy (one series at a time).

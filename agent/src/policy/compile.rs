@@ -14,9 +14,19 @@ pub enum CompileError {
     UnknownProfile(String),
     #[error("{field}: unknown network {name:?}")]
     UnknownNetwork { field: String, name: String },
+    /// The config still has network entries that come from the Kubernetes API: they must be
+    /// resolved to addresses first (`discovery::resolve`), never compiled as nothing.
+    #[error("{field}: `{entry}` is read from the Kubernetes API and was not resolved")]
+    Unresolved { field: String, entry: String },
 }
 
 pub fn compile(config: &Config) -> Result<Policy, CompileError> {
+    if let Some(item) = config.discovered.values().flatten().next() {
+        return Err(CompileError::Unresolved {
+            field: item.path.clone(),
+            entry: item.source.key(),
+        });
+    }
     let mut rules = Vec::new();
     for (i, r) in config.failsafe.iter().enumerate() {
         rules.push(user_rule(

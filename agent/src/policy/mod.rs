@@ -11,5 +11,5 @@ pub mod track;
 pub use addrset::{prefixes, AddrSet};
 pub use compile::{compile, CompileError};
 pub use evaluate::evaluate;
-pub use lint::{lint, Finding};
+pub use lint::{lint, lint_partial, Finding};
 pub use model::*;

@@ -44,6 +44,8 @@ pub fn config(rules: Vec<RuleConfig>) -> Config {
                 "fd00:1::/64".parse().unwrap(),
             ],
         )]),
+        discovered: Default::default(),
+        kubernetes: None,
         rules,
         failsafe: vec![],
         implicit: Implicit::default(),

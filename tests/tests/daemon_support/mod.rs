@@ -3,8 +3,6 @@
 
 #![allow(dead_code)] // each daemon_*.rs test crate uses a different part
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -184,44 +182,8 @@ impl Drop for Agent {
 
 /// A plain HTTP/1.1 GET from inside namespace `ns` (by name); returns (status, body).
 pub fn http_get(ns: &str, addr: &str, path: &str, accept: &str) -> anyhow::Result<(u16, String)> {
-    let ns = NetnsRef(ns);
-    let mut stream = ns.connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    stream.read_to_string(&mut out)?;
-    let code = out
-        .get(9..12)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("bad HTTP answer: {out:?}"))?;
-    let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-    Ok((code, body.to_string()))
-}
-
-/// A namespace known by name only (the agent's, while a `Netns` value is borrowed elsewhere).
-struct NetnsRef<'a>(&'a str);
-
-impl NetnsRef<'_> {
-    /// A TCP connection made from inside the namespace (the socket keeps working from here).
-    fn connect(&self, addr: &str) -> anyhow::Result<TcpStream> {
-        use std::os::fd::AsRawFd;
-        let path = format!("/run/netns/{}", self.0);
-        let addr = addr.to_string();
-        std::thread::spawn(move || -> anyhow::Result<TcpStream> {
-            let f = std::fs::File::open(&path)?;
-            // SAFETY: setns on this short-lived thread only.
-            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                bail!("setns {path}: {}", std::io::Error::last_os_error());
-            }
-            let sa = addr.parse()?;
-            Ok(TcpStream::connect_timeout(&sa, Duration::from_secs(2))?)
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("connect thread panicked"))?
-    }
+    let head = format!("GET {path} HTTP/1.1\r\nAccept: {accept}\r\nConnection: close");
+    nodewall_netns_tests::http::request(ns, addr, &head, "")
 }
 
 pub fn sample(text: &str, series: &str) -> Option<f64> {

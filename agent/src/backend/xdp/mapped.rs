@@ -18,7 +18,7 @@ use nodewall_common::xdp::{SrcTables, GENERATIONS};
 /// One value: an array's values are 8-byte aligned and follow each other, and the kernel maps
 /// them from offset 0, in whole pages; `SrcTables` needs no padding for that.
 const VALUE: usize = std::mem::size_of::<SrcTables>();
-const _: () = assert!(VALUE % 8 == 0);
+const _: () = assert!(VALUE.is_multiple_of(8));
 
 pub struct MappedSources {
     base: *mut SrcTables,
