@@ -3,12 +3,14 @@
 //! The modules follow the flow of data:
 //! `config` (YAML, validated) -> `profiles` (built-in baselines) -> `policy` (one normalised,
 //! backend-neutral model, and its evaluator) -> `backend::{nft, xdp}` (kernel) -> `metrics`
-//! (counters read back from the kernel).
+//! (counters read back from the kernel); `drops` (drop samples as records, read by `nodewall drops`
+//! and written to the flow log).
 
 pub mod apply;
 pub mod backend;
 pub mod config;
 pub mod daemon;
+pub mod drops;
 pub mod fnv;
 pub mod metrics;
 pub mod policy;

@@ -15,6 +15,8 @@ pub struct Desired {
     /// The exact text that was parsed: compared to notice changes, and kept as the snapshot a
     /// confirmed apply rolls back to.
     pub text: String,
+    /// `drops.flow-log`: where the agent writes its drop samples, if anywhere.
+    pub flow_log: Option<config::FlowLog>,
 }
 
 /// Parses config text (the path is only for messages). On error, the message lists every
@@ -44,6 +46,7 @@ fn desired(text: String, path: &Path) -> Result<Desired, String> {
         backend: config.backend,
         policy,
         text,
+        flow_log: config.drops.flow_log,
     })
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::drops::{self, Drops};
 use super::fields;
 use super::model::{BackendKind, Config, Implicit, Mode};
 use super::naming::{name_rules, valid};
@@ -20,6 +21,7 @@ pub const TOP_KEYS: &[&str] = &[
     "rules",
     "failsafe",
     "implicit",
+    "drops",
 ];
 pub const BACKENDS: &[(&str, BackendKind)] = &[
     ("nft", BackendKind::Nft),
@@ -62,6 +64,7 @@ pub fn document(ctx: &mut Ctx, root: &Node) -> Option<Config> {
         .get("failsafe")
         .map(|n| rules::list(ctx, n, "failsafe", Section::Failsafe, names.as_deref()));
     let implicit = f.optional("implicit", Implicit::default(), |n, p| implicit(ctx, n, p));
+    let drops = f.optional("drops", Drops::default(), |n, p| drops::drops(ctx, n, p));
 
     name_rules(
         ctx,
@@ -84,6 +87,7 @@ pub fn document(ctx: &mut Ctx, root: &Node) -> Option<Config> {
             Some(list) => valid(list)?,
         },
         implicit: implicit?,
+        drops: drops?,
     };
     ctx.errors.is_empty().then_some(config)
 }

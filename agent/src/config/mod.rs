@@ -1,6 +1,7 @@
 //! The configuration file: typed model, YAML parsing with located errors, JSON Schema.
 
 mod document;
+mod drops;
 mod fields;
 mod flow;
 mod model;
@@ -14,6 +15,7 @@ mod suggest;
 mod walk;
 mod yaml;
 
+pub use drops::{parse_size, Drops, FlowLog, DEFAULT_SAMPLES_PER_SECOND, MAX_SAMPLES_PER_SECOND};
 pub use fields::{interface_name, shown};
 pub use model::*;
 pub use parse::{item_positions, load, parse, read, ConfigError, ConfigErrors, MAX_CONFIG_BYTES};

@@ -62,6 +62,7 @@ const REPAIR_STREAK_SLOWDOWN: u32 = 5;
 
 /// What the loop works with, fixed for its lifetime.
 pub(super) struct Context {
+    pub hub: Arc<super::hub::Hub>,
     pub config: PathBuf,
     pub parser: Parser,
     pub worker: Worker,
@@ -317,6 +318,7 @@ impl Control {
         match result {
             Ok(report) => {
                 let diff = PolicyDiff::between(self.applied.as_ref(), &policy);
+                let audit = policy.mode == crate::policy::Mode::Audit;
                 tracing::info!(
                     trigger = trigger.as_str(),
                     backend = self.cx.worker.backend_name(),
@@ -337,8 +339,16 @@ impl Control {
                     added_rules = %Names(&diff.added),
                     removed_rules = %Names(&diff.removed),
                     changed_rules = %Names(&diff.changed),
-                    "policy applied"
+                    "{}",
+                    if audit {
+                        "policy applied in audit mode: nothing is dropped; packets it denies are passed, counted and sampled as would-drop"
+                    } else {
+                        "policy applied"
+                    }
                 );
+                let renewed = diff.added.iter().chain(&diff.changed).cloned().collect();
+                self.cx.metrics.usage.installed(&policy, &renewed);
+                self.cx.hub.applied(&policy, self.desired.flow_log.as_ref());
                 self.cx
                     .metrics
                     .apply_succeeded(report.generation, report.duration);

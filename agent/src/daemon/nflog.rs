@@ -15,8 +15,9 @@ use netlink_sys::constants::NETLINK_NETFILTER;
 use netlink_sys::{AsyncSocket, AsyncSocketExt, TokioSocket};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use super::hub::Hub;
 use crate::backend::nft::nflog::{parse_nflog_prefix, NFLOG_GROUP};
-use crate::backend::DropEvent;
+use crate::backend::{Direction, DropEvent};
 use crate::metrics::drops::{self, RateLimit};
 use crate::metrics::Metrics;
 
@@ -28,7 +29,7 @@ const SUPPRESSED_REPORT: std::time::Duration = std::time::Duration::from_secs(10
 
 /// Starts logging drop samples from [`NFLOG_GROUP`], rate-limited; logs and returns if the
 /// group cannot be bound (sampling is an aid, never a reason to stop enforcing).
-pub fn spawn_sampler(metrics: std::sync::Arc<Metrics>) {
+pub fn spawn_sampler(metrics: std::sync::Arc<Metrics>, hub: std::sync::Arc<Hub>) {
     let mut sock = match NflogSocket::bind(NFLOG_GROUP) {
         Ok(s) => s,
         Err(e) => {
@@ -37,7 +38,7 @@ pub fn spawn_sampler(metrics: std::sync::Arc<Metrics>) {
         }
     };
     super::spawn(async move {
-        let mut log = SampleLog::new(metrics);
+        let mut log = SampleLog::new(metrics, hub);
         loop {
             match sock.recv().await {
                 Ok(events) => log.record(events),
@@ -50,28 +51,32 @@ pub fn spawn_sampler(metrics: std::sync::Arc<Metrics>) {
     });
 }
 
-/// Drop samples -> log lines, rate-limited, each counted as logged or suppressed. Shared by
-/// every source of samples (NFLOG here, a backend's own in `daemon::samples`).
+/// Drop samples -> the [`Hub`] (live stream, flow log, top-N) and log lines, rate-limited,
+/// each counted as logged or suppressed. Shared by every source of samples (NFLOG here, a
+/// backend's own in `daemon::samples`).
 pub(super) struct SampleLog {
     limit: RateLimit,
     metrics: std::sync::Arc<Metrics>,
+    hub: std::sync::Arc<Hub>,
 }
 
 impl SampleLog {
-    pub(super) fn new(metrics: std::sync::Arc<Metrics>) -> Self {
+    pub(super) fn new(metrics: std::sync::Arc<Metrics>, hub: std::sync::Arc<Hub>) -> Self {
         Self {
             limit: RateLimit::new(LOG_RATE, LOG_BURST, std::time::Instant::now()),
             metrics,
+            hub,
         }
     }
 
     pub(super) fn record(&mut self, events: Vec<DropEvent>) {
         let now = std::time::Instant::now();
         for event in events {
+            self.hub.publish(&event);
             let logged = self.limit.allow(now);
             self.metrics.drop_sampled(logged);
             if logged {
-                drops::log(&event, self.metrics.audit());
+                drops::log(&event, event.audit);
             }
         }
         if let Some(n) = self.limit.take_suppressed(now, SUPPRESSED_REPORT) {
@@ -172,7 +177,7 @@ fn parse_packet(nlas: Vec<PacketNla>) -> Option<DropEvent> {
         }
     }
     let prefix = prefix?;
-    let (reason, rule) = parse_nflog_prefix(&prefix)?;
+    let tagged = parse_nflog_prefix(&prefix)?;
     let headers = parse_headers(&payload?)?;
     Some(DropEvent {
         src: headers.src,
@@ -180,9 +185,11 @@ fn parse_packet(nlas: Vec<PacketNla>) -> Option<DropEvent> {
         protocol: headers.protocol,
         sport: headers.sport,
         dport: headers.dport,
-        reason: reason.to_string(),
-        rule: rule.to_string(),
+        reason: tagged.reason.to_string(),
+        rule: tagged.rule.to_string(),
         ifindex,
+        direction: Direction::In,
+        audit: tagged.audit,
     })
 }
 
@@ -305,6 +312,9 @@ mod tests {
             ("rule", "deny-kubelet")
         );
         assert_eq!(e.ifindex, Some(7));
+        assert!(!e.audit);
+        let audit = parse_messages(&sample_message("nodewall:audit:default-deny:"));
+        assert!(audit[0].audit, "{audit:?}");
     }
 
     #[test]

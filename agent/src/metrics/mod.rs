@@ -8,7 +8,10 @@
 
 pub mod drops;
 mod reset;
+pub mod samples;
 mod text;
+mod top;
+pub mod usage;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
@@ -87,6 +90,10 @@ pub struct Metrics {
     audit: std::sync::atomic::AtomicBool,
     /// Last raw kernel values, per series; the lock also serialises concurrent observations.
     raw: Mutex<ResetTracker>,
+    /// The stream, the flow log and the top dropped sources and ports.
+    pub samples: samples::SampleMetrics,
+    /// Rules that have not matched since they were installed.
+    pub usage: usage::RuleUsage,
 }
 
 impl Metrics {
@@ -108,6 +115,8 @@ impl Metrics {
             drop_samples: Family::default(),
             audit: std::sync::atomic::AtomicBool::new(false),
             raw: Mutex::new(ResetTracker::default()),
+            samples: Default::default(),
+            usage: Default::default(),
             registry: Registry::default(),
         };
         m.register_all(backend)
@@ -207,6 +216,8 @@ impl Metrics {
             "Always 1; labels carry the agent version and the backend in use",
             build_info,
         );
+        m.samples.register(&mut registry);
+        m.usage.register(&mut registry);
         self.registry = registry;
         self
     }
@@ -221,6 +232,9 @@ impl Metrics {
             };
             let (dp, db) = raw.advance(reset::Key::Rule(labels.clone()), r.packets, r.bytes);
             self.rule_packets.get_or_create(&labels).inc_by(dp);
+            if dp > 0 {
+                self.usage.matched(&labels.rule);
+            }
             self.rule_bytes.get_or_create(&labels).inc_by(db);
         }
         for d in &counters.drops {
@@ -297,6 +311,7 @@ impl Metrics {
 
     /// The whole registry as OpenMetrics text (ends with `# EOF`).
     pub fn encode(&self) -> String {
+        let _top = self.samples.refresh_top();
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
