@@ -2,16 +2,20 @@
 //! [`DropRecord`], counted towards the top dropped sources and ports, kept among the recent
 //! ones, broadcast to the readers of the live stream (`socket`) and offered to the flow log.
 //!
-//! Nothing here waits for a consumer. The broadcast keeps the last [`LIVE_CAPACITY`] records
-//! for each reader to catch up with: a reader further behind loses the oldest and is told how
-//! many (see `socket`). The flow log gets a bounded queue of its own (see `flowlog`). So a
-//! stalled reader or a slow disk costs samples, never the agent's time or the datapath's.
+//! Nothing here waits for a consumer. Each reader has a queue of its own, of
+//! [`LIVE_CAPACITY`] records: when it is full, the new record is not queued for that reader,
+//! and the loss is counted at once (`nodewall_drop_stream_lost_samples_total`, and the
+//! reader is told how many when it catches up, see `socket`). The flow log gets a bounded
+//! queue of its own (see `flowlog`). So a stalled reader or a slow disk costs samples, never
+//! the agent's time or the datapath's.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
-use tokio::sync::broadcast;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::mpsc;
 
 use super::flowlog::FlowLog;
 use crate::backend::{interfaces, DropEvent};
@@ -33,10 +37,36 @@ pub struct InForce {
     pub samples_per_second: u32,
 }
 
+/// One live reader's end: its queue and what it lost since it last looked.
+struct Subscriber {
+    tx: mpsc::Sender<Arc<DropRecord>>,
+    lost: Arc<AtomicU64>,
+}
+
+/// A reader's side of its queue.
+pub struct Subscription {
+    pub rx: mpsc::Receiver<Arc<DropRecord>>,
+    lost: Arc<AtomicU64>,
+}
+
+impl Subscription {
+    /// Records lost since the last call (the queue was full).
+    pub fn take_lost(&self) -> u64 {
+        self.lost.swap(0, Ordering::Relaxed)
+    }
+}
+
+/// Recent records, and the readers; under one lock, so that a new reader gets each record
+/// either among the recent ones or live, never both nor neither.
+#[derive(Default)]
+struct Shared {
+    recent: VecDeque<Arc<DropRecord>>,
+    readers: Vec<Subscriber>,
+}
+
 pub struct Hub {
     stamp: Stamp,
-    live: broadcast::Sender<Arc<DropRecord>>,
-    recent: Mutex<VecDeque<Arc<DropRecord>>>,
+    shared: Mutex<Shared>,
     in_force: Mutex<InForce>,
     flow_log: FlowLog,
     metrics: Arc<Metrics>,
@@ -46,8 +76,7 @@ impl Hub {
     pub fn new(backend: &str, metrics: Arc<Metrics>) -> Self {
         Self {
             stamp: Stamp::for_this_node(backend),
-            live: broadcast::channel(LIVE_CAPACITY).0,
-            recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+            shared: Mutex::new(Shared::default()),
             in_force: Mutex::new(InForce {
                 mode: Mode::Enforce,
                 samples_per_second: config::DEFAULT_SAMPLES_PER_SECOND,
@@ -88,21 +117,39 @@ impl Hub {
         ));
         self.metrics.samples.sampled(&record);
         self.flow_log.offer(&record);
-        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        if recent.len() == RECENT {
-            recent.pop_front();
+        let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        if shared.recent.len() == RECENT {
+            shared.recent.pop_front();
         }
-        recent.push_back(record.clone());
-        // Under the lock, so that `subscribe` sees each record either among the recent ones
-        // or live, never both nor neither. No receivers is fine.
-        let _ = self.live.send(record.clone());
+        shared.recent.push_back(record.clone());
+        shared
+            .readers
+            .retain(|r| match r.tx.try_send(record.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    r.lost.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.samples.reader_lost(1);
+                    true
+                }
+                // The reader left.
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
         record
     }
 
     /// The recent samples, oldest first, and every later one as it comes.
-    pub fn subscribe(&self) -> (Vec<Arc<DropRecord>>, broadcast::Receiver<Arc<DropRecord>>) {
-        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        (recent.iter().cloned().collect(), self.live.subscribe())
+    pub fn subscribe(&self) -> (Vec<Arc<DropRecord>>, Subscription) {
+        let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let (tx, rx) = mpsc::channel(LIVE_CAPACITY);
+        let lost = Arc::new(AtomicU64::new(0));
+        shared.readers.push(Subscriber {
+            tx,
+            lost: lost.clone(),
+        });
+        (
+            shared.recent.iter().cloned().collect(),
+            Subscription { rx, lost },
+        )
     }
 
     /// Stops the flow log, writing out what it holds.

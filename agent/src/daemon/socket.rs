@@ -8,7 +8,8 @@
 //!
 //! Limits: [`MAX_READERS`] live readers at once (another is told so and closed), a request
 //! line of at most [`wire::MAX_REQUEST`] bytes within [`REQUEST_TIMEOUT`]. A reader that stops
-//! reading holds its connection (its socket buffer fills, the broadcast moves on without it)
+//! reading holds its connection (its socket buffer fills, then its queue in the hub: further
+//! samples are not queued for it, and are counted as lost at once)
 //! and, once it reads again, learns how many samples it lost.
 
 use std::io::ErrorKind;
@@ -19,10 +20,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{broadcast, Semaphore};
+use tokio::sync::Semaphore;
 
-use super::hub::Hub;
+use super::hub::{Hub, Subscription};
 use crate::drops::wire::{self, Get, Message, Request};
+use crate::drops::DropRecord;
 use crate::metrics::Metrics;
 
 pub const MAX_READERS: usize = 16;
@@ -154,8 +156,7 @@ async fn connection(
                     .await;
             };
             metrics.samples.reader_connected();
-            let result =
-                stream_drops(read.into_inner().into_inner(), &mut write, hub, metrics).await;
+            let result = stream_drops(read.into_inner().into_inner(), &mut write, hub).await;
             metrics.samples.reader_left();
             result
         }
@@ -167,7 +168,6 @@ async fn stream_drops(
     mut read: tokio::net::unix::OwnedReadHalf,
     write: &mut tokio::net::unix::OwnedWriteHalf,
     hub: &Hub,
-    metrics: &Metrics,
 ) -> std::io::Result<()> {
     let (recent, mut live) = hub.subscribe();
     let in_force = hub.in_force();
@@ -192,7 +192,10 @@ async fn stream_drops(
     loop {
         out.clear();
         tokio::select! {
-            got = live.recv() => push(&mut out, got, metrics)?,
+            got = live.rx.recv() => match got {
+                Some(r) => push(&mut out, &r, &live),
+                None => return Err(std::io::Error::new(ErrorKind::BrokenPipe, "the agent is stopping")),
+            },
             // The reader sends nothing more: a read returning means it hung up.
             n = read.read(&mut scratch) => match n {
                 Ok(0) | Err(_) => return Ok(()),
@@ -200,36 +203,20 @@ async fn stream_drops(
             },
         }
         while out.len() < BATCH_BYTES {
-            match live.try_recv() {
-                Err(broadcast::error::TryRecvError::Empty) => break,
-                Err(broadcast::error::TryRecvError::Lagged(n)) => lost(&mut out, n, metrics),
-                Err(broadcast::error::TryRecvError::Closed) => break,
-                Ok(r) => out.push_str(&Message::Sample((*r).clone()).to_line()),
+            match live.rx.try_recv() {
+                Ok(r) => push(&mut out, &r, &live),
+                Err(_) => break,
             }
         }
         write.write_all(out.as_bytes()).await?;
     }
 }
 
-fn push(
-    out: &mut String,
-    got: Result<Arc<crate::drops::DropRecord>, broadcast::error::RecvError>,
-    metrics: &Metrics,
-) -> std::io::Result<()> {
-    match got {
-        Ok(r) => out.push_str(&Message::Sample((*r).clone()).to_line()),
-        Err(broadcast::error::RecvError::Lagged(n)) => lost(out, n, metrics),
-        Err(broadcast::error::RecvError::Closed) => {
-            return Err(std::io::Error::new(
-                ErrorKind::BrokenPipe,
-                "the agent is stopping",
-            ))
-        }
+/// `record`, after the count of those lost before it (the hub counted them in the metric).
+fn push(out: &mut String, record: &DropRecord, live: &Subscription) {
+    let count = live.take_lost();
+    if count > 0 {
+        out.push_str(&Message::Lost { count }.to_line());
     }
-    Ok(())
-}
-
-fn lost(out: &mut String, n: u64, metrics: &Metrics) {
-    metrics.samples.reader_lost(n);
-    out.push_str(&Message::Lost { count: n }.to_line());
+    out.push_str(&Message::Sample(record.clone()).to_line());
 }
