@@ -416,6 +416,43 @@ fn audit_is_labelled(backend: Backend) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `nodewall drops -f | head -n 1`: once `head` has its line and leaves, `drops` ends with 0
+/// and says nothing, even though no further sample comes to fail a write.
+fn following_into_head_ends_quietly(
+    topo: &Topology,
+    backend: Backend,
+    agent: &Agent,
+) -> anyhow::Result<()> {
+    let mut child = command(&topo.node, backend.env())?
+        .args(["drops", "-f", "--state-dir"])
+        .arg(&agent.state_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut out = BufReader::new(child.stdout.take().context("stdout")?);
+    let mut first = String::new();
+    out.read_line(&mut first)?;
+    ensure!(first.contains("WOULD-DROP"), "first line: {first:?}");
+    drop(out);
+    let end = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            bail!("nodewall drops -f went on after its reader left");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().context("stderr")?, &mut err)?;
+    ensure!(status.success(), "exit {status}: {err}");
+    ensure!(!err.contains("error"), "stderr: {err}");
+    Ok(())
+}
+
 backend_tests!(
     drops_are_streamed_to_several_readers,
     a_stalled_reader_does_not_stall_the_agent,

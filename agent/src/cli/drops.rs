@@ -6,7 +6,7 @@
 //! keeps printing new ones as the agent reads them. The agent never waits for this reader: a
 //! reader that falls behind is told how many samples it missed (on stderr).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -140,6 +140,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     request.push('\n');
     (&stream).write_all(request.as_bytes())?;
     let filter = args.filter();
+    // While waiting for samples, look every second whether whoever reads our output left
+    // (`| head`): nothing else would tell until the next sample is written.
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(1)))?;
     let mut lines = BufReader::with_capacity(64 * 1024, &stream);
     let mut out = output::stdout();
     let mut printed = 0u64;
@@ -149,7 +152,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             break;
         }
         line.clear();
-        if lines.read_line(&mut line)? == 0 {
+        let read = loop {
+            // A timed-out read keeps what it read of the line in `line`: read on.
+            match lines.read_line(&mut line) {
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    if stdout_closed() {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                }
+                other => break other?,
+            }
+        };
+        if read == 0 {
             out.flush()?;
             eprintln!("nodewall: the agent closed the stream (stopping or restarting?)");
             return Ok(ExitCode::from(1));
@@ -209,6 +223,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether standard output is a pipe (or socket) whose reader has gone.
+fn stdout_closed() -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    let n = unsafe { libc::poll(&mut fd, 1, 0) };
+    n == 1 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
 
 #[cfg(test)]
