@@ -400,6 +400,7 @@ fn audit_is_labelled(backend: Backend) -> anyhow::Result<()> {
         agent.metric("nodewall_mode{mode=\"audit\"}") == Some(1.0),
         "mode metric"
     );
+    following_into_head_ends_quietly(&topo, backend, &agent)?;
     ensure!(
         agent.log().contains("policy applied in audit mode"),
         "the apply log says audit"

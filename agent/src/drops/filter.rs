@@ -90,8 +90,10 @@ mod tests {
         }));
         // An ICMP sample has no destination port.
         let ping = record("icmp");
-        let mut ports = Filter::default();
-        ports.ports = vec![PortRange::new(0, 65535)];
+        let ports = Filter {
+            ports: vec![PortRange::new(0, 65535)],
+            ..Filter::default()
+        };
         assert!(!ports.matches(&ping));
     }
 }
