@@ -157,3 +157,40 @@ impl Hub {
         self.flow_log.configure(None);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drops::record::tests::event;
+
+    #[test]
+    fn a_reader_that_does_not_read_loses_samples_never_time() {
+        let metrics = Arc::new(Metrics::new("nft"));
+        let hub = Hub::new("nft", metrics.clone());
+        let (_, stalled) = hub.subscribe();
+        let (_, gone) = hub.subscribe();
+        drop(gone);
+        let n = LIVE_CAPACITY + 500;
+        for _ in 0..n {
+            hub.publish(&event("tcp", false));
+        }
+        assert_eq!(stalled.take_lost(), 500);
+        assert_eq!(stalled.take_lost(), 0, "told once");
+        assert!(metrics
+            .encode()
+            .contains("nodewall_drop_stream_lost_samples_total 500\n"));
+        let shared = hub.shared.lock().unwrap();
+        assert_eq!(shared.readers.len(), 1, "the reader that left is forgotten");
+        assert_eq!(shared.recent.len(), RECENT);
+        drop(shared);
+        // A new reader gets the recent samples, then the live ones.
+        let (recent, mut live) = hub.subscribe();
+        assert_eq!(recent.len(), RECENT);
+        hub.publish(&event("udp", true));
+        let next = live.rx.try_recv().unwrap();
+        assert_eq!(
+            (next.protocol.as_str(), next.action),
+            ("udp", crate::drops::Action::WouldDrop)
+        );
+    }
+}
