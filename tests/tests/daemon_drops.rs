@@ -157,7 +157,7 @@ fn drops_are_streamed_to_several_readers(backend: Backend) -> anyhow::Result<()>
         ("reason", "default-deny"),
         ("rule", ""),
         ("action", "drop"),
-        ("direction", "in"),
+        ("direction", "ingress"),
         ("family", "ipv4"),
         ("backend", backend.config_name()),
     ] {
@@ -204,6 +204,23 @@ fn drops_are_streamed_to_several_readers(backend: Backend) -> anyhow::Result<()>
         wait_until(Duration::from_secs(3), || numbered(2).exists()),
         "the flow log rotated twice; metrics:\n{}",
         agent.get("/metrics").map(|x| x.1).unwrap_or_default()
+    );
+    // Rotation renames FILE before it opens the next one: read once the writer is done.
+    let written = || {
+        agent
+            .metric("nodewall_flow_log_records_total{outcome=\"written\"}")
+            .unwrap_or(0.0)
+    };
+    let mut last = -1.0;
+    ensure!(
+        wait_until(Duration::from_secs(5), || {
+            let now = written();
+            let quiet = now == last;
+            last = now;
+            std::thread::sleep(Duration::from_millis(300));
+            quiet
+        }),
+        "the flow log writer never went quiet"
     );
     ensure!(!numbered(3).exists(), "more rotated files than max-files");
     for p in [flow.clone(), numbered(1), numbered(2)] {

@@ -11,15 +11,15 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     #[default]
-    In,
-    Out,
+    Ingress,
+    Egress,
 }
 
 impl Direction {
     pub fn as_str(self) -> &'static str {
         match self {
-            Direction::In => "in",
-            Direction::Out => "out",
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
         }
     }
 }

@@ -68,8 +68,8 @@ enum Reason {
 
 #[derive(Copy, Clone, Debug, clap::ValueEnum)]
 enum DirectionArg {
-    In,
-    Out,
+    Ingress,
+    Egress,
 }
 
 fn parse_net(s: &str) -> Result<IpNet, String> {
@@ -116,8 +116,8 @@ impl Args {
             ports: self.port.clone(),
             protocols: self.protocol.iter().map(|p| p.to_lowercase()).collect(),
             direction: self.direction.map(|d| match d {
-                DirectionArg::In => Direction::In,
-                DirectionArg::Out => Direction::Out,
+                DirectionArg::Ingress => Direction::Ingress,
+                DirectionArg::Egress => Direction::Egress,
             }),
         }
     }

@@ -188,7 +188,7 @@ fn parse_packet(nlas: Vec<PacketNla>) -> Option<DropEvent> {
         reason: tagged.reason.to_string(),
         rule: tagged.rule.to_string(),
         ifindex,
-        direction: Direction::In,
+        direction: Direction::Ingress,
         audit: tagged.audit,
     })
 }

@@ -82,8 +82,8 @@ mod tests {
             "source ports do not count"
         );
         assert!(f(|f| f.protocols = vec!["udp".into(), "tcp".into()]));
-        assert!(f(|f| f.direction = Some(Direction::In)));
-        assert!(!f(|f| f.direction = Some(Direction::Out)));
+        assert!(f(|f| f.direction = Some(Direction::Ingress)));
+        assert!(!f(|f| f.direction = Some(Direction::Egress)));
         assert!(!f(|f| {
             f.protocols = vec!["tcp".into()];
             f.reasons = vec!["invalid".into()];

@@ -155,7 +155,7 @@ pub(crate) mod tests {
             reason: "rule".into(),
             rule: "deny-kubelet".into(),
             ifindex: Some(3),
-            direction: Direction::In,
+            direction: Direction::Ingress,
             audit,
         }
     }
@@ -170,7 +170,7 @@ pub(crate) mod tests {
         let r = DropRecord::new(&event("tcp", false), at, &stamp, Some("eth0".into()));
         assert_eq!(
             r.to_json(),
-            r#"{"time":"2023-11-14T22:13:20.123456Z","node":"node-a","backend":"xdp","direction":"in","action":"drop","reason":"rule","rule":"deny-kubelet","family":"ipv4","protocol":"tcp","src":"198.19.0.2","dst":"198.18.16.2","sport":40000,"dport":10250,"interface":"eth0","ifindex":3}"#
+            r#"{"time":"2023-11-14T22:13:20.123456Z","node":"node-a","backend":"xdp","direction":"ingress","action":"drop","reason":"rule","rule":"deny-kubelet","family":"ipv4","protocol":"tcp","src":"198.19.0.2","dst":"198.18.16.2","sport":40000,"dport":10250,"interface":"eth0","ifindex":3}"#
         );
         let back: DropRecord = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(back, r);

@@ -1,9 +1,9 @@
 //! A sample as one line of text, in the manner of `tcpdump`:
 //!
 //! ```text
-//! 18:20:01.123456 eth0 in DROP IP 198.19.0.2.40000 > 198.18.16.2.10250: tcp default-deny
-//! 18:20:01.200012 eth0 in WOULD-DROP IP6 fd00:99::2.5353 > fd00:16::2.5353: udp rule deny-udp
-//! 18:20:02.000001 eth0 in DROP IP 198.19.0.2 > 198.18.16.2: icmp type 8 code 0 default-deny
+//! 18:20:01.123456 eth0 ingress DROP IP 198.19.0.2.40000 > 198.18.16.2.10250: tcp default-deny
+//! 18:20:01.200012 eth0 ingress WOULD-DROP IP6 fd00:99::2.5353 > fd00:16::2.5353: udp rule deny-udp
+//! 18:20:02.000001 eth0 ingress DROP IP 198.19.0.2 > 198.18.16.2: icmp type 8 code 0 default-deny
 //! ```
 //!
 //! Times are UTC (the record's `time`); `WOULD-DROP` is audit mode: the packet passed.
@@ -76,7 +76,7 @@ mod tests {
         let r = DropRecord::new(&e, at, &stamp, Some("eth0".into()));
         assert_eq!(
             line(&r),
-            "22:13:20.123456 eth0 in DROP IP 198.19.0.2.40000 > 198.18.16.2.10250: tcp default-deny"
+            "22:13:20.123456 eth0 ingress DROP IP 198.19.0.2.40000 > 198.18.16.2.10250: tcp default-deny"
         );
         let mut e = event("icmpv6", true);
         e.src = "fd00:99::2".parse().unwrap();
@@ -85,7 +85,7 @@ mod tests {
         let r = DropRecord::new(&e, at, &stamp, None);
         assert_eq!(
             line(&r),
-            "22:13:20.123456 ? in WOULD-DROP IP6 fd00:99::2 > fd00:16::2: icmpv6 type 128 code 0 rule deny-kubelet"
+            "22:13:20.123456 ? ingress WOULD-DROP IP6 fd00:99::2 > fd00:16::2: icmpv6 type 128 code 0 rule deny-kubelet"
         );
         let mut e = event("47", false);
         (e.sport, e.dport) = (None, None);

@@ -120,7 +120,7 @@ pub fn event(s: &DropSample, rule: String) -> DropEvent {
         reason: reason.as_str().to_string(),
         rule,
         ifindex: (s.ifindex != 0).then_some(s.ifindex),
-        direction: Direction::In,
+        direction: Direction::Ingress,
         audit: s.flags & SAMPLE_AUDIT != 0,
     }
 }
@@ -151,7 +151,7 @@ mod tests {
             ("tcp", Some(40000), Some(10250))
         );
         assert_eq!((e.reason.as_str(), e.ifindex), ("default-deny", Some(2)));
-        assert!(!e.audit && e.direction == Direction::In);
+        assert!(!e.audit && e.direction == Direction::Ingress);
 
         let mut s6 = DropSample {
             cause: DROP_CAUSE_RULE_BASE + 3,
