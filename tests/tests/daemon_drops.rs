@@ -471,7 +471,74 @@ fn following_into_head_ends_quietly(
     Ok(())
 }
 
+/// `drops.samples-per-second`: 0 takes no samples (drops are still counted); a reload to 5
+/// takes some, at most about 5 a second (per CPU on XDP, per drop rule on nft).
+fn the_sample_rate_is_configurable(backend: Backend) -> anyhow::Result<()> {
+    let topo = Topology::new()?;
+    let mut cfg = Config::new(backend, Some("tke-node"));
+    cfg.implicit = Some("drops:\n  samples-per-second: 0".into());
+    let dir = TempDir::new("drops-rate")?;
+    let config = dir.0.join("config.yaml");
+    std::fs::write(&config, cfg.yaml())?;
+    let agent = Agent::start(&topo.node, backend, &config, &dir, &[])?;
+    let reader = Reader::start(&topo, backend, &agent, &["-f", "--json"])?;
+    ensure!(
+        wait_until(Duration::from_secs(5), || readers(&agent) >= 1.0),
+        "reader"
+    );
+    let mut prober = Prober::new(&topo)?;
+    let v4 = topo.internet.addr(false);
+    let flood = |n| -> Vec<Probe> { (0..n).map(|_| Probe::tcp(v4, 10250)).collect() };
+    prober.send(&flood(50))?;
+    ensure!(
+        wait_until(Duration::from_secs(3), || {
+            let (_, m) = agent.get("/metrics").unwrap_or_default();
+            m.lines()
+                .any(|l| l.starts_with("nodewall_dropped_packets_total{") && !l.ends_with(" 0"))
+        }),
+        "drops are counted"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let got = reader.drain();
+    ensure!(
+        got.is_empty(),
+        "samples-per-second 0 sampled {} packets: {:?}",
+        got.len(),
+        got.first()
+    );
+
+    let generation = || agent.metric("nodewall_policy_generation").unwrap_or(0.0);
+    let applies = || {
+        agent
+            .metric("nodewall_last_apply_success_timestamp_seconds")
+            .unwrap_or(0.0)
+    };
+    let (g0, t0) = (generation(), applies());
+    cfg.implicit = Some("drops:\n  samples-per-second: 5".into());
+    replace_file(&config, &cfg.yaml())?;
+    ensure!(
+        wait_until(Duration::from_secs(5), || generation() > g0
+            || applies() > t0),
+        "the new rate was applied"
+    );
+    let started = Instant::now();
+    prober.send(&flood(200))?;
+    std::thread::sleep(Duration::from_millis(700));
+    let secs = started.elapsed().as_secs_f64().ceil();
+    let got = reader.drain();
+    let cpus = std::thread::available_parallelism().map_or(64, |n| n.get()) as f64;
+    // A window's budget, and one more window per second that passed.
+    let cap = 5.0 * (secs + 1.0) * if backend.is_xdp() { cpus } else { 1.0 };
+    ensure!(
+        !got.is_empty() && got.len() as f64 <= cap,
+        "{} samples of 200 drops at 5/s (at most {cap})",
+        got.len()
+    );
+    Ok(())
+}
+
 backend_tests!(
+    the_sample_rate_is_configurable,
     drops_are_streamed_to_several_readers,
     a_stalled_reader_does_not_stall_the_agent,
     audit_is_labelled

@@ -8,7 +8,7 @@
 
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_netfilter::nflog::{
-    config_request, ConfigCmd, ConfigMode, PacketNla, ULogMessage,
+    config_request, ConfigCmd, ConfigMode, ConfigNla, PacketNla, Timeout, ULogMessage,
 };
 use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
 use netlink_sys::constants::NETLINK_NETFILTER;
@@ -87,6 +87,11 @@ impl SampleLog {
 
 /// Bytes of each packet to copy: IPv6 header (40) + TCP header without options (20), rounded.
 const COPY_RANGE: u32 = 96;
+/// The kernel holds samples until it has [`FLUSH_BATCH`] of them or [`FLUSH_HUNDREDTHS`]
+/// hundredths of a second have passed since the first. Its defaults (100 samples, 1 s) made a
+/// sample up to a second late, and `nodewall drops` is read live; 50 ms still batches a burst.
+const FLUSH_HUNDREDTHS: u32 = 5;
+const FLUSH_BATCH: u32 = 32;
 
 pub struct NflogSocket {
     sock: TokioSocket,
@@ -106,6 +111,8 @@ impl NflogSocket {
             vec![
                 ConfigCmd::Bind.into(),
                 ConfigMode::new_packet(COPY_RANGE).into(),
+                ConfigNla::Timeout(Timeout::new(FLUSH_HUNDREDTHS)),
+                ConfigNla::QThresh(FLUSH_BATCH),
             ],
         );
         let mut buf = vec![0; request.header.length as usize];
