@@ -1,6 +1,6 @@
 //! Where every drop sample goes once read, whichever datapath it came from: stamped into a
 //! [`DropRecord`], counted towards the top dropped sources and ports, kept among the recent
-//! ones, broadcast to the readers of the live stream (`socket`) and offered to the flow log.
+//! ones, queued for each reader of the live stream (`socket`) and offered to the flow log.
 //!
 //! Nothing here waits for a consumer. Each reader has a queue of its own, of
 //! [`LIVE_CAPACITY`] records: when it is full, the new record is not queued for that reader,
