@@ -25,7 +25,7 @@ use super::output;
   nodewall drops --follow
   nodewall drops -f --reason rule --port 10250 --json
   nodewall drops -f --from 198.51.100.0/24 -c 10
-  kubectl -n kube-system exec ds/nodewall -- nodewall drops -f")]
+  kubectl -n nodewall exec POD -- nodewall drops -f   (POD: the agent pod on that node)")]
 pub struct Args {
     /// Keep printing samples as the agent reads them (until interrupted, or --count).
     #[arg(short, long)]
