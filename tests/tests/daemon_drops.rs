@@ -368,6 +368,27 @@ fn a_stalled_reader_does_not_stall_the_agent(backend: Backend) -> anyhow::Result
     );
     prober.send(&[Probe::tcp(v4, 10250)])?;
     fresh.wait_for(Duration::from_secs(1), |v| is(v, "dport", "10250"))?;
+    // Readers are bounded: with 16 connected, the next is told so and closed.
+    let connect = || -> anyhow::Result<std::os::unix::net::UnixStream> {
+        let s = std::os::unix::net::UnixStream::connect(agent.state_dir.join("agent.sock"))?;
+        (&s).write_all(b"{\"get\":\"drops\"}\n")?;
+        Ok(s)
+    };
+    let more: Vec<_> = (0..14).map(|_| connect()).collect::<Result<_, _>>()?;
+    ensure!(
+        wait_until(Duration::from_secs(5), || readers(&agent) >= 16.0),
+        "16 readers: {}",
+        readers(&agent)
+    );
+    let refused = connect()?;
+    refused.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut answer = String::new();
+    BufReader::new(&refused).read_line(&mut answer)?;
+    ensure!(
+        answer.contains("\"type\":\"error\"") && answer.contains("16 readers"),
+        "the 17th reader got {answer:?}"
+    );
+    drop(more);
     drop(stalled);
     Ok(())
 }
