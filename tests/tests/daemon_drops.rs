@@ -96,6 +96,22 @@ impl Drop for Reader {
     }
 }
 
+/// The agent running `cfg` with `drops` (YAML of the `drops:` section, given the test's
+/// directory) in `topo`'s node; returns its directory and config file too.
+fn agent_with_drops(
+    topo: &Topology,
+    cfg: &mut Config,
+    what: &str,
+    drops: impl FnOnce(&std::path::Path) -> String,
+) -> anyhow::Result<(TempDir, std::path::PathBuf, Agent)> {
+    let dir = TempDir::new(what)?;
+    cfg.implicit = Some(drops(&dir.0));
+    let config = dir.0.join("config.yaml");
+    std::fs::write(&config, cfg.yaml())?;
+    let agent = Agent::start(&topo.node, cfg.backend, &config, &dir, &[])?;
+    Ok((dir, config, agent))
+}
+
 fn readers(agent: &Agent) -> f64 {
     agent.metric("nodewall_drop_stream_readers").unwrap_or(-1.0)
 }
@@ -112,15 +128,13 @@ fn drops_are_streamed_to_several_readers(backend: Backend) -> anyhow::Result<()>
     let mut cfg = Config::new(backend, Some("tke-node"));
     cfg.rules.push(DENY_UDP.into());
     cfg.rules.push(NEVER.into());
-    let dir = TempDir::new("drops")?;
+    let (dir, _, agent) = agent_with_drops(&topo, &mut cfg, "drops", |dir| {
+        format!(
+            "drops:\n  flow-log:\n    path: {}\n    max-size: 1KiB\n    max-files: 2",
+            dir.join("flow.jsonl").display()
+        )
+    })?;
     let flow = dir.0.join("flow.jsonl");
-    cfg.implicit = Some(format!(
-        "drops:\n  flow-log:\n    path: {}\n    max-size: 1KiB\n    max-files: 2",
-        flow.display()
-    ));
-    let config = dir.0.join("config.yaml");
-    std::fs::write(&config, cfg.yaml())?;
-    let agent = Agent::start(&topo.node, backend, &config, &dir, &[])?;
     let all = Reader::start(&topo, backend, &agent, &["--follow", "--json"])?;
     let rules_only = Reader::start(
         &topo,
@@ -302,11 +316,9 @@ fn drops_are_streamed_to_several_readers(backend: Backend) -> anyhow::Result<()>
 fn a_stalled_reader_does_not_stall_the_agent(backend: Backend) -> anyhow::Result<()> {
     let topo = Topology::new()?;
     let mut cfg = Config::new(backend, Some("tke-node"));
-    cfg.implicit = Some("drops:\n  samples-per-second: 1000".into());
-    let dir = TempDir::new("drops-stall")?;
-    let config = dir.0.join("config.yaml");
-    std::fs::write(&config, cfg.yaml())?;
-    let agent = Agent::start(&topo.node, backend, &config, &dir, &[])?;
+    let (_dir, config, agent) = agent_with_drops(&topo, &mut cfg, "drops-stall", |_| {
+        "drops:\n  samples-per-second: 1000".into()
+    })?;
     // The unix socket is a path: this process connects like `nodewall drops` would, and then
     // reads nothing.
     let stalled = std::os::unix::net::UnixStream::connect(agent.state_dir.join("agent.sock"))?;
@@ -497,11 +509,9 @@ fn following_into_head_ends_quietly(
 fn the_sample_rate_is_configurable(backend: Backend) -> anyhow::Result<()> {
     let topo = Topology::new()?;
     let mut cfg = Config::new(backend, Some("tke-node"));
-    cfg.implicit = Some("drops:\n  samples-per-second: 0".into());
-    let dir = TempDir::new("drops-rate")?;
-    let config = dir.0.join("config.yaml");
-    std::fs::write(&config, cfg.yaml())?;
-    let agent = Agent::start(&topo.node, backend, &config, &dir, &[])?;
+    let (_dir, config, agent) = agent_with_drops(&topo, &mut cfg, "drops-rate", |_| {
+        "drops:\n  samples-per-second: 0".into()
+    })?;
     let reader = Reader::start(&topo, backend, &agent, &["-f", "--json"])?;
     ensure!(
         wait_until(Duration::from_secs(5), || readers(&agent) >= 1.0),
