@@ -339,6 +339,56 @@ fn check_warns_about_rules_that_cannot_do_what_they_seem_to() {
 }
 
 #[test]
+fn check_strict_makes_shadowed_rules_errors() {
+    // `kubelet-lab` is shadowed by `kubelet` (same port, a wider source), `dns-v6` by
+    // `dns` (every address of both families); `ssh` is not (other port).
+    let cfg = temp_config(
+        "rules:\n  - name: kubelet\n    action: allow\n    protocol: tcp\n    ports: [\"10250\"]\n    from: [\"198.18.0.0/15\"]\n  - name: kubelet-lab\n    action: deny\n    protocol: tcp\n    ports: [\"10250\"]\n    from: [\"198.18.7.0/24\"]\n  - name: dns\n    action: allow\n    protocol: udp\n    ports: [\"53\"]\n    from: [\"0.0.0.0/0\", \"::/0\"]\n  - name: dns-v6\n    action: deny\n    protocol: udp\n    ports: [\"53\"]\n    from: [\"fd00::/8\"]\n  - name: ssh\n    action: deny\n    protocol: tcp\n    ports: [\"2222\"]\n    from: [\"198.18.7.0/24\"]\n",
+    );
+    let p = cfg.path().to_str().unwrap();
+    let o = nodewall(&["check", "-c", p]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("rules[1]: warning: rule `kubelet-lab` can never match: the earlier rule `kubelet` (allow)"), "{err}");
+    assert!(
+        err.contains(
+            "rules[3]: warning: rule `dns-v6` can never match: the earlier rule `dns` (allow)"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("`ssh`"), "{err}");
+    let o = nodewall(&["check", "--strict", "-c", p]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("{p}:7:5: rules[1]: error: rule `kubelet-lab`")),
+        "{err}"
+    );
+    assert!(err.contains("errors under --strict"), "{err}");
+    assert!(stdout(&o).is_empty(), "{}", stdout(&o));
+    let o = nodewall(&["check", "--strict", "--json", "-c", p]);
+    assert_eq!(o.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["valid"], false, "{v}");
+    // Without warnings, --strict passes.
+    let clean = temp_config("rules:\n  - name: ssh\n    action: deny\n    protocol: tcp\n    ports: [\"2222\"]\n    from: [\"198.18.7.0/24\"]\n");
+    let o = nodewall(&["check", "--strict", "-c", clean.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn drops_without_an_agent_says_where_it_looked() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = nodewall(&["drops", "--state-dir", dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("agent.sock") && err.contains("nodewall run"),
+        "{err}"
+    );
+}
+
+#[test]
 fn verbose_logs_are_nodewall_s_not_every_library_s() {
     if !is_root() {
         eprintln!("skipped: reading the kernel's nft state needs root");

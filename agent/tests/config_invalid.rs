@@ -777,3 +777,54 @@ fn kubernetes_api_entries_and_section() {
         "list at least one CIDR or API source",
     );
 }
+
+#[test]
+fn drops_section() {
+    one(
+        &format!("{RULES}drops:\n  samples-per-second: 5000\n"),
+        "drops.samples-per-second",
+        4,
+        23,
+        "5000 samples per second is out of range; expected 0 to 1000",
+    );
+    one(
+        &format!("{RULES}drops:\n  sample-rate: 5\n"),
+        "drops.sample-rate",
+        4,
+        3,
+        "samples-per-second",
+    );
+    one(
+        &format!("{RULES}drops:\n  flow-log:\n    path: drops.jsonl\n"),
+        "drops.flow-log.path",
+        5,
+        11,
+        "not an absolute path",
+    );
+    one(
+        &format!("{RULES}drops:\n  flow-log:\n    max-size: 1MiB\n"),
+        "drops.flow-log.path",
+        5,
+        5,
+        "missing: the file to write the samples to",
+    );
+    let errs = errors(&format!(
+        "{RULES}drops:\n  flow-log:\n    path: /var/log/nodewall/\n    max-size: 10MB\n    max-files: 0\n"
+    ));
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+    check(&errs[0], "drops.flow-log.path", 5, 11, "names a directory");
+    check(
+        &errs[1],
+        "drops.flow-log.max-size",
+        6,
+        15,
+        "expected a size in bytes",
+    );
+    check(
+        &errs[2],
+        "drops.flow-log.max-files",
+        7,
+        16,
+        "0 rotated files is out of range; expected 1 to 1000",
+    );
+}

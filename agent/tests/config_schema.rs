@@ -158,3 +158,38 @@ fn enums_match_the_parser() {
         json!(["tcp", "udp", "icmp", "icmpv6", "all"])
     );
 }
+
+/// `drops`: the schema and the parser accept and refuse the same documents.
+#[test]
+fn drops_section_in_the_schema() {
+    let v = validator();
+    let ok = [
+        "rules: []\ndrops: {samples-per-second: 0}\n",
+        "rules: []\ndrops: {samples-per-second: 1000, flow-log: {path: /var/log/nodewall/drops.jsonl}}\n",
+        "rules: []\ndrops:\n  flow-log: {path: /x/drops.jsonl, max-size: 512KiB, max-files: 1}\n",
+        "rules: []\ndrops:\n  flow-log: {path: /x/drops.jsonl, max-size: 1048576}\n",
+    ];
+    let bad = [
+        "rules: []\ndrops: {samples-per-second: 1001}\n",
+        "rules: []\ndrops: {samples-per-second: -1}\n",
+        "rules: []\ndrops: {rate: 5}\n",
+        "rules: []\ndrops: {flow-log: {max-size: 1MiB}}\n",
+        "rules: []\ndrops: {flow-log: {path: relative.jsonl}}\n",
+        "rules: []\ndrops: {flow-log: {path: /var/log/}}\n",
+        "rules: []\ndrops: {flow-log: {path: /x/d.jsonl, max-size: 10MB}}\n",
+        "rules: []\ndrops: {flow-log: {path: /x/d.jsonl, max-size: 512}}\n",
+        "rules: []\ndrops: {flow-log: {path: /x/d.jsonl, max-files: 0}}\n",
+        "rules: []\ndrops: {flow-log: {path: /x/d.jsonl, keep: 3}}\n",
+    ];
+    for doc in ok {
+        assert!(v.is_valid(&yaml(doc)), "schema refused {doc}");
+        nodewall::config::parse(doc, "ok.yaml").unwrap_or_else(|e| panic!("{doc}: {e}"));
+    }
+    for doc in bad {
+        assert!(!v.is_valid(&yaml(doc)), "schema accepted {doc}");
+        assert!(
+            nodewall::config::parse(doc, "bad.yaml").is_err(),
+            "parser accepted {doc}"
+        );
+    }
+}

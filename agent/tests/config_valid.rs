@@ -289,3 +289,22 @@ fn a_config_without_profile_or_rules_is_a_lockdown() {
     let policy = nodewall::policy::compile(&cfg).unwrap();
     assert_eq!(policy.rules.len(), 1, "only the default failsafe");
 }
+
+#[test]
+fn drops_section() {
+    let c = nodewall::config::parse(
+        "rules: []\ndrops:\n  samples-per-second: 0\n  flow-log:\n    path: /var/log/nodewall/drops.jsonl\n    max-size: 512KiB\n",
+        "ok.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.drops.samples_per_second, 0);
+    let log = c.drops.flow_log.unwrap();
+    assert_eq!(
+        log.path,
+        std::path::PathBuf::from("/var/log/nodewall/drops.jsonl")
+    );
+    assert_eq!((log.max_size, log.max_files), (512 << 10, 5));
+    let c = nodewall::config::parse("rules: []\n", "ok.yaml").unwrap();
+    assert_eq!(c.drops.samples_per_second, 20);
+    assert!(c.drops.flow_log.is_none());
+}

@@ -83,6 +83,77 @@ fn a_rule_covered_by_an_earlier_one_is_reported() {
 }
 
 #[test]
+fn a_rule_covered_by_several_earlier_ones_together_is_reported() {
+    let mut cfg = config(vec![
+        rule(
+            "low",
+            Action::Allow,
+            Protocol::Tcp,
+            &[(1, 1024)],
+            &["10.0.0.0/9"],
+        ),
+        rule(
+            "high",
+            Action::Deny,
+            Protocol::Tcp,
+            &[(443, 443)],
+            &["10.128.0.0/9"],
+        ),
+        rule("v6", Action::Allow, Protocol::All, &[], &["fd00::/8"]),
+        rule("ping", Action::Allow, Protocol::Icmp, &[], &["0.0.0.0/0"]),
+        // 10.0.0.0/8 on 443 from `low` and `high`, fd00::/8 from `v6`.
+        rule(
+            "split",
+            Action::Deny,
+            Protocol::Tcp,
+            &[(443, 443)],
+            &["10.0.0.0/8", "fd00:1::/32"],
+        ),
+        // Port 80 is only `low`'s: 10.128.0.0/9 is left.
+        rule(
+            "port-80",
+            Action::Deny,
+            Protocol::Tcp,
+            &[(80, 80)],
+            &["10.0.0.0/8"],
+        ),
+        // ICMP from `ping` (every IPv4 source) and `v6`; but ICMPv6 from 2001:db8::/32 is not.
+        rule(
+            "icmp-both",
+            Action::Deny,
+            Protocol::Icmp,
+            &[],
+            &["10.0.0.0/8"],
+        ),
+        rule(
+            "icmpv6-rest",
+            Action::Deny,
+            Protocol::Icmpv6,
+            &[],
+            &["fd00::/8", "2001:db8::/32"],
+        ),
+    ]);
+    cfg.failsafe = vec![];
+    let policy = policy::compile(&cfg).unwrap();
+    let found = policy::lint(&policy);
+    let names: Vec<&str> = found
+        .iter()
+        .map(|f| policy.rules[f.rule].name.as_str())
+        .collect();
+    assert_eq!(names, ["split", "icmp-both"], "{found:#?}");
+    assert!(
+        found[0]
+            .message
+            .contains("the earlier rules `low` (allow), `high` (deny), `v6` (allow) together"),
+        "{found:?}"
+    );
+    assert!(
+        found[1].message.contains("the earlier rule `ping` (allow)"),
+        "{found:?}"
+    );
+}
+
+#[test]
 fn a_deny_of_everyone_on_ssh_without_failsafe_is_reported() {
     let deny_all = rule(
         "deny-all",

@@ -40,7 +40,8 @@ pub mod map_names {
     pub const SOURCES: &str = "NW_SOURCES";
     pub const XDP_SCRATCH: &str = "NW_XDP_SCRATCH";
     pub const EGRESS_SCRATCH: &str = "NW_EGRESS_SCRATCH";
-    pub const ALL: [&str; 17] = [
+    pub const SAMPLE_RATE: &str = "NW_SAMPLE_RATE";
+    pub const ALL: [&str; 18] = [
         SWITCH,
         CONFIG,
         SRC4,
@@ -58,6 +59,7 @@ pub mod map_names {
         SOURCES,
         XDP_SCRATCH,
         EGRESS_SCRATCH,
+        SAMPLE_RATE,
     ];
 }
 
@@ -417,11 +419,20 @@ pub struct DropSample {
     pub family: u8,
     /// The IP protocol number (0 when the IP header itself was malformed).
     pub proto: u8,
-    pub _pad: [u8; 2],
+    /// [`SAMPLE_AUDIT`] when the generation that judged the packet was in audit mode: the
+    /// packet passed, it would only have been dropped. Set by the program, so a sample taken
+    /// just before or after a mode change is labelled as the packet was treated.
+    pub flags: u8,
+    pub _pad: u8,
 }
 
-/// Samples each CPU may emit per second: the kernel-side rate limit, so that a flood of drops
-/// costs the agent nothing beyond this.
+/// [`DropSample::flags`]: the packet was passed (audit mode), not dropped.
+pub const SAMPLE_AUDIT: u8 = 1;
+
+/// Samples each CPU may emit per second unless the config says otherwise
+/// (`drops.samples-per-second`): the kernel-side rate limit, so that a flood of drops costs the
+/// agent nothing beyond this. The agent writes the configured rate into `NW_SAMPLE_RATE`
+/// (index 0) at every apply; 0 there takes no samples.
 pub const SAMPLES_PER_SECOND: u32 = 20;
 /// Ring buffer size (a power of two, a multiple of the page size): room for ~5,000 samples.
 pub const SAMPLE_RING_BYTES: u32 = 256 * 1024;

@@ -63,6 +63,13 @@ METRICS = {
     "nodewall_drop_samples_total",
     "nodewall_last_apply_success_timestamp_seconds",
     "nodewall_build_info",
+    "nodewall_top_dropped_sources",
+    "nodewall_top_dropped_ports",
+    "nodewall_rule_unmatched",
+    "nodewall_drop_stream_readers",
+    "nodewall_drop_stream_lost_samples_total",
+    "nodewall_flow_log_records_total",
+    "nodewall_flow_log_rotations_total",
     "up",
 }
 METRICS_PORT = 9469

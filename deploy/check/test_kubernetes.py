@@ -217,6 +217,7 @@ def test_daemonset_volumes(renders, name):
     assert list(cms[cm_name]["data"]) == ["config.yaml"]
     assert volumes["bpffs"]["hostPath"] == {"path": "/sys/fs/bpf", "type": "Directory"}
     assert mounts["bpffs"]["mountPath"] == "/sys/fs/bpf"
+    # The node lock, and the agent socket `kubectl exec ... nodewall drops` reads.
     assert volumes["run"]["hostPath"]["path"] == mounts["run"]["mountPath"] == "/run/nodewall"
     assert all("subPath" not in m for m in mounts.values())
 

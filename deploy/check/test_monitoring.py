@@ -160,5 +160,8 @@ def test_dashboard_layout(dashboard):
 
 def test_dashboard_covers_the_issue(dashboard):
     titles = {p["title"] for p in panels(dashboard)}
-    required = {"Drops by reason", "Drops by rule", "Top rules", "Apply latency", "Drift repairs", "Agents up per node"}
+    required = {
+        "Drops by reason", "Drops by rule", "Top rules", "Apply latency", "Drift repairs", "Agents up per node",
+        "Top dropped sources", "Top dropped ports", "Rules never matched",
+    }
     assert required <= titles, required - titles

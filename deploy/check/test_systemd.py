@@ -77,7 +77,8 @@ def test_unit_matches_the_agent_contract():
     assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert "KillSignal" not in s, "SIGTERM (the default) leaves the policy installed"
     assert "--flush-on-exit" not in s["ExecStart"][0]
-    assert s["RuntimeDirectory"] == ["nodewall"], "the lock lives in /run/nodewall"
+    assert s["RuntimeDirectory"] == ["nodewall"], "the lock and agent.sock live in /run/nodewall"
+    assert s["LogsDirectory"] == ["nodewall"], "the flow log may be written in /var/log/nodewall"
     assert s["ReadWritePaths"] == ["/sys/fs/bpf"], "pinned XDP state"
     assert s["ProtectSystem"] == ["strict"]
     assert "PrivateNetwork" not in s, "the agent filters the host's network namespace"

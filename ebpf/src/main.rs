@@ -108,8 +108,9 @@ pub fn nodewall_xdp(ctx: XdpContext) -> u32 {
         }
     };
     bump(&NW_DROP_STATS, drop_index(cause, family, proto), len);
-    sample::record(&ctx, p, cause);
-    if cfg.flags & flags::AUDIT != 0 {
+    let audit = cfg.flags & flags::AUDIT != 0;
+    sample::record(&ctx, p, cause, audit);
+    if audit {
         opens.open();
         return XDP_PASS;
     }

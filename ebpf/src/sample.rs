@@ -1,14 +1,15 @@
 //! Drop samples: a few dropped packets per second and CPU, copied into a ring buffer for the
-//! agent to log. The rate limit is here, in the program, so that a flood of drops costs no
-//! more than the counters it already bumps; the agent limits its log lines on top.
+//! agent to log, stream (`nodewall drops`) and write to its flow log. The rate limit is here,
+//! in the program, so that a flood of drops costs no more than the counters it already bumps;
+//! the agent limits its log lines on top.
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
-use nodewall_common::xdp::{DropSample, SampleBudget, SAMPLES_PER_SECOND, SAMPLE_CLOCK_EVERY, SAMPLE_RING_BYTES};
+use nodewall_common::xdp::{DropSample, SampleBudget, SAMPLE_AUDIT, SAMPLE_CLOCK_EVERY, SAMPLE_RING_BYTES};
 
 use crate::parse::{l4_offset, pkt, Frame, Pkt};
 
@@ -16,6 +17,11 @@ use crate::parse::{l4_offset, pkt, Frame, Pkt};
 static NW_DROP_SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLE_RING_BYTES, 0);
 #[map]
 static NW_SAMPLE_BUDGET: PerCpuArray<SampleBudget> = PerCpuArray::with_max_entries(1, 0);
+/// Samples per second and CPU, as configured (`drops.samples-per-second`); written by the agent
+/// at every apply, 0 (no samples) until then. An array lookup the verifier inlines: no helper
+/// call, and only on the drop path.
+#[map]
+static NW_SAMPLE_RATE: Array<u32> = Array::with_max_entries(1, 0);
 
 const SECOND_NS: u64 = 1_000_000_000;
 
@@ -24,16 +30,20 @@ const SECOND_NS: u64 = 1_000_000_000;
 /// The clock is read only when the budget is spent (and then once per
 /// [`SAMPLE_CLOCK_EVERY`] drops): while samples are left they are taken without it, and the
 /// window restarts when a spent budget finds a second has passed since it started. So at most
-/// [`SAMPLES_PER_SECOND`] samples per window, windows at least a second apart, and a flood of
-/// drops pays for the clock on one drop in [`SAMPLE_CLOCK_EVERY`].
+/// `NW_SAMPLE_RATE` samples per window, windows at least a second apart, and a flood of drops
+/// pays for the clock on one drop in [`SAMPLE_CLOCK_EVERY`].
 #[inline(always)]
 fn take_budget() -> bool {
-    let Some(b) = NW_SAMPLE_BUDGET.get_ptr_mut(0) else {
+    let (Some(b), Some(rate)) = (NW_SAMPLE_BUDGET.get_ptr_mut(0), NW_SAMPLE_RATE.get(0)) else {
         return false;
     };
+    let rate = *rate;
+    if rate == 0 {
+        return false;
+    }
     // SAFETY: a per-CPU value, only this CPU writes it, and this program runs to completion.
     unsafe {
-        if (*b).taken < SAMPLES_PER_SECOND {
+        if (*b).taken < rate {
             if (*b).taken == 0 {
                 (*b).window_start_ns = bpf_ktime_get_coarse_ns();
             }
@@ -56,15 +66,16 @@ fn take_budget() -> bool {
     true
 }
 
-/// Samples the packet in `f`, dropped for `cause`, unless the budget is spent or the ring full.
 #[inline(always)]
 fn words(a: &[u8; 16]) -> [u64; 2] {
     // SAFETY: 16 bytes read as two unaligned words.
     unsafe { core::ptr::read_unaligned(a.as_ptr() as *const [u64; 2]) }
 }
 
+/// Samples the packet `p`, dropped for `cause` (or only counted, when `audit`), unless the
+/// budget is spent or the ring full.
 #[inline(always)]
-pub fn record(ctx: &XdpContext, p: &Pkt, cause: u32) {
+pub fn record(ctx: &XdpContext, p: &Pkt, cause: u32, audit: bool) {
     if !take_budget() {
         return;
     }
@@ -103,7 +114,8 @@ pub fn record(ctx: &XdpContext, p: &Pkt, cause: u32) {
         core::ptr::addr_of_mut!((*s).dport).write(dport);
         core::ptr::addr_of_mut!((*s).family).write(p.family as u8);
         core::ptr::addr_of_mut!((*s).proto).write(if ip { p.proto } else { 0 });
-        core::ptr::addr_of_mut!((*s)._pad).write([0; 2]);
+        core::ptr::addr_of_mut!((*s).flags).write(if audit { SAMPLE_AUDIT } else { 0 });
+        core::ptr::addr_of_mut!((*s)._pad).write(0);
     }
     entry.submit(0);
 }

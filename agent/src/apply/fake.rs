@@ -172,8 +172,10 @@ pub fn parse(text: &str, path: &std::path::Path) -> Result<Desired, String> {
             rules,
             interfaces: vec!["eth0".into()],
             profile: None,
+            samples_per_second: crate::config::DEFAULT_SAMPLES_PER_SECOND,
         },
         text: text.to_string(),
         api: None,
+        flow_log: None,
     })
 }

@@ -92,6 +92,7 @@ mod tests {
             }],
             interfaces: vec![],
             profile: None,
+            samples_per_second: crate::config::DEFAULT_SAMPLES_PER_SECOND,
         }
     }
 

@@ -19,6 +19,8 @@ pub struct Desired {
     pub text: String,
     /// Set when the config talks to the Kubernetes API: see [`FromApi`].
     pub api: Option<FromApi>,
+    /// `drops.flow-log`: where the agent writes its drop samples, if anywhere.
+    pub flow_log: Option<config::FlowLog>,
 }
 
 /// A config that talks to the Kubernetes API, and how its API entries were last resolved.
@@ -115,6 +117,7 @@ fn desired(text: String, path: &Path) -> Result<Desired, String> {
             policy,
             text,
             api: None,
+            flow_log: config.drops.flow_log,
         });
     }
     // Resolved against nothing: every API entry is missing until the caller resolves it.
@@ -124,6 +127,7 @@ fn desired(text: String, path: &Path) -> Result<Desired, String> {
         backend: config.backend,
         policy,
         text,
+        flow_log: config.drops.flow_log.clone(),
         api: Some(FromApi {
             config: Arc::new(config),
             file,

@@ -88,7 +88,8 @@ fn route_dump() -> std::io::Result<Vec<RouteMessage>> {
     }
 }
 
-fn index_name(index: u32) -> Option<String> {
+/// The name of interface `index` in this network namespace, if it exists.
+pub fn index_name(index: u32) -> Option<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname writes at most.
     let name = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::policy::Policy;
 use crate::policy::{Action, Mode};
-pub use sample::DropEvent;
+pub use sample::{Direction, DropEvent};
 
 /// Packets and bytes seen by one rule (allow or deny), monotonic for the life of the node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -2,6 +2,28 @@
 
 use std::net::IpAddr;
 
+use serde::{Deserialize, Serialize};
+
+/// Which way the packet was going. Every sample is inbound today; the field is there so that
+/// readers (`nodewall drops --direction`, flow-log consumers) need no change when outbound
+/// filtering reports drops too.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    #[default]
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
 /// One dropped packet, as much of it as the sample carried.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DropEvent {
@@ -16,4 +38,8 @@ pub struct DropEvent {
     pub rule: String,
     /// Input interface index, when known.
     pub ifindex: Option<u32>,
+    pub direction: Direction,
+    /// The datapath passed the packet (audit mode): it would have been dropped. Told by the
+    /// datapath with each sample, so it is right across a change of mode.
+    pub audit: bool,
 }

@@ -18,6 +18,9 @@ pub struct Args {
     /// Print the errors (or the compiled policy) as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Treat warnings (rules shadowed by earlier ones, ...) as errors: exit 2.
+    #[arg(long)]
+    strict: bool,
 }
 
 /// A warning as `check` reports it: `FILE:LINE:COL: FIELD: warning: REASON`.
@@ -68,20 +71,34 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .collect();
     let found = policy::lint_partial(&policy, |r| partial.contains(r.name.as_str()));
     let warnings = warnings(&text, &config, &policy, &found);
+    let failed = args.strict && !warnings.is_empty();
+    let code = if failed {
+        ExitCode::from(EXIT_INVALID)
+    } else {
+        ExitCode::SUCCESS
+    };
     if args.json {
         output::print_json(&serde_json::json!({
-            "valid": true,
+            "valid": !failed,
             "rules": policy.rules.len(),
             "warnings": warnings,
             "discovered_networks": discovered,
         }))?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
+    let severity = if args.strict { "error" } else { "warning" };
     for w in &warnings {
         eprintln!(
-            "{file}:{}:{}: {}: warning: {}",
+            "{file}:{}:{}: {}: {severity}: {}",
             w.line, w.column, w.path, w.message
         );
+    }
+    if failed {
+        eprintln!(
+            "nodewall: {} warning(s) in {file}, errors under --strict",
+            warnings.len()
+        );
+        return Ok(code);
     }
     let api = if discovered.is_empty() {
         String::new()

@@ -7,6 +7,7 @@ mod check;
 mod confirm;
 mod discovered;
 mod docs;
+mod drops;
 mod explain;
 mod lock;
 mod output;
@@ -90,6 +91,8 @@ enum Command {
     Run(run::Args),
     /// Show what nodewall has installed, with counters.
     Status(status::Args),
+    /// Stream the running agent's drop samples (tcpdump-style lines, or JSON lines).
+    Drops(drops::Args),
     /// Remove everything nodewall installed (and nothing else); refused while `nodewall run`
     /// holds the node lock.
     Flush(status::FlushArgs),
@@ -115,6 +118,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Confirm(a) => confirm::run(a),
         Command::Run(a) => run::run(a),
         Command::Status(a) => status::run(a),
+        Command::Drops(a) => drops::run(a),
         Command::Flush(a) => status::flush(a),
         Command::Completions(a) => docs::completions(&a),
         Command::Man(a) => docs::man(&a),

@@ -2,6 +2,7 @@
 //! sections (profile networks, unique rule names, "something to enforce").
 
 use super::api_sources;
+use super::drops::{self, Drops};
 use super::fields;
 use super::model::{BackendKind, Config, Implicit, Mode};
 use super::naming::{name_rules, valid};
@@ -20,6 +21,7 @@ pub const TOP_KEYS: &[&str] = &[
     "failsafe",
     "implicit",
     "kubernetes",
+    "drops",
 ];
 pub const BACKENDS: &[(&str, BackendKind)] = &[
     ("nft", BackendKind::Nft),
@@ -65,6 +67,7 @@ pub fn document(ctx: &mut Ctx, root: &Node) -> Option<Config> {
     let kubernetes = f.optional("kubernetes", None, |n, p| {
         api_sources::kubernetes(ctx, n, p).map(Some)
     });
+    let drops = f.optional("drops", Drops::default(), |n, p| drops::drops(ctx, n, p));
 
     name_rules(
         ctx,
@@ -90,6 +93,7 @@ pub fn document(ctx: &mut Ctx, root: &Node) -> Option<Config> {
             Some(list) => valid(list)?,
         },
         implicit: implicit?,
+        drops: drops?,
     };
     ctx.errors.is_empty().then_some(config)
 }

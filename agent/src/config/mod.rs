@@ -2,6 +2,7 @@
 
 mod api_sources;
 mod document;
+mod drops;
 mod fields;
 mod flow;
 mod model;
@@ -17,6 +18,7 @@ mod walk;
 mod yaml;
 
 pub use api_sources::dns_subdomain;
+pub use drops::{parse_size, Drops, FlowLog, DEFAULT_SAMPLES_PER_SECOND, MAX_SAMPLES_PER_SECOND};
 pub use fields::{interface_name, shown};
 pub use model::*;
 pub use parse::{item_positions, load, parse, read, ConfigError, ConfigErrors, MAX_CONFIG_BYTES};

@@ -105,6 +105,8 @@ pub struct Config {
     /// Accepted before everything else. Default: tcp/22 from anywhere; `[]` disables.
     pub failsafe: Vec<RuleConfig>,
     pub implicit: Implicit,
+    /// Drop sampling and the flow log (`drops`).
+    pub drops: super::Drops,
 }
 
 impl Config {

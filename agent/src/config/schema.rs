@@ -102,6 +102,8 @@ struct ConfigFile {
         default
     )]
     implicit: Implicit,
+    #[schemars(default)]
+    drops: Drops,
 }
 
 /// Defaults shown in the schema.
@@ -327,6 +329,67 @@ struct Implicit {
 
 fn on() -> bool {
     true
+}
+
+/// Samples of dropped packets: what `nodewall drops` streams, the flow log records and the
+/// agent logs (rate-limited). Counters count every drop whatever this says.
+#[derive(JsonSchema, Default)]
+#[schemars(inline, deny_unknown_fields)]
+#[allow(dead_code)]
+struct Drops {
+    /// Dropped packets sampled per second: per CPU on the XDP backend, per drop reason and
+    /// rule on the nft backend. 0 takes no samples.
+    #[schemars(
+        rename = "samples-per-second",
+        default = "samples_per_second",
+        range(max = super::drops::MAX_SAMPLES_PER_SECOND)
+    )]
+    samples_per_second: u32,
+    #[schemars(rename = "flow-log", default)]
+    flow_log: Option<FlowLog>,
+}
+
+fn samples_per_second() -> u32 {
+    super::drops::DEFAULT_SAMPLES_PER_SECOND
+}
+
+/// Every sample as one JSON line in a file, for log shippers; the file is rotated when it
+/// reaches `max-size` (to FILE.1, FILE.1 to FILE.2, ...), keeping `max-files` rotated files.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+#[allow(dead_code)]
+struct FlowLog {
+    /// Absolute path of the file; its directory must exist and be writable by the agent.
+    #[schemars(regex(pattern = "^/.*[^/]$"))]
+    path: String,
+    /// Bytes, or a string with a binary unit: "512KiB", "100MiB", "1GiB" (1KiB to 1TiB).
+    #[schemars(rename = "max-size", default = "max_size")]
+    max_size: Size,
+    /// Rotated files kept besides the current one.
+    #[schemars(
+        rename = "max-files",
+        default = "max_files",
+        range(min = 1, max = super::drops::MAX_MAX_FILES)
+    )]
+    max_files: u32,
+}
+
+fn max_size() -> u64 {
+    super::drops::DEFAULT_MAX_SIZE
+}
+
+fn max_files() -> u32 {
+    super::drops::DEFAULT_MAX_FILES
+}
+
+#[derive(JsonSchema)]
+#[schemars(inline, untagged)]
+#[allow(dead_code)]
+enum Size {
+    Bytes(
+        #[schemars(range(min = super::drops::MIN_MAX_SIZE, max = super::drops::MAX_MAX_SIZE))] u64,
+    ),
+    WithUnit(#[schemars(regex(pattern = "^[0-9]+ ?(B|K|KiB|M|MiB|G|GiB)?$"))] String),
 }
 
 fn names<T>(table: &[(&str, T)]) -> Vec<String> {

@@ -68,6 +68,7 @@ const REPAIR_STREAK_SLOWDOWN: u32 = 5;
 
 /// What the loop works with, fixed for its lifetime.
 pub(super) struct Context {
+    pub hub: Arc<super::hub::Hub>,
     pub config: PathBuf,
     pub parser: Parser,
     pub worker: Worker,
@@ -513,6 +514,7 @@ impl Control {
             Ok(report) => {
                 let diff = PolicyDiff::between(self.applied.as_ref(), &policy);
                 let (why, what) = self.api.cause.take().unzip();
+                let audit = policy.mode == crate::policy::Mode::Audit;
                 tracing::info!(
                     trigger = trigger.as_str(),
                     backend = self.cx.worker.backend_name(),
@@ -535,8 +537,16 @@ impl Control {
                     changed_rules = %Names(&diff.changed),
                     why = why.as_deref(),
                     sets_changed = what.as_deref(),
-                    "policy applied"
+                    "{}",
+                    if audit {
+                        "policy applied in audit mode: nothing is dropped; packets it denies are passed, counted and sampled as would-drop"
+                    } else {
+                        "policy applied"
+                    }
                 );
+                let renewed = diff.added.iter().chain(&diff.changed).cloned().collect();
+                self.cx.metrics.usage.installed(&policy, &renewed);
+                self.cx.hub.applied(&policy, self.desired.flow_log.as_ref());
                 self.cx
                     .metrics
                     .apply_succeeded(report.generation, report.duration);

@@ -1,15 +1,19 @@
 //! `nodewall run`: the agent that keeps a node's firewall equal to its config file.
 //!
 //! Layout: [`watch`] (inotify), [`worker`] (the backend on its own thread), `control` (the
-//! loop that applies, reloads and repairs drift), `http` (metrics and probes). The lock, the
+//! loop that applies, reloads and repairs drift), `http` (metrics and probes), `hub` (where
+//! drop samples go: the live stream served on `socket`, the `flowlog`). The lock, the
 //! state directory and the config source are [`crate::apply`]'s, shared with `nodewall apply`.
 
 mod control;
 mod diff;
+mod flowlog;
 mod health;
 mod http;
+mod hub;
 pub mod nflog;
 mod samples;
+mod socket;
 pub mod watch;
 pub mod worker;
 
@@ -89,6 +93,9 @@ pub struct Daemon {
     events: mpsc::UnboundedReceiver<Event>,
     metrics_addr: SocketAddr,
     flush_on_exit: bool,
+    hub: Arc<hub::Hub>,
+    /// Removes the socket file when the daemon ends (before the lock is released).
+    _socket: Option<socket::Socket>,
     _lock: StateLock,
 }
 
@@ -128,11 +135,26 @@ impl Daemon {
                 health: health.clone(),
             },
         ));
+        let hub = Arc::new(hub::Hub::new(worker.backend_name(), metrics.clone()));
+        // The local socket is an aid (`nodewall drops`, `status`): failing to bind it is
+        // logged, never a reason not to enforce.
+        let socket = match socket::Socket::bind(&opts.state_dir) {
+            Ok(mut s) => {
+                tracing::info!(socket = %s.path().display(), "serving drop samples and rule usage");
+                spawn(s.serve(hub.clone(), metrics.clone()));
+                Some(s)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %opts.state_dir.display(), "cannot bind the agent socket: no `nodewall drops`");
+                None
+            }
+        };
         if worker.backend_name() == "nft" {
-            nflog::spawn_sampler(metrics.clone());
+            nflog::spawn_sampler(metrics.clone(), hub.clone());
         }
         let (sample_worker, sample_metrics) = (worker.clone(), metrics.clone());
         let cx = Context {
+            hub: hub.clone(),
             config: opts.config,
             parser,
             worker,
@@ -148,7 +170,7 @@ impl Daemon {
             .map_err(DaemonError::InvalidConfig)?;
         control.start().await;
         // After the first apply: that is what creates the XDP ring buffer.
-        samples::spawn_sampler(&sample_worker, sample_metrics).await;
+        samples::spawn_sampler(&sample_worker, sample_metrics, hub.clone()).await;
         let (tx, events) = mpsc::unbounded_channel();
         let daemon = Daemon {
             control,
@@ -156,6 +178,8 @@ impl Daemon {
             events,
             metrics_addr,
             flush_on_exit: opts.flush_on_exit,
+            hub,
+            _socket: socket,
             _lock: lock,
         };
         Ok((daemon, Handle { tx }))
@@ -170,6 +194,7 @@ impl Daemon {
     pub async fn run(mut self) {
         self.control.run(self.watcher, self.events).await;
         self.control.shutdown(self.flush_on_exit).await;
+        self.hub.shutdown();
     }
 }
 

@@ -8,15 +8,16 @@
 
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_netfilter::nflog::{
-    config_request, ConfigCmd, ConfigMode, PacketNla, ULogMessage,
+    config_request, ConfigCmd, ConfigMode, ConfigNla, PacketNla, Timeout, ULogMessage,
 };
 use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
 use netlink_sys::constants::NETLINK_NETFILTER;
 use netlink_sys::{AsyncSocket, AsyncSocketExt, TokioSocket};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use super::hub::Hub;
 use crate::backend::nft::nflog::{parse_nflog_prefix, NFLOG_GROUP};
-use crate::backend::DropEvent;
+use crate::backend::{Direction, DropEvent};
 use crate::metrics::drops::{self, RateLimit};
 use crate::metrics::Metrics;
 
@@ -28,7 +29,7 @@ const SUPPRESSED_REPORT: std::time::Duration = std::time::Duration::from_secs(10
 
 /// Starts logging drop samples from [`NFLOG_GROUP`], rate-limited; logs and returns if the
 /// group cannot be bound (sampling is an aid, never a reason to stop enforcing).
-pub fn spawn_sampler(metrics: std::sync::Arc<Metrics>) {
+pub fn spawn_sampler(metrics: std::sync::Arc<Metrics>, hub: std::sync::Arc<Hub>) {
     let mut sock = match NflogSocket::bind(NFLOG_GROUP) {
         Ok(s) => s,
         Err(e) => {
@@ -37,7 +38,7 @@ pub fn spawn_sampler(metrics: std::sync::Arc<Metrics>) {
         }
     };
     super::spawn(async move {
-        let mut log = SampleLog::new(metrics);
+        let mut log = SampleLog::new(metrics, hub);
         loop {
             match sock.recv().await {
                 Ok(events) => log.record(events),
@@ -50,28 +51,32 @@ pub fn spawn_sampler(metrics: std::sync::Arc<Metrics>) {
     });
 }
 
-/// Drop samples -> log lines, rate-limited, each counted as logged or suppressed. Shared by
-/// every source of samples (NFLOG here, a backend's own in `daemon::samples`).
+/// Drop samples -> the [`Hub`] (live stream, flow log, top-N) and log lines, rate-limited,
+/// each counted as logged or suppressed. Shared by every source of samples (NFLOG here, a
+/// backend's own in `daemon::samples`).
 pub(super) struct SampleLog {
     limit: RateLimit,
     metrics: std::sync::Arc<Metrics>,
+    hub: std::sync::Arc<Hub>,
 }
 
 impl SampleLog {
-    pub(super) fn new(metrics: std::sync::Arc<Metrics>) -> Self {
+    pub(super) fn new(metrics: std::sync::Arc<Metrics>, hub: std::sync::Arc<Hub>) -> Self {
         Self {
             limit: RateLimit::new(LOG_RATE, LOG_BURST, std::time::Instant::now()),
             metrics,
+            hub,
         }
     }
 
     pub(super) fn record(&mut self, events: Vec<DropEvent>) {
         let now = std::time::Instant::now();
         for event in events {
+            self.hub.publish(&event);
             let logged = self.limit.allow(now);
             self.metrics.drop_sampled(logged);
             if logged {
-                drops::log(&event, self.metrics.audit());
+                drops::log(&event, event.audit);
             }
         }
         if let Some(n) = self.limit.take_suppressed(now, SUPPRESSED_REPORT) {
@@ -82,6 +87,11 @@ impl SampleLog {
 
 /// Bytes of each packet to copy: IPv6 header (40) + TCP header without options (20), rounded.
 const COPY_RANGE: u32 = 96;
+/// The kernel holds samples until it has [`FLUSH_BATCH`] of them or [`FLUSH_HUNDREDTHS`]
+/// hundredths of a second have passed since the first. Its defaults (100 samples, 1 s) made a
+/// sample up to a second late, and `nodewall drops` is read live; 50 ms still batches a burst.
+const FLUSH_HUNDREDTHS: u32 = 5;
+const FLUSH_BATCH: u32 = 32;
 
 pub struct NflogSocket {
     sock: TokioSocket,
@@ -101,6 +111,8 @@ impl NflogSocket {
             vec![
                 ConfigCmd::Bind.into(),
                 ConfigMode::new_packet(COPY_RANGE).into(),
+                ConfigNla::Timeout(Timeout::new(FLUSH_HUNDREDTHS)),
+                ConfigNla::QThresh(FLUSH_BATCH),
             ],
         );
         let mut buf = vec![0; request.header.length as usize];
@@ -172,7 +184,7 @@ fn parse_packet(nlas: Vec<PacketNla>) -> Option<DropEvent> {
         }
     }
     let prefix = prefix?;
-    let (reason, rule) = parse_nflog_prefix(&prefix)?;
+    let tagged = parse_nflog_prefix(&prefix)?;
     let headers = parse_headers(&payload?)?;
     Some(DropEvent {
         src: headers.src,
@@ -180,9 +192,11 @@ fn parse_packet(nlas: Vec<PacketNla>) -> Option<DropEvent> {
         protocol: headers.protocol,
         sport: headers.sport,
         dport: headers.dport,
-        reason: reason.to_string(),
-        rule: rule.to_string(),
+        reason: tagged.reason.to_string(),
+        rule: tagged.rule.to_string(),
         ifindex,
+        direction: Direction::Ingress,
+        audit: tagged.audit,
     })
 }
 
@@ -305,6 +319,9 @@ mod tests {
             ("rule", "deny-kubelet")
         );
         assert_eq!(e.ifindex, Some(7));
+        assert!(!e.audit);
+        let audit = parse_messages(&sample_message("nodewall:audit:default-deny:"));
+        assert!(audit[0].audit, "{audit:?}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+use super::hub::Hub;
 use super::nflog::SampleLog;
 use super::worker::Worker;
 use crate::backend::{Backend, DropSamples};
@@ -29,13 +30,13 @@ const RECHECK: Duration = Duration::from_secs(2);
 /// Asks the backend for its samples and, if it has any, logs them from now on, following the
 /// datapath when it is rebuilt. Failing to open them only pauses sampling until the next
 /// check: it is an aid, never a reason to stop enforcing.
-pub async fn spawn_sampler(worker: &Worker, metrics: Arc<Metrics>) {
+pub async fn spawn_sampler(worker: &Worker, metrics: Arc<Metrics>, hub: Arc<Hub>) {
     let worker = worker.clone();
     let Some(first) = open(&worker, true).await else {
         return;
     };
     super::spawn(async move {
-        let mut log = SampleLog::new(metrics);
+        let mut log = SampleLog::new(metrics, hub);
         let mut source = first;
         let mut recheck = tokio::time::interval(RECHECK);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -9,7 +9,10 @@
 pub mod discovery;
 pub mod drops;
 mod reset;
+pub mod samples;
 mod text;
+mod top;
+pub mod usage;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -91,6 +94,10 @@ pub struct Metrics {
     /// Packets and bytes of every drop series, for the node's status object.
     dropped_totals: (AtomicU64, AtomicU64),
     pub discovery: discovery::DiscoveryMetrics,
+    /// The stream, the flow log and the top dropped sources and ports.
+    pub samples: samples::SampleMetrics,
+    /// Rules that have not matched since they were installed.
+    pub usage: usage::RuleUsage,
 }
 
 impl Metrics {
@@ -114,6 +121,8 @@ impl Metrics {
             raw: Mutex::new(ResetTracker::default()),
             dropped_totals: Default::default(),
             discovery: Default::default(),
+            samples: Default::default(),
+            usage: Default::default(),
             registry: Registry::default(),
         };
         m.register_all(backend)
@@ -214,6 +223,8 @@ impl Metrics {
             build_info,
         );
         m.discovery.register(&mut registry);
+        m.samples.register(&mut registry);
+        m.usage.register(&mut registry);
         self.registry = registry;
         self
     }
@@ -228,6 +239,9 @@ impl Metrics {
             };
             let (dp, db) = raw.advance(reset::Key::Rule(labels.clone()), r.packets, r.bytes);
             self.rule_packets.get_or_create(&labels).inc_by(dp);
+            if dp > 0 {
+                self.usage.matched(&labels.rule);
+            }
             self.rule_bytes.get_or_create(&labels).inc_by(db);
         }
         for d in &counters.drops {
@@ -314,6 +328,7 @@ impl Metrics {
 
     /// The whole registry as OpenMetrics text (ends with `# EOF`).
     pub fn encode(&self) -> String {
+        let _top = self.samples.refresh_top();
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

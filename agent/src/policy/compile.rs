@@ -52,6 +52,7 @@ pub fn compile(config: &Config) -> Result<Policy, CompileError> {
         rules,
         interfaces: config.interfaces.clone(),
         profile: config.profile.clone(),
+        samples_per_second: config.drops.samples_per_second,
     })
 }
 

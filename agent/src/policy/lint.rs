@@ -4,6 +4,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use ipnet::IpNet;
+
+use super::addrset::AddrSet;
 use super::model::{Action, CtState, Mode, Origin, Packet, Policy, PortSet, Protocol, Rule, L4};
 
 /// One warning about `policy.rules[rule]`.
@@ -50,10 +53,20 @@ pub fn lint_partial(policy: &Policy, partial: impl Fn(&Rule) -> bool) -> Vec<Fin
                     "rule `{}` can never match: the earlier rule `{}` ({}) matches every packet it would",
                     later.name,
                     earlier.name,
-                    match earlier.action {
-                        Action::Allow => "allow",
-                        Action::Deny => "deny",
-                    }
+                    action_name(earlier.action)
+                ),
+            });
+        } else if let Some(together) = covered_together(&policy.rules[..j], later) {
+            let names: Vec<String> = together
+                .iter()
+                .map(|e| format!("`{}` ({})", e.name, action_name(e.action)))
+                .collect();
+            out.push(Finding {
+                rule: j,
+                message: format!(
+                    "rule `{}` can never match: the earlier rules {} together match every packet it would",
+                    later.name,
+                    names.join(", ")
                 ),
             });
         }
@@ -123,6 +136,65 @@ fn covers(earlier: &Rule, later: &Rule) -> bool {
         // An ICMP rule matches IPv4 sources only: it cannot cover another protocol's IPv6 ones.
         && !(earlier.protocol == Protocol::Icmp && !later.sources.v6_ranges().is_empty() && v6)
         && !(earlier.protocol == Protocol::Icmpv6 && !later.sources.v4_ranges().is_empty() && v4)
+}
+
+fn action_name(a: Action) -> &'static str {
+    match a {
+        Action::Allow => "allow",
+        Action::Deny => "deny",
+    }
+}
+
+/// The earlier rules whose sources, together, cover `later`'s, among those that match every
+/// protocol and port `later` does (the common split: one rule per source range). Sources
+/// split across rules of other ports as well are not found: a warning, never a false one.
+fn covered_together<'a>(earlier: &'a [Rule], later: &Rule) -> Option<Vec<&'a Rule>> {
+    let mut used = Vec::new();
+    let mut sources = AddrSet::default();
+    for e in earlier {
+        let wide = Rule {
+            sources: AddrSet::any(),
+            ..e.clone()
+        };
+        let narrow = Rule {
+            sources: AddrSet::any(),
+            ..later.clone()
+        };
+        // The same protocol and ports, or wider: only the sources decide.
+        if !covers(&wide, &narrow) {
+            continue;
+        }
+        // An ICMP (ICMPv6) rule matches IPv4 (IPv6) sources only.
+        let own = match e.protocol {
+            Protocol::Icmp => AddrSet::from_nets(
+                &e.sources
+                    .v4_prefixes()
+                    .into_iter()
+                    .map(IpNet::V4)
+                    .collect::<Vec<_>>(),
+            ),
+            Protocol::Icmpv6 => AddrSet::from_nets(
+                &e.sources
+                    .v6_prefixes()
+                    .into_iter()
+                    .map(IpNet::V6)
+                    .collect::<Vec<_>>(),
+            ),
+            _ => e.sources.clone(),
+        };
+        if own.is_empty() {
+            continue;
+        }
+        sources = sources.union(&own);
+        used.push(e);
+    }
+    let together = Rule {
+        sources,
+        protocol: later.protocol,
+        ports: later.ports.clone(),
+        ..later.clone()
+    };
+    (used.len() > 1 && covers(&together, later)).then_some(used)
 }
 
 fn ports_cover(earlier: &PortSet, later: &PortSet) -> bool {

@@ -118,6 +118,9 @@ pub struct Policy {
     pub interfaces: Vec<String>,
     /// The profile the rules came from, if any.
     pub profile: Option<String>,
+    /// Dropped packets the datapath samples per second (per CPU on XDP, per drop reason and
+    /// rule on nft); 0: none. Not part of [`Policy::digest`]: it changes no verdict.
+    pub samples_per_second: u32,
 }
 
 /// Connection-tracking state of a packet, as the kernel sees it.

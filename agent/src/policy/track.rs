@@ -287,6 +287,7 @@ mod tests {
             rules,
             interfaces: Vec::new(),
             profile: None,
+            samples_per_second: crate::config::DEFAULT_SAMPLES_PER_SECOND,
         }
     }
 

@@ -49,5 +49,6 @@ pub fn config(rules: Vec<RuleConfig>) -> Config {
         rules,
         failsafe: vec![],
         implicit: Implicit::default(),
+        drops: Default::default(),
     }
 }

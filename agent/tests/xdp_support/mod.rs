@@ -190,6 +190,7 @@ pub fn policy(rules: Vec<Rule>) -> Policy {
         rules,
         interfaces: Vec::new(),
         profile: None,
+        samples_per_second: nodewall::config::DEFAULT_SAMPLES_PER_SECOND,
     }
 }
 

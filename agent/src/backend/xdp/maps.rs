@@ -102,6 +102,9 @@ pub struct Maps {
     /// daemon has no use for 4.8 MiB of mapped kernel memory (the maps are already counted,
     /// once, as the program's memory).
     sources_fd: MapFd,
+    /// `NW_SAMPLE_RATE`; `None` only in pins left by an agent that predates it (until the next
+    /// load of the object creates it).
+    sample_rate: Option<Array<MapData, u32>>,
 }
 
 impl Maps {
@@ -159,7 +162,15 @@ impl Maps {
         let ports_fd = fd_of(&get(names::PORTS)?, names::PORTS, bits)?;
         let slot_names = get(names::SLOT_NAMES)?;
         let slot_names_fd = fd_of(&slot_names, names::SLOT_NAMES, size_of::<SlotName>())?;
+        let sample_rate =
+            match get(names::SAMPLE_RATE) {
+                Ok(map) => Some(map.try_into().with_context(|| {
+                    format!("map {} has an unexpected type", names::SAMPLE_RATE)
+                })?),
+                Err(_) => None,
+            };
         Ok(Self {
+            sample_rate,
             ports_fd,
             slot_names_fd,
             slot_names: slot_names
@@ -207,6 +218,17 @@ impl Maps {
     fn map_sources(&self) -> Result<MappedSources> {
         MappedSources::map(self.sources_fd.as_fd())
             .with_context(|| format!("map {}", names::SOURCES))
+    }
+
+    /// Sets the drop samples each CPU may take per second (0: none).
+    pub fn write_sample_rate(&mut self, per_second: u32) -> Result<()> {
+        let map = self.sample_rate.as_mut().with_context(|| {
+            format!(
+                "map {} is missing from the pinned datapath",
+                names::SAMPLE_RATE
+            )
+        })?;
+        Ok(map.set(0, per_second, 0)?)
     }
 
     pub fn read_switch(&self) -> Result<Switch> {

@@ -163,6 +163,8 @@ impl Backend for XdpBackend {
         }
         let links = self.links();
         let dp = &mut self.loaded.as_mut().expect("loaded above").dp;
+        // Not part of a generation: a sample rate takes effect at once and decides no verdict.
+        dp.maps_mut().write_sample_rate(policy.samples_per_second)?;
         let installed = dp.install_image(image)?;
         let mut changed = installed.changed;
         let mut added = installed.writes.added;

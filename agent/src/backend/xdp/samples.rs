@@ -10,12 +10,12 @@ use anyhow::{Context, Result};
 use aya::maps::{Array, Map, MapData, MapInfo, RingBuf};
 use nodewall_common::xdp::{
     map_names, DropSample, SlotName, DROP_CAUSE_DEFAULT, DROP_CAUSE_INVALID, DROP_CAUSE_RULE_BASE,
-    FAMILY_IPV4, MAX_NAME_LEN,
+    FAMILY_IPV4, MAX_NAME_LEN, SAMPLE_AUDIT,
 };
 use nodewall_common::DropReason;
 
-use crate::backend::DropEvent;
 use crate::backend::DropSamples;
+use crate::backend::{Direction, DropEvent};
 
 pub struct RingSamples {
     ring: RingBuf<MapData>,
@@ -120,6 +120,8 @@ pub fn event(s: &DropSample, rule: String) -> DropEvent {
         reason: reason.as_str().to_string(),
         rule,
         ifindex: (s.ifindex != 0).then_some(s.ifindex),
+        direction: Direction::Ingress,
+        audit: s.flags & SAMPLE_AUDIT != 0,
     }
 }
 
@@ -149,6 +151,7 @@ mod tests {
             ("tcp", Some(40000), Some(10250))
         );
         assert_eq!((e.reason.as_str(), e.ifindex), ("default-deny", Some(2)));
+        assert!(!e.audit && e.direction == Direction::Ingress);
 
         let mut s6 = DropSample {
             cause: DROP_CAUSE_RULE_BASE + 3,
@@ -169,10 +172,12 @@ mod tests {
         let other = DropSample {
             cause: DROP_CAUSE_INVALID,
             proto: 253,
+            flags: SAMPLE_AUDIT,
             ..DropSample::default()
         };
         let e = event(&other, String::new());
         assert_eq!((e.protocol.as_str(), e.sport), ("253", None));
         assert_eq!(e.reason, "invalid");
+        assert!(e.audit, "the program's audit flag is carried");
     }
 }

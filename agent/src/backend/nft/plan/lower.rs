@@ -14,9 +14,6 @@ use crate::policy::{
     ICMPV6_ERROR_TYPES, ICMPV6_ND_TYPES,
 };
 
-/// Drop samples a drop chain may send at once: one second's worth.
-const SAMPLE_BURST: u32 = drops::KERNEL_SAMPLE_RATE;
-
 const ICMP_ERRORS_SET: &str = "icmp-errors";
 const ICMPV6_ERRORS_SET: &str = "icmpv6-errors";
 const ND_SET: &str = "nd-types";
@@ -56,7 +53,10 @@ pub fn restamp(rs: &mut Ruleset, generation: u64) {
 /// Builds the table for `policy` filtering `interfaces`; `generation` goes into the base rule's
 /// comment.
 pub fn build(policy: &Policy, interfaces: &[String], generation: u64) -> Ruleset {
-    let mut b = Builder::default();
+    let mut b = Builder {
+        sample_rate: policy.samples_per_second,
+        ..Builder::default()
+    };
     // Names go into the set (nft matches them by name, so an interface created later is
     // filtered as it appears); each `eth*` pattern is a prefix compare of its own.
     let (patterns, names): (Vec<&String>, Vec<&String>) =
@@ -128,6 +128,8 @@ pub fn build(policy: &Policy, interfaces: &[String], generation: u64) -> Ruleset
 
 #[derive(Default)]
 struct Builder {
+    /// Drop samples each drop chain sends per second (and at once: one second's worth).
+    sample_rate: u32,
     sets: Vec<SetDef>,
     counters: Vec<CounterDef>,
     chains: Vec<ChainDef>,
@@ -162,22 +164,26 @@ impl Builder {
         };
         // The sample is a rule of its own, without a verdict: over the rate limit it simply
         // does not match, and the counting and dropping rules below see every packet.
-        let mut rules = vec![RuleDef {
-            matches: vec![Match::Limit {
-                per_second: drops::KERNEL_SAMPLE_RATE,
-                burst: SAMPLE_BURST,
-            }],
-            log: Some(Log {
-                prefix: drops::nflog_prefix(
-                    reason.as_str(),
-                    rule.map(|r| r.name.as_str()).unwrap_or(""),
-                ),
-                group: drops::NFLOG_GROUP,
-            }),
-            counter: None,
-            verdict: None,
-            comment: None,
-        }];
+        let mut rules = Vec::new();
+        if self.sample_rate > 0 {
+            rules.push(RuleDef {
+                matches: vec![Match::Limit {
+                    per_second: self.sample_rate,
+                    burst: self.sample_rate,
+                }],
+                log: Some(Log {
+                    prefix: drops::nflog_prefix(
+                        mode,
+                        reason.as_str(),
+                        rule.map(|r| r.name.as_str()).unwrap_or(""),
+                    ),
+                    group: drops::NFLOG_GROUP,
+                }),
+                counter: None,
+                verdict: None,
+                comment: None,
+            });
+        }
         for f in Family::BOTH {
             for (proto, number) in drop_protocols(f) {
                 let counter = self.counter(
@@ -452,6 +458,7 @@ mod tests {
             rules,
             interfaces: vec!["eth0".into()],
             profile: None,
+            samples_per_second: crate::config::DEFAULT_SAMPLES_PER_SECOND,
         }
     }
 
@@ -533,7 +540,7 @@ mod tests {
             sample.matches,
             vec![Match::Limit {
                 per_second: drops::KERNEL_SAMPLE_RATE,
-                burst: SAMPLE_BURST
+                burst: drops::KERNEL_SAMPLE_RATE
             }]
         );
         assert!(drop_b.rules[1..]
