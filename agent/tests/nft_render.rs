@@ -81,6 +81,7 @@ fn config(profile: &str, mode: Mode) -> Config {
         ],
         failsafe: Config::default_failsafe(),
         implicit: Implicit::default(),
+        egress: Default::default(),
     }
 }
 

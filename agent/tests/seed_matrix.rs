@@ -190,6 +190,7 @@ fn config(profile: &str) -> Config {
         // No failsafe: only the seed table decides (tcp/22 is tested separately).
         failsafe: vec![],
         implicit: Implicit::default(),
+        egress: Default::default(),
     }
 }
 

@@ -172,6 +172,7 @@ pub fn parse(text: &str, path: &std::path::Path) -> Result<Desired, String> {
             rules,
             interfaces: vec!["eth0".into()],
             profile: None,
+            egress: Default::default(),
         },
         text: text.to_string(),
     })

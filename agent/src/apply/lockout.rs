@@ -92,6 +92,7 @@ mod tests {
             }],
             interfaces: vec![],
             profile: None,
+            egress: Default::default(),
         }
     }
 

@@ -100,7 +100,7 @@ fn warnings(text: &str, config: &Config, policy: &Policy, found: &[Finding]) -> 
                     let i = index(&config.failsafe).unwrap_or(0);
                     (format!("failsafe[{i}]"), failsafe.get(i))
                 }
-                Origin::Profile { .. } => ("profile".to_string(), None),
+                Origin::Profile { .. } | Origin::Metadata => ("profile".to_string(), None),
             };
             let (line, column) = at.copied().unwrap_or((1, 1));
             Warning {

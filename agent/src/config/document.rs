@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use super::egress;
 use super::fields;
-use super::model::{BackendKind, Config, Implicit, Mode};
+use super::model::{BackendKind, Config, EgressConfig, Implicit, Mode};
 use super::naming::{name_rules, valid};
 use super::networks::{network_names, networks, profile};
 use super::rules::{self, Section};
@@ -20,6 +21,7 @@ pub const TOP_KEYS: &[&str] = &[
     "rules",
     "failsafe",
     "implicit",
+    "egress",
 ];
 pub const BACKENDS: &[(&str, BackendKind)] = &[
     ("nft", BackendKind::Nft),
@@ -62,15 +64,38 @@ pub fn document(ctx: &mut Ctx, root: &Node) -> Option<Config> {
         .get("failsafe")
         .map(|n| rules::list(ctx, n, "failsafe", Section::Failsafe, names.as_deref()));
     let implicit = f.optional("implicit", Implicit::default(), |n, p| implicit(ctx, n, p));
+    // Absent: open egress, as before egress existed; `Some(None)`: present but malformed.
+    let mut egress = f.get("egress").map(|n| {
+        let profile = egress::profile_name(f.get("profile"));
+        egress::read(ctx, n, "egress", names.as_deref(), profile)
+    });
 
+    let mut no_egress = egress::EgressSection::empty();
+    let e = match egress.as_mut() {
+        Some(Some(e)) => e,
+        _ => &mut no_egress,
+    };
     name_rules(
         ctx,
-        rules.as_deref_mut().unwrap_or_default(),
-        failsafe
-            .as_mut()
-            .and_then(Option::as_deref_mut)
-            .unwrap_or_default(),
+        &mut [
+            rules.as_deref_mut().unwrap_or_default(),
+            e.rules.as_deref_mut().unwrap_or_default(),
+        ],
+        &mut [
+            failsafe
+                .as_mut()
+                .and_then(Option::as_deref_mut)
+                .unwrap_or_default(),
+            e.failsafe
+                .as_mut()
+                .and_then(Option::as_deref_mut)
+                .unwrap_or_default(),
+        ],
     );
+    let egress = match egress {
+        None => Some(EgressConfig::default()),
+        Some(e) => e.and_then(egress::build),
+    };
 
     let config = Config {
         backend: backend?,
@@ -84,6 +109,7 @@ pub fn document(ctx: &mut Ctx, root: &Node) -> Option<Config> {
             Some(list) => valid(list)?,
         },
         implicit: implicit?,
+        egress: egress?,
     };
     ctx.errors.is_empty().then_some(config)
 }

@@ -1,6 +1,7 @@
 //! The configuration file: typed model, YAML parsing with located errors, JSON Schema.
 
 mod document;
+mod egress;
 mod fields;
 mod flow;
 mod model;

@@ -42,10 +42,15 @@ pub fn compile(config: &Config) -> Result<Policy, CompileError> {
         rules,
         interfaces: config.interfaces.clone(),
         profile: config.profile.clone(),
+        egress: super::egress_compile::egress(config)?,
     })
 }
 
-fn network<'c>(config: &'c Config, field: &str, name: &str) -> Result<&'c [IpNet], CompileError> {
+pub(super) fn network<'c>(
+    config: &'c Config,
+    field: &str,
+    name: &str,
+) -> Result<&'c [IpNet], CompileError> {
     config
         .networks
         .get(name)
@@ -107,7 +112,7 @@ fn profile_rule(
     })
 }
 
-fn ports_of(protocol: Protocol, ports: Vec<crate::config::PortRange>) -> PortSet {
+pub(super) fn ports_of(protocol: Protocol, ports: Vec<crate::config::PortRange>) -> PortSet {
     if protocol.has_ports() {
         PortSet::new(ports)
     } else {

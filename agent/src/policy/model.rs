@@ -63,6 +63,8 @@ pub enum Origin {
         provenance: Provenance,
     },
     User,
+    /// The egress metadata switch (`egress.metadata`): built in, not written as a rule.
+    Metadata,
 }
 
 /// One normalised rule. `name` is unique within a policy and is the `rule` label of metrics.
@@ -118,6 +120,8 @@ pub struct Policy {
     pub interfaces: Vec<String>,
     /// The profile the rules came from, if any.
     pub profile: Option<String>,
+    /// What leaves through the uplinks (see `egress.rs`); open unless the config says more.
+    pub egress: super::egress::Egress,
 }
 
 /// Connection-tracking state of a packet, as the kernel sees it.
@@ -174,6 +178,8 @@ pub enum Reason {
     Rule,
     DefaultDeny,
     Invalid,
+    /// Egress only: no rule matched and the default egress action is `allow`.
+    DefaultAllow,
 }
 
 impl Reason {
@@ -186,6 +192,7 @@ impl Reason {
             Reason::Rule => "rule",
             Reason::DefaultDeny => "default-deny",
             Reason::Invalid => "invalid",
+            Reason::DefaultAllow => "default-allow",
         }
     }
 }

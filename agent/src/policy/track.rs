@@ -287,6 +287,7 @@ mod tests {
             rules,
             interfaces: Vec::new(),
             profile: None,
+            egress: Default::default(),
         }
     }
 

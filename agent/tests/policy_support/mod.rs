@@ -47,5 +47,6 @@ pub fn config(rules: Vec<RuleConfig>) -> Config {
         rules,
         failsafe: vec![],
         implicit: Implicit::default(),
+        egress: Default::default(),
     }
 }

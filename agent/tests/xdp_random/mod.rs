@@ -139,6 +139,7 @@ pub fn random_policy(rng: &mut StdRng, pool: &mut Pool, rules: usize) -> Policy 
         rules: out,
         interfaces: Vec::new(),
         profile: None,
+        egress: Default::default(),
     }
 }
 

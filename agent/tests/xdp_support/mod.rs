@@ -190,6 +190,7 @@ pub fn policy(rules: Vec<Rule>) -> Policy {
         rules,
         interfaces: Vec::new(),
         profile: None,
+        egress: Default::default(),
     }
 }
 
@@ -569,6 +570,7 @@ pub fn check_verdict(
         Reason::DhcpClient => (&m.pass_stats, PassReason::DhcpClient as u32),
         Reason::Established => (&m.pass_stats, PassReason::Established as u32),
         Reason::IcmpError => (&m.pass_stats, PassReason::IcmpError as u32),
+        Reason::DefaultAllow => unreachable!("an inbound verdict"),
     };
     let old = nodewall::backend::xdp::Maps::stat(map, index)
         .unwrap()

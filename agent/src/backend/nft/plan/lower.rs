@@ -452,6 +452,7 @@ mod tests {
             rules,
             interfaces: vec!["eth0".into()],
             profile: None,
+            egress: Default::default(),
         }
     }
 
