@@ -116,6 +116,7 @@ impl Backend for FakeBackend {
                     })
                     .collect(),
                 drops: vec![DropCounter {
+                    direction: "inbound",
                     reason: "default-deny",
                     rule: String::new(),
                     family: "ipv4",

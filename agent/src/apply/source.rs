@@ -40,8 +40,14 @@ fn desired(text: String, path: &Path) -> Result<Desired, String> {
     let file = path.display().to_string();
     let config = config::parse(&text, &file).map_err(|e| e.to_string())?;
     let policy = policy::compile(&config).map_err(|e| format!("{file}: {e}"))?;
+    // The XDP backend does not enforce egress (it refuses such a policy): `auto` picks nft
+    // for a config that restricts outbound, rather than fail on a node where XDP is usable.
+    let backend = match config.backend {
+        config::BackendKind::Auto if !config.egress.is_open() => config::BackendKind::Nft,
+        b => b,
+    };
     Ok(Desired {
-        backend: config.backend,
+        backend,
         policy,
         text,
     })

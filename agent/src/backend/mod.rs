@@ -30,6 +30,8 @@ pub struct RuleCounter {
 /// or `other`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DropCounter {
+    /// `inbound` or `egress`.
+    pub direction: &'static str,
     pub reason: &'static str,
     pub rule: String,
     pub family: &'static str,

@@ -111,6 +111,11 @@ pub fn document(ctx: &mut Ctx, root: &Node) -> Option<Config> {
         implicit: implicit?,
         egress: egress?,
     };
+    if config.backend == BackendKind::Xdp && !config.egress.is_open() {
+        if let Some(n) = f.get("backend") {
+            ctx.error("backend", n.pos, "backend `xdp` does not enforce egress, which `egress` restricts here: use `nft`, or `auto` (which picks nft when egress is configured)");
+        }
+    }
     ctx.errors.is_empty().then_some(config)
 }
 

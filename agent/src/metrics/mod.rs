@@ -31,6 +31,8 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabels {
     pub backend: String,
+    /// `inbound` or `egress`.
+    pub direction: String,
     pub reason: String,
     pub rule: String,
     pub family: String,
@@ -226,6 +228,7 @@ impl Metrics {
         for d in &counters.drops {
             let labels = DropLabels {
                 backend: self.backend.clone(),
+                direction: d.direction.to_string(),
                 reason: d.reason.to_string(),
                 rule: d.rule.clone(),
                 family: d.family.to_string(),

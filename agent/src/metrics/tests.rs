@@ -11,6 +11,7 @@ fn counters(rule_pkts: u64, drop_pkts: u64) -> Counters {
             bytes: rule_pkts * 60,
         }],
         drops: vec![DropCounter {
+            direction: "inbound",
             reason: "default-deny",
             rule: String::new(),
             family: "ipv4",

@@ -121,6 +121,7 @@ pub fn counters(cur: &Current, order: &[String]) -> Counters {
                 bytes: c.bytes,
             }),
             Some(comment::Parsed::Drop {
+                egress,
                 reason,
                 family,
                 protocol,
@@ -137,6 +138,7 @@ pub fn counters(cur: &Current, order: &[String]) -> Counters {
                     continue;
                 };
                 drops.push(DropCounter {
+                    direction: if egress { "egress" } else { "inbound" },
                     reason,
                     rule: rule.to_string(),
                     family,
@@ -156,6 +158,7 @@ pub fn counters(cur: &Current, order: &[String]) -> Counters {
     };
     drops.sort_by_key(|d| {
         (
+            d.direction != "inbound",
             reason_rank(d.reason),
             pos(&d.rule),
             FAMILIES.iter().position(|f| *f == d.family),

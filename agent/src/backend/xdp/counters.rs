@@ -50,6 +50,7 @@ pub fn read(maps: &Maps) -> Result<Counters> {
                 )?;
                 if s.packets > 0 {
                     out.drops.push(DropCounter {
+                        direction: "inbound",
                         reason: reason.as_str(),
                         rule: rule.clone(),
                         family: family_label,
