@@ -438,6 +438,49 @@ fn invalid_egress_refused(backend: Backend) -> anyhow::Result<()> {
             "a table was installed for an invalid config"
         );
     }
+    // Egress that would cut the agent's access to the API server is refused without --force.
+    let mut config = Config::new(backend, None);
+    config.egress = Some("egress:\n  default: deny\n  failsafe: []".into());
+    let file = config.write()?;
+    let api = [
+        ("KUBERNETES_SERVICE_HOST", "198.18.48.2"),
+        ("KUBERNETES_SERVICE_PORT", "443"),
+    ];
+    let args = [
+        "apply",
+        "-c",
+        file.path.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    let out = run(node, &args, &api)?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(2) && err.contains("access to the Kubernetes API server"),
+        "API server lockout: {err}"
+    );
+    ensure!(
+        node.exec("nft", &["list", "table", "inet", "nodewall"])
+            .is_err(),
+        "a table was installed for a lockout"
+    );
+    // The default failsafe allows the API server in the `control-plane` network.
+    config.egress = Some("egress:\n  default: deny".into());
+    let file = config.write()?;
+    let args = [
+        "apply",
+        "-c",
+        file.path.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    let out = run(node, &args, &api)?;
+    ensure!(
+        out.status.success(),
+        "with the failsafe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    nodewall_netns_tests::nodewall::flush(node, backend)?;
     // A valid egress config on the XDP backend: refused by the config check (located at
     // `backend`), and by the backend itself when the command line picks it.
     let mut config = Config::new(Backend::XdpGeneric, None);

@@ -66,6 +66,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(EXIT_INVALID));
             }
         }
+        if let (Ok(host), Ok(port)) = (
+            std::env::var("KUBERNETES_SERVICE_HOST"),
+            std::env::var("KUBERNETES_SERVICE_PORT"),
+        ) {
+            if let Err(lockout) = lockout::check_api_server(&policy, &host, &port) {
+                eprintln!("nodewall: refused: {lockout}");
+                return Ok(ExitCode::from(EXIT_INVALID));
+            }
+        }
     }
     let state = StateDir::new(&args.state_dir);
     let lock = match super::lock::take(&state, StateDir::lock_for_apply) {
