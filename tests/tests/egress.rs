@@ -278,7 +278,16 @@ fn metadata_blocked_for_pods(backend: Backend) -> anyhow::Result<()> {
         "the pod cannot reach {IMDS} before any policy"
     );
     let mut config = Config::new(backend, None);
-    for (except, pod_reaches) in [("", false), ("\n    except: [\"fd00:34::2/128\"]", true)] {
+    let cases = [
+        ("", false),
+        // Another pod's exception does not open it for this one.
+        (
+            "\n    except: [\"fd00:34::99/128\", \"198.18.34.99/32\"]",
+            false,
+        ),
+        ("\n    except: [\"fd00:34::2/128\"]", true),
+    ];
+    for (except, pod_reaches) in cases {
         config.egress = Some(format!("egress:\n  metadata:\n    deny-pods: true{except}"));
         let file = config.write()?;
         apply(&topo.node, &file)?;
