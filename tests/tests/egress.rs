@@ -273,8 +273,10 @@ fn metadata_blocked_for_pods(backend: Backend) -> anyhow::Result<()> {
     let _web = Server::tcp(&topo.internet.ns, 8443)?;
     let imds: IpAddr = IMDS.parse()?;
     let inet = topo.internet.addr(true);
+    // The new address and route are ready (neighbours resolved) before any policy, as
+    // `Topology::new` waits for its own.
     ensure!(
-        tcp_ok(&topo.local_pod.ns, imds, 80),
+        (0..10).any(|_| tcp_ok(&topo.local_pod.ns, imds, 80)),
         "the pod cannot reach {IMDS} before any policy"
     );
     let mut config = Config::new(backend, None);
