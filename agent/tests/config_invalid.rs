@@ -668,3 +668,57 @@ fn mistakes_in_long_cidr_lists() {
     );
     check(&errs[1], "rules[0].from[30]", 6, column(30), "from 0 to 32");
 }
+
+#[test]
+fn egress_errors_are_located() {
+    one(
+        &format!("{RULES}egress:\n  default: block\n"),
+        "egress.default",
+        4,
+        12,
+        "unknown action `block`",
+    );
+    one(
+        &format!("{RULES}egress:\n  rules:\n    - {{name: x, action: allow, protocol: tcp, to: [nowhere]}}\n"),
+        "egress.rules[0].to[0]",
+        5,
+        52,
+        "unknown network `nowhere`",
+    );
+    one(
+        &format!("{RULES}egress:\n  rules:\n    - {{name: x, action: allow, protocol: tcp, to: [10.0.0.0/8], source: pods}}\n"),
+        "egress.rules[0].source",
+        5,
+        73,
+        "did you mean `pod`?",
+    );
+    one(
+        &format!("{RULES}egress:\n  failsafe:\n    - {{protocol: udp, action: deny}}\n"),
+        "egress.failsafe[0].action",
+        5,
+        31,
+        "put deny rules under `egress.rules`",
+    );
+    one(
+        &format!("{RULES}egress:\n  metadata: {{deny-pods: true, except: [10.0.0.1/8]}}\n"),
+        "egress.metadata.except[0]",
+        4,
+        40,
+        "has host bits set",
+    );
+    // Names are unique across both directions (they are the `rule` label of metrics).
+    one(
+        &format!("{RULES}egress:\n  rules:\n    - {{name: ok, action: deny, protocol: all, to: [10.0.0.0/8]}}\n"),
+        "egress.rules[0].name",
+        5,
+        14,
+        "duplicate rule name `ok`",
+    );
+    one(
+        "backend: xdp\negress: {default: deny}\n",
+        "backend",
+        1,
+        10,
+        "backend `xdp` does not enforce egress",
+    );
+}

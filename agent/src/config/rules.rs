@@ -112,7 +112,8 @@ pub fn rule(
     let action = match f.get("action") {
         Some(n) => ctx.choice(n, &f.path_of("action"), "action", ACTIONS).and_then(|a| {
             if section.failsafe() && a == Action::Deny {
-                ctx.error(f.path_of("action"), n.pos, "failsafe entries can only `allow`: they are evaluated before every other rule; put deny rules under `rules`");
+                let rules = if section.egress() { "egress.rules" } else { "rules" };
+                ctx.error(f.path_of("action"), n.pos, format!("failsafe entries can only `allow`: they are evaluated before every other rule; put deny rules under `{rules}`"));
                 return None;
             }
             Some(a)
