@@ -12,6 +12,8 @@ pub struct DropEvent {
     /// Source and destination ports (tcp/udp), or ICMP type and code.
     pub sport: Option<u16>,
     pub dport: Option<u16>,
+    /// `inbound` or `egress`.
+    pub direction: &'static str,
     pub reason: String,
     pub rule: String,
     /// Input interface index, when known.

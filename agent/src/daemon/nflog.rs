@@ -172,7 +172,7 @@ fn parse_packet(nlas: Vec<PacketNla>) -> Option<DropEvent> {
         }
     }
     let prefix = prefix?;
-    let (reason, rule) = parse_nflog_prefix(&prefix)?;
+    let (egress, reason, rule) = parse_nflog_prefix(&prefix)?;
     let headers = parse_headers(&payload?)?;
     Some(DropEvent {
         src: headers.src,
@@ -180,6 +180,7 @@ fn parse_packet(nlas: Vec<PacketNla>) -> Option<DropEvent> {
         protocol: headers.protocol,
         sport: headers.sport,
         dport: headers.dport,
+        direction: if egress { "egress" } else { "inbound" },
         reason: reason.to_string(),
         rule: rule.to_string(),
         ifindex,

@@ -9,11 +9,15 @@ pub const NFLOG_GROUP: u16 = 0x6e77;
 pub const KERNEL_SAMPLE_RATE: u32 = 20;
 
 const PREFIX_TAG: &str = "nodewall:";
+/// The tag of egress drops' samples.
+const EGRESS_TAG: &str = "nodewall-egress:";
 
 /// The NFLOG prefix for drops of `reason` (`default-deny`, `rule`, `invalid`) by `rule` (empty
-/// unless the reason is `rule`). nft limits prefixes to 127 bytes; long rule names are cut.
-pub fn nflog_prefix(reason: &str, rule: &str) -> String {
-    let mut p = format!("{PREFIX_TAG}{reason}:{rule}");
+/// unless the reason is `rule`), inbound or `egress`. nft limits prefixes to 127 bytes; long
+/// rule names are cut.
+pub fn nflog_prefix(egress: bool, reason: &str, rule: &str) -> String {
+    let tag = if egress { EGRESS_TAG } else { PREFIX_TAG };
+    let mut p = format!("{tag}{reason}:{rule}");
     if p.len() > 127 {
         let mut end = 127;
         while !p.is_char_boundary(end) {
@@ -24,12 +28,15 @@ pub fn nflog_prefix(reason: &str, rule: &str) -> String {
     p
 }
 
-/// `(reason, rule)` from a prefix made by [`nflog_prefix`]; `None` for anyone else's.
-pub fn parse_nflog_prefix(prefix: &str) -> Option<(&str, &str)> {
-    prefix
-        .trim_end_matches(['\0', ' '])
-        .strip_prefix(PREFIX_TAG)?
-        .split_once(':')
+/// `(egress, reason, rule)` from a prefix made by [`nflog_prefix`]; `None` for anyone else's.
+pub fn parse_nflog_prefix(prefix: &str) -> Option<(bool, &str, &str)> {
+    let p = prefix.trim_end_matches(['\0', ' ']);
+    let (egress, rest) = match p.strip_prefix(EGRESS_TAG) {
+        Some(rest) => (true, rest),
+        None => (false, p.strip_prefix(PREFIX_TAG)?),
+    };
+    let (reason, rule) = rest.split_once(':')?;
+    Some((egress, reason, rule))
 }
 
 #[cfg(test)]
@@ -38,14 +45,19 @@ mod tests {
 
     #[test]
     fn prefixes_round_trip() {
-        let p = nflog_prefix("rule", "tke-node/kubelet");
+        let p = nflog_prefix(false, "rule", "tke-node/kubelet");
         assert_eq!(p, "nodewall:rule:tke-node/kubelet");
-        assert_eq!(parse_nflog_prefix(&p), Some(("rule", "tke-node/kubelet")));
+        assert_eq!(
+            parse_nflog_prefix(&p),
+            Some((false, "rule", "tke-node/kubelet"))
+        );
         assert_eq!(
             parse_nflog_prefix("nodewall:default-deny:\0"),
-            Some(("default-deny", ""))
+            Some((false, "default-deny", ""))
         );
+        let p = nflog_prefix(true, "default-deny", "");
+        assert_eq!(parse_nflog_prefix(&p), Some((true, "default-deny", "")));
         assert_eq!(parse_nflog_prefix("IN=eth0 "), None);
-        assert_eq!(nflog_prefix("rule", &"x".repeat(300)).len(), 127);
+        assert_eq!(nflog_prefix(false, "rule", &"x".repeat(300)).len(), 127);
     }
 }

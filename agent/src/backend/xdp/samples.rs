@@ -117,6 +117,7 @@ pub fn event(s: &DropSample, rule: String) -> DropEvent {
         protocol,
         sport: ports.then_some(s.sport),
         dport: ports.then_some(s.dport),
+        direction: "inbound",
         reason: reason.as_str().to_string(),
         rule,
         ifindex: (s.ifindex != 0).then_some(s.ifindex),

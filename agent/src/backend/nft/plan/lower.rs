@@ -190,7 +190,7 @@ impl Builder {
                 burst: SAMPLE_BURST,
             }],
             log: Some(Log {
-                prefix: drops::nflog_prefix(reason.as_str(), rule.unwrap_or("")),
+                prefix: drops::nflog_prefix(egress, reason.as_str(), rule.unwrap_or("")),
                 group: drops::NFLOG_GROUP,
             }),
             counter: None,
