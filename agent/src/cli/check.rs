@@ -59,6 +59,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         output::print_json(&serde_json::json!({
             "valid": true,
             "rules": policy.rules.len(),
+            "egress_rules": policy.egress.rules.len(),
             "warnings": warnings,
         }))?;
         return Ok(ExitCode::SUCCESS);
@@ -70,13 +71,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let mut out = output::stdout();
+    let rules = match policy.egress.rules.len() {
+        0 => format!("{} rules", policy.rules.len()),
+        n => format!("{} rules, {n} egress rules", policy.rules.len()),
+    };
     match warnings.len() {
-        0 => writeln!(out, "{file}: valid ({} rules)", policy.rules.len())?,
-        n => writeln!(
-            out,
-            "{file}: valid ({} rules), {n} warning(s)",
-            policy.rules.len()
-        )?,
+        0 => writeln!(out, "{file}: valid ({rules})")?,
+        n => writeln!(out, "{file}: valid ({rules}), {n} warning(s)")?,
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
