@@ -714,6 +714,14 @@ fn egress_errors_are_located() {
         14,
         "duplicate rule name `ok`",
     );
+    // The default egress failsafe's names are taken once `egress` is written.
+    one(
+        "rules:\n  - {name: egress-failsafe-dhcp, action: allow, protocol: all, from: [10.0.0.0/8]}\negress: {default: deny}\n",
+        "rules[0].name",
+        2,
+        12,
+        "name of a default egress failsafe entry",
+    );
     one(
         "backend: xdp\negress: {default: deny}\n",
         "backend",

@@ -70,6 +70,7 @@ pub fn document(ctx: &mut Ctx, root: &Node) -> Option<Config> {
         egress::read(ctx, n, "egress", names.as_deref(), profile)
     });
 
+    let egress_written = matches!(egress, Some(Some(_)));
     let mut no_egress = egress::EgressSection::empty();
     let e = match egress.as_mut() {
         Some(Some(e)) => e,
@@ -92,6 +93,28 @@ pub fn document(ctx: &mut Ctx, root: &Node) -> Option<Config> {
                 .unwrap_or_default(),
         ],
     );
+    // The default egress failsafe's names are taken whenever it may be in force (`egress`
+    // written, its `failsafe` absent): a rule of the same name would share its counter. A file
+    // without `egress` keeps every name it could use before egress existed.
+    if egress_written && e.failsafe.is_none() {
+        let defaults = EgressConfig::default_failsafe();
+        let all = [
+            rules.as_deref(),
+            failsafe.as_ref().and_then(Option::as_deref),
+            e.rules.as_deref(),
+        ];
+        for parsed in all.into_iter().flatten().flatten() {
+            if let Some((name, pos)) = &parsed.name {
+                if defaults.iter().any(|d| &d.name == name) {
+                    ctx.error(
+                        format!("{}.name", parsed.path),
+                        *pos,
+                        format!("`{name}` is the name of a default egress failsafe entry; choose another name"),
+                    );
+                }
+            }
+        }
+    }
     let egress = match egress {
         None => Some(EgressConfig::default()),
         Some(e) => e.and_then(egress::build),
