@@ -79,7 +79,8 @@ fn mode(cur: &Current) -> Mode {
 }
 
 /// Policy rule names in evaluation order: comments of the inbound chain's rules that name a
-/// rule counter (each policy rule may be one nft rule per address family).
+/// rule counter (each policy rule may be one nft rule per address family), then the egress
+/// chains'.
 fn rule_order(cur: &Current) -> Vec<String> {
     let known: std::collections::HashSet<&str> = cur
         .counters
@@ -90,11 +91,18 @@ fn rule_order(cur: &Current) -> Vec<String> {
         })
         .collect();
     let mut out: Vec<String> = Vec::new();
-    let inbound = cur.chains.iter().find(|c| c.name == names::INBOUND_CHAIN);
-    for r in inbound.map(|c| c.rules.as_slice()).unwrap_or_default() {
-        if let Some(c) = r.comment.as_deref() {
-            if known.contains(c) && !out.iter().any(|n| n == c) {
-                out.push(c.to_string());
+    // Inbound first, then egress (the pod chain holds every egress rule but host-only ones).
+    for chain in [
+        names::INBOUND_CHAIN,
+        names::EGRESS_POD_CHAIN,
+        names::EGRESS_HOST_CHAIN,
+    ] {
+        let rules = cur.chains.iter().find(|c| c.name == chain);
+        for r in rules.map(|c| c.rules.as_slice()).unwrap_or_default() {
+            if let Some(c) = r.comment.as_deref() {
+                if known.contains(c) && !out.iter().any(|n| n == c) {
+                    out.push(c.to_string());
+                }
             }
         }
     }
