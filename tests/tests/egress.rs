@@ -352,10 +352,23 @@ fn metadata_blocked_for_pods(backend: Backend) -> anyhow::Result<()> {
 }
 
 /// The default egress failsafe keeps DNS to the node's resolvers (here the `node-resolvers`
-/// network) working under `egress.default: deny`, and nothing else.
+/// network) working under `egress.default: deny`, and the node's own access to the instance
+/// metadata service (fd00:ec2::254, served by the internet peer), not the pod's.
 fn failsafe_keeps_dns(backend: Backend) -> anyhow::Result<()> {
     let topo = Topology::new()?;
     let topo = &topo;
+    let imds: IpAddr = "fd00:ec2::254".parse()?;
+    topo.internet
+        .ns
+        .ip(&["-6", "addr", "add", "fd00:ec2::254/128", "dev", "lo"])?;
+    topo.fabric
+        .ip(&["-6", "route", "add", "fd00:ec2::254", "via", "fd00:99::2"])?;
+    let _imds = Server::tcp(&topo.internet.ns, 80)?;
+    let _imds_other = Server::tcp(&topo.internet.ns, 8080)?;
+    ensure!(
+        (0..10).any(|_| tcp_ok(&topo.node, imds, 80)),
+        "the node cannot reach {imds} before any policy"
+    );
     let _dns = Server::udp(&topo.internet.ns, 53)?;
     let _dns_tcp = Server::tcp(&topo.internet.ns, 53)?;
     let _other = Server::udp(&topo.cluster.ns, 53)?;
@@ -391,6 +404,15 @@ fn failsafe_keeps_dns(backend: Backend) -> anyhow::Result<()> {
             move || udp_ok(&topo.node, other, 53),
         );
     }
+    checks.expect("node -> metadata tcp/80", true, move || {
+        tcp_ok(&topo.node, imds, 80)
+    });
+    checks.expect("pod -> metadata tcp/80", false, move || {
+        tcp_ok(&topo.local_pod.ns, imds, 80)
+    });
+    checks.expect("node -> metadata tcp/8080", false, move || {
+        tcp_ok(&topo.node, imds, 8080)
+    });
     checks
         .run()
         .map_err(|e| e.context(describe(&topo.node, backend)))

@@ -161,6 +161,11 @@ impl Default for EgressConfig {
 /// define it, the nameservers of the node's resolver configuration (see
 /// `policy::resolvers`).
 pub const NET_NODE_RESOLVERS: &str = "node-resolvers";
+/// The built-in network the default egress failsafe lets the node itself (not its pods) reach
+/// the cloud instance metadata service in (tcp 80): when `networks` does not define it, the
+/// addresses of the metadata switch (see `policy::egress::METADATA_ADDRESSES`). Cloud nodes
+/// get their credentials and identity there.
+pub const NET_INSTANCE_METADATA: &str = "instance-metadata";
 /// The network the default egress failsafe lets the node reach the API server in, when
 /// `networks` defines it (the name the profiles use for the control plane).
 pub const NET_CONTROL_PLANE: &str = "control-plane";
@@ -173,8 +178,9 @@ impl EgressConfig {
     }
 
     /// What keeps a node alive under `egress.default: deny`: DNS to the node's resolvers,
-    /// DHCP (v4 and v6) to anywhere, and the API server (TCP 443 and 6443) in the
-    /// `control-plane` network (only when that network is defined).
+    /// DHCP (v4 and v6) to anywhere, the instance metadata service for the node itself, and
+    /// the API server (TCP 443 and 6443) in the `control-plane` network (only when that
+    /// network is defined).
     pub fn default_failsafe() -> Vec<EgressRuleConfig> {
         let entry =
             |name: &str, protocol, ports: Vec<PortRange>, to: Vec<Source>| EgressRuleConfig {
@@ -211,6 +217,15 @@ impl EgressConfig {
                 vec![PortRange::single(67), PortRange::single(547)],
                 anywhere(),
             ),
+            EgressRuleConfig {
+                source: EgressSource::Host,
+                ..entry(
+                    "egress-failsafe-instance-metadata",
+                    Protocol::Tcp,
+                    vec![PortRange::single(80)],
+                    vec![Source::Network(NET_INSTANCE_METADATA.into())],
+                )
+            },
             entry(
                 "egress-failsafe-apiserver",
                 Protocol::Tcp,

@@ -116,8 +116,9 @@ struct Egress {
     rules: Vec<EgressRule>,
     /// Allow entries evaluated before the profile's rows and the egress rules. Absent: DNS
     /// (udp and tcp 53) to the `node-resolvers` network (default: the node's resolv.conf
-    /// nameservers), DHCP (udp 67, 547) to anywhere, and tcp 443/6443 to the `control-plane`
-    /// network when it is defined. `[]` disables it.
+    /// nameservers), DHCP (udp 67, 547) to anywhere, tcp 80 from the node itself to the
+    /// `instance-metadata` network (default: the cloud metadata addresses), and tcp 443/6443
+    /// to the `control-plane` network when it is defined. `[]` disables it.
     #[schemars(default)]
     failsafe: Vec<EgressFailsafe>,
     #[schemars(default)]

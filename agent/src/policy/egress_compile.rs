@@ -11,7 +11,7 @@ use super::egress::{metadata_nets, Egress, EgressRule, METADATA_DENY_RULE, METAD
 use super::model::{AddrSet, Origin};
 use crate::config::{
     Action, Config, EgressConfig, EgressRuleConfig, EgressSource, Protocol, Source,
-    NET_CONTROL_PLANE, NET_NODE_RESOLVERS,
+    NET_CONTROL_PLANE, NET_INSTANCE_METADATA, NET_NODE_RESOLVERS,
 };
 use crate::profiles::{self, From};
 
@@ -50,11 +50,19 @@ pub fn egress(config: &Config) -> Result<Egress, CompileError> {
     for (i, r) in e.failsafe.iter().enumerate() {
         let field = format!("egress.failsafe[{i}]");
         // The default entries name networks a config may not define: the control plane is
-        // skipped when unknown, the resolvers come from the node's resolver configuration.
+        // skipped when unknown, the metadata service is the switch's addresses, the resolvers
+        // come from the node's resolver configuration.
         if defaults.contains(r) {
             if r.to == [Source::Network(NET_CONTROL_PLANE.into())]
                 && !config.networks.contains_key(NET_CONTROL_PLANE)
             {
+                continue;
+            }
+            if r.to == [Source::Network(NET_INSTANCE_METADATA.into())]
+                && !config.networks.contains_key(NET_INSTANCE_METADATA)
+            {
+                let nets = AddrSet::from_nets(&metadata_nets());
+                rules.push(rule(r, nets, Origin::Failsafe));
                 continue;
             }
             if r.to == [Source::Network(NET_NODE_RESOLVERS.into())]
