@@ -828,3 +828,65 @@ fn drops_section() {
         "0 rotated files is out of range; expected 1 to 1000",
     );
 }
+
+#[test]
+fn egress_errors_are_located() {
+    one(
+        &format!("{RULES}egress:\n  default: block\n"),
+        "egress.default",
+        4,
+        12,
+        "unknown action `block`",
+    );
+    one(
+        &format!("{RULES}egress:\n  rules:\n    - {{name: x, action: allow, protocol: tcp, to: [nowhere]}}\n"),
+        "egress.rules[0].to[0]",
+        5,
+        52,
+        "unknown network `nowhere`",
+    );
+    one(
+        &format!("{RULES}egress:\n  rules:\n    - {{name: x, action: allow, protocol: tcp, to: [10.0.0.0/8], source: pods}}\n"),
+        "egress.rules[0].source",
+        5,
+        73,
+        "did you mean `pod`?",
+    );
+    one(
+        &format!("{RULES}egress:\n  failsafe:\n    - {{protocol: udp, action: deny}}\n"),
+        "egress.failsafe[0].action",
+        5,
+        31,
+        "put deny rules under `egress.rules`",
+    );
+    one(
+        &format!("{RULES}egress:\n  metadata: {{deny-pods: true, except: [10.0.0.1/8]}}\n"),
+        "egress.metadata.except[0]",
+        4,
+        40,
+        "has host bits set",
+    );
+    // Names are unique across both directions (they are the `rule` label of metrics).
+    one(
+        &format!("{RULES}egress:\n  rules:\n    - {{name: ok, action: deny, protocol: all, to: [10.0.0.0/8]}}\n"),
+        "egress.rules[0].name",
+        5,
+        14,
+        "duplicate rule name `ok`",
+    );
+    // The default egress failsafe's names are taken once `egress` is written.
+    one(
+        "rules:\n  - {name: egress-failsafe-dhcp, action: allow, protocol: all, from: [10.0.0.0/8]}\negress: {default: deny}\n",
+        "rules[0].name",
+        2,
+        12,
+        "name of a default egress failsafe entry",
+    );
+    one(
+        "backend: xdp\negress: {default: deny}\n",
+        "backend",
+        1,
+        10,
+        "backend `xdp` does not enforce egress",
+    );
+}

@@ -84,6 +84,7 @@ fn config(profile: &str, mode: Mode) -> Config {
         failsafe: Config::default_failsafe(),
         implicit: Implicit::default(),
         drops: Default::default(),
+        egress: Default::default(),
     }
 }
 

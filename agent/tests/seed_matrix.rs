@@ -193,6 +193,7 @@ fn config(profile: &str) -> Config {
         failsafe: vec![],
         implicit: Implicit::default(),
         drops: Default::default(),
+        egress: Default::default(),
     }
 }
 
@@ -341,4 +342,144 @@ fn default_failsafe_allows_ssh_first_and_empty_list_disables_it() {
         ct: CtState::New,
     };
     assert_eq!(policy::evaluate(&policy, &pkt).reason, Reason::DefaultDeny);
+}
+
+/// The seeds' restricted outbound tables, read independently of the profile code: the cells
+/// `egress.default: deny` allows (to destination networks), per profile.
+fn outbound_tables() -> Vec<(&'static str, Vec<Cell>)> {
+    // 003 (EKS) restricted cluster group, minimum outbound: TCP 443 and TCP 10250 to the
+    // cluster security group (nodes and control plane).
+    let eks_cluster = || {
+        vec![
+            Cell(&[Cluster, ControlPlane], P::Tcp, &[(443, 443)]),
+            Cell(&[Cluster, ControlPlane], P::Tcp, &[(10250, 10250)]),
+        ]
+    };
+    // 003 node group, minimum outbound: TCP 443 to the control-plane group.
+    let eks_node = || vec![Cell(&[ControlPlane], P::Tcp, &[(443, 443)])];
+    // 003 control-plane group: TCP 10250 (minimum) and TCP 1025-65535 (recommended) to the
+    // node groups.
+    let eks_cp = vec![
+        Cell(&[Cluster], P::Tcp, &[(10250, 10250)]),
+        Cell(&[Cluster], P::Tcp, &[(1025, 65535)]),
+    ];
+    // 004 (ACK), minimal outbound: TCP 443 to the cluster security group.
+    let ack = || vec![Cell(&[Cluster, ControlPlane], P::Tcp, &[(443, 443)])];
+    // 000-002 (TKE), customised outbound: allow the node network and the container network.
+    let tke = || vec![Cell(&[Cluster, Container], P::All, &[])];
+    vec![
+        ("tke-node", tke()),
+        ("tke-master", tke()),
+        ("eks-cluster", eks_cluster()),
+        ("eks-cluster-restricted", eks_cluster()),
+        ("eks-node", eks_node()),
+        ("eks-node-recommended", eks_node()),
+        ("eks-control-plane", eks_cp),
+        ("ack-node", ack()),
+        ("ack-node-recommended", ack()),
+    ]
+}
+
+/// Under `egress.default: deny` (no egress failsafe), every profile allows exactly its seed's
+/// restricted outbound cells, from the node and from a pod alike, each by a rule carrying the
+/// profile's provenance; without `egress` nothing outbound is judged.
+#[test]
+fn every_profile_gives_its_outbound_seed_verdicts() {
+    use nodewall::policy::{evaluate_egress, EgressPacket, Sender};
+    let tables = outbound_tables();
+    assert_eq!(tables.len(), nodewall::profiles::all().len());
+    let mut checked = 0;
+    for (profile, cells) in tables {
+        let open = policy::compile(&config(profile)).unwrap();
+        assert!(
+            open.egress.is_open(),
+            "{profile}: egress judged without `egress`"
+        );
+        let mut cfg = config(profile);
+        cfg.egress.default = Action::Deny;
+        cfg.egress.failsafe = vec![];
+        let policy = policy::compile(&cfg).unwrap();
+        let mut ports: Vec<u16> = vec![1, 22, 53, 80, 8080, 65535];
+        for Cell(_, _, rs) in &cells {
+            for &(a, b) in *rs {
+                ports.extend([a.saturating_sub(1).max(1), a, b, b.saturating_add(1)]);
+            }
+        }
+        ports.sort();
+        ports.dedup();
+        for dst_net in [Cluster, Container, ControlPlane, Outside] {
+            for dst in sources(dst_net) {
+                let pod: IpAddr = if dst.is_ipv6() {
+                    "fd00:bb::5"
+                } else {
+                    "172.16.0.5"
+                }
+                .parse()
+                .unwrap();
+                let mut probes: Vec<(P, L4, Option<u16>)> = Vec::new();
+                for &port in &ports {
+                    probes.push((
+                        P::Tcp,
+                        L4::Tcp {
+                            sport: 40000,
+                            dport: port,
+                        },
+                        Some(port),
+                    ));
+                    probes.push((
+                        P::Udp,
+                        L4::Udp {
+                            sport: 40000,
+                            dport: port,
+                        },
+                        Some(port),
+                    ));
+                }
+                let echo = if dst.is_ipv6() { 128 } else { 8 };
+                probes.push((
+                    P::Icmp,
+                    L4::Icmp {
+                        icmp_type: echo,
+                        code: 0,
+                    },
+                    None,
+                ));
+                probes.push((P::All, L4::Other { number: 47 }, None));
+                for (p, l4, port) in probes {
+                    for from in [Sender::Host, Sender::Pod(pod)] {
+                        let pkt = EgressPacket {
+                            from,
+                            dst,
+                            l4,
+                            ct: CtState::New,
+                        };
+                        let v = evaluate_egress(&policy, &pkt);
+                        let want = if p == P::All {
+                            cells
+                                .iter()
+                                .any(|c| c.0.contains(&dst_net) && c.1 == P::All)
+                        } else {
+                            expected(&cells, dst_net, p, port)
+                        };
+                        assert_eq!(
+                            v.action == Action::Allow,
+                            want,
+                            "{profile}: {from:?} -> {dst} {l4:?}: {v:?}"
+                        );
+                        if want {
+                            let rule = &policy.egress.rules[v.rule.expect("allowed by a rule")];
+                            assert!(
+                                matches!(&rule.origin, Origin::Profile { profile: p, .. } if p == profile),
+                                "{rule:?}"
+                            );
+                        } else {
+                            assert_eq!(v.reason, Reason::DefaultDeny, "{profile}: {dst} {l4:?}");
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 1500, "only {checked} probes");
 }

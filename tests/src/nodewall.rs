@@ -88,6 +88,8 @@ pub struct Config {
     /// Overrides of `networks` entries.
     pub networks: Vec<(String, Vec<String>)>,
     pub implicit: Option<String>,
+    /// The `egress:` section as YAML (its key included), if any.
+    pub egress: Option<String>,
 }
 
 impl Config {
@@ -113,6 +115,7 @@ impl Config {
                 ),
             ],
             implicit: None,
+            egress: None,
         }
     }
 
@@ -148,6 +151,10 @@ impl Config {
         }
         if let Some(i) = &self.implicit {
             y.push_str(i);
+            y.push('\n');
+        }
+        if let Some(e) = &self.egress {
+            y.push_str(e);
             y.push('\n');
         }
         y

@@ -123,7 +123,7 @@ fn prometheus_scrapes_the_drops(backend: Backend) -> anyhow::Result<()> {
     }
 
     // Connection attempts from the internet to ports tke-node does not open.
-    let series = format!("nodewall_dropped_packets_total{{backend=\"{}\",reason=\"default-deny\",rule=\"\",family=\"ipv4\",protocol=\"tcp\"}}", backend.config_name());
+    let series = format!("nodewall_dropped_packets_total{{backend=\"{}\",direction=\"ingress\",reason=\"default-deny\",rule=\"\",family=\"ipv4\",protocol=\"tcp\"}}", backend.config_name());
     let before = agent.metric(&series).unwrap_or(0.0);
     for port in [10250, 2379, 6443, 8443] {
         ensure!(

@@ -48,6 +48,15 @@ fn many_nets_rule() -> String {
     )
 }
 
+const EGRESS: &str = "egress:
+  default: deny
+  metadata: {deny-pods: true, except: [\"198.18.34.9/32\", \"fd00:34::9/128\"]}
+  rules:
+    - {name: no-smtp, action: deny, protocol: tcp, ports: [25, 465, \"587\"], to: [\"0.0.0.0/0\", \"::/0\"]}
+    - {name: api, action: allow, protocol: tcp, ports: [\"443\"], to: [control-plane], source: host}
+    - {name: pods-out, action: allow, protocol: all, to: [\"198.19.0.0/16\"], source: pod}
+    - {name: ping-out, action: allow, protocol: icmpv6, to: [\"fd00:99::/64\"]}";
+
 #[test]
 fn installed_table_equals_render() {
     if !can_run("installed_table_equals_render") {
@@ -67,6 +76,13 @@ fn installed_table_equals_render() {
                 "  - protocol: tcp\n    ports: [\"22\"]\n    from: [\"0.0.0.0/0\", \"::/0\"]"
                     .into(),
             ];
+            // Egress too: the output and forward hooks, destination and pod-source sets,
+            // port sets, the egress drop chains.
+            cfg.networks.push((
+                "node-resolvers".into(),
+                vec!["198.18.0.53".into(), "fd00::53".into()],
+            ));
+            cfg.egress = Some(EGRESS.into());
             let file = cfg.write().unwrap();
             let (by_netlink, by_script) =
                 (Netns::new("nl").unwrap(), Netns::new("script").unwrap());

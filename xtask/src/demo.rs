@@ -33,7 +33,7 @@ interfaces: [eth0, eth1, eth2]
 profile: tke-node
 networks:
   cluster: [198.18.2.0/24]     # the VPC / node network (here: the control-plane link)
-  container: [198.18.3.0/24]   # the pod network
+  container: [198.18.3.0/24, "fd00:3::/64"]   # the pod network
 rules:
   - name: deny-kubelet-readonly
     action: deny
@@ -46,6 +46,21 @@ failsafe:
     ports: ["22"]
     from: [cluster]
 "#;
+
+/// The egress section the demo adds last: one egress rule and the metadata switch.
+const EGRESS: &str = r#"egress:
+  metadata:
+    deny-pods: true            # pods never reach the cloud metadata service; the node does
+  rules:
+    - name: no-smtp-out
+      action: deny
+      protocol: tcp
+      ports: ["25"]
+      to: ["0.0.0.0/0", "::/0"]
+"#;
+
+/// The AWS instance metadata service's IPv6 address, served here by the internet neighbour.
+const IMDS6: &str = "fd00:ec2::254";
 
 /// The rule the demo adds while the agent runs.
 const RELOAD_RULE: &str = r#"  - name: web-from-internet
@@ -76,6 +91,11 @@ fn run_demo(sb: &mut Sandbox, bin: &Path) -> anyhow::Result<()> {
         let listen = format!("TCP6-LISTEN:{port},fork,reuseaddr,ipv6only=0");
         sb.spawn("node", "socat", &[&listen, "SYSTEM:echo ok"], None)?;
     }
+    // What the node and the pod connect to in the egress section.
+    for port in [25, 80, 8080] {
+        let listen = format!("TCP6-LISTEN:{port},fork,reuseaddr,ipv6only=0");
+        sb.spawn("inet", "socat", &[&listen, "SYSTEM:echo ok"], None)?;
+    }
     sb.spawn(
         "node",
         "socat",
@@ -99,9 +119,19 @@ fn run_demo(sb: &mut Sandbox, bin: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     wait_for(Duration::from_secs(10), || {
         sb.http_get("/readyz")
-            .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+            // The agent answers an HTTP/1.0 request as HTTP/1.0.
+            .is_some_and(|r| r.split_whitespace().nth(1) == Some("200"))
     })
-    .with_context(|| format!("nodewall did not become ready; see {}", log.display()))?;
+    .with_context(|| {
+        // The log goes with the sandbox: show its end here.
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!(
+            "nodewall did not become ready; its log ends:\n{}",
+            tail.join("\n")
+        )
+    })?;
     println!(
         "\nnodewall run is enforcing tke-node in namespace {} (ready in {} ms)\n",
         sb.ns("node"),
@@ -158,7 +188,7 @@ fn run_demo(sb: &mut Sandbox, bin: &Path) -> anyhow::Result<()> {
     let generation = sb.generation().unwrap_or(0);
     let edited = CONFIG.replace("failsafe:", &format!("{RELOAD_RULE}failsafe:"));
     let tmp = sb.dir.join("config.yaml.new");
-    fs::write(&tmp, edited)?;
+    fs::write(&tmp, &edited)?;
     fs::rename(&tmp, &config)?;
     let t = Instant::now();
     let applied = wait_for(Duration::from_secs(5), || {
@@ -178,6 +208,8 @@ fn run_demo(sb: &mut Sandbox, bin: &Path) -> anyhow::Result<()> {
     );
     print_log_lines(&log, "policy applied", 1);
 
+    mismatches += egress(sb, bin, &config, &edited)?;
+
     println!("\n== Metrics (GET http://{METRICS}/metrics inside the node namespace)\n");
     let metrics = sb.http_get("/metrics").unwrap_or_default();
     for line in metrics.lines().filter(|l| interesting(l)) {
@@ -194,6 +226,78 @@ fn run_demo(sb: &mut Sandbox, bin: &Path) -> anyhow::Result<()> {
         bail!("{mismatches} probe(s) disagreed with the policy");
     }
     Ok(())
+}
+
+/// The egress section: the config gains one egress rule and the metadata switch; new
+/// connections from the node and from the pod (routed through the node) are judged.
+fn egress(sb: &Sandbox, bin: &Path, config: &Path, current: &str) -> anyhow::Result<usize> {
+    println!("\n== Egress: one egress rule and the metadata switch, added to the config\n");
+    for line in EGRESS.lines() {
+        println!("  {line}");
+    }
+    let tmp = sb.dir.join("config.yaml.new");
+    fs::write(&tmp, format!("{current}{EGRESS}"))?;
+    fs::rename(&tmp, config)?;
+    // Applied once the kernel has the egress chains (the output hook's base chain).
+    let applied = wait_for(Duration::from_secs(5), || {
+        sb.netns("node")
+            .args(["nft", "list", "chain", "inet", "nodewall", "output"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if applied.is_err() {
+        println!("the egress policy was NOT applied within 5 s");
+    }
+    // (from namespace, label, pod address for explain, destination, port)
+    let probes = [
+        ("node", "node", None, "198.18.1.2", 25, "smtp"),
+        ("node", "node", None, "198.18.1.2", 8080, "web"),
+        ("pod", "pod", Some("198.18.3.2"), "198.18.1.2", 8080, "web"),
+        ("node", "node", None, IMDS6, 80, "metadata"),
+        ("pod", "pod", Some("fd00:3::2"), IMDS6, 80, "metadata"),
+    ];
+    let mut input = String::new();
+    for (_, _, pod, dst, port, _) in &probes {
+        let from = pod
+            .map(|p| format!(",\"from\":\"{p}\""))
+            .unwrap_or_default();
+        input.push_str(&format!(
+            "{{\"to\":\"{dst}\",\"protocol\":\"tcp\",\"port\":{port}{from}}}\n"
+        ));
+    }
+    let expected = explain_lines(bin, config, &input, probes.len())?;
+    println!(
+        "\n{:<6} {:<28} {:<8} {:<24} {:<8}",
+        "FROM", "TO", "POLICY", "RULE / REASON", "KERNEL"
+    );
+    let mut mismatches = 0;
+    for ((ns, label, _, dst, port, what), (allow, why)) in probes.iter().zip(&expected) {
+        let p = Probe {
+            from_ns: ns,
+            from_name: label,
+            src: "",
+            dst,
+            proto: "tcp",
+            port: *port,
+            what,
+        };
+        let got = sb.probe(&p);
+        if got != *allow {
+            mismatches += 1;
+        }
+        println!(
+            "{:<6} {:<28} {:<8} {:<24} {:<8}{}",
+            label,
+            format!("tcp {dst} {port} ({what})"),
+            if *allow { "allow" } else { "deny" },
+            why,
+            if got { "passed" } else { "dropped" },
+            if got == *allow { "" } else { "   <-- MISMATCH" }
+        );
+    }
+    Ok(mismatches)
 }
 
 /// One probe: a connection attempt from a neighbour to the node.
@@ -264,6 +368,16 @@ fn explain(bin: &Path, config: &Path, probes: &[Probe]) -> anyhow::Result<Vec<(b
             )),
         }
     }
+    explain_lines(bin, config, &input, probes.len())
+}
+
+/// `(allowed, rule or reason)` for each JSON-lines probe of `input` (`n` of them).
+fn explain_lines(
+    bin: &Path,
+    config: &Path,
+    input: &str,
+    n: usize,
+) -> anyhow::Result<Vec<(bool, String)>> {
     let mut child = Command::new(bin)
         .args(["explain", "--batch", "-c"])
         .arg(config)
@@ -286,12 +400,8 @@ fn explain(bin: &Path, config: &Path, probes: &[Probe]) -> anyhow::Result<Vec<(b
             (allow, why)
         })
         .collect();
-    if verdicts.len() != probes.len() {
-        bail!(
-            "nodewall explain answered {} of {} probes",
-            verdicts.len(),
-            probes.len()
-        );
+    if verdicts.len() != n {
+        bail!("nodewall explain answered {} of {n} probes", verdicts.len());
     }
     Ok(verdicts)
 }
@@ -368,7 +478,7 @@ impl Sandbox {
         for (ifname, peer, v4, v6) in [
             ("eth0", "inet", "198.18.1", Some("fd00:1::")),
             ("eth1", "cp", "198.18.2", None),
-            ("eth2", "pod", "198.18.3", None),
+            ("eth2", "pod", "198.18.3", Some("fd00:3::")),
         ] {
             let peer_ns = sb.ns(peer);
             sb.ip(
@@ -393,14 +503,51 @@ impl Sandbox {
                     &["addr", "add", &format!("{v6}2/64"), "dev", "eth0", "nodad"],
                 )?;
             }
+            let v6_route = v6.map(|v6| format!("{v6}1"));
             sb.ip("node", &["link", "set", ifname, "up"])?;
             sb.ip(peer, &["link", "set", "eth0", "up"])?;
             sb.ip(
                 peer,
                 &["route", "add", "default", "via", &format!("{v4}.1")],
             )?;
+            if let Some(gw) = v6_route.filter(|_| peer == "pod") {
+                sb.ip(peer, &["-6", "route", "add", "default", "via", &gw])?;
+            }
         }
         sb.ip("node", &["route", "add", "default", "via", "198.18.1.2"])?;
+        // The node routes the pod network; the internet neighbour also answers as the
+        // metadata service (its IPv6 address, in the sandbox's fd00::/8) and routes back to
+        // the pods through the node.
+        sb.ip(
+            "node",
+            &["-6", "route", "add", "default", "via", "fd00:1::2"],
+        )?;
+        sb.ip(
+            "inet",
+            &["-6", "addr", "add", &format!("{IMDS6}/128"), "dev", "lo"],
+        )?;
+        sb.ip(
+            "inet",
+            &["-6", "route", "add", "fd00:3::/64", "via", "fd00:1::1"],
+        )?;
+        sb.ip(
+            "inet",
+            &["route", "add", "198.18.3.0/24", "via", "198.18.1.1"],
+        )?;
+        for ns in ["node", "inet", "cp", "pod"] {
+            let name = sb.ns(ns);
+            let _ = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &name,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv6.conf.all.forwarding=1",
+                    "net.ipv4.ip_forward=1",
+                ])
+                .status();
+        }
         Ok(sb)
     }
 
@@ -488,11 +635,13 @@ impl Sandbox {
         line.rsplit(' ').next()?.parse().ok()
     }
 
-    /// A plain HTTP/1.0 GET to the agent, from inside the node namespace.
+    /// A plain HTTP/1.0 GET to the agent, from inside the node namespace. socat waits up to
+    /// 3 s for the answer after sending the request (its default half-close wait, 0.5 s, cut
+    /// off the metrics page on a busy machine).
     fn http_get(&self, path: &str) -> Option<String> {
         let mut child = self
             .netns("node")
-            .args(["socat", "-T2", "-", &format!("TCP4:{METRICS}")])
+            .args(["socat", "-t3", "-T3", "-", &format!("TCP4:{METRICS}")])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -116,6 +116,7 @@ impl Backend for FakeBackend {
                     })
                     .collect(),
                 drops: vec![DropCounter {
+                    direction: crate::backend::Direction::Ingress,
                     reason: "default-deny",
                     rule: String::new(),
                     family: "ipv4",
@@ -173,6 +174,7 @@ pub fn parse(text: &str, path: &std::path::Path) -> Result<Desired, String> {
             interfaces: vec!["eth0".into()],
             profile: None,
             samples_per_second: crate::config::DEFAULT_SAMPLES_PER_SECOND,
+            egress: Default::default(),
         },
         text: text.to_string(),
         api: None,

@@ -110,10 +110,16 @@ pub fn read_config(path: &Path) -> Result<Desired, String> {
 fn desired(text: String, path: &Path) -> Result<Desired, String> {
     let file = path.display().to_string();
     let config = config::parse(&text, &file).map_err(|e| e.to_string())?;
+    // The XDP backend does not enforce egress (it refuses such a policy): `auto` picks nft
+    // for a config that restricts outbound, rather than fail on a node where XDP is usable.
+    let backend = match config.backend {
+        config::BackendKind::Auto if !config.egress.is_open() => config::BackendKind::Nft,
+        b => b,
+    };
     if !config.uses_api() {
         let policy = policy::compile(&config).map_err(|e| format!("{file}: {e}"))?;
         return Ok(Desired {
-            backend: config.backend,
+            backend,
             policy,
             text,
             api: None,
@@ -124,7 +130,7 @@ fn desired(text: String, path: &Path) -> Result<Desired, String> {
     let policy = policy::compile(&discovery::resolve(&config, &Discovered::default()).config)
         .map_err(|e| format!("{file}: {e}"))?;
     let mut desired = Desired {
-        backend: config.backend,
+        backend,
         policy,
         text,
         flow_log: config.drops.flow_log.clone(),

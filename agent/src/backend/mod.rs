@@ -30,6 +30,7 @@ pub struct RuleCounter {
 /// or `other`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DropCounter {
+    pub direction: Direction,
     pub reason: &'static str,
     pub rule: String,
     pub family: &'static str,

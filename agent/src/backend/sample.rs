@@ -4,9 +4,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-/// Which way the packet was going. Every sample is inbound today; the field is there so that
-/// readers (`nodewall drops --direction`, flow-log consumers) need no change when outbound
-/// filtering reports drops too.
+/// Which way the packet was going: into the node (or a pod on it), or out of it (`egress:`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
@@ -21,6 +19,12 @@ impl Direction {
             Direction::Ingress => "ingress",
             Direction::Egress => "egress",
         }
+    }
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

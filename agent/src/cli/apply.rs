@@ -66,6 +66,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(EXIT_INVALID));
             }
         }
+        if let (Ok(host), Ok(port)) = (
+            std::env::var("KUBERNETES_SERVICE_HOST"),
+            std::env::var("KUBERNETES_SERVICE_PORT"),
+        ) {
+            if let Err(lockout) = lockout::check_api_server(&policy, &host, &port) {
+                eprintln!("nodewall: refused: {lockout}");
+                return Ok(ExitCode::from(EXIT_INVALID));
+            }
+        }
     }
     let state = StateDir::new(&args.state_dir);
     let lock = match super::lock::take(&state, StateDir::lock_for_apply) {
@@ -117,7 +126,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         output::print_json(&done)?;
     } else {
         let mut out = output::stdout();
-        print_applied(&mut out, &done, policy.rules.len())?;
+        let rules = match policy.egress.rules.len() {
+            0 => format!("{} rules", policy.rules.len()),
+            n => format!("{} rules, {n} egress rules", policy.rules.len()),
+        };
+        print_applied(&mut out, &done, &rules)?;
         out.flush()?;
     }
     if let Some(secs) = deadline {
@@ -140,7 +153,7 @@ struct Applied {
     unmatched: Vec<String>,
 }
 
-fn print_applied(out: &mut impl Write, a: &Applied, rules: usize) -> std::io::Result<()> {
+fn print_applied(out: &mut impl Write, a: &Applied, rules: &str) -> std::io::Result<()> {
     let r = &a.report;
     let mode = match a.mode {
         Mode::Enforce => "enforce mode",
@@ -153,7 +166,7 @@ fn print_applied(out: &mut impl Write, a: &Applied, rules: usize) -> std::io::Re
     };
     writeln!(
         out,
-        "{verb} generation {} with backend {} in {mode} on {} ({rules} rules, +{} -{}, {:.1} ms{})",
+        "{verb} generation {} with backend {} in {mode} on {} ({rules}, +{} -{}, {:.1} ms{})",
         r.generation,
         a.backend,
         a.interfaces.join(","),

@@ -81,6 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         output::print_json(&serde_json::json!({
             "valid": !failed,
             "rules": policy.rules.len(),
+            "egress_rules": policy.egress.rules.len(),
             "warnings": warnings,
             "discovered_networks": discovered,
         }))?;
@@ -109,13 +110,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
     };
     let mut out = output::stdout();
+    let rules = match policy.egress.rules.len() {
+        0 => format!("{} rules", policy.rules.len()),
+        n => format!("{} rules, {n} egress rules", policy.rules.len()),
+    };
     match warnings.len() {
-        0 => writeln!(out, "{file}: valid ({} rules{api})", policy.rules.len())?,
-        n => writeln!(
-            out,
-            "{file}: valid ({} rules{api}), {n} warning(s)",
-            policy.rules.len()
-        )?,
+        0 => writeln!(out, "{file}: valid ({rules}{api})")?,
+        n => writeln!(out, "{file}: valid ({rules}{api}), {n} warning(s)")?,
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
@@ -139,7 +140,7 @@ fn warnings(text: &str, config: &Config, policy: &Policy, found: &[Finding]) -> 
                     let i = index(&config.failsafe).unwrap_or(0);
                     (format!("failsafe[{i}]"), failsafe.get(i))
                 }
-                Origin::Profile { .. } => ("profile".to_string(), None),
+                Origin::Profile { .. } | Origin::Metadata => ("profile".to_string(), None),
             };
             let (line, column) = at.copied().unwrap_or((1, 1));
             Warning {

@@ -5,7 +5,9 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 
 use clap::ValueEnum;
-use nodewall::policy::{self, track, Action, CtState, Origin, Packet, Policy, Verdict, L4};
+use nodewall::policy::{
+    self, track, Action, CtState, EgressPacket, Origin, Packet, Policy, Sender, Verdict, L4,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{discovered, output, ConfigArg, EXIT_INVALID};
@@ -35,9 +37,15 @@ pub enum State {
 #[derive(clap::Args, Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Probe {
-    /// Source address of the inbound packet.
-    #[arg(long, required_unless_present = "batch")]
+    /// Source address of the inbound packet; with --to, the pod that sends the outbound
+    /// packet (its own address, before SNAT).
+    #[arg(long, required_unless_present_any = ["batch", "to"])]
     pub from: Option<IpAddr>,
+    /// Explain an outbound packet to this address, judged by the egress rules: sent by the
+    /// node itself, or by the pod --from names.
+    #[arg(long)]
+    #[serde(default)]
+    pub to: Option<IpAddr>,
     #[arg(long, value_enum, required_unless_present = "batch")]
     pub protocol: Option<ProbeProto>,
     /// Destination port (tcp/udp).
@@ -80,9 +88,9 @@ pub struct Args {
     discovered: discovered::DiscoveredArgs,
     #[command(flatten)]
     probe: Probe,
-    /// Read probes as JSON lines on stdin ({"from":..,"protocol":..,"port":..}); print one JSON
-    /// verdict per line.
-    #[arg(long, conflicts_with_all = ["from", "protocol"])]
+    /// Read probes as JSON lines on stdin ({"from":..,"protocol":..,"port":..}, or with "to"
+    /// for outbound); print one JSON verdict per line.
+    #[arg(long, conflicts_with_all = ["from", "to", "protocol"])]
     batch: bool,
     /// Print the verdict as JSON.
     #[arg(long)]
@@ -136,6 +144,8 @@ impl ProbeError {
 /// The JSON form of a verdict.
 #[derive(Serialize)]
 pub struct Explained<'a> {
+    /// `inbound` or `egress`.
+    pub direction: &'static str,
     /// What the policy decides: allow or deny.
     pub action: Action,
     /// What the kernel does with the packet: audit mode accepts would-be drops.
@@ -161,8 +171,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_INVALID));
         }
     };
-    let verdict = policy::evaluate(&policy, &pkt);
-    let explained = explain(&policy, &verdict);
+    let explained = judge(&policy, &pkt);
     if args.json {
         output::print_json(&explained)?;
     } else {
@@ -194,7 +203,7 @@ fn batch(policy: &Policy, expect: Option<Expect>) -> anyhow::Result<ExitCode> {
             .and_then(|p| to_packet(&p).map_err(|e| format!("{}: {}", e.field, e.reason)));
         match probe {
             Ok(pkt) => {
-                let explained = explain(policy, &policy::evaluate(policy, &pkt));
+                let explained = judge(policy, &pkt);
                 if expect.is_some_and(|want| !want.holds(explained.action)) {
                     unexpected += 1;
                 }
@@ -223,9 +232,37 @@ fn batch(policy: &Policy, expect: Option<Expect>) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// A probe in one direction.
+pub enum Probed {
+    Inbound(Packet),
+    Egress(EgressPacket),
+}
+
+fn judge<'a>(policy: &'a Policy, pkt: &Probed) -> Explained<'a> {
+    match pkt {
+        Probed::Inbound(p) => explain(policy, &policy::evaluate(policy, p)),
+        Probed::Egress(p) => explain_egress(policy, &policy::evaluate_egress(policy, p)),
+    }
+}
+
+/// The explanation of an egress verdict ([`Verdict::rule`] indexes `policy.egress.rules`).
+pub fn explain_egress<'a>(policy: &'a Policy, v: &Verdict) -> Explained<'a> {
+    let rule = v.rule.map(|i| &policy.egress.rules[i]);
+    Explained {
+        direction: "egress",
+        action: v.action,
+        verdict: if v.passes() { "accept" } else { "drop" },
+        reason: v.reason.as_str(),
+        rule: rule.map(|r| r.name.as_str()),
+        origin: rule.map(|r| &r.origin),
+        mode: policy.mode,
+    }
+}
+
 pub fn explain<'a>(policy: &'a Policy, v: &Verdict) -> Explained<'a> {
     let rule = v.rule.map(|i| &policy.rules[i]);
     Explained {
+        direction: "inbound",
         action: v.action,
         verdict: if v.passes() { "accept" } else { "drop" },
         reason: v.reason.as_str(),
@@ -258,20 +295,44 @@ fn print_text(out: &mut impl Write, e: &Explained) -> std::io::Result<()> {
             "  from profile {profile}: seed {}, table \"{}\", row {}",
             provenance.seed, provenance.table, provenance.row
         )?,
+        Some(Origin::Failsafe) if e.direction == "egress" => writeln!(
+            out,
+            "  egress failsafe entry (keeps the node alive under `egress.default: deny`)"
+        )?,
         Some(Origin::Failsafe) => writeln!(
             out,
             "  failsafe entry (accepted before the profile, anti-lockout)"
         )?,
+        Some(Origin::User) if e.direction == "egress" => {
+            writeln!(out, "  user rule from the config's `egress.rules`")?
+        }
         Some(Origin::User) => writeln!(out, "  user rule from the config's `rules`")?,
+        Some(Origin::Metadata) => writeln!(
+            out,
+            "  the metadata switch (`egress.metadata.deny-pods`): pods kept away from the cloud instance metadata service"
+        )?,
         None => {}
     }
     writeln!(out, "  reason: {}", e.reason)
 }
 
-pub fn to_packet(p: &Probe) -> Result<Packet, ProbeError> {
-    let src = p
-        .from
-        .ok_or_else(|| ProbeError::new("from", "is required"))?;
+pub fn to_packet(p: &Probe) -> Result<Probed, ProbeError> {
+    // Outbound: the address that decides the family (and the tracker's view) is the
+    // destination; the pod's own address, if any, must be of the same family.
+    let (src, sender) = match (p.to, p.from) {
+        (None, from) => (
+            from.ok_or_else(|| ProbeError::new("from", "is required (or --to for outbound)"))?,
+            None,
+        ),
+        (Some(to), None) => (to, Some(Sender::Host)),
+        (Some(to), Some(pod)) if pod.is_ipv6() == to.is_ipv6() => (to, Some(Sender::Pod(pod))),
+        (Some(_), Some(_)) => {
+            return Err(ProbeError::new(
+                "from",
+                "the pod's address and --to must be of the same IP family",
+            ))
+        }
+    };
     let proto = p
         .protocol
         .ok_or_else(|| ProbeError::new("protocol", "is required"))?;
@@ -334,7 +395,15 @@ pub fn to_packet(p: &Probe) -> Result<Packet, ProbeError> {
         Some(State::Related) => CtState::Related,
         Some(State::Invalid) => CtState::Invalid,
     };
-    Ok(Packet { src, l4, ct })
+    Ok(match sender {
+        None => Probed::Inbound(Packet { src, l4, ct }),
+        Some(from) => Probed::Egress(EgressPacket {
+            from,
+            dst: src,
+            l4,
+            ct,
+        }),
+    })
 }
 
 const TCP_SYN: u8 = nodewall_common::ct::tcp_flags::SYN;

@@ -52,36 +52,89 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn peers(list: &[From]) -> String {
+    list.iter()
+        .map(|f| match f {
+            From::Anywhere => "anywhere".to_string(),
+            From::Network(n) => (*n).to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn print_profile(out: &mut impl Write, p: &Profile) -> std::io::Result<()> {
     writeln!(out, "{} — {}", p.name, p.summary)?;
     writeln!(out, "needs networks: {}", p.networks().join(", "))?;
     writeln!(out)?;
+    writeln!(out, "INBOUND (first match wins, then default deny)")?;
     writeln!(
         out,
         "{:<28} {:<7} {:<34} {:<24} SOURCE (seed, table, row)",
         "RULE", "PROTO", "PORTS", "FROM"
     )?;
     for r in p.rules {
-        let from: Vec<_> = r
-            .from
-            .iter()
-            .map(|f| match f {
-                From::Anywhere => "anywhere".to_string(),
-                From::Network(n) => (*n).to_string(),
-            })
-            .collect();
         writeln!(
             out,
             "{:<28} {:<7} {:<34} {:<24} {}, {}, row {}",
             format!("{}/{}", p.name, r.name),
             format!("{:?}", r.protocol).to_lowercase(),
             format_ports(r.ports),
-            from.join(","),
+            peers(r.from),
             r.provenance.seed,
             r.provenance.table,
             r.provenance.row
         )?;
         writeln!(out, "{:<28} {}", "", r.description)?;
+    }
+    writeln!(out)?;
+    writeln!(out, "OUTBOUND")?;
+    match &p.outbound.open {
+        Some(open) => writeln!(
+            out,
+            "egress.default: allow (nodewall's default) — {}: {}, {}, row {}",
+            open.description, open.provenance.seed, open.provenance.table, open.provenance.row
+        )?,
+        None => writeln!(
+            out,
+            "egress.default: allow (nodewall's default) — the seed gives no all-traffic row for this group; outbound stays open until a config opts in"
+        )?,
+    }
+    writeln!(
+        out,
+        "egress.default: deny (opt-in) — only these rows, after the egress failsafe; the rest is dropped"
+    )?;
+    if !p.outbound.restricted.is_empty() {
+        writeln!(
+            out,
+            "{:<28} {:<7} {:<34} {:<24} SOURCE (seed, table, row)",
+            "RULE", "PROTO", "PORTS", "TO"
+        )?;
+    }
+    for r in p.outbound.restricted {
+        writeln!(
+            out,
+            "{:<28} {:<7} {:<34} {:<24} {}, {}, row {}",
+            format!("{}/{}", p.name, r.name),
+            format!("{:?}", r.protocol).to_lowercase(),
+            format_ports(r.ports),
+            peers(r.to),
+            r.provenance.seed,
+            r.provenance.table,
+            r.provenance.row
+        )?;
+        writeln!(out, "{:<28} {}", "", r.description)?;
+    }
+    let extra: Vec<_> = p
+        .outbound_networks()
+        .into_iter()
+        .filter(|n| !p.networks().contains(n))
+        .collect();
+    if !extra.is_empty() {
+        writeln!(
+            out,
+            "with egress.default: deny, also needs networks: {}",
+            extra.join(", ")
+        )?;
     }
     writeln!(out)?;
     for n in p.notes {

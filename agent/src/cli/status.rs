@@ -139,7 +139,8 @@ fn print_text(out: &mut impl Write, status: &Status) -> std::io::Result<()> {
     writeln!(out)?;
     writeln!(
         out,
-        "{:<16} {:<32} {:<6} {:<8} {:>12} {:>14}",
+        "{:<9} {:<16} {:<32} {:<6} {:<8} {:>12} {:>14}",
+        "DIRECTION",
         if audit { "WOULD DROP" } else { "DROP REASON" },
         "RULE",
         "FAMILY",
@@ -150,8 +151,8 @@ fn print_text(out: &mut impl Write, status: &Status) -> std::io::Result<()> {
     for d in &status.counters.drops {
         writeln!(
             out,
-            "{:<16} {:<32} {:<6} {:<8} {:>12} {:>14}",
-            d.reason, d.rule, d.family, d.protocol, d.packets, d.bytes
+            "{:<9} {:<16} {:<32} {:<6} {:<8} {:>12} {:>14}",
+            d.direction, d.reason, d.rule, d.family, d.protocol, d.packets, d.bytes
         )?;
     }
     Ok(())

@@ -3,8 +3,9 @@
 
 use super::api_sources;
 use super::drops::{self, Drops};
+use super::egress;
 use super::fields;
-use super::model::{BackendKind, Config, Implicit, Mode};
+use super::model::{BackendKind, Config, EgressConfig, Implicit, Mode};
 use super::naming::{name_rules, valid};
 use super::networks::{network_names, networks, profile};
 use super::rules::{self, Section};
@@ -22,6 +23,7 @@ pub const TOP_KEYS: &[&str] = &[
     "implicit",
     "kubernetes",
     "drops",
+    "egress",
 ];
 pub const BACKENDS: &[(&str, BackendKind)] = &[
     ("nft", BackendKind::Nft),
@@ -68,15 +70,61 @@ pub fn document(ctx: &mut Ctx, root: &Node) -> Option<Config> {
         api_sources::kubernetes(ctx, n, p).map(Some)
     });
     let drops = f.optional("drops", Drops::default(), |n, p| drops::drops(ctx, n, p));
+    // Absent: open egress, as before egress existed; `Some(None)`: present but malformed.
+    let mut egress = f.get("egress").map(|n| {
+        let profile = egress::profile_name(f.get("profile"));
+        egress::read(ctx, n, "egress", names.as_deref(), profile)
+    });
 
+    let egress_written = matches!(egress, Some(Some(_)));
+    let mut no_egress = egress::EgressSection::empty();
+    let e = match egress.as_mut() {
+        Some(Some(e)) => e,
+        _ => &mut no_egress,
+    };
     name_rules(
         ctx,
-        rules.as_deref_mut().unwrap_or_default(),
-        failsafe
-            .as_mut()
-            .and_then(Option::as_deref_mut)
-            .unwrap_or_default(),
+        &mut [
+            rules.as_deref_mut().unwrap_or_default(),
+            e.rules.as_deref_mut().unwrap_or_default(),
+        ],
+        &mut [
+            failsafe
+                .as_mut()
+                .and_then(Option::as_deref_mut)
+                .unwrap_or_default(),
+            e.failsafe
+                .as_mut()
+                .and_then(Option::as_deref_mut)
+                .unwrap_or_default(),
+        ],
     );
+    // The default egress failsafe's names are taken whenever it may be in force (`egress`
+    // written, its `failsafe` absent): a rule of the same name would share its counter. A file
+    // without `egress` keeps every name it could use before egress existed.
+    if egress_written && e.failsafe.is_none() {
+        let defaults = EgressConfig::default_failsafe();
+        let all = [
+            rules.as_deref(),
+            failsafe.as_ref().and_then(Option::as_deref),
+            e.rules.as_deref(),
+        ];
+        for parsed in all.into_iter().flatten().flatten() {
+            if let Some((name, pos)) = &parsed.name {
+                if defaults.iter().any(|d| &d.name == name) {
+                    ctx.error(
+                        format!("{}.name", parsed.path),
+                        *pos,
+                        format!("`{name}` is the name of a default egress failsafe entry; choose another name"),
+                    );
+                }
+            }
+        }
+    }
+    let egress = match egress {
+        None => Some(EgressConfig::default()),
+        Some(e) => e.and_then(egress::build),
+    };
 
     let (networks, discovered) = networks?;
     let config = Config {
@@ -94,7 +142,13 @@ pub fn document(ctx: &mut Ctx, root: &Node) -> Option<Config> {
         },
         implicit: implicit?,
         drops: drops?,
+        egress: egress?,
     };
+    if config.backend == BackendKind::Xdp && !config.egress.is_open() {
+        if let Some(n) = f.get("backend") {
+            ctx.error("backend", n.pos, "backend `xdp` does not enforce egress, which `egress` restricts here: use `nft`, or `auto` (which picks nft when egress is configured)");
+        }
+    }
     ctx.errors.is_empty().then_some(config)
 }
 

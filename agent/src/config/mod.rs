@@ -3,6 +3,7 @@
 mod api_sources;
 mod document;
 mod drops;
+mod egress;
 mod fields;
 mod flow;
 mod model;

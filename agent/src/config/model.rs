@@ -107,6 +107,145 @@ pub struct Config {
     pub implicit: Implicit,
     /// Drop sampling and the flow log (`drops`).
     pub drops: super::Drops,
+    /// The outbound half; [`EgressConfig::default`] (open) when the file has no `egress`.
+    pub egress: EgressConfig,
+}
+
+/// Which outbound traffic an egress rule judges (`source:`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EgressSource {
+    /// What the node opens and what it forwards (`source` absent).
+    #[default]
+    Any,
+    /// Only what the node itself opens (its processes, host-network pods included).
+    Host,
+    /// Only what the node forwards out of an uplink: its pods' traffic, judged by the pod's
+    /// own address (before any SNAT).
+    Pod,
+}
+
+/// One `egress.rules` / `egress.failsafe` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EgressRuleConfig {
+    pub name: String,
+    pub action: Action,
+    pub protocol: Protocol,
+    /// Destination ports; empty means every port.
+    pub ports: Vec<PortRange>,
+    /// Destinations; never empty.
+    pub to: Vec<Source>,
+    pub source: EgressSource,
+}
+
+/// `egress.metadata`: keep pods away from the cloud instance metadata service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MetadataConfig {
+    pub deny_pods: bool,
+    /// Pod addresses (CIDRs or network names) still allowed to reach it.
+    pub except: Vec<Source>,
+}
+
+/// `egress`: what leaves through the uplinks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EgressConfig {
+    /// For new outbound flows no rule matches: `allow` unless the file says `deny`.
+    pub default: Action,
+    pub rules: Vec<EgressRuleConfig>,
+    /// Allowed before every other egress rule while egress is restricted; see
+    /// [`EgressConfig::default_failsafe`].
+    pub failsafe: Vec<EgressRuleConfig>,
+    pub metadata: MetadataConfig,
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        Self {
+            default: Action::Allow,
+            rules: Vec::new(),
+            failsafe: Self::default_failsafe(),
+            metadata: MetadataConfig::default(),
+        }
+    }
+}
+
+/// The built-in network the default egress failsafe sends DNS to: when `networks` does not
+/// define it, the nameservers of the node's resolver configuration (see
+/// `policy::resolvers`).
+pub const NET_NODE_RESOLVERS: &str = "node-resolvers";
+/// The built-in network the default egress failsafe lets the node itself (not its pods) reach
+/// the cloud instance metadata service in (tcp 80): when `networks` does not define it, the
+/// addresses of the metadata switch (see `policy::egress::METADATA_ADDRESSES`). Cloud nodes
+/// get their credentials and identity there.
+pub const NET_INSTANCE_METADATA: &str = "instance-metadata";
+/// The network the default egress failsafe lets the node reach the API server in, when
+/// `networks` defines it (the name the profiles use for the control plane).
+pub const NET_CONTROL_PLANE: &str = "control-plane";
+
+impl EgressConfig {
+    /// Whether nothing outbound is judged: the default `allow`, no rule, no metadata switch.
+    /// Failsafe entries alone change nothing (they only allow).
+    pub fn is_open(&self) -> bool {
+        self.default == Action::Allow && self.rules.is_empty() && !self.metadata.deny_pods
+    }
+
+    /// What keeps a node alive under `egress.default: deny`: DNS to the node's resolvers,
+    /// DHCP (v4 and v6) to anywhere, the instance metadata service for the node itself, and
+    /// the API server (TCP 443 and 6443) in the `control-plane` network (only when that
+    /// network is defined).
+    pub fn default_failsafe() -> Vec<EgressRuleConfig> {
+        let entry =
+            |name: &str, protocol, ports: Vec<PortRange>, to: Vec<Source>| EgressRuleConfig {
+                name: name.into(),
+                action: Action::Allow,
+                protocol,
+                ports,
+                to,
+                source: EgressSource::Any,
+            };
+        let resolvers = || vec![Source::Network(NET_NODE_RESOLVERS.into())];
+        let anywhere = || {
+            vec![
+                Source::Cidr("0.0.0.0/0".parse().unwrap()),
+                Source::Cidr("::/0".parse().unwrap()),
+            ]
+        };
+        vec![
+            entry(
+                "egress-failsafe-dns-udp",
+                Protocol::Udp,
+                vec![PortRange::single(53)],
+                resolvers(),
+            ),
+            entry(
+                "egress-failsafe-dns-tcp",
+                Protocol::Tcp,
+                vec![PortRange::single(53)],
+                resolvers(),
+            ),
+            entry(
+                "egress-failsafe-dhcp",
+                Protocol::Udp,
+                vec![PortRange::single(67), PortRange::single(547)],
+                anywhere(),
+            ),
+            EgressRuleConfig {
+                source: EgressSource::Host,
+                ..entry(
+                    "egress-failsafe-instance-metadata",
+                    Protocol::Tcp,
+                    vec![PortRange::single(80)],
+                    vec![Source::Network(NET_INSTANCE_METADATA.into())],
+                )
+            },
+            entry(
+                "egress-failsafe-apiserver",
+                Protocol::Tcp,
+                vec![PortRange::single(443), PortRange::single(6443)],
+                vec![Source::Network(NET_CONTROL_PLANE.into())],
+            ),
+        ]
+    }
 }
 
 impl Config {

@@ -1,4 +1,5 @@
-//! Rule names across `rules` and `failsafe`: uniqueness, and names for unnamed failsafe entries.
+//! Rule names across `rules`, `failsafe` and their `egress` counterparts: uniqueness, and
+//! names for unnamed failsafe entries.
 
 use super::fields;
 use super::model::RuleConfig;
@@ -6,13 +7,15 @@ use super::rules::{Parsed, PROTOCOLS};
 use super::walk::Ctx;
 use super::yaml::Pos;
 
-/// Rule names are the `rule` label of metrics and must be unique across `rules` and
-/// `failsafe`. The later one (in document order) is reported. Unnamed failsafe entries are
-/// then named `failsafe-PROTO[-PORTS]`, with a suffix if that name is taken.
-pub fn name_rules(ctx: &mut Ctx, rules: &mut [Parsed], failsafe: &mut [Parsed]) {
+/// Rule names are the `rule` label of metrics and must be unique across `rules`, `failsafe`,
+/// `egress.rules` and `egress.failsafe`. The later one (in document order) is reported.
+/// Unnamed failsafe entries are then named `[egress-]failsafe-PROTO[-PORTS]`, with a suffix
+/// if that name is taken.
+pub fn name_rules(ctx: &mut Ctx, rules: &mut [&mut [Parsed]], failsafe: &mut [&mut [Parsed]]) {
     let mut named: Vec<(&str, Pos, &str)> = rules
         .iter()
         .chain(failsafe.iter())
+        .flat_map(|s| s.iter())
         .filter_map(|r| {
             r.name
                 .as_ref()
@@ -33,18 +36,25 @@ pub fn name_rules(ctx: &mut Ctx, rules: &mut [Parsed], failsafe: &mut [Parsed]) 
         }
     }
     let mut taken: Vec<String> = named.iter().map(|(n, _, _)| n.to_string()).collect();
-    for (i, entry) in failsafe.iter_mut().enumerate() {
-        let Some(rule) = entry.rule.as_mut().filter(|_| entry.name.is_none()) else {
-            continue;
-        };
-        let mut name = auto_name(rule);
-        let mut n = i;
-        while taken.contains(&name) || fields::rule_name(&name).is_err() {
-            name = format!("failsafe-{n}");
-            n += 1;
+    for section in failsafe.iter_mut() {
+        for (i, entry) in section.iter_mut().enumerate() {
+            let Some(rule) = entry.rule.as_mut().filter(|_| entry.name.is_none()) else {
+                continue;
+            };
+            let prefix = if entry.path.starts_with("egress") {
+                "egress-failsafe"
+            } else {
+                "failsafe"
+            };
+            let mut name = auto_name(prefix, rule);
+            let mut n = i;
+            while taken.contains(&name) || fields::rule_name(&name).is_err() {
+                name = format!("{prefix}-{n}");
+                n += 1;
+            }
+            taken.push(name.clone());
+            rule.name = name;
         }
-        taken.push(name.clone());
-        rule.name = name;
     }
 }
 
@@ -53,15 +63,15 @@ pub fn valid(section: Option<Vec<Parsed>>) -> Option<Vec<RuleConfig>> {
     section?.into_iter().map(|p| p.rule).collect()
 }
 
-fn auto_name(rule: &RuleConfig) -> String {
+fn auto_name(prefix: &str, rule: &RuleConfig) -> String {
     let proto = PROTOCOLS
         .iter()
         .find(|(_, p)| *p == rule.protocol)
         .map_or("all", |(n, _)| n);
     let ports: Vec<String> = rule.ports.iter().map(ToString::to_string).collect();
     if ports.is_empty() {
-        format!("failsafe-{proto}")
+        format!("{prefix}-{proto}")
     } else {
-        format!("failsafe-{proto}-{}", ports.join("_"))
+        format!("{prefix}-{proto}-{}", ports.join("_"))
     }
 }

@@ -1,12 +1,16 @@
-//! One entry of `rules` or `failsafe`.
+//! One entry of `rules` or `failsafe`, or of `egress.rules` / `egress.failsafe` (the same
+//! shape with `to` instead of `from`, and an optional `source`).
 
 use super::fields;
-use super::model::{Action, PortRange, Protocol, RuleConfig, Source};
+use super::model::{Action, EgressSource, PortRange, Protocol, RuleConfig, Source};
 use super::suggest::did_you_mean;
 use super::walk::{index, Ctx, Fields};
 use super::yaml::{Kind, Node, Pos};
 
 pub const RULE_KEYS: &[&str] = &["name", "action", "protocol", "ports", "from"];
+pub const EGRESS_RULE_KEYS: &[&str] = &["name", "action", "protocol", "ports", "to", "source"];
+pub const EGRESS_SOURCES: &[(&str, EgressSource)] =
+    &[("host", EgressSource::Host), ("pod", EgressSource::Pod)];
 
 pub const ACTIONS: &[(&str, Action)] = &[("allow", Action::Allow), ("deny", Action::Deny)];
 pub const PROTOCOLS: &[(&str, Protocol)] = &[
@@ -22,15 +26,38 @@ pub const PROTOCOLS: &[(&str, Protocol)] = &[
 pub enum Section {
     Rules,
     Failsafe,
+    EgressRules,
+    EgressFailsafe,
+}
+
+impl Section {
+    fn failsafe(self) -> bool {
+        matches!(self, Section::Failsafe | Section::EgressFailsafe)
+    }
+
+    fn egress(self) -> bool {
+        matches!(self, Section::EgressRules | Section::EgressFailsafe)
+    }
+
+    /// The key that lists the peers: sources inbound, destinations outbound.
+    fn peer_key(self) -> &'static str {
+        if self.egress() {
+            "to"
+        } else {
+            "from"
+        }
+    }
 }
 
 /// One entry. `name` is its valid explicit name, kept even when another field is wrong so
 /// that duplicate names are still reported; `rule` is `None` when any field was wrong.
 /// A failsafe entry without a name is named later, once every explicit name is known.
+/// For egress entries, `rule.from` holds the destinations (`to`) and `source` the `source`.
 pub struct Parsed {
     pub name: Option<(String, Pos)>,
     pub rule: Option<RuleConfig>,
     pub path: String,
+    pub source: EgressSource,
 }
 
 /// The keys of `networks`, which `from` entries are checked against; `None` when `networks`
@@ -44,24 +71,30 @@ pub fn rule(
     section: Section,
     networks: NetworkNames,
 ) -> Parsed {
-    let Some(f) = ctx.map(node, path, Some(RULE_KEYS)) else {
+    let keys = if section.egress() {
+        EGRESS_RULE_KEYS
+    } else {
+        RULE_KEYS
+    };
+    let Some(f) = ctx.map(node, path, Some(keys)) else {
         return Parsed {
             name: None,
             rule: None,
             path: path.to_string(),
+            source: EgressSource::Any,
         };
     };
     // Called when `key` is absent: an error under `rules`, the default under `failsafe`.
-    let missing = |ctx: &mut Ctx, key: &str| match section {
-        Section::Rules => {
-            ctx.error(
-                f.path_of(key),
-                f.pos,
-                format!("missing required key `{key}`"),
-            );
-            None
+    let missing = |ctx: &mut Ctx, key: &str| {
+        if section.failsafe() {
+            return Some(());
         }
-        Section::Failsafe => Some(()),
+        ctx.error(
+            f.path_of(key),
+            f.pos,
+            format!("missing required key `{key}`"),
+        );
+        None
     };
 
     let name = match f.get("name") {
@@ -78,8 +111,9 @@ pub fn rule(
     };
     let action = match f.get("action") {
         Some(n) => ctx.choice(n, &f.path_of("action"), "action", ACTIONS).and_then(|a| {
-            if section == Section::Failsafe && a == Action::Deny {
-                ctx.error(f.path_of("action"), n.pos, "failsafe entries can only `allow`: they are evaluated before every other rule; put deny rules under `rules`");
+            if section.failsafe() && a == Action::Deny {
+                let rules = if section.egress() { "egress.rules" } else { "rules" };
+                ctx.error(f.path_of("action"), n.pos, format!("failsafe entries can only `allow`: they are evaluated before every other rule; put deny rules under `{rules}`"));
                 return None;
             }
             Some(a)
@@ -99,9 +133,10 @@ pub fn rule(
         }
     };
     let ports = ports(ctx, &f, protocol);
-    let from = match f.get("from") {
-        Some(n) => sources(ctx, n, &f.path_of("from"), networks),
-        None => missing(ctx, "from").map(|()| {
+    let peer = section.peer_key();
+    let from = match f.get(peer) {
+        Some(n) => sources(ctx, n, &f.path_of(peer), networks),
+        None => missing(ctx, peer).map(|()| {
             vec![
                 Source::Cidr("0.0.0.0/0".parse().unwrap()),
                 Source::Cidr("::/0".parse().unwrap()),
@@ -109,7 +144,13 @@ pub fn rule(
         }),
     };
 
+    let source = match f.get("source") {
+        Some(n) => ctx.choice(n, &f.path_of("source"), "source", EGRESS_SOURCES),
+        None => Some(EgressSource::Any),
+    };
+
     let rule = (|| {
+        source?;
         Some(RuleConfig {
             // Empty for an unnamed failsafe entry: named by the caller.
             name: name.clone()?.map(|(n, _)| n).unwrap_or_default(),
@@ -123,6 +164,7 @@ pub fn rule(
         name: name.flatten(),
         rule,
         path: path.to_string(),
+        source: source.unwrap_or_default(),
     }
 }
 
@@ -195,7 +237,12 @@ pub fn sources(
 ) -> Option<Vec<Source>> {
     let items = ctx.seq(node, path)?;
     if items.is_empty() {
-        ctx.error(path, node.pos, "empty list: a rule must say where traffic comes from (use 0.0.0.0/0 and ::/0 for anywhere)");
+        let what = if path.ends_with(".to") {
+            "goes to"
+        } else {
+            "comes from"
+        };
+        ctx.error(path, node.pos, format!("empty list: a rule must say where traffic {what} (use 0.0.0.0/0 and ::/0 for anywhere)"));
         return None;
     }
     let mut out = Vec::with_capacity(items.len());

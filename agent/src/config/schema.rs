@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::api_sources::ADDRESS_TYPES;
 use super::document::{BACKENDS, MODES};
-use super::rules::{ACTIONS, PROTOCOLS};
+use super::rules::{ACTIONS, EGRESS_SOURCES, PROTOCOLS};
 use crate::profiles;
 
 /// Rule and network names: `^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$`.
@@ -44,10 +44,10 @@ pub fn json_schema() -> Value {
 #[derive(JsonSchema)]
 #[schemars(
     title = "nodewall configuration",
-    description = "Inbound firewall policy for a node: an optional built-in security-group \
-        baseline (profile), named networks, user rules and failsafe entries. Evaluation order: \
-        implicit allowances, failsafe, profile rules, user rules (first match wins), then \
-        default deny.",
+    description = "Firewall policy for a node: an optional built-in security-group \
+        baseline (profile), named networks, user rules and failsafe entries, and the optional \
+        `egress` half. Inbound evaluation order: implicit allowances, failsafe, profile rules, \
+        user rules (first match wins), then default deny.",
     deny_unknown_fields
 )]
 #[allow(dead_code)]
@@ -104,6 +104,100 @@ struct ConfigFile {
     implicit: Implicit,
     #[schemars(default)]
     drops: Drops,
+    #[schemars(
+        description = "Outbound: new flows leaving through the uplinks, sent by the node or \
+            forwarded from its pods. Absent: nothing outbound is judged. Evaluation order: \
+            replies of live flows, neighbour discovery, the metadata switch, egress failsafe, \
+            the profile's restricted outbound rows (with `default: deny`), egress rules (first \
+            match wins), then `default`.",
+        default
+    )]
+    egress: Egress,
+}
+
+#[derive(JsonSchema, Default)]
+#[schemars(inline, deny_unknown_fields)]
+#[allow(dead_code)]
+struct Egress {
+    /// What a new outbound flow no rule matches gets. `deny` also enforces the profile's
+    /// restricted outbound rows.
+    #[schemars(schema_with = "action", default = "Defaults::allow")]
+    default: String,
+    /// Egress rules, after the failsafe and the profile's rows; first match wins.
+    #[schemars(default)]
+    rules: Vec<EgressRule>,
+    /// Allow entries evaluated before the profile's rows and the egress rules. Absent: DNS
+    /// (udp and tcp 53) to the `node-resolvers` network (default: the node's resolv.conf
+    /// nameservers), DHCP (udp 67, 547) to anywhere, tcp 80 from the node itself to the
+    /// `instance-metadata` network (default: the cloud metadata addresses), and tcp 443/6443
+    /// to the `control-plane` network when it is defined. `[]` disables it.
+    #[schemars(default)]
+    failsafe: Vec<EgressFailsafe>,
+    #[schemars(default)]
+    metadata: Metadata,
+}
+
+/// Pods kept away from the cloud instance metadata service (AWS 169.254.169.254 and
+/// fd00:ec2::254, Alibaba 100.100.100.200, Tencent 169.254.0.23); the host keeps access.
+#[derive(JsonSchema, Default)]
+#[schemars(inline, deny_unknown_fields)]
+#[allow(dead_code)]
+struct Metadata {
+    #[schemars(rename = "deny-pods", default)]
+    deny_pods: bool,
+    /// Pod addresses (CIDRs or network names) that keep access.
+    #[schemars(default)]
+    except: Vec<Source>,
+}
+
+/// The traffic an egress rule judges: `host` (what the node sends) or `pod` (what it
+/// forwards, by the pod's own address). Absent: both.
+#[derive(JsonSchema, Default)]
+#[schemars(inline)]
+#[allow(dead_code)]
+struct EgressSourceKind(#[schemars(schema_with = "egress_source")] String);
+
+/// Where the traffic goes: CIDRs, bare addresses or `networks` names.
+#[derive(JsonSchema, Default)]
+#[schemars(inline, extend("minItems" = 1))]
+#[allow(dead_code)]
+struct Destinations(Vec<Source>);
+
+/// An egress rule.
+#[derive(JsonSchema)]
+#[schemars(rename = "egress-rule", deny_unknown_fields, transform = ports_only_for_tcp_udp)]
+#[allow(dead_code)]
+struct EgressRule {
+    name: RuleName,
+    #[schemars(schema_with = "action")]
+    action: String,
+    #[schemars(flatten)]
+    matching: Matching,
+    to: Destinations,
+    #[schemars(default)]
+    source: EgressSourceKind,
+}
+
+/// An egress failsafe entry: `name` defaults to egress-failsafe-PROTO-PORTS, `to` to
+/// anywhere, and `action` can only be allow.
+#[derive(JsonSchema)]
+#[schemars(rename = "egress-failsafe", deny_unknown_fields, transform = ports_only_for_tcp_udp)]
+#[allow(dead_code)]
+struct EgressFailsafe {
+    #[schemars(default)]
+    name: RuleName,
+    #[schemars(default, extend("const" = "allow"))]
+    action: Unset,
+    #[schemars(flatten)]
+    matching: Matching,
+    #[schemars(default)]
+    to: Destinations,
+    #[schemars(default)]
+    source: EgressSourceKind,
+}
+
+fn egress_source(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "enum": names(EGRESS_SOURCES) })
 }
 
 /// Defaults shown in the schema.
@@ -115,6 +209,9 @@ impl Defaults {
     }
     fn enforce() -> String {
         "enforce".into()
+    }
+    fn allow() -> String {
+        "allow".into()
     }
 }
 

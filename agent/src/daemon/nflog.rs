@@ -195,7 +195,11 @@ fn parse_packet(nlas: Vec<PacketNla>) -> Option<DropEvent> {
         reason: tagged.reason.to_string(),
         rule: tagged.rule.to_string(),
         ifindex,
-        direction: Direction::Ingress,
+        direction: if tagged.egress {
+            Direction::Egress
+        } else {
+            Direction::Ingress
+        },
         audit: tagged.audit,
     })
 }

@@ -19,6 +19,7 @@ pub fn log(event: &DropEvent, audit: bool) {
                 protocol = %event.protocol,
                 sport = event.sport,
                 dport = event.dport,
+                direction = %event.direction,
                 reason = %event.reason,
                 rule = %event.rule,
                 ifindex = event.ifindex,

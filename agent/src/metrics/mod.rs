@@ -35,6 +35,8 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabels {
     pub backend: String,
+    /// `inbound` or `egress`.
+    pub direction: String,
     pub reason: String,
     pub rule: String,
     pub family: String,
@@ -247,6 +249,7 @@ impl Metrics {
         for d in &counters.drops {
             let labels = DropLabels {
                 backend: self.backend.clone(),
+                direction: d.direction.as_str().to_string(),
                 reason: d.reason.to_string(),
                 rule: d.rule.clone(),
                 family: d.family.to_string(),

@@ -11,6 +11,7 @@ fn counters(rule_pkts: u64, drop_pkts: u64) -> Counters {
             bytes: rule_pkts * 60,
         }],
         drops: vec![DropCounter {
+            direction: crate::backend::Direction::Ingress,
             reason: "default-deny",
             rule: String::new(),
             family: "ipv4",
@@ -47,7 +48,7 @@ fn counters_stay_monotonic_across_kernel_resets() {
         5.0 + 2.0 + 1.0 + 1.0
     );
     assert_eq!(
-        sample(&text, "nodewall_dropped_packets_total{backend=\"nft\",reason=\"default-deny\",rule=\"\",family=\"ipv4\",protocol=\"tcp\"}"),
+        sample(&text, "nodewall_dropped_packets_total{backend=\"nft\",direction=\"ingress\",reason=\"default-deny\",rule=\"\",family=\"ipv4\",protocol=\"tcp\"}"),
         10.0 + 2.0 + 3.0 + 1.0
     );
     assert_eq!(

@@ -53,10 +53,15 @@ pub fn compile(config: &Config) -> Result<Policy, CompileError> {
         interfaces: config.interfaces.clone(),
         profile: config.profile.clone(),
         samples_per_second: config.drops.samples_per_second,
+        egress: super::egress_compile::egress(config)?,
     })
 }
 
-fn network<'c>(config: &'c Config, field: &str, name: &str) -> Result<&'c [IpNet], CompileError> {
+pub(super) fn network<'c>(
+    config: &'c Config,
+    field: &str,
+    name: &str,
+) -> Result<&'c [IpNet], CompileError> {
     config
         .networks
         .get(name)
@@ -118,7 +123,7 @@ fn profile_rule(
     })
 }
 
-fn ports_of(protocol: Protocol, ports: Vec<crate::config::PortRange>) -> PortSet {
+pub(super) fn ports_of(protocol: Protocol, ports: Vec<crate::config::PortRange>) -> PortSet {
     if protocol.has_ports() {
         PortSet::new(ports)
     } else {

@@ -3,6 +3,8 @@
 mod addrset;
 mod compile;
 mod digest;
+mod egress;
+mod egress_compile;
 mod evaluate;
 mod lint;
 mod model;
@@ -10,6 +12,7 @@ pub mod track;
 
 pub use addrset::{prefixes, AddrSet};
 pub use compile::{compile, CompileError};
+pub use egress::*;
 pub use evaluate::evaluate;
 pub use lint::{lint, lint_partial, Finding};
 pub use model::*;

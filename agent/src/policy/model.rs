@@ -63,6 +63,8 @@ pub enum Origin {
         provenance: Provenance,
     },
     User,
+    /// The egress metadata switch (`egress.metadata`): built in, not written as a rule.
+    Metadata,
 }
 
 /// One normalised rule. `name` is unique within a policy and is the `rule` label of metrics.
@@ -121,6 +123,8 @@ pub struct Policy {
     /// Dropped packets the datapath samples per second (per CPU on XDP, per drop reason and
     /// rule on nft); 0: none. Not part of [`Policy::digest`]: it changes no verdict.
     pub samples_per_second: u32,
+    /// What leaves through the uplinks (see `egress.rs`); open unless the config says more.
+    pub egress: super::egress::Egress,
 }
 
 /// Connection-tracking state of a packet, as the kernel sees it.
@@ -177,6 +181,8 @@ pub enum Reason {
     Rule,
     DefaultDeny,
     Invalid,
+    /// Egress only: no rule matched and the default egress action is `allow`.
+    DefaultAllow,
 }
 
 impl Reason {
@@ -189,6 +195,7 @@ impl Reason {
             Reason::Rule => "rule",
             Reason::DefaultDeny => "default-deny",
             Reason::Invalid => "invalid",
+            Reason::DefaultAllow => "default-allow",
         }
     }
 }

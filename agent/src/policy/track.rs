@@ -288,6 +288,7 @@ mod tests {
             interfaces: Vec::new(),
             profile: None,
             samples_per_second: crate::config::DEFAULT_SAMPLES_PER_SECOND,
+            egress: Default::default(),
         }
     }
 

@@ -3,7 +3,10 @@
 //! The "cluster security group" (集群安全组) holds the nodes and the control plane: it is read
 //! as the `cluster` network plus the `control-plane` network.
 
-use super::{From, Profile, ProfileRule, Provenance, NET_CLUSTER, NET_CONTROL_PLANE};
+use super::{
+    From, OpenRow, Outbound, OutboundRule, Profile, ProfileRule, Provenance, NET_CLUSTER,
+    NET_CONTROL_PLANE,
+};
 use crate::vocab::{PortRange, Protocol::*};
 
 const SEED: &str = "004_0e57c02a51b57d6c.txt";
@@ -20,8 +23,23 @@ const fn row(row: u16) -> Provenance {
 const CLUSTER_SG: &[From] = &[From::Network(NET_CLUSTER), From::Network(NET_CONTROL_PLANE)];
 const NOTES: &[&str] = &[
     "The seed's NetworkPolicy examples (default deny, DNS to kube-system) are pod-level policies and are not node firewall rules: not transcribed.",
-    "Outbound rows (TCP 443 to the cluster group minimal, all recommended) are not rules: nodewall filters inbound only.",
+    "Outbound: the recommended row (row 4) allows all traffic to 0.0.0.0/0, what `egress.default: allow` enforces; with `egress.default: deny` the row is the minimal outbound (row 3: TCP 443 to the cluster security group), and the node's registries, OSS and cloud APIs must be added as egress rules.",
 ];
+
+const OUTBOUND: Outbound = Outbound {
+    open: Some(OpenRow {
+        description: "All traffic to 0.0.0.0/0 (recommended outbound)",
+        provenance: row(4),
+    }),
+    restricted: &[OutboundRule {
+        name: "out-https",
+        protocol: Tcp,
+        ports: &[PortRange::single(443)],
+        to: CLUSTER_SG,
+        description: "TCP 443 to the cluster security group (minimal outbound)",
+        provenance: row(3),
+    }],
+};
 
 pub const NODE: Profile = Profile {
     name: "ack-node",
@@ -30,6 +48,7 @@ pub const NODE: Profile = Profile {
         ProfileRule { name: "apiserver-kubelet", protocol: Tcp, ports: &[PortRange::single(443), PortRange::single(10250)], from: CLUSTER_SG, description: "TCP 443 and 10250 from the cluster security group", provenance: row(1) },
         ProfileRule { name: "inter-node", protocol: All, ports: &[], from: &[From::Network(NET_CLUSTER)], description: "The protocols and ports you want for inter-node communication", provenance: row(1) },
     ],
+    outbound: OUTBOUND,
     notes: &[
         "Row 1 also leaves 'the protocols and ports you want for node-to-node traffic' to the operator; nodewall allows all of them from the node network, as the recommended row does.",
         NOTES[0],
@@ -44,5 +63,6 @@ pub const NODE_RECOMMENDED: Profile = Profile {
         ProfileRule { name: "all", protocol: All, ports: &[], from: CLUSTER_SG, description: "All traffic from the cluster security group", provenance: row(2) },
         ProfileRule { name: "https-and-high", protocol: Tcp, ports: &[PortRange::single(443), PortRange::new(1025, 65535)], from: CLUSTER_SG, description: "TCP 443 and 1025-65535 from the cluster security group", provenance: row(2) },
     ],
+    outbound: OUTBOUND,
     notes: &["Row 2 is 'ALL/TCP, ALL/443,1025-65535': the TCP half is covered by the ALL half and kept for provenance.", NOTES[0], NOTES[1]],
 };

@@ -1,7 +1,10 @@
 //! Tencent Cloud TKE default security groups (seeds 000 zh 2023-10-24, 001 ko, 002 en 2024-12-11).
 //! Rules follow 002, the newest; all three agree on protocols, ports and sources.
 
-use super::{From, Profile, ProfileRule, Provenance, NET_CLUSTER, NET_CONTAINER, NODEPORTS};
+use super::{
+    From, OpenRow, Outbound, OutboundRule, Profile, ProfileRule, Provenance, NET_CLUSTER,
+    NET_CONTAINER, NODEPORTS,
+};
 use crate::vocab::{PortRange, Protocol::*};
 
 const SEED: &str = "002_45cfe4d06b09d118.txt";
@@ -9,19 +12,24 @@ const NODE_TABLE: &str = "Default security group rules for node / Inbound rules"
 const MASTER_TABLE: &str =
     "Default security group rules for master node in self-deployed cluster / Inbound rules";
 
-const fn node(row: u16) -> Provenance {
+const NODE_OUT_TABLE: &str = "Default security group rules for node / Outbound rules";
+const NODE_OUT_NOTE: &str = "Default security group rules for node / Outbound rules / Note";
+const MASTER_OUT_TABLE: &str =
+    "Default security group rules for master node in self-deployed cluster / Outbound rules";
+
+const fn at(table: &'static str, row: u16) -> Provenance {
     Provenance {
         seed: SEED,
-        table: NODE_TABLE,
+        table,
         row,
     }
 }
+
+const fn node(row: u16) -> Provenance {
+    at(NODE_TABLE, row)
+}
 const fn master(row: u16) -> Provenance {
-    Provenance {
-        seed: SEED,
-        table: MASTER_TABLE,
-        row,
-    }
+    at(MASTER_TABLE, row)
 }
 
 const ANY: &[From] = &[From::Anywhere];
@@ -50,6 +58,29 @@ const API_PORTS_CLUSTER: &[PortRange] = &[
     PortRange::single(61678),
 ];
 const DNS: &[PortRange] = &[PortRange::single(53)];
+const OPEN_TEXT: &str = "All traffic to 0.0.0.0/0 (all protocols, all ports)";
+
+/// The note under the node outbound table: "To customize outbound rules, you need to open the
+/// node IP range and container IP range" (000: 自定义出站规则时需放通节点网段和容器网段).
+const CUSTOMISED: &[OutboundRule] = &[
+    OutboundRule {
+        name: "out-cluster-network",
+        protocol: All,
+        ports: &[],
+        to: CLUSTER,
+        description: "Customised outbound rules: open the node IP range",
+        provenance: at(NODE_OUT_NOTE, 1),
+    },
+    OutboundRule {
+        name: "out-container-network",
+        protocol: All,
+        ports: &[],
+        to: CONTAINER,
+        description: "Customised outbound rules: open the container IP range",
+        provenance: at(NODE_OUT_NOTE, 1),
+    },
+];
+const OUTBOUND_NOTE: &str = "Outbound: the seed allows all traffic to 0.0.0.0/0 (what `egress.default: allow` enforces); with `egress.default: deny` the rows are the note under the node outbound table (open the node and container IP ranges), and everything else the node needs (registries, cloud APIs, DNS) must be added.";
 
 pub const NODE: Profile = Profile {
     name: "tke-node",
@@ -62,11 +93,15 @@ pub const NODE: Profile = Profile {
         ProfileRule { name: "icmp", protocol: Icmp, ports: &[], from: ANY, description: "Enable the support for ICMP and ping operations", provenance: node(5) },
         ProfileRule { name: "icmpv6", protocol: Icmpv6, ports: &[], from: ANY, description: "Enable the support for ICMP and ping operations (0.0.0.0/0 read as IPv6 too)", provenance: node(5) },
     ],
+    outbound: Outbound {
+        open: Some(OpenRow { description: OPEN_TEXT, provenance: at(NODE_OUT_TABLE, 1) }),
+        restricted: CUSTOMISED,
+    },
     notes: &[
         "Transcribed from 002 (English, updated 2024-12-11, the newest); 000 (Chinese, 2023-10-24) has the same five rows.",
         "001 (Korean) lost most cells of this table in extraction; its remarks call rows 3-4 'communication between Master and Worker nodes' instead of NodePort access. Ports and sources follow 002.",
         "The seed's prose also says to open port 22 if SSH login is needed: nodewall's default failsafe (tcp/22 from anywhere) covers it.",
-        "Outbound: all allowed in the seed; nodewall does not filter outbound and passes return traffic.",
+        OUTBOUND_NOTE,
     ],
 };
 
@@ -85,10 +120,15 @@ pub const MASTER: Profile = Profile {
         ProfileRule { name: "coredns-container", protocol: Udp, ports: DNS, from: CONTAINER, description: "CoreDNS communication", provenance: master(8) },
         ProfileRule { name: "coredns-cluster", protocol: Udp, ports: DNS, from: CLUSTER, description: "CoreDNS communication", provenance: master(9) },
     ],
+    outbound: Outbound {
+        open: Some(OpenRow { description: OPEN_TEXT, provenance: at(MASTER_OUT_TABLE, 1) }),
+        restricted: CUSTOMISED,
+    },
     notes: &[
         "Transcribed from 002 (English, 2024-12-11, the newest); 000 (Chinese) and 001 (Korean) list the same nine rows with the same ports and sources.",
         "001 (Korean) remarks differ: rows 2-3 say 'communication between Master and Worker nodes' and rows 6-7 'Service communication' where 000/002 say NodePort access. Remarks follow 002.",
         "Row 4 (from the cluster network) has three more ports than row 5 (from the container network): 50055, 443 and 61678. All versions agree.",
-        "Outbound: all allowed in the seed; nodewall does not filter outbound and passes return traffic.",
+        OUTBOUND_NOTE,
+        "The seed gives the note about customised outbound rules under the node table only; with `egress.default: deny` nodewall applies it to the master too, which talks to the same node and container networks.",
     ],
 };

@@ -50,5 +50,6 @@ pub fn config(rules: Vec<RuleConfig>) -> Config {
         failsafe: vec![],
         implicit: Implicit::default(),
         drops: Default::default(),
+        egress: Default::default(),
     }
 }

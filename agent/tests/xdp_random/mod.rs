@@ -140,6 +140,7 @@ pub fn random_policy(rng: &mut StdRng, pool: &mut Pool, rules: usize) -> Policy 
         interfaces: Vec::new(),
         profile: None,
         samples_per_second: nodewall::config::DEFAULT_SAMPLES_PER_SECOND,
+        egress: Default::default(),
     }
 }
 

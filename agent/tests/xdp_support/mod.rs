@@ -191,6 +191,7 @@ pub fn policy(rules: Vec<Rule>) -> Policy {
         interfaces: Vec::new(),
         profile: None,
         samples_per_second: nodewall::config::DEFAULT_SAMPLES_PER_SECOND,
+        egress: Default::default(),
     }
 }
 
@@ -570,6 +571,7 @@ pub fn check_verdict(
         Reason::DhcpClient => (&m.pass_stats, PassReason::DhcpClient as u32),
         Reason::Established => (&m.pass_stats, PassReason::Established as u32),
         Reason::IcmpError => (&m.pass_stats, PassReason::IcmpError as u32),
+        Reason::DefaultAllow => unreachable!("an inbound verdict"),
     };
     let old = nodewall::backend::xdp::Maps::stat(map, index)
         .unwrap()

@@ -83,6 +83,24 @@ pub fn drop_chain(reason: &str, rule_ident: Option<&str>) -> String {
     }
 }
 
+/// The chain that counts and drops new outbound flows for `reason` (`default-deny`).
+pub fn egress_drop_chain(reason: &str) -> String {
+    format!("drop.egress.{reason}")
+}
+
+/// The egress base chains (hooked at output and forward) and the chains they jump to.
+pub const OUTPUT_CHAIN: &str = "output";
+pub const FORWARD_CHAIN: &str = "forward";
+pub const EGRESS_HOST_CHAIN: &str = "egress-host";
+pub const EGRESS_POD_CHAIN: &str = "egress-pod";
+/// Egress base chains: at filter priority, after the NAT of locally generated packets'
+/// destination (-100) and before source NAT (100), so a pod's own address is still seen.
+pub const EGRESS_PRIORITY: i32 = 0;
+
+pub fn dst_set(v6: bool, rule_ident: &str) -> String {
+    format!("{}.{rule_ident}", if v6 { "dst6" } else { "dst4" })
+}
+
 pub fn drop_counter(chain: &str, family: &str, protocol: &str) -> String {
     format!("{chain}.{family}.{protocol}")
 }
@@ -96,11 +114,19 @@ pub mod comment {
         format!("{} {}", action_str(action), name)
     }
 
-    /// `drop REASON FAMILY PROTOCOL [RULE]` on a drop counter.
-    pub fn drop(reason: &str, family: &str, protocol: &str, rule: Option<&str>) -> String {
+    /// `drop REASON FAMILY PROTOCOL [RULE]` on a drop counter (`drop-egress ...` for
+    /// outbound drops).
+    pub fn drop(
+        egress: bool,
+        reason: &str,
+        family: &str,
+        protocol: &str,
+        rule: Option<&str>,
+    ) -> String {
+        let head = if egress { "drop-egress" } else { "drop" };
         match rule {
-            Some(r) => format!("drop {reason} {family} {protocol} {r}"),
-            None => format!("drop {reason} {family} {protocol}"),
+            Some(r) => format!("{head} {reason} {family} {protocol} {r}"),
+            None => format!("{head} {reason} {family} {protocol}"),
         }
     }
 
@@ -119,6 +145,7 @@ pub mod comment {
             name: &'a str,
         },
         Drop {
+            egress: bool,
             reason: &'a str,
             family: &'a str,
             protocol: &'a str,
@@ -137,9 +164,10 @@ pub mod comment {
                 action: Action::Deny,
                 name: rest,
             }),
-            "drop" => {
+            "drop" | "drop-egress" => {
                 let mut it = rest.splitn(4, ' ');
                 Some(Parsed::Drop {
+                    egress: head == "drop-egress",
                     reason: it.next()?,
                     family: it.next()?,
                     protocol: it.next()?,
@@ -176,10 +204,11 @@ mod tests {
                 name: "block bad guys"
             })
         );
-        let c = comment::drop("rule", "ipv6", "udp", Some("x y"));
+        let c = comment::drop(true, "rule", "ipv6", "udp", Some("x y"));
         assert_eq!(
             comment::parse(&c),
             Some(comment::Parsed::Drop {
+                egress: true,
                 reason: "rule",
                 family: "ipv6",
                 protocol: "udp",

@@ -35,10 +35,12 @@ pub fn script(rs: &Ruleset, header: &str) -> String {
     }
     for chain in &rs.chains {
         let _ = writeln!(out, "\n\tchain {} {{", chain.name);
-        if let Some(prio) = chain.hook_priority {
+        if let Some(hook) = chain.hook {
             let _ = writeln!(
                 out,
-                "\t\ttype filter hook prerouting priority {prio}; policy accept;"
+                "\t\ttype filter hook {} priority {}; policy accept;",
+                hook.point.name(),
+                hook.priority
             );
         }
         for rule in &chain.rules {
@@ -137,6 +139,10 @@ fn match_text(m: &Match) -> String {
     match m {
         Match::IifnameIn(set) => format!("iifname @{set}"),
         Match::IifnamePrefix(prefix) => format!("iifname \"{}*\"", quote(prefix)),
+        Match::OifnameIn(set) => format!("oifname @{set}"),
+        Match::OifnamePrefix(prefix) => format!("oifname \"{}*\"", quote(prefix)),
+        Match::DaddrIn(Family::V4, set) => format!("ip daddr @{set}"),
+        Match::DaddrIn(Family::V6, set) => format!("ip6 daddr @{set}"),
         Match::CtState(bit) => format!("ct state {}", ct_state_name(*bit)),
         Match::NfProto(f) => format!("meta nfproto {}", family_name(*f)),
         Match::L4Proto(p) => format!("meta l4proto {}", proto_name(*p)),

@@ -5,7 +5,7 @@ use nodewall_common::DropReason;
 
 use super::names::{self, comment};
 use super::netlink::state::Current;
-use crate::backend::{Counters, DropCounter, RuleCounter, Status};
+use crate::backend::{Counters, Direction, DropCounter, RuleCounter, Status};
 use crate::policy::Mode;
 
 const FAMILIES: [&str; 2] = ["ipv4", "ipv6"];
@@ -79,7 +79,8 @@ fn mode(cur: &Current) -> Mode {
 }
 
 /// Policy rule names in evaluation order: comments of the inbound chain's rules that name a
-/// rule counter (each policy rule may be one nft rule per address family).
+/// rule counter (each policy rule may be one nft rule per address family), then the egress
+/// chains'.
 fn rule_order(cur: &Current) -> Vec<String> {
     let known: std::collections::HashSet<&str> = cur
         .counters
@@ -90,11 +91,18 @@ fn rule_order(cur: &Current) -> Vec<String> {
         })
         .collect();
     let mut out: Vec<String> = Vec::new();
-    let inbound = cur.chains.iter().find(|c| c.name == names::INBOUND_CHAIN);
-    for r in inbound.map(|c| c.rules.as_slice()).unwrap_or_default() {
-        if let Some(c) = r.comment.as_deref() {
-            if known.contains(c) && !out.iter().any(|n| n == c) {
-                out.push(c.to_string());
+    // Inbound first, then egress (the pod chain holds every egress rule but host-only ones).
+    for chain in [
+        names::INBOUND_CHAIN,
+        names::EGRESS_POD_CHAIN,
+        names::EGRESS_HOST_CHAIN,
+    ] {
+        let rules = cur.chains.iter().find(|c| c.name == chain);
+        for r in rules.map(|c| c.rules.as_slice()).unwrap_or_default() {
+            if let Some(c) = r.comment.as_deref() {
+                if known.contains(c) && !out.iter().any(|n| n == c) {
+                    out.push(c.to_string());
+                }
             }
         }
     }
@@ -121,6 +129,7 @@ pub fn counters(cur: &Current, order: &[String]) -> Counters {
                 bytes: c.bytes,
             }),
             Some(comment::Parsed::Drop {
+                egress,
                 reason,
                 family,
                 protocol,
@@ -137,6 +146,11 @@ pub fn counters(cur: &Current, order: &[String]) -> Counters {
                     continue;
                 };
                 drops.push(DropCounter {
+                    direction: if egress {
+                        Direction::Egress
+                    } else {
+                        Direction::Ingress
+                    },
                     reason,
                     rule: rule.to_string(),
                     family,
@@ -156,6 +170,7 @@ pub fn counters(cur: &Current, order: &[String]) -> Counters {
     };
     drops.sort_by_key(|d| {
         (
+            d.direction != Direction::Ingress,
             reason_rank(d.reason),
             pos(&d.rule),
             FAMILIES.iter().position(|f| *f == d.family),

@@ -50,6 +50,7 @@ pub fn read(maps: &Maps) -> Result<Counters> {
                 )?;
                 if s.packets > 0 {
                     out.drops.push(DropCounter {
+                        direction: crate::backend::Direction::Ingress,
                         reason: reason.as_str(),
                         rule: rule.clone(),
                         family: family_label,

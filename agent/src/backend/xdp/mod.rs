@@ -140,6 +140,11 @@ impl Backend for XdpBackend {
     fn apply(&mut self, policy: &Policy) -> Result<ApplyReport> {
         let started = Instant::now();
         // Everything that can be refused is checked before the kernel is touched.
+        if let Some(field) = policy.egress.deciding_field() {
+            anyhow::bail!(
+                "backend xdp does not enforce egress ({field}): refused rather than applied to the wrong traffic; use backend nft (or auto, which picks nft when egress is configured)"
+            );
+        }
         let mut image = Image::build(policy)?;
         image.ct = conntrack::timeouts();
         let wanted = Self::interfaces(policy)?;

@@ -77,9 +77,7 @@ impl Layout {
             .map(|(c, h)| {
                 (c.rules.len() == h.len()).then(|| LaidChain {
                     name: c.name.clone(),
-                    hook: c
-                        .hook_priority
-                        .map(|p| (libc::NF_INET_PRE_ROUTING as u32, p)),
+                    hook: c.hook.map(|h| h.kernel()),
                     rules: h.into_iter().zip(c.rules.iter().map(rule_print)).collect(),
                 })
             })

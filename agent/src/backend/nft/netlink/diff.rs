@@ -160,7 +160,7 @@ pub fn diff(rs: &Ruleset, cur: &Current) -> Diff {
             }
             // The base chain's policy is the one property of a chain that can be changed in
             // place (hook and priority are checked by `compatible`).
-            Some(c) if ch.hook_priority.is_some() && c.policy != Some(libc::NF_ACCEPT as u32) => {
+            Some(c) if ch.hook.is_some() && c.policy != Some(libc::NF_ACCEPT as u32) => {
                 d.batch.push(
                     libc::NFT_MSG_NEWCHAIN,
                     0,
@@ -403,8 +403,9 @@ impl Diff {
 
 fn chain_obj(ch: &ChainDef) -> Chain {
     let c = Chain::ours(&ch.name);
-    if let Some(prio) = ch.hook_priority {
-        c.set_prerouting_hook(prio);
+    if let Some(hook) = ch.hook {
+        let (num, prio) = hook.kernel();
+        c.set_hook(num, prio);
     }
     c
 }
@@ -425,12 +426,7 @@ pub fn compatible(rs: &Ruleset, cur: &Current) -> bool {
             .iter()
             .all(|ch| match cur.chains.iter().find(|c| c.name == ch.name) {
                 None => true,
-                Some(c) => {
-                    c.hook
-                        == ch
-                            .hook_priority
-                            .map(|p| (libc::NF_INET_PRE_ROUTING as u32, p))
-                }
+                Some(c) => c.hook == ch.hook.map(|h| h.kernel()),
             });
     sets_ok && chains_ok
 }

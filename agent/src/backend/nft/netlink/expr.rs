@@ -11,6 +11,8 @@ const REG1: u32 = libc::NFT_REG_1 as u32;
 const REG_VERDICT: u32 = libc::NFT_REG_VERDICT as u32;
 const IPV4_SADDR: (u32, u32) = (12, 4);
 const IPV6_SADDR: (u32, u32) = (8, 16);
+const IPV4_DADDR: (u32, u32) = (16, 4);
+const IPV6_DADDR: (u32, u32) = (24, 16);
 /// `limit` counts packets (not bytes); its unit is seconds.
 const NFT_LIMIT_PKTS: u32 = 0;
 
@@ -55,6 +57,25 @@ fn match_exprs(m: &Match, family: &mut Option<Family>) -> Vec<Expr> {
             meta(libc::NFT_META_IIFNAME),
             cmp(libc::NFT_CMP_EQ, prefix.as_bytes()),
         ],
+        Match::OifnameIn(set) => vec![meta(libc::NFT_META_OIFNAME), lookup(set)],
+        Match::OifnamePrefix(prefix) => vec![
+            meta(libc::NFT_META_OIFNAME),
+            cmp(libc::NFT_CMP_EQ, prefix.as_bytes()),
+        ],
+        Match::DaddrIn(f, set) => {
+            let (offset, len) = match f {
+                Family::V4 => IPV4_DADDR,
+                Family::V6 => IPV6_DADDR,
+            };
+            let mut v = dependency(*f, family);
+            v.push(payload(
+                libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
+                offset,
+                len,
+            ));
+            v.push(lookup(set));
+            v
+        }
         Match::CtState(bit) => vec![
             Expr::new("ct")
                 .u32(sys::NFTNL_EXPR_CT_KEY, libc::NFT_CT_STATE as u32)

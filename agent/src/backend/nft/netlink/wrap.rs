@@ -136,16 +136,12 @@ impl Chain {
         c
     }
 
-    /// Makes this a `filter` base chain on prerouting with policy accept.
-    pub fn set_prerouting_hook(&self, priority: i32) {
+    /// Makes this a `filter` base chain on hook `hooknum` with policy accept.
+    pub fn set_hook(&self, hooknum: u32, priority: i32) {
         let ty = cstr("filter");
         // SAFETY: valid object; libnftnl copies the string.
         unsafe {
-            sys::nftnl_chain_set_u32(
-                self.ptr(),
-                sys::NFTNL_CHAIN_HOOKNUM as u16,
-                libc::NF_INET_PRE_ROUTING as u32,
-            );
+            sys::nftnl_chain_set_u32(self.ptr(), sys::NFTNL_CHAIN_HOOKNUM as u16, hooknum);
             sys::nftnl_chain_set_s32(self.ptr(), sys::NFTNL_CHAIN_PRIO as u16, priority);
             sys::nftnl_chain_set_str(self.ptr(), sys::NFTNL_CHAIN_TYPE as u16, ty.as_ptr());
             sys::nftnl_chain_set_u32(

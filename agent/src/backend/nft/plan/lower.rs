@@ -4,14 +4,15 @@ use nodewall_common::DropReason;
 
 use super::cost::by_prefix_length;
 use super::{
-    ChainDef, CounterDef, Elem, Family, Log, Match, RuleDef, Ruleset, SetDef, SetKind, Verdict,
-    CT_ESTABLISHED, CT_INVALID, CT_RELATED, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    ChainDef, CounterDef, Elem, Family, Hook, HookPoint, Log, Match, RuleDef, Ruleset, SetDef,
+    SetKind, Verdict, CT_ESTABLISHED, CT_INVALID, CT_RELATED, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_TCP, IPPROTO_UDP,
 };
 use crate::backend::nft::names::{self, comment};
 use crate::backend::nft::nflog as drops;
 use crate::policy::{
-    Action, Mode, Policy, Protocol, Rule, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, ICMPV4_ERROR_TYPES,
-    ICMPV6_ERROR_TYPES, ICMPV6_ND_TYPES,
+    Action, Mode, Policy, PortSet, Protocol, Rule, DHCP_CLIENT_PORT, DHCP_SERVER_PORT,
+    ICMPV4_ERROR_TYPES, ICMPV6_ERROR_TYPES, ICMPV6_ND_TYPES,
 };
 
 const ICMP_ERRORS_SET: &str = "icmp-errors";
@@ -82,7 +83,10 @@ pub fn build(policy: &Policy, interfaces: &[String], generation: u64) -> Ruleset
     }));
     b.chains.push(ChainDef {
         name: names::BASE_CHAIN.into(),
-        hook_priority: Some(names::PRIORITY),
+        hook: Some(Hook {
+            point: HookPoint::Prerouting,
+            priority: names::PRIORITY,
+        }),
         rules: base,
     });
     let mut inbound = Vec::new();
@@ -115,10 +119,13 @@ pub fn build(policy: &Policy, interfaces: &[String], generation: u64) -> Ruleset
         1,
         ChainDef {
             name: names::INBOUND_CHAIN.into(),
-            hook_priority: None,
+            hook: None,
             rules: inbound,
         },
     );
+    if !policy.egress.is_open() {
+        b.egress(policy, interfaces);
+    }
     Ruleset {
         sets: b.sets,
         counters: b.counters,
@@ -127,16 +134,16 @@ pub fn build(policy: &Policy, interfaces: &[String], generation: u64) -> Ruleset
 }
 
 #[derive(Default)]
-struct Builder {
+pub(super) struct Builder {
     /// Drop samples each drop chain sends per second (and at once: one second's worth).
     sample_rate: u32,
-    sets: Vec<SetDef>,
-    counters: Vec<CounterDef>,
-    chains: Vec<ChainDef>,
+    pub(super) sets: Vec<SetDef>,
+    pub(super) counters: Vec<CounterDef>,
+    pub(super) chains: Vec<ChainDef>,
 }
 
 impl Builder {
-    fn counter(&mut self, name: String, comment: String) -> String {
+    pub(super) fn counter(&mut self, name: String, comment: String) -> String {
         self.counters.push(CounterDef {
             name: name.clone(),
             comment,
@@ -144,7 +151,7 @@ impl Builder {
         name
     }
 
-    fn set(&mut self, name: String, kind: SetKind, elems: Vec<Elem>) -> String {
+    pub(super) fn set(&mut self, name: String, kind: SetKind, elems: Vec<Elem>) -> String {
         self.sets.push(SetDef {
             name: name.clone(),
             kind,
@@ -156,8 +163,23 @@ impl Builder {
     /// A chain that samples a drop to the daemon, counts it by family and protocol, then
     /// drops (or accepts, in audit).
     fn drop_chain(&mut self, mode: Mode, reason: DropReason, rule: Option<&Rule>) -> String {
-        let ident = rule.map(|r| names::ident(&r.name));
-        let chain = names::drop_chain(reason.as_str(), ident.as_deref());
+        self.drop_chain_for(mode, reason, rule.map(|r| r.name.as_str()), false)
+    }
+
+    /// [`Self::drop_chain`] for a rule name, inbound or egress (whose counters' comments say
+    /// so, for the `direction` label).
+    pub(super) fn drop_chain_for(
+        &mut self,
+        mode: Mode,
+        reason: DropReason,
+        rule: Option<&str>,
+        egress: bool,
+    ) -> String {
+        let ident = rule.map(names::ident);
+        let chain = match (egress, rule) {
+            (true, None) => names::egress_drop_chain(reason.as_str()),
+            _ => names::drop_chain(reason.as_str(), ident.as_deref()),
+        };
         let verdict = match mode {
             Mode::Enforce => Verdict::Drop,
             Mode::Audit => Verdict::Accept,
@@ -172,11 +194,7 @@ impl Builder {
                     burst: self.sample_rate,
                 }],
                 log: Some(Log {
-                    prefix: drops::nflog_prefix(
-                        mode,
-                        reason.as_str(),
-                        rule.map(|r| r.name.as_str()).unwrap_or(""),
-                    ),
+                    prefix: drops::nflog_prefix(mode, egress, reason.as_str(), rule.unwrap_or("")),
                     group: drops::NFLOG_GROUP,
                 }),
                 counter: None,
@@ -188,12 +206,7 @@ impl Builder {
             for (proto, number) in drop_protocols(f) {
                 let counter = self.counter(
                     names::drop_counter(&chain, f.label(), proto),
-                    comment::drop(
-                        reason.as_str(),
-                        f.label(),
-                        proto,
-                        rule.map(|r| r.name.as_str()),
-                    ),
+                    comment::drop(egress, reason.as_str(), f.label(), proto, rule),
                 );
                 let mut matches = vec![Match::NfProto(f)];
                 matches.extend(number.map(Match::L4Proto));
@@ -208,7 +221,7 @@ impl Builder {
         }
         self.chains.push(ChainDef {
             name: chain.clone(),
-            hook_priority: None,
+            hook: None,
             rules,
         });
         chain
@@ -230,13 +243,21 @@ impl Builder {
         });
     }
 
-    fn neighbour_discovery(&mut self, policy: &Policy, out: &mut Vec<RuleDef>) {
-        if policy.implicit.neighbour_discovery {
-            let nd = self.set(
+    /// The set of ICMPv6 neighbour-discovery types, created on first use.
+    pub(super) fn nd_set(&mut self) -> String {
+        if !self.sets.iter().any(|s| s.name == ND_SET) {
+            self.set(
                 ND_SET.into(),
                 SetKind::Icmpv6Type,
                 ICMPV6_ND_TYPES.map(Elem::Icmp).collect(),
             );
+        }
+        ND_SET.into()
+    }
+
+    fn neighbour_discovery(&mut self, policy: &Policy, out: &mut Vec<RuleDef>) {
+        if policy.implicit.neighbour_discovery {
+            let nd = self.nd_set();
             self.allow(
                 out,
                 "neighbour-discovery",
@@ -330,28 +351,7 @@ impl Builder {
             Action::Allow => Verdict::Accept,
             Action::Deny => Verdict::Goto(self.drop_chain(mode, DropReason::Rule, Some(rule))),
         };
-        let l4 = match rule.protocol {
-            Protocol::Tcp => Some(IPPROTO_TCP),
-            Protocol::Udp => Some(IPPROTO_UDP),
-            Protocol::Icmp => Some(IPPROTO_ICMP),
-            Protocol::Icmpv6 => Some(IPPROTO_ICMPV6),
-            Protocol::All => None,
-        };
-        // One port range is a compare, as cheap as the protocol test; a set lookup (a tree
-        // walk, then the catch-all check on a miss) costs tens of ns more for every packet of
-        // that protocol that reaches the rule, and most rules name one port or one range.
-        let ports = match (l4, rule.ports.ranges()) {
-            _ if rule.ports.is_any() => None,
-            (Some(p), [r]) => Some(Match::Dport(p, r.start, r.end)),
-            (Some(p), ranges) => {
-                let elems = ranges.iter().map(|r| Elem::Port(r.start, r.end)).collect();
-                Some(Match::DportIn(
-                    p,
-                    self.set(names::ports_set(&id), SetKind::Port, elems),
-                ))
-            }
-            (None, _) => None,
-        };
+        let (l4, ports) = self.proto_ports(&id, rule.protocol, &rule.ports);
         for f in Family::BOTH {
             let family_ok = match rule.protocol {
                 Protocol::Icmp => f == Family::V4,
@@ -412,6 +412,38 @@ impl Builder {
         }
     }
 
+    /// The protocol number of a rule (`None` for all) and its port match: one port range is a
+    /// compare, as cheap as the protocol test; a set lookup (a tree walk, then the catch-all
+    /// check on a miss) costs tens of ns more for every packet of that protocol that reaches
+    /// the rule, and most rules name one port or one range.
+    pub(super) fn proto_ports(
+        &mut self,
+        id: &str,
+        protocol: Protocol,
+        ports: &PortSet,
+    ) -> (Option<u8>, Option<Match>) {
+        let l4 = match protocol {
+            Protocol::Tcp => Some(IPPROTO_TCP),
+            Protocol::Udp => Some(IPPROTO_UDP),
+            Protocol::Icmp => Some(IPPROTO_ICMP),
+            Protocol::Icmpv6 => Some(IPPROTO_ICMPV6),
+            Protocol::All => None,
+        };
+        let ports = match (l4, ports.ranges()) {
+            _ if ports.is_any() => None,
+            (Some(p), [r]) => Some(Match::Dport(p, r.start, r.end)),
+            (Some(p), ranges) => {
+                let elems = ranges.iter().map(|r| Elem::Port(r.start, r.end)).collect();
+                Some(Match::DportIn(
+                    p,
+                    self.set(names::ports_set(id), SetKind::Port, elems),
+                ))
+            }
+            (None, _) => None,
+        };
+        (l4, ports)
+    }
+
     /// The source matches of one rule and family: one interval-set lookup, or one hash-set
     /// lookup per prefix length when [`by_prefix_length`] finds that cheaper.
     fn sources(&mut self, f: Family, id: &str, elems: Vec<Elem>) -> Vec<Match> {
@@ -459,6 +491,7 @@ mod tests {
             interfaces: vec!["eth0".into()],
             profile: None,
             samples_per_second: crate::config::DEFAULT_SAMPLES_PER_SECOND,
+            egress: Default::default(),
         }
     }
 

@@ -16,6 +16,7 @@
 //! measured cost model that picks how a rule's sources are looked up.
 
 mod cost;
+mod egress;
 mod lower;
 
 pub use lower::{build, restamp};
@@ -115,11 +116,54 @@ pub struct CounterDef {
     pub comment: String,
 }
 
+/// Where a base chain hooks (a `filter` chain with policy accept).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HookPoint {
+    /// Inbound: everything arriving on an uplink, before DNAT.
+    Prerouting,
+    /// Egress of forwarded (pod) traffic: the pod's own source address, before SNAT.
+    Forward,
+    /// Egress of what the node itself sends.
+    Output,
+}
+
+impl HookPoint {
+    pub fn name(self) -> &'static str {
+        match self {
+            HookPoint::Prerouting => "prerouting",
+            HookPoint::Forward => "forward",
+            HookPoint::Output => "output",
+        }
+    }
+
+    /// The netfilter hook number.
+    pub fn number(self) -> u32 {
+        (match self {
+            HookPoint::Prerouting => libc::NF_INET_PRE_ROUTING,
+            HookPoint::Forward => libc::NF_INET_FORWARD,
+            HookPoint::Output => libc::NF_INET_LOCAL_OUT,
+        }) as u32
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Hook {
+    pub point: HookPoint,
+    pub priority: i32,
+}
+
+impl Hook {
+    /// As the kernel reports it: (hook number, priority).
+    pub fn kernel(self) -> (u32, i32) {
+        (self.point.number(), self.priority)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainDef {
     pub name: String,
-    /// Some for the base chain: hooked at prerouting with this priority, policy accept.
-    pub hook_priority: Option<i32>,
+    /// Some for a base chain: hooked there, policy accept.
+    pub hook: Option<Hook>,
     pub rules: Vec<RuleDef>,
 }
 
@@ -155,6 +199,10 @@ pub enum Match {
     /// `iifname "PREFIX*"`: every interface whose name starts with PREFIX, including those
     /// created later.
     IifnamePrefix(String),
+    /// `oifname @SET`
+    OifnameIn(String),
+    /// `oifname "PREFIX*"`
+    OifnamePrefix(String),
     /// `ct state S` for one state bit.
     CtState(u32),
     /// `meta nfproto ipv4|ipv6`
@@ -168,6 +216,8 @@ pub enum Match {
     /// `ip saddr & MASK @SET` / `ip6 saddr & MASK @SET`, MASK the prefix length's netmask
     /// (no mask at the full length), SET a [`SetKind::Net4`] / [`SetKind::Net6`] set.
     SaddrPrefixIn(Family, u8, String),
+    /// `ip daddr @SET` / `ip6 daddr @SET`
+    DaddrIn(Family, String),
     /// `tcp dport @SET` / `udp dport @SET`
     DportIn(u8, String),
     /// `tcp dport A` / `udp dport A-B`: a compare (or range) of one port range, no set.
