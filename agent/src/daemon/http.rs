@@ -5,7 +5,8 @@
 //! sent no complete request head for [`IDLE_GRACE`], so that a pile of idle connections never
 //! locks out the next scrape, or else waits in the listen backlog for one to finish), a request head of at most [`MAX_HEAD`] read within [`HEAD_TIMEOUT`], a whole
 //! exchange within [`CONNECTION_DEADLINE`], one request per connection, and request bodies
-//! never read (only GET and HEAD are served).
+//! never read (only GET and HEAD are served). A client that shuts its side down after its
+//! request is still answered.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -67,7 +68,10 @@ pub async fn serve(listener: TcpListener, endpoints: Endpoints) {
             http.timer(TokioTimer::new())
                 .header_read_timeout(HEAD_TIMEOUT)
                 .max_buf_size(MAX_HEAD)
-                .keep_alive(false);
+                .keep_alive(false)
+                // A client may shut its side once the request is sent (socat, `nc -N`):
+                // hyper's default treats that as an aborted request and answers nothing.
+                .half_close(true);
             let conn = http.serve_connection(
                 TokioIo::new(stream),
                 hyper::service::service_fn(move |req| {

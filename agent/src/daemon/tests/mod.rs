@@ -222,6 +222,32 @@ async fn idle_connections_are_bounded_and_never_block_a_scrape() {
     h.stop().await;
 }
 
+/// A client that sends its request and then closes its side (`socat`, `nc -N`, scripts that
+/// write then shut down) still gets the answer: the end of the request is not the end of the
+/// exchange.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_half_closes_gets_its_answer() {
+    let h = Harness::start("half-close", "ssh 22\n").await;
+    for version in ["HTTP/1.0", "HTTP/1.1"] {
+        let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+        s.write_all(format!("GET /metrics {version}\r\nHost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        s.shutdown().await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(2 * SECOND, s.read_to_string(&mut out))
+            .await
+            .expect("answered in time")
+            .unwrap();
+        assert!(
+            out.starts_with("HTTP/1.") && out[9..12] == *"200",
+            "{version}: {out:?}"
+        );
+        assert!(out.contains("nodewall_policy_generation"), "{version}");
+    }
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adopts_a_previous_runs_policy_without_a_gap() {
     let kernel = FakeKernel::default();
