@@ -48,6 +48,11 @@ impl KernelGen {
     /// policy's non-zero root entries (a handful) instead of all 131,072.
     pub fn zeroed() -> Self {
         let mut g = Self::empty();
+        // Zero bytes, not `GenConfig::EMPTY` (whose timeouts are conntrack's defaults): what
+        // is recorded for the unwritten generation must equal what the next agent reads from
+        // the kernel, or it distrusts the whole record and reads both generations back
+        // (~80 ms of batched lookups on every one-shot apply until that generation is written).
+        g.config = bytemuck::Zeroable::zeroed();
         g.sources.roots = vec![0; SRC_ROOT_ENTRIES_PER_GEN as usize];
         g
     }
@@ -448,4 +453,17 @@ fn sync_trie<K: aya::Pod, A: Ord + Copy>(
     sys::delete_batch(trie, &gone)?;
     w.removed += gone.len();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A freshly created map holds zero bytes; `zeroed` must say exactly that.
+    #[test]
+    fn a_fresh_generation_is_described_as_the_kernel_holds_it() {
+        let g = KernelGen::zeroed();
+        assert!(bytemuck::bytes_of(&g.config).iter().all(|&b| b == 0));
+        assert!(g.sources.roots.iter().all(|&r| r == 0));
+    }
 }
