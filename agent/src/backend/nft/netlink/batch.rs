@@ -261,8 +261,31 @@ mod tests {
                 list[off + 2..off + 4].copy_from_slice(&(1u16 | 1 << 15).to_ne_bytes());
                 off += (len + 3) & !3;
             }
+            zero_padding(list, 2);
         }
         msgs
+    }
+
+    /// Zeroes the alignment padding after each attribute of `buf`, and `depth - 1` levels of
+    /// attributes nested in them. The reference built through libnftnl/libmnl on this system
+    /// leaves the two bytes after an element's 6-byte user data as the batch buffer held them
+    /// (a fresh-clone run once saw 0x42 there and failed); the kernel reads only `nla_len`
+    /// bytes, and this encoder writes zeros, so padding is not part of the comparison.
+    fn zero_padding(buf: &mut [u8], depth: u32) {
+        let mut off = 0;
+        while off + 4 <= buf.len() {
+            let len = u16::from_ne_bytes([buf[off], buf[off + 1]]) as usize;
+            let end = (off + len).min(buf.len());
+            let aligned = ((off + len + 3) & !3).min(buf.len());
+            if depth > 1 && len > 4 {
+                zero_padding(&mut buf[off + 4..end], depth - 1);
+            }
+            buf[end..aligned].fill(0);
+            if len < 4 {
+                break;
+            }
+            off = aligned;
+        }
     }
 
     fn ours(set: &SetDef, id: u32) -> Vec<BTreeMap<u16, Vec<u8>>> {
