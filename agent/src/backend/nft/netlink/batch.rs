@@ -251,34 +251,30 @@ mod tests {
         }
         b.add(&Old(&carrier), MsgType::Add);
         let mut msgs = messages(b.finalize());
-        // libnftnl numbers the elements' attributes 1, 2, ...; the kernel ignores the type
-        // and itself writes NFTA_LIST_ELEM (1), as we do.
         for m in &mut msgs {
-            let list = m.get_mut(&3).unwrap();
-            let mut off = 0;
-            while off + 4 <= list.len() {
-                let len = u16::from_ne_bytes([list[off], list[off + 1]]) as usize;
-                list[off + 2..off + 4].copy_from_slice(&(1u16 | 1 << 15).to_ne_bytes());
-                off += (len + 3) & !3;
-            }
-            zero_padding(list, 2);
+            normalise(m.get_mut(&3).unwrap(), Some(1u16 | 1 << 15));
         }
         msgs
     }
 
-    /// Zeroes the alignment padding after each attribute of `buf`, and `depth - 1` levels of
-    /// attributes nested in them. The reference built through libnftnl/libmnl on this system
-    /// leaves the two bytes after an element's 6-byte user data as the batch buffer held them
-    /// (a fresh-clone run once saw 0x42 there and failed); the kernel reads only `nla_len`
-    /// bytes, and this encoder writes zeros, so padding is not part of the comparison.
-    fn zero_padding(buf: &mut [u8], depth: u32) {
+    /// Walks the attributes of `buf` (and those nested one level in them) to make the
+    /// reference comparable: libnftnl numbers the elements' attributes 1, 2, ...; the kernel
+    /// ignores that type and itself writes NFTA_LIST_ELEM (1), as we do (`list_type`). And the
+    /// reference built through libnftnl/libmnl on this system leaves the two bytes after an
+    /// element's 6-byte user data as the batch buffer held them (a fresh-clone run once saw
+    /// 0x42 there and failed); the kernel reads only `nla_len` bytes and this encoder writes
+    /// zeros, so padding is zeroed rather than compared.
+    fn normalise(buf: &mut [u8], list_type: Option<u16>) {
         let mut off = 0;
         while off + 4 <= buf.len() {
             let len = u16::from_ne_bytes([buf[off], buf[off + 1]]) as usize;
             let end = (off + len).min(buf.len());
             let aligned = ((off + len + 3) & !3).min(buf.len());
-            if depth > 1 && len > 4 {
-                zero_padding(&mut buf[off + 4..end], depth - 1);
+            if let Some(ty) = list_type {
+                buf[off + 2..off + 4].copy_from_slice(&ty.to_ne_bytes());
+                if len > 4 {
+                    normalise(&mut buf[off + 4..end], None);
+                }
             }
             buf[end..aligned].fill(0);
             if len < 4 {
