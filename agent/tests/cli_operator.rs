@@ -313,6 +313,25 @@ fn completions_and_man_page() {
 }
 
 #[test]
+fn check_warns_about_egress_rules_that_cannot_match() {
+    let cfg = temp_config(
+        "egress:\n  default: deny\n  rules:\n    - name: no-web\n      action: deny\n      protocol: tcp\n      ports: [\"443\"]\n      to: [\"0.0.0.0/0\", \"::/0\"]\n    - name: api\n      action: allow\n      protocol: tcp\n      ports: [\"443\"]\n      to: [\"198.18.48.0/24\"]\n      source: host\n    - name: host-dns\n      action: allow\n      protocol: udp\n      ports: [\"53\"]\n      to: [\"198.18.0.0/15\"]\n      source: host\n    - name: pod-dns\n      action: allow\n      protocol: udp\n      ports: [\"53\"]\n      to: [\"198.18.1.0/24\"]\n      source: pod\n",
+    );
+    let p = cfg.path().to_str().unwrap();
+    let o = nodewall(&["check", "-c", p]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("{p}:9:7: egress.rules[1]: warning: egress rule `api` can never match: the earlier egress rule `no-web` (deny)")),
+        "{err}"
+    );
+    // A host-only rule does not shadow a pod rule.
+    assert!(!err.contains("pod-dns"), "{err}");
+    let o = nodewall(&["check", "--strict", "-c", p]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
 fn check_warns_about_rules_that_cannot_do_what_they_seem_to() {
     let cfg = temp_config(
         "failsafe: []\nrules:\n  - name: web\n    action: allow\n    protocol: tcp\n    ports: [\"80\", \"443\"]\n    from: [\"198.18.0.0/15\"]\n  - name: web-lab\n    action: deny\n    protocol: tcp\n    ports: [\"443\"]\n    from: [\"198.18.5.0/24\"]\n  - name: deny-all\n    action: deny\n    protocol: all\n    from: [\"0.0.0.0/0\", \"::/0\"]\n",

@@ -883,10 +883,10 @@ fn egress_errors_are_located() {
         "name of a default egress failsafe entry",
     );
     one(
-        "backend: xdp\negress: {default: deny}\n",
+        "backend: xdp\negress: {metadata: {deny-pods: true, except: [10.0.0.0/8]}}\n",
         "backend",
         1,
         10,
-        "backend `xdp` does not enforce egress",
+        "backend `xdp` cannot enforce `egress.metadata.except`",
     );
 }

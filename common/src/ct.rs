@@ -304,15 +304,22 @@ pub fn classify(p: &Pkt, dir: Dir) -> Class {
     }
 }
 
-/// The key of the flow of a packet the node sent, as quoted by an ICMP error (whose quote
-/// holds only the first 8 bytes above IP: TCP flags are not among them).
+/// The key of the flow of a packet that went `sent` (the node's own: `Out`; one it received:
+/// `In`), as quoted by an ICMP error about it, which travels the other way (whose quote holds
+/// only the first 8 bytes above IP: TCP flags are not among them).
 #[inline(always)]
-pub fn quoted_key(q: &Pkt) -> Option<FlowKey> {
+pub fn quoted_key(q: &Pkt, sent: Dir) -> Option<FlowKey> {
+    let out = sent as u8 == Dir::Out as u8;
     match q.kind {
-        pkt::TCP | pkt::UDP | pkt::OTHER => Some(key(q, Dir::Out, q.sport, q.dport)),
+        pkt::TCP | pkt::UDP | pkt::OTHER => Some(key(q, sent, q.sport, q.dport)),
         pkt::ICMP => match icmp_kind(q.is_v6(), q.flags) {
             IcmpKind::Query(query) => {
-                Some(key(q, Dir::Out, icmp_query_port(query, Dir::Out), q.sport))
+                let port = icmp_query_port(query, sent);
+                Some(if out {
+                    key(q, sent, port, q.sport)
+                } else {
+                    key(q, sent, q.sport, port)
+                })
             }
             _ => None,
         },

@@ -10,7 +10,7 @@ use crate::ct::Timeouts;
 
 /// Bumped whenever a map's key, value or size changes; pinned maps of another layout are not
 /// adopted.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Rules per policy: the width of [`RuleBits`].
 pub const MAX_RULES: usize = 256;
@@ -161,19 +161,36 @@ pub mod flags {
     pub const AUDIT: u32 = 1 << 4;
     /// Sources are in the flat tables (roots and nodes of [`SrcTables`]), not the LPM tries.
     pub const FLAT_SOURCES: u32 = 1 << 5;
+    /// The TC egress program judges new outbound flows (unset: egress is open, it only tracks).
+    pub const EGRESS: u32 = 1 << 6;
+    /// With [`EGRESS`]: a new outbound flow no rule matches is dropped (`default-deny`).
+    pub const EGRESS_DENY: u32 = 1 << 7;
 }
 
 pub const ACTION_ALLOW: u8 = 0;
 pub const ACTION_DENY: u8 = 1;
 
+/// [`RuleRef::direction`] of an inbound rule.
+pub const RULE_INGRESS: u8 = 0;
+/// [`RuleRef::direction`] of an egress rule (matched by destination, by the TC program).
+pub const RULE_EGRESS: u8 = 1;
+
 /// Rule position -> counter slot and action.
+///
+/// Inbound and egress rules share one bit space (and so the source tables and port tables):
+/// positions `0..ningress` are inbound rules, matched by source address, and the rest egress
+/// rules, matched by destination address. An address's class then holds the rules of both
+/// directions containing it; the XDP program only takes a first match below `ningress`, and the
+/// egress program masks with the rules of its sender (`egress_host` / `egress_pod`), which hold
+/// egress rules only.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct RuleRef {
     pub slot: u16,
     pub action: u8,
-    pub _pad: u8,
+    /// [`RULE_INGRESS`] or [`RULE_EGRESS`]: read by the agent only, to label counters.
+    pub direction: u8,
 }
 
 /// Everything of one generation that is not keyed by address or port.
@@ -186,12 +203,19 @@ pub struct GenConfig {
     /// Nodes and classes of the flat source tables this generation uses (0 with LPM tries).
     pub src_nodes: u32,
     pub src_classes: u32,
+    /// Inbound rules: positions `0..ningress` of `rules` (see [`RuleRef`]).
+    pub ningress: u32,
+    pub _reserved: u32,
     /// Rules matching an ICMP packet from an IPv4 source (`icmp` and `all` rules).
     pub icmp4: RuleBits,
     /// Rules matching an ICMPv6 packet from an IPv6 source (`icmpv6` and `all` rules).
     pub icmp6: RuleBits,
     /// Rules matching any other protocol (`all` rules).
     pub other: RuleBits,
+    /// Egress rules that judge what the node itself sends, and what it forwards (its pods'
+    /// traffic); no inbound rule is in either.
+    pub egress_host: RuleBits,
+    pub egress_pod: RuleBits,
     /// Connection-tracking timeouts (the node's conntrack sysctls when the policy was applied).
     pub ct: Timeouts,
     pub rules: [RuleRef; MAX_RULES],
@@ -203,14 +227,18 @@ impl GenConfig {
         nrules: 0,
         src_nodes: 0,
         src_classes: 0,
+        ningress: 0,
+        _reserved: 0,
         icmp4: RuleBits::EMPTY,
         icmp6: RuleBits::EMPTY,
         other: RuleBits::EMPTY,
+        egress_host: RuleBits::EMPTY,
+        egress_pod: RuleBits::EMPTY,
         ct: Timeouts::DEFAULT,
         rules: [RuleRef {
             slot: 0,
             action: 0,
-            _pad: 0,
+            direction: 0,
         }; MAX_RULES],
     };
 }
@@ -323,11 +351,15 @@ pub const PROTO_ICMPV6: u32 = 3;
 pub const PROTO_OTHER: u32 = 4;
 pub const PROTOCOLS: [&str; 5] = ["tcp", "udp", "icmp", "icmpv6", "other"];
 
-/// Drop counters are indexed by (cause, family, protocol); the cause is `default-deny`,
-/// `invalid`, or the counter slot of a deny rule.
+/// Drop counters are indexed by (cause, family, protocol); the cause is `default-deny` or
+/// `invalid` of either direction, or the counter slot of a deny rule (whose direction is the
+/// rule's).
 pub const DROP_CAUSE_DEFAULT: u32 = 0;
 pub const DROP_CAUSE_INVALID: u32 = 1;
-pub const DROP_CAUSE_RULE_BASE: u32 = 2;
+pub const DROP_CAUSE_EGRESS_DEFAULT: u32 = 2;
+/// An outbound packet the parser cannot read (see `ebpf/src/egress.rs`).
+pub const DROP_CAUSE_EGRESS_INVALID: u32 = 3;
+pub const DROP_CAUSE_RULE_BASE: u32 = 4;
 pub const DROP_STATS_ENTRIES: u32 = (DROP_CAUSE_RULE_BASE + MAX_SLOTS) * 2 * 5;
 
 #[inline(always)]
@@ -428,6 +460,9 @@ pub struct DropSample {
 
 /// [`DropSample::flags`]: the packet was passed (audit mode), not dropped.
 pub const SAMPLE_AUDIT: u8 = 1;
+/// [`DropSample::flags`]: an outbound packet (the TC egress program's; `ifindex` is the uplink
+/// it was leaving through).
+pub const SAMPLE_EGRESS: u8 = 2;
 
 /// Samples each CPU may emit per second unless the config says otherwise
 /// (`drops.samples-per-second`): the kernel-side rate limit, so that a flood of drops costs the

@@ -44,12 +44,13 @@ static NW_FLOWS_NEW: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entri
 #[map]
 static NW_FLOW_MARKS: Array<u8> = Array::with_max_entries(FLOW_MARK_ENTRIES, 0);
 
-/// The key of the flow an inbound ICMP error is about. The error quotes the IP header and the
-/// first 8 bytes of a packet the node sent, and goes back to that packet's sender (conntrack
-/// checks the outer destination against the quoted source too). Quoted IPv6 packets with
-/// extension headers, and quoted non-first fragments, are not matched (so `invalid`).
+/// The key of the flow an ICMP error is about. The error quotes the IP header and the first 8
+/// bytes of a packet that went `sent` (the node's, for an inbound error), and goes back to
+/// that packet's sender (conntrack checks the outer destination against the quoted source
+/// too). Quoted IPv6 packets with extension headers, and quoted non-first fragments, are not
+/// matched (so `invalid`).
 #[inline(always)]
-fn quoted_key(f: &Frame, p: &Pkt) -> Option<FlowKey> {
+pub fn quoted_key(f: &Frame, p: &Pkt, sent: Dir) -> Option<FlowKey> {
     let at = l4_offset(p) + 8;
     let mut q = Pkt::EMPTY;
     q.family = p.family;
@@ -98,7 +99,7 @@ fn quoted_key(f: &Frame, p: &Pkt) -> Option<FlowKey> {
         }
         _ => q.kind = pkt::OTHER,
     }
-    ct::quoted_key(&q)
+    ct::quoted_key(&q, sent)
 }
 
 /// The clock flows live by: the coarse monotonic clock, which ticks with jiffies as
@@ -278,8 +279,8 @@ pub fn conntrack(ctx: &XdpContext, p: &Pkt, cfg: &GenConfig, opens: &mut Opens) 
         Class::Invalid => step::INVALID,
         Class::Untracked => step::RULES,
         Class::Error => {
-            let f = Frame { start: ctx.data(), end: ctx.data_end() };
-            let quoted = match quoted_key(&f, p) {
+            let f = Frame::whole(ctx.data(), ctx.data_end());
+            let quoted = match quoted_key(&f, p, Dir::Out) {
                 Some(k) => lookup(&k),
                 None => Entry::NONE,
             };

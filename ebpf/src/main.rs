@@ -1,6 +1,7 @@
 //! nodewall's datapath: an XDP program that enforces the policy on inbound packets, and a TC
 //! egress program that tracks the node's outbound packets, so that return traffic of live
-//! flows passes (connection tracking: `flow.rs` and `nodewall_common::ct`).
+//! flows passes (connection tracking: `flow.rs` and `nodewall_common::ct`), and judges the new
+//! flows they open when the policy restricts egress (`egress.rs`).
 //!
 //! Per-packet work does not depend on the size of the policy: a walk of the flat source
 //! tables, one load per address byte until a class (source -> rules containing it;
@@ -12,10 +13,12 @@
 // See common/src/lib.rs: no made-up memset or memcpy calls.
 #![no_builtins]
 
+mod egress;
 mod flow;
 mod parse;
 mod rules;
 mod sample;
+mod stats;
 
 use aya_ebpf::{
     bindings::{
@@ -30,23 +33,20 @@ use nodewall_common::xdp::*;
 
 use crate::flow::{conntrack, step, Opens};
 use crate::parse::{parse_ip, parse_pkt, pkt, Frame, Parsed, Pkt};
+use crate::stats::{bump, NW_DROP_STATS, NW_PASS_STATS, NW_RULE_STATS};
 
 #[map]
 static NW_SWITCH: Array<Switch> = Array::with_max_entries(1, 0);
 #[map]
 static NW_CONFIG: Array<GenConfig> = Array::with_max_entries(GENERATIONS, 0);
-#[map]
-static NW_RULE_STATS: PerCpuArray<Stat> = PerCpuArray::with_max_entries(MAX_SLOTS, 0);
-#[map]
-static NW_DROP_STATS: PerCpuArray<Stat> = PerCpuArray::with_max_entries(DROP_STATS_ENTRIES, 0);
-#[map]
-static NW_PASS_STATS: PerCpuArray<Stat> = PerCpuArray::with_max_entries(PASS_STATS_ENTRIES, 0);
 /// Only the agent reads and writes it; it lives here so it is created and pinned with the rest.
 #[map]
 static NW_SLOT_NAMES: Array<SlotName> = Array::with_max_entries(MAX_SLOTS, 0);
 
-/// TCX_NEXT / TC_ACT_UNSPEC: the egress program never decides, it only watches.
+/// TCX_NEXT / TC_ACT_UNSPEC: the egress program lets the packet go on to whatever is next.
 const TC_NEXT: i32 = -1;
+/// TCX_DROP / TC_ACT_SHOT.
+const TC_DROP: i32 = 2;
 
 /// What the XDP program keeps per packet in map memory: the parse (see [`forget`]) and the
 /// flow the packet opens if it passes.
@@ -68,7 +68,7 @@ pub fn nodewall_xdp(ctx: XdpContext) -> u32 {
     };
     // SAFETY: a per-CPU value, only this CPU writes it, and this program runs to completion.
     let s = unsafe { &mut *s };
-    let p = forget(&mut s.pkt, parse_pkt(&Frame { start: ctx.data(), end: ctx.data_end() }));
+    let p = forget(&mut s.pkt, parse_pkt(&Frame::whole(ctx.data(), ctx.data_end())));
     let (p, opens) = (&p, &mut s.opens);
     opens.valid = 0;
     let Some(sw) = NW_SWITCH.get(0) else {
@@ -109,7 +109,9 @@ pub fn nodewall_xdp(ctx: XdpContext) -> u32 {
     };
     bump(&NW_DROP_STATS, drop_index(cause, family, proto), len);
     let audit = cfg.flags & flags::AUDIT != 0;
-    sample::record(&ctx, p, cause, audit);
+    let sample_flags = if audit { SAMPLE_AUDIT } else { 0 };
+    let frame = Frame::whole(ctx.data(), ctx.data_end());
+    sample::record(&frame, ctx.ingress_ifindex() as u32, p, cause, sample_flags);
     if audit {
         opens.open();
         return XDP_PASS;
@@ -154,17 +156,6 @@ fn forget(at: &mut Pkt, p: Pkt) -> Pkt {
     }
 }
 
-#[inline(always)]
-fn bump(map: &PerCpuArray<Stat>, index: u32, bytes: u32) {
-    if let Some(p) = map.get_ptr_mut(index) {
-        // SAFETY: a per-CPU value, only this CPU writes it, and this program runs to completion.
-        unsafe {
-            (*p).packets += 1;
-            (*p).bytes += bytes as u64;
-        }
-    }
-}
-
 /// The baseline of the benchmark in the agent's tests: the cost of an XDP program that does
 /// nothing, against which the classifier's cost per packet is measured.
 #[xdp]
@@ -177,7 +168,7 @@ pub fn nodewall_bench_pass(_ctx: XdpContext) -> u32 {
 /// classifying.
 #[xdp]
 pub fn nodewall_bench_parse(ctx: XdpContext) -> u32 {
-    let f = Frame { start: ctx.data(), end: ctx.data_end() };
+    let f = Frame::whole(ctx.data(), ctx.data_end());
     match parse_ip(&f) {
         Parsed::Ip(ip) if ip.l4(&f).is_some() => XDP_PASS,
         Parsed::NotIp | Parsed::LaterFragment => XDP_PASS,
@@ -194,20 +185,45 @@ const EGRESS_PULL: u32 = 128;
 static NW_EGRESS_SCRATCH: PerCpuArray<Pkt> = PerCpuArray::with_max_entries(1, 0);
 
 /// Tracks every packet leaving through an uplink: the node's own and those it forwards for
-/// its pods, after SNAT (so keyed as their replies will arrive).
+/// its pods, after SNAT (so keyed as their replies will arrive); and when the policy restricts
+/// egress, judges the new flows they open (see `egress.rs`).
 #[classifier]
 pub fn nodewall_egress(ctx: TcContext) -> i32 {
     let len = ctx.len();
     let _ = ctx.pull_data(if len < EGRESS_PULL { len } else { EGRESS_PULL });
-    let (Some(at), Some(cfg)) =
-        (NW_EGRESS_SCRATCH.get_ptr_mut(0), NW_SWITCH.get(0).and_then(|sw| NW_CONFIG.get(sw.active & 1)))
-    else {
+    let Some(at) = NW_EGRESS_SCRATCH.get_ptr_mut(0) else {
         return TC_NEXT;
     };
+    let Some(sw) = NW_SWITCH.get(0) else {
+        return TC_NEXT;
+    };
+    let gen = sw.active & 1;
+    let Some(cfg) = NW_CONFIG.get(gen) else {
+        return TC_NEXT;
+    };
+    let frame = Frame { start: ctx.data(), end: ctx.data_end(), wire: len as usize };
     // SAFETY: a per-CPU value, only this CPU writes it, and this program runs to completion.
-    let p = forget(unsafe { &mut *at }, parse_pkt(&Frame { start: ctx.data(), end: ctx.data_end() }));
-    flow::egress_track(&p, cfg);
-    TC_NEXT
+    let p = forget(unsafe { &mut *at }, parse_pkt(&frame));
+    if cfg.flags & flags::EGRESS == 0 {
+        flow::egress_track(&p, cfg);
+        return TC_NEXT;
+    }
+    let audit = cfg.flags & flags::AUDIT != 0;
+    let cause = egress::judge(&ctx, &frame, &p, cfg, gen, audit);
+    if cause == egress::PASS {
+        return TC_NEXT;
+    }
+    let family = p.family & 1;
+    bump(&NW_DROP_STATS, drop_index(cause, family, parse::proto_label(family, p.proto)), p.len);
+    let sample_flags = SAMPLE_EGRESS | if audit { SAMPLE_AUDIT } else { 0 };
+    // SAFETY: the context's skb pointer is valid for the whole program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    sample::record(&frame, ifindex, &p, cause, sample_flags);
+    if audit {
+        TC_NEXT
+    } else {
+        TC_DROP
+    }
 }
 
 #[cfg(not(test))]

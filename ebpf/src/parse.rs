@@ -35,14 +35,26 @@ const MAX_L4_OFFSET: usize = 1024;
 const L4_OFFSET_MASK: usize = 2047;
 const _: () = assert!(MAX_L4_OFFSET <= L4_OFFSET_MASK && (L4_OFFSET_MASK + 1).is_power_of_two());
 
-/// The packet bytes `[start, end)` as the program sees them.
+/// The packet bytes `[start, end)` as the program sees them, in a frame of `wire` bytes.
+///
+/// At XDP the two ends are the whole frame. At TC only the linear part of the skb is
+/// readable (the headers, pulled in), while the rest of a large or segmentation-offloaded
+/// packet sits in pages: its IP length is checked against `wire`, the skb's length, or every
+/// data segment the node sends would look truncated.
 #[derive(Clone, Copy)]
 pub struct Frame {
     pub start: usize,
     pub end: usize,
+    pub wire: usize,
 }
 
 impl Frame {
+    /// A frame whose bytes are all readable (XDP).
+    #[inline(always)]
+    pub fn whole(start: usize, end: usize) -> Frame {
+        Frame { start, end, wire: end - start }
+    }
+
     #[inline(always)]
     pub fn load<T: Copy>(&self, off: usize) -> Option<T> {
         let p = self.start + off;
@@ -58,11 +70,10 @@ impl Frame {
         self.load::<[u8; 2]>(off).map(u16::from_be_bytes)
     }
 
-    /// Bytes from `off` to the end of the frame (0 when `off` is past it).
+    /// Bytes from `off` to the end of the frame on the wire (0 when `off` is past it).
     #[inline(always)]
     pub fn avail(&self, off: usize) -> usize {
-        let len = self.end - self.start;
-        len.saturating_sub(off)
+        self.wire.saturating_sub(off)
     }
 }
 

@@ -1,5 +1,5 @@
-//! The policy's rules: which rule, if any, matches a packet by its source and its protocol and
-//! destination port. Two lookups whose cost does not grow with the policy: a walk of the flat
+//! The policy's rules: which rule, if any, matches a packet by its address (the source of an
+//! inbound packet, the destination of an outbound one) and its protocol and destination port. Two lookups whose cost does not grow with the policy: a walk of the flat
 //! source tables, one load per address byte until a class (source -> rules containing it; the
 //! LPM tries instead when the policy did not fit them), and one array lookup (protocol/port ->
 //! rules matching it); the lowest set bit of their intersection is the first matching rule.
@@ -25,10 +25,37 @@ static NW_PORTS: Array<RuleBits> = Array::with_max_entries(PORT_TABLE_ENTRIES, 0
 /// [`first_match`]'s answer when no rule matches.
 pub const NO_RULE: u32 = u32::MAX;
 
-/// The counter slot and action of the first rule of generation `gen` (configured as `cfg`)
-/// that matches `p`, as `action << 16 | slot`, or [`NO_RULE`].
+/// The counter slot and action of the first inbound rule of generation `gen` (configured as
+/// `cfg`) that matches `p` by its source, as `action << 16 | slot`, or [`NO_RULE`].
 #[inline(always)]
 pub fn first_match(p: &Pkt, cfg: &GenConfig, gen: u32) -> u32 {
+    match candidates(p, &p.src, cfg, gen) {
+        // Egress rules sit above `ningress` (see `RuleRef`): an inbound packet whose first
+        // common bit is one of theirs matched no inbound rule.
+        Some((by_addr, by_l4)) => rule_at(by_addr.first_common(by_l4), cfg.ningress, cfg),
+        None => NO_RULE,
+    }
+}
+
+/// The first egress rule that matches the outbound packet `p` by its destination, among the
+/// rules judging its sender (`forwarded`: a pod's, else the node's own), as [`first_match`].
+#[inline(always)]
+pub fn first_egress_match(p: &Pkt, cfg: &GenConfig, gen: u32, forwarded: bool) -> u32 {
+    let Some((by_addr, by_l4)) = candidates(p, &p.dst, cfg, gen) else {
+        return NO_RULE;
+    };
+    let sender = if forwarded { &cfg.egress_pod } else { &cfg.egress_host };
+    let mut both = RuleBits::EMPTY;
+    for i in 0..RULE_WORDS {
+        both.0[i] = by_l4.0[i] & sender.0[i];
+    }
+    rule_at(by_addr.first_common(&both), cfg.nrules, cfg)
+}
+
+/// The rules whose addresses contain `addr` (the packet's source or destination) and those
+/// matching its protocol and destination port.
+#[inline(always)]
+fn candidates<'a>(p: &Pkt, addr: &[u8; 16], cfg: &'a GenConfig, gen: u32) -> Option<(&'a RuleBits, &'a RuleBits)> {
     let gen = gen & 1;
     let by_l4 = match p.kind {
         pkt::TCP => NW_PORTS.get(port_index(gen, PORT_PROTO_TCP, p.dport)),
@@ -36,42 +63,47 @@ pub fn first_match(p: &Pkt, cfg: &GenConfig, gen: u32) -> u32 {
         pkt::ICMP if p.family == FAMILY_IPV4 => Some(&cfg.icmp4),
         pkt::ICMP => Some(&cfg.icmp6),
         _ => Some(&cfg.other),
-    };
-    let Some(tables) = NW_SOURCES.get(gen) else {
-        return NO_RULE;
-    };
-    let class = if cfg.flags & flags::FLAT_SOURCES != 0 { flat_source_class(p, tables) } else { source_class(p, gen) };
-    let by_src = class.map(|c| &tables.classes[(c & (SRC_CLASSES_PER_GEN - 1)) as usize]);
-    if let (Some(a), Some(b)) = (by_src, by_l4) {
-        if let Some(pos) = a.first_common(b) {
-            if pos < cfg.nrules && (pos as usize) < MAX_RULES {
-                let r = cfg.rules[pos as usize];
-                return (r.action as u32) << 16 | r.slot as u32;
-            }
-        }
-    }
-    NO_RULE
+    }?;
+    let tables = NW_SOURCES.get(gen)?;
+    let class = if cfg.flags & flags::FLAT_SOURCES != 0 {
+        flat_class(p.family, addr, tables)
+    } else {
+        trie_class(p.family, addr, gen)
+    }?;
+    Some((&tables.classes[(class & (SRC_CLASSES_PER_GEN - 1)) as usize], by_l4))
 }
 
-/// The class (index into [`SrcTables::classes`]) of the rules whose sources contain the packet's
-/// source: the longest prefix holds them all, because the agent pushes every rule's bit down
-/// into the prefixes its sources contain. This is the LPM tries' path, for policies whose
-/// prefixes do not fit the flat tables.
+/// The rule at position `pos`, if it is below `limit`, as [`first_match`] answers.
 #[inline(always)]
-fn source_class(p: &Pkt, gen: u32) -> Option<u32> {
+fn rule_at(pos: Option<u32>, limit: u32, cfg: &GenConfig) -> u32 {
+    match pos {
+        Some(pos) if pos < limit && (pos as usize) < MAX_RULES => {
+            let r = cfg.rules[pos as usize];
+            (r.action as u32) << 16 | r.slot as u32
+        }
+        _ => NO_RULE,
+    }
+}
+
+/// The class (index into [`SrcTables::classes`]) of the rules whose addresses contain `addr`:
+/// the longest prefix holds them all, because the agent pushes every rule's bit down into the
+/// prefixes its addresses contain. This is the LPM tries' path, for policies whose prefixes
+/// do not fit the flat tables.
+#[inline(always)]
+fn trie_class(family: u32, addr: &[u8; 16], gen: u32) -> Option<u32> {
     // Keys filled byte by byte (see `put_bytes`), not from an array expression, which is a
     // `memset` call of a byte loop in BPF.
-    if p.family == FAMILY_IPV4 {
+    if family == FAMILY_IPV4 {
         let mut k = Key::new(GEN_PREFIX_BITS + 32, [0u8; 5]);
         // SAFETY: `k.data[0]` is a valid, exclusive place.
         unsafe { core::ptr::write_volatile(&mut k.data[0], gen as u8) };
-        put_bytes(&mut k.data[1..], &p.src[..4]);
+        put_bytes(&mut k.data[1..], &addr[..4]);
         NW_SRC4.get(&k).copied()
     } else {
         let mut k = Key::new(GEN_PREFIX_BITS + 128, [0u8; 17]);
         // SAFETY: as above.
         unsafe { core::ptr::write_volatile(&mut k.data[0], gen as u8) };
-        put_bytes(&mut k.data[1..], &p.src);
+        put_bytes(&mut k.data[1..], addr);
         NW_SRC6.get(&k).copied()
     }
 }
@@ -87,13 +119,13 @@ fn put_bytes(dst: &mut [u8], src: &[u8]) {
     }
 }
 
-/// [`source_class`] from the flat tables: the root by the first two address bytes, then one
+/// [`trie_class`] from the flat tables: the root by the first two address bytes, then one
 /// load per further byte until a class.
 #[inline(always)]
-fn flat_source_class(p: &Pkt, tables: &SrcTables) -> Option<u32> {
-    let bytes = if p.family == FAMILY_IPV4 { 4 } else { 16 };
-    let top = ((p.src[0] as usize) << 8) | p.src[1] as usize;
-    let mut e = tables.roots[(p.family & 1) as usize][top];
+fn flat_class(family: u32, addr: &[u8; 16], tables: &SrcTables) -> Option<u32> {
+    let bytes = if family == FAMILY_IPV4 { 4 } else { 16 };
+    let top = ((addr[0] as usize) << 8) | addr[1] as usize;
+    let mut e = tables.roots[(family & 1) as usize][top];
     // Every way out of the walk leads to the one test below: with a return per step, the
     // verifier would check the rest of the program once per step, and loading would take
     // twice as long.
@@ -102,7 +134,7 @@ fn flat_source_class(p: &Pkt, tables: &SrcTables) -> Option<u32> {
             break;
         }
         // Masked, the index is provably inside the value: no bounds check, for LLVM or the verifier.
-        e = tables.nodes[(e & (SRC_NODES_PER_GEN as u16 - 1)) as usize].0[p.src[i] as usize];
+        e = tables.nodes[(e & (SRC_NODES_PER_GEN as u16 - 1)) as usize].0[addr[i] as usize];
     }
     if e & SRC_CHILD == 0 {
         Some(e as u32)

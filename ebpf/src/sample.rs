@@ -7,9 +7,8 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, PerCpuArray, RingBuf},
-    programs::XdpContext,
 };
-use nodewall_common::xdp::{DropSample, SampleBudget, SAMPLE_AUDIT, SAMPLE_CLOCK_EVERY, SAMPLE_RING_BYTES};
+use nodewall_common::xdp::{DropSample, SampleBudget, SAMPLE_CLOCK_EVERY, SAMPLE_RING_BYTES};
 
 use crate::parse::{l4_offset, pkt, Frame, Pkt};
 
@@ -72,10 +71,11 @@ fn words(a: &[u8; 16]) -> [u64; 2] {
     unsafe { core::ptr::read_unaligned(a.as_ptr() as *const [u64; 2]) }
 }
 
-/// Samples the packet `p`, dropped for `cause` (or only counted, when `audit`), unless the
-/// budget is spent or the ring full.
+/// Samples the packet `p` of frame `f` on interface `ifindex`, dropped for `cause`, with
+/// `flags` ([`nodewall_common::xdp::SAMPLE_AUDIT`]: only counted; `SAMPLE_EGRESS`: outbound),
+/// unless the budget is spent or the ring full.
 #[inline(always)]
-pub fn record(ctx: &XdpContext, p: &Pkt, cause: u32, audit: bool) {
+pub fn record(f: &Frame, ifindex: u32, p: &Pkt, cause: u32, flags: u8) {
     if !take_budget() {
         return;
     }
@@ -86,7 +86,6 @@ pub fn record(ctx: &XdpContext, p: &Pkt, cause: u32, audit: bool) {
     match p.kind {
         pkt::TCP | pkt::UDP | pkt::OTHER => (sport, dport) = (p.sport, p.dport),
         pkt::ICMP => {
-            let f = Frame { start: ctx.data(), end: ctx.data_end() };
             if let Some(h) = f.load::<[u8; 2]>(l4_offset(p)) {
                 (sport, dport) = (h[0] as u16, h[1] as u16);
             }
@@ -109,12 +108,12 @@ pub fn record(ctx: &XdpContext, p: &Pkt, cause: u32, audit: bool) {
         core::ptr::write_volatile(at.add(2), dst[0]);
         core::ptr::write_volatile(at.add(3), dst[1]);
         core::ptr::addr_of_mut!((*s).cause).write(cause);
-        core::ptr::addr_of_mut!((*s).ifindex).write(ctx.ingress_ifindex() as u32);
+        core::ptr::addr_of_mut!((*s).ifindex).write(ifindex);
         core::ptr::addr_of_mut!((*s).sport).write(sport);
         core::ptr::addr_of_mut!((*s).dport).write(dport);
         core::ptr::addr_of_mut!((*s).family).write(p.family as u8);
         core::ptr::addr_of_mut!((*s).proto).write(if ip { p.proto } else { 0 });
-        core::ptr::addr_of_mut!((*s).flags).write(if audit { SAMPLE_AUDIT } else { 0 });
+        core::ptr::addr_of_mut!((*s).flags).write(flags);
         core::ptr::addr_of_mut!((*s)._pad).write(0);
     }
     entry.submit(0);

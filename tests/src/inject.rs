@@ -93,6 +93,18 @@ impl RawIp {
 
     /// Sends one IP packet (IPv4 or IPv6 by its first byte) to its destination address.
     pub fn send(&self, ip: &[u8]) -> anyhow::Result<()> {
+        if !self.offer(ip)? {
+            bail!(
+                "sending a raw IP packet: {}",
+                std::io::Error::from_raw_os_error(libc::EPERM)
+            );
+        }
+        Ok(())
+    }
+
+    /// [`Self::send`], but a packet the namespace's own netfilter drops on its way out (the
+    /// send fails with EPERM) is `false`, not an error.
+    pub fn offer(&self, ip: &[u8]) -> anyhow::Result<bool> {
         let n = if ip[0] >> 4 == 6 {
             // SAFETY: zeroed sockaddr_in6 is valid; family and address set below.
             let mut a: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
@@ -127,11 +139,12 @@ impl RawIp {
             }
         };
         if n < 0 {
-            bail!(
-                "sending a raw IP packet: {}",
-                std::io::Error::last_os_error()
-            );
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EPERM) {
+                return Ok(false);
+            }
+            bail!("sending a raw IP packet: {e}");
         }
-        Ok(())
+        Ok(true)
     }
 }

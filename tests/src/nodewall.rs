@@ -216,6 +216,26 @@ pub fn apply(node: &Netns, config: &ConfigFile) -> anyhow::Result<Value> {
     Ok(serde_json::from_str(&checked(out, "apply")?)?)
 }
 
+/// `nodewall apply -c FILE --state-dir STATE [extra...]` in `node`, its outcome unchecked: for
+/// tests of what `apply` refuses.
+pub fn try_apply(
+    node: &Netns,
+    file: &ConfigFile,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<Output> {
+    let state = node.state_dir()?;
+    let mut args = vec![
+        "apply",
+        "-c",
+        file.path.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(node, &args, env)
+}
+
 /// `nodewall status --json` in the node namespace.
 pub fn status(node: &Netns, backend: Backend) -> anyhow::Result<Value> {
     let out = run(

@@ -19,6 +19,38 @@ pub struct Server {
 
 impl Server {
     pub fn tcp(ns: &Netns, port: u16) -> anyhow::Result<Self> {
+        Self::tcp_answering(ns, port, |c| {
+            let _ = c.write_all(b"ok\n");
+        })
+    }
+
+    /// A TCP server that answers `len` bytes in one corked write and closes: its FIN rides on
+    /// its last data segment, a packet far longer than the headers a datapath pulls in.
+    pub fn tcp_corked(ns: &Netns, port: u16, len: usize) -> anyhow::Result<Self> {
+        let body = vec![b'x'; len];
+        Self::tcp_answering(ns, port, move |c| {
+            use std::os::fd::AsRawFd;
+            let one: libc::c_int = 1;
+            // SAFETY: a valid option value of the right size on an open socket.
+            unsafe {
+                libc::setsockopt(
+                    c.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_CORK,
+                    &one as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as u32,
+                )
+            };
+            let _ = c.write_all(&body);
+        })
+    }
+
+    /// A dual-stack TCP server that runs `answer` on each connection, then closes it.
+    fn tcp_answering(
+        ns: &Netns,
+        port: u16,
+        answer: impl Fn(&mut TcpStream) + Send + 'static,
+    ) -> anyhow::Result<Self> {
         let l = ns.enter(|| TcpListener::bind(("::", port)))??;
         l.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -28,7 +60,7 @@ impl Server {
                 match l.accept() {
                     Ok((mut c, _)) => {
                         let _ = c.set_nonblocking(false);
-                        let _ = c.write_all(b"ok\n");
+                        answer(&mut c);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -96,60 +128,10 @@ pub enum Close {
 /// connection just ended can be taken again), closing as `close` says.
 pub fn tcp_ok_from(ns: &Netns, addr: IpAddr, port: u16, sport: u16, close: Close) -> bool {
     ns.enter(|| -> std::io::Result<bool> {
-        use std::os::fd::{FromRawFd, IntoRawFd};
-        let family = if addr.is_ipv6() {
-            libc::AF_INET6
-        } else {
-            libc::AF_INET
-        };
-        // SAFETY: plain socket(2); the fd is owned by the TcpStream built from it below.
-        let fd = unsafe { libc::socket(family, libc::SOCK_STREAM, 0) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fd is fresh; the stream owns it from here.
-        let stream = unsafe { TcpStream::from_raw_fd(fd) };
-        let one: libc::c_int = 1;
-        // SAFETY: a valid option value of the right size.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_REUSEADDR,
-                &one as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as u32,
-            )
-        };
-        let any: IpAddr = if addr.is_ipv6() {
-            std::net::Ipv6Addr::UNSPECIFIED.into()
-        } else {
-            std::net::Ipv4Addr::UNSPECIFIED.into()
-        };
-        let local = socket2_addr(SocketAddr::new(any, sport));
-        // SAFETY: a valid sockaddr of the stated length.
-        if unsafe { libc::bind(fd, local.0.as_ptr().cast(), local.1) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let remote = socket2_addr(SocketAddr::new(addr, port));
-        stream.set_nonblocking(true)?;
-        // SAFETY: as above.
-        let rc = unsafe { libc::connect(fd, remote.0.as_ptr().cast(), remote.1) };
-        if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
+        use std::os::fd::{AsRawFd, IntoRawFd};
+        let Some(mut s) = connect_from(addr, port, sport)? else {
             return Ok(false);
-        }
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLOUT,
-            revents: 0,
         };
-        // SAFETY: one valid pollfd.
-        let ready = unsafe { libc::poll(&mut pfd, 1, DROP_TIMEOUT.as_millis() as i32) };
-        if ready != 1 || stream.take_error()?.is_some() {
-            return Ok(false);
-        }
-        stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(DROP_TIMEOUT))?;
-        let mut s = stream;
         let mut buf = [0u8; 3];
         let ok = s.read_exact(&mut buf).is_ok() && &buf == b"ok\n";
         if close == Close::Rst {
@@ -157,7 +139,8 @@ pub fn tcp_ok_from(ns: &Netns, addr: IpAddr, port: u16, sport: u16, close: Close
                 l_onoff: 1,
                 l_linger: 0,
             };
-            // SAFETY: a valid option value of the right size.
+            let fd = s.as_raw_fd();
+            // SAFETY: a valid option value of the right size; the fd is closed once, here.
             unsafe {
                 libc::setsockopt(
                     s.into_raw_fd(),
@@ -177,6 +160,79 @@ pub fn tcp_ok_from(ns: &Netns, addr: IpAddr, port: u16, sport: u16, close: Close
     .ok()
     .and_then(Result::ok)
     .unwrap_or(false)
+}
+
+/// Connects from `ns`, source port `sport`, reads until the server closes, then closes
+/// (FIN): the bytes read, or `None` if the connection failed or stalled.
+pub fn tcp_drain_from(ns: &Netns, addr: IpAddr, port: u16, sport: u16) -> Option<usize> {
+    ns.enter(|| -> std::io::Result<Option<usize>> {
+        let Some(mut s) = connect_from(addr, port, sport)? else {
+            return Ok(None);
+        };
+        let mut got = Vec::new();
+        Ok(s.read_to_end(&mut got).ok().map(|_| got.len()))
+    })
+    .ok()
+    .and_then(|r| r.ok().flatten())
+}
+
+/// A TCP connection from source port `sport` (bound with `SO_REUSEADDR`) in the calling
+/// thread's namespace, with [`DROP_TIMEOUT`] to connect and on reads; `None` if it failed.
+fn connect_from(addr: IpAddr, port: u16, sport: u16) -> std::io::Result<Option<TcpStream>> {
+    use std::os::fd::FromRawFd;
+    let family = if addr.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
+    // SAFETY: plain socket(2); the fd is owned by the TcpStream built from it below.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is fresh; the stream owns it from here.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // SAFETY: a valid option value of the right size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    let any: IpAddr = if addr.is_ipv6() {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    let local = socket2_addr(SocketAddr::new(any, sport));
+    // SAFETY: a valid sockaddr of the stated length.
+    if unsafe { libc::bind(fd, local.0.as_ptr().cast(), local.1) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let remote = socket2_addr(SocketAddr::new(addr, port));
+    stream.set_nonblocking(true)?;
+    // SAFETY: as above.
+    let rc = unsafe { libc::connect(fd, remote.0.as_ptr().cast(), remote.1) };
+    if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
+        return Ok(None);
+    }
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let ready = unsafe { libc::poll(&mut pfd, 1, DROP_TIMEOUT.as_millis() as i32) };
+    if ready != 1 || stream.take_error()?.is_some() {
+        return Ok(None);
+    }
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(DROP_TIMEOUT))?;
+    Ok(Some(stream))
 }
 
 /// A sockaddr for libc calls: bytes and length.

@@ -15,7 +15,7 @@ use nodewall_netns_tests::inject::Injector;
 use nodewall_netns_tests::installed::describe;
 use nodewall_netns_tests::nodewall::{apply, Config};
 use nodewall_netns_tests::topology::{node_addr, Topology};
-use nodewall_netns_tests::traffic::{tcp_ok_from, udp_ok_from, Close, Server};
+use nodewall_netns_tests::traffic::{tcp_drain_from, tcp_ok_from, udp_ok_from, Close, Server};
 use nodewall_netns_tests::{backend_tests, Backend};
 
 const WEB: u16 = 8443;
@@ -110,6 +110,28 @@ fn stale(v6: bool, peer: IpAddr, sport: u16, first_id: u32) -> Vec<(u32, Vec<u8>
         .collect()
 }
 
+/// Sends [`stale`] segments from the wire: the ids of those the node's stack received.
+fn stale_through(
+    wire: &Injector,
+    seen: &Delivery,
+    v6: bool,
+    peer: IpAddr,
+    sport: u16,
+    first_id: u32,
+) -> anyhow::Result<Vec<u32>> {
+    seen.clear();
+    let segs = stale(v6, peer, sport, first_id);
+    for (_, f) in &segs {
+        wire.send(f)?;
+    }
+    let got = seen.settle();
+    Ok(segs
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| got.iter().any(|d| d.0 == *id))
+        .collect())
+}
+
 fn stale_segments_after_a_close_are_judged_anew(backend: Backend) -> anyhow::Result<()> {
     let topo = Topology::new()?;
     shorten_timeouts(&topo)?;
@@ -144,18 +166,8 @@ fn stale_segments_after_a_close_are_judged_anew(backend: Backend) -> anyhow::Res
             );
             apply(&topo.node, &closed)?;
             std::thread::sleep(PAST);
-            seen.clear();
-            let segs = stale(v6, peer, sport, next);
+            let through = stale_through(&wire, &seen, v6, peer, sport, next)?;
             next += 10;
-            for (_, f) in &segs {
-                wire.send(f)?;
-            }
-            let got = seen.settle();
-            let through: Vec<u32> = segs
-                .iter()
-                .map(|(id, _)| *id)
-                .filter(|id| got.iter().any(|d| d.0 == *id))
-                .collect();
             anyhow::ensure!(
                 through.is_empty(),
                 "after a {close:?} close and its timeout, stale segments {through:?} (ids from {}) got through (v6={v6}):\n{}",
@@ -163,6 +175,39 @@ fn stale_segments_after_a_close_are_judged_anew(backend: Backend) -> anyhow::Res
                 describe(&topo.node, backend)
             );
         }
+    }
+    Ok(())
+}
+
+/// The node's FIN riding on a data segment longer than the headers (a corked answer) ends the
+/// flow like a bare FIN: once both FINs are acknowledged and TIME_WAIT is over, stale
+/// segments are judged anew. The TC egress program once read only the pulled-in headers and
+/// took such a segment for a truncated packet, so the node's FIN went unseen and the flow
+/// stayed open for FIN_WAIT's two minutes.
+fn a_fin_on_a_data_segment_ends_the_flow(backend: Backend) -> anyhow::Result<()> {
+    const BODY: usize = 2000;
+    let topo = Topology::new()?;
+    shorten_timeouts(&topo)?;
+    let _web = Server::tcp_corked(&topo.node, WEB, BODY)?;
+    let wire = Injector::new(&topo)?;
+    let seen = Delivery::new(&topo.node)?;
+    let (open, closed) = (
+        config(backend, true).write()?,
+        config(backend, false).write()?,
+    );
+    for (v6, sport, first_id) in [(false, 47400, 400), (true, 47401, 410)] {
+        let (node, peer) = (node_addr(v6), topo.internet.addr(v6));
+        apply(&topo.node, &open)?;
+        let got = tcp_drain_from(&topo.internet.ns, node, WEB, sport);
+        anyhow::ensure!(got == Some(BODY), "the corked answer (v6={v6}): {got:?}");
+        apply(&topo.node, &closed)?;
+        std::thread::sleep(PAST);
+        let through = stale_through(&wire, &seen, v6, peer, sport, first_id)?;
+        anyhow::ensure!(
+            through.is_empty(),
+            "after a close whose FIN rode on data, stale segments {through:?} got through (v6={v6}):\n{}",
+            describe(&topo.node, backend)
+        );
     }
     Ok(())
 }
@@ -329,6 +374,7 @@ fn icmp_errors_need_a_live_flow(backend: Backend) -> anyhow::Result<()> {
 }
 
 backend_tests!(
+    a_fin_on_a_data_segment_ends_the_flow,
     a_syn_on_a_live_connection_is_judged_by_the_rules,
     reused_source_port_is_a_new_connection,
     stale_segments_after_a_close_are_judged_anew,

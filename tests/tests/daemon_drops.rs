@@ -14,7 +14,8 @@ use anyhow::{bail, ensure, Context};
 use daemon_support::{replace_file, wait_until, Agent, TempDir};
 use nodewall_netns_tests::nodewall::{command, Config};
 use nodewall_netns_tests::probe::{Probe, Prober};
-use nodewall_netns_tests::topology::Topology;
+use nodewall_netns_tests::topology::{node_addr, Topology};
+use nodewall_netns_tests::traffic::{tcp_ok, Server};
 use nodewall_netns_tests::{backend_tests, Backend};
 use serde_json::Value;
 
@@ -568,7 +569,86 @@ fn the_sample_rate_is_configurable(backend: Backend) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Outbound drops: new connections from the node and from its pod under `egress.default:
+/// deny` and an egress deny rule are streamed with `direction: egress` (a reader filtering on
+/// it sees nothing inbound), and counted by direction in the metrics, the rule's own counter
+/// included.
+fn egress_drops_are_streamed(backend: Backend) -> anyhow::Result<()> {
+    let topo = Topology::new()?;
+    let _web = Server::tcp(&topo.internet.ns, 8443)?;
+    let mut cfg = Config::new(backend, None);
+    cfg.egress = Some(
+        "egress:\n  default: deny\n  failsafe: []\n  rules:\n    - name: no-cluster\n      action: deny\n      protocol: tcp\n      to: [cluster]".into(),
+    );
+    let (_dir, _, agent) = agent_with_drops(&topo, &mut cfg, "egress-drops", |_| String::new())?;
+    let out = Reader::start(
+        &topo,
+        backend,
+        &agent,
+        &["-f", "--json", "--direction", "egress"],
+    )?;
+    ensure!(
+        wait_until(Duration::from_secs(5), || readers(&agent) >= 1.0),
+        "the reader connected"
+    );
+    let inet = topo.internet.addr(false);
+    let cluster = topo.cluster.addr(false);
+    ensure!(!tcp_ok(&topo.node, inet, 8443), "node -> internet got out");
+    ensure!(
+        !tcp_ok(&topo.local_pod.ns, cluster, 8443),
+        "pod -> cluster got out"
+    );
+    // Something inbound is dropped too, and must not reach this reader.
+    ensure!(
+        !tcp_ok(&topo.internet.ns, node_addr(false), 10250),
+        "inbound got in"
+    );
+    let second = Duration::from_secs(2);
+    let (_, node) = out.wait_for(second, |v| is(v, "dst", &inet.to_string()))?;
+    for (key, want) in [
+        ("src", "198.18.16.2"),
+        ("dport", "8443"),
+        ("reason", "default-deny"),
+        ("direction", "egress"),
+        ("protocol", "tcp"),
+    ] {
+        ensure!(is(&node, key, want), "{key} is not {want:?}: {node}");
+    }
+    let (_, pod) = out.wait_for(second, |v| is(v, "dst", &cluster.to_string()))?;
+    ensure!(
+        is(&pod, "rule", "no-cluster")
+            && is(&pod, "reason", "rule")
+            && is(&pod, "src", "198.18.34.2"),
+        "the pod's sample: {pod}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    for v in out.drain() {
+        ensure!(
+            is(&v, "direction", "egress"),
+            "the egress reader printed {v}"
+        );
+    }
+    let metric = |m: &str| agent.metric(m).unwrap_or(0.0);
+    ensure!(
+        wait_until(Duration::from_secs(5), || {
+            metric("nodewall_rule_packets_total{rule=\"no-cluster\",direction=\"egress\",action=\"deny\"}") >= 1.0
+        }),
+        "the egress rule's counter: {}",
+        agent.get("/metrics").map(|x| x.1).unwrap_or_default()
+    );
+    let text = agent.get("/metrics").map(|x| x.1).unwrap_or_default();
+    let egress_drops = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("nodewall_dropped_packets_total{") && l.contains("direction=\"egress\"")
+        })
+        .count();
+    ensure!(egress_drops >= 2, "egress drop series: {text}");
+    Ok(())
+}
+
 backend_tests!(
+    egress_drops_are_streamed,
     the_sample_rate_is_configurable,
     drops_are_streamed_to_several_readers,
     a_stalled_reader_does_not_stall_the_agent,

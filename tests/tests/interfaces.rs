@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use daemon_support::{wait_until, Agent, TempDir};
 use nodewall_netns_tests::installed::xdp_attached;
-use nodewall_netns_tests::nodewall::{apply, run, status, Config, ConfigFile};
+use nodewall_netns_tests::nodewall::{apply, status, try_apply, Config, ConfigFile};
 use nodewall_netns_tests::topology::{lone_node, node_addr, Topology, UPLINK};
 use nodewall_netns_tests::traffic::{tcp_ok, Server};
 use nodewall_netns_tests::{backend_tests, Backend};
@@ -57,15 +57,7 @@ fn a_name_that_matches_nothing_is_not_reported_as_filtered(backend: Backend) -> 
     let node = lone_node("node")?;
     let mut file = ConfigFile::new(&config_on(backend, "nosuch0"))?;
     file.backend = Some(backend);
-    let state = node.state_dir()?;
-    let args = [
-        "apply",
-        "-c",
-        file.path.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-    ];
-    let out = run(&node, &args, backend.env())?;
+    let out = try_apply(&node, &file, &[], backend.env())?;
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),

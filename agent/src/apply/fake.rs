@@ -110,6 +110,7 @@ impl Backend for FakeBackend {
                     .iter()
                     .map(|r| RuleCounter {
                         rule: r.name.clone(),
+                        direction: crate::backend::Direction::Ingress,
                         action: r.action,
                         packets: k.rule_packets,
                         bytes: k.rule_packets * 100,

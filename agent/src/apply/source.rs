@@ -110,10 +110,10 @@ pub fn read_config(path: &Path) -> Result<Desired, String> {
 fn desired(text: String, path: &Path) -> Result<Desired, String> {
     let file = path.display().to_string();
     let config = config::parse(&text, &file).map_err(|e| e.to_string())?;
-    // The XDP backend does not enforce egress (it refuses such a policy): `auto` picks nft
-    // for a config that restricts outbound, rather than fail on a node where XDP is usable.
+    // The XDP backend cannot tell pods apart by their own addresses outbound (it refuses
+    // per-pod exceptions): `auto` picks nft for them, rather than fail where XDP is usable.
     let backend = match config.backend {
-        config::BackendKind::Auto if !config.egress.is_open() => config::BackendKind::Nft,
+        config::BackendKind::Auto if config.egress.has_pod_exceptions() => config::BackendKind::Nft,
         b => b,
     };
     if !config.uses_api() {

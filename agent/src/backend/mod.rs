@@ -20,6 +20,8 @@ pub use sample::{Direction, DropEvent};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RuleCounter {
     pub rule: String,
+    /// The direction the rule judges: `ingress` (inbound rules) or `egress`.
+    pub direction: Direction,
     pub action: Action,
     pub packets: u64,
     pub bytes: u64,

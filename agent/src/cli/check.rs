@@ -126,9 +126,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn warnings(text: &str, config: &Config, policy: &Policy, found: &[Finding]) -> Vec<Warning> {
     let rules = config::item_positions(text, "rules");
     let failsafe = config::item_positions(text, "failsafe");
+    let egress_rules = config::item_positions(text, "egress.rules");
     found
         .iter()
         .map(|f| {
+            if f.egress {
+                // Only user egress rules are linted.
+                let name = &policy.egress.rules[f.rule].name;
+                let i = config
+                    .egress
+                    .rules
+                    .iter()
+                    .position(|r| &r.name == name)
+                    .unwrap_or(0);
+                let (line, column) = egress_rules.get(i).copied().unwrap_or((1, 1));
+                return Warning {
+                    path: format!("egress.rules[{i}]"),
+                    line,
+                    column,
+                    message: f.message.clone(),
+                };
+            }
             let rule = &policy.rules[f.rule];
             let index = |list: &[config::RuleConfig]| list.iter().position(|r| r.name == rule.name);
             let (path, at) = match rule.origin {

@@ -144,9 +144,9 @@ pub fn document(ctx: &mut Ctx, root: &Node) -> Option<Config> {
         drops: drops?,
         egress: egress?,
     };
-    if config.backend == BackendKind::Xdp && !config.egress.is_open() {
+    if config.backend == BackendKind::Xdp && config.egress.has_pod_exceptions() {
         if let Some(n) = f.get("backend") {
-            ctx.error("backend", n.pos, "backend `xdp` does not enforce egress, which `egress` restricts here: use `nft`, or `auto` (which picks nft when egress is configured)");
+            ctx.error("backend", n.pos, "backend `xdp` cannot enforce `egress.metadata.except` (its egress hook sees forwarded packets after SNAT, without the pod's own address): use `nft`, or `auto` (which picks nft for per-pod exceptions)");
         }
     }
     ctx.errors.is_empty().then_some(config)

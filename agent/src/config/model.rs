@@ -189,6 +189,12 @@ impl EgressConfig {
         self.default == Action::Allow && self.rules.is_empty() && !self.metadata.deny_pods
     }
 
+    /// Whether some egress rule is limited to some pods' own addresses (the metadata switch's
+    /// exceptions): only a hook before SNAT can tell them apart, which the XDP backend has not.
+    pub fn has_pod_exceptions(&self) -> bool {
+        self.metadata.deny_pods && !self.metadata.except.is_empty()
+    }
+
     /// What keeps a node alive under `egress.default: deny`: DNS to the node's resolvers,
     /// DHCP (v4 and v6) to anywhere, the instance metadata service for the node itself, and
     /// the API server (TCP 443 and 6443) in the `control-plane` network (only when that

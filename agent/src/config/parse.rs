@@ -115,25 +115,29 @@ fn line_column(bytes: &[u8], at: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Where each item of the top-level list `section` (`rules`, `failsafe`) starts, as 1-based
-/// (line, column): for messages about items of a config that parsed.
+/// Where each item of the list at `section` (`rules`, `failsafe`, or a dotted path such as
+/// `egress.rules`) starts, as 1-based (line, column): for messages about items of a config
+/// that parsed.
 pub fn item_positions(text: &str, section: &str) -> Vec<(usize, usize)> {
-    let Ok(root) = yaml::load(text) else {
+    let Ok(mut node) = yaml::load(text) else {
         return Vec::new();
     };
-    let yaml::Kind::Map(entries) = root.kind else {
-        return Vec::new();
-    };
-    entries
-        .into_iter()
-        .find(|(k, _)| k.kind == yaml::Kind::Str(section.to_string()))
-        .and_then(|(_, v)| match v.kind {
-            yaml::Kind::Seq(items) => {
-                Some(items.iter().map(|i| (i.pos.line, i.pos.column)).collect())
-            }
-            _ => None,
-        })
-        .unwrap_or_default()
+    for key in section.split('.') {
+        let yaml::Kind::Map(entries) = node.kind else {
+            return Vec::new();
+        };
+        match entries
+            .into_iter()
+            .find(|(k, _)| k.kind == yaml::Kind::Str(key.to_string()))
+        {
+            Some((_, v)) => node = v,
+            None => return Vec::new(),
+        }
+    }
+    match node.kind {
+        yaml::Kind::Seq(items) => items.iter().map(|i| (i.pos.line, i.pos.column)).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Parses and validates config text; `file` is only used in messages.

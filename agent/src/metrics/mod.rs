@@ -35,7 +35,7 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabels {
     pub backend: String,
-    /// `inbound` or `egress`.
+    /// `ingress` or `egress`.
     pub direction: String,
     pub reason: String,
     pub rule: String,
@@ -43,9 +43,18 @@ pub struct DropLabels {
     pub protocol: String,
 }
 
+/// Labels of `nodewall_rule_unmatched`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RuleLabels {
     pub rule: String,
+    pub action: String,
+}
+
+/// Labels of the per-rule counters: which way the rule judges (`ingress` or `egress`) too.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleCountLabels {
+    pub rule: String,
+    pub direction: String,
     pub action: String,
 }
 
@@ -77,8 +86,8 @@ pub struct Metrics {
     backend: String,
     dropped_packets: Family<DropLabels, Counter>,
     dropped_bytes: Family<DropLabels, Counter>,
-    rule_packets: Family<RuleLabels, Counter>,
-    rule_bytes: Family<RuleLabels, Counter>,
+    rule_packets: Family<RuleCountLabels, Counter>,
+    rule_bytes: Family<RuleCountLabels, Counter>,
     apply_duration: Histogram,
     apply_errors: Counter,
     config_reload_errors: Counter,
@@ -235,8 +244,9 @@ impl Metrics {
     pub fn observe_counters(&self, counters: &Counters) {
         let mut raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
         for r in &counters.rules {
-            let labels = RuleLabels {
+            let labels = RuleCountLabels {
                 rule: r.rule.clone(),
+                direction: r.direction.as_str().to_string(),
                 action: action_str(r.action).to_string(),
             };
             let (dp, db) = raw.advance(reset::Key::Rule(labels.clone()), r.packets, r.bytes);

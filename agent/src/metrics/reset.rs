@@ -3,11 +3,11 @@
 
 use std::collections::HashMap;
 
-use super::{DropLabels, RuleLabels};
+use super::{DropLabels, RuleCountLabels};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub(super) enum Key {
-    Rule(RuleLabels),
+    Rule(RuleCountLabels),
     Drop(DropLabels),
 }
 

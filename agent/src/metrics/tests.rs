@@ -6,6 +6,7 @@ fn counters(rule_pkts: u64, drop_pkts: u64) -> Counters {
     Counters {
         rules: vec![RuleCounter {
             rule: "failsafe-ssh".into(),
+            direction: crate::backend::Direction::Ingress,
             action: Action::Allow,
             packets: rule_pkts,
             bytes: rule_pkts * 60,
@@ -43,7 +44,7 @@ fn counters_stay_monotonic_across_kernel_resets() {
     assert_eq!(
         sample(
             &text,
-            "nodewall_rule_packets_total{rule=\"failsafe-ssh\",action=\"allow\"}"
+            "nodewall_rule_packets_total{rule=\"failsafe-ssh\",direction=\"ingress\",action=\"allow\"}"
         ),
         5.0 + 2.0 + 1.0 + 1.0
     );

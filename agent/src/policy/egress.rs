@@ -122,22 +122,6 @@ impl Egress {
     }
 }
 
-impl Egress {
-    /// The config field that makes this egress half judge anything (for backends that
-    /// cannot enforce it to name in their refusal); `None` when it is open.
-    pub fn deciding_field(&self) -> Option<&'static str> {
-        if self.default == Action::Deny {
-            Some("egress.default: deny")
-        } else if self.rules.iter().any(|r| r.origin == Origin::Metadata) {
-            Some("egress.metadata.deny-pods")
-        } else if !self.rules.is_empty() {
-            Some("egress.rules")
-        } else {
-            None
-        }
-    }
-}
-
 /// Who sends an outbound packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase", tag = "kind", content = "address")]

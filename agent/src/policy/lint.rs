@@ -9,10 +9,11 @@ use ipnet::IpNet;
 use super::addrset::AddrSet;
 use super::model::{Action, CtState, Mode, Origin, Packet, Policy, PortSet, Protocol, Rule, L4};
 
-/// One warning about `policy.rules[rule]`.
+/// One warning about `policy.rules[rule]` (`policy.egress.rules[rule]` when `egress`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Finding {
     pub rule: usize,
+    pub egress: bool,
     pub message: String,
 }
 
@@ -33,6 +34,7 @@ pub fn lint_partial(policy: &Policy, partial: impl Fn(&Rule) -> bool) -> Vec<Fin
         if !has_sources(later) {
             out.push(Finding {
                 rule: j,
+                egress: false,
                 message: format!(
                     "rule `{}` can never match: protocol {} is {} only, and none of its sources is",
                     later.name,
@@ -49,6 +51,7 @@ pub fn lint_partial(policy: &Policy, partial: impl Fn(&Rule) -> bool) -> Vec<Fin
         if let Some(earlier) = policy.rules[..j].iter().find(|e| covers(e, later)) {
             out.push(Finding {
                 rule: j,
+                egress: false,
                 message: format!(
                     "rule `{}` can never match: the earlier rule `{}` ({}) matches every packet it would",
                     later.name,
@@ -63,6 +66,7 @@ pub fn lint_partial(policy: &Policy, partial: impl Fn(&Rule) -> bool) -> Vec<Fin
                 .collect();
             out.push(Finding {
                 rule: j,
+                egress: false,
                 message: format!(
                     "rule `{}` can never match: the earlier rules {} together match every packet it would",
                     later.name,
@@ -72,6 +76,7 @@ pub fn lint_partial(policy: &Policy, partial: impl Fn(&Rule) -> bool) -> Vec<Fin
         }
     }
     out.extend(ssh_denied_without_failsafe(policy));
+    out.extend(super::egress_lint::lint_egress(policy));
     out
 }
 
@@ -102,6 +107,7 @@ fn ssh_denied_without_failsafe(policy: &Policy) -> Option<Finding> {
         };
         (rule.action == Action::Deny && everyone).then(|| Finding {
             rule: i,
+            egress: false,
             message: format!(
                 "the failsafe is disabled (`failsafe: []`) and rule `{}` drops new SSH connections (tcp/22) from every address: a management network in `failsafe` keeps the node reachable",
                 rule.name
@@ -111,7 +117,7 @@ fn ssh_denied_without_failsafe(policy: &Policy) -> Option<Finding> {
 }
 
 /// Whether `rule` has a source of a family its protocol exists in.
-fn has_sources(rule: &Rule) -> bool {
+pub(super) fn has_sources(rule: &Rule) -> bool {
     match rule.protocol {
         Protocol::Icmp => !rule.sources.v4_ranges().is_empty(),
         Protocol::Icmpv6 => !rule.sources.v6_ranges().is_empty(),
@@ -120,7 +126,7 @@ fn has_sources(rule: &Rule) -> bool {
 }
 
 /// Whether every packet `later` matches is matched by `earlier`.
-fn covers(earlier: &Rule, later: &Rule) -> bool {
+pub(super) fn covers(earlier: &Rule, later: &Rule) -> bool {
     let protocol = match (earlier.protocol, later.protocol) {
         (Protocol::All, _) => true,
         (a, b) => a == b && ports_cover(&earlier.ports, &later.ports),
@@ -138,7 +144,7 @@ fn covers(earlier: &Rule, later: &Rule) -> bool {
         && !(earlier.protocol == Protocol::Icmpv6 && !later.sources.v4_ranges().is_empty() && v4)
 }
 
-fn action_name(a: Action) -> &'static str {
+pub(super) fn action_name(a: Action) -> &'static str {
     match a {
         Action::Allow => "allow",
         Action::Deny => "deny",
@@ -148,7 +154,7 @@ fn action_name(a: Action) -> &'static str {
 /// The earlier rules whose sources, together, cover `later`'s, among those that match every
 /// protocol and port `later` does (the common split: one rule per source range). Sources
 /// split across rules of other ports as well are not found: a warning, never a false one.
-fn covered_together<'a>(earlier: &'a [Rule], later: &Rule) -> Option<Vec<&'a Rule>> {
+pub(super) fn covered_together<'a>(earlier: &'a [Rule], later: &Rule) -> Option<Vec<&'a Rule>> {
     let mut used = Vec::new();
     let mut sources = AddrSet::default();
     for e in earlier {
@@ -220,7 +226,7 @@ fn ranges_cover<T: Copy + Ord>(outer: &[(T, T)], inner: &[(T, T)]) -> bool {
     })
 }
 
-fn proto_name(p: Protocol) -> &'static str {
+pub(super) fn proto_name(p: Protocol) -> &'static str {
     match p {
         Protocol::Tcp => "tcp",
         Protocol::Udp => "udp",

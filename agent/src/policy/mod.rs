@@ -5,6 +5,7 @@ mod compile;
 mod digest;
 mod egress;
 mod egress_compile;
+mod egress_lint;
 mod evaluate;
 mod lint;
 mod model;

@@ -45,7 +45,7 @@ impl Tracker {
             Class::Error => {
                 let flow = quoted
                     .filter(|q| q.src == p.dst)
-                    .and_then(ct::quoted_key)
+                    .and_then(|q| ct::quoted_key(q, Dir::Out))
                     .and_then(|k| self.flows.get(&k));
                 if ct::error_is_related(flow, now) {
                     CtState::Related

@@ -109,9 +109,11 @@ pub fn drop_counter(chain: &str, family: &str, protocol: &str) -> String {
 pub mod comment {
     use crate::policy::Action;
 
-    /// `allow NAME` / `deny NAME` on a rule counter.
-    pub fn rule(action: Action, name: &str) -> String {
-        format!("{} {}", action_str(action), name)
+    /// `allow NAME` / `deny NAME` on a rule counter (`allow-egress NAME`, `deny-egress NAME`
+    /// for an egress rule's).
+    pub fn rule(action: Action, egress: bool, name: &str) -> String {
+        let tag = if egress { "-egress" } else { "" };
+        format!("{}{tag} {}", action_str(action), name)
     }
 
     /// `drop REASON FAMILY PROTOCOL [RULE]` on a drop counter (`drop-egress ...` for
@@ -142,6 +144,7 @@ pub mod comment {
     pub enum Parsed<'a> {
         Rule {
             action: Action,
+            egress: bool,
             name: &'a str,
         },
         Drop {
@@ -156,12 +159,13 @@ pub mod comment {
     pub fn parse(c: &str) -> Option<Parsed<'_>> {
         let (head, rest) = c.split_once(' ')?;
         match head {
-            "allow" => Some(Parsed::Rule {
-                action: Action::Allow,
-                name: rest,
-            }),
-            "deny" => Some(Parsed::Rule {
-                action: Action::Deny,
+            "allow" | "allow-egress" | "deny" | "deny-egress" => Some(Parsed::Rule {
+                action: if head.starts_with("allow") {
+                    Action::Allow
+                } else {
+                    Action::Deny
+                },
+                egress: head.ends_with("-egress"),
                 name: rest,
             }),
             "drop" | "drop-egress" => {
@@ -196,14 +200,17 @@ mod tests {
 
     #[test]
     fn comments_round_trip() {
-        let c = comment::rule(Action::Deny, "block bad guys");
-        assert_eq!(
-            comment::parse(&c),
-            Some(comment::Parsed::Rule {
-                action: Action::Deny,
-                name: "block bad guys"
-            })
-        );
+        for egress in [false, true] {
+            let c = comment::rule(Action::Deny, egress, "block bad guys");
+            assert_eq!(
+                comment::parse(&c),
+                Some(comment::Parsed::Rule {
+                    action: Action::Deny,
+                    egress,
+                    name: "block bad guys"
+                })
+            );
+        }
         let c = comment::drop(true, "rule", "ipv6", "udp", Some("x y"));
         assert_eq!(
             comment::parse(&c),

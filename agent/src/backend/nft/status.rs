@@ -122,8 +122,17 @@ pub fn counters(cur: &Current, order: &[String]) -> Counters {
     let mut drops = Vec::new();
     for c in cur.counters.values() {
         match c.comment.as_deref().and_then(comment::parse) {
-            Some(comment::Parsed::Rule { action, name }) => rules.push(RuleCounter {
+            Some(comment::Parsed::Rule {
+                action,
+                egress,
+                name,
+            }) => rules.push(RuleCounter {
                 rule: name.to_string(),
+                direction: if egress {
+                    Direction::Egress
+                } else {
+                    Direction::Ingress
+                },
                 action,
                 packets: c.packets,
                 bytes: c.bytes,

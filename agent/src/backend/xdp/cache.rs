@@ -28,7 +28,7 @@ use super::image::PortTable;
 use super::maps::KernelGen;
 
 /// Bumped whenever the encoding or [`KernelGen`] changes meaning.
-const FORMAT: u32 = 5;
+const FORMAT: u32 = 6;
 const MAGIC: &[u8; 4] = b"NWXG";
 /// The maps a generation lives in: their kernel ids identify the install.
 const GEN_MAPS: [&str; 6] = [
@@ -368,14 +368,18 @@ impl Enc {
         self.u32(c.nrules);
         self.u32(c.src_nodes);
         self.u32(c.src_classes);
+        self.u32(c.ningress);
+        self.u32(c._reserved);
         self.bits(&c.icmp4);
         self.bits(&c.icmp6);
         self.bits(&c.other);
+        self.bits(&c.egress_host);
+        self.bits(&c.egress_pod);
         self.timeouts(&c.ct);
         for r in &c.rules {
             self.0.extend_from_slice(&r.slot.to_le_bytes());
             self.0.push(r.action);
-            self.0.push(r._pad);
+            self.0.push(r.direction);
         }
     }
 }
@@ -441,9 +445,13 @@ impl<'a> Dec<'a> {
             nrules: self.u32()?,
             src_nodes: self.u32()?,
             src_classes: self.u32()?,
+            ningress: self.u32()?,
+            _reserved: self.u32()?,
             icmp4: self.bits()?,
             icmp6: self.bits()?,
             other: self.bits()?,
+            egress_host: self.bits()?,
+            egress_pod: self.bits()?,
             ct: self.timeouts()?,
             ..GenConfig::EMPTY
         };
@@ -452,7 +460,7 @@ impl<'a> Dec<'a> {
             *r = RuleRef {
                 slot: u16::from_le_bytes([b[0], b[1]]),
                 action: b[2],
-                _pad: b[3],
+                direction: b[3],
             };
         }
         Ok(c)

@@ -14,8 +14,8 @@ use aya::{Ebpf, EbpfLoader};
 use aya_obj::programs::XdpAttachType;
 use nodewall_common::xdp::{
     drop_index, flags, map_names, GenConfig, PassReason, RuleRef, Stat, Switch, ACTION_ALLOW,
-    ACTION_DENY, BENCH_PASS_PROGRAM, DROP_CAUSE_RULE_BASE, LAYOUT_VERSION, TC_EGRESS_PROGRAM,
-    XDP_PROGRAM,
+    ACTION_DENY, BENCH_PASS_PROGRAM, DROP_CAUSE_RULE_BASE, LAYOUT_VERSION, RULE_EGRESS,
+    RULE_INGRESS, TC_EGRESS_PROGRAM, XDP_PROGRAM,
 };
 
 use super::attach::PROGRAM_PINS;
@@ -453,9 +453,12 @@ fn lower(image: &Image, slots: &[u16]) -> KernelGen {
         nrules: image.rules.len() as u32,
         src_nodes: sources.nodes.len() as u32,
         src_classes: sources.classes.len() as u32,
+        ningress: image.ningress as u32,
         icmp4: image.icmp4,
         icmp6: image.icmp6,
         other: image.other,
+        egress_host: image.egress_host,
+        egress_pod: image.egress_pod,
         ct: image.ct,
         ..GenConfig::EMPTY
     };
@@ -468,7 +471,11 @@ fn lower(image: &Image, slots: &[u16]) -> KernelGen {
         config.rules[i] = RuleRef {
             slot,
             action,
-            _pad: 0,
+            direction: if i < image.ningress {
+                RULE_INGRESS
+            } else {
+                RULE_EGRESS
+            },
         };
     }
     KernelGen {

@@ -10,6 +10,10 @@
 //! Bit `i` is rule `i`; the lowest bit of the intersection is the first matching rule.
 //! The prefixes are then expanded into flat tables ([`SourceTables`]) when they fit; the LPM
 //! tries only hold a generation whose sources do not.
+//!
+//! Egress rules follow the inbound ones in the same bit space, their destinations in the same
+//! address tables (see `RuleRef` in `nodewall_common::xdp`): one set of tables, and a policy
+//! that restricts nothing outbound costs nothing more.
 
 use std::collections::BTreeMap;
 
@@ -18,7 +22,7 @@ use nodewall_common::ct::Timeouts;
 use nodewall_common::xdp::{flags, RuleBits, MAX_NAME_LEN, MAX_RULES};
 
 use super::flat::SourceTables;
-use crate::policy::{Action, Mode, Protocol};
+use crate::policy::{Action, Mode, Protocol, Traffic};
 use crate::policy::{AddrSet, Policy, PortSet};
 
 /// A destination-port table: `(first port, rules)` segments, sorted, the first at port 0.
@@ -58,8 +62,14 @@ impl PortTable {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Image {
     pub flags: u32,
-    /// Rule names and actions in evaluation order (bit positions).
+    /// Rule names and actions in evaluation order (bit positions): the inbound rules, then
+    /// the egress rules.
     pub rules: Vec<(String, Action)>,
+    /// How many of `rules` are inbound.
+    pub ningress: usize,
+    /// Egress rules judging what the node sends itself, and what it forwards.
+    pub egress_host: RuleBits,
+    pub egress_pod: RuleBits,
     pub icmp4: RuleBits,
     pub icmp6: RuleBits,
     pub other: RuleBits,
@@ -81,6 +91,9 @@ impl Image {
         Self {
             flags: 0,
             rules: Vec::new(),
+            ningress: 0,
+            egress_host: RuleBits::EMPTY,
+            egress_pod: RuleBits::EMPTY,
             icmp4: RuleBits::EMPTY,
             icmp6: RuleBits::EMPTY,
             other: RuleBits::EMPTY,
@@ -95,17 +108,7 @@ impl Image {
     }
 
     pub fn build(policy: &Policy) -> Result<Self> {
-        if policy.rules.len() > MAX_RULES {
-            bail!(
-                "rules: the policy has {} rules; the xdp backend supports at most {MAX_RULES}",
-                policy.rules.len()
-            );
-        }
-        for (i, rule) in policy.rules.iter().enumerate() {
-            if rule.name.len() > MAX_NAME_LEN {
-                bail!("rules[{i}].name: {} bytes long; the xdp backend keeps names of at most {MAX_NAME_LEN}", rule.name.len());
-            }
-        }
+        let all = positions(policy)?;
         let imp = &policy.implicit;
         let mut flags = 0;
         for (on, bit) in [
@@ -114,40 +117,101 @@ impl Image {
             (imp.neighbour_discovery, flags::NEIGHBOUR_DISCOVERY),
             (imp.dhcp_client, flags::DHCP_CLIENT),
             (policy.mode == Mode::Audit, flags::AUDIT),
+            (!policy.egress.is_open(), flags::EGRESS),
+            (policy.egress.default == Action::Deny, flags::EGRESS_DENY),
         ] {
             if on {
                 flags |= bit;
             }
         }
-        let bits_where = |pred: &dyn Fn(Protocol) -> bool| {
+        let bits_where = |pred: &dyn Fn(&Position) -> bool| {
             let mut bits = RuleBits::EMPTY;
-            for (i, r) in policy.rules.iter().enumerate() {
-                if pred(r.protocol) {
+            for (i, r) in all.iter().enumerate() {
+                if pred(r) {
                     bits.set(i);
                 }
             }
             bits
         };
-        let sources: Vec<&AddrSet> = policy.rules.iter().map(|r| &r.sources).collect();
-        let (src4, src6) = push_down_both(&sources);
+        let addrs: Vec<&AddrSet> = all.iter().map(|r| r.addrs).collect();
+        let (src4, src6) = push_down_both(&addrs);
+        let sends =
+            |t: Traffic| move |r: &Position| r.traffic.is_some_and(|x| x == Traffic::Any || x == t);
         Ok(Self {
             flags,
-            rules: policy
-                .rules
-                .iter()
-                .map(|r| (r.name.clone(), r.action))
-                .collect(),
-            icmp4: bits_where(&|p| matches!(p, Protocol::Icmp | Protocol::All)),
-            icmp6: bits_where(&|p| matches!(p, Protocol::Icmpv6 | Protocol::All)),
-            other: bits_where(&|p| p == Protocol::All),
+            rules: all.iter().map(|r| (r.name.to_string(), r.action)).collect(),
+            ningress: policy.rules.len(),
+            egress_host: bits_where(&sends(Traffic::Host)),
+            egress_pod: bits_where(&sends(Traffic::Pod)),
+            icmp4: bits_where(&|r| matches!(r.protocol, Protocol::Icmp | Protocol::All)),
+            icmp6: bits_where(&|r| matches!(r.protocol, Protocol::Icmpv6 | Protocol::All)),
+            other: bits_where(&|r| r.protocol == Protocol::All),
             sources: SourceTables::build(&src4, &src6)?,
             src4,
             src6,
-            tcp: port_table(policy, Protocol::Tcp),
-            udp: port_table(policy, Protocol::Udp),
+            tcp: port_table(&all, Protocol::Tcp),
+            udp: port_table(&all, Protocol::Udp),
             ct: Timeouts::DEFAULT,
         })
     }
+}
+
+/// A rule at its bit position, whichever its direction.
+struct Position<'a> {
+    name: &'a str,
+    action: Action,
+    protocol: Protocol,
+    ports: &'a PortSet,
+    /// Sources of an inbound rule, destinations of an egress one.
+    addrs: &'a AddrSet,
+    /// The senders an egress rule judges; `None` for an inbound rule.
+    traffic: Option<Traffic>,
+}
+
+/// The policy's rules in bit order: inbound, then egress. Refuses what the XDP backend
+/// cannot hold or enforce exactly, before anything is touched.
+fn positions(policy: &Policy) -> Result<Vec<Position<'_>>> {
+    let egress = &policy.egress.rules;
+    let total = policy.rules.len() + egress.len();
+    if total > MAX_RULES {
+        bail!(
+            "rules: the policy has {total} rules ({} inbound, {} egress; failsafe, profile and metadata entries included); the xdp backend supports at most {MAX_RULES}",
+            policy.rules.len(),
+            egress.len()
+        );
+    }
+    for (i, rule) in policy.rules.iter().enumerate() {
+        if rule.name.len() > MAX_NAME_LEN {
+            bail!("rules[{i}].name: {} bytes long; the xdp backend keeps names of at most {MAX_NAME_LEN}", rule.name.len());
+        }
+    }
+    for rule in egress {
+        if rule.name.len() > MAX_NAME_LEN {
+            bail!("egress rule {:?}: {} bytes long; the xdp backend keeps names of at most {MAX_NAME_LEN}", rule.name, rule.name.len());
+        }
+        if rule.pod_sources.is_some() {
+            bail!(
+                "egress.metadata.except: backend xdp cannot tell pods apart by their own addresses (its egress hook sees forwarded packets after SNAT); refused rather than applied to the wrong pods: use backend nft"
+            );
+        }
+    }
+    let inbound = policy.rules.iter().map(|r| Position {
+        name: &r.name,
+        action: r.action,
+        protocol: r.protocol,
+        ports: &r.ports,
+        addrs: &r.sources,
+        traffic: None,
+    });
+    let outbound = egress.iter().map(|r| Position {
+        name: &r.name,
+        action: r.action,
+        protocol: r.protocol,
+        ports: &r.ports,
+        addrs: &r.destinations,
+        traffic: Some(r.traffic),
+    });
+    Ok(inbound.chain(outbound).collect())
 }
 
 /// [`push_down`] for both families: (IPv4, IPv6) prefixes -> rules containing them.
@@ -238,10 +302,10 @@ fn host_mask(len: u8, bits: u8) -> u128 {
 
 /// Rules matching a packet of `proto` by destination port: that protocol's rules whose port
 /// set holds the port, and every `all` rule.
-fn port_table(policy: &Policy, proto: Protocol) -> PortTable {
+fn port_table(rules: &[Position], proto: Protocol) -> PortTable {
     let applies = |p: Protocol| p == proto || p == Protocol::All;
     let mut starts = vec![0u32];
-    for r in policy.rules.iter().filter(|r| r.protocol == proto) {
+    for r in rules.iter().filter(|r| r.protocol == proto) {
         for range in r.ports.ranges() {
             starts.push(range.start as u32);
             starts.push(range.end as u32 + 1);
@@ -253,8 +317,8 @@ fn port_table(policy: &Policy, proto: Protocol) -> PortTable {
     for s in starts.into_iter().filter(|&s| s <= u16::MAX as u32) {
         let port = s as u16;
         let mut bits = RuleBits::EMPTY;
-        for (i, r) in policy.rules.iter().enumerate() {
-            if applies(r.protocol) && ports_of(r.protocol, &r.ports).contains(port) {
+        for (i, r) in rules.iter().enumerate() {
+            if applies(r.protocol) && ports_of(r.protocol, r.ports).contains(port) {
                 bits.set(i);
             }
         }

@@ -1,6 +1,7 @@
 //! XDP backend: the policy compiled into BPF maps read by an XDP program on each uplink, plus
 //! a TC egress program that tracks the node's outbound packets so return traffic of live
-//! flows passes (connection tracking of its own: `ebpf/src/flow.rs`).
+//! flows passes (connection tracking of its own: `ebpf/src/flow.rs`) and judges the new flows
+//! they open by the egress rules (`ebpf/src/egress.rs`).
 //!
 //! - `image`: policy -> map content (pure); `maps`: typed maps, generation diff writes;
 //! - `conntrack`: the flow timeouts, from the namespace's conntrack sysctls;
@@ -139,12 +140,7 @@ impl Backend for XdpBackend {
 
     fn apply(&mut self, policy: &Policy) -> Result<ApplyReport> {
         let started = Instant::now();
-        // Everything that can be refused is checked before the kernel is touched.
-        if let Some(field) = policy.egress.deciding_field() {
-            anyhow::bail!(
-                "backend xdp does not enforce egress ({field}): refused rather than applied to the wrong traffic; use backend nft (or auto, which picks nft when egress is configured)"
-            );
-        }
+        // Everything that can be refused is, by `Image::build`, before the kernel is touched.
         let mut image = Image::build(policy)?;
         image.ct = conntrack::timeouts();
         let wanted = Self::interfaces(policy)?;
@@ -281,12 +277,12 @@ impl Backend for XdpBackend {
         if !self.pin_dir().join(map_names::SWITCH).exists() || !l.dp.kernel_matches()? {
             return Ok(false);
         }
-        if !l
-            .dp
-            .rule_names()
+        let names = policy
+            .rules
             .iter()
-            .eq(policy.rules.iter().map(|r| &r.name))
-        {
+            .map(|r| &r.name)
+            .chain(policy.egress.rules.iter().map(|r| &r.name));
+        if !l.dp.rule_names().iter().eq(names) {
             return Ok(false);
         }
         let links = self.links();

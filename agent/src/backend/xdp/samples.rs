@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use aya::maps::{Array, Map, MapData, MapInfo, RingBuf};
 use nodewall_common::xdp::{
-    map_names, DropSample, SlotName, DROP_CAUSE_DEFAULT, DROP_CAUSE_INVALID, DROP_CAUSE_RULE_BASE,
-    FAMILY_IPV4, MAX_NAME_LEN, SAMPLE_AUDIT,
+    map_names, DropSample, SlotName, DROP_CAUSE_DEFAULT, DROP_CAUSE_EGRESS_DEFAULT,
+    DROP_CAUSE_EGRESS_INVALID, DROP_CAUSE_INVALID, DROP_CAUSE_RULE_BASE, FAMILY_IPV4, MAX_NAME_LEN,
+    SAMPLE_AUDIT, SAMPLE_EGRESS,
 };
 use nodewall_common::DropReason;
 
@@ -107,8 +108,8 @@ pub fn event(s: &DropSample, rule: String) -> DropEvent {
         (n, _) => (n.to_string(), false),
     };
     let reason = match s.cause {
-        DROP_CAUSE_DEFAULT => DropReason::DefaultDeny,
-        DROP_CAUSE_INVALID => DropReason::Invalid,
+        DROP_CAUSE_DEFAULT | DROP_CAUSE_EGRESS_DEFAULT => DropReason::DefaultDeny,
+        DROP_CAUSE_INVALID | DROP_CAUSE_EGRESS_INVALID => DropReason::Invalid,
         _ => DropReason::Rule,
     };
     DropEvent {
@@ -120,7 +121,11 @@ pub fn event(s: &DropSample, rule: String) -> DropEvent {
         reason: reason.as_str().to_string(),
         rule,
         ifindex: (s.ifindex != 0).then_some(s.ifindex),
-        direction: Direction::Ingress,
+        direction: if s.flags & SAMPLE_EGRESS != 0 {
+            Direction::Egress
+        } else {
+            Direction::Ingress
+        },
         audit: s.flags & SAMPLE_AUDIT != 0,
     }
 }

@@ -142,7 +142,7 @@ impl Builder {
         let id = names::ident(&rule.name);
         let counter = self.counter(
             names::rule_counter(&id),
-            names::comment::rule(rule.action, &rule.name),
+            names::comment::rule(rule.action, true, &rule.name),
         );
         let verdict = match rule.action {
             Action::Allow => Verdict::Accept,

@@ -345,7 +345,7 @@ impl Builder {
         let id = names::ident(&rule.name);
         let counter = self.counter(
             names::rule_counter(&id),
-            comment::rule(rule.action, &rule.name),
+            comment::rule(rule.action, false, &rule.name),
         );
         let verdict = match rule.action {
             Action::Allow => Verdict::Accept,
