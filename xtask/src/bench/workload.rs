@@ -33,6 +33,21 @@ pub struct Cidr {
     pub prefix: u8,
 }
 
+impl Cidr {
+    /// The first host: the network address + 1 when the prefix holds more than one address
+    /// (the one address xdp-filter, which matches exact addresses only, gets for the CIDR).
+    pub fn first_host(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(
+                u32::from(a) + 1.min((1u32 << (32 - self.prefix)) - 1),
+            )),
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(
+                u128::from(a) + 1.min(u128::MAX >> self.prefix),
+            )),
+        }
+    }
+}
+
 impl std::fmt::Display for Cidr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
@@ -146,12 +161,7 @@ impl Workload {
             .rev()
             .find(|c| c.addr.is_ipv4() == (family == Family::V4))
             .expect("the last rule holds both families");
-        match c.addr {
-            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(
-                u32::from(a) + 1.min((1u32 << (32 - c.prefix)) - 1),
-            )),
-            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) + 1)),
-        }
+        c.first_host()
     }
 
     pub fn denied_src(family: Family) -> IpAddr {
