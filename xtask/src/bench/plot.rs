@@ -8,7 +8,7 @@ use plotters::prelude::*;
 use plotters::style::FontStyle;
 
 use super::apply::{self, Method};
-use super::classifier::Cell;
+use super::classifier::{Cell, Shape};
 use super::report::Section;
 use super::throughput::{self, Filter};
 use super::workload::Family;
@@ -212,7 +212,12 @@ fn classifier_lines(cells: &[Cell]) -> Vec<Line> {
         for allowed in [true, false] {
             let pts = cells
                 .iter()
-                .filter(|c| c.rules == rules && c.family == family && c.allowed == allowed)
+                .filter(|c| {
+                    c.shape == Shape::Mixed
+                        && c.rules == rules
+                        && c.family == family
+                        && c.allowed == allowed
+                })
                 .map(|c| (c.cidrs as f64, c.nodewall_ns))
                 .collect();
             let kind = if allowed { "allowed" } else { "dropped" };
@@ -224,7 +229,10 @@ fn classifier_lines(cells: &[Cell]) -> Vec<Line> {
     }
     // The peer's worst cell per size: xdp-filter's path is longest for a dropped packet.
     let mut peer: Vec<(f64, f64)> = Vec::new();
-    for c in cells.iter().filter(|c| c.rules == rules) {
+    for c in cells
+        .iter()
+        .filter(|c| c.shape == Shape::Mixed && c.rules == rules)
+    {
         let Some(ns) = c.xdp_filter_ns else { continue };
         match peer.iter_mut().find(|p| p.0 == c.cidrs as f64) {
             Some(p) => p.1 = p.1.max(ns),
@@ -237,7 +245,9 @@ fn classifier_lines(cells: &[Cell]) -> Vec<Line> {
     ));
     let bare = cells
         .iter()
-        .filter(|c| c.rules == rules && c.family == Family::V4 && c.allowed)
+        .filter(|c| {
+            c.shape == Shape::Mixed && c.rules == rules && c.family == Family::V4 && c.allowed
+        })
         .map(|c| (c.cidrs as f64, c.bare_ns))
         .collect();
     lines.push(("bare XDP_PASS".into(), bare));
