@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use super::netns::Pair;
 use super::nodewall::Backend;
-use super::peers;
-use super::report::{count, ms, opt_ratio, Section, Table};
+use super::peers::{self, Xtables};
+use super::report::{count, ms, opt_ratio, Section, Table, INFO};
 use super::workload::Workload;
 use super::Ctx;
 
@@ -16,8 +16,12 @@ pub enum Method {
     /// nodewall re-applying a policy that differs from the installed one by one CIDR.
     Incremental(Backend),
     NftF,
-    IptablesIpset,
+    /// `nft -f` of the hand-written table with one concatenated `saddr . dport` set per family.
+    NftConcat,
+    IptablesIpset(Xtables),
     IptablesLinear,
+    /// `xdp-filter load` plus one `bpftool batch` of its addresses.
+    XdpFilter,
 }
 
 impl Method {
@@ -26,8 +30,15 @@ impl Method {
             Method::Nodewall(b) => format!("{} apply", b.label()),
             Method::Incremental(b) => format!("{} re-apply, 1 CIDR changed", b.label()),
             Method::NftF => "`nft -f` of the rendered script".into(),
-            Method::IptablesIpset => "`ipset restore` + `ip(6)tables-restore`".into(),
-            Method::IptablesLinear => "`ip(6)tables-restore`, 1 rule per CIDR".into(),
+            Method::NftConcat => "`nft -f`, hand-written concatenated set".into(),
+            Method::IptablesIpset(xt) => {
+                format!("`ipset restore` + `{}-restore` (both families)", xt.name())
+            }
+            Method::XdpFilter => "`xdp-filter load` + `bpftool batch` of its addresses".into(),
+            Method::IptablesLinear => format!(
+                "`{}-restore` (both families), 1 rule per CIDR",
+                LINEAR.name()
+            ),
         }
     }
 }
@@ -38,6 +49,9 @@ pub struct Row {
     pub wall: Duration,
     pub reported: Option<Duration>,
 }
+
+/// The iptables the linear peer is loaded with (Debian's default `iptables`).
+const LINEAR: Xtables = Xtables::Nft;
 
 /// Rules in every apply policy.
 const RULES: usize = 8;
@@ -64,8 +78,14 @@ fn once(ctx: &Ctx, method: Method, w: &Workload) -> anyhow::Result<(Duration, Op
             let script = ctx.nw.render_script(&cfg)?;
             Ok((peers::load_nft(&pair.node, &script)?, None))
         }
-        Method::IptablesIpset => Ok((peers::load_ipset(&pair.node, w)?, None)),
-        Method::IptablesLinear => Ok((peers::load_linear(&pair.node, w)?, None)),
+        Method::NftConcat => Ok((peers::load_nft(&pair.node, &peers::nft_concat(w))?, None)),
+        Method::IptablesIpset(xt) => Ok((peers::load_ipset(&pair.node, w, xt)?, None)),
+        Method::IptablesLinear => Ok((peers::load_linear(&pair.node, w, LINEAR)?, None)),
+        Method::XdpFilter => {
+            let took = peers::load_xdp_filter(&pair.node, w)?.took;
+            peers::unload_xdp_filter(&pair.node);
+            Ok((took, None))
+        }
     }
 }
 
@@ -76,8 +96,10 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Row>)> {
          IPv6) into an empty network namespace, each command run as a user would run it (process start, \
          parsing and kernel round trips included). nodewall's own figure from `apply --json` (the kernel \
          part) is shown beside it. The peers load the same policy: `nft -f` of the script \
-         `nodewall render` prints, iptables with one ipset per rule and family, and linear iptables with \
-         one rule per CIDR. Incremental: the policy is applied, then applied again with one CIDR \
+         `nodewall render` prints, `nft -f` of a hand-written table with one concatenated `saddr . dport` \
+         interval set per family (section 2 describes it), iptables-legacy and iptables-nft with one \
+         ipset hash:net per rule and family, linear iptables-nft with one rule per CIDR, and xdp-filter \
+         (one address per CIDR, as section 1 describes; up to its 10,000 addresses per family). Incremental: the policy is applied, then applied again with one CIDR \
          replaced; only the second apply is timed. Best of several runs (one at 100k).",
     );
     let sizes: &[usize] = if ctx.quick {
@@ -105,7 +127,13 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Row>)> {
             ));
         }
     }
-    methods.extend([Method::IptablesIpset, Method::IptablesLinear]);
+    methods.extend([
+        Method::NftConcat,
+        Method::IptablesIpset(Xtables::Legacy),
+        Method::IptablesIpset(Xtables::Nft),
+        Method::IptablesLinear,
+        Method::XdpFilter,
+    ]);
     let mut rows = Vec::new();
     'all: for &cidrs in sizes {
         let w = Workload::mixed(RULES, cidrs);
@@ -150,7 +178,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Row>)> {
     let baseline = if ctx.nw.render {
         Method::NftF
     } else {
-        Method::IptablesIpset
+        Method::IptablesIpset(Xtables::Legacy)
     };
     let wall = |m: Method, c: usize| {
         rows.iter()
@@ -192,6 +220,22 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Row>)> {
             .map(|(a, b)| a / b),
         "≤ 0.5×",
         |r| r <= 0.5,
+    );
+    sec.headline(
+        &format!(
+            "nodewall-nft apply vs `nft -f` of the hand-written concatenated-set table, {} CIDRs",
+            count(big)
+        ),
+        wall(Method::Nodewall(nft), big)
+            .zip(wall(Method::NftConcat, big))
+            .map(|(a, b)| a / b),
+        INFO,
+        |_| true,
+    );
+    sec.not_measured(
+        "apply of 1,000,000 source prefixes, nodewall-nft and nodewall-xdp vs `nft -f` of the rendered script",
+        "≤ 0.5× (both backends take 1M)",
+        "the bench's policies stop at 100k CIDRs",
     );
     // The backend's own time when it reports one: process start and YAML parsing are the same
     // for both applies and are shown in the table.

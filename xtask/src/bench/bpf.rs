@@ -109,17 +109,23 @@ pub fn prog_fd_by_id(id: u32) -> anyhow::Result<OwnedFd> {
 /// `object`: it parses the headers as nodewall's classifier does, then passes.
 pub fn load_bench_parse(object: &std::path::Path) -> anyhow::Result<OwnedFd> {
     use anyhow::Context;
-    use std::os::fd::AsFd;
     const NAME: &str = "nodewall_bench_parse";
+    load_bench(object, NAME)?.with_context(|| format!("{} has no program {NAME}", object.display()))
+}
+
+/// Loads the XDP program `name` of the object at `object`, if the object has one.
+pub fn load_bench(object: &std::path::Path, name: &str) -> anyhow::Result<Option<OwnedFd>> {
+    use anyhow::Context;
+    use std::os::fd::AsFd;
     let mut ebpf = aya::Ebpf::load_file(object)
         .with_context(|| format!("loading the XDP object {}", object.display()))?;
-    let prog: &mut aya::programs::Xdp = ebpf
-        .program_mut(NAME)
-        .with_context(|| format!("{} has no program {NAME}", object.display()))?
-        .try_into()?;
-    prog.load().with_context(|| format!("loading {NAME}"))?;
+    let Some(prog) = ebpf.program_mut(name) else {
+        return Ok(None);
+    };
+    let prog: &mut aya::programs::Xdp = prog.try_into()?;
+    prog.load().with_context(|| format!("loading {name}"))?;
     // The clone keeps the program loaded once `ebpf` (and its maps) are dropped.
-    Ok(prog.fd()?.as_fd().try_clone_to_owned()?)
+    Ok(Some(prog.fd()?.as_fd().try_clone_to_owned()?))
 }
 
 /// `struct xdp_md` as test-run input: the frame spans the whole buffer and arrived on `ifindex`

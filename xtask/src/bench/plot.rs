@@ -8,7 +8,7 @@ use plotters::prelude::*;
 use plotters::style::FontStyle;
 
 use super::apply::{self, Method};
-use super::classifier::Cell;
+use super::classifier::{Cell, Shape};
 use super::report::Section;
 use super::throughput::{self, Filter};
 use super::workload::Family;
@@ -26,14 +26,18 @@ pub struct Series {
 /// One line: a label and (CIDRs, value) points.
 type Line = (String, Vec<(f64, f64)>);
 
-const COLORS: [RGBColor; 7] = [
+/// Ten distinct colours (matplotlib's tab10): section 2 draws eight filters and two references.
+const COLORS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
     RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 
 fn register_font() -> anyhow::Result<()> {
@@ -208,7 +212,12 @@ fn classifier_lines(cells: &[Cell]) -> Vec<Line> {
         for allowed in [true, false] {
             let pts = cells
                 .iter()
-                .filter(|c| c.rules == rules && c.family == family && c.allowed == allowed)
+                .filter(|c| {
+                    c.shape == Shape::Mixed
+                        && c.rules == rules
+                        && c.family == family
+                        && c.allowed == allowed
+                })
                 .map(|c| (c.cidrs as f64, c.nodewall_ns))
                 .collect();
             let kind = if allowed { "allowed" } else { "dropped" };
@@ -218,9 +227,27 @@ fn classifier_lines(cells: &[Cell]) -> Vec<Line> {
             ));
         }
     }
+    // The peer's worst cell per size: xdp-filter's path is longest for a dropped packet.
+    let mut peer: Vec<(f64, f64)> = Vec::new();
+    for c in cells
+        .iter()
+        .filter(|c| c.shape == Shape::Mixed && c.rules == rules)
+    {
+        let Some(ns) = c.xdp_filter_ns else { continue };
+        match peer.iter_mut().find(|p| p.0 == c.cidrs as f64) {
+            Some(p) => p.1 = p.1.max(ns),
+            None => peer.push((c.cidrs as f64, ns)),
+        }
+    }
+    lines.push((
+        format!("xdp-filter, {rules} rules, worst of v4/v6 allowed/dropped"),
+        peer,
+    ));
     let bare = cells
         .iter()
-        .filter(|c| c.rules == rules && c.family == Family::V4 && c.allowed)
+        .filter(|c| {
+            c.shape == Shape::Mixed && c.rules == rules && c.family == Family::V4 && c.allowed
+        })
         .map(|c| (c.cidrs as f64, c.bare_ns))
         .collect();
     lines.push(("bare XDP_PASS".into(), bare));

@@ -115,6 +115,17 @@ impl Section {
         self.headlines.last_mut().expect("just pushed").shown = Some(shown);
     }
 
+    /// A target this run does not measure: the page says "not measured" and why.
+    pub fn not_measured(&mut self, what: &str, target: &str, why: &str) {
+        self.headline_shown(
+            &format!("{what} ({why})"),
+            None,
+            "not measured".into(),
+            target,
+            |_| false,
+        );
+    }
+
     pub fn missing(&mut self, what: impl Into<String>) {
         // Paths relative to the repository, as a reader of the page would type them.
         let root = format!("{}/", crate::shell::root().display());
@@ -237,9 +248,9 @@ impl Page {
         let _ = write!(
             s,
             "\n## How to reproduce\n\nAs root on a Debian/Ubuntu machine with Rust, from the repository root:\n\n\
-             ```sh\n{}\n```\n\n`--quick` is a < 2 minute smoke run (fewer sizes and repetitions); \
+             ```sh\n{}\n```\n\n`--quick` is a < 3 minute smoke run (fewer sizes and repetitions); \
              `--only 1,3` runs some sections; `--out FILE` writes the page elsewhere. The run installs the \
-             Debian packages it needs (iptables, ipset, ethtool, fonts-dejavu-core) if missing, \
+             Debian packages it needs (iptables, ipset, xdp-tools, ethtool, fonts-dejavu-core) if missing, \
              builds nodewall with `--release`, and keeps every section inside its own time box.\n",
             self.command
         );

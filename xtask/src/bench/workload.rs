@@ -33,6 +33,21 @@ pub struct Cidr {
     pub prefix: u8,
 }
 
+impl Cidr {
+    /// The first host: the network address + 1 when the prefix holds more than one address
+    /// (the one address xdp-filter, which matches exact addresses only, gets for the CIDR).
+    pub fn first_host(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(
+                u32::from(a) + 1.min((1u32 << (32 - self.prefix)) - 1),
+            )),
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(
+                u128::from(a) + 1.min(u128::MAX >> self.prefix),
+            )),
+        }
+    }
+}
+
 impl std::fmt::Display for Cidr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
@@ -64,6 +79,22 @@ pub fn v6_cidrs(n: usize) -> Vec<Cidr> {
         .collect()
 }
 
+/// `n` distinct /64s scattered over fd00::/8: the 56 bits after `fd` are `i + 1` times an odd
+/// constant (a bijection modulo 2^56), so consecutive prefixes share no byte beyond the first
+/// and each needs its own path through a byte-stride trie.
+pub fn scattered_v6(n: usize) -> Vec<Cidr> {
+    const MASK: u128 = (1 << 56) - 1;
+    (0..n as u128)
+        .map(|i| {
+            let bits = ((i + 1) * 0x9E37_79B9_7F4A_7C15) & MASK;
+            Cidr {
+                addr: IpAddr::V6(Ipv6Addr::from((0xfdu128 << 120) | (bits << 64))),
+                prefix: 64,
+            }
+        })
+        .collect()
+}
+
 fn prev_pow2(x: u32) -> u32 {
     1 << (31 - x.leading_zeros())
 }
@@ -86,6 +117,17 @@ impl Workload {
         let (v4, v6) = (v4_cidrs(pairs), v6_cidrs(pairs));
         let groups: Vec<Vec<Cidr>> = v4.into_iter().zip(v6).map(|(a, b)| vec![a, b]).collect();
         Self::spread(rules, groups, pairs * 2)
+    }
+
+    /// `n` scattered IPv6 /64s ([`scattered_v6`]) spread over the rules, plus one IPv4 CIDR per
+    /// rule so that every rule, the last included, holds both families.
+    pub fn scattered_v6(rules: usize, n: usize) -> Self {
+        let groups = v4_cidrs(rules)
+            .into_iter()
+            .chain(scattered_v6(n))
+            .map(|c| vec![c])
+            .collect();
+        Self::spread(rules, groups, rules + n)
     }
 
     /// `cidrs` IPv4 CIDRs (the throughput runs send IPv4 only, so every CIDR is on their path).
@@ -146,12 +188,7 @@ impl Workload {
             .rev()
             .find(|c| c.addr.is_ipv4() == (family == Family::V4))
             .expect("the last rule holds both families");
-        match c.addr {
-            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(
-                u32::from(a) + 1.min((1u32 << (32 - c.prefix)) - 1),
-            )),
-            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) + 1)),
-        }
+        c.first_host()
     }
 
     pub fn denied_src(family: Family) -> IpAddr {
@@ -332,6 +369,24 @@ mod tests {
             .per_rule
             .iter()
             .all(|r| r.iter().any(|c| c.addr.is_ipv4()) && r.iter().any(|c| c.addr.is_ipv6())));
+    }
+
+    #[test]
+    fn scattered_prefixes_are_distinct_and_miss_the_fixed_addresses() {
+        let v = scattered_v6(5000);
+        let distinct: std::collections::BTreeSet<_> = v.iter().map(|c| c.addr).collect();
+        assert_eq!(distinct.len(), 5000);
+        let node: IpAddr = "fd00:b::2".parse().unwrap();
+        for a in [IpAddr::V6(DENIED_V6), node] {
+            assert!(!v.iter().any(|c| contains(c, a)), "{a}");
+        }
+        let w = Workload::scattered_v6(64, 5000);
+        assert_eq!(w.distinct, 5064);
+        let src = w.allowed_src(Family::V6);
+        let holders: Vec<usize> = (0..64)
+            .filter(|&i| w.per_rule[i].iter().any(|c| contains(c, src)))
+            .collect();
+        assert_eq!(holders, vec![63]);
     }
 
     #[test]
