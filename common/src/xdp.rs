@@ -491,7 +491,7 @@ pub const SAMPLE_CLOCK_EVERY: u32 = 16;
 
 /// The LPM tries (prefix -> class id, the fallback of the flat tables) allocate on insert, so
 /// their size is only a ceiling.
-pub const SRC_TRIE_ENTRIES: u32 = 1 << 18;
+pub const SRC_TRIE_ENTRIES: u32 = 1 << 22;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -176,6 +176,32 @@ pub fn nodewall_bench_parse(ctx: XdpContext) -> u32 {
     }
 }
 
+/// The floor of the classifier benchmark (issue 17): what any classifier of this design pays
+/// for a packet with no state to consult: the same parse, one direct array load by the source
+/// (its root entry in the flat tables) and one by the destination port, and a counter.
+#[xdp]
+pub fn nodewall_bench_floor(ctx: XdpContext) -> u32 {
+    let p = parse_pkt(&Frame::whole(ctx.data(), ctx.data_end()));
+    let Some(sw) = NW_SWITCH.get(0) else {
+        return XDP_PASS;
+    };
+    let gen = sw.active & 1;
+    let (Some(tables), Some(by_port)) = (
+        rules::NW_SOURCES.get(gen),
+        rules::NW_PORTS.get(port_index(gen, PORT_PROTO_UDP, p.dport)),
+    ) else {
+        return XDP_PASS;
+    };
+    let top = ((p.src[0] as usize) << 8) | p.src[1] as usize;
+    let class = tables.roots[(p.family & 1) as usize][top];
+    let by_src = &tables.classes[(class as u32 & (SRC_CLASSES_PER_GEN - 1)) as usize];
+    bump(&NW_PASS_STATS, 0, p.len);
+    match by_src.first_common(by_port) {
+        Some(_) => XDP_PASS,
+        None => XDP_DROP,
+    }
+}
+
 /// Headers the egress program needs in the linear part of the skb.
 const EGRESS_PULL: u32 = 128;
 

@@ -18,9 +18,9 @@ static NW_SRC4: LpmTrie<Src4Key, u32> = LpmTrie::with_max_entries(SRC_TRIE_ENTRI
 #[map]
 static NW_SRC6: LpmTrie<Src6Key, u32> = LpmTrie::with_max_entries(SRC_TRIE_ENTRIES, 0);
 #[map]
-static NW_SOURCES: Array<SrcTables> = Array::with_max_entries(GENERATIONS, BPF_F_MMAPABLE);
+pub static NW_SOURCES: Array<SrcTables> = Array::with_max_entries(GENERATIONS, BPF_F_MMAPABLE);
 #[map]
-static NW_PORTS: Array<RuleBits> = Array::with_max_entries(PORT_TABLE_ENTRIES, 0);
+pub static NW_PORTS: Array<RuleBits> = Array::with_max_entries(PORT_TABLE_ENTRIES, 0);
 
 /// [`first_match`]'s answer when no rule matches.
 pub const NO_RULE: u32 = u32::MAX;

@@ -533,7 +533,12 @@ fn invalid_egress_refused(backend: Backend) -> anyhow::Result<()> {
     let mut config = Config::new(Backend::Nft, None);
     config.egress = Some(except.into());
     let file = config.write()?;
-    let out = try_apply(node, &file, &["--backend", "xdp"], Backend::XdpGeneric.env())?;
+    let out = try_apply(
+        node,
+        &file,
+        &["--backend", "xdp"],
+        Backend::XdpGeneric.env(),
+    )?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(
         !out.status.success()

@@ -24,6 +24,9 @@ pub enum Shape {
 
 /// Scattered IPv6 /64s in the scattered policy (the issue's figure).
 const SCATTERED: usize = 5_000;
+/// The issue's scale target: a million source prefixes (full runs only), scattered IPv6 /64s
+/// (IPv4 test space holds far fewer distinct prefixes).
+const MILLION: usize = 1_000_000;
 
 /// One measured cell.
 pub struct Cell {
@@ -216,7 +219,8 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
     let plan = rules_list
         .iter()
         .flat_map(|&r| cidr_list.iter().map(move |&c| (r, c, Shape::Mixed)))
-        .chain([(big_rules, SCATTERED, Shape::ScatteredV6)]);
+        .chain([(big_rules, SCATTERED, Shape::ScatteredV6)])
+        .chain((!ctx.quick).then_some((big_rules, MILLION, Shape::ScatteredV6)));
     for (rules, cidrs, shape) in plan {
         if !ctx.nw.has(backend) {
             break;
@@ -411,32 +415,40 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
         INFO,
         |_| true,
     );
-    // Each scattered IPv6 cell against the same packet at the smallest mixed policy.
-    let scattered = cells
+    // Each scattered IPv6 size against the same packet at the smallest mixed policy.
+    let mut sizes: Vec<usize> = cells
         .iter()
-        .filter(|c| c.shape == Shape::ScatteredV6 && c.family == Family::V6)
-        .filter_map(|c| {
-            cells
-                .iter()
-                .find(|o| {
-                    o.shape == Shape::Mixed
-                        && o.rules == c.rules
-                        && o.cidrs == small
-                        && o.family == c.family
-                        && o.allowed == c.allowed
-                })
-                .map(|o| c.nodewall_ns / o.nodewall_ns)
-        })
-        .reduce(f64::max);
-    sec.headline(
-        &format!(
-            "XDP classifier at {} scattered IPv6 /64s vs its own {small}-CIDR cost ({big_rules} rules, worst of IPv6 allowed/dropped)",
-            count(SCATTERED)
-        ),
-        scattered,
-        "≤ 1.1×",
-        |r| r <= 1.1,
-    );
+        .filter(|c| c.shape == Shape::ScatteredV6)
+        .map(|c| c.cidrs)
+        .collect();
+    sizes.dedup();
+    for size in sizes {
+        let scattered = cells
+            .iter()
+            .filter(|c| c.shape == Shape::ScatteredV6 && c.family == Family::V6 && c.cidrs == size)
+            .filter_map(|c| {
+                cells
+                    .iter()
+                    .find(|o| {
+                        o.shape == Shape::Mixed
+                            && o.rules == c.rules
+                            && o.cidrs == small
+                            && o.family == c.family
+                            && o.allowed == c.allowed
+                    })
+                    .map(|o| c.nodewall_ns / o.nodewall_ns)
+            })
+            .reduce(f64::max);
+        sec.headline(
+            &format!(
+                "XDP classifier at {} scattered IPv6 /64s vs its own {small}-CIDR cost ({big_rules} rules, worst of IPv6 allowed/dropped)",
+                count(size)
+            ),
+            scattered,
+            "≤ 1.1×",
+            |r| r <= 1.1,
+        );
+    }
     let floor = worst_vs(|c| c.floor_ns);
     let what = format!(
         "XDP classifier vs the array-lookup floor (parse + two direct array lookups + a counter, \
@@ -460,20 +472,9 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
 
 /// The issue's XDP targets that this section does not measure yet, stated so the page says so.
 fn issue_targets(sec: &mut Section) {
-    for (what, why) in [
-        (
-            "100k scattered IPv4 /32s",
-            "the bench's IPv4 range, 198.18.0.0/15, holds at most 65,536 non-adjacent /32s",
-        ),
-        (
-            "1,000,000 source prefixes",
-            "the bench's policies stop at 100k CIDRs",
-        ),
-    ] {
-        sec.not_measured(
-            &format!("XDP classifier at {what} vs its own 10-CIDR cost"),
-            "≤ 1.1×",
-            why,
-        );
-    }
+    sec.not_measured(
+        "XDP classifier at 100k scattered IPv4 /32s vs its own 10-CIDR cost",
+        "≤ 1.1×",
+        "the bench's IPv4 range, 198.18.0.0/15, holds at most 65,536 non-adjacent /32s",
+    );
 }

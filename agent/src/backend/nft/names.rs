@@ -14,6 +14,10 @@ pub const BASE_CHAIN: &str = "prerouting";
 pub const PRIORITY: i32 = -150;
 /// Where the policy lives; the base chain jumps here for packets from an uplink.
 pub const INBOUND_CHAIN: &str = "inbound";
+/// The inbound rules about packets conntrack already knows (invalid, established, related),
+/// which [`INBOUND_CHAIN`] jumps to with one test of the state: a new packet, what the rules
+/// decide and what floods are made of, skips them all.
+pub const TRACKED_CHAIN: &str = "inbound.tracked";
 pub const UPLINKS_SET: &str = "uplinks";
 pub const TABLE_COMMENT: &str = "managed by nodewall: change it with nodewall apply/flush";
 /// Prefix of the comment of a base chain rule that matches an interface name pattern (`eth*`).

@@ -128,6 +128,7 @@ pub fn rule_text(r: &RuleDef) -> String {
         Verdict::Accept => "accept".into(),
         Verdict::Drop => "drop".into(),
         Verdict::Goto(c) => format!("goto {c}"),
+        Verdict::Jump(c) => format!("jump {c}"),
     }));
     if let Some(c) = &r.comment {
         parts.push(format!("comment \"{}\"", quote(c)));
@@ -180,13 +181,22 @@ fn match_text(m: &Match) -> String {
     }
 }
 
-fn ct_state_name(bit: u32) -> &'static str {
-    match bit {
-        CT_INVALID => "invalid",
-        CT_ESTABLISHED => "established",
-        CT_RELATED => "related",
-        _ => unreachable!("plan only uses invalid, established and related"),
-    }
+/// `invalid`, `established`, `related`, or several of them (a mask) as nft lists them.
+fn ct_state_name(mask: u32) -> String {
+    let names: Vec<&str> = [
+        (CT_INVALID, "invalid"),
+        (CT_ESTABLISHED, "established"),
+        (CT_RELATED, "related"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| mask & bit != 0)
+    .map(|(_, name)| name)
+    .collect();
+    assert!(
+        !names.is_empty() && mask & !(CT_INVALID | CT_ESTABLISHED | CT_RELATED) == 0,
+        "plan only uses invalid, established and related"
+    );
+    names.join(",")
 }
 
 fn family_name(f: Family) -> &'static str {

@@ -264,5 +264,8 @@ fn verdict(v: &Verdict) -> Expr {
         Verdict::Goto(chain) => e
             .u32(sys::NFTNL_EXPR_IMM_VERDICT, libc::NFT_GOTO as u32)
             .str(sys::NFTNL_EXPR_IMM_CHAIN, chain),
+        Verdict::Jump(chain) => e
+            .u32(sys::NFTNL_EXPR_IMM_VERDICT, libc::NFT_JUMP as u32)
+            .str(sys::NFTNL_EXPR_IMM_CHAIN, chain),
     }
 }

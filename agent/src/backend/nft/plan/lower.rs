@@ -94,14 +94,22 @@ pub fn build(policy: &Policy, interfaces: &[String], generation: u64) -> Ruleset
     // redirects (137) invalid, yet IPv6 needs all of 133-137 (see policy::model).
     b.neighbour_discovery(policy, &mut inbound);
     let invalid = b.drop_chain(policy.mode, DropReason::Invalid, None);
-    inbound.push(RuleDef {
+    let mut tracked = vec![RuleDef {
         matches: vec![Match::CtState(CT_INVALID)],
         log: None,
         counter: None,
         verdict: Some(Verdict::Goto(invalid)),
         comment: Some("invalid: malformed or not trackable".into()),
+    }];
+    b.implicit_tracked(policy, &mut tracked);
+    inbound.push(RuleDef {
+        matches: vec![Match::CtState(CT_INVALID | CT_ESTABLISHED | CT_RELATED)],
+        log: None,
+        counter: None,
+        verdict: Some(Verdict::Jump(names::TRACKED_CHAIN.into())),
+        comment: Some("known to conntrack".into()),
     });
-    b.implicit(policy, &mut inbound);
+    b.dhcp_client(policy, &mut inbound);
     for rule in &policy.rules {
         b.rule(policy.mode, rule, &mut inbound);
     }
@@ -121,6 +129,14 @@ pub fn build(policy: &Policy, interfaces: &[String], generation: u64) -> Ruleset
             name: names::INBOUND_CHAIN.into(),
             hook: None,
             rules: inbound,
+        },
+    );
+    b.chains.insert(
+        2,
+        ChainDef {
+            name: names::TRACKED_CHAIN.into(),
+            hook: None,
+            rules: tracked,
         },
     );
     if !policy.egress.is_open() {
@@ -266,7 +282,8 @@ impl Builder {
         }
     }
 
-    fn implicit(&mut self, policy: &Policy, out: &mut Vec<RuleDef>) {
+    /// The implicit allowances about packets conntrack knows, in the evaluator's order.
+    fn implicit_tracked(&mut self, policy: &Policy, out: &mut Vec<RuleDef>) {
         let imp = policy.implicit;
         if imp.established {
             // A bare SYN is never return traffic, whatever conntrack says: conntrack lets one
@@ -331,9 +348,13 @@ impl Builder {
                 ],
             );
         }
-        if imp.dhcp_client {
-            allow(
-                self,
+    }
+
+    /// DHCP replies to the node's client: new to conntrack (they answer a broadcast).
+    fn dhcp_client(&mut self, policy: &Policy, out: &mut Vec<RuleDef>) {
+        if policy.implicit.dhcp_client {
+            self.allow(
+                out,
                 "dhcp-client",
                 vec![Match::UdpPorts(DHCP_SERVER_PORT, DHCP_CLIENT_PORT)],
             );
@@ -509,6 +530,35 @@ mod tests {
             sources: AddrSet::from_nets(&nets),
             origin: Origin::User,
         }
+    }
+
+    #[test]
+    fn a_new_packet_meets_one_conntrack_test() {
+        let p = policy(vec![rule(
+            "a",
+            Action::Allow,
+            Protocol::Tcp,
+            &["10.0.0.0/8"],
+        )]);
+        let rs = build(&p, &["eth0".into()], 1);
+        let (inbound, tracked) = (&rs.chains[1], &rs.chains[2]);
+        assert_eq!(inbound.name, names::INBOUND_CHAIN);
+        assert_eq!(tracked.name, names::TRACKED_CHAIN);
+        let ct = |r: &RuleDef| r.matches.iter().any(|m| matches!(m, Match::CtState(_)));
+        let in_inbound: Vec<_> = inbound.rules.iter().filter(|r| ct(r)).collect();
+        assert_eq!(in_inbound.len(), 1, "{inbound:#?}");
+        assert_eq!(
+            in_inbound[0].matches,
+            vec![Match::CtState(CT_INVALID | CT_ESTABLISHED | CT_RELATED)]
+        );
+        assert_eq!(
+            in_inbound[0].verdict,
+            Some(Verdict::Jump(names::TRACKED_CHAIN.into()))
+        );
+        // Invalid first, then the allowances; none of them is left in `inbound`.
+        assert_eq!(tracked.rules[0].matches, vec![Match::CtState(CT_INVALID)]);
+        assert!(tracked.rules.iter().all(ct), "{tracked:#?}");
+        assert!(tracked.rules.len() >= 5, "{tracked:#?}");
     }
 
     #[test]

@@ -238,4 +238,6 @@ pub enum Verdict {
     Accept,
     Drop,
     Goto(String),
+    /// To a chain that returns here when none of its rules decides.
+    Jump(String),
 }
