@@ -22,8 +22,13 @@ const DENY_RULE: &str = "  - name: deny-inet\n    action: deny\n    protocol: tc
 
 /// `tke-node` plus a deny rule for the kubelet port from the internet peer.
 fn policy() -> anyhow::Result<Policy> {
+    tke_node_with(vec![DENY_RULE.into()])
+}
+
+/// `tke-node` plus `rules`.
+fn tke_node_with(rules: Vec<String>) -> anyhow::Result<Policy> {
     let mut cfg = Config::new(Backend::Nft, Some("tke-node"));
-    cfg.rules = vec![DENY_RULE.into()];
+    cfg.rules = rules;
     let desired = nodewall::apply::source::parse_config(&cfg.yaml(), Path::new("drift.yaml"))
         .map_err(anyhow::Error::msg)?;
     Ok(desired.policy)
@@ -298,17 +303,25 @@ fn drift_is_found_and_repaired_in_place(topo: &Topology) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn drift_is_found_and_repaired() {
-    if !can_run("drift_is_found_and_repaired") {
+/// Runs `case` in the node namespace of a fresh topology whose node serves the kubelet port.
+fn with_kubelet(test: &str, case: fn(&Topology) -> anyhow::Result<()>) {
+    if !can_run(test) {
         return;
     }
     let topo = Topology::new().unwrap();
     let _kubelet = Server::tcp(&topo.node, 10250).unwrap();
     topo.node
-        .enter(|| drift_is_found_and_repaired_in_place(&topo))
+        .enter(|| case(&topo))
         .unwrap()
         .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+#[test]
+fn drift_is_found_and_repaired() {
+    with_kubelet(
+        "drift_is_found_and_repaired",
+        drift_is_found_and_repaired_in_place,
+    );
 }
 
 /// A policy that differs from the installed one is drift too, and the check does not change
@@ -337,4 +350,55 @@ fn another_policy_is_drift() {
     })
     .unwrap()
     .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// A verdict changed in the port-dispatch map (`goto` a class chain -> `accept`) lets every
+/// packet to that port through without a rule seeing it: `verify` must see it (the elements'
+/// verdicts are compared, not only their keys) and the next apply put the element back.
+fn tampered_dispatch_map_element(topo: &Topology) -> anyhow::Result<()> {
+    let policy = tke_node_with(vec![
+        DENY_RULE.into(),
+        "  - name: lan-8080\n    action: allow\n    protocol: tcp\n    ports: [\"8080\"]\n    from: [\"10.0.0.0/8\"]".into(),
+        "  - name: lan-9000\n    action: allow\n    protocol: tcp\n    ports: [\"9000\"]\n    from: [\"10.0.0.0/8\"]".into(),
+    ])?;
+    let node = &topo.node;
+    let mut b = NftBackend::new()?;
+    b.apply(&policy)?;
+    let map = nft(node, "list map inet nodewall inbound.tcp")?;
+    ensure!(
+        map.contains("10250 : goto inbound.tcp.10250"),
+        "the kubelet port has a class of its own:\n{map}"
+    );
+    let intact = listing(node)?;
+    ensure!(!tcp_ok(&topo.internet.ns, node_addr(false), 10250));
+
+    nft(
+        node,
+        "delete element inet nodewall inbound.tcp { 10250 } ; add element inet nodewall inbound.tcp { 10250 : accept }",
+    )?;
+    ensure!(
+        tcp_ok(&topo.internet.ns, node_addr(false), 10250),
+        "the tampered element lets the kubelet port through"
+    );
+    ensure!(!b.verify(&policy)?, "a changed verdict is drift");
+    let report = b.apply(&policy)?;
+    ensure!(
+        report.changed && (report.added, report.removed) == (1, 1),
+        "the one element replaced: {report:?}"
+    );
+    ensure!(b.verify(&policy)?, "verified after the repair");
+    ensure!(listing(node)? == intact, "the table lists as before");
+    ensure!(
+        !tcp_ok(&topo.internet.ns, node_addr(false), 10250),
+        "the kubelet port is closed again"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_tampered_dispatch_map_element_is_found_and_repaired() {
+    with_kubelet(
+        "a_tampered_dispatch_map_element_is_found_and_repaired",
+        tampered_dispatch_map_element,
+    );
 }

@@ -105,6 +105,30 @@ pub fn dst_set(v6: bool, rule_ident: &str) -> String {
     format!("{}.{rule_ident}", if v6 { "dst6" } else { "dst4" })
 }
 
+/// The verdict map that dispatches inbound packets of transport protocol `proto` (`tcp`,
+/// `udp`) by destination port (see `plan::dispatch`).
+pub fn dispatch_map(proto: &str) -> String {
+    format!("{INBOUND_CHAIN}.{proto}")
+}
+
+/// The chain of one port class of [`dispatch_map`]: named by the first port it is reached for,
+/// so a class keeps its name while rules on other ports change.
+pub fn dispatch_chain(proto: &str, first_port: u16) -> String {
+    format!("{INBOUND_CHAIN}.{proto}.{first_port}")
+}
+
+/// Whether `chain` is a [`dispatch_chain`].
+pub fn is_dispatch_chain(chain: &str) -> bool {
+    ["tcp", "udp"].iter().any(|p| {
+        chain
+            .strip_prefix(INBOUND_CHAIN)
+            .and_then(|c| c.strip_prefix('.'))
+            .and_then(|c| c.strip_prefix(p))
+            .and_then(|c| c.strip_prefix('.'))
+            .is_some_and(|port| port.parse::<u16>().is_ok())
+    })
+}
+
 pub fn drop_counter(chain: &str, family: &str, protocol: &str) -> String {
     format!("{chain}.{family}.{protocol}")
 }

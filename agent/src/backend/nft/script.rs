@@ -60,8 +60,10 @@ fn write_set(out: &mut String, set: &SetDef) {
         SetKind::IfName => "ifname",
         SetKind::IcmpType => "icmp_type",
         SetKind::Icmpv6Type => "icmpv6_type",
+        SetKind::PortVerdict => "inet_service : verdict",
     };
-    let _ = writeln!(out, "\n\tset {} {{\n\t\ttype {ty}", set.name);
+    let what = if set.kind.map() { "map" } else { "set" };
+    let _ = writeln!(out, "\n\t{what} {} {{\n\t\ttype {ty}", set.name);
     if set.kind.interval() {
         out.push_str("\t\tflags interval\n");
     }
@@ -95,6 +97,18 @@ fn elem_text(e: &Elem) -> String {
         Elem::Icmp(t) => t.to_string(),
         Elem::Net4(a) => Ipv4Addr::from(a).to_string(),
         Elem::Net6(a) => Ipv6Addr::from(a).to_string(),
+        Elem::PortVerdict(s, e, ref v) => {
+            format!("{} : {}", elem_text(&Elem::Port(s, e)), verdict_text(v))
+        }
+    }
+}
+
+fn verdict_text(v: &Verdict) -> String {
+    match v {
+        Verdict::Accept => "accept".into(),
+        Verdict::Drop => "drop".into(),
+        Verdict::Goto(c) => format!("goto {c}"),
+        Verdict::Jump(c) => format!("jump {c}"),
     }
 }
 
@@ -124,12 +138,7 @@ pub fn rule_text(r: &RuleDef) -> String {
     if let Some(c) = &r.counter {
         parts.push(format!("counter name \"{c}\""));
     }
-    parts.extend(r.verdict.as_ref().map(|v| match v {
-        Verdict::Accept => "accept".into(),
-        Verdict::Drop => "drop".into(),
-        Verdict::Goto(c) => format!("goto {c}"),
-        Verdict::Jump(c) => format!("jump {c}"),
-    }));
+    parts.extend(r.verdict.as_ref().map(verdict_text));
     if let Some(c) = &r.comment {
         parts.push(format!("comment \"{}\"", quote(c)));
     }
@@ -169,6 +178,7 @@ fn match_text(m: &Match) -> String {
             }
         }
         Match::DportIn(p, set) => format!("{} dport @{set}", proto_name(*p)),
+        Match::DportVmap(p, map) => format!("{} dport vmap @{map}", proto_name(*p)),
         Match::Dport(p, a, b) if a == b => format!("{} dport {a}", proto_name(*p)),
         Match::Dport(p, a, b) => format!("{} dport {a}-{b}", proto_name(*p)),
         Match::IcmpTypeIn(Family::V4, set) => format!("icmp type @{set}"),

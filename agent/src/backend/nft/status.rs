@@ -1,5 +1,7 @@
 //! [`Status`] and [`Counters`] from the table read back from the kernel, without the policy:
-//! counter comments name the rules, the inbound chain gives their order.
+//! counter comments name the rules, the inbound chains give their order.
+
+use std::collections::{HashMap, HashSet};
 
 use nodewall_common::DropReason;
 
@@ -29,7 +31,7 @@ pub fn status(cur: &Current) -> Status {
         .map(|s| {
             s.elems
                 .iter()
-                .map(|(k, _)| {
+                .map(|(k, _, _)| {
                     let end = k.iter().position(|&b| b == 0).unwrap_or(k.len());
                     String::from_utf8_lossy(&k[..end]).into_owned()
                 })
@@ -78,11 +80,11 @@ fn mode(cur: &Current) -> Mode {
     }
 }
 
-/// Policy rule names in evaluation order: comments of the inbound chain's rules that name a
-/// rule counter (each policy rule may be one nft rule per address family), then the egress
-/// chains'.
+/// Policy rule names in evaluation order: comments of the inbound chain's rules and of its
+/// port-dispatch chains' that name a rule counter (each policy rule may be one nft rule per
+/// address family, and in several dispatch chains), then the egress chains'.
 fn rule_order(cur: &Current) -> Vec<String> {
-    let known: std::collections::HashSet<&str> = cur
+    let known: HashSet<&str> = cur
         .counters
         .values()
         .filter_map(|c| match comment::parse(c.comment.as_deref()?)? {
@@ -90,22 +92,35 @@ fn rule_order(cur: &Current) -> Vec<String> {
             _ => None,
         })
         .collect();
-    let mut out: Vec<String> = Vec::new();
-    // Inbound first, then egress (the pod chain holds every egress rule but host-only ones).
-    for chain in [
-        names::INBOUND_CHAIN,
-        names::EGRESS_POD_CHAIN,
-        names::EGRESS_HOST_CHAIN,
-    ] {
-        let rules = cur.chains.iter().find(|c| c.name == chain);
-        for r in rules.map(|c| c.rules.as_slice()).unwrap_or_default() {
-            if let Some(c) = r.comment.as_deref() {
-                if known.contains(c) && !out.iter().any(|n| n == c) {
-                    out.push(c.to_string());
+    // Inbound first (with the port-dispatch chains, which hold the rest of the inbound rules),
+    // then egress (the pod chain holds every egress rule but host-only ones).
+    let dispatched = cur
+        .chains
+        .iter()
+        .filter(|c| names::is_dispatch_chain(&c.name));
+    let chains = cur
+        .chains
+        .iter()
+        .filter(|c| c.name == names::INBOUND_CHAIN)
+        .chain(dispatched)
+        .chain(
+            [names::EGRESS_POD_CHAIN, names::EGRESS_HOST_CHAIN]
+                .iter()
+                .filter_map(|n| cur.chains.iter().find(|c| c.name == *n)),
+        );
+    let seqs: Vec<Vec<&str>> = chains
+        .map(|c| {
+            let mut seq: Vec<&str> = Vec::new();
+            for r in &c.rules {
+                match r.comment.as_deref() {
+                    Some(n) if known.contains(n) && seq.last() != Some(&n) => seq.push(n),
+                    _ => {}
                 }
             }
-        }
-    }
+            seq
+        })
+        .collect();
+    let mut out: Vec<String> = merge(&seqs).into_iter().map(String::from).collect();
     // Rules without any nft rule (no source in either family) still have a counter.
     let mut rest: Vec<&str> = known
         .into_iter()
@@ -113,6 +128,52 @@ fn rule_order(cur: &Current) -> Vec<String> {
         .collect();
     rest.sort();
     out.extend(rest.into_iter().map(String::from));
+    out
+}
+
+/// One order of the names in `seqs` that keeps the order of each sequence (each is a chain's
+/// rules, in policy order): a chain walk in which one name comes before another says so.
+/// Where no chain orders two names (rules dispatched to different port classes, and no rule
+/// in both), the first seen comes first.
+fn merge<'a>(seqs: &[Vec<&'a str>]) -> Vec<&'a str> {
+    let mut names: Vec<&str> = Vec::new();
+    let mut after: HashMap<&str, Vec<&str>> = HashMap::new();
+    let mut before: HashMap<&str, usize> = HashMap::new();
+    for seq in seqs {
+        for (i, &n) in seq.iter().enumerate() {
+            if !before.contains_key(n) {
+                names.push(n);
+                before.insert(n, 0);
+            }
+            if let Some(&next) = seq.get(i + 1) {
+                if next != n && !after.get(n).is_some_and(|a| a.contains(&next)) {
+                    after.entry(n).or_default().push(next);
+                    *before.entry(next).or_insert(0) += 1;
+                    if !names.contains(&next) {
+                        names.push(next);
+                    }
+                }
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(names.len());
+    let mut done: HashSet<&str> = HashSet::new();
+    while out.len() < names.len() {
+        // The first name nothing left has to precede; on a cycle (inconsistent chains), the
+        // first name left.
+        let next = names
+            .iter()
+            .find(|n| !done.contains(*n) && before[*n] == 0)
+            .or_else(|| names.iter().find(|n| !done.contains(*n)))
+            .copied()
+            .expect("names left");
+        done.insert(next);
+        out.push(next);
+        for a in after.get(next).into_iter().flatten() {
+            let b = before.get_mut(a).expect("a known name");
+            *b = b.saturating_sub(1);
+        }
+    }
     out
 }
 
@@ -187,4 +248,35 @@ pub fn counters(cur: &Current, order: &[String]) -> Counters {
         )
     });
     Counters { rules, drops }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge;
+
+    #[test]
+    fn chain_orders_merge_into_the_policy_order() {
+        // Inbound keeps `all` and `ping`; the dispatch chains each hold some port rules and
+        // `all` (protocol all is in every class).
+        let seqs = vec![
+            vec!["all", "ping"],
+            vec!["dns", "all", "low"],
+            vec!["all", "web"],
+            vec!["all", "low", "high"],
+        ];
+        assert_eq!(
+            merge(&seqs),
+            ["dns", "all", "ping", "low", "web", "high"],
+            "every chain's order kept; unordered names as first seen"
+        );
+        for (a, b) in [("dns", "all"), ("all", "ping"), ("low", "high")] {
+            let out = merge(&seqs);
+            let pos = |n| out.iter().position(|x| *x == n).unwrap();
+            assert!(pos(a) < pos(b), "{a} before {b}");
+        }
+        // A cycle (chains that disagree) still lists every name once.
+        let mut out = merge(&[vec!["a", "b"], vec!["b", "a"]]);
+        out.sort();
+        assert_eq!(out, ["a", "b"]);
+    }
 }

@@ -222,13 +222,15 @@ mod tests {
             sys::NFTNL_SET_ELEM_F_INTERVAL_OPEN,
         );
         for u in units(set) {
+            let data = u.data.as_ref();
             match (&u.end, interval) {
                 (Some(end), _) => {
-                    carrier.add_elem(u.start.as_slice(), 0, &[]);
-                    carrier.add_elem(end.as_slice(), libc::NFT_SET_ELEM_INTERVAL_END as u32, &[]);
+                    carrier.add_elem(u.start.as_slice(), 0, data, &[]);
+                    let end_flag = libc::NFT_SET_ELEM_INTERVAL_END as u32;
+                    carrier.add_elem(end.as_slice(), end_flag, None, &[]);
                 }
-                (None, true) => carrier.add_elem(u.start.as_slice(), 0, &open),
-                (None, false) => carrier.add_elem(u.start.as_slice(), 0, &[]),
+                (None, true) => carrier.add_elem(u.start.as_slice(), 0, data, &open),
+                (None, false) => carrier.add_elem(u.start.as_slice(), 0, data, &[]),
             }
         }
         let mut b = Batch::new();
@@ -263,18 +265,20 @@ mod tests {
     /// reference built through libnftnl/libmnl on this system leaves the two bytes after an
     /// element's 6-byte user data as the batch buffer held them (a fresh-clone run once saw
     /// 0x42 there and failed); the kernel reads only `nla_len` bytes and this encoder writes
-    /// zeros, so padding is zeroed rather than compared.
+    /// zeros, so padding is zeroed rather than compared (in nested attributes too).
     fn normalise(buf: &mut [u8], list_type: Option<u16>) {
         let mut off = 0;
         while off + 4 <= buf.len() {
             let len = u16::from_ne_bytes([buf[off], buf[off + 1]]) as usize;
             let end = (off + len).min(buf.len());
             let aligned = ((off + len + 3) & !3).min(buf.len());
+            let nested = u16::from_ne_bytes([buf[off + 2], buf[off + 3]]) & (1 << 15) != 0;
             if let Some(ty) = list_type {
                 buf[off + 2..off + 4].copy_from_slice(&ty.to_ne_bytes());
-                if len > 4 {
-                    normalise(&mut buf[off + 4..end], None);
-                }
+            }
+            // An element, and the nests in it (a map element's verdict).
+            if (list_type.is_some() || nested) && len > 4 {
+                normalise(&mut buf[off + 4..end], None);
             }
             buf[end..aligned].fill(0);
             if len < 4 {
@@ -286,7 +290,7 @@ mod tests {
 
     fn ours(set: &SetDef, id: u32) -> Vec<BTreeMap<u16, Vec<u8>>> {
         let mut b = Builder::new();
-        let enc = encode(set.kind.interval(), &units(set));
+        let enc = encode(set.kind.interval(), &units(set), true);
         b.push_elems(libc::NFT_MSG_NEWSETELEM, &set.name, id, &enc, String::new());
         messages(b.batch.finalize())
     }

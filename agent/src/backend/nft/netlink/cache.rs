@@ -30,11 +30,11 @@ use serde::{Deserialize, Serialize};
 
 use super::super::names;
 use super::super::plan::{RuleDef, Ruleset, SetDef};
-use super::elems::key_spec;
+use super::elems::{key_spec, set_flags};
 use super::state::{Current, CurrentChain, CurrentCounter, CurrentRule, CurrentSet, RulePrints};
 
 /// Bumped whenever what a fingerprint stands for changes (e.g. how elements are encoded).
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 const FILE: &str = "nft-sets.json";
 
 /// The sets as our last commit left them, at ruleset generation id `genid`.
@@ -89,12 +89,7 @@ impl Layout {
                 .iter()
                 .map(|s| {
                     let (key_type, key_len, _) = key_spec(s.kind);
-                    let flags = if s.kind.interval() {
-                        libc::NFT_SET_INTERVAL as u32
-                    } else {
-                        0
-                    };
-                    (s.name.clone(), (key_type, key_len, flags))
+                    (s.name.clone(), (key_type, key_len, set_flags(s.kind)))
                 })
                 .collect(),
             counters: plan.counters.iter().map(|c| c.name.clone()).collect(),

@@ -19,9 +19,9 @@ use super::super::script::rule_text;
 use super::align;
 use super::batch::{Body, Builder};
 use super::cache::{print_text, rule_print};
-use super::elems::{self, key_spec, Unit};
+use super::elems::{self, key_spec, set_flags, Unit};
 use super::expr::build_rule;
-use super::state::{Current, RulePrints};
+use super::state::{Current, CurrentSet, RulePrints};
 use super::udata::{udata_comment, udata_u32};
 use super::wrap::{Chain, Obj, Rule, Set, Table};
 
@@ -129,8 +129,12 @@ pub fn diff(rs: &Ruleset, cur: &Current) -> Diff {
             "add table inet nodewall".into(),
         );
     }
+    // A map's elements name chains: they are written once the chains exist (below).
     for (id, set) in rs.sets.iter().enumerate() {
-        d.set(id as u32 + 1, set, have);
+        d.new_set(id as u32 + 1, set, have);
+        if !set.kind.map() {
+            d.set_elements(id as u32 + 1, set, have);
+        }
     }
     for c in &rs.counters {
         if have.counters.contains_key(&c.name) {
@@ -171,6 +175,11 @@ pub fn diff(rs: &Ruleset, cur: &Current) -> Diff {
             Some(_) => {}
         }
     }
+    for (id, set) in rs.sets.iter().enumerate() {
+        if set.kind.map() {
+            d.set_elements(id as u32 + 1, set, have);
+        }
+    }
     for ch in &rs.chains {
         d.rules(ch, have);
     }
@@ -179,7 +188,38 @@ pub fn diff(rs: &Ruleset, cur: &Current) -> Diff {
 }
 
 impl Diff {
-    fn set(&mut self, id: u32, set: &SetDef, have: &Current) {
+    /// Creates the set when the table has none of its name (its elements come with
+    /// [`Self::set_elements`]).
+    fn new_set(&mut self, id: u32, set: &SetDef, have: &Current) {
+        if have.sets.contains_key(&set.name) {
+            return;
+        }
+        let (key_type, key_len, byteorder) = key_spec(set.kind);
+        let s = Set::ours(&set.name);
+        s.set_u32(sys::NFTNL_SET_FLAGS, set_flags(set.kind));
+        s.set_u32(sys::NFTNL_SET_KEY_TYPE, key_type);
+        s.set_u32(sys::NFTNL_SET_KEY_LEN, key_len);
+        s.set_u32(sys::NFTNL_SET_ID, id);
+        let mut udata = udata_u32(sys::NFTNL_UDATA_SET_KEYBYTEORDER as u8, byteorder);
+        if set.kind.map() {
+            // As nft declares `: verdict`: the kernel sizes verdict data itself.
+            s.set_u32(sys::NFTNL_SET_DATA_TYPE, libc::NFT_DATA_VERDICT);
+            s.set_u32(sys::NFTNL_SET_DATA_LEN, 0);
+            udata.extend(udata_u32(sys::NFTNL_UDATA_SET_DATABYTEORDER as u8, 0));
+            udata.extend(udata_u32(sys::NFTNL_UDATA_SET_DATA_INTERVAL as u8, 0));
+        }
+        s.set_userdata(&udata);
+        let what = if set.kind.map() { "map" } else { "set" };
+        self.batch.push(
+            libc::NFT_MSG_NEWSET,
+            libc::NLM_F_CREATE,
+            Body::Set(&s),
+            format!("add {what} {}", set.name),
+        );
+    }
+
+    /// Brings the set's elements to the plan (all of them into a set created by this batch).
+    fn set_elements(&mut self, id: u32, set: &SetDef, have: &Current) {
         let cur = have.sets.get(&set.name);
         if cur.is_some_and(|c| c.as_planned) {
             return;
@@ -187,29 +227,6 @@ impl Diff {
         let want = elems::units(set);
         let interval = set.kind.interval();
         let Some(cur) = cur else {
-            let (key_type, key_len, byteorder) = key_spec(set.kind);
-            let s = Set::ours(&set.name);
-            s.set_u32(
-                sys::NFTNL_SET_FLAGS,
-                if interval {
-                    libc::NFT_SET_INTERVAL as u32
-                } else {
-                    0
-                },
-            );
-            s.set_u32(sys::NFTNL_SET_KEY_TYPE, key_type);
-            s.set_u32(sys::NFTNL_SET_KEY_LEN, key_len);
-            s.set_u32(sys::NFTNL_SET_ID, id);
-            s.set_userdata(&udata_u32(
-                sys::NFTNL_UDATA_SET_KEYBYTEORDER as u8,
-                byteorder,
-            ));
-            self.batch.push(
-                libc::NFT_MSG_NEWSET,
-                libc::NLM_F_CREATE,
-                Body::Set(&s),
-                format!("add set {}", set.name),
-            );
             self.elements(libc::NFT_MSG_NEWSETELEM, set, id, interval, &want);
             return;
         };
@@ -240,7 +257,7 @@ impl Diff {
         if units.is_empty() {
             return;
         }
-        let encoded = elems::encode(interval, units);
+        let encoded = elems::encode(interval, units, ty == libc::NFT_MSG_NEWSETELEM);
         let (verb, n) = if ty == libc::NFT_MSG_NEWSETELEM {
             self.added += units.len();
             ("add", units.len())
@@ -356,8 +373,31 @@ impl Diff {
         );
     }
 
-    /// Objects of ours the plan no longer has, once nothing refers to them any more.
+    fn delete_set(&mut self, name: &str, elems: usize, map: bool) {
+        self.removed += elems;
+        let what = if map { "map" } else { "set" };
+        self.batch.push(
+            libc::NFT_MSG_DELSET,
+            0,
+            Body::Set(&Set::ours(name)),
+            format!("delete {what} {name}"),
+        );
+    }
+
+    /// Objects of ours the plan no longer has, once nothing refers to them any more: maps
+    /// before the chains their elements name (the kernel refuses to delete a chain still
+    /// referred to), sets once no rule looks them up.
     fn remove_leftovers(&mut self, rs: &Ruleset, have: &Current) {
+        let sets: HashSet<&str> = rs.sets.iter().map(|s| s.name.as_str()).collect();
+        let gone_sets: Vec<_> = have
+            .sets
+            .iter()
+            .filter(|(name, _)| !sets.contains(name.as_str()))
+            .collect();
+        let is_map = |s: &CurrentSet| s.flags & libc::NFT_SET_MAP as u32 != 0;
+        for (name, s) in gone_sets.iter().filter(|(_, s)| is_map(s)) {
+            self.delete_set(name, s.elems.len(), true);
+        }
         let chains: HashSet<&str> = rs.chains.iter().map(|c| c.name.as_str()).collect();
         let gone: Vec<_> = have
             .chains
@@ -386,17 +426,8 @@ impl Diff {
                 );
             }
         }
-        let sets: HashSet<&str> = rs.sets.iter().map(|s| s.name.as_str()).collect();
-        for (name, s) in &have.sets {
-            if !sets.contains(name.as_str()) {
-                self.removed += s.elems.len();
-                self.batch.push(
-                    libc::NFT_MSG_DELSET,
-                    0,
-                    Body::Set(&Set::ours(name)),
-                    format!("delete set {name}"),
-                );
-            }
+        for (name, s) in gone_sets.iter().filter(|(_, s)| !is_map(s)) {
+            self.delete_set(name, s.elems.len(), false);
         }
     }
 }
@@ -417,8 +448,8 @@ pub fn compatible(rs: &Ruleset, cur: &Current) -> bool {
         None => true,
         Some(c) => {
             let (key_type, key_len, _) = key_spec(s.kind);
-            let interval = c.flags & libc::NFT_SET_INTERVAL as u32 != 0;
-            c.key_type == key_type && c.key_len == key_len && interval == s.kind.interval()
+            let shape = libc::NFT_SET_INTERVAL as u32 | libc::NFT_SET_MAP as u32;
+            c.key_type == key_type && c.key_len == key_len && c.flags & shape == set_flags(s.kind)
         }
     });
     let chains_ok =

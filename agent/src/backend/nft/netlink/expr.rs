@@ -140,6 +140,13 @@ fn match_exprs(m: &Match, family: &mut Option<Family>) -> Vec<Expr> {
             payload(libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32, 2, 2),
             lookup(set),
         ],
+        Match::DportVmap(p, map) => vec![
+            meta(libc::NFT_META_L4PROTO),
+            cmp(libc::NFT_CMP_EQ, &[*p]),
+            payload(libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32, 2, 2),
+            // The element's data goes to the verdict register: the map decides.
+            lookup(map).u32(sys::NFTNL_EXPR_LOOKUP_DREG, REG_VERDICT),
+        ],
         Match::Dport(p, a, b) => {
             let mut v = vec![
                 meta(libc::NFT_META_L4PROTO),

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use nftnl::nftnl_sys as sys;
 
+use super::elems::{Data, KernelElem};
 use super::socket::{attrs, Interrupted, Socket};
 use super::wrap::{Chain, Obj, Rule, Set, Table};
 use crate::backend::nft::names::TABLE;
@@ -39,8 +40,8 @@ pub struct CurrentSet {
     pub key_type: u32,
     pub key_len: u32,
     pub flags: u32,
-    /// (key, element flags) in the kernel's order.
-    pub elems: Vec<(Vec<u8>, u32)>,
+    /// (key, element flags, a map element's verdict) in the kernel's order.
+    pub elems: Vec<KernelElem>,
     /// The elements were not dumped because the apply cache vouches that the set holds
     /// exactly what the plan being applied wants (see [`super::cache`]).
     pub as_planned: bool,
@@ -207,7 +208,7 @@ fn read_once(sock: &mut Socket, elements_of: &dyn Fn(&str) -> bool) -> anyhow::R
     Ok(cur)
 }
 
-pub fn read_elems(sock: &mut Socket, set: &str) -> anyhow::Result<Vec<(Vec<u8>, u32)>> {
+pub fn read_elems(sock: &mut Socket, set: &str) -> anyhow::Result<Vec<KernelElem>> {
     let filter = Set::ours(set);
     let mut out = Vec::new();
     sock.dump(
@@ -220,14 +221,16 @@ pub fn read_elems(sock: &mut Socket, set: &str) -> anyhow::Result<Vec<(Vec<u8>, 
     Ok(out)
 }
 
-/// Appends the (key, flags) of the elements in a NEWSETELEM dump reply to `out`.
+/// Appends the (key, flags, verdict) of the elements in a NEWSETELEM dump reply to `out`: the
+/// verdict too, or a map element changed to `accept` behind our back would look intact.
 ///
 /// Read straight from the attributes rather than through libnftnl, which allocates an object
 /// per element: a set can hold tens of thousands, and the daemon's drift check reads them all.
-fn elems_of(nlh: *const libc::nlmsghdr, out: &mut Vec<(Vec<u8>, u32)>) {
+fn elems_of(nlh: *const libc::nlmsghdr, out: &mut Vec<KernelElem>) {
     const HDR: usize = std::mem::size_of::<libc::nlmsghdr>();
     const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
     const NFTA_SET_ELEM_KEY: u16 = 1;
+    const NFTA_SET_ELEM_DATA: u16 = 2;
     const NFTA_SET_ELEM_FLAGS: u16 = 3;
     const NFTA_DATA_VALUE: u16 = 1;
     // SAFETY: the socket hands out headers whose nlmsg_len bytes lie in its buffer.
@@ -237,7 +240,7 @@ fn elems_of(nlh: *const libc::nlmsghdr, out: &mut Vec<(Vec<u8>, u32)>) {
     };
     for (_, list) in attrs(body).filter(|(t, _)| *t == NFTA_SET_ELEM_LIST_ELEMENTS) {
         for (_, elem) in attrs(list) {
-            let (mut key, mut flags) = (None, 0);
+            let (mut key, mut flags, mut data) = (None, 0, None);
             for (t, v) in attrs(elem) {
                 match t {
                     NFTA_SET_ELEM_KEY => {
@@ -248,10 +251,11 @@ fn elems_of(nlh: *const libc::nlmsghdr, out: &mut Vec<(Vec<u8>, u32)>) {
                     NFTA_SET_ELEM_FLAGS if v.len() >= 4 => {
                         flags = u32::from_be_bytes(v[..4].try_into().unwrap())
                     }
+                    NFTA_SET_ELEM_DATA => data = Data::parse(v),
                     _ => {}
                 }
             }
-            out.push((key.unwrap_or_default(), flags));
+            out.push((key.unwrap_or_default(), flags, data));
         }
     }
 }
@@ -268,7 +272,7 @@ mod tests {
         put_attr(&mut m, 1, b"nodewall\0");
         put_attr(&mut m, 2, format!("{}\0", set.name).as_bytes());
         let nest = start_nest(&mut m, 3);
-        m.extend(encode(set.kind.interval(), &units(set)).bytes);
+        m.extend(encode(set.kind.interval(), &units(set), true).bytes);
         end_nest(&mut m, nest);
         let len = m.len() as u32;
         m[..4].copy_from_slice(&len.to_ne_bytes());
@@ -284,8 +288,11 @@ mod tests {
 
     #[test]
     fn elements_are_read_as_libnftnl_reads_them() {
-        // The interval and the hash set of the shared samples: one of each element layout.
-        for set in super::super::elems::sample_sets().into_iter().take(2) {
+        // The interval set, the hash set and the verdict map of the shared samples: one of
+        // each element layout.
+        let samples = super::super::elems::sample_sets();
+        let map = samples.iter().find(|s| s.kind.map()).cloned();
+        for set in samples.into_iter().take(2).chain(map) {
             let msg = reply(&set);
             let nlh = msg.as_ptr() as *const libc::nlmsghdr;
             let mut ours = Vec::new();

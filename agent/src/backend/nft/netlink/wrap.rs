@@ -253,7 +253,13 @@ impl Set {
     /// Appends an element: `key`, element flags (e.g. interval end) and userdata (the tests
     /// compare libnftnl's encoding of elements with [`super::elems::encode`]'s).
     #[cfg(test)]
-    pub fn add_elem(&self, key: &[u8], flags: u32, userdata: &[u8]) {
+    pub fn add_elem(
+        &self,
+        key: &[u8],
+        flags: u32,
+        verdict: Option<&super::elems::Data>,
+        userdata: &[u8],
+    ) {
         // SAFETY: the element is handed over to the set, which frees it; data is copied.
         unsafe {
             let e = sys::nftnl_set_elem_alloc();
@@ -267,6 +273,13 @@ impl Set {
             if flags != 0 {
                 sys::nftnl_set_elem_set_u32(e, sys::NFTNL_SET_ELEM_FLAGS as u16, flags);
             }
+            if let Some(v) = verdict {
+                sys::nftnl_set_elem_set_u32(e, sys::NFTNL_SET_ELEM_VERDICT as u16, v.code as u32);
+                if let Some(chain) = &v.chain {
+                    let c = cstr(chain);
+                    sys::nftnl_set_elem_set_str(e, sys::NFTNL_SET_ELEM_CHAIN as u16, c.as_ptr());
+                }
+            }
             if !userdata.is_empty() {
                 sys::nftnl_set_elem_set(
                     e,
@@ -279,14 +292,14 @@ impl Set {
         }
     }
 
-    /// The elements held (after libnftnl parsed a GETSETELEM reply): key bytes and flags
-    /// (the tests compare it with [`super::state`]'s own parser).
+    /// The elements held (after libnftnl parsed a GETSETELEM reply): key bytes, flags and
+    /// verdict (the tests compare it with [`super::state`]'s own parser).
     #[cfg(test)]
-    pub fn elems(&self) -> Vec<(Vec<u8>, u32)> {
+    pub fn elems(&self) -> Vec<super::elems::KernelElem> {
         unsafe extern "C" fn collect(e: *mut sys::nftnl_set_elem, data: *mut c_void) -> i32 {
             // SAFETY: called by nftnl_set_elem_foreach with a live element and our Vec.
             unsafe {
-                let out = &mut *(data as *mut Vec<(Vec<u8>, u32)>);
+                let out = &mut *(data as *mut Vec<super::elems::KernelElem>);
                 let mut len = 0u32;
                 let key = sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY as u16, &mut len);
                 let key = if key.is_null() {
@@ -299,11 +312,23 @@ impl Set {
                 } else {
                     0
                 };
-                out.push((key, flags));
+                let verdict = sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_VERDICT as u16)
+                    .then(|| super::elems::Data {
+                        code: sys::nftnl_set_elem_get_u32(e, sys::NFTNL_SET_ELEM_VERDICT as u16)
+                            as i32,
+                        chain: sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_CHAIN as u16)
+                            .then(|| {
+                                string(sys::nftnl_set_elem_get_str(
+                                    e,
+                                    sys::NFTNL_SET_ELEM_CHAIN as u16,
+                                ))
+                            }),
+                    });
+                out.push((key, flags, verdict));
             }
             0
         }
-        let mut out: Vec<(Vec<u8>, u32)> = Vec::new();
+        let mut out: Vec<super::elems::KernelElem> = Vec::new();
         // SAFETY: the callback only touches the element and `out`, both live during the call.
         unsafe {
             sys::nftnl_set_elem_foreach(

@@ -3,6 +3,7 @@
 use nodewall_common::DropReason;
 
 use super::cost::by_prefix_length;
+use super::dispatch::dispatch;
 use super::{
     ChainDef, CounterDef, Elem, Family, Hook, HookPoint, Log, Match, RuleDef, Ruleset, SetDef,
     SetKind, Verdict, CT_ESTABLISHED, CT_INVALID, CT_RELATED, IPPROTO_ICMP, IPPROTO_ICMPV6,
@@ -110,10 +111,20 @@ pub fn build(policy: &Policy, interfaces: &[String], generation: u64) -> Ruleset
         comment: Some("known to conntrack".into()),
     });
     b.dhcp_client(policy, &mut inbound);
-    for rule in &policy.rules {
-        b.rule(policy.mode, rule, &mut inbound);
-    }
+    let lowered: Vec<Vec<RuleDef>> = policy
+        .rules
+        .iter()
+        .map(|rule| {
+            let mut nft = Vec::new();
+            b.rule(policy.mode, rule, &mut nft);
+            nft
+        })
+        .collect();
     let default = b.drop_chain(policy.mode, DropReason::DefaultDeny, None);
+    let routed = dispatch(&policy.rules, lowered, &default);
+    inbound.extend(routed.inbound);
+    b.sets.extend(routed.maps);
+    b.chains.extend(routed.chains);
     inbound.push(RuleDef {
         matches: vec![],
         log: None,
@@ -728,5 +739,182 @@ mod tests {
         assert_eq!(matches("a"), Match::DportIn(IPPROTO_UDP, "ports.a".into()));
         assert_eq!(matches("b"), Match::Dport(IPPROTO_UDP, 53, 53));
         assert!(!rs.sets.iter().any(|s| s.name == "ports.b"));
+    }
+
+    /// A UDP rule on `ports`.
+    fn udp(name: &str, ports: &[(u16, u16)]) -> Rule {
+        let mut r = rule(
+            name,
+            Action::Allow,
+            Protocol::Udp,
+            &["10.0.0.0/8", "fd00::/8"],
+        );
+        r.ports = PortSet::new(ports.iter().map(|&(a, b)| PortRange::new(a, b)).collect());
+        r
+    }
+
+    /// The policy rule names of a chain's rules, in order, each once per run.
+    fn rule_names(chain: &ChainDef) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for r in &chain.rules {
+            let policy_rule = r.counter.as_deref().is_some_and(|c| c.starts_with("rule."));
+            if let Some(c) = r.comment.as_deref().filter(|_| policy_rule) {
+                if out.last() != Some(&c) {
+                    out.push(c);
+                }
+            }
+        }
+        out
+    }
+
+    fn chain<'a>(rs: &'a Ruleset, name: &str) -> &'a ChainDef {
+        let c = rs.chains.iter().find(|c| c.name == name);
+        c.unwrap_or_else(|| panic!("no chain {name}"))
+    }
+
+    /// The map's verdict for `port`.
+    fn verdict_of(map: &SetDef, port: u16) -> &Verdict {
+        let mut hits = map.elems.iter().filter_map(|e| match e {
+            Elem::PortVerdict(a, b, v) if (*a..=*b).contains(&port) => Some(v),
+            _ => None,
+        });
+        let v = hits.next().expect("every port is in the map");
+        assert!(hits.next().is_none(), "port {port} in two elements");
+        v
+    }
+
+    #[test]
+    fn udp_rules_dispatch_by_port_keeping_first_match() {
+        let mut all = rule("all", Action::Deny, Protocol::All, &["198.19.0.0/16"]);
+        all.ports = PortSet::any();
+        let icmp = rule("ping", Action::Allow, Protocol::Icmp, &["10.0.0.0/8"]);
+        let mut anyport = udp("anyport", &[]);
+        anyport.ports = PortSet::any();
+        let p = policy(vec![
+            udp("dns", &[(53, 53)]),
+            all,
+            udp("web", &[(8000, 8080)]),
+            udp("low", &[(53, 60)]),
+            icmp,
+            anyport,
+            udp("high", &[(9000, 65535)]),
+        ]);
+        let rs = build(&p, &["eth0".into()], 1);
+        let inbound = chain(&rs, names::INBOUND_CHAIN);
+        // The lookup stands where the policy rules start: right after the implicit rules.
+        let at = inbound
+            .rules
+            .iter()
+            .position(|r| r.matches == vec![Match::DportVmap(IPPROTO_UDP, "inbound.udp".into())])
+            .expect("a udp dispatch");
+        assert_eq!(inbound.rules[at].verdict, None);
+        assert!(inbound.rules[..at].iter().all(|r| r
+            .counter
+            .as_deref()
+            .is_none_or(|c| c.starts_with("implicit."))));
+        // No port rule of udp is left in inbound; every other rule is, in order, then the
+        // default deny.
+        assert_eq!(rule_names(inbound)[..], ["all", "ping", "anyport"]);
+        assert!(!inbound.rules.iter().any(|r| r
+            .matches
+            .iter()
+            .any(|m| matches!(m, Match::Dport(..) | Match::DportIn(..)))));
+        assert_eq!(
+            inbound.rules.last().unwrap().verdict,
+            Some(Verdict::Goto("drop.default-deny".into()))
+        );
+        // Too few tcp rules: no tcp dispatch.
+        assert!(!rs.sets.iter().any(|s| s.name == "inbound.tcp"));
+        let map = rs.sets.iter().find(|s| s.name == "inbound.udp").unwrap();
+        assert_eq!(map.kind, SetKind::PortVerdict);
+        // The whole port range, in order, without gaps.
+        let mut next = 0u32;
+        for e in &map.elems {
+            let Elem::PortVerdict(a, b, _) = e else {
+                panic!("{e:?}")
+            };
+            assert_eq!(*a as u32, next);
+            next = *b as u32 + 1;
+        }
+        assert_eq!(next, 65536);
+        let class = |port: u16| -> Vec<&str> {
+            let Verdict::Goto(c) = verdict_of(map, port) else {
+                panic!("a goto")
+            };
+            let ch = chain(&rs, c);
+            assert_eq!(
+                ch.rules.last().unwrap().verdict,
+                Some(Verdict::Goto("drop.default-deny".into()))
+            );
+            rule_names(ch)
+        };
+        // Policy order kept; protocol all and any-port udp rules everywhere.
+        assert_eq!(class(53), ["dns", "all", "low", "anyport"]);
+        assert_eq!(class(54), ["all", "low", "anyport"]);
+        assert_eq!(class(60), ["all", "low", "anyport"]);
+        assert_eq!(class(61), ["all", "anyport"]);
+        assert_eq!(class(8080), ["all", "web", "anyport"]);
+        assert_eq!(class(0), ["all", "anyport"]);
+        assert_eq!(class(9000), ["all", "anyport", "high"]);
+        assert_eq!(class(65535), ["all", "anyport", "high"]);
+        // Ports of one rule list share one chain, adjacent or not.
+        assert_eq!(verdict_of(map, 0), verdict_of(map, 61));
+        assert_eq!(verdict_of(map, 0), verdict_of(map, 8081));
+        assert_eq!(verdict_of(map, 0), &Verdict::Goto("inbound.udp.0".into()));
+        assert_eq!(verdict_of(map, 54), &Verdict::Goto("inbound.udp.54".into()));
+        // The class chains hold the rules whole, port test included.
+        let dns = chain(&rs, "inbound.udp.53");
+        assert_eq!(
+            dns.rules[0].matches[..2],
+            [
+                Match::NfProto(Family::V4),
+                Match::Dport(IPPROTO_UDP, 53, 53)
+            ]
+        );
+        assert_eq!(dns.rules[0].counter.as_deref(), Some("rule.dns"));
+    }
+
+    #[test]
+    fn ports_no_rule_names_go_to_the_default_deny() {
+        let p = policy(vec![
+            udp("a", &[(53, 53)]),
+            udp("b", &[(80, 80)]),
+            udp("c", &[(443, 443)]),
+        ]);
+        let rs = build(&p, &["eth0".into()], 1);
+        let map = rs.sets.iter().find(|s| s.name == "inbound.udp").unwrap();
+        let deny = Verdict::Goto("drop.default-deny".into());
+        for port in [0, 52, 54, 79, 81, 442, 444, 65535] {
+            assert_eq!(verdict_of(map, port), &deny, "port {port}");
+        }
+        assert_eq!(verdict_of(map, 80), &Verdict::Goto("inbound.udp.80".into()));
+        assert_eq!(map.elems.len(), 7);
+    }
+
+    #[test]
+    fn few_port_rules_stay_linear() {
+        let p = policy(vec![udp("a", &[(53, 53)]), udp("b", &[(80, 80)])]);
+        let rs = build(&p, &["eth0".into()], 1);
+        assert!(!rs.sets.iter().any(|s| s.kind == SetKind::PortVerdict));
+        assert!(!rs.chains.iter().any(|c| names::is_dispatch_chain(&c.name)));
+        assert_eq!(rule_names(chain(&rs, names::INBOUND_CHAIN)), ["a", "b"]);
+    }
+
+    #[test]
+    fn audit_mode_and_deny_rules_keep_their_chains_in_dispatch() {
+        let mut p = policy(vec![
+            udp("a", &[(53, 53)]),
+            udp("b", &[(80, 80)]),
+            udp("c", &[(443, 443)]),
+        ]);
+        p.rules[1].action = Action::Deny;
+        p.mode = Mode::Audit;
+        let rs = build(&p, &["eth0".into()], 1);
+        let b = chain(&rs, "inbound.udp.80");
+        assert!(b.rules[..b.rules.len() - 1]
+            .iter()
+            .all(|r| r.verdict == Some(Verdict::Goto("drop.rule.b".into()))));
+        let drop_b = chain(&rs, "drop.rule.b");
+        assert_eq!(drop_b.rules.last().unwrap().verdict, Some(Verdict::Accept));
     }
 }

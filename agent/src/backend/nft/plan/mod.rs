@@ -12,10 +12,16 @@
 //! and one nft rule per set (see [`by_prefix_length`]): these adjacent rules share the policy
 //! rule's counter and verdict and match disjoint sources, so they act as one rule.
 //!
+//! A transport protocol with several port rules is dispatched by port instead of walked rule by
+//! rule: one verdict-map lookup sends a packet to the chain holding only the rules its port can
+//! match (see [`dispatch`]).
+//!
 //! Here: the description itself (an IR of nft objects). [`lower`]: policy -> IR. [`cost`]: the
-//! measured cost model that picks how a rule's sources are looked up.
+//! measured cost model that picks how a rule's sources are looked up. [`dispatch`]: the port
+//! dispatch of the inbound rules.
 
 mod cost;
+mod dispatch;
 mod egress;
 mod lower;
 
@@ -81,12 +87,23 @@ pub enum SetKind {
     /// source address).
     Net4,
     Net6,
+    /// A verdict map of port ranges (`type inet_service : verdict; flags interval`), looked up
+    /// by a [`Match::DportVmap`].
+    PortVerdict,
 }
 
 impl SetKind {
     /// Interval sets hold ranges; the others single values.
     pub fn interval(self) -> bool {
-        matches!(self, SetKind::Addr4 | SetKind::Addr6 | SetKind::Port)
+        matches!(
+            self,
+            SetKind::Addr4 | SetKind::Addr6 | SetKind::Port | SetKind::PortVerdict
+        )
+    }
+
+    /// Maps hold a verdict per element ([`Elem::PortVerdict`]).
+    pub fn map(self) -> bool {
+        self == SetKind::PortVerdict
     }
 }
 
@@ -101,6 +118,8 @@ pub enum Elem {
     /// The network address of a prefix, in a [`SetKind::Net4`] / [`SetKind::Net6`] set.
     Net4(u32),
     Net6(u128),
+    /// A port range and its verdict, in a [`SetKind::PortVerdict`] map.
+    PortVerdict(u16, u16, Verdict),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -231,9 +250,14 @@ pub enum Match {
     /// `limit rate R/second burst B packets`: true while the rule's token bucket has packets
     /// left.
     Limit { per_second: u32, burst: u32 },
+    /// `tcp dport vmap @SET` / `udp dport vmap @SET`: the verdict of the element of map SET (a
+    /// [`SetKind::PortVerdict`]) holding the packet's port. Decides, so it is a rule's last
+    /// match and the rule has no verdict of its own; a packet whose port cannot be read (or
+    /// that no element holds) goes on to the next rule.
+    DportVmap(u8, String),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Verdict {
     Accept,
     Drop,
