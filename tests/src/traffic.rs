@@ -29,18 +29,7 @@ impl Server {
     pub fn tcp_corked(ns: &Netns, port: u16, len: usize) -> anyhow::Result<Self> {
         let body = vec![b'x'; len];
         Self::tcp_answering(ns, port, move |c| {
-            use std::os::fd::AsRawFd;
-            let one: libc::c_int = 1;
-            // SAFETY: a valid option value of the right size on an open socket.
-            unsafe {
-                libc::setsockopt(
-                    c.as_raw_fd(),
-                    libc::IPPROTO_TCP,
-                    libc::TCP_CORK,
-                    &one as *const _ as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as u32,
-                )
-            };
+            let _ = socket2::SockRef::from(&c).set_tcp_cork(true);
             let _ = c.write_all(&body);
         })
     }
@@ -128,29 +117,14 @@ pub enum Close {
 /// connection just ended can be taken again), closing as `close` says.
 pub fn tcp_ok_from(ns: &Netns, addr: IpAddr, port: u16, sport: u16, close: Close) -> bool {
     ns.enter(|| -> std::io::Result<bool> {
-        use std::os::fd::{AsRawFd, IntoRawFd};
         let Some(mut s) = connect_from(addr, port, sport)? else {
             return Ok(false);
         };
         let mut buf = [0u8; 3];
         let ok = s.read_exact(&mut buf).is_ok() && &buf == b"ok\n";
         if close == Close::Rst {
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            let fd = s.as_raw_fd();
-            // SAFETY: a valid option value of the right size; the fd is closed once, here.
-            unsafe {
-                libc::setsockopt(
-                    s.into_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    &linger as *const _ as *const libc::c_void,
-                    std::mem::size_of::<libc::linger>() as u32,
-                );
-                libc::close(fd);
-            }
+            socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
+            drop(s);
         } else {
             // Wait for the server's FIN so ours comes second: the server end closes first.
             let _ = s.read(&mut buf);
@@ -179,88 +153,25 @@ pub fn tcp_drain_from(ns: &Netns, addr: IpAddr, port: u16, sport: u16) -> Option
 /// A TCP connection from source port `sport` (bound with `SO_REUSEADDR`) in the calling
 /// thread's namespace, with [`DROP_TIMEOUT`] to connect and on reads; `None` if it failed.
 fn connect_from(addr: IpAddr, port: u16, sport: u16) -> std::io::Result<Option<TcpStream>> {
-    use std::os::fd::FromRawFd;
-    let family = if addr.is_ipv6() {
-        libc::AF_INET6
-    } else {
-        libc::AF_INET
-    };
-    // SAFETY: plain socket(2); the fd is owned by the TcpStream built from it below.
-    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is fresh; the stream owns it from here.
-    let stream = unsafe { TcpStream::from_raw_fd(fd) };
-    let one: libc::c_int = 1;
-    // SAFETY: a valid option value of the right size.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            &one as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as u32,
-        )
-    };
+    let remote = SocketAddr::new(addr, port);
     let any: IpAddr = if addr.is_ipv6() {
         std::net::Ipv6Addr::UNSPECIFIED.into()
     } else {
         std::net::Ipv4Addr::UNSPECIFIED.into()
     };
-    let local = socket2_addr(SocketAddr::new(any, sport));
-    // SAFETY: a valid sockaddr of the stated length.
-    if unsafe { libc::bind(fd, local.0.as_ptr().cast(), local.1) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let remote = socket2_addr(SocketAddr::new(addr, port));
-    stream.set_nonblocking(true)?;
-    // SAFETY: as above.
-    let rc = unsafe { libc::connect(fd, remote.0.as_ptr().cast(), remote.1) };
-    if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(remote),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    s.set_reuse_address(true)?;
+    s.bind(&SocketAddr::new(any, sport).into())?;
+    if s.connect_timeout(&remote.into(), DROP_TIMEOUT).is_err() {
         return Ok(None);
     }
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let ready = unsafe { libc::poll(&mut pfd, 1, DROP_TIMEOUT.as_millis() as i32) };
-    if ready != 1 || stream.take_error()?.is_some() {
-        return Ok(None);
-    }
-    stream.set_nonblocking(false)?;
+    let stream = TcpStream::from(s);
     stream.set_read_timeout(Some(DROP_TIMEOUT))?;
     Ok(Some(stream))
-}
-
-/// A sockaddr for libc calls: bytes and length.
-fn socket2_addr(a: SocketAddr) -> (Vec<u8>, libc::socklen_t) {
-    match a {
-        SocketAddr::V4(v4) => {
-            // SAFETY: zeroed sockaddr_in is valid.
-            let mut s: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-            s.sin_family = libc::AF_INET as u16;
-            s.sin_port = v4.port().to_be();
-            s.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
-            let len = std::mem::size_of::<libc::sockaddr_in>();
-            // SAFETY: reading the plain struct's bytes.
-            let b = unsafe { std::slice::from_raw_parts(&s as *const _ as *const u8, len) };
-            (b.to_vec(), len as u32)
-        }
-        SocketAddr::V6(v6) => {
-            // SAFETY: zeroed sockaddr_in6 is valid.
-            let mut s: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-            s.sin6_family = libc::AF_INET6 as u16;
-            s.sin6_port = v6.port().to_be();
-            s.sin6_addr.s6_addr = v6.ip().octets();
-            let len = std::mem::size_of::<libc::sockaddr_in6>();
-            // SAFETY: reading the plain struct's bytes.
-            let b = unsafe { std::slice::from_raw_parts(&s as *const _ as *const u8, len) };
-            (b.to_vec(), len as u32)
-        }
-    }
 }
 
 /// Sends a datagram from `ns`, source port `sport`, to `addr:port` and waits for the echo.
