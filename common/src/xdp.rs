@@ -10,7 +10,7 @@ use crate::ct::Timeouts;
 
 /// Bumped whenever a map's key, value or size changes; pinned maps of another layout are not
 /// adopted.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Rules per policy: the width of [`RuleBits`].
 pub const MAX_RULES: usize = 256;
@@ -205,7 +205,8 @@ pub struct GenConfig {
     pub src_classes: u32,
     /// Inbound rules: positions `0..ningress` of `rules` (see [`RuleRef`]).
     pub ningress: u32,
-    pub _reserved: u32,
+    /// Path-compressed runs ([`SrcSkip`]) of the flat source tables this generation uses.
+    pub src_skips: u32,
     /// Rules matching an ICMP packet from an IPv4 source (`icmp` and `all` rules).
     pub icmp4: RuleBits,
     /// Rules matching an ICMPv6 packet from an IPv6 source (`icmpv6` and `all` rules).
@@ -228,7 +229,7 @@ impl GenConfig {
         src_nodes: 0,
         src_classes: 0,
         ningress: 0,
-        _reserved: 0,
+        src_skips: 0,
         icmp4: RuleBits::EMPTY,
         icmp6: RuleBits::EMPTY,
         other: RuleBits::EMPTY,
@@ -272,23 +273,50 @@ pub const GEN_PREFIX_BITS: u32 = 8;
 /// walks one node per prefix bit that distinguishes stored prefixes, with a helper call per
 /// lookup).
 ///
-/// An entry is either a child node (`SRC_CHILD | node`) or a *class*: an index into
-/// [`SrcTables::classes`], which holds the distinct rule sets (a policy has few, however many
-/// prefixes it lists; class 0 is empty). Prefixes are expanded and leaf-pushed by the agent,
-/// so the first class met is the answer. A policy that needs more nodes or classes than a
-/// generation holds falls back to the LPM tries ([`flags::FLAT_SOURCES`] unset), whose
-/// values are class indexes too.
+/// An entry is either a child (`SRC_CHILD | node`, or `SRC_CHILD | SRC_SKIP | skip`) or a
+/// *class*: an index into [`SrcTables::classes`], which holds the distinct rule sets (a
+/// policy has few, however many prefixes it lists; class 0 is empty). Prefixes are expanded
+/// and leaf-pushed by the agent, so the first class met is the answer. A policy that needs
+/// more nodes, runs or classes than a generation holds falls back to the LPM tries
+/// ([`flags::FLAT_SOURCES`] unset), whose values are class indexes too.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct SrcNode(pub [u16; 256]);
+
+/// A path-compressed run of nodes that each lead on through one byte value only, every other
+/// value ending in one class: what a prefix scattered away from all others (a lone IPv6 /64
+/// is 5 such nodes below its /24) becomes. 80 bytes where the nodes took 512 each, so that
+/// thousands of scattered prefixes fit a generation; the walk still takes one step per byte,
+/// with the run's loads in one or two cache lines.
+///
+/// Indexed by the position `i` of the address byte (positions outside the run are unused):
+/// `addr[i] == bytes[i]` continues with `matched[i]` (this run again, or at its last position
+/// what follows it), any other byte ends in the class `other[i]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SrcSkip {
+    pub bytes: [u8; 16],
+    pub matched: [u16; 16],
+    pub other: [u16; 16],
+}
+
+impl SrcSkip {
+    pub const EMPTY: SrcSkip = SrcSkip {
+        bytes: [0; 16],
+        matched: [0; 16],
+        other: [0; 16],
+    };
+}
 
 /// One generation's source tables: entry `g` of `NW_SOURCES`. One value rather than a map
 /// entry per root, node and class: the program looks the generation up once per packet and
 /// then the root, every step of the walk and the class are loads at bounded offsets, where an
 /// entry each cost an (inlined) map lookup per step, with its key spilled to the stack, its
 /// bounds check and its null check. The map is created mmapable: the agent writes the
-/// entries that changed in place, in the generation the switch does not point at.
+/// entries that changed in place, in the generation the switch does not point at. The value
+/// stays below the 4 MiB (`KMALLOC_MAX_SIZE`) an array map's value may have.
 #[repr(C)]
 #[derive(Clone, Copy)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
@@ -297,11 +325,17 @@ pub struct SrcTables {
     /// By family ([`FAMILY_IPV4`], [`FAMILY_IPV6`]), then the first 16 address bits.
     pub roots: [[u16; 65536]; 2],
     pub nodes: [SrcNode; SRC_NODES_PER_GEN as usize],
+    pub skips: [SrcSkip; SRC_SKIPS_PER_GEN as usize],
 }
 
 pub const SRC_CHILD: u16 = 0x8000;
+/// With [`SRC_CHILD`]: the child is a [`SrcSkip`].
+pub const SRC_SKIP: u16 = 0x4000;
 pub const SRC_NODES_PER_GEN: u32 = 4096;
 pub const SRC_CLASSES_PER_GEN: u32 = 4096;
+pub const SRC_SKIPS_PER_GEN: u32 = 16384;
+// An array map refuses values above KMALLOC_MAX_SIZE (4 MiB with 4 KiB pages).
+const _: () = assert!(core::mem::size_of::<SrcTables>() <= 4 << 20);
 /// Roots of both families, IPv4's first.
 pub const SRC_ROOT_ENTRIES_PER_GEN: u32 = 2 * 65536;
 

@@ -1,6 +1,6 @@
 //! The policy's rules: which rule, if any, matches a packet by its address (the source of an
 //! inbound packet, the destination of an outbound one) and its protocol and destination port. Two lookups whose cost does not grow with the policy: a walk of the flat
-//! source tables, one load per address byte until a class (source -> rules containing it; the
+//! source tables, one step per address byte until a class (source -> rules containing it; the
 //! LPM tries instead when the policy did not fit them), and one array lookup (protocol/port ->
 //! rules matching it); the lowest set bit of their intersection is the first matching rule.
 
@@ -120,7 +120,8 @@ fn put_bytes(dst: &mut [u8], src: &[u8]) {
 }
 
 /// [`trie_class`] from the flat tables: the root by the first two address bytes, then one
-/// load per further byte until a class.
+/// step per further byte until a class, through a node (one load) or a path-compressed run
+/// (a compare and a load, in the run's own cache lines).
 #[inline(always)]
 fn flat_class(family: u32, addr: &[u8; 16], tables: &SrcTables) -> Option<u32> {
     let bytes = if family == FAMILY_IPV4 { 4 } else { 16 };
@@ -133,8 +134,23 @@ fn flat_class(family: u32, addr: &[u8; 16], tables: &SrcTables) -> Option<u32> {
         if e & SRC_CHILD == 0 || i >= bytes {
             break;
         }
-        // Masked, the index is provably inside the value: no bounds check, for LLVM or the verifier.
-        e = tables.nodes[(e & (SRC_NODES_PER_GEN as u16 - 1)) as usize].0[addr[i] as usize];
+        // Masked, the indexes are provably inside the value: no bounds check, for LLVM or
+        // the verifier.
+        e = if e & SRC_SKIP != 0 {
+            let run = &tables.skips[(e & (SRC_SKIPS_PER_GEN as u16 - 1)) as usize];
+            // Read back through the stack: strength-reduced into an induction variable, the
+            // offset of `matched[i]` starts negative and the verifier rejects the sum as
+            // unbounded.
+            // SAFETY: a read of a local.
+            let i = unsafe { core::ptr::read_volatile(&i) } & 15;
+            if addr[i] == run.bytes[i] {
+                run.matched[i]
+            } else {
+                run.other[i]
+            }
+        } else {
+            tables.nodes[(e & (SRC_NODES_PER_GEN as u16 - 1)) as usize].0[addr[i] as usize]
+        };
     }
     if e & SRC_CHILD == 0 {
         Some(e as u32)

@@ -8,6 +8,7 @@ use nodewall_netns_tests::probe::{mismatches, next_port, Probe, Prober};
 use nodewall_netns_tests::rng::Rng;
 use nodewall_netns_tests::topology::{Topology, CLUSTER, CONTAINER, CONTROL_PLANE};
 use nodewall_netns_tests::{backend_tests, Backend};
+use std::net::IpAddr;
 
 /// Address ranges in no configured network.
 const OUTSIDE: &[&str] = &[
@@ -154,4 +155,128 @@ fn random_packets_match_explain(backend: Backend) -> anyhow::Result<()> {
     Ok(())
 }
 
-backend_tests!(random_packets_match_explain);
+/// Prefixes scattered over a space where no configured network lies, so that each is a path
+/// of its own below the last byte they share: the XDP backend keeps them as path-compressed
+/// runs (IPv6 over bytes 5-15, IPv4 over byte 3), each byte of a run with its own way out.
+/// Length and their /48s or /24s, which deny one port, vary what the way out leads to.
+fn scattered(rng: &mut Rng) -> (Vec<String>, Vec<String>) {
+    let (mut allow, mut deny) = (Vec::new(), Vec::new());
+    for _ in 0..SCATTERED {
+        let len = *rng.pick(&[64u32, 64, 64, 72, 100, 127, 128]);
+        let addr = 0xfd00_abcd_u128 << 96 | u128::from(rng.next_u64()) << 32 >> 32;
+        let net = addr & (u128::MAX << (128 - len));
+        allow.push(format!("{}/{len}", std::net::Ipv6Addr::from(net)));
+        if rng.chance(20) {
+            deny.push(format!("{}/48", std::net::Ipv6Addr::from(net >> 80 << 80)));
+        }
+    }
+    for _ in 0..SCATTERED / 4 {
+        let len = *rng.pick(&[32u32, 32, 30, 28]);
+        let addr = 0xc613_0000 | (rng.next_u64() as u32 & 0xffff);
+        let net = addr & (u32::MAX << (32 - len));
+        allow.push(format!("{}/{len}", std::net::Ipv4Addr::from(net)));
+        if rng.chance(20) {
+            deny.push(format!("{}/24", std::net::Ipv4Addr::from(net >> 8 << 8)));
+        }
+    }
+    (allow, deny)
+}
+
+const SCATTERED: usize = 160;
+
+/// Random packets from inside each scattered prefix and from addresses that leave it at one
+/// byte (any byte of its run), against `explain`.
+fn scattered_sources_match_explain(backend: Backend) -> anyhow::Result<()> {
+    let topo = Topology::new()?;
+    let mut prober = Prober::new(&topo)?;
+    let mut rng = Rng::from_env(0x0073_6361_7474_6572);
+    // Applied over a policy that shares half its prefixes, so that the second apply rewrites
+    // the tables in place (runs kept, renumbered, added and removed), as a re-apply does.
+    let (old_allow, old_deny) = scattered(&mut rng);
+    let (mut allow, deny) = scattered(&mut rng);
+    allow.extend(old_allow.iter().step_by(2).cloned());
+    let quoted = |nets: &[String]| {
+        nets.iter()
+            .map(|n| format!("\"{n}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let policy = |allow: &[String], deny: &[String]| {
+        let mut cfg = Config::new(backend, None);
+        cfg.rules = vec![
+            format!("  - name: deny-telnet-around\n    action: deny\n    protocol: tcp\n    ports: [\"23\"]\n    from: [{}]", quoted(deny)),
+            format!("  - name: allow-partners\n    action: allow\n    protocol: all\n    from: [{}]", quoted(allow)),
+        ];
+        cfg.write()
+    };
+    apply(&topo.node, &policy(&old_allow, &old_deny)?)?;
+    let file = policy(&allow, &deny)?;
+    apply(&topo.node, &file)?;
+    let mut probes = Vec::new();
+    // The prefixes the second apply removed.
+    for net in old_allow.iter().skip(1).step_by(2) {
+        let src = rng.addr_in(net);
+        probes.push(Probe::udp(src, 1 + rng.below(65535) as u16));
+    }
+    for net in &allow {
+        let inside = rng.addr_in(net);
+        let len: u32 = net.split_once('/').expect("CIDR").1.parse()?;
+        let outside = match inside {
+            IpAddr::V4(a) => {
+                let byte = 2 + rng.below(u64::from(len.div_ceil(8) - 2)) as u32;
+                IpAddr::V4((u32::from(a) ^ 1 << (8 * (3 - byte) + rng.below(8) as u32)).into())
+            }
+            IpAddr::V6(a) => {
+                let byte = 4 + rng.below(u64::from(len.div_ceil(8) - 4)) as u32;
+                IpAddr::V6((u128::from(a) ^ 1 << (8 * (15 - byte) + rng.below(8) as u32)).into())
+            }
+        };
+        for src in [inside, outside] {
+            let port = if rng.chance(50) {
+                23
+            } else {
+                1 + rng.below(65535) as u16
+            };
+            probes.push(if rng.chance(70) {
+                Probe::tcp(src, port)
+            } else {
+                Probe::udp(src, port)
+            });
+        }
+    }
+    let verdicts = explain(&file, &probes)?;
+    let expect: Vec<bool> = verdicts.iter().map(|v| v["verdict"] == "accept").collect();
+    let accepted = expect.iter().filter(|&&a| a).count();
+    assert!(
+        accepted > probes.len() / 4 && accepted < probes.len() * 3 / 4,
+        "the probes should meet every verdict: {accepted} of {} accepted",
+        probes.len()
+    );
+    let failures: Vec<String> = mismatches(&mut prober, &probes, &expect)?
+        .into_iter()
+        .map(|i| {
+            format!(
+                "{:?} explain={} (rule {})",
+                probes[i], verdicts[i]["verdict"], verdicts[i]["rule"]
+            )
+        })
+        .collect();
+    if !failures.is_empty() {
+        anyhow::bail!(
+            "{} of {} probes disagree with explain:\n{}",
+            failures.len(),
+            probes.len(),
+            failures.join("\n")
+        );
+    }
+    eprintln!(
+        "{} probes from scattered sources: datapath == explain",
+        probes.len()
+    );
+    Ok(())
+}
+
+backend_tests!(
+    random_packets_match_explain,
+    scattered_sources_match_explain
+);

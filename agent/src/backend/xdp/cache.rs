@@ -28,7 +28,7 @@ use super::image::PortTable;
 use super::maps::KernelGen;
 
 /// Bumped whenever the encoding or [`KernelGen`] changes meaning.
-const FORMAT: u32 = 6;
+const FORMAT: u32 = 7;
 const MAGIC: &[u8; 4] = b"NWXG";
 /// The maps a generation lives in: their kernel ids identify the install.
 const GEN_MAPS: [&str; 6] = [
@@ -183,6 +183,7 @@ fn encode(ident: &Identity, sw: &Switch, gens: &[KernelGen; 2]) -> Vec<u8> {
         let SourceTables {
             roots: _,
             nodes: _,
+            skips: _,
             classes: _,
             src4,
             src6,
@@ -369,7 +370,7 @@ impl Enc {
         self.u32(c.src_nodes);
         self.u32(c.src_classes);
         self.u32(c.ningress);
-        self.u32(c._reserved);
+        self.u32(c.src_skips);
         self.bits(&c.icmp4);
         self.bits(&c.icmp6);
         self.bits(&c.other);
@@ -446,7 +447,7 @@ impl<'a> Dec<'a> {
             src_nodes: self.u32()?,
             src_classes: self.u32()?,
             ningress: self.u32()?,
-            _reserved: self.u32()?,
+            src_skips: self.u32()?,
             icmp4: self.bits()?,
             icmp6: self.bits()?,
             other: self.bits()?,

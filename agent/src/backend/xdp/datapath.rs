@@ -452,6 +452,7 @@ fn lower(image: &Image, slots: &[u16]) -> KernelGen {
         flags,
         nrules: image.rules.len() as u32,
         src_nodes: sources.nodes.len() as u32,
+        src_skips: sources.skips.len() as u32,
         src_classes: sources.classes.len() as u32,
         ningress: image.ningress as u32,
         icmp4: image.icmp4,

@@ -1,4 +1,4 @@
-//! `NW_SOURCES` (one 2.4 MiB [`SrcTables`] value per generation) mapped into the agent's memory.
+//! `NW_SOURCES` (one 3.6 MiB [`SrcTables`] value per generation) mapped into the agent's memory.
 //!
 //! The map is created `BPF_F_MMAPABLE`, so the agent reads and writes the tables in place: a
 //! re-apply that changes one CIDR rewrites the few node and class entries that differ, where a

@@ -65,6 +65,7 @@ impl KernelGen {
     pub fn renumbered_like(mut self, old: &KernelGen) -> KernelGen {
         self.sources = self.sources.renumbered_like(&old.sources);
         self.config.src_nodes = self.sources.nodes.len() as u32;
+        self.config.src_skips = self.sources.skips.len() as u32;
         self.config.src_classes = self.sources.classes.len() as u32;
         self
     }
@@ -281,12 +282,14 @@ impl Maps {
         let mapped = self.map_sources()?;
         let tables = mapped.get(gen);
         let (nodes, classes) = (g.config.src_nodes as usize, g.config.src_classes as usize);
+        let skips = g.config.src_skips as usize;
         g.sources.roots = if g.config.flags & flags::FLAT_SOURCES != 0 {
             tables.roots.concat()
         } else {
             Vec::new()
         };
         g.sources.nodes = tables.nodes[..nodes.min(tables.nodes.len())].to_vec();
+        g.sources.skips = tables.skips[..skips.min(tables.skips.len())].to_vec();
         g.sources.classes = tables.classes[..classes.min(tables.classes.len())].to_vec();
         Ok(())
     }
@@ -364,14 +367,17 @@ impl Maps {
         anyhow::ensure!(
             new.roots.len() <= roots.len()
                 && new.nodes.len() <= t.nodes.len()
+                && new.skips.len() <= t.skips.len()
                 && new.classes.len() <= t.classes.len(),
-            "{} roots, {} nodes, {} classes",
+            "{} roots, {} nodes, {} runs, {} classes",
             new.roots.len(),
             new.nodes.len(),
+            new.skips.len(),
             new.classes.len()
         );
         w.added += write_changed(roots, &old.roots, &new.roots)
             + write_changed(&mut t.nodes, &old.nodes, &new.nodes)
+            + write_changed(&mut t.skips, &old.skips, &new.skips)
             + write_changed(&mut t.classes, &old.classes, &new.classes);
         Ok(())
     }

@@ -35,6 +35,7 @@ mod mapped;
 mod maps;
 mod objhash;
 mod options;
+mod runs;
 mod samples;
 mod slots;
 mod sys;
