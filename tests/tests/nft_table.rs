@@ -272,3 +272,90 @@ fn failed_batch_leaves_the_previous_ruleset() {
     let report = apply(&node, &file).unwrap();
     assert_eq!(report["generation"], 2);
 }
+
+/// The listing of `nft -f` of what `render` prints for `file`, in a namespace of its own.
+fn render_listing(file: &nodewall::ConfigFile) -> String {
+    let script = std::process::Command::new(nodewall::binary().unwrap())
+        .args(["render", "-c", file.path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(script.status.success());
+    let ns = Netns::new("script").unwrap();
+    ns.nft_load(&script.stdout).unwrap();
+    listing(&ns, false).unwrap()
+}
+
+/// A rule over `n` non-adjacent /32s (kept in a hash set of /32s).
+fn hosts_rule(n: u32) -> String {
+    let from: Vec<String> = (0..n)
+        .map(|k| format!("\"198.18.{}.{}/32\"", 200 + k / 64, 4 * (k % 64) + 1))
+        .collect();
+    format!(
+        "  - name: hosts\n    action: allow\n    protocol: tcp\n    ports: [\"8443\"]\n    from: [{}]",
+        from.join(", ")
+    )
+}
+
+/// Sets of networks are declared with a size (so the kernel allocates their hash once), which
+/// is also the most they hold: a policy that outgrows it gets the table rebuilt with the new
+/// size in the same apply, and a policy that still fits it changes nothing, whether the agent
+/// remembers the table or reads it back.
+#[test]
+fn a_set_outgrowing_its_size_is_rebuilt() {
+    if !can_run("a_set_outgrowing_its_size_is_rebuilt") {
+        return;
+    }
+    let node = Netns::new("node").unwrap();
+    let mut cfg = Config::new(Backend::Nft, None);
+    let hosts_set = |listing: &str| -> (String, usize) {
+        let set = listing
+            .split("set src4p32.")
+            .nth(1)
+            .expect("a set of /32s")
+            .split('}')
+            .next()
+            .unwrap()
+            .to_string();
+        let size = set
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("size "))
+            .unwrap_or("none")
+            .to_string();
+        (size, set.matches("198.18.").count())
+    };
+    cfg.rules = vec![hosts_rule(40)];
+    let file = cfg.write().unwrap();
+    apply(&node, &file).unwrap();
+    assert_eq!(
+        hosts_set(&listing(&node, false).unwrap()),
+        ("64".into(), 40)
+    );
+    cfg.rules = vec![hosts_rule(200)];
+    file.rewrite(&cfg.yaml()).unwrap();
+    let report = apply(&node, &file).unwrap();
+    assert_eq!(report["changed"], true, "{report}");
+    let grown = listing(&node, false).unwrap();
+    assert_eq!(hosts_set(&grown), ("512".into(), 200));
+    // The rebuilt table is exactly what `render` prints.
+    assert!(
+        objects(&grown) == objects(&render_listing(&file)),
+        "the rebuilt table differs from render:\n{grown}"
+    );
+    // Within its size, a policy applies in place and an unchanged one changes nothing, with
+    // the apply record and, once it is gone, from a dump of the kernel's table.
+    cfg.rules = vec![hosts_rule(190)];
+    file.rewrite(&cfg.yaml()).unwrap();
+    let report = apply(&node, &file).unwrap();
+    assert_eq!(
+        (report["added"].as_u64(), report["removed"].as_u64()),
+        (Some(0), Some(10)),
+        "{report}"
+    );
+    assert_eq!(
+        hosts_set(&listing(&node, false).unwrap()),
+        ("512".into(), 190)
+    );
+    assert_eq!(apply(&node, &file).unwrap()["changed"], false);
+    std::fs::remove_file(node.state_dir().unwrap().join("nft-sets.json")).unwrap();
+    assert_eq!(apply(&node, &file).unwrap()["changed"], false);
+}

@@ -67,6 +67,9 @@ fn write_set(out: &mut String, set: &SetDef) {
     if set.kind.interval() {
         out.push_str("\t\tflags interval\n");
     }
+    if let Some(size) = set.size() {
+        let _ = writeln!(out, "\t\tsize {size}");
+    }
     if !set.elems.is_empty() {
         out.push_str("\t\telements = {");
         for (i, e) in set.elems.iter().enumerate() {

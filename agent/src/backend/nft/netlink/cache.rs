@@ -34,7 +34,7 @@ use super::elems::{key_spec, set_flags};
 use super::state::{Current, CurrentChain, CurrentCounter, CurrentRule, CurrentSet, RulePrints};
 
 /// Bumped whenever what a fingerprint stands for changes (e.g. how elements are encoded).
-const FORMAT: u32 = 3;
+const FORMAT: u32 = 4;
 const FILE: &str = "nft-sets.json";
 
 /// The sets as our last commit left them, at ruleset generation id `genid`.
@@ -52,8 +52,8 @@ pub struct Installed {
 pub struct Layout {
     /// The generation in the base rule's comment.
     pub generation: u64,
-    /// Set name -> (key type, key length, set flags).
-    pub sets: BTreeMap<String, (u32, u32, u32)>,
+    /// Set name -> (key type, key length, set flags, declared size or 0).
+    pub sets: BTreeMap<String, (u32, u32, u32, u32)>,
     pub counters: Vec<String>,
     pub chains: Vec<LaidChain>,
 }
@@ -89,7 +89,8 @@ impl Layout {
                 .iter()
                 .map(|s| {
                     let (key_type, key_len, _) = key_spec(s.kind);
-                    (s.name.clone(), (key_type, key_len, set_flags(s.kind)))
+                    let size = s.size().unwrap_or(0);
+                    (s.name.clone(), (key_type, key_len, set_flags(s.kind), size))
                 })
                 .collect(),
             counters: plan.counters.iter().map(|c| c.name.clone()).collect(),
@@ -108,11 +109,12 @@ impl Layout {
             sets: self
                 .sets
                 .iter()
-                .map(|(name, &(key_type, key_len, flags))| {
+                .map(|(name, &(key_type, key_len, flags, size))| {
                     let set = CurrentSet {
                         key_type,
                         key_len,
                         flags,
+                        size,
                         elems: Vec::new(),
                         as_planned: false,
                     };

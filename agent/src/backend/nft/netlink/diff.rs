@@ -199,6 +199,9 @@ impl Diff {
         s.set_u32(sys::NFTNL_SET_FLAGS, set_flags(set.kind));
         s.set_u32(sys::NFTNL_SET_KEY_TYPE, key_type);
         s.set_u32(sys::NFTNL_SET_KEY_LEN, key_len);
+        if let Some(size) = set.size() {
+            s.set_u32(sys::NFTNL_SET_DESC_SIZE, size);
+        }
         s.set_u32(sys::NFTNL_SET_ID, id);
         let mut udata = udata_u32(sys::NFTNL_UDATA_SET_KEYBYTEORDER as u8, byteorder);
         if set.kind.map() {
@@ -441,15 +444,18 @@ fn chain_obj(ch: &ChainDef) -> Chain {
     c
 }
 
-/// False when an object we want exists with another shape (key type, interval flag, hook):
-/// those cannot be changed in place.
+/// False when an object we want exists with another shape (key type, interval flag, declared
+/// size, hook): those cannot be changed in place.
 pub fn compatible(rs: &Ruleset, cur: &Current) -> bool {
     let sets_ok = rs.sets.iter().all(|s| match cur.sets.get(&s.name) {
         None => true,
         Some(c) => {
             let (key_type, key_len, _) = key_spec(s.kind);
             let shape = libc::NFT_SET_INTERVAL as u32 | libc::NFT_SET_MAP as u32;
-            c.key_type == key_type && c.key_len == key_len && c.flags & shape == set_flags(s.kind)
+            c.key_type == key_type
+                && c.key_len == key_len
+                && c.flags & shape == set_flags(s.kind)
+                && c.size == s.size().unwrap_or(0)
         }
     });
     let chains_ok =

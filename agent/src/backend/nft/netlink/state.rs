@@ -40,6 +40,8 @@ pub struct CurrentSet {
     pub key_type: u32,
     pub key_len: u32,
     pub flags: u32,
+    /// The declared size (the most it holds), 0 for none.
+    pub size: u32,
     /// (key, element flags, a map element's verdict) in the kernel's order.
     pub elems: Vec<KernelElem>,
     /// The elements were not dumped because the apply cache vouches that the set holds
@@ -129,6 +131,7 @@ fn read_once(sock: &mut Socket, elements_of: &dyn Fn(&str) -> bool) -> anyhow::R
                 key_type: s.get_u32(sys::NFTNL_SET_KEY_TYPE),
                 key_len: s.get_u32(sys::NFTNL_SET_KEY_LEN),
                 flags: s.get_u32(sys::NFTNL_SET_FLAGS),
+                size: s.get_u32(sys::NFTNL_SET_DESC_SIZE),
                 elems,
                 as_planned: false,
             },
