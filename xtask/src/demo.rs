@@ -15,11 +15,13 @@
 
 use std::fs;
 use std::io::Write;
+use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::shell::{cargo, root, run as sh};
 
@@ -96,12 +98,10 @@ fn run_demo(sb: &mut Sandbox, bin: &Path) -> anyhow::Result<()> {
         let listen = format!("TCP6-LISTEN:{port},fork,reuseaddr,ipv6only=0");
         sb.spawn("inet", "socat", &[&listen, "SYSTEM:echo ok"], None)?;
     }
-    sb.spawn(
-        "node",
-        "socat",
-        &["UDP6-RECVFROM:30053,fork,ipv6only=0", "SYSTEM:echo pong"],
-        None,
-    )?;
+    // UDP is answered in-process (socat's UDP6-RECVFROM,fork forked a process and a shell per
+    // datagram, with a 0.5 s budget for the reply: on a loaded machine it missed it).
+    let xtask = std::env::current_exe()?.display().to_string();
+    sb.spawn("node", &xtask, &["udp-echo", "--port", "30053"], None)?;
     let log = sb.dir.join("nodewall.log");
     let state = sb.dir.join("state");
     let (cfg, st) = (config.display().to_string(), state.display().to_string());
@@ -148,10 +148,8 @@ fn run_demo(sb: &mut Sandbox, bin: &Path) -> anyhow::Result<()> {
         "FROM", "TO NODE", "POLICY", "RULE / REASON", "KERNEL"
     );
     for (p, (allow, why)) in probes.iter().zip(&expected) {
-        let got = sb.probe(p);
-        if got != *allow {
-            mismatches += 1;
-        }
+        let (got, mismatch) = sb.check(p, *allow);
+        mismatches += usize::from(!mismatch.is_empty());
         println!(
             "{:<14} {:<22} {:<8} {:<40} {:<8}{}",
             p.from_name,
@@ -159,7 +157,7 @@ fn run_demo(sb: &mut Sandbox, bin: &Path) -> anyhow::Result<()> {
             if *allow { "allow" } else { "deny" },
             why,
             if got { "passed" } else { "dropped" },
-            if got == *allow { "" } else { "   <-- MISMATCH" }
+            mismatch
         );
     }
 
@@ -283,10 +281,8 @@ fn egress(sb: &Sandbox, bin: &Path, config: &Path, current: &str) -> anyhow::Res
             port: *port,
             what,
         };
-        let got = sb.probe(&p);
-        if got != *allow {
-            mismatches += 1;
-        }
+        let (got, mismatch) = sb.check(&p, *allow);
+        mismatches += usize::from(!mismatch.is_empty());
         println!(
             "{:<6} {:<28} {:<8} {:<24} {:<8}{}",
             label,
@@ -294,7 +290,7 @@ fn egress(sb: &Sandbox, bin: &Path, config: &Path, current: &str) -> anyhow::Res
             if *allow { "allow" } else { "deny" },
             why,
             if got { "passed" } else { "dropped" },
-            if got == *allow { "" } else { "   <-- MISMATCH" }
+            mismatch
         );
     }
     Ok(mismatches)
@@ -435,6 +431,25 @@ fn print_log_lines(log: &Path, needle: &str, max: usize) {
         let level = l.split_whitespace().nth(1).unwrap_or("");
         let rest = l.split_once(": ").map_or(*l, |(_, r)| r);
         println!("  log {level:<5} {rest}");
+    }
+}
+
+/// `cargo xtask udp-echo --port N` (hidden): answers every datagram to port N, IPv4 or IPv6,
+/// with "pong", from this one process, until it is killed.
+pub fn udp_echo(args: &[String]) -> anyhow::Result<()> {
+    let port: u16 = match args {
+        [flag, port] if flag == "--port" => port.parse().context("udp-echo --port")?,
+        _ => bail!("usage: cargo xtask udp-echo --port N"),
+    };
+    let socket = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_only_v6(false)?;
+    socket.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())?;
+    let socket = UdpSocket::from(socket);
+    let mut buf = [0u8; 2048];
+    loop {
+        let (_, peer) = socket.recv_from(&mut buf)?;
+        // A reply that cannot be sent is the prober's loss, not a reason to stop serving.
+        let _ = socket.send_to(b"pong\n", peer);
     }
 }
 
@@ -613,7 +628,9 @@ impl Sandbox {
                 } else {
                     format!("UDP4:{}:{}", p.dst, p.port)
                 };
-                let script = format!("echo ping | socat -T1 - {addr} | grep -q pong");
+                // -t1: socat waits for the reply only 0.5 s (its default) once its input ends,
+                // which is at once; the reply gets the whole second.
+                let script = format!("echo ping | socat -t1 -T1 - {addr} | grep -q pong");
                 cmd.args(["sh", "-c", &script]);
             }
             _ => {
@@ -626,13 +643,44 @@ impl Sandbox {
             .is_ok_and(|s| s.success())
     }
 
+    /// Runs a probe the policy answers with `allow`: whether it got through, and what to print
+    /// after it: nothing, or for a mismatch how many drops nodewall counted while it ran (none:
+    /// the packet was lost outside nodewall, or the probe itself failed).
+    fn check(&self, p: &Probe, allow: bool) -> (bool, String) {
+        let before = self.drops();
+        let got = self.probe(p);
+        if got == allow {
+            return (got, String::new());
+        }
+        let counted = match (before, self.drops()) {
+            (Some(b), Some(a)) => format!(" (nodewall counted {} drop(s))", a.saturating_sub(b)),
+            _ => String::new(),
+        };
+        (got, format!("   <-- MISMATCH{counted}"))
+    }
+
     /// `nodewall_policy_generation`, from the agent's metrics.
     fn generation(&self) -> Option<u64> {
+        self.metric_sum("nodewall_policy_generation ")
+    }
+
+    /// Every packet nodewall has counted as dropped, from the agent's metrics.
+    fn drops(&self) -> Option<u64> {
+        self.metric_sum("nodewall_dropped_packets_total{")
+    }
+
+    /// The sum of the agent's metric samples whose lines start with `prefix` (`None` if the
+    /// agent did not answer).
+    fn metric_sum(&self, prefix: &str) -> Option<u64> {
         let metrics = self.http_get("/metrics")?;
-        let line = metrics
+        if metrics.split_whitespace().nth(1) != Some("200") {
+            return None;
+        }
+        metrics
             .lines()
-            .find(|l| l.starts_with("nodewall_policy_generation "))?;
-        line.rsplit(' ').next()?.parse().ok()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
     }
 
     /// A plain HTTP/1.0 GET to the agent, from inside the node namespace. socat waits up to

@@ -35,6 +35,8 @@ fn main() -> ExitCode {
             .map(|o| println!("{}", o.display()))
             .map_err(anyhow::Error::msg),
         Some("bench") => bench::run(&args[1..]),
+        // Hidden: the demo's UDP listener, started inside the node namespace.
+        Some("udp-echo") => demo::udp_echo(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
