@@ -94,11 +94,12 @@ fn flat_tables_and_lpm_fallback_agree_with_evaluate() {
         let mut pool = pool(&mut rng, 60);
         let nrules = rng.gen_range(4..=32);
         let mut pol = random_policy(&mut rng, &mut pool, nrules);
-        // Every other round, one more rule with scattered /128s: more nodes than a generation
-        // of the flat tables holds, so that generation falls back to the LPM tries.
+        // Every other round, one more rule with scattered /128s: more paths than a generation
+        // of the flat tables holds (each a path-compressed run of its own, 16,384 at most), so
+        // that generation falls back to the LPM tries.
         let fallback = round % 2 == 1;
         if fallback {
-            let many: Vec<String> = (0..1500)
+            let many: Vec<String> = (0..20_000)
                 .map(|_| {
                     format!(
                         "{}/128",

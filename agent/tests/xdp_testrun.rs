@@ -723,12 +723,13 @@ fn counters_follow_rule_names_across_generations() {
         ],
     );
     let one = p.dp.install(&wider).unwrap();
-    // In the flat source tables a new /48 beside its siblings is two new nodes (for address
-    // bytes 4 and 5) and the changed entry of their parent: 3 writes each.
+    // In the flat source tables a new /48 beside its siblings is one new run (the path
+    // through address bytes 4 and 5, path-compressed) and the changed entry of their parent:
+    // 2 writes each.
     assert_eq!(
         (one.writes.added, one.writes.removed),
-        (6, 0),
-        "fd00:78::/48 (catch-up) and fd00:79::/48, 3 node writes each"
+        (4, 0),
+        "fd00:78::/48 (catch-up) and fd00:79::/48, 2 writes each"
     );
     let f = eth(
         ETH_IPV6,
