@@ -17,6 +17,34 @@ pub fn xdp_pins(node: &Netns) -> anyhow::Result<PathBuf> {
     Ok(node.bpffs()?.join("nodewall"))
 }
 
+/// Rewrites the value of the pinned `NW_SWITCH` (the XDP backend's `Switch`: layout, active
+/// generation, ...) behind the agent's back, byte by byte with `bpftool`: `edit` gets its bytes
+/// as bpftool prints them ("0x06").
+pub fn edit_switch(node: &Netns, edit: impl FnOnce(&mut Vec<String>)) -> anyhow::Result<()> {
+    let path = xdp_pins(node)?.join("NW_SWITCH");
+    let path = path.to_str().context("pin path")?;
+    let key = ["key", "0", "0", "0", "0"];
+    let mut lookup = vec!["-j", "map", "lookup", "pinned", path];
+    lookup.extend(key);
+    let v: Value = serde_json::from_str(&node.exec("bpftool", &lookup)?)?;
+    let mut bytes: Vec<String> = v["value"]
+        .as_array()
+        .context("switch value")?
+        .iter()
+        .map(|b| b.as_str().unwrap_or("0x00").to_string())
+        .collect();
+    if bytes.len() < 8 {
+        bail!("switch value: {v}");
+    }
+    edit(&mut bytes);
+    let mut update = vec!["map", "update", "pinned", path];
+    update.extend(key);
+    update.push("value");
+    update.extend(bytes.iter().map(String::as_str));
+    node.exec("bpftool", &update)?;
+    Ok(())
+}
+
 /// The interface index of `dev` in `node`.
 pub fn ifindex(node: &Netns, dev: &str) -> anyhow::Result<u32> {
     let v = link_json(node, dev)?;

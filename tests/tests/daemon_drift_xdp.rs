@@ -58,28 +58,9 @@ fn sabotage(node: &Netns, how: Sabotage) -> anyhow::Result<()> {
 /// Points the XDP program at the generation the agent is not using (`Switch::active`, the
 /// second u32 of the `NW_SWITCH` value).
 fn flip_switch(node: &Netns) -> anyhow::Result<()> {
-    let path = xdp_pins(node)?.join("NW_SWITCH");
-    let path = path.to_str().unwrap();
-    let text = node.exec(
-        "bpftool",
-        &[
-            "-j", "map", "lookup", "pinned", path, "key", "0", "0", "0", "0",
-        ],
-    )?;
-    let v: serde_json::Value = serde_json::from_str(&text)?;
-    let mut bytes: Vec<String> = v["value"]
-        .as_array()
-        .context("switch value")?
-        .iter()
-        .map(|b| b.as_str().unwrap_or("0x00").to_string())
-        .collect();
-    ensure!(bytes.len() >= 8, "switch value: {v}");
-    bytes[4] = if bytes[4] == "0x00" { "0x01" } else { "0x00" }.to_string();
-    let mut args = vec!["map", "update", "pinned", path, "key", "0", "0", "0", "0"];
-    args.push("value");
-    args.extend(bytes.iter().map(String::as_str));
-    node.exec("bpftool", &args)?;
-    Ok(())
+    installed::edit_switch(node, |bytes| {
+        bytes[4] = if bytes[4] == "0x00" { "0x01" } else { "0x00" }.to_string();
+    })
 }
 
 /// Everything in place: XDP on the uplink in `backend`'s mode, our TCX egress program, both

@@ -6,7 +6,7 @@
 //! and its flush must leave the other tools' tables as they were. "Nothing changed" is judged
 //! on what each backend installs (see `installed::fingerprint`).
 
-use nodewall_netns_tests::installed::{fingerprint, leftovers};
+use nodewall_netns_tests::installed::{edit_switch, fingerprint, leftovers, xdp_pins};
 use nodewall_netns_tests::netns::Netns;
 use nodewall_netns_tests::nodewall::{apply, flush, run, status, Config, ConfigFile};
 use nodewall_netns_tests::topology::lone_node;
@@ -177,3 +177,91 @@ backend_tests!(
     reapply_unchanged_changes_nothing,
     interfaces_without_ethernet
 );
+
+/// Maps pinned by an agent of another map layout (what an upgrade across a layout change
+/// finds): the new agent refuses them by name and layout before loading its programs over
+/// them, leaves the installed datapath as it is, and `flush` then clears the way. Simulated
+/// by an older layout number in the switch and a `NW_SOURCES` of another size in its place.
+fn maps_of_another_layout_are_refused(backend: Backend) -> anyhow::Result<()> {
+    let node = lone_node("node")?;
+    let mut cfg = Config::new(backend, Some("ack-node"));
+    let file = cfg.write()?;
+    apply(&node, &file)?;
+    let pins = xdp_pins(&node)?;
+    let sources = pins.join("NW_SOURCES");
+    std::fs::remove_file(&sources)?;
+    node.exec(
+        "bpftool",
+        &[
+            "map",
+            "create",
+            sources.to_str().unwrap(),
+            "type",
+            "array",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "2",
+            "name",
+            "NW_SOURCES",
+        ],
+    )?;
+    edit_switch(&node, |bytes| {
+        bytes[..4].clone_from_slice(&["0x06", "0x00", "0x00", "0x00"].map(String::from));
+    })?;
+    // Programs from another object too, as after an upgrade.
+    for e in std::fs::read_dir(&pins)?.flatten() {
+        if e.file_name().to_string_lossy().starts_with("object-") {
+            std::fs::remove_dir_all(e.path())?;
+        }
+    }
+    let before = fingerprint(&node, backend)?;
+    cfg.rules = vec!["  - name: new\n    action: allow\n    protocol: tcp\n    ports: [\"8443\"]\n    from: [\"198.19.0.0/16\"]".into()];
+    file.rewrite(&cfg.yaml())?;
+    let state = node.state_dir()?;
+    let path = file.path.to_str().unwrap();
+    let out = run(
+        &node,
+        &["apply", "-c", path, "--state-dir", state.to_str().unwrap()],
+        backend.env(),
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(
+        !out.status.success()
+            && stderr.contains("have layout 6, this agent writes layout")
+            && stderr
+                .contains("the installed datapath keeps its policy; run `nodewall flush` first"),
+        "{}: {stderr}",
+        out.status
+    );
+    let after = fingerprint(&node, backend)?;
+    anyhow::ensure!(
+        after == before,
+        "the refused apply changed what is installed:\n--- before\n{before}\n--- after\n{after}"
+    );
+    flush(&node, backend)?;
+    let report = apply(&node, &file)?;
+    anyhow::ensure!(report["changed"] == true, "{report}");
+    Ok(())
+}
+
+mod maps_of_another_layout_are_refused {
+    #[test]
+    fn xdp_native() {
+        nodewall_netns_tests::run_case(
+            "maps_of_another_layout_are_refused",
+            super::maps_of_another_layout_are_refused,
+            nodewall_netns_tests::Backend::XdpNative,
+        );
+    }
+    #[test]
+    fn xdp_generic() {
+        nodewall_netns_tests::run_case(
+            "maps_of_another_layout_are_refused",
+            super::maps_of_another_layout_are_refused,
+            nodewall_netns_tests::Backend::XdpGeneric,
+        );
+    }
+}

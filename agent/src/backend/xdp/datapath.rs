@@ -90,6 +90,9 @@ impl Datapath {
         // Maps the loader creates (none pinned yet) are all zero; pinned ones may hold anything.
         let fresh =
             pin_dir.is_none_or(|dir| map_names::ALL.iter().all(|name| !dir.join(name).exists()));
+        if let Some(dir) = pin_dir {
+            refuse_other_layout(dir)?;
+        }
         let mut loader = EbpfLoader::new();
         if let Some(dir) = pin_dir {
             for name in map_names::ALL {
@@ -123,11 +126,7 @@ impl Datapath {
         } else if switch.layout == 0 {
             ([KernelGen::empty(), KernelGen::empty()], Slots::empty())
         } else if switch.layout != LAYOUT_VERSION {
-            bail!(
-                "the maps pinned under {} have layout {}, this agent writes layout {LAYOUT_VERSION}: run `nodewall flush` first",
-                pin_dir.map_or("(none)".into(), |d| d.display().to_string()),
-                switch.layout
-            );
+            return Err(other_layout(pin_dir, &switch.layout.to_string()));
         } else if (switch.netns_dev, switch.netns_ino) != netns {
             bail!(
                 "the maps pinned under {} belong to another network namespace",
@@ -398,6 +397,37 @@ impl Datapath {
 /// every map and both programs still pinned, and the programs using no `NW_` map but those
 /// pinned beside them (a map pinned anew since, by hand or a half-done flush, means the
 /// programs read other maps).
+/// Refuses maps pinned under `dir` by an agent of another map layout before the object is
+/// loaded over them: aya reuses a pinned map whatever its definition, so the programs would be
+/// verified against the old maps and fail with a verifier error that does not say why (or,
+/// where the sizes still fit, pass and read the old maps with the new meaning).
+fn refuse_other_layout(dir: &Path) -> Result<()> {
+    let path = dir.join(map_names::SWITCH);
+    if !path.exists() {
+        return Ok(());
+    }
+    let data = aya::maps::MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned {}", path.display()))?;
+    let layout = match aya::maps::Array::<_, Switch>::try_from(aya::maps::Map::Array(data)) {
+        Ok(switch) => switch.get(&0, 0)?.layout,
+        // A switch of another size is another layout, whichever.
+        Err(_) => return Err(other_layout(Some(dir), "another")),
+    };
+    if layout != 0 && layout != LAYOUT_VERSION {
+        return Err(other_layout(Some(dir), &layout.to_string()));
+    }
+    Ok(())
+}
+
+fn other_layout(pin_dir: Option<&Path>, layout: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the maps pinned under {} have layout {layout}, this agent writes layout {LAYOUT_VERSION}: \
+         the installed datapath keeps its policy; run `nodewall flush` first (the node is \
+         unfiltered until the next apply)",
+        pin_dir.map_or("(none)".into(), |d| d.display().to_string()),
+    )
+}
+
 fn pinned_programs(pin_dir: &Path) -> Result<Option<Programs>> {
     if !super::objhash::is_ours(pin_dir) {
         return Ok(None);
