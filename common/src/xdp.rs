@@ -10,7 +10,7 @@ use crate::ct::Timeouts;
 
 /// Bumped whenever a map's key, value or size changes; pinned maps of another layout are not
 /// adopted.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// Rules per policy: the width of [`RuleBits`].
 pub const MAX_RULES: usize = 256;
@@ -454,12 +454,27 @@ pub struct FlowKey {
 pub const FLOW_TABLE_ENTRIES: u32 = 65536;
 pub const FLOW_NEW_TABLE_ENTRIES: u32 = 65536;
 
-/// `NW_FLOW_MARKS`: one byte per (TCP or UDP, local port), set whenever a flow with that local
-/// port is created. A TCP or UDP packet whose destination port is not marked cannot belong to
-/// a flow, so the XDP program skips the flow-table hash for it: unsolicited traffic (what a
-/// firewall drops under a flood) never pays for the lookup. Marks are never cleared; a stale
-/// one only costs the lookup it would have cost anyway.
+/// `NW_FLOW_MARKS`: one [`FlowMark`] per (TCP or UDP, local port). A TCP or UDP packet whose
+/// destination port has no mark for a table cannot belong to a flow in that table, so the XDP
+/// program skips that table's hash: unsolicited traffic (what a firewall drops under a flood)
+/// never pays for a lookup, and traffic to a port whose flows never became assured (a UDP
+/// service that does not answer, a port under a SYN flood) pays for one, not two. Marks are
+/// never cleared; a stale one only costs the lookup it would have cost anyway.
 pub const FLOW_MARK_ENTRIES: u32 = 2 * 65536;
+
+/// Which flow tables may hold a flow of a local port: each byte is 0 until the first flow with
+/// that port goes into the table (`new`: `NW_FLOWS_NEW`, `assured`: `NW_FLOWS`), then 1 for
+/// good. One byte per table rather than bits of one byte: CPUs that mark the two tables at
+/// once each store a byte of their own, where setting bits would be a read-modify-write that
+/// can lose the other's bit (BPF has no atomic operation on bytes) and with it the lookups of
+/// that table's flows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowMark {
+    pub new: u8,
+    pub assured: u8,
+}
 
 #[inline(always)]
 pub const fn flow_mark_index(proto: u32, port: u16) -> u32 {

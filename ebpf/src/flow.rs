@@ -26,8 +26,8 @@ use aya_ebpf::{
 };
 use nodewall_common::ct::{self, icmp, Class, Dir, FlowState, Write};
 use nodewall_common::xdp::{
-    flags, flow_mark_index, FlowKey, GenConfig, PassReason, FAMILY_IPV4, FLOW_MARK_ENTRIES, FLOW_NEW_TABLE_ENTRIES,
-    FLOW_TABLE_ENTRIES, PORT_PROTO_TCP, PORT_PROTO_UDP,
+    flags, flow_mark_index, FlowKey, FlowMark, GenConfig, PassReason, FAMILY_IPV4, FLOW_MARK_ENTRIES,
+    FLOW_NEW_TABLE_ENTRIES, FLOW_TABLE_ENTRIES, PORT_PROTO_TCP, PORT_PROTO_UDP,
 };
 
 use crate::parse::{
@@ -42,7 +42,7 @@ static NW_FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(F
 #[map]
 static NW_FLOWS_NEW: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(FLOW_NEW_TABLE_ENTRIES, 0);
 #[map]
-static NW_FLOW_MARKS: Array<u8> = Array::with_max_entries(FLOW_MARK_ENTRIES, 0);
+static NW_FLOW_MARKS: Array<FlowMark> = Array::with_max_entries(FLOW_MARK_ENTRIES, 0);
 
 /// The key of the flow an ICMP error is about. The error quotes the IP header and the first 8
 /// bytes of a packet that went `sent` (the node's, for an inbound error), and goes back to
@@ -135,13 +135,23 @@ impl Entry {
 /// The flow stored under `k`, assured or not.
 #[inline(always)]
 pub fn lookup(k: &FlowKey) -> Entry {
-    if let Some(ptr) = NW_FLOWS.get_ptr_mut(k) {
-        return Entry { ptr, fresh: 0 };
+    lookup_in(k, &FlowMark { new: 1, assured: 1 })
+}
+
+/// The flow stored under `k`, looked for only in the tables `m` marks.
+#[inline(always)]
+fn lookup_in(k: &FlowKey, m: &FlowMark) -> Entry {
+    if m.assured != 0 {
+        if let Some(ptr) = NW_FLOWS.get_ptr_mut(k) {
+            return Entry { ptr, fresh: 0 };
+        }
     }
-    match NW_FLOWS_NEW.get_ptr_mut(k) {
-        Some(ptr) => Entry { ptr, fresh: 1 },
-        None => Entry::NONE,
+    if m.new != 0 {
+        if let Some(ptr) = NW_FLOWS_NEW.get_ptr_mut(k) {
+            return Entry { ptr, fresh: 1 };
+        }
     }
+    Entry::NONE
 }
 
 /// Carries out what [`ct::track`] decided (`w`, with the new state `n`) for the flow `k`
@@ -155,6 +165,8 @@ pub fn apply(k: &FlowKey, e: Entry, w: Write, n: &FlowState) {
                 return;
             }
             if e.fresh != 0 && n.assured() != 0 {
+                // Marked first, as in `create`.
+                mark(k, Table::Assured);
                 if NW_FLOWS.insert(k, n, 0).is_ok() {
                     let _ = NW_FLOWS_NEW.remove(k);
                 }
@@ -184,7 +196,7 @@ pub fn remove(k: &FlowKey, e: Entry) {
 #[inline(always)]
 pub fn create(k: &FlowKey, n: &FlowState) {
     // Marked first: once the flow is in the table, its packets find the mark set.
-    mark(k);
+    mark(k, Table::New);
     let _ = NW_FLOWS_NEW.insert(k, n, 0);
 }
 
@@ -198,28 +210,39 @@ fn mark_index(proto: u8, local_port: u16) -> Option<u32> {
     }
 }
 
-/// Whether an inbound packet may belong to a flow at all: false when no flow was ever
-/// created with its local (destination) TCP/UDP port, so the lookup could not hit. Other
-/// protocols are always looked up.
+/// The flow tables an inbound packet's flow may be in: none when no flow was ever stored in
+/// them with its local (destination) TCP/UDP port, so a lookup could not hit. Other protocols
+/// are always looked up in both.
 #[inline(always)]
-pub fn may_be_tracked(p: &Pkt) -> bool {
+fn marks(p: &Pkt) -> FlowMark {
     let i = match p.kind {
         pkt::TCP => flow_mark_index(PORT_PROTO_TCP, p.dport),
         pkt::UDP => flow_mark_index(PORT_PROTO_UDP, p.dport),
-        _ => return true,
+        _ => return FlowMark { new: 1, assured: 1 },
     };
-    NW_FLOW_MARKS.get(i).is_some_and(|m| *m != 0)
+    NW_FLOW_MARKS.get(i).copied().unwrap_or_default()
 }
 
-/// Marks the local port of a new flow, written only when not set yet so that a busy port's
-/// cache line stays shared between CPUs.
+/// The table a flow is stored in.
+#[derive(Clone, Copy)]
+enum Table {
+    New,
+    Assured,
+}
+
+/// Marks the local port of a flow stored in `table`, written only when not set yet so that a
+/// busy port's cache line stays shared between CPUs.
 #[inline(always)]
-fn mark(k: &FlowKey) {
+fn mark(k: &FlowKey, table: Table) {
     if let Some(m) = mark_index(k.proto, k.local_port).and_then(|i| NW_FLOW_MARKS.get_ptr_mut(i)) {
-        // SAFETY: a byte of an array map; concurrent writers all store the same value.
+        // SAFETY: a value of an array map; each byte is only ever set to 1, by any CPU.
         unsafe {
-            if *m == 0 {
-                *m = 1;
+            let b = match table {
+                Table::New => &mut (*m).new,
+                Table::Assured => &mut (*m).assured,
+            };
+            if *b == 0 {
+                *b = 1;
             }
         }
     }
@@ -296,7 +319,7 @@ pub fn conntrack(ctx: &XdpContext, p: &Pkt, cfg: &GenConfig, opens: &mut Opens) 
             }
         }
         Class::Flow(key, kind) => {
-            let found = if may_be_tracked(p) { lookup(&key) } else { Entry::NONE };
+            let found = lookup_in(&key, &marks(p));
             // Without a flow the clock only dates the one this packet may open (see
             // `ct::track`), and is read when that is stored: not for packets that are dropped.
             let now = if found.ptr.is_null() { 0 } else { now() };
