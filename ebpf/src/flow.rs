@@ -37,7 +37,7 @@ use crate::parse::{
 
 /// Assured flows (see [`nodewall_common::xdp::FLOW_TABLE_ENTRIES`]).
 #[map]
-static NW_FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(FLOW_TABLE_ENTRIES, 0);
+pub(crate) static NW_FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(FLOW_TABLE_ENTRIES, 0);
 /// Flows not assured yet: a flood of new flows evicts only these.
 #[map]
 static NW_FLOWS_NEW: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(FLOW_NEW_TABLE_ENTRIES, 0);

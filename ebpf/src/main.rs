@@ -13,6 +13,7 @@
 // See common/src/lib.rs: no made-up memset or memcpy calls.
 #![no_builtins]
 
+mod bench;
 mod egress;
 mod flow;
 mod parse;
@@ -32,7 +33,7 @@ use nodewall_common::ct::{DHCP_CLIENT_PORT, DHCP_SERVER_PORT};
 use nodewall_common::xdp::*;
 
 use crate::flow::{conntrack, step, Opens};
-use crate::parse::{parse_ip, parse_pkt, pkt, Frame, Parsed, Pkt};
+use crate::parse::{parse_pkt, pkt, Frame, Pkt};
 use crate::stats::{bump, NW_DROP_STATS, NW_PASS_STATS, NW_RULE_STATS};
 
 #[map]
@@ -173,52 +174,6 @@ fn forget(at: &mut Pkt, p: Pkt) -> Pkt {
 /// [`Pkt`] in words, for [`forget`].
 const PKT_WORDS: usize = core::mem::size_of::<Pkt>() / 8;
 const _: () = assert!(core::mem::size_of::<Pkt>() == PKT_WORDS * 8 && core::mem::align_of::<Pkt>() == 8);
-
-/// The baseline of the benchmark in the agent's tests: the cost of an XDP program that does
-/// nothing, against which the classifier's cost per packet is measured.
-#[xdp]
-pub fn nodewall_bench_pass(_ctx: XdpContext) -> u32 {
-    XDP_PASS
-}
-
-/// The second baseline of the benchmark: parses the Ethernet, IP and L4 headers exactly as
-/// [`nodewall_xdp`] does and passes, so that the classifier's cost splits into parsing and
-/// classifying.
-#[xdp]
-pub fn nodewall_bench_parse(ctx: XdpContext) -> u32 {
-    let f = Frame::whole(ctx.data(), ctx.data_end());
-    match parse_ip(&f) {
-        Parsed::Ip(ip) if ip.l4(&f).is_some() => XDP_PASS,
-        Parsed::NotIp | Parsed::LaterFragment => XDP_PASS,
-        _ => XDP_DROP,
-    }
-}
-
-/// The floor of the classifier benchmark (issue 17): what any classifier of this design pays
-/// for a packet with no state to consult: the same parse, one direct array load by the source
-/// (its root entry in the flat tables) and one by the destination port, and a counter.
-#[xdp]
-pub fn nodewall_bench_floor(ctx: XdpContext) -> u32 {
-    let p = parse_pkt(&Frame::whole(ctx.data(), ctx.data_end()));
-    let Some(sw) = NW_SWITCH.get(0) else {
-        return XDP_PASS;
-    };
-    let gen = sw.active & 1;
-    let (Some(tables), Some(by_port)) = (
-        rules::NW_SOURCES.get(gen),
-        rules::NW_PORTS.get(port_index(gen, PORT_PROTO_UDP, p.dport)),
-    ) else {
-        return XDP_PASS;
-    };
-    let top = ((p.src[0] as usize) << 8) | p.src[1] as usize;
-    let class = tables.roots[(p.family & 1) as usize][top];
-    let by_src = &tables.classes[(class as u32 & (SRC_CLASSES_PER_GEN - 1)) as usize];
-    bump(&NW_PASS_STATS, 0, p.len);
-    match by_src.first_common(by_port) {
-        Some(_) => XDP_PASS,
-        None => XDP_DROP,
-    }
-}
 
 /// Headers the egress program needs in the linear part of the skb.
 const EGRESS_PULL: u32 = 128;

@@ -42,6 +42,9 @@ pub struct Cell {
     pub xdp_filter_ns: Option<f64>,
     /// The array-lookup floor on the same frame, when the eBPF object has it.
     pub floor_ns: Option<f64>,
+    /// The stateful floor (the array-lookup floor plus one flow-table hash lookup), when the
+    /// eBPF object has it.
+    pub floor_ct_ns: Option<f64>,
 }
 
 impl Cell {
@@ -60,6 +63,7 @@ struct Measured {
     /// xdp-filter's best ns and its verdict.
     peer: Option<(f64, u32)>,
     floor: Option<f64>,
+    floor_ct: Option<f64>,
 }
 
 /// Runs the three programs `rounds` times each, alternating, and keeps each one's best (the
@@ -76,10 +80,15 @@ fn measure(
     let (mut best_p, mut best_q, mut best_b, mut verdict) = (u32::MAX, u32::MAX, u32::MAX, 0);
     let mut best_peer: Option<(u32, u32)> = None;
     let mut best_floor: Option<u32> = None;
+    let mut best_floor_ct: Option<u32> = None;
     for _ in 0..rounds {
         if let Some(floor) = &refs.floor {
             let (_, t) = bpf::test_run(floor, frame, ifindex, repeat)?;
             best_floor = Some(best_floor.map_or(t, |b| b.min(t)));
+        }
+        if let Some(floor_ct) = &refs.floor_ct {
+            let (_, t) = bpf::test_run(floor_ct, frame, ifindex, repeat)?;
+            best_floor_ct = Some(best_floor_ct.map_or(t, |b| b.min(t)));
         }
         if let Some(peer) = peer {
             let (v, t) = bpf::test_run(peer, frame, ifindex, repeat)?;
@@ -100,6 +109,7 @@ fn measure(
         verdict,
         peer: best_peer.map(|(t, v)| (t as f64, v)),
         floor: best_floor.map(f64::from),
+        floor_ct: best_floor_ct.map(f64::from),
     })
 }
 
@@ -121,11 +131,19 @@ struct Refs {
     parse: OwnedFd,
     /// [`FLOOR`], when the eBPF object has it.
     floor: Option<OwnedFd>,
+    /// [`FLOOR_CT`], when the eBPF object has it.
+    floor_ct: Option<OwnedFd>,
 }
 
 /// The issue's floor for the classifier, when the eBPF object provides it: the same parse, two
 /// direct array lookups and a counter, nothing else.
 const FLOOR: &str = "nodewall_bench_floor";
+/// The stateful floor, when the eBPF object provides it: [`FLOOR`] plus one lookup of the
+/// packet's flow key in an LRU hash of the flow table's type, what any classifier that tracks
+/// flows pays at least. Loaded on its own, so its flow table is its own and empty: every
+/// lookup misses, as the classifier's first one (assured flows) does on these frames, whose
+/// flows are never assured (see `ebpf/src/bench.rs`).
+const FLOOR_CT: &str = "nodewall_bench_floor_ct";
 
 pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
     // On its own thread: it enters the node namespace, which must not leak into the caller.
@@ -139,7 +157,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
 fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
     let mut sec = Section::new(
         "XDP classifier cost",
-        "ns per packet of nodewall's XDP program under `BPF_PROG_TEST_RUN` against a bare `XDP_PASS` \
+        &format!("ns per packet of nodewall's XDP program under `BPF_PROG_TEST_RUN` against a bare `XDP_PASS` \
          program (two instructions) on the same 60/80-byte UDP frame, same namespace and ingress \
          interface. Each figure is the best of several alternating runs of `repeat` iterations each \
          (the kernel's own mean per run). The parse-only column is a third program from nodewall's own \
@@ -151,7 +169,16 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
          byte-stride trie) and one IPv4 CIDR per rule; its IPv6 cells are compared with the same packets \
          at the smallest policy. The xdp-filter column is xdp-filter's \
          program (xdp-tools), loaded by `xdp-filter load` on the same interface, its address maps filled, \
-         opened by id and unloaded again, run on the same frames in the same rounds. ",
+         opened by id and unloaded again, run on the same frames in the same rounds. \
+         The array-lookup floor (`{FLOOR}`) parses as the classifier does, makes one direct array load by \
+         the source and one by the destination port, and bumps a counter: a classifier with no state. \
+         The stateful floor (`{FLOOR_CT}`) is the same plus one lookup of the packet's flow key \
+         (as connection tracking builds it) in an LRU hash of the flow table's type, key and value: \
+         the least any classifier that tracks flows pays, since it cannot tell return traffic from new \
+         flows without hashing the key. It runs with a flow table of its own, empty, so its lookup \
+         misses on every frame, as nodewall's first lookup (assured flows) does here; nodewall then \
+         also looks in its table of new flows, where the allowed packet's flow is once the first \
+         run has opened it. "),
     );
     sec.intro.push_str(peers::XDP_FILTER_POLICY);
     let repeat: u32 = 1_000_000;
@@ -172,6 +199,7 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
         bare: bpf::load_xdp_pass()?,
         parse: bpf::load_bench_parse(&object)?,
         floor: bpf::load_bench(&object, FLOOR)?,
+        floor_ct: bpf::load_bench(&object, FLOOR_CT)?,
     };
     let mut table = Table::new(
         &format!(
@@ -188,6 +216,7 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
             "parse-only ns/pkt",
             "bare ns/pkt",
             "array-lookup floor ns/pkt",
+            "stateful floor ns/pkt",
             "xdp-filter ns/pkt",
             "nodewall / xdp-filter",
         ],
@@ -308,6 +337,7 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
                     bare_ns: m.bare,
                     xdp_filter_ns: m.peer.map(|p| p.0),
                     floor_ns: m.floor,
+                    floor_ct_ns: m.floor_ct,
                 };
                 table.row(vec![
                     ratio(cell.ratio()),
@@ -324,6 +354,9 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
                     format!("{:.0}", m.parse),
                     format!("{:.0}", m.bare),
                     m.floor
+                        .map(|f| format!("{f:.0}"))
+                        .unwrap_or_else(|| "–".into()),
+                    m.floor_ct
                         .map(|f| format!("{f:.0}"))
                         .unwrap_or_else(|| "–".into()),
                     m.peer
@@ -463,6 +496,25 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
                 "no cell at this size"
             } else {
                 "the eBPF object has no such program yet; the parse-only column is the nearest"
+            },
+        ),
+    }
+    // Contrast: a stateful classifier hashes the flow key of every packet that may belong to
+    // a flow, which the array-lookup floor never does.
+    let floor_ct = worst_vs(|c| c.floor_ct_ns);
+    let what = format!(
+        "XDP classifier vs the stateful floor (floor + one flow-table hash lookup), \
+         {big_rules} rules × 10k CIDRs, worst of v4/v6 allowed/dropped"
+    );
+    match floor_ct {
+        Some(_) => sec.headline(&what, floor_ct, INFO, |_| true),
+        None => sec.not_measured(
+            &what,
+            INFO,
+            if refs.floor_ct.is_some() {
+                "no cell at this size"
+            } else {
+                "the eBPF object has no such program yet"
             },
         ),
     }
