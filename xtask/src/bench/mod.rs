@@ -165,7 +165,7 @@ fn ensure_packages() -> anyhow::Result<()> {
 /// 3 minutes on a 2-core machine (section 2 measures nine filters).
 fn time_box(section: u8, quick: bool) -> Duration {
     let (full, q) = match section {
-        1 => (110, 25),
+        1 => (150, 25),
         2 => (270, 60),
         3 => (110, 30),
         4 => (95, 20),

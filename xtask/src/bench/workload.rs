@@ -79,6 +79,24 @@ pub fn v6_cidrs(n: usize) -> Vec<Cidr> {
         .collect()
 }
 
+/// `n` distinct IPv4 /32s evenly spread over 198.18.0.0/15 (the bench's whole IPv4 range, so
+/// 100k of them fill 76% of it), leaving out the pair's own /24 (198.19.254.0/24) and
+/// [`DENIED_V4`].
+pub fn hosts_v4(n: usize) -> Vec<Cidr> {
+    let base = u32::from(Ipv4Addr::new(198, 18, 0, 0));
+    let pair = u32::from(Ipv4Addr::new(198, 19, 254, 0)) >> 8;
+    let free: Vec<u32> = (base..base + (1 << 17))
+        .filter(|&a| a >> 8 != pair && a != u32::from(DENIED_V4))
+        .collect();
+    let n = n.min(free.len());
+    (0..n)
+        .map(|i| Cidr {
+            addr: IpAddr::V4(Ipv4Addr::from(free[i * free.len() / n])),
+            prefix: 32,
+        })
+        .collect()
+}
+
 /// `n` distinct /64s scattered over fd00::/8: the 56 bits after `fd` are `i + 1` times an odd
 /// constant (a bijection modulo 2^56), so consecutive prefixes share no byte beyond the first
 /// and each needs its own path through a byte-stride trie.
@@ -125,6 +143,18 @@ impl Workload {
         let groups = v4_cidrs(rules)
             .into_iter()
             .chain(scattered_v6(n))
+            .map(|c| vec![c])
+            .collect();
+        Self::spread(rules, groups, rules + n)
+    }
+
+    /// `n` IPv4 /32s ([`hosts_v4`]) dealt to the rules in turn, so that consecutive addresses
+    /// are in different rules and none merge into a shorter prefix, plus one IPv6 CIDR per rule
+    /// so that every rule, the last included, holds both families.
+    pub fn hosts_v4(rules: usize, n: usize) -> Self {
+        let groups = v6_cidrs(rules)
+            .into_iter()
+            .chain(hosts_v4(n))
             .map(|c| vec![c])
             .collect();
         Self::spread(rules, groups, rules + n)
@@ -374,19 +404,55 @@ mod tests {
     #[test]
     fn scattered_prefixes_are_distinct_and_miss_the_fixed_addresses() {
         let v = scattered_v6(5000);
-        let distinct: std::collections::BTreeSet<_> = v.iter().map(|c| c.addr).collect();
-        assert_eq!(distinct.len(), 5000);
-        let node: IpAddr = "fd00:b::2".parse().unwrap();
-        for a in [IpAddr::V6(DENIED_V6), node] {
-            assert!(!v.iter().any(|c| contains(c, a)), "{a}");
-        }
+        distinct_and_missing(
+            &v,
+            5000,
+            [IpAddr::V6(DENIED_V6), "fd00:b::2".parse().unwrap()],
+        );
         let w = Workload::scattered_v6(64, 5000);
         assert_eq!(w.distinct, 5064);
-        let src = w.allowed_src(Family::V6);
-        let holders: Vec<usize> = (0..64)
+        only_the_last_rule_holds(&w, Family::V6);
+    }
+
+    fn distinct_and_missing(v: &[Cidr], n: usize, fixed: [IpAddr; 2]) {
+        let distinct: std::collections::BTreeSet<_> = v.iter().map(|c| c.addr).collect();
+        assert_eq!(distinct.len(), n);
+        for a in fixed {
+            assert!(!v.iter().any(|c| contains(c, a)), "{a}");
+        }
+    }
+
+    fn only_the_last_rule_holds(w: &Workload, family: Family) {
+        let src = w.allowed_src(family);
+        let holders: Vec<usize> = (0..w.rules)
             .filter(|&i| w.per_rule[i].iter().any(|c| contains(c, src)))
             .collect();
-        assert_eq!(holders, vec![63]);
+        assert_eq!(holders, vec![w.rules - 1]);
+    }
+
+    #[test]
+    fn hosts_are_distinct_unmergeable_and_miss_the_fixed_addresses() {
+        let v = hosts_v4(100_000);
+        distinct_and_missing(
+            &v,
+            100_000,
+            [IpAddr::V4(DENIED_V4), "198.19.254.2".parse().unwrap()],
+        );
+        let w = Workload::hosts_v4(64, 100_000);
+        assert_eq!(w.distinct, 100_064);
+        // No rule holds two adjacent addresses (they would merge into a /31).
+        for r in &w.per_rule {
+            let mut a: Vec<u32> = r
+                .iter()
+                .filter_map(|c| match c.addr {
+                    IpAddr::V4(a) => Some(u32::from(a)),
+                    IpAddr::V6(_) => None,
+                })
+                .collect();
+            a.sort_unstable();
+            assert!(a.windows(2).all(|p| p[1] - p[0] > 1));
+        }
+        only_the_last_rule_holds(&w, Family::V4);
     }
 
     #[test]

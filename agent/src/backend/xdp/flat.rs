@@ -78,12 +78,15 @@ impl SourceTables {
         let mut b = Builder::new(true);
         let v4 = src4
             .iter()
-            .map(|(&(a, len), bits)| (a.to_be_bytes().to_vec(), len, bits));
-        let v6 = src6
-            .iter()
-            .map(|(&(a, len), bits)| (a.to_be_bytes().to_vec(), len, bits));
-        b.insert_all(0, v4.collect())?;
-        b.insert_all(1, v6.collect())?;
+            .map(|(&(a, len), bits)| ((a as u128) << 96, len, bits));
+        b.insert_all(0, 4, v4.collect())?;
+        b.insert_all(
+            1,
+            16,
+            src6.iter()
+                .map(|(&(a, len), bits)| (a, len, bits))
+                .collect(),
+        )?;
         Some(b.tables)
     }
 
@@ -320,26 +323,28 @@ impl Builder {
     /// Shorter prefixes first within each: a longer one then only overwrites, within what a
     /// shorter one set, the entries it covers, and a child node starts as a copy of the
     /// class of the entry it replaces (leaf pushing), which is already final.
+    /// Inserts the prefixes of family `root` (addresses of `width` bytes, left-aligned in a
+    /// `u128`): those of at most 16 bits first, then root entry by root entry, shorter first.
     fn insert_all(
         &mut self,
         root: usize,
-        mut prefixes: Vec<(Vec<u8>, u8, &RuleBits)>,
+        width: usize,
+        mut prefixes: Vec<(u128, u8, &RuleBits)>,
     ) -> Option<()> {
-        // Compared in place: a key cloning the address allocates on every comparison.
-        prefixes.sort_by(|(a, alen, _), (b, blen, _)| {
-            (*alen > 16, &a[..2], alen, a).cmp(&(*blen > 16, &b[..2], blen, b))
-        });
+        // Integer keys: sorting a million prefixes by byte slices took ~0.2 s of an apply.
+        prefixes.sort_unstable_by_key(|&(a, len, _)| (len > 16, a >> 112, len, a));
         let mut building: Option<usize> = None;
-        for (addr, len, bits) in prefixes {
+        for (a, len, bits) in prefixes {
             let class = self.class(bits)?;
-            let top = root << 16 | (addr[0] as usize) << 8 | addr[1] as usize;
+            let addr = a.to_be_bytes();
+            let top = root << 16 | (a >> 112) as usize;
             if len > 16 && building != Some(top) {
                 if let Some(done) = building {
                     self.compress(done)?;
                 }
                 building = Some(top);
             }
-            self.insert(top, &addr, len as usize, class)?;
+            self.insert(top, &addr[..width], len as usize, class)?;
         }
         if let Some(done) = building {
             self.compress(done)?;
