@@ -54,11 +54,11 @@ pub fn nodewall_bench_floor(ctx: XdpContext) -> u32 {
 /// What the lookup finds: the benchmark loads this program from the object on its own, so
 /// its `NW_FLOWS` is a table of its own, empty, and every lookup misses. That is the state
 /// the classifier's `NW_FLOWS` is in on the same frames: the benchmark's UDP flows are opened
-/// by the client alone, are never assured and so stay in `NW_FLOWS_NEW`; the classifier's
-/// first lookup (in `NW_FLOWS`) misses the same way, then it looks in `NW_FLOWS_NEW` (a hit
-/// for the allowed packet once the first run has opened its flow, a miss for the dropped
-/// one). A miss on an empty bucket is the cheapest outcome of a hash lookup (no key to
-/// compare), so this stays a floor: a single-table design would pay at least this.
+/// by the client alone, are never assured and so stay in `NW_FLOWS_NEW`. The classifier, too,
+/// hashes one table: its port marks say no assured flow has the port, so it looks only in
+/// `NW_FLOWS_NEW` (a hit for the allowed packet once the first run has opened its flow, a
+/// miss for the dropped one). A miss on an empty bucket is the cheapest outcome of a hash
+/// lookup (no key to compare), so this stays a floor.
 #[xdp]
 pub fn nodewall_bench_floor_ct(ctx: XdpContext) -> u32 {
     let p = parse_pkt(&Frame::whole(ctx.data(), ctx.data_end()));
