@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -280,6 +280,49 @@ impl<'a> Checks<'a> {
                 failures.len(),
                 failures.join("\n")
             )
+        }
+    }
+}
+
+/// Counts the datagrams that reach a UDP port (both families) of a namespace, until dropped.
+pub struct UdpCounter {
+    received: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UdpCounter {
+    pub fn start(ns: &Netns, port: u16) -> anyhow::Result<Self> {
+        let sock = ns.enter(|| UdpSocket::bind(("::", port)))??;
+        sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+        let received = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, s) = (received.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !s.load(Ordering::Relaxed) {
+                if sock.recv_from(&mut buf).is_ok() {
+                    r.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Ok(Self {
+            received,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn get(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for UdpCounter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

@@ -7,7 +7,7 @@ mod daemon_support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,55 +16,13 @@ use daemon_support::{Agent, TempDir};
 use nodewall_netns_tests::installed::present;
 use nodewall_netns_tests::nodewall::Config;
 use nodewall_netns_tests::topology::{node_addr, Topology};
+use nodewall_netns_tests::traffic::UdpCounter;
 use nodewall_netns_tests::{backend_tests, Backend};
 
 /// A NodePort: allowed from the internet by tke-node.
 const STREAM_PORT: u16 = 30080;
 /// Closed to the internet by tke-node.
 const CLOSED_PORT: u16 = 9999;
-
-/// Counts datagrams that reach a port of the node.
-struct Counter {
-    received: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Counter {
-    fn start(topo: &Topology) -> anyhow::Result<Self> {
-        let sock = topo.node.enter(|| UdpSocket::bind(("::", CLOSED_PORT)))??;
-        sock.set_read_timeout(Some(Duration::from_millis(20)))?;
-        let received = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (r, s) = (received.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 64];
-            while !s.load(Ordering::Relaxed) {
-                if sock.recv_from(&mut buf).is_ok() {
-                    r.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
-        Ok(Self {
-            received,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    fn get(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Counter {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// Sends `n` datagrams from the internet to the closed port, `gap` apart.
 fn blast(topo: &Topology, n: u32, gap: Duration) -> anyhow::Result<()> {
@@ -142,7 +100,7 @@ impl Stream {
 
 fn kill9_then_restart_has_no_gap(backend: Backend) -> anyhow::Result<()> {
     let topo = Topology::new()?;
-    let counter = Counter::start(&topo)?;
+    let counter = UdpCounter::start(&topo.node, CLOSED_PORT)?;
     // Without a policy the closed port is reachable: the counter does see a gap when there is one.
     blast(&topo, 20, Duration::from_millis(2))?;
     std::thread::sleep(Duration::from_millis(100));
