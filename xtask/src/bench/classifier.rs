@@ -51,6 +51,9 @@ pub struct Cell {
     /// The stateful floor (the array-lookup floor plus one flow-table hash lookup), when the
     /// eBPF object has it.
     pub floor_ct_ns: Option<f64>,
+    /// nodewall under the smallest policy of as many rules, on that policy's frame of the same
+    /// family and verdict, measured in the same rounds (see [`Reference`]).
+    pub reference_ns: Option<f64>,
 }
 
 impl Cell {
@@ -70,6 +73,26 @@ struct Measured {
     peer: Option<(f64, u32)>,
     floor: Option<f64>,
     floor_ct: Option<f64>,
+    reference: Option<f64>,
+}
+
+/// nodewall under the smallest policy, attached in a namespace pair of its own and kept there
+/// for the whole section: each larger policy's cells run it in the same rounds, so "its own
+/// 10-CIDR cost" is measured beside the cell instead of a minute earlier, when the host may
+/// have been faster or slower (cells of one run drift by ±15% on this VM; programs measured in
+/// the same rounds move together).
+struct Reference {
+    prog: OwnedFd,
+    workload: Workload,
+    _pair: Pair,
+}
+
+/// How each program is run: on which ingress interface, how many times per run, how many runs.
+#[derive(Clone, Copy)]
+struct Runs {
+    ifindex: u32,
+    repeat: u32,
+    rounds: usize,
 }
 
 /// Runs the three programs `rounds` times each, alternating, and keeps each one's best (the
@@ -79,15 +102,24 @@ fn measure(
     refs: &Refs,
     peer: Option<&OwnedFd>,
     frame: &[u8],
-    ifindex: u32,
-    repeat: u32,
-    rounds: usize,
+    reference: Option<(&OwnedFd, &[u8])>,
+    runs: Runs,
 ) -> anyhow::Result<Measured> {
+    let Runs {
+        ifindex,
+        repeat,
+        rounds,
+    } = runs;
     let (mut best_p, mut best_q, mut best_b, mut verdict) = (u32::MAX, u32::MAX, u32::MAX, 0);
     let mut best_peer: Option<(u32, u32)> = None;
     let mut best_floor: Option<u32> = None;
     let mut best_floor_ct: Option<u32> = None;
+    let mut best_ref: Option<u32> = None;
     for _ in 0..rounds {
+        if let Some((prog, frame)) = reference {
+            let (_, t) = bpf::test_run(prog, frame, ifindex, repeat)?;
+            best_ref = Some(best_ref.map_or(t, |b| b.min(t)));
+        }
         if let Some(floor) = &refs.floor {
             let (_, t) = bpf::test_run(floor, frame, ifindex, repeat)?;
             best_floor = Some(best_floor.map_or(t, |b| b.min(t)));
@@ -116,6 +148,29 @@ fn measure(
         peer: best_peer.map(|(t, v)| (t as f64, v)),
         floor: best_floor.map(f64::from),
         floor_ct: best_floor_ct.map(f64::from),
+        reference: best_ref.map(f64::from),
+    })
+}
+
+/// Applies the smallest policy of `rules` rules in a namespace pair of its own and opens its
+/// XDP program (see [`Reference`]).
+fn start_reference(
+    ctx: &Ctx,
+    backend: Backend,
+    rules: usize,
+    cidrs: usize,
+) -> anyhow::Result<Reference> {
+    let pair = Pair::new("clsref")?;
+    let workload = Workload::mixed(rules, cidrs);
+    let cfg = ctx.dir.join("classifier-reference.yaml");
+    std::fs::write(&cfg, ctx.nw.config(&workload, backend, ""))?;
+    ctx.nw.apply(&pair.node, &cfg, backend)?;
+    check_xdp_mode(&pair.node, false)?;
+    let prog = bpf::prog_fd_by_id(xdp_prog_id(&pair.node)?)?;
+    Ok(Reference {
+        prog,
+        workload,
+        _pair: pair,
     })
 }
 
@@ -176,6 +231,10 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
          at the smallest policy. The hosts policy (full runs) holds 100,000 IPv4 /32s evenly spread over \
          198.18.0.0/15, dealt to the rules in turn so that no rule holds two adjacent addresses (none merge \
          into a shorter prefix), and one IPv6 CIDR per rule; its IPv4 cells are compared the same way. \
+         Each cell of a larger policy at the most rules also runs nodewall under the smallest policy \
+         (attached in a namespace of its own for the whole section) on that policy's frame of the same \
+         family and verdict, in the same rounds: the \"vs its own 10-CIDR cost\" figures divide by that \
+         column, so that the host's drift between cells (±15% on this VM) cancels. \
          The xdp-filter column is xdp-filter's \
          program (xdp-tools), loaded by `xdp-filter load` on the same interface, its address maps filled, \
          opened by id and unloaded again, run on the same frames in the same rounds. \
@@ -193,7 +252,7 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
     );
     sec.intro.push_str(peers::XDP_FILTER_POLICY);
     let repeat: u32 = REPEAT;
-    let rounds = if ctx.quick { 2 } else { 5 };
+    let rounds = if ctx.quick { 2 } else { 7 };
     let (rules_list, cidr_list): (&[usize], &[usize]) = if ctx.quick {
         (&[1, 64], &[10, 10_000])
     } else {
@@ -228,6 +287,7 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
             "bare ns/pkt",
             "array-lookup floor ns/pkt",
             "stateful floor ns/pkt",
+            "smallest policy, same rounds ns/pkt",
             "xdp-filter ns/pkt",
             "nodewall / xdp-filter",
         ],
@@ -256,6 +316,20 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
     let mut peer_how = None;
     // Every size of mixed policies, then the scattered one at the most rules.
     let big_rules = *rules_list.last().expect("sizes");
+    let reference = if ctx.nw.has(backend) {
+        match start_reference(ctx, backend, big_rules, cidr_list[0]) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                sec.missing(format!(
+                    "the interleaved {}-CIDR reference: {e:#}",
+                    cidr_list[0]
+                ));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let plan = rules_list
         .iter()
         .flat_map(|&r| cidr_list.iter().map(move |&c| (r, c, Shape::Mixed)))
@@ -321,7 +395,29 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
                     Workload::denied_src(family)
                 };
                 let frame = udp_frame(node_mac, client_mac, src, dst, 40000, w.last_port());
-                let m = measure(&prog, &refs, peer.as_ref(), &frame, ifx, repeat, rounds)?;
+                // The larger policies of the reference's rule count run it beside them.
+                let ref_frame = reference
+                    .as_ref()
+                    .filter(|r| rules == r.workload.rules && cidrs != cidr_list[0])
+                    .map(|r| {
+                        let src = if allowed {
+                            r.workload.allowed_src(family)
+                        } else {
+                            Workload::denied_src(family)
+                        };
+                        let port = r.workload.last_port();
+                        (
+                            &r.prog,
+                            udp_frame(node_mac, client_mac, src, dst, 40000, port),
+                        )
+                    });
+                let with = ref_frame.as_ref().map(|(p, f)| (*p, f.as_slice()));
+                let runs = Runs {
+                    ifindex: ifx,
+                    repeat,
+                    rounds,
+                };
+                let m = measure(&prog, &refs, peer.as_ref(), &frame, with, runs)?;
                 let expected = if allowed {
                     bpf::XDP_PASS
                 } else {
@@ -352,6 +448,7 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
                     xdp_filter_ns: m.peer.map(|p| p.0),
                     floor_ns: m.floor,
                     floor_ct_ns: m.floor_ct,
+                    reference_ns: m.reference,
                 };
                 table.row(vec![
                     ratio(cell.ratio()),
@@ -374,6 +471,9 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
                         .map(|f| format!("{f:.0}"))
                         .unwrap_or_else(|| "–".into()),
                     m.floor_ct
+                        .map(|f| format!("{f:.0}"))
+                        .unwrap_or_else(|| "–".into()),
+                    m.reference
                         .map(|f| format!("{f:.0}"))
                         .unwrap_or_else(|| "–".into()),
                     m.peer
@@ -437,9 +537,18 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
         .max()
         .unwrap_or(*cidr_list.last().expect("sizes"));
     let small = cidr_list[0];
-    let flat = worst(big_rules, large)
-        .zip(worst(big_rules, small))
-        .map(|(a, b)| a / b);
+    // Against the smallest policy measured in the same rounds where there is one.
+    let interleaved = cells
+        .iter()
+        .filter(|c| c.shape == Shape::Mixed && c.rules == big_rules && c.cidrs == large)
+        .map(|c| c.reference_ns.map(|r| c.nodewall_ns / r))
+        .collect::<Option<Vec<f64>>>()
+        .and_then(|v| v.into_iter().reduce(f64::max));
+    let flat = interleaved.or_else(|| {
+        worst(big_rules, large)
+            .zip(worst(big_rules, small))
+            .map(|(a, b)| a / b)
+    });
     sec.headline(
         &format!(
             "XDP classifier cost at {} CIDRs vs at {} ({big_rules} rules)",
@@ -472,6 +581,9 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
             .iter()
             .filter(|c| c.shape == shape && c.family == family && c.cidrs == size)
             .filter_map(|c| {
+                if let Some(r) = c.reference_ns {
+                    return Some(c.nodewall_ns / r);
+                }
                 cells
                     .iter()
                     .find(|o| {
