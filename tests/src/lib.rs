@@ -91,25 +91,38 @@ pub fn run_case(name: &str, case: fn(Backend) -> anyhow::Result<()>, backend: Ba
 
 /// Generates, for each `fn NAME(backend: Backend) -> anyhow::Result<()>`, a module `NAME` with
 /// one `#[test]` per backend of [`Backend::ALL`]: `NAME::nft`, `NAME::xdp_native`,
-/// `NAME::xdp_generic`.
+/// `NAME::xdp_generic`; `backend_tests!(xdp: NAME, ...)` the two XDP ones only.
 #[macro_export]
 macro_rules! backend_tests {
+    // XDP only (native and generic): what has no nft counterpart (pinned maps, the switch).
+    (xdp: $($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                $crate::backend_case!($name, xdp_native, XdpNative);
+                $crate::backend_case!($name, xdp_generic, XdpGeneric);
+            }
+        )*
+    };
     ($($name:ident),* $(,)?) => {
         $(
             mod $name {
-                #[test]
-                fn nft() {
-                    $crate::run_case(stringify!($name), super::$name, $crate::Backend::Nft);
-                }
-                #[test]
-                fn xdp_native() {
-                    $crate::run_case(stringify!($name), super::$name, $crate::Backend::XdpNative);
-                }
-                #[test]
-                fn xdp_generic() {
-                    $crate::run_case(stringify!($name), super::$name, $crate::Backend::XdpGeneric);
-                }
+                $crate::backend_case!($name, nft, Nft);
+                $crate::backend_case!($name, xdp_native, XdpNative);
+                $crate::backend_case!($name, xdp_generic, XdpGeneric);
             }
         )*
+    };
+}
+
+/// One `#[test]` of [`backend_tests!`]: case `$name` of the enclosing module's parent on
+/// `Backend::$backend`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! backend_case {
+    ($name:ident, $test:ident, $backend:ident) => {
+        #[test]
+        fn $test() {
+            $crate::run_case(stringify!($name), super::$name, $crate::Backend::$backend);
+        }
     };
 }

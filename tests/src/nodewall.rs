@@ -167,6 +167,23 @@ impl Config {
     }
 }
 
+/// A config rule (for [`Config::rules`]) allowing `protocol` to `port` from `from`.
+pub fn allow_rule(name: &str, protocol: &str, port: u16, from: &[String]) -> String {
+    let from: Vec<String> = from.iter().map(|c| format!("\"{c}\"")).collect();
+    format!(
+        "  - name: {name}\n    action: allow\n    protocol: {protocol}\n    ports: [\"{port}\"]\n    from: [{}]",
+        from.join(", ")
+    )
+}
+
+/// `n` non-adjacent host /32s of 198.18.200.0/22 (what the nft backend keeps in a hash set of
+/// /32s).
+pub fn host_cidrs(n: u32) -> Vec<String> {
+    (0..n)
+        .map(|k| format!("198.18.{}.{}/32", 200 + k / 64, 4 * (k % 64) + 1))
+        .collect()
+}
+
 /// `nodewall` to run in `ns`, with the namespace's bpffs (`NODEWALL_BPFFS`) and `env`.
 pub fn command(ns: &Netns, env: &[(&str, &str)]) -> anyhow::Result<Command> {
     let bin = binary()?;

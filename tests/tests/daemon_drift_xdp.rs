@@ -21,7 +21,7 @@ use nodewall_netns_tests::netns::Netns;
 use nodewall_netns_tests::nodewall::{status, Config};
 use nodewall_netns_tests::topology::{node_addr, Topology, UPLINK};
 use nodewall_netns_tests::traffic::{tcp_ok, Server};
-use nodewall_netns_tests::Backend;
+use nodewall_netns_tests::{backend_tests, Backend};
 
 /// One drift check (every second) plus the repair. Restoring removed pins reloads the
 /// programs (the verifier alone takes a few hundred ms), 1.2-1.6 s in all on a quiet machine;
@@ -146,24 +146,4 @@ fn every_kind_of_xdp_drift_is_repaired(backend: Backend) -> anyhow::Result<()> {
     Ok(())
 }
 
-mod every_kind_of_xdp_drift_is_repaired {
-    use nodewall_netns_tests::{run_case, Backend};
-
-    #[test]
-    fn xdp_native() {
-        run_case(
-            "every_kind_of_xdp_drift_is_repaired",
-            super::every_kind_of_xdp_drift_is_repaired,
-            Backend::XdpNative,
-        );
-    }
-
-    #[test]
-    fn xdp_generic() {
-        run_case(
-            "every_kind_of_xdp_drift_is_repaired",
-            super::every_kind_of_xdp_drift_is_repaired,
-            Backend::XdpGeneric,
-        );
-    }
-}
+backend_tests!(xdp: every_kind_of_xdp_drift_is_repaired);

@@ -15,7 +15,7 @@ use nodewall_netns_tests::nodewall::Config;
 use nodewall_netns_tests::probe::{Probe, Prober};
 use nodewall_netns_tests::topology::{node_addr, Topology};
 use nodewall_netns_tests::traffic::{tcp_ok, udp_ok, Checks};
-use nodewall_netns_tests::Backend;
+use nodewall_netns_tests::{backend_tests, Backend};
 
 const DENY_UDP: &str = "  - name: deny-partner-udp\n    action: deny\n    protocol: udp\n    from: [\"198.19.0.0/24\", \"fd00:99::/64\"]";
 
@@ -199,24 +199,4 @@ mod audit_samples_say_would_be_dropped {
     }
 }
 
-mod drop_samples_are_logged {
-    use nodewall_netns_tests::{run_case, Backend};
-
-    #[test]
-    fn xdp_native() {
-        run_case(
-            "drop_samples_are_logged",
-            super::drop_samples_are_logged,
-            Backend::XdpNative,
-        );
-    }
-
-    #[test]
-    fn xdp_generic() {
-        run_case(
-            "drop_samples_are_logged",
-            super::drop_samples_are_logged,
-            Backend::XdpGeneric,
-        );
-    }
-}
+backend_tests!(xdp: drop_samples_are_logged);

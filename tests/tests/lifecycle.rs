@@ -247,21 +247,4 @@ fn maps_of_another_layout_are_refused(backend: Backend) -> anyhow::Result<()> {
     Ok(())
 }
 
-mod maps_of_another_layout_are_refused {
-    #[test]
-    fn xdp_native() {
-        nodewall_netns_tests::run_case(
-            "maps_of_another_layout_are_refused",
-            super::maps_of_another_layout_are_refused,
-            nodewall_netns_tests::Backend::XdpNative,
-        );
-    }
-    #[test]
-    fn xdp_generic() {
-        nodewall_netns_tests::run_case(
-            "maps_of_another_layout_are_refused",
-            super::maps_of_another_layout_are_refused,
-            nodewall_netns_tests::Backend::XdpGeneric,
-        );
-    }
-}
+backend_tests!(xdp: maps_of_another_layout_are_refused);

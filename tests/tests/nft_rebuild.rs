@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nodewall_netns_tests::nodewall::{apply, Config};
+use nodewall_netns_tests::nodewall::{allow_rule, apply, host_cidrs, Config};
 use nodewall_netns_tests::topology::{node_addr, Topology};
 use nodewall_netns_tests::traffic::UdpCounter;
 use nodewall_netns_tests::{can_run, Backend};
@@ -22,16 +22,11 @@ const APPLIES: usize = 16;
 /// Datagrams per port at most: each from a socket of its own, so each is a new flow.
 const FLOWS: usize = 1500;
 
-/// UDP `OPEN_PORT` from `n` host /32s of 198.18.200.0/22 and from `client`.
+/// UDP `OPEN_PORT` from `n` host /32s and from `client`.
 fn rule(n: u32, client: &str) -> String {
-    let mut from: Vec<String> = (0..n)
-        .map(|k| format!("\"198.18.{}.{}/32\"", 200 + k / 64, 4 * (k % 64) + 1))
-        .collect();
-    from.push(format!("\"{client}/32\""));
-    format!(
-        "  - name: hosts\n    action: allow\n    protocol: udp\n    ports: [\"{OPEN_PORT}\"]\n    from: [{}]",
-        from.join(", ")
-    )
+    let mut from = host_cidrs(n);
+    from.push(format!("{client}/32"));
+    allow_rule("hosts", "udp", OPEN_PORT, &from)
 }
 
 #[test]

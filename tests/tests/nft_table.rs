@@ -9,7 +9,7 @@
 //! place in `xdp_testrun.rs` (`too_many_rules_is_refused_and_nothing_changes`).
 
 use nodewall_netns_tests::netns::Netns;
-use nodewall_netns_tests::nodewall::{self, apply, Config};
+use nodewall_netns_tests::nodewall::{self, allow_rule, apply, host_cidrs, Config};
 use nodewall_netns_tests::{can_run, Backend};
 
 /// `nft list table inet nodewall` without handles' noise: counter values and the generation
@@ -39,13 +39,10 @@ fn listing(ns: &Netns, handles: bool) -> anyhow::Result<String> {
 /// A rule over many networks of two prefix lengths per family, which the plan keeps in hash sets
 /// by prefix length (masked lookups) rather than in one interval set.
 fn many_nets_rule() -> String {
-    let v4 = (0..40u32).map(|k| format!("\"198.18.{}.0/{}\"", 100 + 2 * k, 24 + k % 2 * 8));
-    let v6 = (0..40u32).map(|k| format!("\"fd00:77:0:{:x}::/{}\"", 4 * k, 64 + k % 2 * 64));
+    let v4 = (0..40u32).map(|k| format!("198.18.{}.0/{}", 100 + 2 * k, 24 + k % 2 * 8));
+    let v6 = (0..40u32).map(|k| format!("fd00:77:0:{:x}::/{}", 4 * k, 64 + k % 2 * 64));
     let from: Vec<String> = v4.chain(v6).collect();
-    format!(
-        "  - name: many-nets\n    action: allow\n    protocol: tcp\n    ports: [\"8443\"]\n    from: [{}]",
-        from.join(", ")
-    )
+    allow_rule("many-nets", "tcp", 8443, &from)
 }
 
 const EGRESS: &str = "egress:
@@ -287,13 +284,7 @@ fn render_listing(file: &nodewall::ConfigFile) -> String {
 
 /// A rule over `n` non-adjacent /32s (kept in a hash set of /32s).
 fn hosts_rule(n: u32) -> String {
-    let from: Vec<String> = (0..n)
-        .map(|k| format!("\"198.18.{}.{}/32\"", 200 + k / 64, 4 * (k % 64) + 1))
-        .collect();
-    format!(
-        "  - name: hosts\n    action: allow\n    protocol: tcp\n    ports: [\"8443\"]\n    from: [{}]",
-        from.join(", ")
-    )
+    allow_rule("hosts", "tcp", 8443, &host_cidrs(n))
 }
 
 /// Sets of networks are declared with a size (so the kernel allocates their hash once), which

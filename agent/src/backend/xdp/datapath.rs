@@ -393,10 +393,6 @@ impl Datapath {
     }
 }
 
-/// The pinned programs, if they can be reused: recorded as built from this binary's object,
-/// every map and both programs still pinned, and the programs using no `NW_` map but those
-/// pinned beside them (a map pinned anew since, by hand or a half-done flush, means the
-/// programs read other maps).
 /// Refuses maps pinned under `dir` by an agent of another map layout before the object is
 /// loaded over them: aya reuses a pinned map whatever its definition, so the programs would be
 /// verified against the old maps and fail with a verifier error that does not say why (or,
@@ -428,6 +424,10 @@ fn other_layout(pin_dir: Option<&Path>, layout: &str) -> anyhow::Error {
     )
 }
 
+/// The pinned programs, if they can be reused: recorded as built from this binary's object,
+/// every map and both programs still pinned, and the programs using no `NW_` map but those
+/// pinned beside them (a map pinned anew since, by hand or a half-done flush, means the
+/// programs read other maps).
 fn pinned_programs(pin_dir: &Path) -> Result<Option<Programs>> {
     if !super::objhash::is_ours(pin_dir) {
         return Ok(None);

@@ -317,14 +317,13 @@ impl Builder {
         }
     }
 
-    /// Prefixes that fit the roots first, then those below each root entry, one entry at a
-    /// time: expanded, then compressed, so that the expansion never holds more than one root
-    /// entry's prefixes (5,000 scattered IPv6 /64s expand to 25,000 nodes, 12 MiB).
+    /// Inserts the prefixes of family `root` (addresses of `width` bytes, left-aligned in a
+    /// `u128`). Prefixes that fit the roots first, then those below each root entry, one entry
+    /// at a time: expanded, then compressed, so that the expansion never holds more than one
+    /// root entry's prefixes (5,000 scattered IPv6 /64s expand to 25,000 nodes, 12 MiB).
     /// Shorter prefixes first within each: a longer one then only overwrites, within what a
     /// shorter one set, the entries it covers, and a child node starts as a copy of the
     /// class of the entry it replaces (leaf pushing), which is already final.
-    /// Inserts the prefixes of family `root` (addresses of `width` bytes, left-aligned in a
-    /// `u128`): those of at most 16 bits first, then root entry by root entry, shorter first.
     fn insert_all(
         &mut self,
         root: usize,
