@@ -18,7 +18,9 @@ use nodewall_netns_tests::topology::{node_addr, Topology};
 use nodewall_netns_tests::traffic::{tcp_ok, Server};
 use nodewall_netns_tests::{can_run, Backend};
 
-const DENY_RULE: &str = "  - name: deny-inet\n    action: deny\n    protocol: tcp\n    ports: [\"10250\"]\n    from: [\"198.19.0.0/16\", \"fd00:99::/64\"]";
+/// Two IPv4 networks, so that they are a set (one network is a compare) whose element the
+/// sabotage can delete.
+const DENY_RULE: &str = "  - name: deny-inet\n    action: deny\n    protocol: tcp\n    ports: [\"10250\"]\n    from: [\"198.19.0.0/16\", \"198.18.200.0/24\", \"fd00:99::/64\"]";
 
 /// `tke-node` plus a deny rule for the kubelet port from the internet peer.
 fn policy() -> anyhow::Result<Policy> {

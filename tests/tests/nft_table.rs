@@ -114,8 +114,10 @@ fn one_cidr_change_touches_only_its_set() {
     let file = cfg.write().unwrap();
     apply(&node, &file).unwrap();
     let before = listing(&node, true).unwrap();
-    // container: 198.18.32.0/20 -> 198.18.32.0/21 (one interval of one set changes).
-    cfg.networks[1].1[0] = "198.18.32.0/21".into();
+    // container: fd00:34::/64 -> fd00:35::/64 (one interval of one set changes; the rule's two
+    // IPv6 networks are a set, where its one IPv4 network is a compare).
+    let v6 = cfg.networks[1].1.iter().position(|n| n == "fd00:34::/64");
+    cfg.networks[1].1[v6.expect("the container's second IPv6 network")] = "fd00:35::/64".into();
     file.rewrite(&cfg.yaml()).unwrap();
     let report = apply(&node, &file).unwrap();
     assert_eq!(report["changed"], true);
@@ -136,7 +138,7 @@ fn one_cidr_change_touches_only_its_set() {
         2,
         "one element line and the generation rule's handle: {changed:#?}"
     );
-    assert!(changed[0].1.contains("198.18.32.0/21"), "{changed:#?}");
+    assert!(changed[0].1.contains("fd00:35::/64"), "{changed:#?}");
     assert!(changed[1].1.contains("nodewall generation"), "{changed:#?}");
     // Every rule of the inbound chain kept its handle: nothing was replaced there.
     let inbound = |s: &str| {

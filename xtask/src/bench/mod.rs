@@ -18,6 +18,7 @@ mod classifier;
 mod footprint;
 mod machine;
 mod netns;
+mod nft_duel;
 mod nodewall;
 mod peers;
 mod plot;
@@ -166,7 +167,7 @@ fn ensure_packages() -> anyhow::Result<()> {
 fn time_box(section: u8, quick: bool) -> Duration {
     let (full, q) = match section {
         1 => (150, 25),
-        2 => (270, 60),
+        2 => (400, 90),
         3 => (110, 30),
         4 => (95, 20),
         _ => (100, 20),

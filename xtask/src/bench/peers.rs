@@ -134,9 +134,9 @@ pub fn load_ipset(ns: &Netns, w: &Workload, xt: Xtables) -> anyhow::Result<Durat
 }
 
 /// The hand-written nft table of the concatenated-set peer.
-const CONCAT_TABLE: &str = "nwbpeer";
+pub const CONCAT_TABLE: &str = "nwbpeer";
 /// nodewall's nft hook: prerouting at priority -150 (after conntrack, before routing).
-const NODEWALL_HOOK: &str = "type filter hook prerouting priority -150; policy accept;";
+pub const NODEWALL_HOOK: &str = "type filter hook prerouting priority -150; policy accept;";
 
 /// What one would write by hand in nft for the policy: one interval set per family of
 /// `saddr . dport` elements (every rule's CIDRs with its port) and one lookup rule per family,

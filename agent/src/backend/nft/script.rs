@@ -60,7 +60,7 @@ fn write_set(out: &mut String, set: &SetDef) {
         SetKind::IfName => "ifname",
         SetKind::IcmpType => "icmp_type",
         SetKind::Icmpv6Type => "icmpv6_type",
-        SetKind::PortVerdict => "inet_service : verdict",
+        SetKind::PortVerdict | SetKind::PortVerdictExact => "inet_service : verdict",
     };
     let what = if set.kind.map() { "map" } else { "set" };
     let _ = writeln!(out, "\n\t{what} {} {{\n\t\ttype {ty}", set.name);
@@ -151,6 +151,7 @@ pub fn rule_text(r: &RuleDef) -> String {
 fn match_text(m: &Match) -> String {
     match m {
         Match::IifnameIn(set) => format!("iifname @{set}"),
+        Match::Iifname(name) => format!("iifname \"{}\"", quote(name)),
         Match::IifnamePrefix(prefix) => format!("iifname \"{}*\"", quote(prefix)),
         Match::OifnameIn(set) => format!("oifname @{set}"),
         Match::OifnamePrefix(prefix) => format!("oifname \"{}*\"", quote(prefix)),
@@ -179,6 +180,12 @@ fn match_text(m: &Match) -> String {
             } else {
                 format!("{proto} saddr & {mask} @{set}")
             }
+        }
+        Match::SaddrNet(Family::V4, len, net) => {
+            format!("ip saddr {}/{len}", Ipv4Addr::from(*net as u32))
+        }
+        Match::SaddrNet(Family::V6, len, net) => {
+            format!("ip6 saddr {}/{len}", Ipv6Addr::from(*net))
         }
         Match::DportIn(p, set) => format!("{} dport @{set}", proto_name(*p)),
         Match::DportVmap(p, map) => format!("{} dport vmap @{map}", proto_name(*p)),

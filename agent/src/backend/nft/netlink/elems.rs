@@ -116,7 +116,7 @@ pub fn key_spec(kind: SetKind) -> (u32, u32, u32) {
     match kind {
         SetKind::Addr4 | SetKind::Net4 => (7, 4, BIG),
         SetKind::Addr6 | SetKind::Net6 => (8, 16, BIG),
-        SetKind::Port | SetKind::PortVerdict => (13, 2, BIG),
+        SetKind::Port | SetKind::PortVerdict | SetKind::PortVerdictExact => (13, 2, BIG),
         SetKind::IcmpType => (14, 1, BIG),
         SetKind::Icmpv6Type => (29, 1, BIG),
         SetKind::IfName => (41, IFNAMSIZ as u32, HOST),
@@ -139,7 +139,18 @@ pub fn set_flags(kind: SetKind) -> u32 {
 }
 
 pub fn units(set: &SetDef) -> BTreeSet<Unit> {
-    set.elems.iter().map(unit).collect()
+    let interval = set.kind.interval();
+    set.elems
+        .iter()
+        .map(|e| {
+            let u = unit(e);
+            if interval {
+                u
+            } else {
+                Unit { end: None, ..u }
+            }
+        })
+        .collect()
 }
 
 fn unit(e: &Elem) -> Unit {

@@ -52,6 +52,13 @@ pub fn build_rule(chain: &str, def: &RuleDef) -> Rule {
 fn match_exprs(m: &Match, family: &mut Option<Family>) -> Vec<Expr> {
     match m {
         Match::IifnameIn(set) => vec![meta(libc::NFT_META_IIFNAME), lookup(set)],
+        // The name and its NUL: a whole-name compare (nft compares all IFNAMSIZ bytes; the
+        // bytes after the NUL are zero in the register either way).
+        Match::Iifname(name) => {
+            let mut bytes = name.as_bytes().to_vec();
+            bytes.push(0);
+            vec![meta(libc::NFT_META_IIFNAME), cmp(libc::NFT_CMP_EQ, &bytes)]
+        }
         // As nft compiles `iifname "eth*"`: the name's first bytes, without the NUL.
         Match::IifnamePrefix(prefix) => vec![
             meta(libc::NFT_META_IIFNAME),
@@ -111,27 +118,18 @@ fn match_exprs(m: &Match, family: &mut Option<Family>) -> Vec<Expr> {
             v
         }
         Match::SaddrPrefixIn(f, len, set) => {
-            let ((offset, size), mask) = match f {
-                Family::V4 => (IPV4_SADDR, netmask(*len, 32)[12..].to_vec()),
-                Family::V6 => (IPV6_SADDR, netmask(*len, 128).to_vec()),
-            };
-            let mut v = dependency(*f, family);
-            v.push(payload(
-                libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
-                offset,
-                size,
-            ));
-            if *len as u32 != f.bits() {
-                v.push(
-                    Expr::new("bitwise")
-                        .u32(sys::NFTNL_EXPR_BITWISE_SREG, REG1)
-                        .u32(sys::NFTNL_EXPR_BITWISE_DREG, REG1)
-                        .u32(sys::NFTNL_EXPR_BITWISE_LEN, size)
-                        .data(sys::NFTNL_EXPR_BITWISE_MASK, &mask)
-                        .data(sys::NFTNL_EXPR_BITWISE_XOR, &vec![0u8; size as usize]),
-                );
-            }
+            let mut v = saddr_masked(*f, *len, family);
             v.push(lookup(set));
+            v
+        }
+        Match::SaddrNet(f, len, net) => {
+            let mut v = saddr_masked(*f, *len, family);
+            let bytes = net.to_be_bytes();
+            let bytes = match f {
+                Family::V4 => &bytes[12..],
+                Family::V6 => &bytes[..],
+            };
+            v.push(cmp(libc::NFT_CMP_EQ, bytes));
             v
         }
         Match::DportIn(p, set) => vec![
@@ -208,6 +206,31 @@ const TCP_ACK: u8 = nodewall_common::ct::tcp_flags::ACK;
 
 /// The netmask of a `len`-bit prefix in a `bits`-wide space, as 16 big-endian bytes
 /// right-aligned (an IPv4 mask is the last 4).
+/// The source address masked to its first `len` bits, in register 1 (no mask at full length).
+fn saddr_masked(f: Family, len: u8, family: &mut Option<Family>) -> Vec<Expr> {
+    let ((offset, size), mask) = match f {
+        Family::V4 => (IPV4_SADDR, netmask(len, 32)[12..].to_vec()),
+        Family::V6 => (IPV6_SADDR, netmask(len, 128).to_vec()),
+    };
+    let mut v = dependency(f, family);
+    v.push(payload(
+        libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
+        offset,
+        size,
+    ));
+    if len as u32 != f.bits() {
+        v.push(
+            Expr::new("bitwise")
+                .u32(sys::NFTNL_EXPR_BITWISE_SREG, REG1)
+                .u32(sys::NFTNL_EXPR_BITWISE_DREG, REG1)
+                .u32(sys::NFTNL_EXPR_BITWISE_LEN, size)
+                .data(sys::NFTNL_EXPR_BITWISE_MASK, &mask)
+                .data(sys::NFTNL_EXPR_BITWISE_XOR, &vec![0u8; size as usize]),
+        );
+    }
+    v
+}
+
 fn netmask(len: u8, bits: u32) -> [u8; 16] {
     let ones = u128::MAX.checked_shl(bits - len as u32).unwrap_or(0);
     let mask = if bits == 128 {

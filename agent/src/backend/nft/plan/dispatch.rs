@@ -26,6 +26,11 @@ use crate::policy::{Protocol, Rule};
 /// the goto), so below three rules the walk is as cheap and the table simpler.
 pub const MIN_RULES: usize = 3;
 
+/// The most single ports a dispatch lists one by one in a hash map ([`SetKind::PortVerdictExact`]);
+/// a policy naming more (wide ranges) keeps the interval map. The NodePort range alone is
+/// 2,768 ports; a hash element costs about 100 bytes of kernel memory.
+pub const MAX_EXACT_PORTS: usize = 8_192;
+
 /// The dispatched part of the inbound chain.
 #[derive(Debug, Default)]
 pub struct Dispatched {
@@ -34,6 +39,9 @@ pub struct Dispatched {
     pub inbound: Vec<RuleDef>,
     pub maps: Vec<SetDef>,
     pub chains: Vec<ChainDef>,
+    /// Every dispatch lists only the ports its rules name (hash maps): a packet to another
+    /// port misses the lookup and goes on through the inbound chain.
+    pub exact: bool,
 }
 
 /// One port class: the ports `start..=end` and the policy rules (indices, in order) that can
@@ -50,6 +58,7 @@ pub struct Class {
 pub fn dispatch(rules: &[Rule], lowered: Vec<Vec<RuleDef>>, default: &str) -> Dispatched {
     let mut out = Dispatched::default();
     let mut dispatched = Vec::new();
+    let mut all_exact = true;
     for (proto, number, label) in [
         (Protocol::Tcp, IPPROTO_TCP, "tcp"),
         (Protocol::Udp, IPPROTO_UDP, "udp"),
@@ -65,8 +74,22 @@ pub fn dispatch(rules: &[Rule], lowered: Vec<Vec<RuleDef>>, default: &str) -> Di
         let map = names::dispatch_map(label);
         let mut chains: BTreeMap<&[usize], String> = BTreeMap::new();
         let all = classes(rules, &lowered, proto);
-        let mut elems = Vec::with_capacity(all.len());
+        // A hash of the named ports when they are few: ports no rule of the protocol names
+        // (their class holds no port rule of it) then miss the lookup, and the inbound chain
+        // after it holds exactly the rules their class would (protocol `all`, port-less rules
+        // of the protocol), in the same order, then the default deny.
+        let named = |c: &Class| c.rules.iter().any(|&i| ported(i));
+        let width: usize = all
+            .iter()
+            .filter(|c| named(c))
+            .map(|c| usize::from(c.end - c.start) + 1)
+            .sum();
+        let exact = width <= MAX_EXACT_PORTS;
+        let mut elems = Vec::with_capacity(if exact { width } else { all.len() });
         for class in &all {
+            if exact && !named(class) {
+                continue;
+            }
             let target = if class.rules.is_empty() {
                 default.to_string()
             } else if let Some(name) = chains.get(class.rules.as_slice()) {
@@ -87,17 +110,29 @@ pub fn dispatch(rules: &[Rule], lowered: Vec<Vec<RuleDef>>, default: &str) -> Di
                 chains.insert(&class.rules, name.clone());
                 name
             };
-            elems.push(Elem::PortVerdict(
-                class.start,
-                class.end,
-                Verdict::Goto(target),
-            ));
+            if exact {
+                elems.extend(
+                    (class.start..=class.end)
+                        .map(|p| Elem::PortVerdict(p, p, Verdict::Goto(target.clone()))),
+                );
+            } else {
+                elems.push(Elem::PortVerdict(
+                    class.start,
+                    class.end,
+                    Verdict::Goto(target),
+                ));
+            }
         }
         out.maps.push(SetDef {
             name: map.clone(),
-            kind: SetKind::PortVerdict,
+            kind: if exact {
+                SetKind::PortVerdictExact
+            } else {
+                SetKind::PortVerdict
+            },
             elems,
         });
+        all_exact &= exact;
         out.inbound.push(RuleDef {
             matches: vec![Match::DportVmap(number, map)],
             log: None,
@@ -114,6 +149,7 @@ pub fn dispatch(rules: &[Rule], lowered: Vec<Vec<RuleDef>>, default: &str) -> Di
             out.inbound.extend(nft);
         }
     }
+    out.exact = all_exact;
     out
 }
 

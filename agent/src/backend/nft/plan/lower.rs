@@ -12,13 +12,15 @@ use super::{
 use crate::backend::nft::names::{self, comment};
 use crate::backend::nft::nflog as drops;
 use crate::policy::{
-    Action, Mode, Policy, PortSet, Protocol, Rule, DHCP_CLIENT_PORT, DHCP_SERVER_PORT,
+    prefixes, Action, Mode, Policy, PortSet, Protocol, Rule, DHCP_CLIENT_PORT, DHCP_SERVER_PORT,
     ICMPV4_ERROR_TYPES, ICMPV6_ERROR_TYPES, ICMPV6_ND_TYPES,
 };
 
 const ICMP_ERRORS_SET: &str = "icmp-errors";
 const ICMPV6_ERRORS_SET: &str = "icmpv6-errors";
 const ND_SET: &str = "nd-types";
+/// The most uplinks the base chain names one rule each; more are looked up in the set.
+const MAX_DIRECT_UPLINKS: usize = 3;
 
 /// The protocols drop counters are split by, per family.
 fn drop_protocols(f: Family) -> [(&'static str, Option<u8>); 4] {
@@ -66,15 +68,32 @@ pub fn build(policy: &Policy, interfaces: &[String], generation: u64) -> Ruleset
     b.sets.push(SetDef {
         name: names::UPLINKS_SET.into(),
         kind: SetKind::IfName,
-        elems: names.into_iter().map(|i| Elem::IfName(i.clone())).collect(),
+        elems: names.iter().map(|i| Elem::IfName((*i).clone())).collect(),
     });
-    let mut base = vec![RuleDef {
-        matches: vec![Match::IifnameIn(names::UPLINKS_SET.into())],
-        log: None,
-        counter: None,
-        verdict: Some(Verdict::Goto(names::INBOUND_CHAIN.into())),
-        comment: Some(generation_comment(generation)),
-    }];
+    // A few names are compared one by one: a compare costs less than hashing the name for
+    // a set lookup (the set still lists them, for the egress chains and `status`).
+    let direct = (1..=MAX_DIRECT_UPLINKS).contains(&names.len());
+    let mut base: Vec<RuleDef> = if direct {
+        names
+            .iter()
+            .map(|n| RuleDef {
+                matches: vec![Match::Iifname((*n).clone())],
+                log: None,
+                counter: None,
+                verdict: Some(Verdict::Goto(names::INBOUND_CHAIN.into())),
+                comment: None,
+            })
+            .collect()
+    } else {
+        vec![RuleDef {
+            matches: vec![Match::IifnameIn(names::UPLINKS_SET.into())],
+            log: None,
+            counter: None,
+            verdict: Some(Verdict::Goto(names::INBOUND_CHAIN.into())),
+            comment: None,
+        }]
+    };
+    base[0].comment = Some(generation_comment(generation));
     base.extend(patterns.into_iter().map(|p| RuleDef {
         matches: vec![Match::IifnamePrefix(p.trim_end_matches('*').to_string())],
         log: None,
@@ -110,7 +129,8 @@ pub fn build(policy: &Policy, interfaces: &[String], generation: u64) -> Ruleset
         verdict: Some(Verdict::Jump(names::TRACKED_CHAIN.into())),
         comment: Some("known to conntrack".into()),
     });
-    b.dhcp_client(policy, &mut inbound);
+    let mut dhcp = Vec::new();
+    b.dhcp_client(policy, &mut dhcp);
     let lowered: Vec<Vec<RuleDef>> = policy
         .rules
         .iter()
@@ -121,7 +141,24 @@ pub fn build(policy: &Policy, interfaces: &[String], generation: u64) -> Ruleset
         })
         .collect();
     let default = b.drop_chain(policy.mode, DropReason::DefaultDeny, None);
-    let routed = dispatch(&policy.rules, lowered, &default);
+    let mut routed = dispatch(&policy.rules, lowered, &default);
+    // The DHCP allowance only matches UDP to port 68. Behind an exact UDP dispatch that does
+    // not list 68 such a packet misses the lookup and reaches it, still ahead of every rule
+    // that could judge it: there it spares every other packet its test.
+    let late = routed.maps.iter().any(|m| {
+        m.name == names::dispatch_map("udp")
+            && m.kind == SetKind::PortVerdictExact
+            && !m
+                .elems
+                .iter()
+                .any(|e| matches!(e, Elem::PortVerdict(p, _, _) if *p == DHCP_CLIENT_PORT))
+    });
+    if late {
+        let at = routed.maps.len();
+        routed.inbound.splice(at..at, dhcp);
+    } else {
+        inbound.append(&mut dhcp);
+    }
     inbound.extend(routed.inbound);
     b.sets.extend(routed.maps);
     b.chains.extend(routed.chains);
@@ -488,6 +525,13 @@ impl Builder {
                 _ => unreachable!("source elements are addresses"),
             })
             .collect();
+        // One network: a compare, no set (a lookup costs a hash or a tree walk).
+        if let [(s, e)] = ranges[..] {
+            let mut nets = prefixes(s, e, f.bits());
+            if let (Some((net, len)), None) = (nets.next(), nets.next()) {
+                return vec![Match::SaddrNet(f, len, net)];
+            }
+        }
         let Some(groups) = by_prefix_length(&ranges, f.bits()) else {
             let kind = if v6 { SetKind::Addr6 } else { SetKind::Addr4 };
             let set = self.set(names::src_set(v6, id), kind, elems);
@@ -572,6 +616,30 @@ mod tests {
         assert!(tracked.rules.len() >= 5, "{tracked:#?}");
     }
 
+    /// A range that is not one network (10.0.0.1-10.0.0.2 is two) keeps its set.
+    #[test]
+    fn only_a_single_network_is_compared() {
+        let p = policy(vec![
+            rule("one", Action::Allow, Protocol::Udp, &["198.18.0.7/32"]),
+            rule(
+                "two",
+                Action::Allow,
+                Protocol::Udp,
+                &["198.18.0.1/32", "198.18.0.2/32"],
+            ),
+        ]);
+        let rs = build(&p, &["eth0".into()], 1);
+        let src = |name: &str| {
+            let r = rs.chains[1]
+                .rules
+                .iter()
+                .find(|r| r.comment.as_deref() == Some(name));
+            r.unwrap().matches.last().unwrap().clone()
+        };
+        assert_eq!(src("one"), Match::SaddrNet(Family::V4, 32, 0xc612_0007));
+        assert_eq!(src("two"), Match::SaddrIn(Family::V4, "src4.two".into()));
+    }
+
     #[test]
     fn names_are_unique_and_rules_split_by_family() {
         let p = policy(vec![
@@ -595,16 +663,20 @@ mod tests {
             .filter(|r| r.comment.as_deref() == Some("a"))
             .collect();
         assert_eq!(a.len(), 2, "one nft rule per family");
-        // The family first, then one port range as a compare (no set), then the source.
+        // The family first, then one port range as a compare (no set), then the source: one
+        // network is a compare too.
         assert_eq!(
             a[1].matches,
             vec![
                 Match::NfProto(Family::V6),
                 Match::Dport(IPPROTO_TCP, 30000, 32768),
-                Match::SaddrIn(Family::V6, "src6.a".into())
+                Match::SaddrNet(Family::V6, 8, 0xfd << 120)
             ]
         );
-        assert!(!rs.sets.iter().any(|s| s.name == "ports.a"));
+        assert!(!rs
+            .sets
+            .iter()
+            .any(|s| s.name == "ports.a" || s.name == "src6.a"));
         let b: Vec<_> = inbound
             .rules
             .iter()
@@ -772,6 +844,13 @@ mod tests {
         c.unwrap_or_else(|| panic!("no chain {name}"))
     }
 
+    /// Where the UDP dispatch's lookup stands in `inbound`.
+    fn udp_lookup_at(inbound: &ChainDef) -> usize {
+        let lookup = vec![Match::DportVmap(IPPROTO_UDP, "inbound.udp".into())];
+        let at = inbound.rules.iter().position(|r| r.matches == lookup);
+        at.expect("a udp dispatch")
+    }
+
     /// The map's verdict for `port`.
     fn verdict_of(map: &SetDef, port: u16) -> &Verdict {
         let mut hits = map.elems.iter().filter_map(|e| match e {
@@ -802,11 +881,7 @@ mod tests {
         let rs = build(&p, &["eth0".into()], 1);
         let inbound = chain(&rs, names::INBOUND_CHAIN);
         // The lookup stands where the policy rules start: right after the implicit rules.
-        let at = inbound
-            .rules
-            .iter()
-            .position(|r| r.matches == vec![Match::DportVmap(IPPROTO_UDP, "inbound.udp".into())])
-            .expect("a udp dispatch");
+        let at = udp_lookup_at(inbound);
         assert_eq!(inbound.rules[at].verdict, None);
         assert!(inbound.rules[..at].iter().all(|r| r
             .counter
@@ -826,6 +901,7 @@ mod tests {
         // Too few tcp rules: no tcp dispatch.
         assert!(!rs.sets.iter().any(|s| s.name == "inbound.tcp"));
         let map = rs.sets.iter().find(|s| s.name == "inbound.udp").unwrap();
+        // 9000-65535 is too wide to list port by port: an interval map.
         assert_eq!(map.kind, SetKind::PortVerdict);
         // The whole port range, in order, without gaps.
         let mut next = 0u32;
@@ -874,21 +950,98 @@ mod tests {
         assert_eq!(dns.rules[0].counter.as_deref(), Some("rule.dns"));
     }
 
+    /// Named ports few enough to list: a hash map of exactly those ports. Another port misses
+    /// the lookup and meets what the chain holds after it: the DHCP allowance (port 68 is not
+    /// named), the rules no dispatch took, the default deny.
     #[test]
-    fn ports_no_rule_names_go_to_the_default_deny() {
-        let p = policy(vec![
+    fn ports_no_rule_names_miss_the_exact_dispatch() {
+        let mut all = rule("all", Action::Allow, Protocol::All, &["198.19.0.0/16"]);
+        all.ports = PortSet::any();
+        let mut p = policy(vec![
             udp("a", &[(53, 53)]),
             udp("b", &[(80, 80)]),
-            udp("c", &[(443, 443)]),
+            all,
+            udp("c", &[(443, 444)]),
         ]);
+        p.implicit.dhcp_client = true;
         let rs = build(&p, &["eth0".into()], 1);
         let map = rs.sets.iter().find(|s| s.name == "inbound.udp").unwrap();
-        let deny = Verdict::Goto("drop.default-deny".into());
-        for port in [0, 52, 54, 79, 81, 442, 444, 65535] {
-            assert_eq!(verdict_of(map, port), &deny, "port {port}");
-        }
-        assert_eq!(verdict_of(map, 80), &Verdict::Goto("inbound.udp.80".into()));
-        assert_eq!(map.elems.len(), 7);
+        assert_eq!(map.kind, SetKind::PortVerdictExact);
+        let ports: Vec<(u16, u16)> = map
+            .elems
+            .iter()
+            .map(|e| match e {
+                Elem::PortVerdict(a, b, _) => (*a, *b),
+                e => panic!("{e:?}"),
+            })
+            .collect();
+        assert_eq!(ports, [(53, 53), (80, 80), (443, 443), (444, 444)]);
+        assert_eq!(verdict_of(map, 443), verdict_of(map, 444));
+        assert_eq!(
+            rule_names(chain(&rs, "inbound.udp.53")),
+            ["a", "all"],
+            "a named port's chain holds the protocol-all rule too"
+        );
+        let inbound = chain(&rs, names::INBOUND_CHAIN);
+        let at = udp_lookup_at(inbound);
+        let after: Vec<Option<&str>> = inbound.rules[at + 1..]
+            .iter()
+            .map(|r| r.comment.as_deref())
+            .collect();
+        assert_eq!(
+            after,
+            [
+                Some("implicit: dhcp-client"),
+                Some("all"),
+                Some("default-deny")
+            ]
+        );
+    }
+
+    /// A rule naming port 68 takes DHCP replies into its chain: the allowance then stays ahead
+    /// of the lookup.
+    #[test]
+    fn dhcp_stays_ahead_of_a_dispatch_naming_its_port() {
+        let mut p = policy(vec![
+            udp("a", &[(53, 53)]),
+            udp("b", &[(60, 70)]),
+            udp("c", &[(443, 443)]),
+        ]);
+        p.implicit.dhcp_client = true;
+        let rs = build(&p, &["eth0".into()], 1);
+        let inbound = chain(&rs, names::INBOUND_CHAIN);
+        let pos = |comment: &str| {
+            inbound
+                .rules
+                .iter()
+                .position(|r| r.comment.as_deref() == Some(comment))
+        };
+        let vmap = inbound
+            .rules
+            .iter()
+            .position(|r| matches!(r.matches[..], [Match::DportVmap(..)]));
+        assert!(pos("implicit: dhcp-client").unwrap() < vmap.unwrap());
+    }
+
+    /// One uplink is compared by name; more than a few are looked up in the set.
+    #[test]
+    fn few_uplinks_are_compared_many_looked_up() {
+        let p = policy(vec![udp("a", &[(53, 53)])]);
+        let base = |ifs: &[&str]| {
+            let ifs: Vec<String> = ifs.iter().map(|s| s.to_string()).collect();
+            let rs = build(&p, &ifs, 7);
+            let ch = chain(&rs, names::BASE_CHAIN).clone();
+            assert_eq!(
+                ch.rules[0].comment.as_deref(),
+                Some(generation_comment(7).as_str())
+            );
+            ch.rules.into_iter().map(|r| r.matches).collect::<Vec<_>>()
+        };
+        assert_eq!(base(&["eth0"]), [vec![Match::Iifname("eth0".into())]]);
+        assert_eq!(
+            base(&["a", "b", "c", "d"]),
+            [vec![Match::IifnameIn(names::UPLINKS_SET.into())]]
+        );
     }
 
     #[test]
