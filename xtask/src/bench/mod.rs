@@ -52,7 +52,7 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
 
 const USAGE: &str = "usage: cargo xtask bench [--quick] [--release] [--only 1,2,..] [--out FILE] [--no-build] [--nodewall BIN]
 
-  --quick          smoke run (< 3 min): fewer sizes, shorter windows, the debug build of nodewall
+  --quick          smoke run (< 4 min): fewer sizes, shorter windows, the debug build of nodewall
                    (the test suite's), page written to target/bench/quick/benchmarks.md
   --release        with --quick: build and measure the release binary all the same
   --only 1,3       run only these sections (1 classifier, 2 throughput, 3 apply, 4 footprint, 5 reload)
@@ -162,8 +162,8 @@ fn ensure_packages() -> anyhow::Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-/// Each section's time box (full run, quick run), chosen so the whole run stays under 12 and
-/// 3 minutes on a 2-core machine (section 2 measures nine filters).
+/// Each section's time box (full run, quick run), chosen so the whole run stays under 15 and
+/// 4 minutes on a 2-core machine (section 2 measures nine filters and the nft head to head).
 fn time_box(section: u8, quick: bool) -> Duration {
     let (full, q) = match section {
         1 => (150, 25),
