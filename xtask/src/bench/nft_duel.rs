@@ -7,12 +7,13 @@
 
 use std::time::Duration;
 
-use super::netns::{Pair, NODE_IF, NODE_V4};
+use super::netns::NODE_IF;
 use super::nodewall::Backend;
 use super::peers;
 use super::report::{count, ratio, Section, Table, INFO};
-use super::traffic::{blast, Rate, Receiver};
-use super::workload::{parse_mac, udp_frame, Family, Workload};
+use super::throughput::Stage;
+use super::traffic::Rate;
+use super::workload::Family;
 use super::Ctx;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -87,53 +88,28 @@ fn keep_best(best: &mut Vec<(Contender, Rate)>, c: Contender, r: Rate) {
     }
 }
 
-struct Arena {
-    pair: Pair,
-    rx: Receiver,
-    w: Workload,
-    pass_frame: Vec<u8>,
-    drop_frame: Vec<u8>,
-}
-
-impl Arena {
-    fn new(cidrs: usize) -> anyhow::Result<Self> {
-        let pair = Pair::new("duel")?;
-        pair.route_sources_via_client()?;
-        let rx = Receiver::on_own_cpu(&pair)?;
-        let w = super::throughput::workload(cidrs);
-        let (node_mac, client_mac) = (parse_mac(&pair.node_mac)?, parse_mac(&pair.client_mac)?);
-        let dst = NODE_V4.parse()?;
-        let frame = |src| udp_frame(node_mac, client_mac, src, dst, 40000, w.last_port());
-        Ok(Self {
-            pass_frame: frame(w.allowed_src(Family::V4)),
-            drop_frame: frame(Workload::denied_src(Family::V4)),
-            pair,
-            rx,
-            w,
-        })
-    }
-
-    fn install(&self, ctx: &Ctx, c: Contender) -> anyhow::Result<()> {
-        let node = &self.pair.node;
-        match c {
+impl Contender {
+    fn install(self, ctx: &Ctx, st: &Stage) -> anyhow::Result<()> {
+        let node = &st.pair.node;
+        match self {
             Contender::Floor => {
-                peers::load_nft(node, &floor_script(self.w.allowed_src(Family::V4)))?;
+                peers::load_nft(node, &floor_script(st.w.allowed_src(Family::V4)))?;
             }
             Contender::Handwritten => {
-                peers::load_nft(node, &peers::nft_concat(&self.w))?;
+                peers::load_nft(node, &peers::nft_concat(&st.w))?;
             }
             Contender::Nodewall => {
                 let cfg = ctx.dir.join("duel.yaml");
-                std::fs::write(&cfg, ctx.nw.config(&self.w, Backend::Nft, ""))?;
+                std::fs::write(&cfg, ctx.nw.config(&st.w, Backend::Nft, ""))?;
                 ctx.nw.apply(node, &cfg, Backend::Nft)?;
             }
         }
         Ok(())
     }
 
-    fn remove(&self, ctx: &Ctx, c: Contender) -> anyhow::Result<()> {
-        let node = &self.pair.node;
-        match c {
+    fn remove(self, ctx: &Ctx, st: &Stage) -> anyhow::Result<()> {
+        let node = &st.pair.node;
+        match self {
             Contender::Floor => {
                 node.run("nft", &["delete", "table", "inet", FLOOR_TABLE])?;
             }
@@ -144,29 +120,20 @@ impl Arena {
         }
         Ok(())
     }
-
-    fn blast(&self, passed: bool, window: Duration) -> anyhow::Result<Rate> {
-        let frame = if passed {
-            &self.pass_frame
-        } else {
-            &self.drop_frame
-        };
-        blast(&self.pair, &self.rx, frame, window)
-    }
 }
 
 /// Measures every contender at one size: each round takes the no-filter passed frame, then
 /// installs each contender in turn, sends its passed and dropped frames and removes it again.
 fn duel(ctx: &Ctx, cidrs: usize, window: Duration, rounds: usize) -> anyhow::Result<Duel> {
-    let arena = Arena::new(cidrs)?;
+    let st = Stage::new("duel", cidrs)?;
     let mut d = Duel {
-        cidrs: arena.w.distinct,
+        cidrs: st.w.distinct,
         base: Rate::default(),
         pass: Vec::new(),
         drop: Vec::new(),
     };
     for round in 0..rounds {
-        let base = arena.blast(true, window)?;
+        let base = st.blast(true, window)?;
         if round == 0 || base.rx_ns < d.base.rx_ns {
             d.base = base;
         }
@@ -174,10 +141,10 @@ fn duel(ctx: &Ctx, cidrs: usize, window: Duration, rounds: usize) -> anyhow::Res
         // no-filter run or always runs last.
         for k in 0..CONTENDERS.len() {
             let c = CONTENDERS[(round + k) % CONTENDERS.len()];
-            arena.install(ctx, c)?;
-            let pass = arena.blast(true, window);
-            let drop = arena.blast(false, window);
-            arena.remove(ctx, c)?;
+            c.install(ctx, &st)?;
+            let pass = st.blast(true, window);
+            let drop = st.blast(false, window);
+            c.remove(ctx, &st)?;
             keep_best(&mut d.pass, c, pass?);
             keep_best(&mut d.drop, c, drop?);
         }

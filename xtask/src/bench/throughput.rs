@@ -78,10 +78,7 @@ const RULES: usize = 8;
 struct Rig {
     filter: Filter,
     cidrs: usize,
-    pair: Pair,
-    rx: Receiver,
-    pass_frame: Vec<u8>,
-    drop_frame: Vec<u8>,
+    stage: Stage,
     _attached: Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
     /// How xdp-filter got attached, when it is this rig's filter (unloaded on drop).
     xdp_filter: Option<peers::XdpFilterLoaded>,
@@ -90,7 +87,7 @@ struct Rig {
 impl Drop for Rig {
     fn drop(&mut self) {
         if self.xdp_filter.is_some() {
-            peers::unload_xdp_filter(&self.pair.node);
+            peers::unload_xdp_filter(&self.stage.pair.node);
         }
     }
 }
@@ -108,30 +105,59 @@ pub fn workload(cidrs: usize) -> Workload {
     }
 }
 
-impl Rig {
-    fn new(filter: Filter, cidrs: usize) -> anyhow::Result<(Self, Workload)> {
-        let pair = Pair::new("tp")?;
+/// A pair of namespaces with its receive kthread on a CPU of its own, the policy at a size and
+/// its passed and dropped frames: what every throughput measurement sends through.
+pub struct Stage {
+    pub pair: Pair,
+    pub rx: Receiver,
+    pub w: Workload,
+    pass_frame: Vec<u8>,
+    drop_frame: Vec<u8>,
+}
+
+impl Stage {
+    pub fn new(tag: &str, cidrs: usize) -> anyhow::Result<Self> {
+        let pair = Pair::new(tag)?;
         pair.route_sources_via_client()?;
         let rx = Receiver::on_own_cpu(&pair)?;
         let w = workload(cidrs);
         let (node_mac, client_mac) = (parse_mac(&pair.node_mac)?, parse_mac(&pair.client_mac)?);
         let dst = NODE_V4.parse()?;
         let frame = |src| udp_frame(node_mac, client_mac, src, dst, 40000, w.last_port());
-        let rig = Self {
-            filter,
-            cidrs: w.distinct,
+        Ok(Self {
             pass_frame: frame(w.allowed_src(Family::V4)),
             drop_frame: frame(Workload::denied_src(Family::V4)),
             pair,
             rx,
-            _attached: None,
-            xdp_filter: None,
-        };
-        Ok((rig, w))
+            w,
+        })
     }
 
-    fn install(&mut self, ctx: &Ctx, w: &Workload) -> anyhow::Result<()> {
-        let pair = &self.pair;
+    /// Sends the passed or the dropped frame for `window`.
+    pub fn blast(&self, passed: bool, window: Duration) -> anyhow::Result<Rate> {
+        let frame = if passed {
+            &self.pass_frame
+        } else {
+            &self.drop_frame
+        };
+        blast(&self.pair, &self.rx, frame, window)
+    }
+}
+
+impl Rig {
+    fn new(filter: Filter, cidrs: usize) -> anyhow::Result<Self> {
+        let stage = Stage::new("tp", cidrs)?;
+        Ok(Self {
+            filter,
+            cidrs: stage.w.distinct,
+            stage,
+            _attached: None,
+            xdp_filter: None,
+        })
+    }
+
+    fn install(&mut self, ctx: &Ctx) -> anyhow::Result<()> {
+        let (pair, w) = (&self.stage.pair, &self.stage.w);
         match self.filter {
             Filter::Nodewall(b) => {
                 let cfg = ctx.dir.join("throughput.yaml");
@@ -171,10 +197,6 @@ impl Rig {
         }
         Ok(())
     }
-
-    fn blast(&self, frame: &[u8], window: Duration) -> anyhow::Result<Rate> {
-        blast(&self.pair, &self.rx, frame, window)
-    }
 }
 
 /// Keeps the better of two windows of one measurement: the faster one, the least disturbed
@@ -204,12 +226,12 @@ fn measure_sizes(
     }
     let mut base = vec![None; rigs.len()];
     for _ in 0..rounds {
-        for (i, (rig, _)) in rigs.iter().enumerate() {
-            keep_best(&mut base[i], rig.blast(&rig.pass_frame, window)?);
+        for (i, rig) in rigs.iter().enumerate() {
+            keep_best(&mut base[i], rig.stage.blast(true, window)?);
         }
     }
-    for (rig, w) in &mut rigs {
-        rig.install(ctx, w)?;
+    for rig in &mut rigs {
+        rig.install(ctx)?;
         if let Some(x) = &rig.xdp_filter {
             let note = format!(
                 "xdp-filter: attached in {} mode, the link runs `{}`{}.",
@@ -228,17 +250,17 @@ fn measure_sizes(
     }
     let (mut pass, mut drop) = (vec![None; rigs.len()], vec![None; rigs.len()]);
     for _ in 0..rounds {
-        for (i, (rig, _)) in rigs.iter().enumerate() {
+        for (i, rig) in rigs.iter().enumerate() {
             if filter != Filter::BareXdpDrop {
-                keep_best(&mut pass[i], rig.blast(&rig.pass_frame, window)?);
+                keep_best(&mut pass[i], rig.stage.blast(true, window)?);
             }
-            keep_best(&mut drop[i], rig.blast(&rig.drop_frame, window)?);
+            keep_best(&mut drop[i], rig.stage.blast(false, window)?);
         }
     }
     Ok(rigs
         .iter()
         .zip(base.into_iter().zip(pass.into_iter().zip(drop)))
-        .map(|((rig, _), (base, (pass, drop)))| Row {
+        .map(|(rig, (base, (pass, drop)))| Row {
             filter,
             cidrs: rig.cidrs,
             base: base.unwrap_or_default(),

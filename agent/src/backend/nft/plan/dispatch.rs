@@ -39,9 +39,6 @@ pub struct Dispatched {
     pub inbound: Vec<RuleDef>,
     pub maps: Vec<SetDef>,
     pub chains: Vec<ChainDef>,
-    /// Every dispatch lists only the ports its rules name (hash maps): a packet to another
-    /// port misses the lookup and goes on through the inbound chain.
-    pub exact: bool,
 }
 
 /// One port class: the ports `start..=end` and the policy rules (indices, in order) that can
@@ -58,7 +55,6 @@ pub struct Class {
 pub fn dispatch(rules: &[Rule], lowered: Vec<Vec<RuleDef>>, default: &str) -> Dispatched {
     let mut out = Dispatched::default();
     let mut dispatched = Vec::new();
-    let mut all_exact = true;
     for (proto, number, label) in [
         (Protocol::Tcp, IPPROTO_TCP, "tcp"),
         (Protocol::Udp, IPPROTO_UDP, "udp"),
@@ -132,7 +128,6 @@ pub fn dispatch(rules: &[Rule], lowered: Vec<Vec<RuleDef>>, default: &str) -> Di
             },
             elems,
         });
-        all_exact &= exact;
         out.inbound.push(RuleDef {
             matches: vec![Match::DportVmap(number, map)],
             log: None,
@@ -149,7 +144,6 @@ pub fn dispatch(rules: &[Rule], lowered: Vec<Vec<RuleDef>>, default: &str) -> Di
             out.inbound.extend(nft);
         }
     }
-    out.exact = all_exact;
     out
 }
 

@@ -70,36 +70,28 @@ pub fn build(policy: &Policy, interfaces: &[String], generation: u64) -> Ruleset
         kind: SetKind::IfName,
         elems: names.iter().map(|i| Elem::IfName((*i).clone())).collect(),
     });
-    // A few names are compared one by one: a compare costs less than hashing the name for
-    // a set lookup (the set still lists them, for the egress chains and `status`).
-    let direct = (1..=MAX_DIRECT_UPLINKS).contains(&names.len());
-    let mut base: Vec<RuleDef> = if direct {
-        names
-            .iter()
-            .map(|n| RuleDef {
-                matches: vec![Match::Iifname((*n).clone())],
-                log: None,
-                counter: None,
-                verdict: Some(Verdict::Goto(names::INBOUND_CHAIN.into())),
-                comment: None,
-            })
-            .collect()
-    } else {
-        vec![RuleDef {
-            matches: vec![Match::IifnameIn(names::UPLINKS_SET.into())],
-            log: None,
-            counter: None,
-            verdict: Some(Verdict::Goto(names::INBOUND_CHAIN.into())),
-            comment: None,
-        }]
-    };
-    base[0].comment = Some(generation_comment(generation));
-    base.extend(patterns.into_iter().map(|p| RuleDef {
-        matches: vec![Match::IifnamePrefix(p.trim_end_matches('*').to_string())],
+    let to_inbound = |m: Match, comment: Option<String>| RuleDef {
+        matches: vec![m],
         log: None,
         counter: None,
         verdict: Some(Verdict::Goto(names::INBOUND_CHAIN.into())),
-        comment: Some(format!("{}{p}", names::UPLINK_PATTERN_PREFIX)),
+        comment,
+    };
+    // A few names are compared one by one: a compare costs less than hashing the name for
+    // a set lookup (the set still lists them, for the egress chains and `status`).
+    let mut base: Vec<RuleDef> = if (1..=MAX_DIRECT_UPLINKS).contains(&names.len()) {
+        let each = names.iter().map(|n| Match::Iifname((*n).clone()));
+        each.map(|m| to_inbound(m, None)).collect()
+    } else {
+        vec![to_inbound(
+            Match::IifnameIn(names::UPLINKS_SET.into()),
+            None,
+        )]
+    };
+    base[0].comment = Some(generation_comment(generation));
+    base.extend(patterns.into_iter().map(|p| {
+        let m = Match::IifnamePrefix(p.trim_end_matches('*').to_string());
+        to_inbound(m, Some(format!("{}{p}", names::UPLINK_PATTERN_PREFIX)))
     }));
     b.chains.push(ChainDef {
         name: names::BASE_CHAIN.into(),
@@ -1010,17 +1002,11 @@ mod tests {
         p.implicit.dhcp_client = true;
         let rs = build(&p, &["eth0".into()], 1);
         let inbound = chain(&rs, names::INBOUND_CHAIN);
-        let pos = |comment: &str| {
-            inbound
-                .rules
-                .iter()
-                .position(|r| r.comment.as_deref() == Some(comment))
-        };
-        let vmap = inbound
+        let dhcp = inbound
             .rules
             .iter()
-            .position(|r| matches!(r.matches[..], [Match::DportVmap(..)]));
-        assert!(pos("implicit: dhcp-client").unwrap() < vmap.unwrap());
+            .position(|r| r.comment.as_deref() == Some("implicit: dhcp-client"));
+        assert!(dhcp.expect("the DHCP allowance") < udp_lookup_at(inbound));
     }
 
     /// One uplink is compared by name; more than a few are looked up in the set.
