@@ -94,13 +94,13 @@ fn trusted_then_ignored(node: &Netns) -> anyhow::Result<()> {
 
     ensure!(blind.table_dumped_by_last_apply());
 
-    // Nothing committed since: the next process dumps only the set that changed, and no
-    // chain, rule or counter.
+    // Nothing committed since: the next process dumps nothing at all. The set that changed
+    // is diffed against the elements our commit left in it, kept beside the record.
     let mut b = process(&dir)?;
     let r = b.apply(&moved)?;
     ensure!(r.changed && r.added == 1 && r.removed == 1, "{r:?}");
     ensure!(
-        b.sets_dumped_by_last_apply() == 1,
+        b.sets_dumped_by_last_apply() == 0,
         "{}",
         b.sets_dumped_by_last_apply()
     );
@@ -120,11 +120,43 @@ fn trusted_then_ignored(node: &Netns) -> anyhow::Result<()> {
     let r = b.apply(&p)?;
     ensure!(r.changed && r.added == 1 && r.removed == 1, "{r:?}");
     ensure!(
-        b.sets_dumped_by_last_apply() == 1,
+        b.sets_dumped_by_last_apply() == 0,
         "{}",
         b.sets_dumped_by_last_apply()
     );
     ensure!(!b.table_dumped_by_last_apply());
+    exact(&p)?;
+
+    // The changed set's file gone, or rewritten with other elements (still well formed):
+    // neither hashes to what the record vouches for, so that one set is dumped, and the
+    // apply is exact all the same.
+    let file = dir.join("nft-elems").join("src4p32.deny-a");
+    ensure!(file.exists(), "no file for the set that changed");
+    std::fs::remove_file(&file)?;
+    let mut b = process(&dir)?;
+    let r = b.apply(&moved)?;
+    ensure!(r.changed && r.added == 1 && r.removed == 1, "{r:?}");
+    ensure!(
+        b.sets_dumped_by_last_apply() == 1 && !b.table_dumped_by_last_apply(),
+        "{}",
+        b.sets_dumped_by_last_apply()
+    );
+    exact(&moved)?;
+    let mut b = process(&dir)?;
+    ensure!(!b.apply(&moved)?.changed);
+    let good = std::fs::read(&file)?;
+    let mut forged = good.clone();
+    // The last element's last byte: another /32, where the kernel has none.
+    *forged.last_mut().context("empty file")? ^= 1;
+    std::fs::write(&file, &forged)?;
+    let mut b = process(&dir)?;
+    let r = b.apply(&p)?;
+    ensure!(r.changed && r.added == 1 && r.removed == 1, "{r:?}");
+    ensure!(
+        b.sets_dumped_by_last_apply() == 1 && !b.table_dumped_by_last_apply(),
+        "{}",
+        b.sets_dumped_by_last_apply()
+    );
     exact(&p)?;
 
     // Rules inserted and deleted from the record alone: each next apply finds the rules by the

@@ -11,6 +11,8 @@
 //! - `nft-sets.json`: what the nft backend's last commit left in its table (set fingerprints,
 //!   chains, rule handles), so that the next `apply` dumps only the elements of the sets that
 //!   changed and no structure (see `backend/nft/netlink/cache.rs`);
+//! - `nft-elems/`: one file per nft set with the elements that commit wrote, so that the sets
+//!   that changed are diffed without a dump either (see `backend/nft/netlink/recorded.rs`);
 //! - `discovered.json`: the networks discovered from the Kubernetes API that the agent applied
 //!   last, which a restarted agent applies until the API answers (and `explain`, `render` and
 //!   `apply` read offline).

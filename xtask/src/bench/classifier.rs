@@ -54,6 +54,9 @@ pub struct Cell {
     /// nodewall under the smallest policy of as many rules, on that policy's frame of the same
     /// family and verdict, measured in the same rounds (see [`Reference`]).
     pub reference_ns: Option<f64>,
+    /// The median over the rounds of nodewall's time divided by the reference's in the same
+    /// round (the two run back to back).
+    pub vs_reference: Option<f64>,
 }
 
 impl Cell {
@@ -74,6 +77,8 @@ struct Measured {
     floor: Option<f64>,
     floor_ct: Option<f64>,
     reference: Option<f64>,
+    /// Median of nodewall / reference per round.
+    vs_reference: Option<f64>,
 }
 
 /// nodewall under the smallest policy, attached in a namespace pair of its own and kept there
@@ -96,7 +101,10 @@ struct Runs {
 }
 
 /// Runs the three programs `rounds` times each, alternating, and keeps each one's best (the
-/// least disturbed by other work on a shared machine).
+/// least disturbed by other work on a shared machine). The reference runs right before
+/// nodewall in every round, and their ratio is taken per round: a ratio of two bests pairs
+/// runs from different moments, and one quiet run of the reference against none of nodewall
+/// read 1.21× for a policy that reads 1.00-1.04× in every other run of the section.
 fn measure(
     prog: &OwnedFd,
     refs: &Refs,
@@ -115,11 +123,8 @@ fn measure(
     let mut best_floor: Option<u32> = None;
     let mut best_floor_ct: Option<u32> = None;
     let mut best_ref: Option<u32> = None;
+    let mut paired = Vec::new();
     for _ in 0..rounds {
-        if let Some((prog, frame)) = reference {
-            let (_, t) = bpf::test_run(prog, frame, ifindex, repeat)?;
-            best_ref = Some(best_ref.map_or(t, |b| b.min(t)));
-        }
         if let Some(floor) = &refs.floor {
             let (_, t) = bpf::test_run(floor, frame, ifindex, repeat)?;
             best_floor = Some(best_floor.map_or(t, |b| b.min(t)));
@@ -134,7 +139,15 @@ fn measure(
         }
         let (_, b) = bpf::test_run(&refs.bare, frame, ifindex, repeat)?;
         let (_, q) = bpf::test_run(&refs.parse, frame, ifindex, repeat)?;
+        let reference_t = match reference {
+            Some((prog, frame)) => Some(bpf::test_run(prog, frame, ifindex, repeat)?.1),
+            None => None,
+        };
         let (v, p) = bpf::test_run(prog, frame, ifindex, repeat)?;
+        if let Some(t) = reference_t {
+            best_ref = Some(best_ref.map_or(t, |b| b.min(t)));
+            paired.push(f64::from(p) / f64::from(t.max(1)));
+        }
         best_b = best_b.min(b);
         best_q = best_q.min(q);
         best_p = best_p.min(p);
@@ -149,7 +162,19 @@ fn measure(
         floor: best_floor.map(f64::from),
         floor_ct: best_floor_ct.map(f64::from),
         reference: best_ref.map(f64::from),
+        vs_reference: median(paired),
     })
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
 }
 
 /// Applies the smallest policy of `rules` rules in a namespace pair of its own and opens its
@@ -233,8 +258,10 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
          into a shorter prefix), and one IPv6 CIDR per rule; its IPv4 cells are compared the same way. \
          Each cell of a larger policy at the most rules also runs nodewall under the smallest policy \
          (attached in a namespace of its own for the whole section) on that policy's frame of the same \
-         family and verdict, in the same rounds: the \"vs its own 10-CIDR cost\" figures divide by that \
-         column, so that the host's drift between cells (±15% on this VM) cancels. \
+         family and verdict, right before nodewall in every round: the \"vs its own 10-CIDR cost\" figures \
+         are the median over the rounds of nodewall's time divided by the reference's in the same round \
+         (the \"paired\" column), so that the host's drift between cells (±15% on this VM) and a \
+         disturbed run of either program cancel. \
          The xdp-filter column is xdp-filter's \
          program (xdp-tools), loaded by `xdp-filter load` on the same interface, its address maps filled, \
          opened by id and unloaded again, run on the same frames in the same rounds. \
@@ -288,6 +315,7 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
             "array-lookup floor ns/pkt",
             "stateful floor ns/pkt",
             "smallest policy, same rounds ns/pkt",
+            "nodewall / smallest policy, paired (median of rounds)",
             "xdp-filter ns/pkt",
             "nodewall / xdp-filter",
         ],
@@ -449,6 +477,7 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
                     floor_ns: m.floor,
                     floor_ct_ns: m.floor_ct,
                     reference_ns: m.reference,
+                    vs_reference: m.vs_reference,
                 };
                 table.row(vec![
                     ratio(cell.ratio()),
@@ -476,6 +505,7 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
                     m.reference
                         .map(|f| format!("{f:.0}"))
                         .unwrap_or_else(|| "–".into()),
+                    opt_ratio(m.vs_reference),
                     m.peer
                         .map(|p| format!("{:.0}", p.0))
                         .unwrap_or_else(|| "–".into()),
@@ -545,6 +575,9 @@ fn run_in_thread(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Cell>)> {
             .filter(|c| c.shape == shape && c.rules == big_rules && c.cidrs == size)
             .filter(|c| families.contains(&c.family))
             .filter_map(|c| {
+                if let Some(r) = c.vs_reference {
+                    return Some(r);
+                }
                 let own = c.reference_ns.or_else(|| {
                     cells
                         .iter()

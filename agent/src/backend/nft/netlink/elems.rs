@@ -139,9 +139,14 @@ pub fn set_flags(kind: SetKind) -> u32 {
 }
 
 pub fn units(set: &SetDef) -> BTreeSet<Unit> {
-    let interval = set.kind.interval();
-    set.elems
-        .iter()
+    units_of(set.kind, &set.elems)
+}
+
+/// The kernel elements of some elements of a set of `kind`.
+pub fn units_of<'a>(kind: SetKind, elems: impl IntoIterator<Item = &'a Elem>) -> BTreeSet<Unit> {
+    let interval = kind.interval();
+    elems
+        .into_iter()
         .map(|e| {
             let u = unit(e);
             if interval {

@@ -6,16 +6,17 @@ mod cache;
 mod diff;
 mod elems;
 mod expr;
+mod recorded;
 mod socket;
 pub mod state;
 mod udata;
 mod wrap;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use super::names;
-use super::plan::{self, Ruleset};
+use super::plan::{self, Ruleset, SetDef};
 use state::Current;
 
 /// Set to `1` to append a message the kernel must reject (a rule using a set that does not
@@ -44,6 +45,8 @@ pub struct Nft {
     installed: Option<cache::Installed>,
     /// Where `installed` outlives this process, if anywhere.
     store: Option<cache::Store>,
+    /// Where the elements of `installed` are kept, beside `store`.
+    elems: Option<recorded::ElemDir>,
 }
 
 /// What one apply did.
@@ -70,6 +73,7 @@ impl Nft {
             last_generation: 0,
             installed: None,
             store: None,
+            elems: None,
         })
     }
 
@@ -77,10 +81,30 @@ impl Nft {
     /// process can skip dumping the sets this one installed (see [`cache`]).
     pub fn remember_in(&mut self, dir: &Path) {
         self.store = cache::Store::new(dir, self.sock.netns_cookie());
+        self.elems = self.store.as_ref().map(|_| recorded::ElemDir::new(dir));
     }
 
-    /// Records (or forgets) what the sets hold, in memory and in the store.
-    fn set_installed(&mut self, installed: Option<cache::Installed>) {
+    /// Records (or forgets) what the sets hold, in memory and in the store, and the
+    /// elements of `sets` (those `old` did not vouch for) beside it.
+    fn set_installed(
+        &mut self,
+        installed: Option<cache::Installed>,
+        sets: &[SetDef],
+        old: Option<&cache::Installed>,
+    ) {
+        if let (Some(files), Some(new)) = (&self.elems, &installed) {
+            // A set whose fingerprint the old record held has the file written with it.
+            let had = |s: &&SetDef| {
+                old.and_then(|o| o.sets.get(&s.name))
+                    .is_some_and(|print| new.sets.get(&s.name) == Some(print))
+            };
+            let gone = old.map(|o| {
+                let names: HashSet<&str> = sets.iter().map(|s| s.name.as_str()).collect();
+                let gone = o.sets.keys().map(String::as_str);
+                gone.filter(|n| !names.contains(n)).collect()
+            });
+            files.save(sets, sets.iter().filter(|s| !had(s)), gone);
+        }
         if let Some(store) = &self.store {
             store.save(installed.as_ref());
         }
@@ -115,7 +139,14 @@ impl Nft {
                 for (name, set) in cur.sets.iter_mut() {
                     if vouched.contains(&name.as_str()) {
                         set.as_planned = true;
-                    } else {
+                        continue;
+                    }
+                    set.recorded = self
+                        .elems
+                        .as_ref()
+                        .zip(record.sets.get(name))
+                        .and_then(|(files, &print)| files.set(name, print));
+                    if set.recorded.is_none() {
                         set.elems = state::read_elems(&mut self.sock, name)?;
                     }
                 }
@@ -185,7 +216,11 @@ impl Nft {
         }
         let generation = self.generation(&cur);
         plan::restamp(&mut next, generation + 1);
-        let sets_dumped = cur.sets.values().filter(|s| !s.as_planned).count();
+        let sets_dumped = cur
+            .sets
+            .values()
+            .filter(|s| !s.as_planned && s.recorded.is_none())
+            .count();
         let fault = fault_injected();
         let d = diff::diff(&next, &cur);
         let now = || {
@@ -196,7 +231,8 @@ impl Nft {
         if !fault && diff::unchanged_but_generation(&d, now, &cur) {
             self.last_generation = generation;
             let layout = self.layout_of(now(), generation, &cur);
-            self.set_installed(Some(planned.at(before, layout)));
+            let installed = planned.at(before, layout);
+            self.set_installed(Some(installed), &next.sets, record.as_ref());
             return Ok(Applied {
                 generation,
                 changed: false,
@@ -229,7 +265,7 @@ impl Nft {
             }
         };
         if let Err(e) = self.sock.send_batch(&batch, describe, echoed) {
-            self.set_installed(None);
+            self.set_installed(None, &[], None);
             return Err(e.context("applying table inet nodewall"));
         }
         self.last_generation = generation + 1;
@@ -249,7 +285,11 @@ impl Nft {
             })
             .collect::<Option<Vec<_>>>();
         let layout = placed.and_then(|h| cache::Layout::of(&next, generation + 1, h));
-        self.set_installed(genid.map(|g| planned.at(g, layout)));
+        self.set_installed(
+            genid.map(|g| planned.at(g, layout)),
+            &next.sets,
+            record.as_ref(),
+        );
         Ok(Applied {
             generation: generation + 1,
             changed: true,
@@ -279,7 +319,7 @@ impl Nft {
     /// Deletes table `inet nodewall` (and with it everything nodewall installed). Returns
     /// whether there was one.
     pub fn flush(&mut self) -> anyhow::Result<bool> {
-        self.set_installed(None);
+        self.set_installed(None, &[], None);
         if !self.read(&|_| false)?.table {
             return Ok(false);
         }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use nftnl::nftnl_sys as sys;
 
+use super::super::plan::SetDef;
 use super::elems::{Data, KernelElem};
 use super::socket::{attrs, Interrupted, Socket};
 use super::wrap::{Chain, Obj, Rule, Set, Table};
@@ -47,6 +48,18 @@ pub struct CurrentSet {
     /// The elements were not dumped because the apply cache vouches that the set holds
     /// exactly what the plan being applied wants (see [`super::cache`]).
     pub as_planned: bool,
+    /// The elements, from the file beside the record instead of a dump (see
+    /// [`super::recorded`]); `elems` is then empty.
+    pub recorded: Option<SetDef>,
+}
+
+impl CurrentSet {
+    /// How many elements the set holds, dumped or recorded.
+    pub fn count(&self) -> usize {
+        self.recorded
+            .as_ref()
+            .map_or(self.elems.len(), |s| s.elems.len())
+    }
 }
 
 #[derive(Debug)]
@@ -134,6 +147,7 @@ fn read_once(sock: &mut Socket, elements_of: &dyn Fn(&str) -> bool) -> anyhow::R
                 size: s.get_u32(sys::NFTNL_SET_DESC_SIZE),
                 elems,
                 as_planned: false,
+                recorded: None,
             },
         );
     }
