@@ -104,6 +104,8 @@ impl Nft {
                 gone.filter(|n| !names.contains(n)).collect()
             });
             files.save(sets, sets.iter().filter(|s| !had(s)), gone);
+        } else if let (Some(files), None) = (&self.elems, &installed) {
+            files.clear();
         }
         if let Some(store) = &self.store {
             store.save(installed.as_ref());

@@ -118,6 +118,12 @@ impl ElemDir {
         }
     }
 
+    /// Deletes every file: without a record they vouch for nothing (`nodewall flush`, a failed
+    /// batch).
+    pub fn clear(&self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
     /// Set `name` as recorded, if its file decodes and hashes to `print` (the fingerprint the
     /// record vouches the kernel's set has).
     pub fn set(&self, name: &str, print: u64) -> Option<SetDef> {
