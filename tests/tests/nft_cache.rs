@@ -233,9 +233,13 @@ fn trusted_then_ignored(node: &Netns) -> anyhow::Result<()> {
     );
     exact(&moved)?;
 
-    // A flush forgets.
+    // A flush forgets, the elements kept beside the record included.
     let mut b = process(&dir)?;
     b.flush()?;
+    ensure!(
+        !dir.join("nft-elems").exists(),
+        "the set files outlive the flush"
+    );
     let mut b = process(&dir)?;
     ensure!(b.apply(&p)?.changed);
     exact(&p)?;
