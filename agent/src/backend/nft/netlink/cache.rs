@@ -23,7 +23,6 @@
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use super::super::names;
 use super::super::plan::{RuleDef, Ruleset, SetDef};
 use super::elems::{key_spec, set_flags};
+use super::recorded::{fingerprint, overwrite};
 use super::state::{Current, CurrentChain, CurrentCounter, CurrentRule, CurrentSet, RulePrints};
 
 /// Bumped whenever what a fingerprint stands for changes (e.g. how elements are encoded).
@@ -210,25 +210,6 @@ impl Planned {
     }
 }
 
-/// A hash of a set's kind and elements: equal fingerprints mean the same kernel elements.
-/// SipHash with fixed keys, so it is stable across runs of one build; the file records the
-/// build's version, so another build never compares its fingerprints with these.
-///
-/// The elements go in as one buffer of their shortest encoding (a tag byte, then the values
-/// big-endian): SipHash's cost is per `write` call, and the derived `Hash` makes two or three
-/// per element, which made hashing a 10k-CIDR plan a tenth of a small re-apply (about 150 µs of
-/// 1.5 ms on this VM); hashed as bytes it takes about 20 µs.
-pub fn fingerprint(set: &SetDef) -> u64 {
-    let mut buf = Vec::with_capacity(set.elems.len() * 17);
-    for e in &set.elems {
-        super::recorded::encode(e, &mut buf);
-    }
-    let mut h = DefaultHasher::new();
-    set.kind.hash(&mut h);
-    h.write(&buf);
-    h.finish()
-}
-
 /// Which boot and network namespace a record belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Key {
@@ -279,12 +260,8 @@ impl Store {
     /// only costs the next apply a full dump. Written in place and not synced: a reader that
     /// catches it half-written finds no valid record and dumps, and after a reboot the key no
     /// longer matches anyway.
-    ///
-    /// Overwritten from the start and then cut to length, never truncated to zero first: on
-    /// ext4 a file truncated to zero and rewritten is flushed to disk when closed (the
-    /// `auto_da_alloc` heuristic for editors that do so), which cost about 200 µs of a 1.5 ms
-    /// re-apply here. A process killed between the write and the cut leaves the old record's
-    /// tail behind the new one, which does not parse: the next apply dumps.
+    /// Written with [`overwrite`]: a process killed half way leaves the old record's tail
+    /// behind the new one, which does not parse, and the next apply dumps.
     pub fn save(&self, installed: Option<&Installed>) {
         let Some(installed) = installed else {
             let _ = std::fs::remove_file(&self.path);
@@ -296,15 +273,7 @@ impl Store {
         };
         let written = serde_json::to_vec(&record)
             .map_err(std::io::Error::other)
-            .and_then(|bytes| {
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&self.path)?;
-                f.write_all(&bytes)?;
-                f.set_len(bytes.len() as u64)
-            });
+            .and_then(|bytes| overwrite(&self.path, &bytes));
         if let Err(e) = written {
             tracing::debug!(path = %self.path.display(), error = %e, "could not save the nft set record");
             let _ = std::fs::remove_file(&self.path);

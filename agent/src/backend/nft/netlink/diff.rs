@@ -228,49 +228,46 @@ impl Diff {
             return;
         }
         let interval = set.kind.interval();
-        if let Some(old) = cur.and_then(|c| c.recorded.as_ref()) {
-            if old.kind == set.kind {
-                // One element is one kernel element of a given kind: the elements' difference
-                // is the kernel's, at a fraction of the cost of encoding both sides.
+        let (gone, new) = match cur.map(|c| (c, &c.recorded)) {
+            None => (BTreeSet::new(), elems::units(set)),
+            // One element is one kernel element of a given kind: the elements' difference is
+            // the kernel's, at a fraction of the cost of encoding both sides.
+            Some((_, Some(old))) if old.kind == set.kind => {
                 let was: BTreeSet<&Elem> = old.elems.iter().collect();
                 let want: BTreeSet<&Elem> = set.elems.iter().collect();
-                let gone = elems::units_of(set.kind, was.difference(&want).copied());
-                let new = elems::units_of(set.kind, want.difference(&was).copied());
-                self.elements(libc::NFT_MSG_DELSETELEM, set, id, interval, &gone);
-                self.elements(libc::NFT_MSG_NEWSETELEM, set, id, interval, &new);
-                return;
+                (
+                    elems::units_of(set.kind, was.difference(&want).copied()),
+                    elems::units_of(set.kind, want.difference(&was).copied()),
+                )
             }
-        }
-        let want = elems::units(set);
-        let Some(cur) = cur else {
-            self.elements(libc::NFT_MSG_NEWSETELEM, set, id, interval, &want);
-            return;
+            Some((cur, recorded)) => {
+                let want = elems::units(set);
+                let current = match recorded {
+                    Some(old) => Some(elems::units(old)),
+                    None => elems::units_from_kernel(interval, &cur.elems),
+                };
+                let Some(current) = current else {
+                    // Elements we did not write: flush the set (DELSETELEM without a list) and
+                    // refill it.
+                    self.removed += cur.count();
+                    self.batch.push(
+                        libc::NFT_MSG_DELSETELEM,
+                        0,
+                        Body::Set(&Set::ours(&set.name)),
+                        format!("flush set {}", set.name),
+                    );
+                    self.elements(libc::NFT_MSG_NEWSETELEM, set, id, interval, &want);
+                    return;
+                };
+                (
+                    current.difference(&want).cloned().collect(),
+                    want.difference(&current).cloned().collect(),
+                )
+            }
         };
-        let current = match &cur.recorded {
-            Some(old) => Some(elems::units(old)),
-            None => elems::units_from_kernel(interval, &cur.elems),
-        };
-        match current {
-            Some(current) => {
-                let gone: BTreeSet<Unit> = current.difference(&want).cloned().collect();
-                let new: BTreeSet<Unit> = want.difference(&current).cloned().collect();
-                // Removals first: a new interval may reuse a key of one that goes.
-                self.elements(libc::NFT_MSG_DELSETELEM, set, id, interval, &gone);
-                self.elements(libc::NFT_MSG_NEWSETELEM, set, id, interval, &new);
-            }
-            None => {
-                // Elements we did not write: flush the set (DELSETELEM without a list) and
-                // refill it.
-                self.removed += cur.count();
-                self.batch.push(
-                    libc::NFT_MSG_DELSETELEM,
-                    0,
-                    Body::Set(&Set::ours(&set.name)),
-                    format!("flush set {}", set.name),
-                );
-                self.elements(libc::NFT_MSG_NEWSETELEM, set, id, interval, &want);
-            }
-        }
+        // Removals first: a new interval may reuse a key of one that goes.
+        self.elements(libc::NFT_MSG_DELSETELEM, set, id, interval, &gone);
+        self.elements(libc::NFT_MSG_NEWSETELEM, set, id, interval, &new);
     }
 
     fn elements(&mut self, ty: i32, set: &SetDef, id: u32, interval: bool, units: &BTreeSet<Unit>) {

@@ -92,20 +92,22 @@ impl Nft {
         sets: &[SetDef],
         old: Option<&cache::Installed>,
     ) {
-        if let (Some(files), Some(new)) = (&self.elems, &installed) {
-            // A set whose fingerprint the old record held has the file written with it.
-            let had = |s: &&SetDef| {
-                old.and_then(|o| o.sets.get(&s.name))
-                    .is_some_and(|print| new.sets.get(&s.name) == Some(print))
-            };
-            let gone = old.map(|o| {
-                let names: HashSet<&str> = sets.iter().map(|s| s.name.as_str()).collect();
-                let gone = o.sets.keys().map(String::as_str);
-                gone.filter(|n| !names.contains(n)).collect()
-            });
-            files.save(sets, sets.iter().filter(|s| !had(s)), gone);
-        } else if let (Some(files), None) = (&self.elems, &installed) {
-            files.clear();
+        match (&self.elems, &installed) {
+            (Some(files), Some(new)) => {
+                // A set whose fingerprint the old record held has the file written with it.
+                let had = |s: &&SetDef| {
+                    old.and_then(|o| o.sets.get(&s.name))
+                        .is_some_and(|print| new.sets.get(&s.name) == Some(print))
+                };
+                let gone = old.map(|o| {
+                    let names: HashSet<&str> = sets.iter().map(|s| s.name.as_str()).collect();
+                    let gone = o.sets.keys().map(String::as_str);
+                    gone.filter(|n| !names.contains(n)).collect()
+                });
+                files.save(sets, sets.iter().filter(|s| !had(s)), gone);
+            }
+            (Some(files), None) => files.clear(),
+            (None, _) => {}
         }
         if let Some(store) = &self.store {
             store.save(installed.as_ref());
