@@ -252,7 +252,12 @@ fn failed_batch_leaves_the_previous_ruleset() {
     )
     .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the apply must fail");
+    assert!(
+        !out.status.success(),
+        "the apply must fail (a binary built without the `fault-injection` feature says so \
+         here; build it with `cargo build -p nodewall --features fault-injection --bin \
+         nodewall`): {stderr}"
+    );
     assert!(
         stderr
             .contains("rejected add rule to chain inbound: iifname @nodewall-injected-missing-set"),

@@ -25,7 +25,6 @@ use crate::backend::{ApplyReport, Backend, Counters, Status};
 use crate::policy::Mode;
 use crate::policy::Policy;
 
-#[cfg(feature = "fault-injection")]
 pub use netlink::FAULT_ENV;
 
 /// The `nft -f` script that the backend installs (with generation 0 in the base rule's comment;

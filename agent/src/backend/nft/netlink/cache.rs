@@ -34,7 +34,7 @@ use super::recorded::{fingerprint, overwrite};
 use super::state::{Current, CurrentChain, CurrentCounter, CurrentRule, CurrentSet, RulePrints};
 
 /// Bumped whenever what a fingerprint stands for changes (e.g. how elements are encoded).
-const FORMAT: u32 = 5;
+const FORMAT: u32 = 6;
 const FILE: &str = "nft-sets.json";
 
 /// The sets as our last commit left them, at ruleset generation id `genid`.

@@ -23,7 +23,6 @@ use state::Current;
 /// exist) to the next batch: how the integration tests prove that a failed batch leaves the
 /// previous ruleset untouched and that the error names the offending object. Only in builds
 /// with the `fault-injection` feature (the test suite's), never in a release.
-#[cfg(feature = "fault-injection")]
 pub const FAULT_ENV: &str = "NODEWALL_NFT_INJECT_FAULT";
 
 #[cfg(feature = "fault-injection")]
@@ -31,8 +30,16 @@ fn fault_injected() -> bool {
     std::env::var(FAULT_ENV).as_deref() == Ok("1")
 }
 
+/// A build without the hook says so when asked for a fault: a test that expects the apply to
+/// fail then reads why it did not (a binary built without the feature), not a product bug.
 #[cfg(not(feature = "fault-injection"))]
 fn fault_injected() -> bool {
+    if std::env::var_os(FAULT_ENV).is_some() {
+        tracing::warn!(
+            "{FAULT_ENV} is set, but this nodewall was built without the `fault-injection` \
+             feature: nothing is injected"
+        );
+    }
     false
 }
 

@@ -34,14 +34,28 @@ pub(super) fn by_prefix_length(
     }
     let tree = TREE_BASE_NS + TREE_LEVEL_NS * ((2 * ranges.len()) as f64).log2();
     let max_lengths = (tree / HASH_LOOKUP_NS) as usize;
-    let mut groups: BTreeMap<u8, Vec<u128>> = BTreeMap::new();
+    // Indexed by length rather than a map: a `BTreeMap` entry per prefix cost about 10 µs of
+    // the 125 µs that planning 10k CIDRs took in a loop here.
+    let mut groups: Vec<Vec<u128>> = vec![Vec::new(); bits as usize + 1];
+    let mut lengths = 0;
     for &(s, e) in ranges {
         for (net, len) in prefixes(s, e, bits) {
-            groups.entry(len).or_default().push(net);
-            if groups.len() > max_lengths {
-                return None;
+            let group = &mut groups[len as usize];
+            if group.is_empty() {
+                lengths += 1;
+                if lengths > max_lengths {
+                    return None;
+                }
             }
+            group.push(net);
         }
     }
-    Some(groups)
+    Some(
+        groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, nets)| !nets.is_empty())
+            .map(|(len, nets)| (len as u8, nets))
+            .collect(),
+    )
 }
