@@ -21,8 +21,8 @@ use state::Current;
 
 /// Set to `1` to append a message the kernel must reject (a rule using a set that does not
 /// exist) to the next batch: how the integration tests prove that a failed batch leaves the
-/// previous ruleset untouched and that the error names the offending object. Only in builds
-/// with the `fault-injection` feature (the test suite's), never in a release.
+/// previous ruleset untouched and that the error names the offending object. Only builds with
+/// the `fault-injection` feature (the test suite's) inject; a release only warns.
 pub const FAULT_ENV: &str = "NODEWALL_NFT_INJECT_FAULT";
 
 #[cfg(feature = "fault-injection")]

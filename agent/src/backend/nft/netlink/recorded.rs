@@ -146,8 +146,9 @@ pub fn overwrite(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 ///
 /// The elements go in as one buffer of their shortest encoding (a tag byte, then the values
 /// big-endian), the same bytes the file holds. Every set of the plan is hashed on every apply:
-/// at 10k CIDRs that is about 110 kB, which SipHash (std's `DefaultHasher`) took about 70 µs
-/// of a 0.9 ms re-apply to hash here and xxh3 hashes in under 10 µs.
+/// at 10k CIDRs that is about 110 kB, and with xxh3 instead of SipHash (std's `DefaultHasher`)
+/// fingerprinting a 10k-CIDR plan in a re-apply went from about 85 µs to 60-70 µs here (what
+/// is left is mostly the encoding).
 pub fn fingerprint(set: &SetDef) -> u64 {
     let mut buf = Vec::with_capacity(1 + set.elems.len() * 17);
     buf.push(kind_byte(set.kind));
