@@ -6,6 +6,7 @@
 //! and its flush must leave the other tools' tables as they were. "Nothing changed" is judged
 //! on what each backend installs (see `installed::fingerprint`).
 
+use anyhow::Context as _;
 use nodewall_netns_tests::installed::{edit_switch, fingerprint, leftovers, xdp_pins};
 use nodewall_netns_tests::netns::Netns;
 use nodewall_netns_tests::nodewall::{apply, flush, run, status, Config, ConfigFile};
@@ -169,6 +170,13 @@ fn interfaces_without_ethernet(backend: Backend) -> anyhow::Result<()> {
         status(&node, backend)?["installed"] == false,
         "nothing may be installed"
     );
+    // A first install verifies its programs while it checks the policy: refused, the object
+    // it loaded is dropped without a pin.
+    let pins = node.bpffs()?.join("nodewall");
+    let left: Vec<_> = std::fs::read_dir(&pins)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    anyhow::ensure!(left.is_empty(), "pinned in {}: {left:?}", pins.display());
     Ok(())
 }
 
@@ -248,3 +256,51 @@ fn maps_of_another_layout_are_refused(backend: Backend) -> anyhow::Result<()> {
 }
 
 backend_tests!(xdp: maps_of_another_layout_are_refused);
+
+/// A policy too scattered for the flat tables (40,000 IPv6 /64s that share no byte after
+/// `fd`, more than a generation's path-compressed runs) is held in the tries; a generation
+/// that large has its record written while the maps are, and put in place after the switch.
+fn large_generation_is_recorded(backend: Backend) -> anyhow::Result<()> {
+    const N: u128 = 40_000;
+    let node = lone_node("node")?;
+    let from = (0..N)
+        .map(|i| {
+            let bits = ((i + 1) * 0x9E37_79B9_7F4A_7C15) & ((1 << 56) - 1);
+            let net = std::net::Ipv6Addr::from((0xfdu128 << 120) | (bits << 64));
+            format!("\"{net}/64\"")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut cfg = Config::new(backend, Some("tke-node"));
+    cfg.rules = vec![format!(
+        "  - name: deny-x\n    action: deny\n    protocol: tcp\n    ports: [\"10250\"]\n    from: [{from}]"
+    )];
+    let file = cfg.write()?;
+    let first = apply(&node, &file)?;
+    anyhow::ensure!(first["changed"] == true, "{first}");
+    let dir = node.state_dir()?.join("xdp");
+    let files: Vec<_> = std::fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let record = files
+        .iter()
+        .find(|p| p.extension().is_none_or(|e| e != "tmp"))
+        .with_context(|| format!("no record in {}: {files:?}", dir.display()))?;
+    anyhow::ensure!(
+        files.len() == 1,
+        "one record and no temporary file: {files:?}"
+    );
+    // Each /64 is 21 bytes of the record (address, length, class).
+    let size = std::fs::metadata(record)?.len();
+    anyhow::ensure!(
+        size > 21 * N as u64,
+        "{} holds {size} bytes",
+        record.display()
+    );
+    let second = apply(&node, &file)?;
+    anyhow::ensure!(second["changed"] == false, "{second}");
+    Ok(())
+}
+
+backend_tests!(xdp: large_generation_is_recorded);

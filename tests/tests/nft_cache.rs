@@ -281,3 +281,54 @@ fn record_is_per_namespace() {
     };
     run().unwrap_or_else(|e| panic!("{e:#}"));
 }
+
+/// A policy whose sets hold more elements than an apply writes on its own thread
+/// (`ELEMS_BESIDE_COMMIT`): one deny rule over `n` /32s, none adjacent, the first replaced by
+/// another when `moved`.
+fn large(n: u32, moved: bool) -> anyhow::Result<Policy> {
+    let base = u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0));
+    let from = (0..n)
+        .map(|i| match (i, moved) {
+            (0, true) => "\"198.19.255.255/32\"".to_string(),
+            _ => format!("\"{}/32\"", std::net::Ipv4Addr::from(base + 2 * i)),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut cfg = Config::new(Backend::Nft, Some("tke-node"));
+    cfg.rules = vec![format!(
+        "  - name: deny-a\n    action: deny\n    protocol: tcp\n    ports: [\"10250\"]\n    from: [{from}]"
+    )];
+    let desired = nodewall::apply::source::parse_config(&cfg.yaml(), Path::new("large.yaml"))
+        .map_err(anyhow::Error::msg)?;
+    Ok(desired.policy)
+}
+
+/// The set files of a large apply are written while the kernel takes the batch: the next
+/// process diffs the changed set against its file, dumping nothing, and the result is exact.
+#[test]
+fn large_sets_are_recorded_beside_the_commit() {
+    if !can_run("large_sets_are_recorded_beside_the_commit") {
+        return;
+    }
+    let node = Netns::new("node").unwrap();
+    let dir = node.state_dir().unwrap();
+    let run = || -> anyhow::Result<()> {
+        let (p, moved) = (large(40_000, false)?, large(40_000, true)?);
+        process(&dir)?.apply(&p)?;
+        let file = dir.join("nft-elems").join("src4p32.deny-a");
+        ensure!(file.exists(), "no file for the large set");
+        for want in [&moved, &p] {
+            let mut b = process(&dir)?;
+            let r = b.apply(want)?;
+            ensure!(r.changed && r.added == 1 && r.removed == 1, "{r:?}");
+            ensure!(
+                b.sets_dumped_by_last_apply() == 0 && !b.table_dumped_by_last_apply(),
+                "the record or the large set's file was not trusted: {} sets dumped",
+                b.sets_dumped_by_last_apply()
+            );
+            exact(want)?;
+        }
+        Ok(())
+    };
+    node.enter(run).unwrap().unwrap_or_else(|e| panic!("{e:#}"));
+}

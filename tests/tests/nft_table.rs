@@ -245,9 +245,19 @@ fn failed_batch_leaves_the_previous_ruleset() {
     let before = node.exec("nft", &["-a", "list", "ruleset"]).unwrap();
     cfg.profile = Some("eks-node".into());
     file.rewrite(&cfg.yaml()).unwrap();
+    let state = node.state_dir().unwrap();
+    let snapshot = state.join("applied.snapshot");
+    let applied = std::fs::read_to_string(&snapshot).unwrap();
+    assert!(applied.contains("tke-node"), "{applied}");
     let out = nodewall::run(
         &node,
-        &["apply", "-c", file.path.to_str().unwrap()],
+        &[
+            "apply",
+            "-c",
+            file.path.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
         &[(nodewall::FAULT_ENV, "1")],
     )
     .unwrap();
@@ -272,6 +282,10 @@ fn failed_batch_leaves_the_previous_ruleset() {
         before,
         "nothing changed"
     );
+    // The snapshot a rollback would restore is still the policy in force; the new one, written
+    // while the kernel took the batch, is gone with it.
+    assert_eq!(std::fs::read_to_string(&snapshot).unwrap(), applied);
+    assert!(!state.join("applied.snapshot.tmp").exists());
     // Without the fault the same apply goes through.
     let report = apply(&node, &file).unwrap();
     assert_eq!(report["generation"], 2);

@@ -95,7 +95,24 @@ impl StateDir {
     /// Saves the snapshot with its config text verbatim: escaping it into JSON cost more than
     /// the rest of the file handling of an apply of a config with 10k CIDRs.
     pub fn save_applied(&self, snapshot: &Snapshot) -> anyhow::Result<()> {
-        write_atomic(&self.file(APPLIED), &to_snapshot_file(snapshot)?)?;
+        self.stage_applied(snapshot)?.commit()
+    }
+
+    /// Writes the snapshot beside the applied one without replacing it: [`Staged::commit`]
+    /// puts it in force once the policy it describes is, and dropping it uncommitted removes
+    /// it. `apply` writes it while the kernel takes the policy: for a config of 1M CIDRs the
+    /// 28 MB file took 80-140 ms here, a tenth of the kernel's own time for that policy.
+    pub fn stage_applied(&self, snapshot: &Snapshot) -> anyhow::Result<Staged<'_>> {
+        let path = self.file(APPLIED);
+        let tmp = write_tmp(&path, &to_snapshot_file(snapshot)?)?;
+        Ok(Staged {
+            state: self,
+            tmp: Some(tmp),
+            path,
+        })
+    }
+
+    fn applied_in_force(&self) -> anyhow::Result<()> {
         self.forget_last_rollback()?;
         // An older version's snapshot must not be read in place of this one.
         match std::fs::remove_file(self.file(LEGACY_APPLIED)) {
@@ -225,16 +242,48 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
 /// an fsync costs a journal commit (milliseconds, more than the rest of a small apply) when
 /// the state directory is not on a tmpfs.
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = write_tmp(path, bytes)?;
+    std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Writes `bytes` to `path` with `.tmp` appended, and returns that path.
+fn write_tmp(path: &Path, bytes: &[u8]) -> anyhow::Result<PathBuf> {
     let ctx = |e: std::io::Error| anyhow::anyhow!("{}: {e}", path.display());
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(ctx)?;
     }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let mut f = std::fs::File::create(&tmp).map_err(ctx)?;
     f.write_all(bytes).map_err(ctx)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(ctx)
+    Ok(tmp)
+}
+
+/// A snapshot written but not yet in force (see [`StateDir::stage_applied`]).
+pub struct Staged<'a> {
+    state: &'a StateDir,
+    /// `None` once committed.
+    tmp: Option<PathBuf>,
+    path: PathBuf,
+}
+
+impl Staged<'_> {
+    /// Renames the snapshot over the applied one: the config it holds is now in force.
+    pub fn commit(mut self) -> anyhow::Result<()> {
+        let tmp = self.tmp.take().expect("committed once");
+        std::fs::rename(&tmp, &self.path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", self.path.display()))?;
+        self.state.applied_in_force()
+    }
+}
+
+impl Drop for Staged<'_> {
+    fn drop(&mut self) {
+        if let Some(tmp) = &self.tmp {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
 }
 
 #[cfg(test)]

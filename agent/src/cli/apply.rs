@@ -94,7 +94,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(_) => rollback_target(&state, backend.as_ref())?,
         None => None,
     };
-    let report = backend.apply(&policy)?;
     let snapshot = Snapshot {
         backend: backend.name().to_string(),
         config_path: std::fs::canonicalize(path)
@@ -103,10 +102,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .to_string(),
         config: desired.text,
     };
+    // The snapshot of an unconfirmed apply is written on the other core while the kernel takes
+    // the policy, and put in force only once the policy is.
+    let (report, staged) = std::thread::scope(|scope| {
+        let staged = args
+            .confirm
+            .is_none()
+            .then(|| scope.spawn(|| state.stage_applied(&snapshot)));
+        let report = backend.apply(&policy);
+        let staged = staged.map(|s| s.join().expect("writing the snapshot does not panic"));
+        (report, staged)
+    });
+    let report = report?;
     let deadline = match args.confirm {
         Some(secs) => Some(arm_rollback(&state, &lock, previous, snapshot, secs)?),
         None => {
-            if let Err(e) = state.save_applied(&snapshot) {
+            if let Err(e) = staged
+                .expect("staged without --confirm")
+                .and_then(|s| s.commit())
+            {
                 eprintln!("nodewall: warning: {e:#} (a later apply --confirm cannot roll back to this policy)");
             }
             None

@@ -168,7 +168,7 @@ fn time_box(section: u8, quick: bool) -> Duration {
     let (full, q) = match section {
         1 => (150, 25),
         2 => (400, 90),
-        3 => (110, 30),
+        3 => (130, 30),
         4 => (95, 20),
         _ => (100, 20),
     };

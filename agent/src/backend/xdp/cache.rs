@@ -120,7 +120,19 @@ impl GenCache {
 
     /// Records what both generations hold after `switch` was published (atomically: a reader
     /// sees the old file, the new one, or none).
-    pub fn save(&self, netns: (u64, u64), switch: &Switch, gens: &[KernelGen; 2]) -> Result<()> {
+    pub fn save(&self, netns: (u64, u64), switch: &Switch, gens: [&KernelGen; 2]) -> Result<()> {
+        self.stage(netns, switch, gens)?.commit()
+    }
+
+    /// Writes the record of `gens` and `switch` beside the cache without replacing it:
+    /// [`StagedGens::commit`] does, once `switch` is published. For a policy of 1M prefixes the
+    /// 21 MB file took 80-170 ms here, written while the maps are.
+    pub fn stage(
+        &self,
+        netns: (u64, u64),
+        switch: &Switch,
+        gens: [&KernelGen; 2],
+    ) -> Result<StagedGens<'_>> {
         let ident = self.identity(netns)?;
         let bytes = encode(&ident, switch, gens);
         let dir = self.file.parent().expect("a file under a directory");
@@ -130,11 +142,11 @@ impl GenCache {
             std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         f.write_all(&bytes)
             .with_context(|| format!("writing {}", tmp.display()))?;
-        drop(f);
-        std::fs::rename(&tmp, &self.file)
-            .with_context(|| format!("renaming {} into place", tmp.display()))?;
-        self.prune(dir, &ident.boot_id);
-        Ok(())
+        Ok(StagedGens {
+            cache: self,
+            tmp: Some(tmp),
+            boot_id: ident.boot_id,
+        })
     }
 
     /// Removes the files of other pin directories or namespaces whose maps are gone.
@@ -152,7 +164,37 @@ impl GenCache {
     }
 }
 
-fn encode(ident: &Identity, sw: &Switch, gens: &[KernelGen; 2]) -> Vec<u8> {
+/// A record written by [`GenCache::stage`], removed unless committed.
+pub struct StagedGens<'a> {
+    cache: &'a GenCache,
+    /// `None` once committed.
+    tmp: Option<PathBuf>,
+    boot_id: String,
+}
+
+impl StagedGens<'_> {
+    pub fn commit(mut self) -> Result<()> {
+        let tmp = self.tmp.take().expect("committed once");
+        let file = &self.cache.file;
+        std::fs::rename(&tmp, file)
+            .with_context(|| format!("renaming {} into place", tmp.display()))?;
+        self.cache.prune(
+            file.parent().expect("a file under a directory"),
+            &self.boot_id,
+        );
+        Ok(())
+    }
+}
+
+impl Drop for StagedGens<'_> {
+    fn drop(&mut self) {
+        if let Some(tmp) = &self.tmp {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+fn encode(ident: &Identity, sw: &Switch, gens: [&KernelGen; 2]) -> Vec<u8> {
     let mut w = Enc(Vec::with_capacity(4096));
     w.0.extend_from_slice(MAGIC);
     w.u32(FORMAT);
@@ -506,7 +548,7 @@ mod tests {
             netns_ino: 7,
         };
         let gens = [KernelGen::empty(), g];
-        let bytes = encode(&ident, &sw, &gens);
+        let bytes = encode(&ident, &sw, gens.each_ref());
         assert_eq!(decode(&bytes).unwrap(), (ident, sw, gens));
         assert!(decode(&bytes[..bytes.len() - 1]).is_err());
         let mut longer = bytes.clone();
@@ -528,7 +570,7 @@ mod tests {
         g.sources.nodes = vec![SrcNode([0; 256]); 100];
         g.sources.classes = vec![RuleBits::EMPTY; 3];
         let gens = [KernelGen::zeroed(), g];
-        let decoded = decode(&encode(&ident, &Switch::default(), &gens))
+        let decoded = decode(&encode(&ident, &Switch::default(), gens.each_ref()))
             .unwrap()
             .2;
         // Everything but the flat tables: the (zero) headers and the port tables.
@@ -552,9 +594,9 @@ mod tests {
         let sw = Switch::default();
         let gens = [KernelGen::empty(), KernelGen::empty()];
         let stale = dir.path().join("gens-1");
-        std::fs::write(&stale, encode(&gone, &sw, &gens)).unwrap();
+        std::fs::write(&stale, encode(&gone, &sw, gens.each_ref())).unwrap();
         assert!(!maybe_live(&stale, "b"), "no map has id u32::MAX");
-        let mut newer = encode(&gone, &sw, &gens);
+        let mut newer = encode(&gone, &sw, gens.each_ref());
         newer[4..8].copy_from_slice(&(FORMAT + 1).to_le_bytes());
         let other = dir.path().join("gens-2");
         std::fs::write(&other, newer).unwrap();

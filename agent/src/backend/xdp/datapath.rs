@@ -88,25 +88,34 @@ impl Datapath {
 
     fn load_object(pin_dir: Option<&Path>, cache: Option<GenCache>) -> Result<Self> {
         // Maps the loader creates (none pinned yet) are all zero; pinned ones may hold anything.
-        let fresh =
-            pin_dir.is_none_or(|dir| map_names::ALL.iter().all(|name| !dir.join(name).exists()));
+        let fresh = pin_dir.is_none_or(nothing_pinned);
         if let Some(dir) = pin_dir {
             refuse_other_layout(dir)?;
         }
-        let mut loader = EbpfLoader::new();
-        if let Some(dir) = pin_dir {
-            for name in map_names::ALL {
-                loader.map_pin_path(name, dir.join(name));
-            }
-        }
-        let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
-        let xdp: &mut Xdp = program(&mut ebpf, XDP_PROGRAM)?.try_into()?;
-        xdp.load().context("loading the XDP program (verifier)")?;
-        let tc: &mut SchedClassifier = program(&mut ebpf, TC_EGRESS_PROGRAM)?.try_into()?;
-        tc.load()
-            .context("loading the TC egress program (verifier)")?;
+        let mut ebpf = load_programs(pin_dir)?;
         let maps = Maps::take(&mut ebpf)?;
         Self::adopt(Programs::Object(ebpf), maps, pin_dir, cache, fresh)
+    }
+
+    /// The object loaded with maps of its own, pinned nowhere: the programs go through the
+    /// verifier (about 330 ms here, the bulk of a first install) and nothing is left behind
+    /// if the result is dropped. A first install does this while it builds the image.
+    pub fn load_unpinned() -> Result<Unpinned> {
+        load_programs(None).map(Unpinned)
+    }
+
+    /// Pins the maps of `u` under `pin_dir`, where nothing is pinned yet, and takes them over.
+    pub fn pin_unpinned(u: Unpinned, pin_dir: &Path, cache: Option<GenCache>) -> Result<Self> {
+        let mut ebpf = u.0;
+        for name in map_names::ALL {
+            let path = pin_dir.join(name);
+            ebpf.map(name)
+                .with_context(|| format!("the XDP object has no map {name}"))?
+                .pin(&path)
+                .with_context(|| format!("pinning map {}", path.display()))?;
+        }
+        let maps = Maps::take(&mut ebpf)?;
+        Self::adopt(Programs::Object(ebpf), maps, Some(pin_dir), cache, true)
     }
 
     /// Takes over the maps: checks they are ours to write and learns what they hold (from
@@ -268,10 +277,32 @@ impl Datapath {
             // From here until the new content is recorded, the next agent reads the maps back.
             cache.invalidate()?;
         }
-        let writes = match self
-            .maps
-            .write_gen(target, &self.shadow[target as usize], &new)
-        {
+        let switch = Switch {
+            layout: LAYOUT_VERSION,
+            active: target,
+            generation: self.switch.generation + 1,
+            netns_dev: self.netns.0,
+            netns_ino: self.netns.1,
+        };
+        // A large generation's record is written on the other core while the maps are; it is
+        // put in place once the switch is published, and removed if the writes fail.
+        let entries = new.sources.src4.len() + new.sources.src6.len();
+        let (written, staged) = std::thread::scope(|scope| {
+            let (cache, shadow, netns, new) = (&self.cache, &self.shadow, self.netns, &new);
+            let after = if target == 0 {
+                [new, &shadow[1]]
+            } else {
+                [&shadow[0], new]
+            };
+            let staged = cache
+                .as_ref()
+                .filter(|_| entries >= ENTRIES_BESIDE_WRITES)
+                .map(|c| scope.spawn(move || c.stage(netns, &switch, after)));
+            let written = self.maps.write_gen(target, &shadow[target as usize], new);
+            let staged = staged.map(|s| s.join().expect("recording does not panic"));
+            (written, staged)
+        });
+        let writes = match written {
             Ok(w) => w,
             Err(e) => {
                 // The generation is half-written but inactive, so nothing reads it; learn
@@ -285,20 +316,17 @@ impl Datapath {
             }
         };
         self.shadow[target as usize] = new;
-        let switch = Switch {
-            layout: LAYOUT_VERSION,
-            active: target,
-            generation: self.switch.generation + 1,
-            netns_dev: self.netns.0,
-            netns_ino: self.netns.1,
-        };
         self.maps.write_switch(switch)?;
         self.switch = switch;
         for slot in self.slots.release_except(&slots) {
             self.slots.write(&mut self.maps, slot, None)?;
         }
         if let Some(cache) = &self.cache {
-            if let Err(e) = cache.save(self.netns, &switch, &self.shadow) {
+            let recorded = match staged {
+                Some(staged) => staged.and_then(|s| s.commit()),
+                None => cache.save(self.netns, &switch, self.shadow.each_ref()),
+            };
+            if let Err(e) = recorded {
                 // Published all the same; the next agent process reads the maps back.
                 tracing::warn!(error = %format!("{e:#}"), "could not record the XDP generations");
             }
@@ -428,6 +456,36 @@ fn other_layout(pin_dir: Option<&Path>, layout: &str) -> anyhow::Error {
 /// every map and both programs still pinned, and the programs using no `NW_` map but those
 /// pinned beside them (a map pinned anew since, by hand or a half-done flush, means the
 /// programs read other maps).
+/// The XDP object loaded and both programs verified; with `pin_dir`, maps pinned there are
+/// reused and missing ones created and pinned.
+fn load_programs(pin_dir: Option<&Path>) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    if let Some(dir) = pin_dir {
+        for name in map_names::ALL {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
+    let xdp: &mut Xdp = program(&mut ebpf, XDP_PROGRAM)?.try_into()?;
+    xdp.load().context("loading the XDP program (verifier)")?;
+    let tc: &mut SchedClassifier = program(&mut ebpf, TC_EGRESS_PROGRAM)?.try_into()?;
+    tc.load()
+        .context("loading the TC egress program (verifier)")?;
+    Ok(ebpf)
+}
+
+/// From this many trie entries in a generation, its record is written while the maps are (a
+/// thread costs tens of microseconds; the record of a 10k-CIDR policy takes about as long).
+const ENTRIES_BESIDE_WRITES: usize = 1 << 15;
+
+/// Whether none of the maps is pinned under `dir`.
+pub fn nothing_pinned(dir: &Path) -> bool {
+    map_names::ALL.iter().all(|name| !dir.join(name).exists())
+}
+
+/// An object loaded by [`Datapath::load_unpinned`].
+pub struct Unpinned(Ebpf);
+
 fn pinned_programs(pin_dir: &Path) -> Result<Option<Programs>> {
     if !super::objhash::is_ours(pin_dir) {
         return Ok(None);

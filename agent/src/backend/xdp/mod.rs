@@ -141,21 +141,33 @@ impl Backend for XdpBackend {
 
     fn apply(&mut self, policy: &Policy) -> Result<ApplyReport> {
         let started = Instant::now();
-        // Everything that can be refused is, by `Image::build`, before the kernel is touched.
-        let mut image = Image::build(policy)?;
-        image.ct = conntrack::timeouts();
-        let wanted = Self::interfaces(policy)?;
-        ensure_bpffs(&self.opts.bpffs)?;
         let dir = self.pin_dir();
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         if self.loaded.is_some() && !dir.join(map_names::SWITCH).exists() {
             // Someone removed the pins: links are gone with them, and the next agent could not
             // adopt maps that are no longer pinned. Start over with fresh, pinned maps.
             tracing::warn!(pins = %dir.display(), "the XDP pins were removed; reinstalling");
             self.loaded = None;
         }
+        // Everything that can be refused is, by `Image::build`, before the kernel is touched.
+        // A first install verifies the programs meanwhile, on the other core, into an object
+        // pinned nowhere (dropped, if the policy is refused).
+        let first = self.loaded.is_none() && datapath::nothing_pinned(&dir);
+        let (image, unpinned) = std::thread::scope(|scope| {
+            let load = first.then(|| scope.spawn(Datapath::load_unpinned));
+            let image = Image::build(policy);
+            let load = load.map(|l| l.join().expect("loading the object does not panic"));
+            (image, load)
+        });
+        let mut image = image?;
+        image.ct = conntrack::timeouts();
+        let wanted = Self::interfaces(policy)?;
+        ensure_bpffs(&self.opts.bpffs)?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         if self.loaded.is_none() {
-            let (mut dp, loaded) = Datapath::open(&dir, self.cache()?)?;
+            let (mut dp, loaded) = match unpinned {
+                Some(u) => (Datapath::pin_unpinned(u?, &dir, self.cache()?)?, true),
+                None => Datapath::open(&dir, self.cache()?)?,
+            };
             if loaded {
                 attach::pin_programs(&mut dp, &dir)?;
             }

@@ -199,6 +199,11 @@ impl Planned {
         )
     }
 
+    /// Set name -> fingerprint.
+    pub fn prints(&self) -> &BTreeMap<String, u64> {
+        &self.0
+    }
+
     /// The record of these sets (and, if known, the rest of the table) installed at ruleset
     /// generation id `genid`.
     pub fn at(&self, genid: u32, layout: Option<Layout>) -> Installed {

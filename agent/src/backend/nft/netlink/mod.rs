@@ -12,7 +12,7 @@ pub mod state;
 mod udata;
 mod wrap;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use super::names;
@@ -24,6 +24,19 @@ use state::Current;
 /// previous ruleset untouched and that the error names the offending object. Only builds with
 /// the `fault-injection` feature (the test suite's) inject; a release only warns.
 pub const FAULT_ENV: &str = "NODEWALL_NFT_INJECT_FAULT";
+
+/// From this many elements in the sets an apply rewrites on, their files are written on a
+/// second thread while the kernel takes the batch. A thread costs tens of microseconds; the
+/// files of a 10k-CIDR table took 0.13 ms here, those of 1M CIDRs about 100 ms, beside a
+/// commit of about a second.
+const ELEMS_BESIDE_COMMIT: usize = 1 << 15;
+
+/// Whether the record `old` holds set `s` with the fingerprint `prints` plans for it: then the
+/// file written with that record holds its elements already.
+fn vouched(s: &SetDef, prints: &BTreeMap<String, u64>, old: Option<&cache::Installed>) -> bool {
+    old.and_then(|o| o.sets.get(&s.name))
+        .is_some_and(|print| prints.get(&s.name) == Some(print))
+}
 
 #[cfg(feature = "fault-injection")]
 fn fault_injected() -> bool {
@@ -92,26 +105,26 @@ impl Nft {
     }
 
     /// Records (or forgets) what the sets hold, in memory and in the store, and the
-    /// elements of `sets` (those `old` did not vouch for) beside it.
+    /// elements of `sets` (those `old` did not vouch for, unless `written` says their files
+    /// already are) beside it.
     fn set_installed(
         &mut self,
         installed: Option<cache::Installed>,
         sets: &[SetDef],
         old: Option<&cache::Installed>,
+        written: bool,
     ) {
         match (&self.elems, &installed) {
             (Some(files), Some(new)) => {
-                // A set whose fingerprint the old record held has the file written with it.
-                let had = |s: &&SetDef| {
-                    old.and_then(|o| o.sets.get(&s.name))
-                        .is_some_and(|print| new.sets.get(&s.name) == Some(print))
-                };
                 let gone = old.map(|o| {
                     let names: HashSet<&str> = sets.iter().map(|s| s.name.as_str()).collect();
                     let gone = o.sets.keys().map(String::as_str);
                     gone.filter(|n| !names.contains(n)).collect()
                 });
-                files.save(sets, sets.iter().filter(|s| !had(s)), gone);
+                let unwritten = sets
+                    .iter()
+                    .filter(|s| !written && !vouched(s, &new.sets, old));
+                files.save(sets, unwritten, gone);
             }
             (Some(files), None) => files.clear(),
             (None, _) => {}
@@ -243,7 +256,7 @@ impl Nft {
             self.last_generation = generation;
             let layout = self.layout_of(now(), generation, &cur);
             let installed = planned.at(before, layout);
-            self.set_installed(Some(installed), &next.sets, record.as_ref());
+            self.set_installed(Some(installed), &next.sets, record.as_ref(), false);
             return Ok(Applied {
                 generation,
                 changed: false,
@@ -275,8 +288,26 @@ impl Nft {
                 handles.insert(seq, h);
             }
         };
-        if let Err(e) = self.sock.send_batch(&batch, describe, echoed) {
-            self.set_installed(None, &[], None);
+        // The files of the sets the old record does not vouch for, written on a second thread
+        // while the kernel takes a large batch.
+        let elems = self.elems.as_ref();
+        let sock = &mut self.sock;
+        let (sent, written) = std::thread::scope(|scope| {
+            let unwritten: Vec<&SetDef> = next
+                .sets
+                .iter()
+                .filter(|s| !vouched(s, planned.prints(), record.as_ref()))
+                .collect();
+            let count: usize = unwritten.iter().map(|s| s.elems.len()).sum();
+            let writer = elems
+                .filter(|_| count >= ELEMS_BESIDE_COMMIT)
+                .map(|files| scope.spawn(move || files.write(unwritten.into_iter())));
+            let sent = sock.send_batch(&batch, describe, echoed);
+            let written = writer.map(|w| w.join().expect("writing set files does not panic"));
+            (sent, written.is_some())
+        });
+        if let Err(e) = sent {
+            self.set_installed(None, &[], None, false);
             return Err(e.context("applying table inet nodewall"));
         }
         self.last_generation = generation + 1;
@@ -300,6 +331,7 @@ impl Nft {
             genid.map(|g| planned.at(g, layout)),
             &next.sets,
             record.as_ref(),
+            written,
         );
         Ok(Applied {
             generation: generation + 1,
@@ -330,7 +362,7 @@ impl Nft {
     /// Deletes table `inet nodewall` (and with it everything nodewall installed). Returns
     /// whether there was one.
     pub fn flush(&mut self) -> anyhow::Result<bool> {
-        self.set_installed(None, &[], None);
+        self.set_installed(None, &[], None, false);
         if !self.read(&|_| false)?.table {
             return Ok(false);
         }

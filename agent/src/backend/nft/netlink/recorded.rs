@@ -69,6 +69,13 @@ impl ElemDir {
         changed: impl Iterator<Item = &'a SetDef>,
         gone: Option<Vec<&str>>,
     ) {
+        self.write(changed);
+        self.remove(all, gone);
+    }
+
+    /// Writes the files of `changed`. A file vouches for nothing until a record holds its
+    /// fingerprint, so they may be written before the commit whose record will.
+    pub fn write<'a>(&self, changed: impl Iterator<Item = &'a SetDef>) {
         let mut changed = changed.peekable();
         if changed.peek().is_some() {
             let _ = std::fs::create_dir_all(&self.dir);
@@ -87,6 +94,10 @@ impl ElemDir {
                 let _ = std::fs::remove_file(&path);
             }
         }
+    }
+
+    /// Deletes the files of `gone`, or of every set not in `all` when `gone` is unknown.
+    fn remove(&self, all: &[SetDef], gone: Option<Vec<&str>>) {
         match gone {
             Some(names) => {
                 for path in names.into_iter().filter_map(|n| self.file(n)) {
