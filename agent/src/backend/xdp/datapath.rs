@@ -452,10 +452,6 @@ fn other_layout(pin_dir: Option<&Path>, layout: &str) -> anyhow::Error {
     )
 }
 
-/// The pinned programs, if they can be reused: recorded as built from this binary's object,
-/// every map and both programs still pinned, and the programs using no `NW_` map but those
-/// pinned beside them (a map pinned anew since, by hand or a half-done flush, means the
-/// programs read other maps).
 /// The XDP object loaded and both programs verified; with `pin_dir`, maps pinned there are
 /// reused and missing ones created and pinned.
 fn load_programs(pin_dir: Option<&Path>) -> Result<Ebpf> {
@@ -474,8 +470,8 @@ fn load_programs(pin_dir: Option<&Path>) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
-/// From this many trie entries in a generation, its record is written while the maps are (a
-/// thread costs tens of microseconds; the record of a 10k-CIDR policy takes about as long).
+/// From this many trie entries in a generation (a record of about 700 kB), its record is
+/// written on a thread of its own while the maps are; a smaller one is written after them.
 const ENTRIES_BESIDE_WRITES: usize = 1 << 15;
 
 /// Whether none of the maps is pinned under `dir`.
@@ -486,6 +482,10 @@ pub fn nothing_pinned(dir: &Path) -> bool {
 /// An object loaded by [`Datapath::load_unpinned`].
 pub struct Unpinned(Ebpf);
 
+/// The pinned programs, if they can be reused: recorded as built from this binary's object,
+/// every map and both programs still pinned, and the programs using no `NW_` map but those
+/// pinned beside them (a map pinned anew since, by hand or a half-done flush, means the
+/// programs read other maps).
 fn pinned_programs(pin_dir: &Path) -> Result<Option<Programs>> {
     if !super::objhash::is_ours(pin_dir) {
         return Ok(None);
