@@ -17,4 +17,5 @@ pub mod fnv;
 pub mod metrics;
 pub mod policy;
 pub mod profiles;
+pub mod staged;
 pub mod vocab;

@@ -17,13 +17,13 @@
 //!   last, which a restarted agent applies until the API answers (and `explain`, `render` and
 //!   `apply` read offline).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::lock::{LockError, Role, StateLock};
 use crate::discovery::Discovered;
+use crate::staged::StagedFile;
 
 pub const DEFAULT_DIR: &str = "/run/nodewall";
 /// How long `apply` waits for the lock: enough for another `apply` to finish, short enough to
@@ -104,12 +104,9 @@ impl StateDir {
     /// 28 MB file took 80-140 ms here, a tenth of the kernel's own time for that policy.
     pub fn stage_applied(&self, snapshot: &Snapshot) -> anyhow::Result<Staged<'_>> {
         let path = self.file(APPLIED);
-        let tmp = write_tmp(&path, &to_snapshot_file(snapshot)?)?;
-        Ok(Staged {
-            state: self,
-            tmp: Some(tmp),
-            path,
-        })
+        let file = StagedFile::write(&path, &to_snapshot_file(snapshot)?)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(Staged { state: self, file })
     }
 
     fn applied_in_force(&self) -> anyhow::Result<()> {
@@ -236,53 +233,27 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
     write_atomic(path, &serde_json::to_vec_pretty(value)?)
 }
 
-/// Writes a temporary file and renames it over `path`, so readers (and a process that dies
-/// halfway) never see half a file. Not synced to disk: these files describe what the running
-/// kernel holds and mean nothing after a reboot, so surviving a power loss buys nothing, while
-/// an fsync costs a journal commit (milliseconds, more than the rest of a small apply) when
-/// the state directory is not on a tmpfs.
+/// Writes `path` atomically (see [`StagedFile`]).
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = write_tmp(path, bytes)?;
-    std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
-}
-
-/// Writes `bytes` to `path` with `.tmp` appended, and returns that path.
-fn write_tmp(path: &Path, bytes: &[u8]) -> anyhow::Result<PathBuf> {
-    let ctx = |e: std::io::Error| anyhow::anyhow!("{}: {e}", path.display());
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(ctx)?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp).map_err(ctx)?;
-    f.write_all(bytes).map_err(ctx)?;
-    Ok(tmp)
+    StagedFile::write(path, bytes)
+        .and_then(StagedFile::commit)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// A snapshot written but not yet in force (see [`StateDir::stage_applied`]).
 pub struct Staged<'a> {
     state: &'a StateDir,
-    /// `None` once committed.
-    tmp: Option<PathBuf>,
-    path: PathBuf,
+    file: StagedFile,
 }
 
 impl Staged<'_> {
     /// Renames the snapshot over the applied one: the config it holds is now in force.
-    pub fn commit(mut self) -> anyhow::Result<()> {
-        let tmp = self.tmp.take().expect("committed once");
-        std::fs::rename(&tmp, &self.path)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", self.path.display()))?;
+    pub fn commit(self) -> anyhow::Result<()> {
+        let path = self.state.file(APPLIED);
+        self.file
+            .commit()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         self.state.applied_in_force()
-    }
-}
-
-impl Drop for Staged<'_> {
-    fn drop(&mut self) {
-        if let Some(tmp) = &self.tmp {
-            let _ = std::fs::remove_file(tmp);
-        }
     }
 }
 

@@ -13,7 +13,6 @@
 //! per pin directory and network namespace: namespaces never share one.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -26,6 +25,7 @@ use nodewall_common::xdp::{
 use super::flat::SourceTables;
 use super::image::PortTable;
 use super::maps::KernelGen;
+use crate::staged::StagedFile;
 
 /// Bumped whenever the encoding or [`KernelGen`] changes meaning.
 const FORMAT: u32 = 7;
@@ -134,17 +134,11 @@ impl GenCache {
         gens: [&KernelGen; 2],
     ) -> Result<StagedGens<'_>> {
         let ident = self.identity(netns)?;
-        let bytes = encode(&ident, switch, gens);
-        let dir = self.file.parent().expect("a file under a directory");
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let tmp = self.file.with_extension("tmp");
-        let mut f =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(&bytes)
-            .with_context(|| format!("writing {}", tmp.display()))?;
+        let file = StagedFile::write(&self.file, &encode(&ident, switch, gens))
+            .with_context(|| format!("writing {}", self.file.display()))?;
         Ok(StagedGens {
             cache: self,
-            tmp: Some(tmp),
+            file,
             boot_id: ident.boot_id,
         })
     }
@@ -167,30 +161,21 @@ impl GenCache {
 /// A record written by [`GenCache::stage`], removed unless committed.
 pub struct StagedGens<'a> {
     cache: &'a GenCache,
-    /// `None` once committed.
-    tmp: Option<PathBuf>,
+    file: StagedFile,
     boot_id: String,
 }
 
 impl StagedGens<'_> {
-    pub fn commit(mut self) -> Result<()> {
-        let tmp = self.tmp.take().expect("committed once");
-        let file = &self.cache.file;
-        std::fs::rename(&tmp, file)
-            .with_context(|| format!("renaming {} into place", tmp.display()))?;
+    pub fn commit(self) -> Result<()> {
+        let path = &self.cache.file;
+        self.file
+            .commit()
+            .with_context(|| format!("renaming the record into {}", path.display()))?;
         self.cache.prune(
-            file.parent().expect("a file under a directory"),
+            path.parent().expect("a file under a directory"),
             &self.boot_id,
         );
         Ok(())
-    }
-}
-
-impl Drop for StagedGens<'_> {
-    fn drop(&mut self) {
-        if let Some(tmp) = &self.tmp {
-            let _ = std::fs::remove_file(tmp);
-        }
     }
 }
 
