@@ -10,7 +10,7 @@ use crate::ct::Timeouts;
 
 /// Bumped whenever a map's key, value or size changes; pinned maps of another layout are not
 /// adopted.
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// Rules per policy: the width of [`RuleBits`].
 pub const MAX_RULES: usize = 256;
@@ -27,6 +27,7 @@ pub mod map_names {
     pub const CONFIG: &str = "NW_CONFIG";
     pub const SRC4: &str = "NW_SRC4";
     pub const SRC6: &str = "NW_SRC6";
+    pub const SRC_HASH: &str = "NW_SRC_HASH";
     pub const PORTS: &str = "NW_PORTS";
     pub const FLOWS: &str = "NW_FLOWS";
     pub const FLOWS_NEW: &str = "NW_FLOWS_NEW";
@@ -41,11 +42,12 @@ pub mod map_names {
     pub const XDP_SCRATCH: &str = "NW_XDP_SCRATCH";
     pub const EGRESS_SCRATCH: &str = "NW_EGRESS_SCRATCH";
     pub const SAMPLE_RATE: &str = "NW_SAMPLE_RATE";
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         SWITCH,
         CONFIG,
         SRC4,
         SRC6,
+        SRC_HASH,
         PORTS,
         FLOWS,
         FLOWS_NEW,
@@ -207,6 +209,11 @@ pub struct GenConfig {
     pub ningress: u32,
     /// Path-compressed runs ([`SrcSkip`]) of the flat source tables this generation uses.
     pub src_skips: u32,
+    /// By family: the one prefix length whose prefixes (of that family) sit in the source
+    /// hash (`NW_SRC_HASH`) beside the flat tables, 0 when none do; and the netmask of that
+    /// length, as words of the address in network order (see [`SrcHashKey`]).
+    pub hash_len: [u32; 2],
+    pub hash_mask: [[u32; 4]; 2],
     /// Rules matching an ICMP packet from an IPv4 source (`icmp` and `all` rules).
     pub icmp4: RuleBits,
     /// Rules matching an ICMPv6 packet from an IPv6 source (`icmpv6` and `all` rules).
@@ -230,6 +237,8 @@ impl GenConfig {
         src_classes: 0,
         ningress: 0,
         src_skips: 0,
+        hash_len: [0; 2],
+        hash_mask: [[0; 4]; 2],
         icmp4: RuleBits::EMPTY,
         icmp6: RuleBits::EMPTY,
         other: RuleBits::EMPTY,
@@ -338,6 +347,30 @@ pub const SRC_SKIPS_PER_GEN: u32 = 16384;
 const _: () = assert!(core::mem::size_of::<SrcTables>() <= 4 << 20);
 /// Roots of both families, IPv4's first.
 pub const SRC_ROOT_ENTRIES_PER_GEN: u32 = 2 * 65536;
+
+/// Key of the source hash (`NW_SRC_HASH`, value: a class id), which holds, beside the flat
+/// tables, what they cannot: the prefixes of one length per family that contain no longer
+/// prefix (a million scattered IPv6 /64s), one hash lookup each where the LPM tries walk a
+/// node per distinguishing bit. `tag` is [`src_hash_tag`]; `addr` the address masked to the
+/// prefix, as it lies in the packet (IPv4 in the first word, the rest zero), read as words.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SrcHashKey {
+    pub tag: u32,
+    pub addr: [u32; 4],
+}
+
+#[inline(always)]
+pub const fn src_hash_tag(gen: u32, family: u32, len: u32) -> u32 {
+    gen | family << 8 | len << 16
+}
+
+/// Prefixes a generation may keep in the source hash. The map holds both generations' and
+/// allocates on insert, but its bucket array (16 bytes per entry) is allocated when it is
+/// created: 32 MiB for this size.
+pub const SRC_HASH_PER_GEN: u32 = 1 << 20;
+pub const SRC_HASH_ENTRIES: u32 = GENERATIONS * SRC_HASH_PER_GEN;
 
 /// The destination-port tables: one `RuleBits` per (generation, protocol, port).
 pub const PORT_PROTO_TCP: u32 = 0;
@@ -563,6 +596,7 @@ mod pod {
         RuleBits,
         SrcNode,
         SrcTables,
+        SrcHashKey,
         GenConfig,
         Switch,
         Stat,

@@ -3,11 +3,13 @@
 //! source tables, one step per address byte until a class (source -> rules containing it; the
 //! LPM tries instead when the policy did not fit them), and one array lookup (protocol/port ->
 //! rules matching it); the lowest set bit of their intersection is the first matching rule.
+//! A policy too large for the flat tables keeps its most numerous prefixes (one length per
+//! family, with no longer prefix inside them) in a hash beside them, looked up first.
 
 use aya_ebpf::{
-    bindings::BPF_F_MMAPABLE,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{lpm_trie::Key, Array, LpmTrie},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie},
 };
 use nodewall_common::xdp::*;
 
@@ -17,6 +19,8 @@ use crate::parse::{pkt, Pkt};
 static NW_SRC4: LpmTrie<Src4Key, u32> = LpmTrie::with_max_entries(SRC_TRIE_ENTRIES, 0);
 #[map]
 static NW_SRC6: LpmTrie<Src6Key, u32> = LpmTrie::with_max_entries(SRC_TRIE_ENTRIES, 0);
+#[map]
+static NW_SRC_HASH: HashMap<SrcHashKey, u32> = HashMap::with_max_entries(SRC_HASH_ENTRIES, BPF_F_NO_PREALLOC);
 #[map]
 pub static NW_SOURCES: Array<SrcTables> = Array::with_max_entries(GENERATIONS, BPF_F_MMAPABLE);
 #[map]
@@ -66,7 +70,10 @@ fn candidates<'a>(p: &Pkt, addr: &[u8; 16], cfg: &'a GenConfig, gen: u32) -> Opt
     }?;
     let tables = NW_SOURCES.get(gen)?;
     let class = if cfg.flags & flags::FLAT_SOURCES != 0 {
-        flat_class(p.family, addr, tables)
+        match hashed_class(p.family, addr, cfg, gen) {
+            Some(class) => Some(class),
+            None => flat_class(p.family, addr, tables),
+        }
     } else {
         trie_class(p.family, addr, gen)
     }?;
@@ -106,6 +113,27 @@ fn trie_class(family: u32, addr: &[u8; 16], gen: u32) -> Option<u32> {
         put_bytes(&mut k.data[1..], addr);
         NW_SRC6.get(&k).copied()
     }
+}
+
+/// The class of `addr`'s prefix in the source hash, if the generation keeps prefixes of its
+/// family there and one contains it: those contain no longer prefix, so it is the answer.
+#[inline(always)]
+fn hashed_class(family: u32, addr: &[u8; 16], cfg: &GenConfig, gen: u32) -> Option<u32> {
+    let f = (family & 1) as usize;
+    let len = cfg.hash_len[f];
+    if len == 0 {
+        return None;
+    }
+    // SAFETY: the addresses start a `Pkt`, which is 8-aligned, at offsets 0 and 16: read as
+    // words, in place.
+    let words = unsafe { &*(addr.as_ptr() as *const [u32; 4]) };
+    let mask = &cfg.hash_mask[f];
+    let key = SrcHashKey {
+        tag: src_hash_tag(gen, family & 1, len),
+        addr: [words[0] & mask[0], words[1] & mask[1], words[2] & mask[2], words[3] & mask[3]],
+    };
+    // SAFETY: the value is a plain u32, copied out at once.
+    unsafe { NW_SRC_HASH.get(&key) }.copied()
 }
 
 /// Copies byte by byte, each store volatile so LLVM cannot merge them: behind the generation

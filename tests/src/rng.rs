@@ -50,8 +50,9 @@ impl Rng {
                     (1u32 << host_bits) - 1
                 };
                 let base = u32::from(a) & !mask;
-                // Skip the network and broadcast addresses of small prefixes.
-                let host = (self.next_u64() as u32 & mask).clamp(1, mask.saturating_sub(1).max(1));
+                // Skip the network and broadcast addresses, where a prefix has other ones.
+                let r = self.next_u64() as u32 & mask;
+                let host = if mask < 3 { r } else { r.clamp(1, mask - 1) };
                 std::net::IpAddr::V4((base | host).into())
             }
             std::net::IpAddr::V6(a) => {
@@ -63,7 +64,12 @@ impl Rng {
                 };
                 let base = u128::from(a) & !mask;
                 let r = ((self.next_u64() as u128) << 64) | self.next_u64() as u128;
-                let host = (r & mask).max(3);
+                // Past the topology's own low addresses, where a prefix has other ones.
+                let host = if mask < 3 {
+                    r & mask
+                } else {
+                    (r & mask).max(3)
+                };
                 std::net::IpAddr::V6((base | host).into())
             }
         }

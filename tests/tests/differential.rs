@@ -2,7 +2,8 @@
 //! protocol and port) go through the kernel, and what the datapath did with each one must equal
 //! `nodewall explain` for it.
 
-use nodewall_netns_tests::nodewall::{apply, explain, Config};
+use nodewall_netns_tests::installed;
+use nodewall_netns_tests::nodewall::{apply, explain, Config, ConfigFile};
 use nodewall_netns_tests::packet::L4;
 use nodewall_netns_tests::probe::{mismatches, next_port, Probe, Prober};
 use nodewall_netns_tests::rng::Rng;
@@ -155,6 +156,57 @@ fn random_packets_match_explain(backend: Backend) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A TCP (70%) or UDP probe from `src`, to telnet (the port the deny rules of the scattered
+/// policies name) half of the time, else to a random port.
+fn telnet_or_random(rng: &mut Rng, src: IpAddr) -> Probe {
+    let port = if rng.chance(50) {
+        23
+    } else {
+        1 + rng.below(65535) as u16
+    };
+    if rng.chance(70) {
+        Probe::tcp(src, port)
+    } else {
+        Probe::udp(src, port)
+    }
+}
+
+/// Sends `probes` through the kernel and fails unless each met the verdict `nodewall explain`
+/// gives it under `file`, and unless they met both verdicts in fair shares.
+fn agrees_with_explain(
+    prober: &mut Prober,
+    file: &ConfigFile,
+    probes: &[Probe],
+    what: &str,
+) -> anyhow::Result<()> {
+    let verdicts = explain(file, probes)?;
+    let expect: Vec<bool> = verdicts.iter().map(|v| v["verdict"] == "accept").collect();
+    let accepted = expect.iter().filter(|&&a| a).count();
+    anyhow::ensure!(
+        accepted > probes.len() / 4 && accepted < probes.len() * 3 / 4,
+        "the probes should meet every verdict: {accepted} of {} accepted",
+        probes.len()
+    );
+    let failures: Vec<String> = mismatches(prober, probes, &expect)?
+        .into_iter()
+        .map(|i| {
+            format!(
+                "{:?} explain={} (rule {})",
+                probes[i], verdicts[i]["verdict"], verdicts[i]["rule"]
+            )
+        })
+        .collect();
+    anyhow::ensure!(
+        failures.is_empty(),
+        "{} of {} probes disagree with explain:\n{}",
+        failures.len(),
+        probes.len(),
+        failures.join("\n")
+    );
+    eprintln!("{} probes from {what}: datapath == explain", probes.len());
+    Ok(())
+}
+
 /// Prefixes scattered over a space where no configured network lies, so that each is a path
 /// of its own below the last byte they share: the XDP backend keeps them as path-compressed
 /// runs (IPv6 over bytes 5-15, IPv4 over byte 3), each byte of a run with its own way out.
@@ -232,51 +284,183 @@ fn scattered_sources_match_explain(backend: Backend) -> anyhow::Result<()> {
             }
         };
         for src in [inside, outside] {
-            let port = if rng.chance(50) {
-                23
-            } else {
-                1 + rng.below(65535) as u16
-            };
-            probes.push(if rng.chance(70) {
-                Probe::tcp(src, port)
-            } else {
-                Probe::udp(src, port)
-            });
+            probes.push(telnet_or_random(&mut rng, src));
         }
     }
-    let verdicts = explain(&file, &probes)?;
-    let expect: Vec<bool> = verdicts.iter().map(|v| v["verdict"] == "accept").collect();
-    let accepted = expect.iter().filter(|&&a| a).count();
-    assert!(
-        accepted > probes.len() / 4 && accepted < probes.len() * 3 / 4,
-        "the probes should meet every verdict: {accepted} of {} accepted",
-        probes.len()
-    );
-    let failures: Vec<String> = mismatches(&mut prober, &probes, &expect)?
-        .into_iter()
-        .map(|i| {
-            format!(
-                "{:?} explain={} (rule {})",
-                probes[i], verdicts[i]["verdict"], verdicts[i]["rule"]
-            )
-        })
-        .collect();
-    if !failures.is_empty() {
-        anyhow::bail!(
-            "{} of {} probes disagree with explain:\n{}",
-            failures.len(),
-            probes.len(),
-            failures.join("\n")
+    agrees_with_explain(&mut prober, &file, &probes, "scattered sources")
+}
+
+/// More scattered prefixes than the XDP backend's flat tables hold (20,000 runs of each family
+/// where a generation has 16,384): each family's commonest prefixes that contain no other
+/// (IPv6 /64s, IPv4 /32s) go into its source hash, everything else stays flat. The IPv4 /32s
+/// lie one per /16 across the unicast space, as configuration only; the probes come from those
+/// inside 198.19.0.0/16. Around some prefixes a /48 or /24 denies telnet (flat: it contains
+/// hashed ones), and inside some /64s a /100 denies everything (those /64s contain it, so
+/// they stay flat; hashed, their answer would shadow the /100's). Applied three times, each
+/// policy sharing half of the one before, so that both generations' hash entries are
+/// rewritten in place; the probes include the prefixes the last apply removed.
+fn overflowing_sources_match_explain(backend: Backend) -> anyhow::Result<()> {
+    const N: usize = 20_000;
+    let topo = Topology::new()?;
+    let mut prober = Prober::new(&topo)?;
+    let mut rng = Rng::from_env(0x006f_7665_7266_6c6f);
+    let policy_nets = |rng: &mut Rng| {
+        let mut v6: Vec<String> = (0..N)
+            .map(|_| {
+                let net = 0xfd00_abcd_u128 << 96 | u128::from(rng.next_u64() as u32) << 64;
+                format!("{}/64", std::net::Ipv6Addr::from(net))
+            })
+            .collect();
+        // One per /16 from 1.0.0.0 on, every other one, past 127/8 and 198/8.
+        let mut v4: Vec<String> = (256u32..)
+            .step_by(2)
+            .filter(|i| i >> 8 != 127 && i >> 8 != 198)
+            .take(N)
+            .map(|i| {
+                let net = i << 16 | (rng.next_u64() as u32 & 0xffff);
+                format!("{}/32", std::net::Ipv4Addr::from(net))
+            })
+            .collect();
+        let probed: Vec<String> = (0..200)
+            .map(|_| format!("198.19.{}.{}/32", rng.below(256), rng.below(256)))
+            .collect();
+        v6.sort();
+        v6.dedup();
+        v4.extend(probed.iter().cloned());
+        v4.sort();
+        v4.dedup();
+        (v6, v4, probed)
+    };
+    let (a6, a4, a_probed) = policy_nets(&mut rng);
+    let (b6, b4, b_probed) = policy_nets(&mut rng);
+    let (c6, c4, c_probed) = policy_nets(&mut rng);
+    let half = |x: &[String], y: &[String]| -> Vec<String> {
+        let mut out: Vec<String> = x.iter().step_by(2).chain(y).cloned().collect();
+        out.sort();
+        out.dedup();
+        out
+    };
+    let quoted = |nets: &[String]| {
+        nets.iter()
+            .map(|n| format!("\"{n}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // Around every 40th prefix a deny; inside every 50th /64, a /100.
+    let around = |v6: &[String], v4: &[String]| -> Vec<String> {
+        let six = v6.iter().step_by(40).map(|n| {
+            let a: std::net::Ipv6Addr = n.split_once('/').unwrap().0.parse().unwrap();
+            format!("{}/48", std::net::Ipv6Addr::from(u128::from(a) >> 80 << 80))
+        });
+        let four = v4
+            .iter()
+            .filter(|n| n.starts_with("198.19."))
+            .step_by(4)
+            .map(|n| {
+                let a: std::net::Ipv4Addr = n.split_once('/').unwrap().0.parse().unwrap();
+                format!("{}/24", std::net::Ipv4Addr::from(u32::from(a) >> 8 << 8))
+            });
+        six.chain(four).collect()
+    };
+    let inner = |v6: &[String]| -> Vec<String> {
+        v6.iter()
+            .skip(7)
+            .step_by(50)
+            .map(|n| {
+                let a: std::net::Ipv6Addr = n.split_once('/').unwrap().0.parse().unwrap();
+                format!(
+                    "{}/100",
+                    std::net::Ipv6Addr::from(u128::from(a) | 0xabc << 28)
+                )
+            })
+            .collect()
+    };
+    let policy = |v6: &[String], v4: &[String]| {
+        let mut cfg = Config::new(backend, None);
+        let allow: Vec<String> = v6.iter().chain(v4).cloned().collect();
+        cfg.rules = vec![
+            format!("  - name: deny-inner\n    action: deny\n    protocol: all\n    from: [{}]", quoted(&inner(v6))),
+            format!("  - name: deny-telnet-around\n    action: deny\n    protocol: tcp\n    ports: [\"23\"]\n    from: [{}]", quoted(&around(v6, v4))),
+            format!("  - name: allow-partners\n    action: allow\n    protocol: all\n    from: [{}]", quoted(&allow)),
+        ];
+        cfg.write()
+    };
+    let (b6, b4) = (half(&a6, &b6), half(&a4, &b4));
+    let (c6, c4) = (half(&b6, &c6), half(&b4, &c4));
+    apply(&topo.node, &policy(&a6, &a4)?)?;
+    apply(&topo.node, &policy(&b6, &b4)?)?;
+    let file = policy(&c6, &c4)?;
+    apply(&topo.node, &file)?;
+    let hashed_here = |cidr: &str| installed::xdp_source_hashed(&topo.node, cidr);
+    if backend != Backend::Nft {
+        let (kept6, kept4) = (&c6[1], c_probed.first().expect("probed"));
+        anyhow::ensure!(
+            hashed_here(kept6)? && hashed_here(kept4)?,
+            "{kept6} and {kept4} should be in the source hash"
+        );
+        let outer = inner(&c6);
+        let a = outer[0]
+            .split_once('/')
+            .unwrap()
+            .0
+            .parse::<std::net::Ipv6Addr>()?;
+        let containing = format!("{}/64", std::net::Ipv6Addr::from(u128::from(a) >> 64 << 64));
+        anyhow::ensure!(
+            !hashed_here(&containing)?,
+            "{containing} contains a /100: not hashable"
         );
     }
-    eprintln!(
-        "{} probes from scattered sources: datapath == explain",
-        probes.len()
-    );
-    Ok(())
+    let mut probes = Vec::new();
+    let probe = |rng: &mut Rng, src: IpAddr, probes: &mut Vec<Probe>| {
+        probes.push(telnet_or_random(rng, src));
+    };
+    let removed6: Vec<&String> = a6
+        .iter()
+        .chain(&b6)
+        .filter(|n| c6.binary_search(n).is_err())
+        .collect();
+    let removed4: Vec<&String> = a_probed
+        .iter()
+        .chain(&b_probed)
+        .filter(|n| c4.binary_search(n).is_err())
+        .collect();
+    for _ in 0..60 {
+        let net = *rng.pick(&removed6);
+        let src = rng.addr_in(net);
+        probe(&mut rng, src, &mut probes);
+    }
+    for net in removed4.iter().take(60) {
+        let src = rng.addr_in(net);
+        probe(&mut rng, src, &mut probes);
+    }
+    for _ in 0..150 {
+        let net = rng.pick(&c6).clone();
+        let inside = rng.addr_in(&net);
+        let IpAddr::V6(a) = inside else {
+            unreachable!()
+        };
+        let byte = 4 + rng.below(4) as u32;
+        let outside =
+            IpAddr::V6((u128::from(a) ^ 1 << (8 * (15 - byte) + rng.below(8) as u32)).into());
+        probe(&mut rng, inside, &mut probes);
+        probe(&mut rng, outside, &mut probes);
+    }
+    for net in inner(&c6).iter().take(40) {
+        let src = rng.addr_in(net);
+        probe(&mut rng, src, &mut probes);
+    }
+    for net in c_probed.iter().take(100) {
+        let src = rng.addr_in(net);
+        let IpAddr::V4(a) = src else { unreachable!() };
+        probe(&mut rng, src, &mut probes);
+        let near = IpAddr::V4((u32::from(a) ^ 1 << rng.below(16)).into());
+        probe(&mut rng, near, &mut probes);
+    }
+    agrees_with_explain(&mut prober, &file, &probes, "overflowing sources")
 }
 
 backend_tests!(
     random_packets_match_explain,
-    scattered_sources_match_explain
+    scattered_sources_match_explain,
+    overflowing_sources_match_explain
 );

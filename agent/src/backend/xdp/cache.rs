@@ -28,14 +28,15 @@ use super::maps::KernelGen;
 use crate::staged::StagedFile;
 
 /// Bumped whenever the encoding or [`KernelGen`] changes meaning.
-const FORMAT: u32 = 7;
+const FORMAT: u32 = 8;
 const MAGIC: &[u8; 4] = b"NWXG";
 /// The maps a generation lives in: their kernel ids identify the install.
-const GEN_MAPS: [&str; 6] = [
+const GEN_MAPS: [&str; 7] = [
     map_names::SWITCH,
     map_names::CONFIG,
     map_names::SRC4,
     map_names::SRC6,
+    map_names::SRC_HASH,
     map_names::SOURCES,
     map_names::PORTS,
 ];
@@ -398,6 +399,10 @@ impl Enc {
         self.u32(c.src_classes);
         self.u32(c.ningress);
         self.u32(c.src_skips);
+        for f in 0..2 {
+            self.u32(c.hash_len[f]);
+            c.hash_mask[f].iter().for_each(|&m| self.u32(m));
+        }
         self.bits(&c.icmp4);
         self.bits(&c.icmp6);
         self.bits(&c.other);
@@ -468,13 +473,27 @@ impl<'a> Dec<'a> {
         })
     }
     fn config(&mut self) -> Result<GenConfig> {
+        let mut head = [0u32; 6];
+        for h in &mut head {
+            *h = self.u32()?;
+        }
+        let (mut hash_len, mut hash_mask) = ([0u32; 2], [[0u32; 4]; 2]);
+        for f in 0..2 {
+            hash_len[f] = self.u32()?;
+            for m in &mut hash_mask[f] {
+                *m = self.u32()?;
+            }
+        }
+        let [flags, nrules, src_nodes, src_classes, ningress, src_skips] = head;
         let mut c = GenConfig {
-            flags: self.u32()?,
-            nrules: self.u32()?,
-            src_nodes: self.u32()?,
-            src_classes: self.u32()?,
-            ningress: self.u32()?,
-            src_skips: self.u32()?,
+            flags,
+            nrules,
+            src_nodes,
+            src_classes,
+            ningress,
+            src_skips,
+            hash_len,
+            hash_mask,
             icmp4: self.bits()?,
             icmp6: self.bits()?,
             other: self.bits()?,
@@ -518,10 +537,12 @@ mod tests {
         g.config.nrules = 2;
         g.config.rules[1].slot = 7;
         g.config.icmp6 = bits;
+        g.config.hash_len[1] = 64;
+        g.config.hash_mask[1] = [u32::MAX, u32::MAX, 0, 0];
         let ident = Identity {
             object: 1,
             boot_id: "b".into(),
-            map_ids: [1, 2, 3, 4, 5, 6],
+            map_ids: [1, 2, 3, 4, 5, 6, 7],
             netns: (6, 7),
             pin_dir: "/sys/fs/bpf/nodewall".into(),
         };

@@ -4,13 +4,17 @@
 //! instead of a walk of the kernel's LPM trie, whose cost grows with the number of prefixes.
 //! Runs of nodes that lead on through one byte only (a prefix scattered away from the others)
 //! are then path-compressed into `SrcSkip`s, a sixth of a node's size each.
-//! A policy whose prefixes need more than a generation holds keeps the LPM tries, whose
-//! values are then class ids too: both paths end in the same class lookup.
+//! A policy whose prefixes need more than a generation holds moves its most numerous prefixes
+//! of one length (per family) that contain no longer prefix into the source hash, one lookup
+//! each, beside the flat tables; and if even the rest does not fit, it keeps the LPM tries.
+//! Hash and tries map prefixes to class ids: every path ends in the same class lookup.
 
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Result;
-use nodewall_common::xdp::{RuleBits, SrcNode, SrcSkip, SRC_CHILD, SRC_CLASSES_PER_GEN, SRC_SKIP};
+use nodewall_common::xdp::{
+    RuleBits, SrcNode, SrcSkip, SRC_CHILD, SRC_CLASSES_PER_GEN, SRC_HASH_PER_GEN, SRC_SKIP,
+};
 
 use super::runs::Compressor;
 
@@ -18,8 +22,9 @@ use super::runs::Compressor;
 const EXPANDED_NODES: usize = SRC_CHILD as usize;
 
 /// What a generation's source maps hold: either flat tables (`roots`: IPv4's 65,536 entries
-/// then IPv6's, `nodes` and `skips`) or LPM entries (`src4`/`src6`, prefix -> class id), and in both cases the
-/// classes (the empty set first).
+/// then IPv6's, `nodes` and `skips`) with the source hash's entries (`src4`/`src6`: prefixes
+/// of one length per family, each containing no other, -> class id), or LPM entries (`src4`/
+/// `src6`, prefix -> class id); in both cases the classes (the empty set first).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct SourceTables {
     pub roots: Vec<u16>,
@@ -36,14 +41,48 @@ impl SourceTables {
         !self.roots.is_empty()
     }
 
-    /// The flat tables when they fit a generation, else LPM entries; fails only when even
-    /// the distinct rule sets exceed the class table.
+    /// The prefix length of `family`'s entries in the source hash, if it has any there.
+    pub fn hashed_len(&self, family: usize) -> Option<u8> {
+        if !self.is_flat() {
+            return None;
+        }
+        if family == 0 {
+            self.src4.keys().next().map(|k| k.1)
+        } else {
+            self.src6.keys().next().map(|k| k.1)
+        }
+    }
+
+    /// The flat tables when they fit a generation; else the flat tables with the most
+    /// numerous hashable prefixes of one family in the source hash, then of both; else LPM
+    /// entries. Fails only when even the distinct rule sets exceed the class table.
     pub fn build(
         src4: &BTreeMap<(u32, u8), RuleBits>,
         src6: &BTreeMap<(u128, u8), RuleBits>,
     ) -> Result<Self> {
         if let Some(flat) = Self::flat(src4, src6) {
             return Ok(flat);
+        }
+        let (g4, g6) = (
+            hashable(src4, 32, |&(a, l)| (a as u128, l)),
+            hashable(src6, 128, |&k| k),
+        );
+        let v6_first = g6.map_or(0, |g| g.1) > g4.map_or(0, |g| g.1);
+        let fits = |g: Option<(u8, usize)>| g.is_some_and(|(_, n)| n <= SRC_HASH_PER_GEN as usize);
+        let first = if v6_first {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for hash in [first, [true, true]] {
+            let wanted = [(hash[0], g4), (hash[1], g6)];
+            if wanted.iter().any(|&(on, g)| on && !fits(g)) {
+                continue;
+            }
+            let lens = wanted.map(|(on, g)| g.filter(|_| on).map(|g| g.0));
+            if let Some(t) = Self::flat_hashing(src4, src6, lens) {
+                return Ok(t);
+            }
         }
         let mut b = Builder::new(false);
         let mut lpm = |bits: &RuleBits| {
@@ -75,25 +114,56 @@ impl SourceTables {
         src4: &BTreeMap<(u32, u8), RuleBits>,
         src6: &BTreeMap<(u128, u8), RuleBits>,
     ) -> Option<Self> {
+        Self::flat_hashing(src4, src6, [None, None])
+    }
+
+    /// [`Self::flat`], with the prefixes of length `hash[family]` that contain no other
+    /// prefix in the source hash instead: an address inside one of those is inside no longer
+    /// prefix, so the hash's answer is the longest match, and outside them the flat tables
+    /// answer as if they were not there (they hold every other prefix, the ones containing
+    /// the hashed ones included).
+    pub fn flat_hashing(
+        src4: &BTreeMap<(u32, u8), RuleBits>,
+        src6: &BTreeMap<(u128, u8), RuleBits>,
+        hash: [Option<u8>; 2],
+    ) -> Option<Self> {
         let mut b = Builder::new(true);
-        let v4 = src4
-            .iter()
-            .map(|(&(a, len), bits)| ((a as u128) << 96, len, bits));
+        let (flat4, hashed4) = split(src4, 32, |&(a, l)| (a as u128, l), hash[0]);
+        let (flat6, hashed6) = split(src6, 128, |&k| k, hash[1]);
+        let v4 = flat4
+            .into_iter()
+            .map(|((a, len), bits)| ((a as u128) << 96, len, bits));
         b.insert_all(0, 4, v4.collect())?;
-        b.insert_all(
-            1,
-            16,
-            src6.iter()
-                .map(|(&(a, len), bits)| (a, len, bits))
-                .collect(),
-        )?;
+        let v6 = flat6.into_iter().map(|((a, len), bits)| (a, len, bits));
+        b.insert_all(1, 16, v6.collect())?;
+        for (k, bits) in hashed4 {
+            let c = b.class(bits)?;
+            b.tables.src4.insert(*k, c.into());
+        }
+        for (k, bits) in hashed6 {
+            let c = b.class(bits)?;
+            b.tables.src6.insert(*k, c.into());
+        }
         Some(b.tables)
     }
 
     /// The rules of an address, as the XDP program finds them (`addr` in network order:
     /// 4 bytes for IPv4, 16 for IPv6).
     pub fn lookup(&self, addr: &[u8]) -> RuleBits {
-        let root = usize::from(addr.len() != 4) << 16;
+        let family = usize::from(addr.len() != 4);
+        if let Some(len) = self.hashed_len(family) {
+            let hit = if family == 0 {
+                let a = u32::from_be_bytes(addr.try_into().expect("4 bytes"));
+                self.src4.get(&(a & !(host_mask(len, 32) as u32), len))
+            } else {
+                let a = u128::from_be_bytes(addr.try_into().expect("16 bytes"));
+                self.src6.get(&(a & !host_mask(len, 128), len))
+            };
+            if let Some(&c) = hit {
+                return self.classes[c as usize];
+            }
+        }
+        let root = family << 16;
         let mut e = self.roots[root | (addr[0] as usize) << 8 | addr[1] as usize];
         for (i, &byte) in addr.iter().enumerate().skip(2) {
             e = match child(e) {
@@ -427,6 +497,66 @@ impl Builder {
     }
 }
 
+/// Keys of `src` in order, as (address right-aligned in a u128, length), for [`hashable`]
+/// and [`split`].
+type Widen<K> = fn(&K) -> (u128, u8);
+
+/// Whether each prefix of `src` (in key order) contains no other: the next key in (address,
+/// length) order is the first prefix inside it, if any is.
+fn leaves<K, V>(src: &BTreeMap<K, V>, bits: u8, widen: Widen<K>) -> Vec<bool> {
+    let keys: Vec<(u128, u8)> = src.keys().map(widen).collect();
+    let mut out = Vec::with_capacity(keys.len());
+    for (i, &(a, len)) in keys.iter().enumerate() {
+        let last = a | host_mask(len, bits);
+        out.push(keys.get(i + 1).is_none_or(|&(next, _)| next > last));
+    }
+    out
+}
+
+/// The length the source hash would take for this family, and how many prefixes it would
+/// hold: the most common length among the prefixes that contain no other.
+fn hashable<K, V>(src: &BTreeMap<K, V>, bits: u8, widen: Widen<K>) -> Option<(u8, usize)> {
+    let mut count = [0usize; 129];
+    for (k, leaf) in src.keys().zip(leaves(src, bits, widen)) {
+        if leaf {
+            count[widen(k).1 as usize] += 1;
+        }
+    }
+    let (len, &n) = count.iter().enumerate().max_by_key(|&(len, &n)| (n, len))?;
+    (n > 0).then_some((len as u8, n))
+}
+
+/// `src` split into what stays in the flat tables and what goes into the source hash: the
+/// prefixes of length `hashed` that contain no other.
+#[allow(clippy::type_complexity)]
+fn split<K: Copy, V>(
+    src: &BTreeMap<K, V>,
+    bits: u8,
+    widen: Widen<K>,
+    hashed: Option<u8>,
+) -> (Vec<(K, &V)>, Vec<(&K, &V)>) {
+    let Some(len) = hashed else {
+        return (src.iter().map(|(k, v)| (*k, v)).collect(), Vec::new());
+    };
+    let (mut flat, mut hash) = (Vec::new(), Vec::new());
+    for ((k, v), leaf) in src.iter().zip(leaves(src, bits, widen)) {
+        if leaf && widen(k).1 == len {
+            hash.push((k, v));
+        } else {
+            flat.push((*k, v));
+        }
+    }
+    (flat, hash)
+}
+
+/// The host bits of a prefix of `len` in an address of `bits`, right-aligned.
+pub(super) fn host_mask(len: u8, bits: u8) -> u128 {
+    match bits - len {
+        128 => u128::MAX,
+        host => (1u128 << host) - 1,
+    }
+}
+
 /// Where a child entry leads.
 enum Child {
     Node(usize),
@@ -481,15 +611,53 @@ mod tests {
     #[test]
     fn too_many_nodes_is_refused() {
         // Distinct /32s spread so that each needs a node or a run of its own.
-        let v4: BTreeMap<(u32, u8), RuleBits> = (0..SRC_NODES_PER_GEN + SRC_SKIPS_PER_GEN)
-            .map(|i| ((i.wrapping_mul(2_654_435_761), 32), bits(0)))
-            .collect();
+        let n = SRC_NODES_PER_GEN + SRC_SKIPS_PER_GEN;
+        let spread = |i: u32| i.wrapping_mul(2_654_435_761);
+        let mut v4: BTreeMap<(u32, u8), RuleBits> =
+            (0..n).map(|i| ((spread(i), 32), bits(0))).collect();
         assert!(SourceTables::flat(&v4, &BTreeMap::new()).is_none());
-        // ... and falls back to LPM entries, which share the classes.
+        // ... so they go into the hash, beside the flat tables, which share the classes.
+        let hashed = SourceTables::build(&v4, &BTreeMap::new()).unwrap();
+        assert!(hashed.is_flat());
+        assert_eq!(hashed.hashed_len(0), Some(32));
+        assert_eq!(hashed.hashed_len(1), None);
+        assert_eq!(hashed.classes, vec![RuleBits::EMPTY, bits(0)]);
+        assert_eq!(hashed.src4.len(), n as usize);
+        assert!(hashed.src4.values().all(|&c| c == 1));
+        assert_eq!(hashed.lookup(&spread(7).to_be_bytes()), bits(0));
+        assert_eq!(
+            hashed.lookup(&(spread(7) ^ 1).to_be_bytes()),
+            RuleBits::EMPTY
+        );
+        // As many scattered /30s, of another rule, do not fit beside them: LPM entries.
+        v4.extend((0..n).map(|i| ((spread(i + n) & !3, 30), bits(1))));
         let lpm = SourceTables::build(&v4, &BTreeMap::new()).unwrap();
         assert!(!lpm.is_flat());
-        assert_eq!(lpm.classes, vec![RuleBits::EMPTY, bits(0)]);
-        assert!(lpm.src4.values().all(|&c| c == 1));
+        assert_eq!(lpm.hashed_len(0), None);
+        assert_eq!(lpm.src4.len(), v4.len());
+    }
+
+    /// A prefix of the hashed length that contains a longer one stays in the flat tables:
+    /// in the hash, its answer would shadow the longer prefix's.
+    #[test]
+    fn only_prefixes_containing_no_other_are_hashed() {
+        let net = |a: [u8; 4]| u32::from_be_bytes(a);
+        let mut both = bits(0);
+        both.union_with(&bits(1));
+        let v4 = BTreeMap::from([
+            ((net([10, 0, 0, 0]), 8), bits(0)),
+            ((net([10, 1, 0, 0]), 16), both),
+            ((net([11, 0, 0, 0]), 8), bits(0)),
+            ((net([12, 0, 0, 0]), 8), bits(0)),
+        ]);
+        assert_eq!(hashable(&v4, 32, |&(a, l)| (a as u128, l)), Some((8, 2)));
+        let t = SourceTables::flat_hashing(&v4, &BTreeMap::new(), [Some(8), None]).unwrap();
+        let hashed: Vec<_> = t.src4.keys().copied().collect();
+        assert_eq!(hashed, [(net([11, 0, 0, 0]), 8), (net([12, 0, 0, 0]), 8)]);
+        assert_eq!(t.lookup(&[10, 1, 2, 3]), both);
+        assert_eq!(t.lookup(&[10, 2, 0, 0]), bits(0));
+        assert_eq!(t.lookup(&[11, 2, 0, 0]), bits(0));
+        assert_eq!(t.lookup(&[13, 0, 0, 0]), RuleBits::EMPTY);
     }
 
     /// IPv6 /64s scattered over fd00::/8 (as the bench's), so that each is a path of its own
@@ -646,9 +814,26 @@ mod tests {
                 let host = if len == 0 { u128::MAX } else { (1u128 << (128 - len)) - 1 };
                 addrs6.extend([a, a | host, a.wrapping_sub(1), (a | host).wrapping_add(1)]);
             }
+            // The same with each family's commonest prefixes that contain no other in the
+            // hash instead.
+            let lens = [
+                hashable(&src4, 32, |&(a, l)| (a as u128, l)).map(|g| g.0),
+                hashable(&src6, 128, |&k| k).map(|g| g.0),
+            ];
+            let hashed = SourceTables::flat_hashing(&src4, &src6, lens).unwrap();
+            prop_assert_eq!(hashed.hashed_len(0), lens[0]);
+            prop_assert_eq!(hashed.hashed_len(1), lens[1]);
             for a in addrs6 {
                 let ip = std::net::IpAddr::V6(a.into());
                 prop_assert_eq!(flat.lookup(&a.to_be_bytes()), want(ip), "{}", ip);
+                prop_assert_eq!(hashed.lookup(&a.to_be_bytes()), want(ip), "{}", ip);
+            }
+            for &(a, len) in src4.keys() {
+                let last = a | (((1u64 << (32 - len)) - 1) as u32);
+                for a in [a, last, a.wrapping_sub(1), last.wrapping_add(1)] {
+                    let ip = std::net::IpAddr::V4(a.into());
+                    prop_assert_eq!(hashed.lookup(&a.to_be_bytes()), want(ip), "{}", ip);
+                }
             }
         }
     }

@@ -21,7 +21,7 @@ use anyhow::{bail, Result};
 use nodewall_common::ct::Timeouts;
 use nodewall_common::xdp::{flags, RuleBits, MAX_NAME_LEN, MAX_RULES};
 
-use super::flat::SourceTables;
+use super::flat::{host_mask, SourceTables};
 use crate::policy::{Action, Mode, Protocol, Traffic};
 use crate::policy::{AddrSet, Policy, PortSet};
 
@@ -289,15 +289,6 @@ fn push_down(
         out.push(((addr, len), set));
     }
     BTreeMap::from_iter(out)
-}
-
-fn host_mask(len: u8, bits: u8) -> u128 {
-    let host = (bits - len) as u32;
-    if host == 128 {
-        u128::MAX
-    } else {
-        (1u128 << host) - 1
-    }
 }
 
 /// Rules matching a packet of `proto` by destination port: that protocol's rules whose port

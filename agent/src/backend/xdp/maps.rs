@@ -13,11 +13,12 @@ use aya::Ebpf;
 use nodewall_common::ct::FlowState;
 use nodewall_common::xdp::{
     flags, map_names as names, port_index, FlowKey, GenConfig, RuleBits, SlotName, Src4Key,
-    Src6Key, SrcTables, Stat, Switch, GEN_PREFIX_BITS, MAX_SLOTS, PORT_PROTO_TCP, PORT_PROTO_UDP,
-    SRC_ROOT_ENTRIES_PER_GEN,
+    Src6Key, SrcHashKey, SrcTables, Stat, Switch, GEN_PREFIX_BITS, MAX_SLOTS, PORT_PROTO_TCP,
+    PORT_PROTO_UDP, SRC_ROOT_ENTRIES_PER_GEN,
 };
 
 use super::flat::SourceTables;
+use super::hashed;
 use super::image::PortTable;
 use super::mapped::MappedSources;
 use super::sys;
@@ -86,6 +87,8 @@ pub struct Maps {
     pub config: Array<MapData, GenConfig>,
     pub src4: LpmTrie<MapData, Src4Key, u32>,
     pub src6: LpmTrie<MapData, Src6Key, u32>,
+    /// The source hash (prefix -> class id) beside the flat tables.
+    pub src_hash: HashMap<MapData, SrcHashKey, u32>,
     pub rule_stats: PerCpuArray<MapData, Stat>,
     pub drop_stats: PerCpuArray<MapData, Stat>,
     pub pass_stats: PerCpuArray<MapData, Stat>,
@@ -102,6 +105,7 @@ pub struct Maps {
     /// Descriptors of the tries, for batched writes.
     src4_fd: MapFd,
     src6_fd: MapFd,
+    src_hash_fd: MapFd,
     /// `NW_SOURCES`: one value per generation, too large for aya's typed maps, read and
     /// written in place. Mapped only while read or written: after the layout check, so that
     /// maps of another layout are reported as such, and not between applies, when the
@@ -143,7 +147,7 @@ impl Maps {
         // A descriptor for batched access, once the map's value size is the one this agent
         // reads and writes (what aya's typed maps check for the others).
         let fd_of = |map: &Map, name: &str, value: usize| match map {
-            Map::Array(data) | Map::LpmTrie(data) => {
+            Map::Array(data) | Map::LpmTrie(data) | Map::HashMap(data) => {
                 let info = data.info()?;
                 anyhow::ensure!(
                     info.value_size() as usize == value,
@@ -165,6 +169,8 @@ impl Maps {
         let src4_fd = fd_of(&src4, names::SRC4, size_of::<u32>())?;
         let src6 = get(names::SRC6)?;
         let src6_fd = fd_of(&src6, names::SRC6, size_of::<u32>())?;
+        let src_hash = get(names::SRC_HASH)?;
+        let src_hash_fd = fd_of(&src_hash, names::SRC_HASH, size_of::<u32>())?;
         let ports_fd = fd_of(&get(names::PORTS)?, names::PORTS, bits)?;
         let slot_names = get(names::SLOT_NAMES)?;
         let slot_names_fd = fd_of(&slot_names, names::SLOT_NAMES, size_of::<SlotName>())?;
@@ -191,8 +197,12 @@ impl Maps {
             src6: src6
                 .try_into()
                 .with_context(|| format!("map {} has an unexpected type", names::SRC6))?,
+            src_hash: src_hash
+                .try_into()
+                .with_context(|| format!("map {} has an unexpected type", names::SRC_HASH))?,
             src4_fd,
             src6_fd,
+            src_hash_fd,
             rule_stats: typed!(names::RULE_STATS),
             drop_stats: typed!(names::DROP_STATS),
             pass_stats: typed!(names::PASS_STATS),
@@ -264,16 +274,38 @@ impl Maps {
             config: self.read_config(gen)?,
             ..KernelGen::empty()
         };
-        out.sources.src4 = read_trie(&self.src4, gen, |d| {
-            u32::from_be_bytes(d[1..].try_into().expect("4 bytes"))
-        })?;
-        out.sources.src6 = read_trie(&self.src6, gen, |d| {
-            u128::from_be_bytes(d[1..].try_into().expect("16 bytes"))
-        })?;
+        if out.config.flags & flags::FLAT_SOURCES != 0 {
+            self.read_hash(gen, &mut out.sources)?;
+        } else {
+            out.sources.src4 = read_trie(&self.src4, gen, |d| {
+                u32::from_be_bytes(d[1..].try_into().expect("4 bytes"))
+            })?;
+            out.sources.src6 = read_trie(&self.src6, gen, |d| {
+                u128::from_be_bytes(d[1..].try_into().expect("16 bytes"))
+            })?;
+        }
         self.read_tables(gen, &mut out)?;
         out.tcp = self.read_ports(gen, PORT_PROTO_TCP)?;
         out.udp = self.read_ports(gen, PORT_PROTO_UDP)?;
         Ok(out)
+    }
+
+    /// Fills in the source hash's entries of generation `gen`.
+    fn read_hash(&self, gen: u32, s: &mut SourceTables) -> Result<()> {
+        for item in self.src_hash.iter() {
+            let (key, class) = item.with_context(|| format!("reading map {}", names::SRC_HASH))?;
+            let (g, family, len, bytes) = hashed::parse(&key);
+            if g != gen {
+                continue;
+            }
+            if family == 0 {
+                let a = u32::from_be_bytes(bytes[..4].try_into().expect("4 bytes"));
+                s.src4.insert((a, len), class);
+            } else {
+                s.src6.insert((u128::from_be_bytes(bytes), len), class);
+            }
+        }
+        Ok(())
     }
 
     /// Fills in `g`'s flat source tables (roots, nodes, classes) from generation `gen` of the
@@ -324,9 +356,21 @@ impl Maps {
             Key::new(GEN_PREFIX_BITS + len as u32, d)
         };
         let (old_s, new_s) = (&old.sources, &new.sources);
-        sync_trie(self.src4_fd.as_fd(), &old_s.src4, &new_s.src4, key4, &mut w)
+        // Beside flat tables the entries are the hash's, else the tries': each map goes from
+        // what it holds of the generation to what it will hold, none when the other has them.
+        let (none4, none6) = (BTreeMap::new(), BTreeMap::new());
+        let none = (&none4, &none6);
+        let ((trie4_old, trie6_old), (hash4_old, hash6_old)) = by_map(old_s, none);
+        let ((trie4_new, trie6_new), (hash4_new, hash6_new)) = by_map(new_s, none);
+        let hash = self.src_hash_fd.as_fd();
+        let hkey4 = |k: &(u32, u8)| hashed::key4(gen, k);
+        let hkey6 = |k: &(u128, u8)| hashed::key6(gen, k);
+        sync_entries(hash, hash4_old, hash4_new, hkey4, &mut w)
+            .and_then(|()| sync_entries(hash, hash6_old, hash6_new, hkey6, &mut w))
+            .with_context(|| format!("writing map {}", names::SRC_HASH))?;
+        sync_entries(self.src4_fd.as_fd(), trie4_old, trie4_new, key4, &mut w)
             .with_context(|| format!("writing map {}", names::SRC4))?;
-        sync_trie(self.src6_fd.as_fd(), &old_s.src6, &new_s.src6, key6, &mut w)
+        sync_entries(self.src6_fd.as_fd(), trie6_old, trie6_new, key6, &mut w)
             .with_context(|| format!("writing map {}", names::SRC6))?;
         self.write_tables(gen, old_s, new_s, &mut w)
             .with_context(|| format!("writing map {}", names::SOURCES))?;
@@ -432,16 +476,39 @@ fn read_trie<K: aya::Pod + AsRef<[u8]>, A: Ord>(
     Ok(out)
 }
 
-/// Brings a trie from `old` to `new` in batched syscalls (10k prefixes: a few calls, not 10k).
-fn sync_trie<K: aya::Pod, A: Ord + Copy>(
-    trie: BorrowedFd<'_>,
+/// A generation's IPv4 and IPv6 prefix entries of one kind of map.
+type Entries<'a> = (&'a BTreeMap<(u32, u8), u32>, &'a BTreeMap<(u128, u8), u32>);
+
+/// The entries of `s` that are the tries', and those that are the hash's (`none` for the
+/// other kind).
+fn by_map<'a>(s: &'a SourceTables, none: Entries<'a>) -> (Entries<'a>, Entries<'a>) {
+    let own = (&s.src4, &s.src6);
+    if s.is_flat() {
+        (none, own)
+    } else {
+        (own, none)
+    }
+}
+
+/// Brings a generation's entries of a trie or of the hash from `old` to `new` in batched
+/// syscalls (10k prefixes: a few calls, not 10k).
+fn sync_entries<K: Copy, A: Ord + Copy>(
+    map: BorrowedFd<'_>,
     old: &BTreeMap<A, u32>,
     new: &BTreeMap<A, u32>,
-    key: impl Fn(&A) -> Key<K>,
+    key: impl Fn(&A) -> K,
     w: &mut Writes,
 ) -> Result<()> {
-    // Inserts first, then removals: while the generation is inactive the order does not
-    // matter, but it keeps the trie from ever holding less than needed.
+    // Removals first: the generation is inactive, so the order does not matter to packets,
+    // and a map sized for two generations of a million prefixes each then never has to
+    // hold a third one's worth while one is replaced by another.
+    let gone: Vec<K> = old
+        .keys()
+        .filter(|p| !new.contains_key(p))
+        .map(&key)
+        .collect();
+    sys::delete_batch(map, &gone)?;
+    w.removed += gone.len();
     let (mut keys, mut values) = (Vec::new(), Vec::new());
     for (prefix, bits) in new {
         if old.get(prefix) != Some(bits) {
@@ -449,15 +516,8 @@ fn sync_trie<K: aya::Pod, A: Ord + Copy>(
             values.push(*bits);
         }
     }
-    sys::update_batch(trie, &keys, &values)?;
+    sys::update_batch(map, &keys, &values)?;
     w.added += keys.len();
-    let gone: Vec<Key<K>> = old
-        .keys()
-        .filter(|p| !new.contains_key(p))
-        .map(&key)
-        .collect();
-    sys::delete_batch(trie, &gone)?;
-    w.removed += gone.len();
     Ok(())
 }
 

@@ -30,6 +30,7 @@ mod conntrack;
 mod counters;
 mod datapath;
 mod flat;
+mod hashed;
 mod image;
 mod mapped;
 mod maps;
