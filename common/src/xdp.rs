@@ -27,7 +27,7 @@ pub mod map_names {
     pub const CONFIG: &str = "NW_CONFIG";
     pub const SRC4: &str = "NW_SRC4";
     pub const SRC6: &str = "NW_SRC6";
-    pub const SRC_HASH: &str = "NW_SRC_HASH";
+    pub const SRC_BUCKETS: &str = "NW_SRC_BUCKETS";
     pub const PORTS: &str = "NW_PORTS";
     pub const FLOWS: &str = "NW_FLOWS";
     pub const FLOWS_NEW: &str = "NW_FLOWS_NEW";
@@ -47,7 +47,7 @@ pub mod map_names {
         CONFIG,
         SRC4,
         SRC6,
-        SRC_HASH,
+        SRC_BUCKETS,
         PORTS,
         FLOWS,
         FLOWS_NEW,
@@ -210,10 +210,12 @@ pub struct GenConfig {
     /// Path-compressed runs ([`SrcSkip`]) of the flat source tables this generation uses.
     pub src_skips: u32,
     /// By family: the one prefix length whose prefixes (of that family) sit in the source
-    /// hash (`NW_SRC_HASH`) beside the flat tables, 0 when none do; and the netmask of that
-    /// length, as words of the address in network order (see [`SrcHashKey`]).
+    /// hash (`NW_SRC_BUCKETS`) beside the flat tables, 0 when none do; the netmask of that
+    /// length as [`SrcBucket::keys`] hold addresses; and the multipliers of the hash's two
+    /// bucket choices ([`bucket_of`]).
     pub hash_len: [u32; 2],
-    pub hash_mask: [[u32; 4]; 2],
+    pub hash_mask: [u64; 2],
+    pub hash_seeds: [u64; 2],
     /// Rules matching an ICMP packet from an IPv4 source (`icmp` and `all` rules).
     pub icmp4: RuleBits,
     /// Rules matching an ICMPv6 packet from an IPv6 source (`icmpv6` and `all` rules).
@@ -238,7 +240,8 @@ impl GenConfig {
         ningress: 0,
         src_skips: 0,
         hash_len: [0; 2],
-        hash_mask: [[0; 4]; 2],
+        hash_mask: [0; 2],
+        hash_seeds: [0; 2],
         icmp4: RuleBits::EMPTY,
         icmp6: RuleBits::EMPTY,
         other: RuleBits::EMPTY,
@@ -348,29 +351,56 @@ const _: () = assert!(core::mem::size_of::<SrcTables>() <= 4 << 20);
 /// Roots of both families, IPv4's first.
 pub const SRC_ROOT_ENTRIES_PER_GEN: u32 = 2 * 65536;
 
-/// Key of the source hash (`NW_SRC_HASH`, value: a class id), which holds, beside the flat
-/// tables, what they cannot: the prefixes of one length per family that contain no longer
-/// prefix (a million scattered IPv6 /64s), one hash lookup each where the LPM tries walk a
-/// node per distinguishing bit. `tag` is [`src_hash_tag`]; `addr` the address masked to the
-/// prefix, as it lies in the packet (IPv4 in the first word, the rest zero), read as words.
+/// A bucket of the source hash (`NW_SRC_BUCKETS`: [`SRC_BUCKETS_PER_GEN`] per generation),
+/// which holds, beside the flat tables, what they cannot: the prefixes of one length per
+/// family that contain no longer prefix (a million scattered IPv6 /64s), each in one of two
+/// buckets chosen by [`bucket_of`] (cuckoo hashing, built by the agent). A lookup is one or
+/// two array loads and compares inside one cache line each, no helper or kernel function
+/// call, where the LPM tries walk a node per distinguishing bit, and a kernel hash map costs
+/// calls whose returns this CPU mitigates.
+///
+/// A key is the first 8 bytes of the address as they lie in the packet, read as a native
+/// word and masked to the prefix (IPv4: the 4 address bytes, then zeros; so only IPv6
+/// prefixes up to /64 go here). Its tag is [`BUCKET_USED`], [`BUCKET_V6`] for IPv6, and the
+/// class id. `spilled` is set when a key whose first choice is this bucket lives in its
+/// second one: a lookup that misses a bucket without it is over.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct SrcHashKey {
-    pub tag: u32,
-    pub addr: [u32; 4],
+pub struct SrcBucket {
+    pub keys: [u64; SRC_BUCKET_SLOTS],
+    pub tags: [u16; SRC_BUCKET_SLOTS],
+    pub spilled: u32,
 }
 
-#[inline(always)]
-pub const fn src_hash_tag(gen: u32, family: u32, len: u32) -> u32 {
-    gen | family << 8 | len << 16
+impl SrcBucket {
+    pub const EMPTY: SrcBucket = SrcBucket {
+        keys: [0; SRC_BUCKET_SLOTS],
+        tags: [0; SRC_BUCKET_SLOTS],
+        spilled: 0,
+    };
 }
 
-/// Prefixes a generation may keep in the source hash. The map holds both generations' and
-/// allocates on insert, but its bucket array (16 bytes per entry) is allocated when it is
-/// created: 32 MiB for this size.
+pub const SRC_BUCKET_SLOTS: usize = 6;
+pub const SRC_BUCKET_BITS: u32 = 18;
+pub const SRC_BUCKETS_PER_GEN: u32 = 1 << SRC_BUCKET_BITS;
+/// Prefixes a generation may keep in the source hash: two thirds of its slots, a load at
+/// which building the table by cuckoo displacement is quick. The map is allocated whole when
+/// it is created: 32 MiB (64 bytes a bucket) for both generations.
 pub const SRC_HASH_PER_GEN: u32 = 1 << 20;
-pub const SRC_HASH_ENTRIES: u32 = GENERATIONS * SRC_HASH_PER_GEN;
+pub const BUCKET_USED: u16 = 0x8000;
+pub const BUCKET_V6: u16 = 0x4000;
+pub const BUCKET_CLASS: u16 = 0x0fff;
+const _: () = assert!(core::mem::size_of::<SrcBucket>() == 64);
+const _: () = assert!(SRC_CLASSES_PER_GEN <= BUCKET_CLASS as u32 + 1);
+const _: () = assert!(SRC_HASH_PER_GEN as usize <= SRC_BUCKETS_PER_GEN as usize * SRC_BUCKET_SLOTS);
+
+/// A bucket of a generation for `key`: multiply-shift hashing (the top bits of the product
+/// with an odd multiplier), the same code in the program and the agent.
+#[inline(always)]
+pub const fn bucket_of(key: u64, seed: u64) -> u32 {
+    (key.wrapping_mul(seed | 1) >> (64 - SRC_BUCKET_BITS)) as u32
+}
 
 /// The destination-port tables: one `RuleBits` per (generation, protocol, port).
 pub const PORT_PROTO_TCP: u32 = 0;
@@ -596,7 +626,7 @@ mod pod {
         RuleBits,
         SrcNode,
         SrcTables,
-        SrcHashKey,
+        SrcBucket,
         GenConfig,
         Switch,
         Stat,

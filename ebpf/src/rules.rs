@@ -7,9 +7,9 @@
 //! family, with no longer prefix inside them) in a hash beside them, looked up first.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
+    bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie},
+    maps::{lpm_trie::Key, Array, LpmTrie},
 };
 use nodewall_common::xdp::*;
 
@@ -20,7 +20,8 @@ static NW_SRC4: LpmTrie<Src4Key, u32> = LpmTrie::with_max_entries(SRC_TRIE_ENTRI
 #[map]
 static NW_SRC6: LpmTrie<Src6Key, u32> = LpmTrie::with_max_entries(SRC_TRIE_ENTRIES, 0);
 #[map]
-static NW_SRC_HASH: HashMap<SrcHashKey, u32> = HashMap::with_max_entries(SRC_HASH_ENTRIES, BPF_F_NO_PREALLOC);
+static NW_SRC_BUCKETS: Array<SrcBucket> =
+    Array::with_max_entries(GENERATIONS * SRC_BUCKETS_PER_GEN, BPF_F_MMAPABLE);
 #[map]
 pub static NW_SOURCES: Array<SrcTables> = Array::with_max_entries(GENERATIONS, BPF_F_MMAPABLE);
 #[map]
@@ -120,20 +121,36 @@ fn trie_class(family: u32, addr: &[u8; 16], gen: u32) -> Option<u32> {
 #[inline(always)]
 fn hashed_class(family: u32, addr: &[u8; 16], cfg: &GenConfig, gen: u32) -> Option<u32> {
     let f = (family & 1) as usize;
-    let len = cfg.hash_len[f];
-    if len == 0 {
+    if cfg.hash_len[f] == 0 {
         return None;
     }
-    // SAFETY: the addresses start a `Pkt`, which is 8-aligned, at offsets 0 and 16: read as
-    // words, in place.
-    let words = unsafe { &*(addr.as_ptr() as *const [u32; 4]) };
-    let mask = &cfg.hash_mask[f];
-    let key = SrcHashKey {
-        tag: src_hash_tag(gen, family & 1, len),
-        addr: [words[0] & mask[0], words[1] & mask[1], words[2] & mask[2], words[3] & mask[3]],
-    };
-    // SAFETY: the value is a plain u32, copied out at once.
-    unsafe { NW_SRC_HASH.get(&key) }.copied()
+    // SAFETY: the addresses start a `Pkt`, which is 8-aligned, at offsets 0 and 16.
+    let key = unsafe { *(addr.as_ptr() as *const u64) } & cfg.hash_mask[f];
+    let tag = BUCKET_USED | if f == 1 { BUCKET_V6 } else { 0 };
+    let base = (gen & 1) * SRC_BUCKETS_PER_GEN;
+    let first = NW_SRC_BUCKETS.get(base + bucket_of(key, cfg.hash_seeds[0]))?;
+    let class = in_bucket(first, key, tag);
+    if class != NO_CLASS || first.spilled == 0 {
+        return (class != NO_CLASS).then_some(class);
+    }
+    let second = NW_SRC_BUCKETS.get(base + bucket_of(key, cfg.hash_seeds[1]))?;
+    let class = in_bucket(second, key, tag);
+    (class != NO_CLASS).then_some(class)
+}
+
+const NO_CLASS: u32 = u32::MAX;
+
+/// The class of the slot of `b` holding `key` with `tag`'s flags, or [`NO_CLASS`]: one exit,
+/// so that the verifier checks what follows once, not once per slot.
+#[inline(always)]
+fn in_bucket(b: &SrcBucket, key: u64, tag: u16) -> u32 {
+    let mut class = NO_CLASS;
+    for i in 0..SRC_BUCKET_SLOTS {
+        if b.keys[i] == key && b.tags[i] & (BUCKET_USED | BUCKET_V6) == tag {
+            class = (b.tags[i] & BUCKET_CLASS) as u32;
+        }
+    }
+    class
 }
 
 /// Copies byte by byte, each store volatile so LLVM cannot merge them: behind the generation

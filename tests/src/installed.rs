@@ -45,53 +45,46 @@ pub fn edit_switch(node: &Netns, edit: impl FnOnce(&mut Vec<String>)) -> anyhow:
     Ok(())
 }
 
-/// Whether the XDP backend keeps `cidr` in its source hash (`NW_SRC_HASH`, beside the flat
-/// tables) in the generation the switch points at: its key, as the agent and the program
-/// build it (generation, family, prefix length, a zero byte, the address in network order).
-pub fn xdp_source_hashed(node: &Netns, cidr: &str) -> anyhow::Result<bool> {
+/// How the generation the switch points at uses the XDP backend's source hash
+/// (`NW_SRC_BUCKETS`, beside the flat tables), from its `GenConfig` in `NW_CONFIG`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XdpHash {
+    /// The prefix lengths (IPv4, IPv6; 0: none) whose prefixes are in the hash
+    /// (`hash_len`, bytes 24-31).
+    pub lens: [u32; 2],
+    /// The multipliers of the two bucket choices (`hash_seeds`, bytes 48-63).
+    pub seeds: [u64; 2],
+}
+
+pub fn xdp_hash(node: &Netns) -> anyhow::Result<XdpHash> {
     let pins = xdp_pins(node)?;
-    let switch = pins.join("NW_SWITCH");
-    let lookup = [
-        "-j",
-        "map",
-        "lookup",
-        "pinned",
-        switch.to_str().context("pin path")?,
-    ];
-    let v: Value = serde_json::from_str(&node.exec(
-        "bpftool",
-        &[&lookup[..], &["key", "0", "0", "0", "0"]].concat(),
-    )?)?;
-    let active = v["value"]
-        .get(4)
-        .and_then(Value::as_str)
-        .and_then(|b| u8::from_str_radix(b.trim_start_matches("0x"), 16).ok())
-        .with_context(|| format!("switch value: {v}"))?;
-    let (addr, len) = cidr.split_once('/').context("CIDR")?;
-    let len: u8 = len.parse()?;
-    let mut key = vec![active, 0, len, 0];
-    match addr.parse::<std::net::IpAddr>()? {
-        std::net::IpAddr::V4(a) => {
-            key.extend(a.octets());
-            key.extend([0; 12]);
-        }
-        std::net::IpAddr::V6(a) => {
-            key[1] = 1;
-            key.extend(a.octets());
-        }
-    }
-    let key: Vec<String> = key.iter().map(|b| b.to_string()).collect();
-    let hash = pins.join("NW_SRC_HASH");
-    let mut args = vec![
-        "-j",
-        "map",
-        "lookup",
-        "pinned",
-        hash.to_str().context("pin path")?,
-        "key",
-    ];
-    args.extend(key.iter().map(String::as_str));
-    Ok(node.exec("bpftool", &args).is_ok())
+    let value = |map: &str, key: u8| -> anyhow::Result<Vec<u8>> {
+        let path = pins.join(map);
+        let key = key.to_string();
+        let path = path.to_str().context("pin path")?;
+        let args = [
+            "-j", "map", "lookup", "pinned", path, "key", &key, "0", "0", "0",
+        ];
+        let v: Value = serde_json::from_str(&node.exec("bpftool", &args)?)?;
+        v["value"]
+            .as_array()
+            .with_context(|| format!("{map} value: {v}"))?
+            .iter()
+            .map(|b| {
+                let b = b.as_str().unwrap_or_default().trim_start_matches("0x");
+                u8::from_str_radix(b, 16).with_context(|| format!("{map} value: {v}"))
+            })
+            .collect()
+    };
+    let active = *value("NW_SWITCH", 0)?.get(4).context("switch value")?;
+    let config = value("NW_CONFIG", active)?;
+    let bytes = |at: usize, n: usize| config.get(at..at + n).context("config value");
+    let word = |at| -> anyhow::Result<u32> { Ok(u32::from_le_bytes(bytes(at, 4)?.try_into()?)) };
+    let long = |at| -> anyhow::Result<u64> { Ok(u64::from_le_bytes(bytes(at, 8)?.try_into()?)) };
+    Ok(XdpHash {
+        lens: [word(24)?, word(28)?],
+        seeds: [long(48)?, long(56)?],
+    })
 }
 
 /// The interface index of `dev` in `node`.
@@ -220,7 +213,7 @@ pub fn unpin_xdp_link(node: &Netns) -> anyhow::Result<()> {
 
 /// What `backend` installed, as text that must not change when nothing is re-installed: the
 /// whole ruleset with handles, without counter values (nft); for XDP the link ids (a link re-created gets a new one),
-/// the attach mode, the switch and the generation headers, and the source tries and hash. The XDP
+/// the attach mode, the switch and the generation headers, and the source tries. The XDP
 /// program's id is left out on purpose: every `nodewall apply` is a new process that loads its
 /// own copy of the same program and swaps it into the live links atomically (that swap is
 /// what lets a restarted agent take over without a gap).
@@ -238,13 +231,7 @@ pub fn fingerprint(node: &Netns, backend: Backend) -> anyhow::Result<String> {
         ));
     }
     let pins = xdp_pins(node)?;
-    for map in [
-        "NW_SWITCH",
-        "NW_CONFIG",
-        "NW_SRC4",
-        "NW_SRC6",
-        "NW_SRC_HASH",
-    ] {
+    for map in ["NW_SWITCH", "NW_CONFIG", "NW_SRC4", "NW_SRC6"] {
         let path = pins.join(map);
         out.push_str(&node.exec(
             "bpftool",

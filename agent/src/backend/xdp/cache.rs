@@ -36,7 +36,7 @@ const GEN_MAPS: [&str; 7] = [
     map_names::CONFIG,
     map_names::SRC4,
     map_names::SRC6,
-    map_names::SRC_HASH,
+    map_names::SRC_BUCKETS,
     map_names::SOURCES,
     map_names::PORTS,
 ];
@@ -215,6 +215,8 @@ fn encode(ident: &Identity, sw: &Switch, gens: [&KernelGen; 2]) -> Vec<u8> {
             classes: _,
             src4,
             src6,
+            buckets: _,
+            seeds: _,
         } = sources;
         w.u32(src4.len() as u32);
         for (&(addr, len), &class) in src4 {
@@ -401,7 +403,8 @@ impl Enc {
         self.u32(c.src_skips);
         for f in 0..2 {
             self.u32(c.hash_len[f]);
-            c.hash_mask[f].iter().for_each(|&m| self.u32(m));
+            self.u64(c.hash_mask[f]);
+            self.u64(c.hash_seeds[f]);
         }
         self.bits(&c.icmp4);
         self.bits(&c.icmp6);
@@ -477,12 +480,11 @@ impl<'a> Dec<'a> {
         for h in &mut head {
             *h = self.u32()?;
         }
-        let (mut hash_len, mut hash_mask) = ([0u32; 2], [[0u32; 4]; 2]);
+        let (mut hash_len, mut hash_mask, mut hash_seeds) = ([0u32; 2], [0u64; 2], [0u64; 2]);
         for f in 0..2 {
             hash_len[f] = self.u32()?;
-            for m in &mut hash_mask[f] {
-                *m = self.u32()?;
-            }
+            hash_mask[f] = self.u64()?;
+            hash_seeds[f] = self.u64()?;
         }
         let [flags, nrules, src_nodes, src_classes, ningress, src_skips] = head;
         let mut c = GenConfig {
@@ -494,6 +496,7 @@ impl<'a> Dec<'a> {
             src_skips,
             hash_len,
             hash_mask,
+            hash_seeds,
             icmp4: self.bits()?,
             icmp6: self.bits()?,
             other: self.bits()?,
@@ -538,7 +541,8 @@ mod tests {
         g.config.rules[1].slot = 7;
         g.config.icmp6 = bits;
         g.config.hash_len[1] = 64;
-        g.config.hash_mask[1] = [u32::MAX, u32::MAX, 0, 0];
+        g.config.hash_mask[1] = u64::MAX;
+        g.config.hash_seeds = [3, 5];
         let ident = Identity {
             object: 1,
             boot_id: "b".into(),

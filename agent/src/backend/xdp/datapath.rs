@@ -14,13 +14,13 @@ use aya::{Ebpf, EbpfLoader};
 use aya_obj::programs::XdpAttachType;
 use nodewall_common::xdp::{
     drop_index, flags, map_names, GenConfig, PassReason, RuleRef, Stat, Switch, ACTION_ALLOW,
-    ACTION_DENY, BENCH_PASS_PROGRAM, DROP_CAUSE_RULE_BASE, FAMILY_IPV4, FAMILY_IPV6,
-    LAYOUT_VERSION, RULE_EGRESS, RULE_INGRESS, TC_EGRESS_PROGRAM, XDP_PROGRAM,
+    ACTION_DENY, BENCH_PASS_PROGRAM, DROP_CAUSE_RULE_BASE, LAYOUT_VERSION, RULE_EGRESS,
+    RULE_INGRESS, TC_EGRESS_PROGRAM, XDP_PROGRAM,
 };
 
 use super::attach::PROGRAM_PINS;
+use super::buckets;
 use super::cache::GenCache;
-use super::hashed;
 use super::image::Image;
 use super::maps::{KernelGen, Maps, Writes};
 use super::slots::Slots;
@@ -552,10 +552,11 @@ fn lower(image: &Image, slots: &[u16]) -> KernelGen {
         ct: image.ct,
         ..GenConfig::EMPTY
     };
-    for family in [FAMILY_IPV4, FAMILY_IPV6] {
-        if let Some(len) = sources.hashed_len(family as usize) {
-            config.hash_len[family as usize] = len.into();
-            config.hash_mask[family as usize] = hashed::mask(family, len);
+    for family in [0, 1] {
+        if let Some(len) = sources.hashed_len(family) {
+            config.hash_len[family] = len.into();
+            config.hash_mask[family] = buckets::mask(family, len);
+            config.hash_seeds = sources.seeds;
         }
     }
     for (i, ((_, action), &slot)) in image.rules.iter().zip(slots).enumerate() {

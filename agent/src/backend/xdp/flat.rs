@@ -13,9 +13,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Result;
 use nodewall_common::xdp::{
-    RuleBits, SrcNode, SrcSkip, SRC_CHILD, SRC_CLASSES_PER_GEN, SRC_HASH_PER_GEN, SRC_SKIP,
+    RuleBits, SrcBucket, SrcNode, SrcSkip, BUCKET_CLASS, SRC_CHILD, SRC_CLASSES_PER_GEN,
+    SRC_HASH_PER_GEN, SRC_SKIP,
 };
 
+use super::buckets;
 use super::runs::Compressor;
 
 /// Nodes a build may expand before compression: as many as a child entry can name.
@@ -23,8 +25,9 @@ const EXPANDED_NODES: usize = SRC_CHILD as usize;
 
 /// What a generation's source maps hold: either flat tables (`roots`: IPv4's 65,536 entries
 /// then IPv6's, `nodes` and `skips`) with the source hash's entries (`src4`/`src6`: prefixes
-/// of one length per family, each containing no other, -> class id), or LPM entries (`src4`/
-/// `src6`, prefix -> class id); in both cases the classes (the empty set first).
+/// of one length per family, each containing no other, -> class id; laid out in `buckets`
+/// by `seeds`), or LPM entries (`src4`/`src6`, prefix -> class id); in both cases the
+/// classes (the empty set first).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct SourceTables {
     pub roots: Vec<u16>,
@@ -33,6 +36,9 @@ pub struct SourceTables {
     pub classes: Vec<RuleBits>,
     pub src4: BTreeMap<(u32, u8), u32>,
     pub src6: BTreeMap<(u128, u8), u32>,
+    /// A generation's buckets of the source hash when it holds anything, else empty.
+    pub buckets: Vec<SrcBucket>,
+    pub seeds: [u64; 2],
 }
 
 impl SourceTables {
@@ -64,23 +70,22 @@ impl SourceTables {
             return Ok(flat);
         }
         let (g4, g6) = (
-            hashable(src4, 32, |&(a, l)| (a as u128, l)),
-            hashable(src6, 128, |&k| k),
+            hashable(src4, 32, 32, |&(a, l)| (a as u128, l)),
+            hashable(src6, 128, 64, |&k| k),
         );
-        let v6_first = g6.map_or(0, |g| g.1) > g4.map_or(0, |g| g.1);
-        let fits = |g: Option<(u8, usize)>| g.is_some_and(|(_, n)| n <= SRC_HASH_PER_GEN as usize);
-        let first = if v6_first {
+        let count = |g: Option<(u8, usize)>| g.map_or(0, |g| g.1);
+        let first = if count(g6) > count(g4) {
             [false, true]
         } else {
             [true, false]
         };
         for hash in [first, [true, true]] {
-            let wanted = [(hash[0], g4), (hash[1], g6)];
-            if wanted.iter().any(|&(on, g)| on && !fits(g)) {
+            let lens = [g4.filter(|_| hash[0]), g6.filter(|_| hash[1])];
+            let total = count(lens[0]) + count(lens[1]);
+            if total == 0 || total > SRC_HASH_PER_GEN as usize {
                 continue;
             }
-            let lens = wanted.map(|(on, g)| g.filter(|_| on).map(|g| g.0));
-            if let Some(t) = Self::flat_hashing(src4, src6, lens) {
+            if let Some(t) = Self::flat_hashing(src4, src6, lens.map(|g| g.map(|g| g.0))) {
                 return Ok(t);
             }
         }
@@ -136,13 +141,25 @@ impl SourceTables {
         b.insert_all(0, 4, v4.collect())?;
         let v6 = flat6.into_iter().map(|((a, len), bits)| (a, len, bits));
         b.insert_all(1, 16, v6.collect())?;
-        for (k, bits) in hashed4 {
+        let mut entries = Vec::with_capacity(hashed4.len() + hashed6.len());
+        for (&(a, len), bits) in hashed4 {
             let c = b.class(bits)?;
-            b.tables.src4.insert(*k, c.into());
+            b.tables.src4.insert((a, len), c.into());
+            entries.push((buckets::key4(a), buckets::tag(0, c)));
         }
-        for (k, bits) in hashed6 {
+        for (&(a, len), bits) in hashed6 {
             let c = b.class(bits)?;
-            b.tables.src6.insert(*k, c.into());
+            b.tables.src6.insert((a, len), c.into());
+            entries.push((buckets::key6(a), buckets::tag(1, c)));
+        }
+        if !entries.is_empty() {
+            // Displacement rarely fails below the load the table is sized for; another pair of
+            // multipliers then places the same keys differently.
+            let (seeds, table) = (0..4)
+                .map(buckets::seeds)
+                .find_map(|seeds| buckets::build(&entries, seeds).map(|t| (seeds, t)))?;
+            b.tables.buckets = table;
+            b.tables.seeds = seeds;
         }
         Some(b.tables)
     }
@@ -152,14 +169,10 @@ impl SourceTables {
     pub fn lookup(&self, addr: &[u8]) -> RuleBits {
         let family = usize::from(addr.len() != 4);
         if let Some(len) = self.hashed_len(family) {
-            let hit = if family == 0 {
-                let a = u32::from_be_bytes(addr.try_into().expect("4 bytes"));
-                self.src4.get(&(a & !(host_mask(len, 32) as u32), len))
-            } else {
-                let a = u128::from_be_bytes(addr.try_into().expect("16 bytes"));
-                self.src6.get(&(a & !host_mask(len, 128), len))
-            };
-            if let Some(&c) = hit {
+            let mut first = [0u8; 8];
+            first[..addr.len().min(8)].copy_from_slice(&addr[..addr.len().min(8)]);
+            let key = u64::from_ne_bytes(first) & buckets::mask(family, len);
+            if let Some(c) = buckets::find(&self.buckets, self.seeds, family, key) {
                 return self.classes[c as usize];
             }
         }
@@ -220,6 +233,22 @@ impl SourceTables {
                 .iter()
                 .map(|(k, &c)| (*k, classes.map[c as usize] as u32))
                 .collect(),
+            buckets: self
+                .buckets
+                .iter()
+                .map(|b| SrcBucket {
+                    tags: b.tags.map(|t| {
+                        let c = classes.map[(t & BUCKET_CLASS) as usize] as u16;
+                        if t == 0 {
+                            0
+                        } else {
+                            t & !BUCKET_CLASS | c
+                        }
+                    }),
+                    ..*b
+                })
+                .collect(),
+            seeds: self.seeds,
             ..SourceTables::default()
         };
         for (i, c) in out.classes.iter_mut().enumerate() {
@@ -514,12 +543,18 @@ fn leaves<K, V>(src: &BTreeMap<K, V>, bits: u8, widen: Widen<K>) -> Vec<bool> {
 }
 
 /// The length the source hash would take for this family, and how many prefixes it would
-/// hold: the most common length among the prefixes that contain no other.
-fn hashable<K, V>(src: &BTreeMap<K, V>, bits: u8, widen: Widen<K>) -> Option<(u8, usize)> {
+/// hold: the most common length, up to `longest`, among the prefixes that contain no other.
+fn hashable<K, V>(
+    src: &BTreeMap<K, V>,
+    bits: u8,
+    longest: u8,
+    widen: Widen<K>,
+) -> Option<(u8, usize)> {
     let mut count = [0usize; 129];
     for (k, leaf) in src.keys().zip(leaves(src, bits, widen)) {
-        if leaf {
-            count[widen(k).1 as usize] += 1;
+        let len = widen(k).1;
+        if leaf && len <= longest {
+            count[len as usize] += 1;
         }
     }
     let (len, &n) = count.iter().enumerate().max_by_key(|&(len, &n)| (n, len))?;
@@ -650,7 +685,10 @@ mod tests {
             ((net([11, 0, 0, 0]), 8), bits(0)),
             ((net([12, 0, 0, 0]), 8), bits(0)),
         ]);
-        assert_eq!(hashable(&v4, 32, |&(a, l)| (a as u128, l)), Some((8, 2)));
+        assert_eq!(
+            hashable(&v4, 32, 32, |&(a, l)| (a as u128, l)),
+            Some((8, 2))
+        );
         let t = SourceTables::flat_hashing(&v4, &BTreeMap::new(), [Some(8), None]).unwrap();
         let hashed: Vec<_> = t.src4.keys().copied().collect();
         assert_eq!(hashed, [(net([11, 0, 0, 0]), 8), (net([12, 0, 0, 0]), 8)]);
@@ -817,8 +855,8 @@ mod tests {
             // The same with each family's commonest prefixes that contain no other in the
             // hash instead.
             let lens = [
-                hashable(&src4, 32, |&(a, l)| (a as u128, l)).map(|g| g.0),
-                hashable(&src6, 128, |&k| k).map(|g| g.0),
+                hashable(&src4, 32, 32, |&(a, l)| (a as u128, l)).map(|g| g.0),
+                hashable(&src6, 128, 64, |&k| k).map(|g| g.0),
             ];
             let hashed = SourceTables::flat_hashing(&src4, &src6, lens).unwrap();
             prop_assert_eq!(hashed.hashed_len(0), lens[0]);

@@ -13,14 +13,14 @@ use aya::Ebpf;
 use nodewall_common::ct::FlowState;
 use nodewall_common::xdp::{
     flags, map_names as names, port_index, FlowKey, GenConfig, RuleBits, SlotName, Src4Key,
-    Src6Key, SrcHashKey, SrcTables, Stat, Switch, GEN_PREFIX_BITS, MAX_SLOTS, PORT_PROTO_TCP,
+    Src6Key, SrcBucket, SrcTables, Stat, Switch, GEN_PREFIX_BITS, MAX_SLOTS, PORT_PROTO_TCP,
     PORT_PROTO_UDP, SRC_ROOT_ENTRIES_PER_GEN,
 };
 
+use super::buckets;
 use super::flat::SourceTables;
-use super::hashed;
 use super::image::PortTable;
-use super::mapped::MappedSources;
+use super::mapped::{MappedBuckets, MappedSources};
 use super::sys;
 
 /// What one generation holds in the kernel, with rule names already turned into slots.
@@ -87,8 +87,6 @@ pub struct Maps {
     pub config: Array<MapData, GenConfig>,
     pub src4: LpmTrie<MapData, Src4Key, u32>,
     pub src6: LpmTrie<MapData, Src6Key, u32>,
-    /// The source hash (prefix -> class id) beside the flat tables.
-    pub src_hash: HashMap<MapData, SrcHashKey, u32>,
     pub rule_stats: PerCpuArray<MapData, Stat>,
     pub drop_stats: PerCpuArray<MapData, Stat>,
     pub pass_stats: PerCpuArray<MapData, Stat>,
@@ -105,7 +103,9 @@ pub struct Maps {
     /// Descriptors of the tries, for batched writes.
     src4_fd: MapFd,
     src6_fd: MapFd,
-    src_hash_fd: MapFd,
+    /// `NW_SRC_BUCKETS`, the source hash, mapped like `sources_fd` (32 MiB), and only while
+    /// a generation that uses it is read or written.
+    buckets_fd: MapFd,
     /// `NW_SOURCES`: one value per generation, too large for aya's typed maps, read and
     /// written in place. Mapped only while read or written: after the layout check, so that
     /// maps of another layout are reported as such, and not between applies, when the
@@ -147,7 +147,7 @@ impl Maps {
         // A descriptor for batched access, once the map's value size is the one this agent
         // reads and writes (what aya's typed maps check for the others).
         let fd_of = |map: &Map, name: &str, value: usize| match map {
-            Map::Array(data) | Map::LpmTrie(data) | Map::HashMap(data) => {
+            Map::Array(data) | Map::LpmTrie(data) => {
                 let info = data.info()?;
                 anyhow::ensure!(
                     info.value_size() as usize == value,
@@ -169,8 +169,11 @@ impl Maps {
         let src4_fd = fd_of(&src4, names::SRC4, size_of::<u32>())?;
         let src6 = get(names::SRC6)?;
         let src6_fd = fd_of(&src6, names::SRC6, size_of::<u32>())?;
-        let src_hash = get(names::SRC_HASH)?;
-        let src_hash_fd = fd_of(&src_hash, names::SRC_HASH, size_of::<u32>())?;
+        let buckets_fd = fd_of(
+            &get(names::SRC_BUCKETS)?,
+            names::SRC_BUCKETS,
+            size_of::<SrcBucket>(),
+        )?;
         let ports_fd = fd_of(&get(names::PORTS)?, names::PORTS, bits)?;
         let slot_names = get(names::SLOT_NAMES)?;
         let slot_names_fd = fd_of(&slot_names, names::SLOT_NAMES, size_of::<SlotName>())?;
@@ -197,12 +200,9 @@ impl Maps {
             src6: src6
                 .try_into()
                 .with_context(|| format!("map {} has an unexpected type", names::SRC6))?,
-            src_hash: src_hash
-                .try_into()
-                .with_context(|| format!("map {} has an unexpected type", names::SRC_HASH))?,
             src4_fd,
             src6_fd,
-            src_hash_fd,
+            buckets_fd,
             rule_stats: typed!(names::RULE_STATS),
             drop_stats: typed!(names::DROP_STATS),
             pass_stats: typed!(names::PASS_STATS),
@@ -234,6 +234,11 @@ impl Maps {
     fn map_sources(&self) -> Result<MappedSources> {
         MappedSources::map(self.sources_fd.as_fd())
             .with_context(|| format!("map {}", names::SOURCES))
+    }
+
+    fn map_buckets(&self) -> Result<MappedBuckets> {
+        MappedBuckets::map(self.buckets_fd.as_fd())
+            .with_context(|| format!("map {}", names::SRC_BUCKETS))
     }
 
     /// Sets the drop samples each CPU may take per second (0: none).
@@ -274,9 +279,7 @@ impl Maps {
             config: self.read_config(gen)?,
             ..KernelGen::empty()
         };
-        if out.config.flags & flags::FLAT_SOURCES != 0 {
-            self.read_hash(gen, &mut out.sources)?;
-        } else {
+        if out.config.flags & flags::FLAT_SOURCES == 0 {
             out.sources.src4 = read_trie(&self.src4, gen, |d| {
                 u32::from_be_bytes(d[1..].try_into().expect("4 bytes"))
             })?;
@@ -288,24 +291,6 @@ impl Maps {
         out.tcp = self.read_ports(gen, PORT_PROTO_TCP)?;
         out.udp = self.read_ports(gen, PORT_PROTO_UDP)?;
         Ok(out)
-    }
-
-    /// Fills in the source hash's entries of generation `gen`.
-    fn read_hash(&self, gen: u32, s: &mut SourceTables) -> Result<()> {
-        for item in self.src_hash.iter() {
-            let (key, class) = item.with_context(|| format!("reading map {}", names::SRC_HASH))?;
-            let (g, family, len, bytes) = hashed::parse(&key);
-            if g != gen {
-                continue;
-            }
-            if family == 0 {
-                let a = u32::from_be_bytes(bytes[..4].try_into().expect("4 bytes"));
-                s.src4.insert((a, len), class);
-            } else {
-                s.src6.insert((u128::from_be_bytes(bytes), len), class);
-            }
-        }
-        Ok(())
     }
 
     /// Fills in `g`'s flat source tables (roots, nodes, classes) from generation `gen` of the
@@ -323,6 +308,30 @@ impl Maps {
         g.sources.nodes = tables.nodes[..nodes.min(tables.nodes.len())].to_vec();
         g.sources.skips = tables.skips[..skips.min(tables.skips.len())].to_vec();
         g.sources.classes = tables.classes[..classes.min(tables.classes.len())].to_vec();
+        self.read_buckets(gen, g)
+    }
+
+    /// Fills in `g`'s source hash from generation `gen` of its map when `g.config` says it is
+    /// in use, and its entries (which a record of the generation already holds).
+    fn read_buckets(&self, gen: u32, g: &mut KernelGen) -> Result<()> {
+        let c = &g.config;
+        let s = &mut g.sources;
+        if c.flags & flags::FLAT_SOURCES == 0 || c.hash_len == [0; 2] {
+            return Ok(());
+        }
+        s.buckets = self.map_buckets()?.generation(gen).to_vec();
+        s.seeds = c.hash_seeds;
+        let (mut src4, mut src6) = (Vec::new(), Vec::new());
+        for (family, key, class) in buckets::entries(&s.buckets) {
+            let len = c.hash_len[family] as u8;
+            if family == 0 {
+                src4.push(((buckets::addr4(key), len), u32::from(class)));
+            } else {
+                src6.push(((buckets::addr6(key), len), u32::from(class)));
+            }
+        }
+        s.src4 = BTreeMap::from_iter(src4);
+        s.src6 = BTreeMap::from_iter(src6);
         Ok(())
     }
 
@@ -356,18 +365,11 @@ impl Maps {
             Key::new(GEN_PREFIX_BITS + len as u32, d)
         };
         let (old_s, new_s) = (&old.sources, &new.sources);
-        // Beside flat tables the entries are the hash's, else the tries': each map goes from
-        // what it holds of the generation to what it will hold, none when the other has them.
+        // Beside flat tables the entries are the source hash's (written with the tables).
         let (none4, none6) = (BTreeMap::new(), BTreeMap::new());
         let none = (&none4, &none6);
-        let ((trie4_old, trie6_old), (hash4_old, hash6_old)) = by_map(old_s, none);
-        let ((trie4_new, trie6_new), (hash4_new, hash6_new)) = by_map(new_s, none);
-        let hash = self.src_hash_fd.as_fd();
-        let hkey4 = |k: &(u32, u8)| hashed::key4(gen, k);
-        let hkey6 = |k: &(u128, u8)| hashed::key6(gen, k);
-        sync_entries(hash, hash4_old, hash4_new, hkey4, &mut w)
-            .and_then(|()| sync_entries(hash, hash6_old, hash6_new, hkey6, &mut w))
-            .with_context(|| format!("writing map {}", names::SRC_HASH))?;
+        let ((trie4_old, trie6_old), (trie4_new, trie6_new)) =
+            (tries(old_s, none), tries(new_s, none));
         sync_entries(self.src4_fd.as_fd(), trie4_old, trie4_new, key4, &mut w)
             .with_context(|| format!("writing map {}", names::SRC4))?;
         sync_entries(self.src6_fd.as_fd(), trie6_old, trie6_new, key6, &mut w)
@@ -423,6 +425,10 @@ impl Maps {
             + write_changed(&mut t.nodes, &old.nodes, &new.nodes)
             + write_changed(&mut t.skips, &old.skips, &new.skips)
             + write_changed(&mut t.classes, &old.classes, &new.classes);
+        if !new.buckets.is_empty() {
+            let mut mapped = self.map_buckets()?;
+            w.added += write_changed(mapped.generation_mut(gen), &old.buckets, &new.buckets);
+        }
         Ok(())
     }
 
@@ -476,21 +482,20 @@ fn read_trie<K: aya::Pod + AsRef<[u8]>, A: Ord>(
     Ok(out)
 }
 
-/// A generation's IPv4 and IPv6 prefix entries of one kind of map.
+/// A generation's IPv4 and IPv6 prefix entries of the tries.
 type Entries<'a> = (&'a BTreeMap<(u32, u8), u32>, &'a BTreeMap<(u128, u8), u32>);
 
-/// The entries of `s` that are the tries', and those that are the hash's (`none` for the
-/// other kind).
-fn by_map<'a>(s: &'a SourceTables, none: Entries<'a>) -> (Entries<'a>, Entries<'a>) {
-    let own = (&s.src4, &s.src6);
+/// The entries of `s` that are the tries' (`none` beside flat tables, whose entries are the
+/// source hash's).
+fn tries<'a>(s: &'a SourceTables, none: Entries<'a>) -> Entries<'a> {
     if s.is_flat() {
-        (none, own)
+        none
     } else {
-        (own, none)
+        (&s.src4, &s.src6)
     }
 }
 
-/// Brings a generation's entries of a trie or of the hash from `old` to `new` in batched
+/// Brings a generation's entries of a trie from `old` to `new` in batched
 /// syscalls (10k prefixes: a few calls, not 10k).
 fn sync_entries<K: Copy, A: Ord + Copy>(
     map: BorrowedFd<'_>,

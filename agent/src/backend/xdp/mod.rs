@@ -25,12 +25,12 @@
 //! prebuilt object instead (`cargo xtask build-ebpf` prints where it builds one).
 
 mod attach;
+mod buckets;
 mod cache;
 mod conntrack;
 mod counters;
 mod datapath;
 mod flat;
-mod hashed;
 mod image;
 mod mapped;
 mod maps;
