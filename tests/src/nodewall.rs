@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::netns::Netns;
 use crate::probe::Probe;
+use crate::rng::Rng;
 use crate::topology::{CLUSTER, CONTAINER, CONTROL_PLANE, UPLINK};
 use crate::Backend;
 
@@ -181,6 +182,32 @@ pub fn allow_rule(name: &str, protocol: &str, port: u16, from: &[String]) -> Str
 pub fn host_cidrs(n: u32) -> Vec<String> {
     (0..n)
         .map(|k| format!("198.18.{}.{}/32", 200 + k / 64, 4 * (k % 64) + 1))
+        .collect()
+}
+
+/// `n` random IPv6 /64s of fd00:abcd::/32 (a space no topology network uses), each a path of
+/// its own below the /32: past about 16,000 of them the XDP backend's flat tables overflow.
+pub fn scattered_64s(rng: &mut Rng, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let net = 0xfd00_abcd_u128 << 96 | u128::from(rng.next_u64() as u32) << 64;
+            format!("{}/64", std::net::Ipv6Addr::from(net))
+        })
+        .collect()
+}
+
+/// `n` (up to about 28,000) IPv4 /32s, one in every other /16 from 1.0.0.0 on, past 127/8 and
+/// 198/8: configuration only (no test sends from them), each a path of its own below its
+/// /16, so that they overflow the XDP backend's flat tables as [`scattered_64s`] do.
+pub fn spread_32s(rng: &mut Rng, n: usize) -> Vec<String> {
+    (256u32..)
+        .step_by(2)
+        .filter(|i| i >> 8 != 127 && i >> 8 != 198)
+        .take(n)
+        .map(|i| {
+            let net = i << 16 | (rng.next_u64() as u32 & 0xffff);
+            format!("{}/32", std::net::Ipv4Addr::from(net))
+        })
         .collect()
 }
 

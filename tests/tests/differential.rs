@@ -4,7 +4,9 @@
 
 use nodewall_common::xdp::bucket_of;
 use nodewall_netns_tests::installed;
-use nodewall_netns_tests::nodewall::{apply, explain, Config, ConfigFile};
+use nodewall_netns_tests::nodewall::{
+    apply, explain, scattered_64s, spread_32s, Config, ConfigFile,
+};
 use nodewall_netns_tests::packet::L4;
 use nodewall_netns_tests::probe::{mismatches, next_port, Probe, Prober};
 use nodewall_netns_tests::rng::Rng;
@@ -325,22 +327,8 @@ fn overflowing_sources_match_explain(backend: Backend) -> anyhow::Result<()> {
     let mut prober = Prober::new(&topo)?;
     let mut rng = Rng::from_env(0x006f_7665_7266_6c6f);
     let policy_nets = |rng: &mut Rng| {
-        let mut v6: Vec<String> = (0..N)
-            .map(|_| {
-                let net = 0xfd00_abcd_u128 << 96 | u128::from(rng.next_u64() as u32) << 64;
-                format!("{}/64", std::net::Ipv6Addr::from(net))
-            })
-            .collect();
-        // One per /16 from 1.0.0.0 on, every other one, past 127/8 and 198/8.
-        let mut v4: Vec<String> = (256u32..)
-            .step_by(2)
-            .filter(|i| i >> 8 != 127 && i >> 8 != 198)
-            .take(N)
-            .map(|i| {
-                let net = i << 16 | (rng.next_u64() as u32 & 0xffff);
-                format!("{}/32", std::net::Ipv4Addr::from(net))
-            })
-            .collect();
+        let mut v6 = scattered_64s(rng, N);
+        let mut v4 = spread_32s(rng, N);
         let probed: Vec<String> = (0..200)
             .map(|_| format!("198.19.{}.{}/32", rng.below(256), rng.below(256)))
             .collect();

@@ -16,7 +16,8 @@ use nodewall::vocab::Protocol;
 use nodewall_netns_tests::installed::describe;
 use nodewall_netns_tests::netns::Netns;
 use nodewall_netns_tests::nodewall::{
-    apply, binary, drop_packets, rule_packets, run, status, try_apply, Config, ConfigFile,
+    apply, binary, drop_packets, rule_packets, run, scattered_64s, spread_32s, status, try_apply,
+    Config, ConfigFile,
 };
 use nodewall_netns_tests::topology::{node_addr, Peer, Topology};
 use nodewall_netns_tests::traffic::{tcp_ok, udp_ok, Checks, Server};
@@ -674,11 +675,75 @@ fn egress_random_differential(backend: Backend) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Egress destinations past the XDP backend's flat tables: 20,000 scattered IPv6 /64s and as
+/// many IPv4 /32s (one per /16 of the unicast space, configuration only), the internet peer's
+/// own /64 and /32 among them, allowed to TCP 443 under `default: deny`. The egress program
+/// then finds the peer in the source hash (checked in `NW_CONFIG`): new flows to it on 443
+/// pass, on 444 and to another peer they do not, as `explain --to` says.
+fn egress_destinations_in_the_source_hash(backend: Backend) -> anyhow::Result<()> {
+    let topo = Topology::new()?;
+    let inet = &topo.internet;
+    let mut rng = nodewall_netns_tests::rng::Rng::from_env(0x6861_7368);
+    let mut nets = scattered_64s(&mut rng, 20_000);
+    nets.extend(spread_32s(&mut rng, 20_000));
+    let inet64 = std::net::Ipv6Addr::from(u128::from(inet.v6) >> 64 << 64);
+    nets.push(format!("{inet64}/64"));
+    nets.push(format!("{}/32", inet.v4));
+    let to: Vec<String> = nets.iter().map(|n| format!("\"{n}\"")).collect();
+    let mut config = Config::new(backend, None);
+    config.egress = Some(format!(
+        "egress:\n  default: deny\n  failsafe: []\n  rules:\n    - name: partners\n      action: allow\n      protocol: tcp\n      ports: [443]\n      to: [{}]",
+        to.join(", ")
+    ));
+    let file = config.write()?;
+    apply(&topo.node, &file)?;
+    if backend != Backend::Nft {
+        let hash = nodewall_netns_tests::installed::xdp_hash(&topo.node)?;
+        ensure!(
+            hash.lens == [32, 64],
+            "hashed prefix lengths {:?}, not /32 and /64",
+            hash.lens
+        );
+    }
+    let _servers = [
+        Server::tcp(&inet.ns, 443)?,
+        Server::tcp(&inet.ns, 444)?,
+        Server::tcp(&topo.cluster.ns, 443)?,
+    ];
+    let mut cells = Vec::new();
+    for v6 in [false, true] {
+        for (peer, port) in [(inet, 443), (inet, 444), (&topo.cluster, 443)] {
+            cells.push((peer.addr(v6), port));
+        }
+    }
+    let probes: Vec<_> = cells
+        .iter()
+        .map(|&(dst, port)| (None, dst, "tcp", port))
+        .collect();
+    let verdicts = explain_out(&file, &probes)?;
+    let allowed: Vec<bool> = verdicts.iter().map(|v| v["verdict"] == "accept").collect();
+    ensure!(
+        allowed == [true, false, false, true, false, false],
+        "explain: {verdicts:?}"
+    );
+    let mut checks = Checks::default();
+    for ((dst, port), ok) in cells.into_iter().zip(allowed) {
+        let node = &topo.node;
+        checks.expect(format!("node -> {dst} tcp/{port}"), ok, move || {
+            tcp_ok(node, dst, port)
+        });
+    }
+    checks
+        .run()
+        .map_err(|e| e.context(describe(&topo.node, backend)))
+}
+
 backend_tests!(
     egress_seed_cells,
     replies_pass_under_egress_deny,
     metadata_blocked_for_pods,
     failsafe_keeps_dns,
     invalid_egress_refused,
-    egress_random_differential
+    egress_random_differential,
+    egress_destinations_in_the_source_hash
 );
