@@ -26,6 +26,15 @@ fn key6_bits(top: u64) -> u64 {
     u64::from_ne_bytes(top.to_be_bytes())
 }
 
+/// The key of an address given as its bytes in network order (4 or 16), as the program
+/// reads it before masking.
+pub fn key_of(addr: &[u8]) -> u64 {
+    let mut first = [0u8; 8];
+    let n = addr.len().min(8);
+    first[..n].copy_from_slice(&addr[..n]);
+    u64::from_ne_bytes(first)
+}
+
 pub fn addr4(key: u64) -> u32 {
     u32::from_be_bytes(key.to_ne_bytes()[..4].try_into().expect("4 bytes"))
 }

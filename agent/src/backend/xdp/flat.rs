@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Result;
 use nodewall_common::xdp::{
-    RuleBits, SrcBucket, SrcNode, SrcSkip, BUCKET_CLASS, SRC_CHILD, SRC_CLASSES_PER_GEN,
-    SRC_HASH_PER_GEN, SRC_SKIP,
+    RuleBits, SrcBucket, SrcNode, SrcSkip, BUCKET_CLASS, BUCKET_USED, SRC_CHILD,
+    SRC_CLASSES_PER_GEN, SRC_HASH_PER_GEN, SRC_SKIP,
 };
 
 use super::buckets;
@@ -169,9 +169,7 @@ impl SourceTables {
     pub fn lookup(&self, addr: &[u8]) -> RuleBits {
         let family = usize::from(addr.len() != 4);
         if let Some(len) = self.hashed_len(family) {
-            let mut first = [0u8; 8];
-            first[..addr.len().min(8)].copy_from_slice(&addr[..addr.len().min(8)]);
-            let key = u64::from_ne_bytes(first) & buckets::mask(family, len);
+            let key = buckets::key_of(addr) & buckets::mask(family, len);
             if let Some(c) = buckets::find(&self.buckets, self.seeds, family, key) {
                 return self.classes[c as usize];
             }
@@ -239,7 +237,7 @@ impl SourceTables {
                 .map(|b| SrcBucket {
                     tags: b.tags.map(|t| {
                         let c = classes.map[(t & BUCKET_CLASS) as usize] as u16;
-                        if t == 0 {
+                        if t & BUCKET_USED == 0 {
                             0
                         } else {
                             t & !BUCKET_CLASS | c

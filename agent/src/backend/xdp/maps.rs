@@ -288,6 +288,15 @@ impl Maps {
             })?;
         }
         self.read_tables(gen, &mut out)?;
+        // Without a record, the hash's entries come from its buckets.
+        for (family, key, class) in buckets::entries(&out.sources.buckets) {
+            let (len, class) = (out.config.hash_len[family] as u8, u32::from(class));
+            if family == 0 {
+                out.sources.src4.insert((buckets::addr4(key), len), class);
+            } else {
+                out.sources.src6.insert((buckets::addr6(key), len), class);
+            }
+        }
         out.tcp = self.read_ports(gen, PORT_PROTO_TCP)?;
         out.udp = self.read_ports(gen, PORT_PROTO_UDP)?;
         Ok(out)
@@ -311,27 +320,15 @@ impl Maps {
         self.read_buckets(gen, g)
     }
 
-    /// Fills in `g`'s source hash from generation `gen` of its map when `g.config` says it is
-    /// in use, and its entries (which a record of the generation already holds).
+    /// Fills in `g`'s source hash (buckets and multipliers) from generation `gen` of its map
+    /// when `g.config` says it is in use.
     fn read_buckets(&self, gen: u32, g: &mut KernelGen) -> Result<()> {
         let c = &g.config;
-        let s = &mut g.sources;
         if c.flags & flags::FLAT_SOURCES == 0 || c.hash_len == [0; 2] {
             return Ok(());
         }
-        s.buckets = self.map_buckets()?.generation(gen).to_vec();
-        s.seeds = c.hash_seeds;
-        let (mut src4, mut src6) = (Vec::new(), Vec::new());
-        for (family, key, class) in buckets::entries(&s.buckets) {
-            let len = c.hash_len[family] as u8;
-            if family == 0 {
-                src4.push(((buckets::addr4(key), len), u32::from(class)));
-            } else {
-                src6.push(((buckets::addr6(key), len), u32::from(class)));
-            }
-        }
-        s.src4 = BTreeMap::from_iter(src4);
-        s.src6 = BTreeMap::from_iter(src6);
+        g.sources.buckets = self.map_buckets()?.generation(gen).to_vec();
+        g.sources.seeds = c.hash_seeds;
         Ok(())
     }
 
