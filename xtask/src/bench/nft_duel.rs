@@ -22,22 +22,32 @@ pub enum Contender {
     /// plus one rule, at nodewall's hook. No filter that tells replies from new flows with
     /// conntrack pays less.
     Floor,
+    /// The floor with a counter on each verdict: the least a filter that counts what it
+    /// passes and drops (nodewall must, for its metrics) can reach.
+    CountingFloor,
     Handwritten,
     Nodewall,
+    /// nodewall-nft with drop sampling off (`drops: samples-per-second: 0`): the sampling's
+    /// price, and what a user who does not want samples gets.
+    NodewallUnsampled,
 }
 
-const CONTENDERS: [Contender; 3] = [
+const CONTENDERS: [Contender; 5] = [
     Contender::Floor,
+    Contender::CountingFloor,
     Contender::Handwritten,
     Contender::Nodewall,
+    Contender::NodewallUnsampled,
 ];
 
 impl Contender {
     pub fn label(self) -> &'static str {
         match self {
             Contender::Floor => "stateful nft floor",
+            Contender::CountingFloor => "stateful nft floor, counting",
             Contender::Handwritten => "nft concatenated set (hand-written)",
             Contender::Nodewall => "nodewall-nft",
+            Contender::NodewallUnsampled => "nodewall-nft, drop sampling off",
         }
     }
 }
@@ -45,14 +55,15 @@ impl Contender {
 const FLOOR_TABLE: &str = "nwbfloor";
 
 /// The floor's table: the hand-written peer's chain with its set lookups replaced by one
-/// comparison with the passed frame's source.
-fn floor_script(allowed: std::net::IpAddr) -> String {
+/// comparison with the passed frame's source; `counting` puts a counter before each verdict.
+fn floor_script(allowed: std::net::IpAddr, counting: bool) -> String {
     let t = FLOOR_TABLE;
+    let c = if counting { "counter " } else { "" };
     format!(
         "table inet {t}\ndelete table inet {t}\ntable inet {t} {{\n\
          \tchain prerouting {{\n\t\t{}\n\t\tiifname \"{NODE_IF}\" jump inbound\n\t}}\n\
-         \tchain inbound {{\n\t\tct state established,related accept\n\
-         \t\tip saddr {allowed} accept\n\t\tdrop\n\t}}\n}}\n",
+         \tchain inbound {{\n\t\tct state established,related {c}accept\n\
+         \t\tip saddr {allowed} {c}accept\n\t\t{c}drop\n\t}}\n}}\n",
         peers::NODEWALL_HOOK
     )
 }
@@ -92,15 +103,20 @@ impl Contender {
     fn install(self, ctx: &Ctx, st: &Stage) -> anyhow::Result<()> {
         let node = &st.pair.node;
         match self {
-            Contender::Floor => {
-                peers::load_nft(node, &floor_script(st.w.allowed_src(Family::V4)))?;
+            Contender::Floor | Contender::CountingFloor => {
+                let counting = self == Contender::CountingFloor;
+                peers::load_nft(node, &floor_script(st.w.allowed_src(Family::V4), counting))?;
             }
             Contender::Handwritten => {
                 peers::load_nft(node, &peers::nft_concat(&st.w))?;
             }
-            Contender::Nodewall => {
+            Contender::Nodewall | Contender::NodewallUnsampled => {
                 let cfg = ctx.dir.join("duel.yaml");
-                std::fs::write(&cfg, ctx.nw.config(&st.w, Backend::Nft, ""))?;
+                let mut yaml = ctx.nw.config(&st.w, Backend::Nft, "");
+                if self == Contender::NodewallUnsampled {
+                    yaml.push_str("drops:\n  samples-per-second: 0\n");
+                }
+                std::fs::write(&cfg, yaml)?;
                 ctx.nw.apply(node, &cfg, Backend::Nft)?;
             }
         }
@@ -110,13 +126,15 @@ impl Contender {
     fn remove(self, ctx: &Ctx, st: &Stage) -> anyhow::Result<()> {
         let node = &st.pair.node;
         match self {
-            Contender::Floor => {
+            Contender::Floor | Contender::CountingFloor => {
                 node.run("nft", &["delete", "table", "inet", FLOOR_TABLE])?;
             }
             Contender::Handwritten => {
                 node.run("nft", &["delete", "table", "inet", peers::CONCAT_TABLE])?;
             }
-            Contender::Nodewall => ctx.nw.flush(node, Backend::Nft)?,
+            Contender::Nodewall | Contender::NodewallUnsampled => {
+                ctx.nw.flush(node, Backend::Nft)?
+            }
         }
         Ok(())
     }
@@ -158,14 +176,18 @@ pub const INTRO: &str = "**nft head to head.** The nft figures above come from p
     measured on **one** pair per size, in the same rounds: each round sends the passed frame with no \
     filter, then installs each contender in turn (a different one first each round), sends its passed \
     and dropped frames and removes it again; each figure is the window with the least receive-CPU \
-    time per frame (5 rounds in a full run, 3 in a quick one). A third \
-    contender bounds what is possible: the **stateful nft floor**, the hand-written chain with its \
+    time per frame (5 rounds in a full run, 3 in a quick one). Two more \
+    contenders bound what is possible. The **stateful nft floor** is, the hand-written chain with its \
     set lookups replaced by one comparison with the passed frame's source (`iifname \"nwb\" jump \
     inbound` → `ct state established,related accept; ip saddr A accept; drop`, same table family, \
     hook and priority). Any filter that tells replies from new flows with conntrack pays at least \
     that: conntrack's lookup and the unconfirmed entry it allocates and frees for every dropped \
-    frame, the hook and one rule. The ratios in this table are receive-CPU ns per frame against the \
-    hand-written set's.";
+    frame, the hook and one rule. The **counting floor** is the same chain with a `counter` before \
+    each verdict: the least a filter that counts what it passes and drops pays, and nodewall must \
+    count both for its metrics (per rule and per drop reason). nodewall-nft also runs a second time \
+    with drop sampling off (`drops: samples-per-second: 0`: no `limit` and `log` rule in its drop \
+    chains), which shows what the samples cost. The ratios in this table are receive-CPU ns per \
+    frame against the hand-written set's.";
 
 /// Runs the head-to-head at every size, within the section's time box.
 pub fn measure(
@@ -279,17 +301,43 @@ fn headlines(sec: &mut Section, duels: &[Duel]) {
                 h.met = None;
             }
         }
-        let floor = per(Contender::Floor);
-        sec.headline(
-            &format!(
-                "receive-CPU ns per {frame} frame, stateful nft floor / hand-written nft, one pair, \
-                 same rounds, best of 10 / 1k / 10k / 100k CIDRs ({}): the least any conntrack-based \
-                 nft filter can reach",
-                detail(&floor)
+        // Contrasts: the floors at their best size, nodewall without samples at its worst.
+        let contrasts: [(Contender, &str, &str, bool); 3] = [
+            (
+                Contender::Floor,
+                "stateful nft floor",
+                "the least any conntrack-based nft filter can reach",
+                true,
             ),
-            floor.iter().filter_map(|p| p.1).reduce(f64::min),
-            INFO,
-            |_| true,
-        );
+            (
+                Contender::CountingFloor,
+                "stateful nft floor with a counter on each verdict",
+                "the least a conntrack-based nft filter that counts what it passes and drops, \
+                 as nodewall's metrics must, can reach",
+                true,
+            ),
+            (
+                Contender::NodewallUnsampled,
+                "nodewall-nft with drop sampling off (`drops: samples-per-second: 0`)",
+                "",
+                false,
+            ),
+        ];
+        for (c, what, why, best) in contrasts {
+            let v = per(c);
+            let pick = if best { f64::min } else { f64::max };
+            sec.headline(
+                &format!(
+                    "receive-CPU ns per {frame} frame, {what} / hand-written nft, one pair, same \
+                     rounds, {} of 10 / 1k / 10k / 100k CIDRs ({}){}{why}",
+                    if best { "best" } else { "worst" },
+                    detail(&v),
+                    if why.is_empty() { "" } else { ": " },
+                ),
+                v.iter().filter_map(|p| p.1).reduce(pick),
+                INFO,
+                |_| true,
+            );
+        }
     }
 }
