@@ -24,6 +24,7 @@ mod peers;
 mod plot;
 mod reload;
 mod report;
+mod size_sweep;
 mod throughput;
 mod traffic;
 mod workload;
@@ -167,7 +168,7 @@ fn ensure_packages() -> anyhow::Result<()> {
 fn time_box(section: u8, quick: bool) -> Duration {
     let (full, q) = match section {
         1 => (150, 25),
-        2 => (500, 110),
+        2 => (540, 120),
         3 => (130, 30),
         4 => (95, 20),
         _ => (100, 20),

@@ -13,6 +13,7 @@ use super::nft_duel;
 use super::nodewall::{check_xdp_mode, ifindex, Backend, Nodewall};
 use super::peers::{self, Xtables};
 use super::report::{count, mpps, ratio, Section, Table, INFO};
+use super::size_sweep::{self, Sweep};
 use super::traffic::{blast, Rate, Receiver};
 use super::workload::{parse_mac, udp_frame, Family, Workload};
 use super::Ctx;
@@ -346,6 +347,19 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Row>)> {
     } else {
         Vec::new()
     };
+    sec.intro.push_str("\n\n");
+    sec.intro.push_str(size_sweep::INTRO);
+    let mut sweeps = Vec::new();
+    for b in [Backend::Xdp { generic: false }, Backend::Nft] {
+        if !ctx.nw.has(b) {
+            continue;
+        }
+        eprintln!("bench:   {} size sweep on one pair", b.label());
+        match size_sweep::measure(ctx, b, sizes, window, rounds + 3) {
+            Ok(s) => sweeps.push(s),
+            Err(e) => sec.missing(format!("{} size sweep: {e:#}", b.label())),
+        }
+    }
     // The reference first: cheap, and it is what the other drop rates are read against. Then
     // what the headlines compare, then the contrasts.
     let mut filters = vec![Filter::BareXdpDrop];
@@ -448,13 +462,20 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<(Section, Vec<Row>)> {
         }
     }
     sec.tables.push(table);
-    headlines(&mut sec, &rows, *sizes.last().expect("sizes"), sizes[0]);
+    headlines(
+        &mut sec,
+        &rows,
+        &sweeps,
+        *sizes.last().expect("sizes"),
+        sizes[0],
+    );
     nft_duel::report(&mut sec, &duels);
+    size_sweep::report(&mut sec, &sweeps);
     peer_headlines(&mut sec, &rows, *sizes.last().expect("sizes"));
     Ok((sec, rows))
 }
 
-fn headlines(sec: &mut Section, rows: &[Row], big: usize, small: usize) {
+fn headlines(sec: &mut Section, rows: &[Row], sweeps: &[Sweep], big: usize, small: usize) {
     let row = |f: Filter, c: usize| rows.iter().find(|r| r.filter == f && r.cidrs == c);
     let cost_at = |f: Filter, c: usize| row(f, c).map(Row::drop_cost_ratio);
     let rate_at = |f: Filter, c: usize| row(f, c).map(Row::drop_ratio);
@@ -483,14 +504,19 @@ fn headlines(sec: &mut Section, rows: &[Row], big: usize, small: usize) {
     // Frames per receive-CPU second, so that ≥ 1 still means "no slower with more CIDRs".
     let per_cpu = |f: Filter| cost_at(f, small).zip(cost_at(f, big)).map(|(s, b)| s / b);
     for f in [xdp, nft] {
+        let Filter::Nodewall(b) = f else { continue };
         sec.headline(
             &format!(
-                "{} dropped frames per receive-CPU second at {} CIDRs vs at {}",
+                "{} dropped frames per receive-CPU second at {} CIDRs vs at {}, one pair, sizes \
+                 in the same rounds (size sweep)",
                 f.label(),
                 count(big),
                 count(small)
             ),
-            per_cpu(f),
+            sweeps
+                .iter()
+                .find(|s| s.backend == b)
+                .and_then(|s| s.flatness(small, big)),
             "≥ 0.95×",
             |r| r >= 0.95,
         );
