@@ -106,14 +106,18 @@ pub fn build(policy: &Policy, interfaces: &[String], generation: u64) -> Ruleset
     // redirects (137) invalid, yet IPv6 needs all of 133-137 (see policy::model).
     b.neighbour_discovery(policy, &mut inbound);
     let invalid = b.drop_chain(policy.mode, DropReason::Invalid, None);
-    let mut tracked = vec![RuleDef {
+    // Established first: it is nearly every packet a node receives, and conntrack gives a packet
+    // exactly one of these states, so the order changes no verdict and no counter, only how
+    // many tests the common packet pays (an invalid one, dropped anyway, pays the rest).
+    let mut tracked = Vec::new();
+    b.implicit_tracked(policy, &mut tracked);
+    tracked.push(RuleDef {
         matches: vec![Match::CtState(CT_INVALID)],
         log: None,
         counter: None,
         verdict: Some(Verdict::Goto(invalid)),
         comment: Some("invalid: malformed or not trackable".into()),
-    }];
-    b.implicit_tracked(policy, &mut tracked);
+    });
     inbound.push(RuleDef {
         matches: vec![Match::CtState(CT_INVALID | CT_ESTABLISHED | CT_RELATED)],
         log: None,
@@ -602,8 +606,17 @@ mod tests {
             in_inbound[0].verdict,
             Some(Verdict::Jump(names::TRACKED_CHAIN.into()))
         );
-        // Invalid first, then the allowances; none of them is left in `inbound`.
-        assert_eq!(tracked.rules[0].matches, vec![Match::CtState(CT_INVALID)]);
+        // The allowances, established first, then invalid; none of them is left in `inbound`.
+        assert_eq!(
+            tracked.rules[0].matches,
+            vec![
+                Match::CtState(CT_ESTABLISHED),
+                Match::L4ProtoNot(IPPROTO_TCP)
+            ]
+        );
+        let last = tracked.rules.last().expect("rules");
+        assert_eq!(last.matches, vec![Match::CtState(CT_INVALID)]);
+        assert!(matches!(&last.verdict, Some(Verdict::Goto(_))), "{last:#?}");
         assert!(tracked.rules.iter().all(ct), "{tracked:#?}");
         assert!(tracked.rules.len() >= 5, "{tracked:#?}");
     }
