@@ -11,6 +11,10 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_ENABLE_STATS: libc::c_long = 32;
+/// `BPF_STATS_RUN_TIME`: the kernel times every program run while an fd from
+/// `BPF_ENABLE_STATS` is open.
+const BPF_STATS_RUN_TIME: u32 = 0;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
 /// Large enough for every `union bpf_attr` layout used here.
@@ -42,6 +46,16 @@ impl Attr {
         }
         Ok(r)
     }
+    /// [`Self::call`] for a command that returns a new fd; `what` names it in the error.
+    fn call_fd(
+        &mut self,
+        cmd: libc::c_long,
+        what: impl std::fmt::Display,
+    ) -> anyhow::Result<OwnedFd> {
+        let fd = self.call(cmd).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        // SAFETY: the kernel returned a new fd that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
 }
 
 /// Loads `r0 = XDP_PASS; exit`: the cheapest XDP program the kernel can run.
@@ -71,11 +85,7 @@ fn load_xdp_const(verdict: u32, prog_name: &[u8; 8]) -> anyhow::Result<OwnedFd> 
         .u64(16, license.as_ptr() as u64)
         .u32(68, BPF_XDP);
     attr.0[48..64].copy_from_slice(&name);
-    let fd = attr
-        .call(BPF_PROG_LOAD)
-        .map_err(|e| anyhow::anyhow!("loading a bare XDP program: {e}"))?;
-    // SAFETY: the kernel returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    attr.call_fd(BPF_PROG_LOAD, "loading a bare XDP program")
 }
 
 /// Attaches `prog` to `ifindex` (resolved in the calling thread's namespace) in native mode
@@ -87,22 +97,20 @@ pub fn attach_xdp_native(prog: &OwnedFd, ifindex: u32) -> anyhow::Result<OwnedFd
         .u32(4, ifindex)
         .u32(8, BPF_XDP)
         .u32(12, XDP_FLAGS_DRV_MODE);
-    let fd = attr
-        .call(BPF_LINK_CREATE)
-        .map_err(|e| anyhow::anyhow!("attaching XDP to ifindex {ifindex}: {e}"))?;
-    // SAFETY: the kernel returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    attr.call_fd(
+        BPF_LINK_CREATE,
+        format_args!("attaching XDP to ifindex {ifindex}"),
+    )
 }
 
 /// An fd for a loaded program, by the id `ip link` / bpftool show.
 pub fn prog_fd_by_id(id: u32) -> anyhow::Result<OwnedFd> {
     let mut attr = Attr::new();
     attr.u32(0, id);
-    let fd = attr
-        .call(BPF_PROG_GET_FD_BY_ID)
-        .map_err(|e| anyhow::anyhow!("opening BPF program {id}: {e}"))?;
-    // SAFETY: as above.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    attr.call_fd(
+        BPF_PROG_GET_FD_BY_ID,
+        format_args!("opening BPF program {id}"),
+    )
 }
 
 /// Loads the parse-only reference program (`nodewall_bench_parse`) of the XDP object at
@@ -160,3 +168,12 @@ pub fn test_run(
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+
+/// Turns on the kernel's per-program run-time statistics (`run_time_ns`, `run_cnt` in
+/// `bpftool prog show`) until the returned fd closes. Unlike the `kernel.bpf_stats_enabled`
+/// sysctl it leaves nothing behind if the bench dies.
+pub fn enable_run_time_stats() -> anyhow::Result<OwnedFd> {
+    let mut attr = Attr::new();
+    attr.u32(0, BPF_STATS_RUN_TIME);
+    attr.call_fd(BPF_ENABLE_STATS, "BPF_ENABLE_STATS")
+}

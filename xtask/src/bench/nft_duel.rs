@@ -177,7 +177,7 @@ pub const INTRO: &str = "**nft head to head.** The nft figures above come from p
     filter, then installs each contender in turn (a different one first each round), sends its passed \
     and dropped frames and removes it again; each figure is the window with the least receive-CPU \
     time per frame (5 rounds in a full run, 3 in a quick one). Two more \
-    contenders bound what is possible. The **stateful nft floor** is, the hand-written chain with its \
+    contenders bound what is possible. The **stateful nft floor** is the hand-written chain with its \
     set lookups replaced by one comparison with the passed frame's source (`iifname \"nwb\" jump \
     inbound` → `ct state established,related accept; ip saddr A accept; drop`, same table family, \
     hook and priority). Any filter that tells replies from new flows with conntrack pays at least \

@@ -521,6 +521,21 @@ fn headlines(sec: &mut Section, rows: &[Row], sweeps: &[Sweep], big: usize, smal
             |r| r >= 0.95,
         );
     }
+    sec.headline(
+        &format!(
+            "{} program ns per dropped frame on veth at {} CIDRs vs at {} (kernel run-time \
+             stats, size sweep, median of rounds)",
+            xdp.label(),
+            count(big),
+            count(small)
+        ),
+        sweeps
+            .iter()
+            .find(|s| matches!(s.backend, Backend::Xdp { .. }))
+            .and_then(|s| s.prog_ratio(small, big)),
+        INFO,
+        |_| true,
+    );
     let reference = rows
         .iter()
         .find(|r| r.filter == Filter::BareXdpDrop)
