@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use super::netns::{Netns, Pair};
-use super::nodewall::{xdp_prog_id, Backend};
+use super::nodewall::{prog_info, xdp_prog_id, Backend};
 use super::report::{count, ms, ratio, Section, Table};
 use super::workload::Workload;
 use super::Ctx;
@@ -133,9 +133,7 @@ fn proc_stat(pid: u32) -> anyhow::Result<(f64, f64)> {
 /// Memory the kernel accounts to the maps of the attached XDP program, in bytes.
 fn bpf_map_bytes(ns: &Netns) -> anyhow::Result<u64> {
     let id = xdp_prog_id(ns)?;
-    let prog: serde_json::Value = serde_json::from_str(&super::netns::output(
-        std::process::Command::new("bpftool").args(["-j", "prog", "show", "id", &id.to_string()]),
-    )?)?;
+    let prog = prog_info(id)?;
     let mut total = 0;
     for m in prog["map_ids"]
         .as_array()

@@ -272,6 +272,19 @@ pub fn xdp_prog_id(ns: &Netns) -> anyhow::Result<u32> {
         .with_context(|| format!("no XDP program on {NODE_IF} in {}", ns.name()))
 }
 
+/// `bpftool prog show` of program `id`, as JSON: its maps, and its run-time statistics while
+/// they are on.
+pub fn prog_info(id: u32) -> anyhow::Result<serde_json::Value> {
+    let out = super::netns::output(std::process::Command::new("bpftool").args([
+        "-j",
+        "prog",
+        "show",
+        "id",
+        &id.to_string(),
+    ]))?;
+    Ok(serde_json::from_str(&out)?)
+}
+
 /// Fails unless the uplink's XDP program is attached in the expected mode.
 pub fn check_xdp_mode(ns: &Netns, generic: bool) -> anyhow::Result<()> {
     let text = ns.ip(&["-j", "link", "show", "dev", NODE_IF])?;

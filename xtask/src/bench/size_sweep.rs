@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use super::bpf;
-use super::nodewall::{check_xdp_mode, xdp_prog_id, Backend, Nodewall};
+use super::nodewall::{check_xdp_mode, prog_info, xdp_prog_id, Backend, Nodewall};
 use super::report::{count, ratio, Section, Table};
 use super::throughput::{workload, Stage};
 use super::traffic::Rate;
@@ -29,33 +29,24 @@ impl Sweep {
     /// Dropped frames per receive-CPU second at `big` CIDRs over at `small`: ≥ 1 is "no slower
     /// with more CIDRs".
     pub fn flatness(&self, small: usize, big: usize) -> Option<f64> {
-        let at = |c: usize| {
-            self.drop
-                .iter()
-                .find(|(k, _)| *k == c)
-                .map(|(_, r)| r.rx_ns)
-        };
-        Some(at(small)? / at(big)?)
+        let ns = |c| at(&self.drop, c).map(|r| r.rx_ns);
+        Some(ns(small)? / ns(big)?)
     }
 
     /// The XDP program's own ns per frame at `big` CIDRs over at `small`.
     pub fn prog_ratio(&self, small: usize, big: usize) -> Option<f64> {
-        let at = |c: usize| {
-            self.prog_ns
-                .iter()
-                .find(|(k, _)| *k == c)
-                .map(|(_, ns)| *ns)
-        };
-        Some(at(big)? / at(small)?)
+        Some(at(&self.prog_ns, big)? / at(&self.prog_ns, small)?)
     }
+}
+
+/// The value measured at `cidrs`, if any.
+fn at<T: Copy>(per_size: &[(usize, T)], cidrs: usize) -> Option<T> {
+    per_size.iter().find(|(k, _)| *k == cidrs).map(|&(_, v)| v)
 }
 
 /// The program's cumulative (run_time_ns, run_cnt), as `bpftool prog show` reports them.
 fn run_stats(id: u32) -> anyhow::Result<(u64, u64)> {
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "prog", "show", "id", &id.to_string()])
-        .output()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let v = prog_info(id)?;
     let get = |k: &str| v[k].as_u64().unwrap_or(0);
     Ok((get("run_time_ns"), get("run_cnt")))
 }
@@ -90,8 +81,7 @@ pub fn measure(
         std::fs::write(&path, ctx.nw.config(&workload(n), b, ""))?;
         cfgs.push(path);
     }
-    let xdp = matches!(b, Backend::Xdp { .. });
-    let _stats = if xdp {
+    let _stats = if matches!(b, Backend::Xdp { .. }) {
         Some(bpf::enable_run_time_stats()?)
     } else {
         None
@@ -168,10 +158,8 @@ pub fn report(sec: &mut Section, sweeps: &[Sweep]) {
                 format!("{:.0}%", r.rx_busy * 100.0),
                 format!("{:.0}", r.per_wakeup),
                 format!("{:.0}%", r.delivered * 100.0),
-                s.prog_ns
-                    .iter()
-                    .find(|(k, _)| k == n)
-                    .map(|(_, ns)| format!("{ns:.0}"))
+                at(&s.prog_ns, *n)
+                    .map(|ns| format!("{ns:.0}"))
                     .unwrap_or_else(|| "–".into()),
             ]);
         }

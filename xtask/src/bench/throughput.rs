@@ -503,8 +503,8 @@ fn headlines(sec: &mut Section, rows: &[Row], sweeps: &[Sweep], big: usize, smal
     );
     // Frames per receive-CPU second, so that ≥ 1 still means "no slower with more CIDRs".
     let per_cpu = |f: Filter| cost_at(f, small).zip(cost_at(f, big)).map(|(s, b)| s / b);
-    for f in [xdp, nft] {
-        let Filter::Nodewall(b) = f else { continue };
+    for b in [Backend::Xdp { generic: false }, Backend::Nft] {
+        let f = Filter::Nodewall(b);
         sec.headline(
             &format!(
                 "{} dropped frames per receive-CPU second at {} CIDRs vs at {}, one pair, sizes \
